@@ -1,0 +1,3 @@
+"""lightning-amortized: amortized encoders and neural diffs for on-device ASR with PyTorch Lightning."""
+
+__version__ = "0.1.0"
