@@ -1,0 +1,29 @@
+"""LibriSpeech-layout data: manifests, datamodule, features, tokenizer, synthetic corpus."""
+
+from lightning_amortized.data.datamodule import (
+    DurationBatchSampler,
+    LibriSpeechDataModule,
+    SpeechCollator,
+    SpeechDataset,
+    SyntheticDataModule,
+    load_audio,
+)
+from lightning_amortized.data.features import LogMelFilterbank, SpecAugment
+from lightning_amortized.data.prepare import CorpusError, Utterance, prepare_librispeech, read_manifest
+from lightning_amortized.data.tokenizer import CharTokenizer
+
+__all__ = [
+    "CharTokenizer",
+    "CorpusError",
+    "DurationBatchSampler",
+    "LibriSpeechDataModule",
+    "LogMelFilterbank",
+    "SpecAugment",
+    "SpeechCollator",
+    "SpeechDataset",
+    "SyntheticDataModule",
+    "Utterance",
+    "load_audio",
+    "prepare_librispeech",
+    "read_manifest",
+]

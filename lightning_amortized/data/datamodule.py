@@ -1,0 +1,298 @@
+"""Dataset, duration-bucketed dynamic batching and the LightningDataModule.
+
+The same code reads real LibriSpeech and the synthetic corpus (both use the
+LibriSpeech layout). Batches are dictionaries::
+
+    {"feats": (B, T, 80) float, "feat_lengths": (B,) int64,
+     "tokens": (B, L) int64 (0-padded), "token_lengths": (B,) int64,
+     "ids": list[str], "texts": list[str]}
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lightning_amortized.data.features import LogMelFilterbank, SpecAugment
+from lightning_amortized.data.prepare import CorpusError, Utterance, prepare_librispeech, read_manifest
+from lightning_amortized.data.tokenizer import CharTokenizer
+
+__all__ = ["SpeechDataset", "DurationBatchSampler", "SpeechCollator", "LibriSpeechDataModule", "SyntheticDataModule"]
+
+
+def load_audio(path: str, sample_rate: int = 16000) -> torch.Tensor:
+    """Read a mono file as float32 ``(S,)`` at ``sample_rate`` Hz (resampling if needed).
+
+    Raises:
+        CorpusError: unreadable or empty audio (the message names the file).
+    """
+    try:
+        wav, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise CorpusError(f"Unreadable audio file {path}: {err}. Re-extract or delete it.") from err
+    if wav.shape[0] == 0:
+        raise CorpusError(f"Empty audio file {path} (0 samples).")
+    x = torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1)))
+    if sr != sample_rate:
+        import torchaudio.functional as AF
+
+        x = AF.resample(x, sr, sample_rate)
+    return x
+
+
+class SpeechDataset(Dataset):
+    """Utterances from a manifest: returns ``(id, waveform (S,), token ids, text)``."""
+
+    def __init__(self, utterances: Sequence[Utterance], tokenizer: CharTokenizer, sample_rate: int = 16000) -> None:
+        if not utterances:
+            raise CorpusError("Expected at least one utterance in the manifest, but got none.")
+        self.utterances = list(utterances)
+        self.tokenizer = tokenizer
+        self.sample_rate = sample_rate
+        self.tokens = [tokenizer.encode(u.words, where=u.path) for u in self.utterances]
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @property
+    def durations(self) -> list[float]:
+        """Durations in seconds, in dataset order."""
+        return [u.duration for u in self.utterances]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        u = self.utterances[i]
+        return {"id": u.id, "wav": load_audio(u.path, self.sample_rate), "tokens": self.tokens[i], "text": u.words}
+
+
+class DurationBatchSampler(Sampler[list[int]]):
+    """Dynamic batches of similar-length utterances holding at most ``max_seconds`` of audio.
+
+    Utterances are sorted by duration, cut into batches whose padded size
+    (``len(batch) * longest``) stays under ``max_seconds``, and the batch order is
+    shuffled per epoch from ``seed + epoch`` (call :meth:`set_epoch`). Under
+    ``torch.distributed`` each rank takes every ``world_size``-th batch (the batch
+    count is padded to a multiple of the world size so ranks stay in step).
+
+    Example:
+        >>> s = DurationBatchSampler([1.0, 2.0, 1.5, 4.0], max_seconds=4.0, shuffle=False)
+        >>> list(s)
+        [[0, 2], [1], [3]]
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        max_seconds: float,
+        shuffle: bool = True,
+        seed: int = 0,
+        max_batch_size: int | None = None,
+    ) -> None:
+        if max_seconds <= 0:
+            raise ValueError(f"Expected argument `max_seconds` to be > 0, but got {max_seconds}.")
+        self.max_seconds, self.shuffle, self.seed, self.epoch = max_seconds, shuffle, seed, 0
+        order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            longest = durations[i]  # ascending order: the new item is the longest
+            full = max_batch_size is not None and len(cur) >= max_batch_size
+            if cur and ((len(cur) + 1) * longest > max_seconds or full):
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+        self.batches = batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle the batch order for ``epoch``."""
+        self.epoch = epoch
+
+    def _rank(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(self.batches)
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(batches)
+        rank, world = self._rank()
+        if world > 1:
+            total = math.ceil(len(batches) / world) * world
+            batches = (batches + batches[: total - len(batches)])[rank::world]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        _, world = self._rank()
+        return math.ceil(len(self.batches) / world)
+
+
+class SpeechCollator:
+    """Pads waveforms, computes log-mel features (and SpecAugment when training), pads tokens."""
+
+    def __init__(self, features: LogMelFilterbank, spec_augment: SpecAugment | None = None) -> None:
+        self.features = features
+        self.spec_augment = spec_augment
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        wav_lengths = torch.tensor([len(it["wav"]) for it in items])
+        wavs = torch.zeros(len(items), int(wav_lengths.max()))
+        for i, it in enumerate(items):
+            wavs[i, : len(it["wav"])] = it["wav"]
+        feats, feat_lengths = self.features(wavs, wav_lengths)
+        if self.spec_augment is not None:
+            feats = self.spec_augment(feats, feat_lengths)
+        token_lengths = torch.tensor([len(it["tokens"]) for it in items])
+        tokens = torch.zeros(len(items), max(1, int(token_lengths.max())), dtype=torch.long)
+        for i, it in enumerate(items):
+            tokens[i, : len(it["tokens"])] = torch.tensor(it["tokens"], dtype=torch.long)
+        return {
+            "feats": feats,
+            "feat_lengths": feat_lengths,
+            "tokens": tokens,
+            "token_lengths": token_lengths,
+            "ids": [it["id"] for it in items],
+            "texts": [it["text"] for it in items],
+        }
+
+
+class LibriSpeechDataModule(pl.LightningDataModule):
+    """LibriSpeech-layout corpus as a LightningDataModule (real LibriSpeech or the synthetic corpus).
+
+    Args:
+        root: Corpus root (folders per split).
+        train_splits: Split folders used for training (concatenated).
+        val_splits: Split folders for validation (concatenated).
+        test_splits: Split folders for testing; one test dataloader per split.
+        manifest_dir: Where manifests go (default ``<root>/manifests``).
+        max_batch_seconds: Audio seconds per dynamic batch (padded size).
+        max_batch_size: Upper bound on utterances per batch.
+        num_workers: DataLoader workers.
+        spec_augment: Apply SpecAugment to training batches.
+        n_mels: Mel bands.
+        sample_rate: Expected sample rate in Hz.
+        on_wrong_rate: ``"error"`` or ``"resample"`` (see :func:`prepare_librispeech`).
+        seed: Seed for the batch order and SpecAugment.
+        max_train_utterances: Optional cap (first N after sorting ids) for quick runs.
+
+    Example::
+
+        dm = LibriSpeechDataModule("/data/LibriSpeech", ["train-clean-100"], ["dev-clean"], ["test-clean"])
+        trainer.fit(model, datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_splits: Sequence[str] = ("train",),
+        val_splits: Sequence[str] = ("dev",),
+        test_splits: Sequence[str] = ("test",),
+        manifest_dir: str | None = None,
+        max_batch_seconds: float = 160.0,
+        max_batch_size: int | None = 64,
+        num_workers: int = 0,
+        spec_augment: bool = True,
+        n_mels: int = 80,
+        sample_rate: int = 16000,
+        on_wrong_rate: str = "error",
+        seed: int = 0,
+        max_train_utterances: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.train_splits, self.val_splits, self.test_splits = list(train_splits), list(val_splits), list(test_splits)
+        self.manifest_dir = Path(manifest_dir) if manifest_dir else self.root / "manifests"
+        self.max_batch_seconds, self.max_batch_size = max_batch_seconds, max_batch_size
+        self.num_workers, self.use_spec_augment = num_workers, spec_augment
+        self.sample_rate, self.on_wrong_rate, self.seed = sample_rate, on_wrong_rate, seed
+        self.max_train_utterances = max_train_utterances
+        self.tokenizer = CharTokenizer()
+        self.features = LogMelFilterbank(sample_rate=sample_rate, n_mels=n_mels)
+        self.n_mels = n_mels
+        self.datasets: dict[str, SpeechDataset] = {}
+
+    @property
+    def all_splits(self) -> list[str]:
+        """Every split this module reads, without duplicates."""
+        return list(dict.fromkeys(self.train_splits + self.val_splits + self.test_splits))
+
+    def prepare_data(self) -> None:
+        """Write manifests (idempotent; runs on one process)."""
+        prepare_librispeech(
+            self.root, self.all_splits, self.manifest_dir, sample_rate=self.sample_rate, on_wrong_rate=self.on_wrong_rate
+        )
+
+    def _dataset(self, splits: list[str], cap: int | None = None) -> SpeechDataset:
+        utts: list[Utterance] = []
+        for split in splits:
+            manifest = self.manifest_dir / f"{split}.jsonl"
+            if not manifest.exists():
+                prepare_librispeech(
+                    self.root, [split], self.manifest_dir, sample_rate=self.sample_rate, on_wrong_rate=self.on_wrong_rate
+                )
+            utts.extend(read_manifest(manifest))
+        if cap is not None:
+            utts = sorted(utts, key=lambda u: u.id)[:cap]
+        return SpeechDataset(utts, self.tokenizer, self.sample_rate)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets needed for ``stage``."""
+        if stage in (None, "fit") and "train" not in self.datasets:
+            self.datasets["train"] = self._dataset(self.train_splits, self.max_train_utterances)
+        if stage in (None, "fit", "validate") and "val" not in self.datasets and self.val_splits:
+            self.datasets["val"] = self._dataset(self.val_splits)
+        if stage in (None, "test", "predict"):
+            for split in self.test_splits:
+                self.datasets.setdefault(f"test:{split}", self._dataset([split]))
+
+    def _loader(self, ds: SpeechDataset, train: bool) -> DataLoader:
+        sampler = DurationBatchSampler(
+            ds.durations, self.max_batch_seconds, shuffle=train, seed=self.seed, max_batch_size=self.max_batch_size
+        )
+        collate = SpeechCollator(self.features, SpecAugment() if (train and self.use_spec_augment) else None)
+        return DataLoader(
+            ds,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], train=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.datasets[f"test:{s}"], train=False) for s in self.test_splits]
+
+
+class SyntheticDataModule(LibriSpeechDataModule):
+    """The synthetic eSpeak corpus: generated into ``root`` on first use, then read like LibriSpeech.
+
+    Args:
+        root: Where the corpus is (or will be) generated.
+        utterances: Corpus size passed to :func:`~lightning_amortized.data.synthetic.make_corpus`.
+        corpus_seed: Generation seed.
+        **kwargs: Everything else goes to :class:`LibriSpeechDataModule`.
+    """
+
+    def __init__(self, root: str, utterances: int = 4000, corpus_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.utterances, self.corpus_seed = utterances, corpus_seed
+
+    def prepare_data(self) -> None:
+        from lightning_amortized.data.synthetic import make_corpus
+
+        make_corpus(self.root, utterances=self.utterances, seed=self.corpus_seed)
+        super().prepare_data()

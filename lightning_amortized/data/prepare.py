@@ -1,0 +1,198 @@
+"""Scan a LibriSpeech-layout corpus into JSON-lines manifests.
+
+Layout (real LibriSpeech and our synthetic corpus alike)::
+
+    <root>/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+    <root>/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
+
+Each manifest line is ``{"id", "path", "duration", "words", "sample_rate", "speaker"}``
+(duration in seconds). Preparation is idempotent: a split is skipped when its
+manifest's fingerprint (relative paths, sizes and modification times of all audio and
+transcript files) is unchanged.
+
+Bad input is refused with a :class:`CorpusError` that names the file: unreadable or
+empty audio, a missing or empty transcript line, a transcript line without audio, or
+a sample rate other than the expected one (unless ``on_wrong_rate="resample"``, in
+which case the manifest keeps the file's own rate and the dataset resamples with
+``torchaudio.functional.resample`` when it loads the file).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "dev").mkdir()
+    >>> prepare_librispeech(root, ["dev"], root / "manifests")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_amortized.data.prepare.CorpusError: No '*.flac' files under .../dev ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import soundfile as sf
+
+__all__ = ["CorpusError", "Utterance", "prepare_librispeech", "read_manifest"]
+
+MANIFEST_VERSION = 1
+
+
+class CorpusError(ValueError):
+    """Bad corpus input; the message names the offending file and what to do."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest entry (duration in seconds, sample rate in Hz)."""
+
+    id: str
+    path: str
+    duration: float
+    words: str
+    sample_rate: int
+    speaker: str
+
+
+def _split_files(split_dir: Path) -> tuple[list[Path], list[Path]]:
+    audio, trans = [], []
+    for dirpath, _, files in os.walk(split_dir):
+        for name in files:
+            if name.endswith(".flac"):
+                audio.append(Path(dirpath) / name)
+            elif name.endswith(".trans.txt"):
+                trans.append(Path(dirpath) / name)
+    return sorted(audio), sorted(trans)
+
+
+def _fingerprint(split_dir: Path, files: Iterable[Path], expected_rate: int, on_wrong_rate: str) -> str:
+    h = hashlib.sha256(f"v{MANIFEST_VERSION}:{expected_rate}:{on_wrong_rate}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(split_dir)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_transcripts(trans_files: list[Path]) -> dict[str, tuple[str, Path]]:
+    texts: dict[str, tuple[str, Path]] = {}
+    for tf in trans_files:
+        for lineno, line in enumerate(tf.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(" ", 1)
+            if len(parts) < 2 or not parts[1].strip():
+                raise CorpusError(
+                    f"Empty transcript for utterance {parts[0]!r} at {tf}:{lineno}. "
+                    "Every utterance needs a non-empty transcript; fix or remove the line and its audio file."
+                )
+            texts[parts[0]] = (" ".join(parts[1].split()), tf)
+    return texts
+
+
+def _scan_split(split_dir: Path, expected_rate: int, on_wrong_rate: str) -> list[Utterance]:
+    audio, trans = _split_files(split_dir)
+    if not audio:
+        raise CorpusError(
+            f"No '*.flac' files under {split_dir} (expected <split>/<speaker>/<chapter>/<spk>-<chap>-<utt>.flac)."
+        )
+    texts = _read_transcripts(trans)
+    utts = []
+    seen = set()
+    for path in audio:
+        uid = path.name[: -len(".flac")]
+        if uid not in texts:
+            raise CorpusError(
+                f"No transcript line for {path}: expected a line starting with {uid!r} in "
+                f"{path.parent / (path.parent.parent.name + '-' + path.parent.name + '.trans.txt')}."
+            )
+        try:
+            info = sf.info(str(path))
+        except Exception as err:  # soundfile raises RuntimeError/LibsndfileError subclasses
+            raise CorpusError(f"Unreadable audio file {path}: {err}. Re-extract or delete it.") from err
+        if info.frames <= 0:
+            raise CorpusError(f"Empty audio file {path} (0 samples). Re-extract or delete it and its transcript line.")
+        if info.samplerate != expected_rate and on_wrong_rate == "error":
+            raise CorpusError(
+                f"Audio file {path} has sample rate {info.samplerate} Hz, expected {expected_rate} Hz. "
+                "Resample the corpus, or pass on_wrong_rate='resample' to resample when loading."
+            )
+        seen.add(uid)
+        utts.append(
+            Utterance(
+                id=uid,
+                path=str(path.resolve()),
+                duration=info.frames / info.samplerate,
+                words=texts[uid][0],
+                sample_rate=int(info.samplerate),
+                speaker=uid.split("-")[0],
+            )
+        )
+    orphans = sorted(set(texts) - seen)
+    if orphans:
+        raise CorpusError(
+            f"Transcript line {orphans[0]!r} in {texts[orphans[0]][1]} has no audio file "
+            f"({len(orphans)} such lines in {split_dir}). Restore the audio or remove the lines."
+        )
+    return utts
+
+
+def prepare_librispeech(
+    root: str | Path,
+    splits: Iterable[str],
+    manifest_dir: str | Path,
+    *,
+    sample_rate: int = 16000,
+    on_wrong_rate: Literal["error", "resample"] = "error",
+    force: bool = False,
+) -> dict[str, Path]:
+    """Write ``<manifest_dir>/<split>.jsonl`` for each split of a LibriSpeech-layout corpus.
+
+    Args:
+        root: Corpus root holding one folder per split (``train-clean-100``, ``dev``...).
+        splits: Split folder names to prepare.
+        manifest_dir: Where manifests are written (created if missing).
+        sample_rate: Expected sample rate in Hz.
+        on_wrong_rate: ``"error"`` refuses files at another rate; ``"resample"``
+            accepts them and the dataset resamples at load time.
+        force: Rewrite manifests even when up to date.
+
+    Returns:
+        Split name -> manifest path.
+
+    Raises:
+        CorpusError: a missing split folder, or bad audio/transcripts (names the file).
+    """
+    if on_wrong_rate not in ("error", "resample"):
+        raise ValueError(f"Expected argument `on_wrong_rate` to be 'error' or 'resample', but got {on_wrong_rate!r}.")
+    root, manifest_dir = Path(root), Path(manifest_dir)
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise CorpusError(f"Split folder {split_dir} does not exist (root={root}, split={split!r}).")
+        audio, trans = _split_files(split_dir)
+        fp = _fingerprint(split_dir, audio + trans, sample_rate, on_wrong_rate)
+        manifest = manifest_dir / f"{split}.jsonl"
+        stamp = manifest_dir / f"{split}.fingerprint"
+        out[split] = manifest
+        if not force and manifest.exists() and stamp.exists() and stamp.read_text() == fp:
+            continue
+        utts = _scan_split(split_dir, sample_rate, on_wrong_rate)
+        tmp = manifest.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for u in utts:
+                fh.write(json.dumps(u.__dict__) + "\n")
+        os.replace(tmp, manifest)
+        stamp.write_text(fp)
+    return out
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Read a manifest written by :func:`prepare_librispeech`."""
+    with open(path, encoding="utf-8") as fh:
+        return [Utterance(**json.loads(line)) for line in fh if line.strip()]

@@ -1,0 +1,240 @@
+"""The ASR LightningModule used by the recipes (optional for users).
+
+``features (B, T, 80) -> frame stacking (B, T/stack, 80*stack) -> encoder -> CTC head``
+(or an RNN-T prediction/joint network), greedy decoding, WER/CER through torchmetrics.
+Any encoder that follows the contract in :mod:`lightning_amortized.nn.encoders` works,
+including :class:`~lightning_amortized.nn.amortized.AmortizedEncoder`, whose routing
+losses (expected compute and amortization penalty) are added to the ASR loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from lightning_amortized.data.tokenizer import CharTokenizer
+from lightning_amortized.functional.flops import linear_flops
+
+__all__ = ["ASRModule", "FrameStacker"]
+
+
+class FrameStacker(nn.Module):
+    """Concatenate ``stack`` consecutive frames: ``(B, T, F) -> (B, ceil(T/stack), F*stack)``.
+
+    A 10 ms feature hop becomes a ``10*stack`` ms encoder frame; the last group is
+    zero-padded. Cost: no FLOPs (a reshape).
+
+    Example:
+        >>> y, n = FrameStacker(3)(torch.randn(2, 10, 80), torch.tensor([10, 4]))
+        >>> y.shape, n.tolist()
+        (torch.Size([2, 4, 240]), [4, 2])
+    """
+
+    def __init__(self, stack: int = 3) -> None:
+        super().__init__()
+        if stack < 1:
+            raise ValueError(f"Expected argument `stack` to be >= 1, but got {stack}.")
+        self.stack = stack
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stack == 1:
+            return x, lengths
+        B, T, Fd = x.shape
+        pad = (-T) % self.stack
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
+        x = x.reshape(B, (T + pad) // self.stack, Fd * self.stack)
+        return x, torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
+
+
+class ASRModule(pl.LightningModule):
+    """Features -> encoder -> CTC (default) or RNN-T, with greedy decoding and WER/CER.
+
+    Args:
+        encoder: Any module following the encoder contract; its ``input_size`` must be
+            ``n_mels * stack``.
+        n_mels: Feature size per 10 ms frame.
+        stack: Frames stacked per encoder frame (encoder frame = ``10 * stack`` ms).
+        vocab_size: Output symbols including blank (29 for LibriSpeech characters).
+        loss: ``"ctc"`` or ``"rnnt"``.
+        lr: Peak learning rate (one-cycle schedule over the whole fit).
+        weight_decay: AdamW weight decay.
+        lambda_cost: Weight of the expected-compute penalty (amortized encoders only).
+        lambda_amr: Weight of the amortization penalty (amortized encoders only).
+        rnnt_pred_size: RNN-T prediction network size.
+        rnnt_joint_size: RNN-T joint network size.
+
+    Example:
+        >>> from lightning_amortized.nn import RecurrentEncoder
+        >>> m = ASRModule(RecurrentEncoder(240, 32, num_layers=1))
+        >>> m.transcribe(torch.randn(1, 30, 80), torch.tensor([30]))  # doctest: +SKIP
+        ['...']
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        n_mels: int = 80,
+        stack: int = 3,
+        vocab_size: int = 29,
+        loss: str = "ctc",
+        lr: float = 2e-3,
+        weight_decay: float = 1e-2,
+        lambda_cost: float = 0.0,
+        lambda_amr: float = 0.0,
+        rnnt_pred_size: int = 128,
+        rnnt_joint_size: int = 192,
+    ) -> None:
+        super().__init__()
+        if loss not in ("ctc", "rnnt"):
+            raise ValueError(f"Expected argument `loss` to be 'ctc' or 'rnnt', but got {loss!r}.")
+        in_size = getattr(encoder, "input_size", None)
+        if in_size is not None and in_size != n_mels * stack:
+            raise ValueError(
+                f"Encoder input_size is {in_size} but features give n_mels * stack = {n_mels} * {stack} = "
+                f"{n_mels * stack}; set the encoder's input_size to {n_mels * stack}."
+            )
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder = encoder
+        self.stacker = FrameStacker(stack)
+        self.tokenizer = CharTokenizer()
+        out = int(encoder.output_size)
+        self.loss_kind = loss
+        if loss == "ctc":
+            self.head = nn.Linear(out, vocab_size)
+        else:
+            self.embed = nn.Embedding(vocab_size, rnnt_pred_size)
+            self.pred = nn.LSTM(rnnt_pred_size, rnnt_pred_size, batch_first=True)
+            self.joint_enc = nn.Linear(out, rnnt_joint_size)
+            self.joint_pred = nn.Linear(rnnt_pred_size, rnnt_joint_size)
+            self.head = nn.Linear(rnnt_joint_size, vocab_size)
+        self.frame_ms = 10.0 * stack
+        self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
+        self.test_metrics = nn.ModuleDict()
+
+    # ------------------------------------------------------------------ model
+    def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, n_mels)`` features -> ``(B, T', D)`` encoder outputs and lengths."""
+        x, n = self.stacker(feats, lengths)
+        return self.encoder(x, n)
+
+    def flops_per_frame(self) -> int:
+        """Encoder plus output-layer FLOPs per encoder frame (RNN-T: joint per frame, prediction per token excluded)."""
+        enc = int(self.encoder.flops_per_frame())
+        if self.loss_kind == "ctc":
+            return enc + linear_flops(self.head.in_features, self.head.out_features)
+        return enc + linear_flops(self.joint_enc.in_features, self.joint_enc.out_features)
+
+    def _rnnt_logits(self, enc: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        blank = torch.zeros_like(tokens[:, :1])
+        pred, _ = self.pred(self.embed(torch.cat([blank, tokens], dim=1)))
+        return self.head(torch.tanh(self.joint_enc(enc)[:, :, None] + self.joint_pred(pred)[:, None]))
+
+    def asr_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ASR loss (mean per utterance) plus encoder outputs and lengths."""
+        enc, n = self.encode(batch["feats"], batch["feat_lengths"])
+        if self.loss_kind == "ctc":
+            logp = self.head(enc).log_softmax(-1).transpose(0, 1)
+            loss = F.ctc_loss(
+                logp, batch["tokens"], n, batch["token_lengths"], blank=0, reduction="mean", zero_infinity=True
+            )
+        else:
+            import torchaudio.functional as AF
+
+            logits = self._rnnt_logits(enc, batch["tokens"])
+            loss = AF.rnnt_loss(
+                logits, batch["tokens"].int(), n.int(), batch["token_lengths"].int(), blank=0, reduction="mean"
+            )
+        return loss, enc, n
+
+    @torch.no_grad()
+    def decode(self, enc: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy decoding of encoder outputs ``(B, T, D)``."""
+        if self.loss_kind == "ctc":
+            best = self.head(enc).argmax(-1)
+            return [self.tokenizer.ctc_greedy(best[b], int(lengths[b])) for b in range(enc.shape[0])]
+        return [self._rnnt_greedy(enc[b, : int(lengths[b])]) for b in range(enc.shape[0])]
+
+    def _rnnt_greedy(self, enc: torch.Tensor, max_symbols: int = 5) -> str:
+        hyp: list[int] = []
+        tok = torch.zeros(1, 1, dtype=torch.long, device=enc.device)
+        pred, state = self.pred(self.embed(tok))
+        je = self.joint_enc(enc)
+        for t in range(enc.shape[0]):
+            for _ in range(max_symbols):
+                k = int(self.head(torch.tanh(je[t] + self.joint_pred(pred[0, -1]))).argmax())
+                if k == 0:
+                    break
+                hyp.append(k)
+                pred, state = self.pred(self.embed(torch.tensor([[k]], device=enc.device)), state)
+        return " ".join(self.tokenizer.decode(hyp).split())
+
+    @torch.no_grad()
+    def transcribe(self, feats: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Features ``(B, T, n_mels)`` -> transcripts."""
+        enc, n = self.encode(feats, lengths)
+        return self.decode(enc, n)
+
+    # --------------------------------------------------------------- training
+    def _routing_losses(self) -> dict[str, torch.Tensor]:
+        fn = getattr(self.encoder, "routing_losses", None)
+        if fn is None or (self.hparams.lambda_cost == 0 and self.hparams.lambda_amr == 0):
+            return {}
+        return fn(lambda_cost=self.hparams.lambda_cost, lambda_amr=self.hparams.lambda_amr)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self.asr_loss(batch)
+        total = loss
+        bs = len(batch["ids"])
+        for name, value in self._routing_losses().items():
+            total = total + value
+            self.log(f"train/{name}", value, batch_size=bs)
+        self.log("train/asr_loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/loss", total, batch_size=bs)
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, enc, n = self.asr_loss(batch)
+        hyps = self.decode(enc, n)
+        self.val_wer.update(hyps, batch["texts"])
+        self.val_cer.update(hyps, batch["texts"])
+        bs = len(batch["ids"])
+        self.log("val/loss", loss, batch_size=bs, sync_dist=True)
+        self.log("val/wer", self.val_wer, prog_bar=True, batch_size=bs)
+        self.log("val/cer", self.val_cer, batch_size=bs)
+
+    def _test_split_name(self, dataloader_idx: int) -> str:
+        dm = getattr(self.trainer, "datamodule", None)
+        splits = getattr(dm, "test_splits", None)
+        return splits[dataloader_idx] if splits and dataloader_idx < len(splits) else str(dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self._test_split_name(dataloader_idx)
+        key = split.replace(".", "_")
+        if f"{key}_wer" not in self.test_metrics:
+            self.test_metrics[f"{key}_wer"] = WordErrorRate().to(self.device)
+            self.test_metrics[f"{key}_cer"] = CharErrorRate().to(self.device)
+        enc, n = self.encode(batch["feats"], batch["feat_lengths"])
+        hyps = self.decode(enc, n)
+        wer, cer = self.test_metrics[f"{key}_wer"], self.test_metrics[f"{key}_cer"]
+        wer.update(hyps, batch["texts"])
+        cer.update(hyps, batch["texts"])
+        bs = len(batch["ids"])
+        self.log(f"test/{split}/wer", wer, batch_size=bs, add_dataloader_idx=False)
+        self.log(f"test/{split}/cer", cer, batch_size=bs, add_dataloader_idx=False)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("No trainable parameters: every parameter has requires_grad=False.")
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.hparams.lr, total_steps=max(2, int(total)), pct_start=0.15, anneal_strategy="cos"
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
