@@ -1,0 +1,22 @@
+"""Pure functions shared by modules, callbacks and benchmarks: FLOP counts, the backlog recursion, routing losses."""
+
+from lightning_amortized.functional.backlog import (
+    DEFAULT_DEVICE_FLOPS_PER_S,
+    SimulatedDevice,
+    backlog,
+    backlog_before,
+    eou_latency,
+    flops_to_ms,
+)
+from lightning_amortized.functional.losses import amortization_loss, expected_cost_penalty
+
+__all__ = [
+    "DEFAULT_DEVICE_FLOPS_PER_S",
+    "SimulatedDevice",
+    "amortization_loss",
+    "backlog",
+    "backlog_before",
+    "eou_latency",
+    "expected_cost_penalty",
+    "flops_to_ms",
+]
