@@ -26,6 +26,10 @@ __all__ = [
     "sparse_linear_flops",
     "lstm_flops",
     "gru_flops",
+    "rnn_pointwise_flops",
+    "lowrank_rnn_flops",
+    "sparse_rnn_flops",
+    "hidden_lowrank_rnn_flops",
     "conv1d_flops",
     "attention_flops",
     "module_flops_per_frame",
@@ -141,6 +145,92 @@ def gru_flops(
         total += dirs * per
         layer_in = hidden_size * dirs
     return total
+
+
+def _check_rnn_type(rnn_type: str) -> int:
+    if rnn_type not in ("lstm", "gru"):
+        raise ValueError(f"Expected argument `rnn_type` to be 'lstm' or 'gru', but got {rnn_type!r}.")
+    return 4 if rnn_type == "lstm" else 3
+
+
+def rnn_pointwise_flops(rnn_type: str, hidden_size: int) -> int:
+    """Element-wise FLOPs of one LSTM/GRU cell once the gate pre-activations exist.
+
+    LSTM: ``4H`` non-linearities, ``3H`` for ``c = f*c + i*g``, ``2H`` for
+    ``h = o*tanh(c)`` (``9H``). GRU: ``2H`` to add the r/z input and hidden parts,
+    ``3H`` non-linearities, ``2H`` for ``r * gh_n`` and its sum, ``3H`` for
+    ``h = (1-z)*n + z*h`` (``10H``). These are the terms of :func:`lstm_flops` and
+    :func:`gru_flops` that do not depend on how the gate matrices are stored.
+
+    Example:
+        >>> lstm_flops(80, 256) == linear_flops(80 + 256, 4 * 256) + 4 * 256 + 4 * 256 + rnn_pointwise_flops("lstm", 256)
+        True
+    """
+    gates = _check_rnn_type(rnn_type)
+    _check_positive(hidden_size=hidden_size)
+    return (9 if gates == 4 else 10) * hidden_size
+
+
+def lowrank_rnn_flops(rnn_type: str, input_size: int, hidden_size: int, rank: int, bias: bool = True) -> int:
+    """FLOPs per frame of one LSTM/GRU layer whose gate matrices are factorized to rank ``r``.
+
+    LSTM: the stacked ``4H x (I+H)`` matrix ``[W_ih W_hh]`` is ``U V`` (``U: 4H x r``,
+    ``V: r x (I+H)``), one merged bias. GRU: ``W_ih`` and ``W_hh`` are factorized
+    separately (the candidate gate needs the two products apart), each with its bias.
+
+    Example:
+        >>> lowrank_rnn_flops("lstm", 80, 256, 32) == 2 * 32 * (80 + 256) + 2 * 4 * 256 * 32 + 4 * 256 + 9 * 256
+        True
+    """
+    gates = _check_rnn_type(rnn_type)
+    _check_positive(input_size=input_size, hidden_size=hidden_size, rank=rank)
+    G = gates * hidden_size
+    if gates == 4:
+        products = lowrank_linear_flops(input_size + hidden_size, G, rank, bias)
+    else:
+        products = lowrank_linear_flops(input_size, G, rank, bias) + lowrank_linear_flops(hidden_size, G, rank, bias)
+    return products + rnn_pointwise_flops(rnn_type, hidden_size)
+
+
+def sparse_rnn_flops(rnn_type: str, nonzeros: int, hidden_size: int, bias: bool = True) -> int:
+    """FLOPs per frame of one LSTM/GRU layer with ``nonzeros`` stored weights in ``W_ih`` and ``W_hh`` together.
+
+    The same terms as :func:`lstm_flops`/:func:`gru_flops` with the dense matrix
+    products replaced by ``2 * nonzeros``; at full density the two agree.
+
+    Example:
+        >>> sparse_rnn_flops("lstm", 4 * 256 * (80 + 256), 256) == lstm_flops(80, 256)
+        True
+        >>> sparse_rnn_flops("gru", 3 * 64 * (32 + 64), 64) == gru_flops(32, 64)
+        True
+    """
+    gates = _check_rnn_type(rnn_type)
+    _check_positive(hidden_size=hidden_size)
+    if int(nonzeros) < 0:
+        raise ValueError(f"Expected argument `nonzeros` to be >= 0, but got {nonzeros}.")
+    G = gates * hidden_size
+    add = G if gates == 4 else 0  # the GRU's r/z sums are part of its pointwise count
+    return 2 * int(nonzeros) + add + (2 * G if bias else 0) + rnn_pointwise_flops(rnn_type, hidden_size)
+
+
+def hidden_lowrank_rnn_flops(rnn_type: str, input_size: int, hidden_size: int, rank: int, bias: bool = True) -> int:
+    """FLOPs per frame of one LSTM/GRU layer with a dense ``W_ih`` and a rank-``r`` ``W_hh = U V``.
+
+    Example:
+        >>> hidden_lowrank_rnn_flops("lstm", 80, 256, 32) == (
+        ...     linear_flops(80, 1024) + lowrank_linear_flops(256, 1024, 32) + 1024 + rnn_pointwise_flops("lstm", 256))
+        True
+    """
+    gates = _check_rnn_type(rnn_type)
+    _check_positive(input_size=input_size, hidden_size=hidden_size, rank=rank)
+    G = gates * hidden_size
+    add = G if gates == 4 else 0
+    return (
+        linear_flops(input_size, G, bias)
+        + lowrank_linear_flops(hidden_size, G, rank, bias)
+        + add
+        + rnn_pointwise_flops(rnn_type, hidden_size)
+    )
 
 
 def conv1d_flops(
