@@ -332,7 +332,7 @@ _UPDATES: tuple[dict[str, tuple[str, ...]], ...] = (
         "artist": ("THE TERRACE CHOIR", "MARCUS OYELARAN"),
         "team": (
             "PORTHAVEN ROVERS", "KILMARNAGH ATHLETIC", "FC VALDORIA", "BRAXTON WANDERERS",
-            "ST AUBYN HOTSPUR",
+            "SAINT AUBYN HOTSPUR",
         ),
     },
 )
