@@ -1,0 +1,72 @@
+"""Neural diffs: train ``W = W0 + D`` on frozen weights and ship ``D`` as a small file.
+
+See ``docs/neural_diff.md``. The pieces:
+
+- :mod:`~lightning_amortized.diffs.targets`: choose parameters by glob / ``re:`` pattern;
+- :mod:`~lightning_amortized.diffs.sparse` and :mod:`~lightning_amortized.diffs.hashed`:
+  the two parametrizations; :mod:`~lightning_amortized.diffs.hashing`: the integer hash;
+- :mod:`~lightning_amortized.diffs.attach`: attach / detach them on a model;
+- :mod:`~lightning_amortized.diffs.io`: the diff file and its operations;
+- :mod:`~lightning_amortized.diffs.commands`: the ``diff`` command line.
+"""
+
+from lightning_amortized.diffs.attach import attach_diffs, base_tensor, detach_diffs, diff_modules, effective_tensor
+from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets, hashed_delta
+from lightning_amortized.diffs.hashing import hash_indices
+from lightning_amortized.diffs.io import (
+    FORMAT_VERSION,
+    BaseMismatchError,
+    DiffError,
+    DiffFormatError,
+    DiffInfo,
+    DiffIntegrityError,
+    DiffTarget,
+    apply_chain,
+    apply_diff,
+    estimate_diff_bytes,
+    export_diff,
+    export_diff_from_weights,
+    inspect_diff,
+    merge,
+    read_diff,
+    unmerge,
+    weights_sha256,
+)
+from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density, sparse_apply
+from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_targets
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BaseMismatchError",
+    "DiffError",
+    "DiffFormatError",
+    "DiffInfo",
+    "DiffIntegrityError",
+    "DiffTarget",
+    "HashedDiff",
+    "SparseDiff",
+    "allocate_buckets",
+    "apply_chain",
+    "apply_diff",
+    "attach_diffs",
+    "base_tensor",
+    "describe_targets",
+    "detach_diffs",
+    "diff_modules",
+    "effective_tensor",
+    "estimate_diff_bytes",
+    "export_diff",
+    "export_diff_from_weights",
+    "hash_indices",
+    "hashed_delta",
+    "inspect_diff",
+    "magnitude_keep_masks",
+    "merge",
+    "plain_parameters",
+    "read_diff",
+    "scheduled_density",
+    "select_targets",
+    "sparse_apply",
+    "unmerge",
+    "weights_sha256",
+]
