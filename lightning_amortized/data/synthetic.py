@@ -376,7 +376,11 @@ def _iter_rendered(
         _init_worker()
         yield from map(_render, jobs)
         return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a possibly threaded parent
+    # Fork where available: spawned workers would re-import the package (and with it
+    # torch and Lightning, seconds per worker). Workers only use numpy, scipy,
+    # soundfile and their own eSpeak NG, none of which shares state with the parent.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
     with ctx.Pool(num_workers, initializer=_init_worker) as pool:
         yield from pool.imap_unordered(_render, jobs, chunksize=16)
 

@@ -1,0 +1,306 @@
+"""Tests of the synthetic LibriSpeech-layout corpus, its templates and the eSpeak wrapper."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lightning_amortized.data import templates
+from lightning_amortized.data.espeak import EspeakError, EspeakSynthesizer
+from lightning_amortized.data.synthetic import SPLITS, main, make_corpus, split_sizes
+
+N = 60
+UPDATES = range(1, templates.NUM_UPDATES + 1)
+FLAC_NAME = re.compile(r"^(\d+)-(\d+)-(\d{4})\.flac$")
+TRANS_LINE = re.compile(r"^(\d+-\d+-\d{4}) ([A-Z']+(?: [A-Z']+)*)$")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("corpus_w2")
+    info = make_corpus(root, N, seed=0, num_workers=2, show_progress=False)
+    return root, info
+
+
+@pytest.fixture(scope="module")
+def corpus_w1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus_w1")
+    make_corpus(root, N, seed=0, num_workers=1, show_progress=False)
+    return root
+
+
+def _transcripts(root: Path, split: str) -> dict[str, str]:
+    out = {}
+    for trans in sorted((root / split).glob("*/*/*.trans.txt")):
+        for line in trans.read_text().splitlines():
+            match = TRANS_LINE.match(line)
+            assert match, f"bad transcript line {line!r} in {trans}"
+            out[match.group(1)] = match.group(2)
+    return out
+
+
+def _has_phrase(text: str, phrase: str) -> bool:
+    return re.search(rf"(^| ){re.escape(phrase)}( |$)", text) is not None
+
+
+# --------------------------------------------------------------------------- splits
+def test_split_sizes_hand_computed() -> None:
+    sizes = split_sizes(4000)
+    assert (sizes["train"], sizes["dev"], sizes["test"]) == (2560, 200, 240)
+    for k in UPDATES:
+        assert (sizes[f"update-{k}"], sizes[f"update-{k}-test"]) == (150, 50)
+    small = split_sizes(N)
+    assert sum(small.values()) == N and list(small) == list(SPLITS)
+    assert min(small[f"update-{k}"] for k in UPDATES) >= 3
+    assert min(small[f"update-{k}-test"] for k in UPDATES) >= 2
+
+
+# --------------------------------------------------------------------------- layout
+def test_layout_is_librispeech(corpus: tuple[Path, dict]) -> None:
+    root, info = corpus
+    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLITS, "corpus.json"])
+    total = 0
+    for split in SPLITS:
+        assert {p.name for p in (root / split).iterdir() if p.is_file()} == {"slu.jsonl"}
+        for spk_dir in (root / split).iterdir():
+            if spk_dir.is_file():
+                continue
+            assert spk_dir.name.isdigit()
+            for chapter_dir in spk_dir.iterdir():
+                assert chapter_dir.name.isdigit()
+                names = sorted(p.name for p in chapter_dir.iterdir())
+                trans = f"{spk_dir.name}-{chapter_dir.name}.trans.txt"
+                assert trans in names
+                flacs = [n for n in names if n != trans]
+                for name in flacs:
+                    m = FLAC_NAME.match(name)
+                    assert m and m.group(1) == spk_dir.name and m.group(2) == chapter_dir.name
+                ids = [line.split(" ", 1)[0] for line in (chapter_dir / trans).read_text().splitlines()]
+                assert ids == sorted(n[:-5] for n in flacs)
+                # utterance numbers are consecutive from 0000 within a chapter
+                assert [int(i.rsplit("-", 1)[1]) for i in ids] == list(range(len(ids)))
+                total += len(flacs)
+        assert len(_transcripts(root, split)) == info["splits"][split]["utterances"]
+    assert total == N == info["utterances"]
+
+
+def test_transcripts_use_librispeech_alphabet(corpus: tuple[Path, dict]) -> None:
+    root, _ = corpus
+    for split in SPLITS:
+        for text in _transcripts(root, split).values():
+            assert text and templates.is_valid_transcript(text), text
+
+
+def test_audio_is_16k_mono_flac_with_speech(corpus: tuple[Path, dict]) -> None:
+    root, info = corpus
+    assert info["sample_rate"] == 16000
+    for split in SPLITS:
+        frames = 0
+        for path in sorted((root / split).glob("*/*/*.flac")):
+            meta = sf.info(str(path))
+            assert (meta.samplerate, meta.channels, meta.subtype) == (16000, 1, "PCM_16")
+            audio, _ = sf.read(str(path), dtype="float32")
+            assert 0.5 < audio.shape[0] / 16000 < 15.0
+            assert 0.01 < float(np.sqrt(np.mean(audio**2))) and float(np.abs(audio).max()) < 0.9
+            frames += audio.shape[0]
+        assert info["splits"][split]["hours"] == pytest.approx(frames / 16000 / 3600, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- determinism
+def test_same_seed_is_bit_identical_for_any_worker_count(
+    corpus: tuple[Path, dict], corpus_w1: Path
+) -> None:
+    root, _ = corpus
+    files_a = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(corpus_w1) for p in corpus_w1.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for rel in files_a:
+        assert (root / rel).read_bytes() == (corpus_w1 / rel).read_bytes(), rel
+
+
+def test_different_seed_differs(corpus: tuple[Path, dict], tmp_path: Path) -> None:
+    root, info = corpus
+    other = make_corpus(tmp_path, N, seed=1, show_progress=False)
+    assert other["speakers"] != info["speakers"]
+    texts_a = sorted(_transcripts(root, "train").values())
+    texts_b = sorted(_transcripts(tmp_path, "train").values())
+    assert texts_a != texts_b
+
+
+def test_synthesis_does_not_depend_on_previous_calls() -> None:
+    tts = EspeakSynthesizer()
+    assert tts is EspeakSynthesizer()
+    first = tts.synthesize("set a timer for ten minutes", "en-us+f3", rate=170, seed=3)
+    tts.synthesize("call mom", "en-gb-scotland+m2", rate=200, pitch=30, seed=9)
+    again = tts.synthesize("set a timer for ten minutes", "en-us+f3", rate=170, seed=3)
+    assert first.dtype == np.float32 and tts.sample_rate == 22050
+    np.testing.assert_array_equal(first, again)
+
+
+# --------------------------------------------------------------------------- speakers
+def test_speaker_sets(corpus: tuple[Path, dict]) -> None:
+    root, info = corpus
+    spk = {s: set(info["splits"][s]["speakers"]) for s in SPLITS}
+    assert spk["train"] and spk["dev"] and spk["test"]
+    assert not spk["train"] & spk["dev"]
+    assert not spk["train"] & spk["test"]
+    assert not spk["dev"] & spk["test"]
+    for k in UPDATES:
+        assert spk[f"update-{k}"] <= spk["train"]
+        assert spk[f"update-{k}-test"] <= spk["test"]
+    for split in SPLITS:
+        on_disk = {int(p.name) for p in (root / split).iterdir() if p.is_dir()}
+        assert on_disk == spk[split]
+    # each speaker is a distinct eSpeak voice+variant, so test voices are unseen in train
+    voices = {sid: (s["voice"], s["variant"]) for sid, s in info["speakers"].items()}
+    assert len(set(voices.values())) == len(voices)
+    assert {int(i) for i in info["speakers"]} == spk["train"] | spk["dev"] | spk["test"]
+    for sid, s in info["speakers"].items():
+        assert int(sid) in spk[s["split"]]
+        assert 0 <= s["pitch"] <= 100 and 80 <= s["rate"] <= 450
+
+
+# --------------------------------------------------------------------------- entities
+def test_update_entities_never_in_base_data() -> None:
+    base_texts = [v for vs in templates.BASE_ENTITIES.values() for v in vs]
+    base_texts += [t.pattern for t in templates.TEMPLATES] + list(templates.GENERAL_SENTENCES)
+    seen: set[str] = set()
+    for k in UPDATES:
+        new = [v for vs in templates.update_entities(k).values() for v in vs]
+        assert {"athlete", "city", "product"} <= set(templates.update_entities(k))
+        assert not seen & set(new)
+        seen |= set(new)
+        for phrase in new:
+            assert templates.is_valid_transcript(phrase)
+            assert not any(_has_phrase(text, phrase) for text in base_texts), phrase
+
+
+def test_update_splits_hold_new_entities(corpus: tuple[Path, dict]) -> None:
+    root, info = corpus
+    train_texts = list(_transcripts(root, "train").values())
+    for k in UPDATES:
+        new = [v for vs in info["entities"][f"update-{k}"].values() for v in vs]
+        assert not any(_has_phrase(t, p) for t in train_texts for p in new)
+        for split in (f"update-{k}", f"update-{k}-test"):
+            rows = [json.loads(line) for line in (root / split / "slu.jsonl").read_text().splitlines()]
+            flagged = [r for r in rows if r["entities_new"]]
+            # 60 % pattern T,T,F,T,F: 4 utterances -> 3 new, 2 -> 2 new
+            assert len(flagged) == sum((True, True, False, True, False)[i % 5] for i in range(len(rows)))
+            assert info["splits"][split]["new_entity_utterances"] == len(flagged)
+            for row in rows:
+                has_new = any(_has_phrase(row["text"], p) for p in new)
+                assert has_new == row["entities_new"], row
+
+
+def test_templates_spell_numbers_and_keep_vocabulary_small() -> None:
+    spelled = [templates.spell_number(n) for n in (0, 13, 40, 99, 105, 1000, 21021)]
+    assert spelled == [
+        "ZERO", "THIRTEEN", "FORTY", "NINETY NINE", "ONE HUNDRED FIVE", "ONE THOUSAND",
+        "TWENTY ONE THOUSAND TWENTY ONE",
+    ]
+    with pytest.raises(ValueError, match="`n`"):
+        templates.spell_number(-1)
+    vocab = templates.vocabulary()
+    assert 300 <= len(vocab) <= 1500
+    rng = np.random.default_rng(0)
+    for update in (None, *UPDATES):
+        for _ in range(200):
+            req = templates.sample_request(rng, update)
+            assert templates.is_valid_transcript(req.text)
+            assert set(req.text.split()) <= vocab
+            assert all(value in req.text for value in req.slots.values())
+            assert req.entities_new == (update is not None)
+    with pytest.raises(ValueError, match="`update`"):
+        templates.sample_request(rng, 6)
+
+
+# --------------------------------------------------------------------------- manifests
+def test_corpus_json_and_slu_jsonl_match_files(corpus: tuple[Path, dict]) -> None:
+    root, info = corpus
+    assert json.loads((root / "corpus.json").read_text()) == info
+    assert info["format_version"] == 1 and info["seed"] == 0 and info["utterances"] == N
+    assert set(info["splits"]) == set(SPLITS)
+    assert set(info["entities"]) == {"base", *(f"update-{k}" for k in UPDATES)}
+    for split in SPLITS:
+        transcripts = _transcripts(root, split)
+        rows = [json.loads(line) for line in (root / split / "slu.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in rows] == sorted(transcripts)
+        assert len(rows) == info["splits"][split]["utterances"]
+        flacs = {p.stem for p in (root / split).glob("*/*/*.flac")}
+        assert flacs == set(transcripts)
+        for row in rows:
+            assert set(row) == {"id", "intent", "slots", "text", "entities_new"}
+            assert row["text"] == transcripts[row["id"]]
+            assert all(_has_phrase(row["text"], v) for v in row["slots"].values())
+            if row["intent"] == "general":
+                assert row["slots"] == {} and row["text"] in templates.GENERAL_SENTENCES
+
+
+# --------------------------------------------------------------------------- idempotence
+def test_second_call_is_fast_and_writes_nothing(corpus: tuple[Path, dict]) -> None:
+    root, info = corpus
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    start = time.perf_counter()
+    again = make_corpus(root, N, seed=0, show_progress=False)
+    assert time.perf_counter() - start < 1.0
+    assert again == info
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
+    assert main(["make-corpus", str(root), "--utterances", str(N), "--seed", "0", "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_other_corpus_in_root_is_refused(corpus: tuple[Path, dict]) -> None:
+    root, _ = corpus
+    with pytest.raises(ValueError, match="different corpus"):
+        make_corpus(root, N, seed=5, show_progress=False)
+
+
+def test_missing_file_is_regenerated(tmp_path: Path) -> None:
+    info = make_corpus(tmp_path, 50, seed=3, num_workers=1, show_progress=False)
+    victim = sorted(tmp_path.glob("dev/*/*/*.flac"))[0]
+    data = victim.read_bytes()
+    victim.unlink()
+    assert make_corpus(tmp_path, 50, seed=3, num_workers=1, show_progress=False) == info
+    assert victim.read_bytes() == data
+
+
+# --------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"utterances": 10}, "`utterances` to be at least"),
+        ({"utterances": "many"}, "`utterances` to be an int"),
+        ({"seed": -1}, "`seed`"),
+        ({"num_workers": 0}, "`num_workers`"),
+        ({"noise_snr_db": (40.0, 20.0)}, "low <= high"),
+        ({"noise_snr_db": (10.0,)}, "`noise_snr_db`"),
+    ],
+)
+def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, match: str) -> None:
+    args = {"utterances": N, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        make_corpus(tmp_path, args.pop("utterances"), args.pop("seed"), show_progress=False, **args)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path), "--utterances", "5", "--quiet"]) == 2
+    assert "`utterances` to be at least" in capsys.readouterr().err
+
+
+def test_unknown_voice_raises() -> None:
+    tts = EspeakSynthesizer()
+    with pytest.raises(EspeakError, match="Unknown eSpeak NG voice"):
+        tts.synthesize("hello", "xx-klingon")
+    with pytest.raises(EspeakError, match="Unknown eSpeak NG variant"):
+        tts.synthesize("hello", "en-us+nosuchvariant")
+    with pytest.raises(ValueError, match="`text`"):
+        tts.synthesize("   ", "en-us")
+    with pytest.raises(ValueError, match="`rate`"):
+        tts.synthesize("hello", "en-us", rate=10)
