@@ -1,0 +1,209 @@
+"""The arbitrator: a tiny network choosing, frame by frame, which branch processes the frame.
+
+Inputs at frame ``t``: the input features ``x_t``, the normalised backlog
+``log1p(b_{t-1} / frame_ms)`` and (optionally) the previous gate ``g_{t-1}`` (``K``
+values). It never sees encoder hidden states, so the decisions of a whole utterance
+are computed first, in one cheap loop that also runs the backlog recursion, and the
+encoders then run with known gates.
+
+Training uses a relaxed categorical (Gumbel-softmax at ``temperature``, optionally
+straight-through: hard one-hot forward, soft gradient); evaluation uses hard argmax
+decisions without noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_amortized.functional.backlog import backlog_step
+from lightning_amortized.functional.flops import linear_flops
+
+__all__ = ["Arbitrator"]
+
+
+class Arbitrator(nn.Module):
+    """``Linear(F + 1 + K -> hidden) -> tanh -> Linear(hidden -> K)`` over frame, backlog and previous gate.
+
+    Args:
+        input_size: Features per input frame ``F``.
+        num_branches: Number of branches ``K`` (>= 2).
+        hidden_size: Hidden units.
+        frame_ms: Audio per frame in ms (normalises the backlog input).
+        temperature: Gumbel-softmax temperature (> 0); annealed by
+            :class:`~lightning_amortized.callbacks.temperature.ArbitratorTemperature`.
+        straight_through: Hard one-hot gates in the forward pass of training, soft
+            gradients (straight-through Gumbel-softmax).
+        use_prev_decision: Feed the previous gate back as an input.
+        gumbel_noise: Add Gumbel noise in training (turn off for deterministic training
+            forwards, e.g. to compare training and inference).
+
+    Example:
+        >>> arb = Arbitrator(input_size=40, num_branches=2).eval()
+        >>> logits, gates, cost, b = arb.decide(torch.randn(3, 7, 40), torch.tensor([7, 5, 2]),
+        ...                                     branch_cost_ms=torch.tensor([10.0, 40.0]))
+        >>> gates.shape, b.shape, bool(((gates == 0) | (gates == 1)).all())
+        (torch.Size([3, 7, 2]), torch.Size([3, 7]), True)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_branches: int = 2,
+        hidden_size: int = 16,
+        frame_ms: float = 30.0,
+        temperature: float = 1.0,
+        straight_through: bool = False,
+        use_prev_decision: bool = True,
+        gumbel_noise: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_branches < 2:
+            raise ValueError(f"Expected argument `num_branches` to be >= 2, but got {num_branches}.")
+        if input_size <= 0 or hidden_size <= 0:
+            raise ValueError(
+                f"Expected positive `input_size` and `hidden_size`, but got {input_size} and {hidden_size}."
+            )
+        if not frame_ms > 0:
+            raise ValueError(f"Expected argument `frame_ms` to be positive, but got {frame_ms}.")
+        self.input_size, self.num_branches, self.hidden_size = input_size, num_branches, hidden_size
+        self.frame_ms = float(frame_ms)
+        self.use_prev_decision = use_prev_decision
+        self.straight_through = straight_through
+        self.gumbel_noise = gumbel_noise
+        extra = 1 + (num_branches if use_prev_decision else 0)
+        self.hidden = nn.Linear(input_size + extra, hidden_size)
+        self.out = nn.Linear(hidden_size, num_branches)
+        nn.init.zeros_(self.out.bias)
+        self._temperature = 1.0
+        self.temperature = temperature
+
+    @property
+    def temperature(self) -> float:
+        """Gumbel-softmax temperature; setting a value <= 0 raises ``ValueError``."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"Expected argument `temperature` to be a positive finite number, but got {value}.")
+        self._temperature = float(value)
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self._temperature}, straight_through={self.straight_through}, "
+            f"frame_ms={self.frame_ms}, use_prev_decision={self.use_prev_decision}"
+        )
+
+    def flops_per_frame(self) -> int:
+        """Counted FLOPs per frame: both linear layers, tanh, backlog normalisation (2) and argmax (K)."""
+        extra = 1 + (self.num_branches if self.use_prev_decision else 0)
+        return (
+            linear_flops(self.input_size + extra, self.hidden_size)
+            + self.hidden_size
+            + linear_flops(self.hidden_size, self.num_branches)
+            + 2
+            + self.num_branches
+        )
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _split_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        w = self.hidden.weight
+        F_ = self.input_size
+        w_prev = w[:, F_ + 1 :] if self.use_prev_decision else None
+        return w[:, :F_], w[:, F_], w_prev
+
+    def _logits(
+        self,
+        ax_t: torch.Tensor,
+        backlog_ms: torch.Tensor,
+        prev: torch.Tensor,
+        w_b: torch.Tensor,
+        w_prev: torch.Tensor | None,
+    ) -> torch.Tensor:
+        feat = torch.log1p(backlog_ms / self.frame_ms)
+        pre = ax_t + feat[:, None] * w_b
+        if w_prev is not None:
+            pre = pre + prev @ w_prev.t()
+        return self.out(torch.tanh(pre))
+
+    def gates_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Relaxed (training) or hard one-hot (eval) gates from logits ``(..., K)``."""
+        if not self.training:
+            return F.one_hot(logits.argmax(-1), self.num_branches).to(logits.dtype)
+        z = logits
+        if self.gumbel_noise:
+            u = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
+            z = z - torch.log(-torch.log(u))
+        soft = torch.softmax(z / self._temperature, dim=-1)
+        if not self.straight_through:
+            return soft
+        hard = F.one_hot(soft.argmax(-1), self.num_branches).to(soft.dtype)
+        return hard - soft.detach() + soft
+
+    def init_state(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(backlog_ms (B,), previous gate (B, K))`` at the start of an utterance."""
+        p = self.out.weight
+        return p.new_zeros(batch_size), p.new_zeros(batch_size, self.num_branches)
+
+    def step(self, x_t: torch.Tensor, backlog_ms: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` for one frame ``x_t`` ``(B, F)`` given the backlog before it and the previous gate."""
+        w_x, w_b, w_prev = self._split_weights()
+        ax = F.linear(x_t, w_x, self.hidden.bias)
+        return self._logits(ax, backlog_ms, prev, w_b, w_prev)
+
+    # -- whole utterance ----------------------------------------------------------------------
+
+    def decide(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor | None,
+        branch_cost_ms: torch.Tensor,
+        base_cost_ms: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the arbitrator and the backlog recursion over a padded batch.
+
+        Args:
+            x: ``(B, T, F)`` input frames.
+            lengths: ``(B,)`` valid frames, or ``None``.
+            branch_cost_ms: ``(K,)`` cost of each branch on the simulated device (ms).
+            base_cost_ms: Cost paid on every frame whatever the choice (the arbitrator itself).
+
+        Returns:
+            ``logits (B, T, K)``, ``gates (B, T, K)`` (relaxed in training, one-hot in
+            eval), ``cost_ms (B, T)`` = ``base + gates @ branch_cost_ms`` and
+            ``backlog_ms (B, T)`` after every frame (frozen past the length).
+        """
+        B, T, _ = x.shape
+        if branch_cost_ms.shape != (self.num_branches,):
+            raise ValueError(
+                f"Expected argument `branch_cost_ms` to have shape ({self.num_branches},), "
+                f"but got {tuple(branch_cost_ms.shape)}."
+            )
+        w_x, w_b, w_prev = self._split_weights()
+        ax = F.linear(x, w_x, self.hidden.bias)  # (B, T, hidden), all frames at once
+        costs = branch_cost_ms.to(x)
+        valid = None
+        if lengths is not None:
+            valid = torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        b, prev = self.init_state(B)
+        b, prev = b.to(x), prev.to(x)
+        logits_l, gates_l, cost_l, back_l = [], [], [], []
+        for t in range(T):
+            logits = self._logits(ax[:, t], b, prev, w_b, w_prev)
+            g = self.gates_from_logits(logits)
+            cost = base_cost_ms + g @ costs
+            b = backlog_step(b, cost, self.frame_ms, None if valid is None else valid[:, t])
+            prev = g
+            logits_l.append(logits)
+            gates_l.append(g)
+            cost_l.append(cost)
+            back_l.append(b)
+        if T == 0:
+            z = x.new_zeros(B, 0, self.num_branches)
+            return z, z, x.new_zeros(B, 0), x.new_zeros(B, 0)
+        return torch.stack(logits_l, 1), torch.stack(gates_l, 1), torch.stack(cost_l, 1), torch.stack(back_l, 1)
