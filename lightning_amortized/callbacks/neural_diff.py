@@ -1,0 +1,377 @@
+r"""
+Neural Diff
+^^^^^^^^^^^
+
+Turn a fine-tuning run into training of a small diff ``W = W0 + D`` on frozen weights,
+and export ``D`` as a verifiable file (see ``docs/neural_diff.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from typing_extensions import override
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
+
+from lightning_amortized.diffs.attach import attach_diffs, detach_diffs, diff_modules
+from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets
+from lightning_amortized.diffs.io import VALUE_DTYPES, DiffInfo, estimate_diff_bytes, export_diff
+from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density
+from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_targets
+
+__all__ = ["NeuralDiff"]
+
+_STATE_VERSION = 1
+
+
+class NeuralDiff(Callback):
+    r"""Train a sparse or hashed diff on frozen weights and export it.
+
+    In ``setup()`` (before ``configure_optimizers``) every parameter of the
+    ``LightningModule`` is frozen and each target gets a parametrization so the forward
+    pass uses ``W0 + D``; the diff tensors are then the only trainable parameters (an
+    optimizer built from ``self.parameters()`` trains exactly them).
+
+    - ``method="sparse"``: dense ``D`` with a mask. At the start of epoch ``e`` (of
+      ``E = schedule_epochs or trainer.max_epochs``) the mask is pruned by magnitude to
+      density ``d(e) = d_final + (1 - d_final) * (1 - e / (E - 1)) ** schedule_power``,
+      pruning first from matrices denser than ``density_cap_factor * d(e)``; the last
+      epoch trains at the budget, and ``on_train_end`` enforces it in any case.
+    - ``method="hashed"``: ``D[i] = sign(i) * buckets[h(i)]``; the budget is the number of
+      buckets, split over targets in proportion to their size.
+
+    Args:
+        method: ``"sparse"`` or ``"hashed"``.
+        budget: a ``float`` in ``(0, 1]``: the fraction of the targeted entries kept
+            (sparse) or used as buckets (hashed); an ``int``: a size in bytes of the stored
+            tensors (sparse: 4-byte index + value per entry; hashed: value per bucket).
+        targets: glob or ``re:`` patterns over plain parameter names (``"*.weight"``,
+            ``"re:encoder\.rnn\..*"``); each pattern must match something.
+        exclude: patterns removed from the selection.
+        seed: hash seed (hashed) and recorded seed (sparse).
+        value_dtype: stored value type: ``"fp32"`` (bit-exact), ``"fp16"`` or ``"int8"``.
+        export_path: if set, the diff is exported there (rank zero) at the end of ``fit``.
+        dry_run: log the matched targets with shapes and sizes, attach nothing, and stop
+            ``fit`` before the first step.
+        schedule_epochs: epochs of the sparsification schedule (default ``trainer.max_epochs``).
+        schedule_power: exponent of the density schedule (3 = cubic).
+        density_cap_factor: per-matrix density cap as a multiple of the global density (``>= 1``).
+
+    Raises:
+        ValueError: if an argument is invalid (the message names it).
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_amortized.callbacks.neural_diff import NeuralDiff
+        >>> diff = NeuralDiff(method="sparse", budget=0.1, targets=["*.weight"], export_path="update-1.safetensors")
+        >>> trainer = Trainer(callbacks=[diff], max_epochs=4)
+
+    After ``trainer.fit(model, datamodule)`` the file ``update-1.safetensors`` holds the
+    diff; ``diff.export(path, model)`` exports again, ``diff.remove(model)`` merges it.
+    """
+
+    def __init__(
+        self,
+        method: Literal["sparse", "hashed"] = "sparse",
+        budget: float | int = 0.1,
+        targets: str | Sequence[str] = ("*",),
+        exclude: str | Sequence[str] = (),
+        seed: int = 0,
+        value_dtype: Literal["fp32", "fp16", "int8"] = "fp32",
+        export_path: str | os.PathLike | None = None,
+        dry_run: bool = False,
+        schedule_epochs: int | None = None,
+        schedule_power: float = 3.0,
+        density_cap_factor: float = 4.0,
+    ) -> None:
+        if method not in ("sparse", "hashed"):
+            raise ValueError(f"Expected argument `method` to be 'sparse' or 'hashed', but got {method!r}.")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise ValueError(f"Expected argument `budget` to be a float fraction or an int byte size, but got {budget!r}.")
+        if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+            raise ValueError(f"Expected argument `budget` (a fraction) to be in (0, 1], but got {budget}.")
+        if isinstance(budget, int) and budget < 1:
+            raise ValueError(f"Expected argument `budget` (bytes) to be >= 1, but got {budget}.")
+        if value_dtype not in VALUE_DTYPES:
+            raise ValueError(f"Expected argument `value_dtype` to be one of {list(VALUE_DTYPES)}, but got {value_dtype!r}.")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"Expected argument `seed` to be a non-negative int, but got {seed!r}.")
+        if schedule_epochs is not None and schedule_epochs < 1:
+            raise ValueError(f"Expected argument `schedule_epochs` to be None or >= 1, but got {schedule_epochs}.")
+        if schedule_power <= 0:
+            raise ValueError(f"Expected argument `schedule_power` to be > 0, but got {schedule_power}.")
+        if density_cap_factor < 1:
+            raise ValueError(f"Expected argument `density_cap_factor` to be >= 1, but got {density_cap_factor}.")
+        self.method = method
+        self.budget = budget
+        self.targets = [targets] if isinstance(targets, str) else list(targets)
+        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        if not self.targets:
+            raise ValueError("Expected argument `targets` to hold at least one pattern, but got [].")
+        self.seed = seed
+        self.value_dtype = value_dtype
+        self.export_path = export_path
+        self.dry_run = dry_run
+        self.schedule_epochs = schedule_epochs
+        self.schedule_power = schedule_power
+        self.density_cap_factor = density_cap_factor
+
+        self.target_names: list[str] = []
+        self.target_numel = 0
+        self.final_count = 0  # kept entries (sparse) or buckets (hashed) at the end
+        self.bucket_counts: dict[str, int] = {}
+        self.density = 1.0
+        self.last_pruned_epoch = -1
+        self._requires_grad: dict[str, bool] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # a fixed prefix (not the class name) so subclasses resume from NeuralDiff checkpoints
+        return f"NeuralDiff{ {'method': self.method, 'targets': self.targets, 'exclude': self.exclude}!r}"
+
+    # ------------------------------------------------------------------ budget
+
+    def _final_count(self, sizes: Sequence[int]) -> int:
+        n = sum(sizes)
+        value_bytes = VALUE_DTYPES[self.value_dtype].itemsize
+        if isinstance(self.budget, float):
+            count = round(self.budget * n)
+        elif self.method == "sparse":
+            count = self.budget // (value_bytes + 4)
+        else:
+            count = self.budget // value_bytes
+        lowest = 1 if self.method == "sparse" else len(sizes)
+        if count < lowest:
+            raise ValueError(
+                f"Expected argument `budget` ({self.budget!r}) to allow at least {lowest} stored "
+                f"{'entry' if self.method == 'sparse' else 'bucket(s)'}, but it allows {count}."
+            )
+        return min(count, n)
+
+    # ------------------------------------------------------------------ hooks
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dry_run:
+            rank_zero_info("NeuralDiff dry run, targets:\n" + describe_targets(pl_module, self.targets, self.exclude))
+            return
+        attached = diff_modules(pl_module)
+        if attached:
+            if sorted(attached) != sorted(self.target_names):
+                raise RuntimeError(
+                    f"Model already carries diffs on {sorted(attached)} that this NeuralDiff did not attach; "
+                    "merge or detach them first (NeuralDiff.remove / lightning_amortized.diffs.merge)."
+                )
+            return  # setup() of a later stage (validate/test) on the same model
+        names = select_targets(pl_module, self.targets, self.exclude)
+        params = plain_parameters(pl_module)
+        sizes = [params[n].numel() for n in names]
+        self.target_names = names
+        self.target_numel = sum(sizes)
+        self.final_count = self._final_count(sizes)
+        if self.method == "hashed":
+            self.bucket_counts = dict(zip(names, allocate_buckets(sizes, self.final_count)))
+        self._requires_grad = {n: p.requires_grad for n, p in params.items()}
+        for p in pl_module.parameters():
+            p.requires_grad_(False)
+        attach_diffs(pl_module, names, self.method, num_buckets=self.bucket_counts or None, seed=self.seed)
+        model_bytes = sum(p.numel() * p.element_size() for p in params.values())
+        rank_zero_info(
+            f"NeuralDiff: {self.method} diff on {len(names)} target(s) ({self.target_numel:,} entries), budget "
+            f"{self.final_count:,} {'entries' if self.method == 'sparse' else 'buckets'}, projected file "
+            f"~{self.projected_bytes(pl_module):,} bytes vs {model_bytes:,} bytes of model weights."
+        )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dry_run:
+            trainer.should_stop = True
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dry_run or self.method != "sparse":
+            return
+        epoch = trainer.current_epoch
+        if epoch <= self.last_pruned_epoch:
+            return  # resumed inside an epoch that was already pruned
+        target = scheduled_density(epoch, self._schedule_epochs(trainer), self._final_density(), self.schedule_power)
+        if target < self.density - 1e-12:
+            self._prune(trainer, pl_module, target)
+        self.last_pruned_epoch = epoch
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.dry_run or self.method != "sparse":
+            return
+        for d in diff_modules(pl_module).values():
+            if isinstance(d, SparseDiff):
+                d.zero_pruned()
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dry_run:
+            return
+        for key, value in self.stats(pl_module).items():
+            pl_module.log(f"neural_diff/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dry_run or self.method != "sparse":
+            return
+        if self._nnz(pl_module) > self.final_count:
+            self._prune(trainer, pl_module, self._final_density(), keep=self.final_count)
+        stats = self.stats(pl_module)
+        rank_zero_info(
+            f"NeuralDiff: {int(stats['nonzeros']):,} non-zeros ({100 * stats['budget_used']:.1f}% of the budget), "
+            f"projected file ~{int(stats['projected_bytes']):,} bytes."
+        )
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.export_path is not None and not self.dry_run:
+            self.export(self.export_path, pl_module)
+
+    # ------------------------------------------------------------------ pruning
+
+    def _schedule_epochs(self, trainer: pl.Trainer) -> int:
+        if self.schedule_epochs is not None:
+            return self.schedule_epochs
+        max_epochs = trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            rank_zero_warn(
+                "NeuralDiff: `trainer.max_epochs` is not set; pass `schedule_epochs` for a gradual schedule. "
+                "The budget is enforced once, at the end of training."
+            )
+            return 1
+        return max_epochs
+
+    def _final_density(self) -> float:
+        return self.final_count / max(self.target_numel, 1)
+
+    def _nnz(self, pl_module: pl.LightningModule) -> int:
+        return sum(d.nnz for d in diff_modules(pl_module).values() if isinstance(d, SparseDiff))
+
+    @torch.no_grad()
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, density: float, keep: int | None = None) -> None:
+        diffs = [d for d in diff_modules(pl_module).values() if isinstance(d, SparseDiff)]
+        if keep is None:
+            keep = max(self.final_count, round(density * self.target_numel))
+        masks = magnitude_keep_masks(
+            [d.delta for d in diffs], [d.mask for d in diffs], keep, cap_factor=self.density_cap_factor
+        )
+        distributed = trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        for d, m in zip(diffs, masks):
+            if distributed:  # rank 0 decides; every rank gets the same mask bytes
+                buf = m.to(torch.uint8)
+                torch.distributed.broadcast(buf, src=0)
+                m = buf.bool()
+            d.mask.copy_(m)
+            d.zero_pruned()
+        self.density = density
+
+    # ------------------------------------------------------------------ reporting
+
+    def projected_bytes(self, pl_module: pl.LightningModule) -> int:
+        """Projected size in bytes of the file :meth:`export` would write at the budget."""
+        diffs = diff_modules(pl_module)
+        if self.method == "sparse":
+            total = max(self.target_numel, 1)
+            stored = {n: (d.delta.numel(), round(self.final_count * d.delta.numel() / total)) for n, d in diffs.items()}
+        else:
+            stored = {n: (d.bucket_index.numel(), d.num_buckets) for n, d in diffs.items() if isinstance(d, HashedDiff)}
+        return estimate_diff_bytes(self.method, self.value_dtype, stored)
+
+    def stats(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Current ``nonzeros`` (or ``buckets``), ``budget_used`` (fraction), ``density`` and ``projected_bytes``."""
+        diffs = diff_modules(pl_module)
+        if self.method == "sparse":
+            nnz = self._nnz(pl_module)
+            stored = {n: (d.delta.numel(), d.nnz) for n, d in diffs.items() if isinstance(d, SparseDiff)}
+            key = "nonzeros"
+        else:
+            nnz = sum(d.num_buckets for d in diffs.values() if isinstance(d, HashedDiff))
+            stored = {n: (d.bucket_index.numel(), d.num_buckets) for n, d in diffs.items() if isinstance(d, HashedDiff)}
+            key = "buckets"
+        return {
+            key: float(nnz),
+            "budget_used": nnz / max(self.final_count, 1),
+            "density": nnz / max(self.target_numel, 1),
+            "projected_bytes": float(estimate_diff_bytes(self.method, self.value_dtype, stored)),
+        }
+
+    # ------------------------------------------------------------------ export / removal
+
+    def export(self, path: str | os.PathLike, pl_module: pl.LightningModule) -> DiffInfo | None:
+        """Write the current diff to ``path`` on rank zero (other ranks return ``None``).
+
+        Returns:
+            The written file's :class:`~lightning_amortized.diffs.DiffInfo` (rank zero).
+        """
+        if self.method == "sparse" and self._nnz(pl_module) > self.final_count:
+            rank_zero_warn(
+                f"NeuralDiff.export: the diff keeps {self._nnz(pl_module):,} entries, more than the budget "
+                f"({self.final_count:,}); the schedule has not finished."
+            )
+        if rank_zero_only.rank != 0:
+            return None
+        info = export_diff(
+            pl_module,
+            path,
+            value_dtype=self.value_dtype,
+            seed=self.seed,
+            extra_metadata={"budget": self.budget, "targets": self.targets, "exclude": self.exclude},
+        )
+        model_bytes = sum(p.numel() * p.element_size() for p in plain_parameters(pl_module).values())
+        rank_zero_info(
+            f"NeuralDiff: exported {info.file_bytes:,} bytes to {path} "
+            f"({100.0 * info.file_bytes / max(model_bytes, 1):.2f}% of {model_bytes:,} bytes of weights; "
+            f"max abs error {info.extra.get('max_abs_error', 0.0):.3g})."
+        )
+        return info
+
+    def remove(self, pl_module: pl.LightningModule, merge: bool = True) -> None:
+        """Detach the diffs (``merge=True``: ``W0 <- W0 + D``) and restore ``requires_grad`` flags."""
+        detach_diffs(pl_module, merge=merge)
+        for name, p in plain_parameters(pl_module).items():
+            p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
+
+    # ------------------------------------------------------------------ checkpointing
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "method": self.method,
+            "budget": self.budget,
+            "targets": self.targets,
+            "exclude": self.exclude,
+            "seed": self.seed,
+            "value_dtype": self.value_dtype,
+            "target_names": self.target_names,
+            "final_count": self.final_count,
+            "bucket_counts": self.bucket_counts,
+            "density": self.density,
+            "last_pruned_epoch": self.last_pruned_epoch,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key in ("method", "seed", "target_names", "final_count", "bucket_counts"):
+            ours, theirs = getattr(self, key), state_dict.get(key)
+            if self.target_names and ours != theirs:  # setup() ran: the model is already wrapped
+                raise ValueError(
+                    f"NeuralDiff checkpoint has {key}={theirs!r} but this callback is configured with {ours!r}; "
+                    "resume with the same NeuralDiff arguments."
+                )
+        self.density = float(state_dict["density"])
+        self.last_pruned_epoch = int(state_dict["last_pruned_epoch"])

@@ -1,0 +1,200 @@
+"""NeuralDiff callback: real Trainer.fit runs on a tiny model (CPU, seconds)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_amortized.callbacks.neural_diff import NeuralDiff
+from lightning_amortized.diffs import SparseDiff, apply_diff, diff_modules, effective_tensor, inspect_diff
+
+
+class TinyModule(LightningModule):
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Linear(6, 16)
+        self.rnn = nn.GRU(16, 12, batch_first=True)
+        self.head = nn.Linear(12, 3)
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(torch.tanh(self.emb(x)))
+        return self.head(h[:, -1])
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, D102
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):  # noqa: D102
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def loader(n: int = 32, seed: int = 1) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, 6, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def trainer(tmp_path: Path, cb: NeuralDiff, max_epochs: int, **kw) -> Trainer:
+    return Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        callbacks=[cb, *kw.pop("callbacks", [])],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        **kw,
+    )
+
+
+def masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: d.mask.clone() for n, d in diff_modules(model).items() if isinstance(d, SparseDiff)}
+
+
+def test_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="`method`"):
+        NeuralDiff(method="lora")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`budget`.*\(0, 1\]"):
+        NeuralDiff(budget=1.5)
+    with pytest.raises(ValueError, match="`budget`"):
+        NeuralDiff(budget=True)
+    with pytest.raises(ValueError, match="`value_dtype`"):
+        NeuralDiff(value_dtype="bf16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`seed`"):
+        NeuralDiff(seed=-1)
+
+
+def test_sparse_fit_meets_budget_and_exports(tmp_path: Path) -> None:
+    model = TinyModule()
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cb = NeuralDiff(method="sparse", budget=0.05, targets=["*weight*"], exclude=["head.*"],
+                    export_path=tmp_path / "u1.safetensors")
+    fit = trainer(tmp_path, cb, max_epochs=3)
+    fit.fit(model, loader())
+    n_targets = sum(base[n].numel() for n in cb.target_names)
+    assert cb.target_names == ["emb.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0"]
+    assert cb.final_count == round(0.05 * n_targets)
+    # budget met exactly at the end of fit; pruned entries are exactly zero
+    nnz = sum(int(m.sum()) for m in masks(model).values())
+    assert nnz == cb.final_count
+    for d in diff_modules(model).values():
+        assert bool((d.delta[~d.mask] == 0).all())
+    # only the diff tensors were trainable; bases untouched
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"{n.rpartition('.')[0]}.parametrizations.{n.rpartition('.')[2]}.0.delta".lstrip(".") for n in cb.target_names
+    }
+    for n, d in diff_modules(model).items():
+        assert torch.equal(model.get_parameter(
+            n.replace(n.rpartition(".")[2], f"parametrizations.{n.rpartition('.')[2]}.original")), base[n])
+    assert fit.callback_metrics["neural_diff/nonzeros"] > 0
+    assert fit.callback_metrics["neural_diff/projected_bytes"] > 0
+    # the exported file holds exactly the kept entries and reproduces the trained weights bit-exactly
+    info = inspect_diff(tmp_path / "u1.safetensors")
+    assert info.stored == cb.final_count and info.extra["max_abs_error"] == 0.0
+    fresh = TinyModule()
+    apply_diff(fresh, tmp_path / "u1.safetensors")
+    for n in cb.target_names:
+        assert torch.equal(fresh.get_parameter(n), effective_tensor(model, n))
+    x = torch.randn(4, 5, 6)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_schedule_prunes_gradually(tmp_path: Path) -> None:
+    model = TinyModule()
+    seen: list[int] = []
+
+    class Spy(NeuralDiff):
+        def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001, D102
+            super().on_train_epoch_end(trainer, pl_module)
+            seen.append(self._nnz(pl_module))
+
+    cb = Spy(method="sparse", budget=0.1, targets="*.weight*")
+    trainer(tmp_path, cb, max_epochs=4).fit(model, loader(16))
+    n = cb.target_numel
+    expected = [n] + [max(cb.final_count, round(d * n)) for d in (0.1 + 0.9 * (1 - e / 3) ** 3 for e in (1, 2, 3))]
+    assert seen == expected
+
+
+def test_masks_and_schedule_survive_resume(tmp_path: Path) -> None:
+    # a 4-epoch schedule interrupted after epoch 2 (fit stops at max_epochs=2; its checkpoint
+    # of epoch index 1 is taken before the end-of-fit budget enforcement)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+
+    def make() -> NeuralDiff:
+        return NeuralDiff(method="sparse", budget=0.1, targets=["*.weight*"], schedule_epochs=4)
+
+    trainer(tmp_path, make(), max_epochs=2, callbacks=[ckpt_cb], enable_checkpointing=True).fit(
+        TinyModule(), loader()
+    )
+    ckpt = tmp_path / "ckpt" / "epoch=1-step=8.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("NeuralDiff"))
+    assert state["last_pruned_epoch"] == 1 and 0.1 < state["density"] < 1.0
+    saved_masks = {k.replace(".parametrizations.", ".").replace(".0.mask", ""): v
+                   for k, v in saved["state_dict"].items() if k.endswith(".0.mask")}
+    assert len(saved_masks) == 4
+
+    restored: dict[str, torch.Tensor] = {}
+    position: list[float] = []
+
+    class Probe(NeuralDiff):
+        def on_train_start(self, trainer, pl_module):  # noqa: ANN001, D102
+            restored.update(masks(pl_module))
+            position.extend([self.last_pruned_epoch, self.density])
+
+    model2 = TinyModule()
+    cb2 = Probe(method="sparse", budget=0.1, targets=["*.weight*"], schedule_epochs=4)
+    trainer(tmp_path, cb2, max_epochs=4).fit(model2, loader(), ckpt_path=ckpt)
+    assert position == [1, state["density"]]
+    assert restored.keys() == saved_masks.keys()
+    assert all(torch.equal(restored[k], saved_masks[k]) for k in saved_masks)
+    final = masks(model2)
+    assert sum(int(m.sum()) for m in final.values()) == cb2.final_count
+    assert all(bool((final[k] <= saved_masks[k]).all()) for k in final)  # masks only shrink
+
+    # an uninterrupted 4-epoch run ends with the same masks and weights
+    model3 = TinyModule()
+    trainer(tmp_path, make(), max_epochs=4).fit(model3, loader())
+    assert all(torch.equal(final[k], masks(model3)[k]) for k in final)
+    for n in cb2.target_names:
+        assert torch.equal(effective_tensor(model2, n), effective_tensor(model3, n))
+
+
+def test_hashed_fit_uses_bucket_budget(tmp_path: Path) -> None:
+    model = TinyModule()
+    cb = NeuralDiff(method="hashed", budget=200, targets=["rnn.*"], value_dtype="fp16",
+                    export_path=tmp_path / "h.safetensors")  # 200 bytes of fp16 = 100 buckets
+    x = torch.randn(4, 5, 6)
+    before = model(x).detach()
+    trainer(tmp_path, cb, max_epochs=2).fit(model, loader())
+    assert sum(cb.bucket_counts.values()) == 100
+    assert sum(d.buckets.numel() for d in diff_modules(model).values()) == 100
+    assert not torch.equal(model(x), before)
+    info = inspect_diff(tmp_path / "h.safetensors")
+    assert info.method == "hashed" and info.stored == 100 and info.value_dtype == "fp16"
+
+
+def test_dry_run_lists_targets_and_trains_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = TinyModule()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with caplog.at_level(logging.INFO):
+        trainer(tmp_path, NeuralDiff(targets=["rnn.weight_*"], dry_run=True), max_epochs=2).fit(model, loader())
+    assert "rnn.weight_ih_l0  (36, 16)  576" in caplog.text and "rnn.bias" not in caplog.text
+    assert not diff_modules(model)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_unmatched_pattern_fails_setup(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"'encoder\.\*' matches no parameter"):
+        trainer(tmp_path, NeuralDiff(targets=["encoder.*"]), max_epochs=1).fit(TinyModule(), loader())
