@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -256,6 +257,16 @@ def _plan(
 # Audio rendering (runs in worker processes).
 # ---------------------------------------------------------------------------------
 _TTS: EspeakSynthesizer | None = None
+_UP, _DOWN = 320, 441  # 22,050 Hz * 320 / 441 = 16,000 Hz
+
+
+@functools.lru_cache(maxsize=1)
+def _resampling_filter() -> np.ndarray:
+    """scipy's default ``resample_poly`` low-pass (Kaiser, beta 5), designed once."""
+    from scipy.signal import firwin
+
+    half_len = 10 * max(_UP, _DOWN)
+    return firwin(2 * half_len + 1, 1.0 / max(_UP, _DOWN), window=("kaiser", 5.0))
 
 
 def _init_worker() -> None:
@@ -266,7 +277,7 @@ def _init_worker() -> None:
 def _render(job: _Job) -> tuple[str, str, float]:
     """Synthesise, post-process and write one utterance; returns (split, id, seconds)."""
     import soundfile as sf
-    from scipy.signal import resample_poly
+    from scipy.signal import lfilter, resample_poly
 
     tts = _TTS if _TTS is not None else EspeakSynthesizer()
     rng = np.random.default_rng([job.seed, 1])
@@ -275,7 +286,7 @@ def _render(job: _Job) -> tuple[str, str, float]:
         job.text.lower(), job.voice, rate=job.rate, pitch=job.pitch, pitch_range=job.pitch_range,
         seed=job.seed,
     ).astype(np.float64)
-    speech = resample_poly(speech, SAMPLE_RATE, ESPEAK_SAMPLE_RATE)
+    speech = resample_poly(speech, _UP, _DOWN, window=_resampling_filter())
     lead = int(rng.uniform(0.05, 0.35) * SAMPLE_RATE)
     trail = int(rng.uniform(0.05, 0.35) * SAMPLE_RATE)
     speech = np.concatenate([np.zeros(lead), speech, np.zeros(trail)])
@@ -287,9 +298,8 @@ def _render(job: _Job) -> tuple[str, str, float]:
         power = float(np.mean(active**2)) if active.size else 1e-8
         snr = rng.uniform(*job.snr_db)
         noise = rng.standard_normal(speech.shape[0])
-        if rng.random() < 0.5:  # brownish noise half of the time
-            noise = np.cumsum(noise)
-            noise -= np.convolve(noise, np.ones(401) / 401, mode="same")
+        if rng.random() < 0.5:  # brownish (leaky-integrated) noise half of the time
+            noise = lfilter([1.0], [1.0, -0.98], noise)
         noise *= np.sqrt(power / 10 ** (snr / 10) / max(float(np.mean(noise**2)), 1e-12))
         speech = speech + noise
     pcm = np.clip(np.round(speech * 32767.0), -32768, 32767).astype(np.int16)
