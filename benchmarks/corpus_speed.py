@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,13 @@ from pathlib import Path
 from lightning_amortized.data.synthetic import GENERATOR_VERSION, make_corpus
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children, in seconds."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run(utterances: int = 2000, seed: int = 0, workers: int | None = None) -> dict:
@@ -34,13 +42,18 @@ def run(utterances: int = 2000, seed: int = 0, workers: int | None = None) -> di
 
     Returns:
         The measurements: ``utterances_per_minute``, ``audio_hours``, ``seconds``
-        (wall clock), ``workers``, ``cpu_count`` and context.
+        (wall clock), ``workers``, ``cpu_count``, ``cpu_ms_per_utterance`` (CPU time
+        of the generator and its workers, which does not depend on other load) and
+        context such as the 1-minute ``load_average_before``.
     """
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
+        cpu0 = _cpu_seconds()
         start = time.perf_counter()
         info = make_corpus(tmp, utterances, seed, num_workers=workers, show_progress=True)
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu0
     return {
         "utterances": utterances,
         "seed": seed,
@@ -50,6 +63,9 @@ def run(utterances: int = 2000, seed: int = 0, workers: int | None = None) -> di
         "utterances_per_minute": round(utterances / seconds * 60.0, 1),
         "audio_hours": round(info["hours"], 4),
         "audio_seconds_per_wall_second": round(info["hours"] * 3600.0 / seconds, 1),
+        "cpu_seconds": round(cpu, 2),
+        "cpu_ms_per_utterance": round(cpu / utterances * 1000.0, 1),
+        "load_average_before": round(load_before, 2),
         "generator_version": GENERATOR_VERSION,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -63,14 +79,17 @@ def write(result: dict, out_dir: Path = RESULTS) -> None:
     md = [
         "# Synthetic corpus generation speed",
         "",
-        "Produced by `python benchmarks/corpus_speed.py` (CPU only; the machine was shared",
-        "with other jobs, so treat the numbers as a lower bound).",
+        "Produced by `python benchmarks/corpus_speed.py` (CPU only). The machine may be",
+        "shared with other jobs (see the load average): wall-clock rates are then a lower",
+        "bound, while CPU ms per utterance does not depend on other load.",
         "",
-        "| utterances | workers | CPUs | seconds | utterances/min | audio hours | audio s per wall s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| utterances | workers | CPUs | load before | seconds | utterances/min | audio hours "
+        "| audio s per wall s | CPU ms per utterance |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {result['utterances']} | {result['workers']} | {result['cpu_count']} | "
-        f"{result['seconds']} | {result['utterances_per_minute']} | {result['audio_hours']} | "
-        f"{result['audio_seconds_per_wall_second']} |",
+        f"{result['load_average_before']} | {result['seconds']} | "
+        f"{result['utterances_per_minute']} | {result['audio_hours']} | "
+        f"{result['audio_seconds_per_wall_second']} | {result['cpu_ms_per_utterance']} |",
         "",
     ]
     (out_dir / "corpus_speed.md").write_text("\n".join(md))
