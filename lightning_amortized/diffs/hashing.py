@@ -22,7 +22,7 @@ import zlib
 
 import torch
 
-__all__ = ["hash_indices", "hash_indices_reference", "name_salts"]
+__all__ = ["hash_flat_indices", "hash_indices", "hash_indices_reference", "name_salts"]
 
 _M32 = 0xFFFFFFFF
 _C1 = 0x85EBCA6B
@@ -98,20 +98,36 @@ def hash_indices(
         >>> bool(((b >= 0) & (b < 3)).all()), sorted(set(s.tolist())) in ([-1, 1], [-1], [1])
         (True, True)
     """
-    if num_buckets < 1:
-        raise ValueError(f"Expected argument `num_buckets` to be >= 1, but got {num_buckets}.")
-    salt_a, salt_b = name_salts(name, seed)
     buckets = torch.empty(numel, dtype=torch.int64, device=device)
     signs = torch.empty(numel, dtype=torch.int8, device=device)
     for start in range(0, numel, _CHUNK):
         idx = torch.arange(start, min(numel, start + _CHUNK), dtype=torch.int64, device=device)
-        lo = idx & _M32
-        hi = idx >> 32
-        a = _fmix32(_fmix32(lo ^ salt_a) ^ hi ^ salt_b)
-        buckets[start : start + idx.numel()] = a % num_buckets
-        bit = (_fmix32(lo ^ (salt_b ^ _SIGN_SALT)) >> 31) & 1
-        signs[start : start + idx.numel()] = (1 - 2 * bit).to(torch.int8)
+        buckets[start : start + idx.numel()], signs[start : start + idx.numel()] = hash_flat_indices(
+            idx, name, seed, num_buckets
+        )
     return buckets, signs
+
+
+def hash_flat_indices(
+    indices: torch.Tensor, name: str, seed: int, num_buckets: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bucket (int64) and sign (int8, ``±1``) of the given non-negative int64 flat indices.
+
+    Example::
+
+        >>> b, s = hash_flat_indices(torch.tensor([0, 2**40]), "w", seed=3, num_buckets=10)
+        >>> b.tolist() == [hash_indices_reference("w", i, 3, 10)[0] for i in (0, 2**40)]
+        True
+    """
+    if num_buckets < 1:
+        raise ValueError(f"Expected argument `num_buckets` to be >= 1, but got {num_buckets}.")
+    salt_a, salt_b = name_salts(name, seed)
+    idx = indices.to(torch.int64)
+    lo = idx & _M32
+    hi = idx >> 32
+    a = _fmix32(_fmix32(lo ^ salt_a) ^ hi ^ salt_b)
+    bit = (_fmix32(lo ^ (salt_b ^ _SIGN_SALT)) >> 31) & 1
+    return a % num_buckets, (1 - 2 * bit).to(torch.int8)
 
 
 def hash_indices_reference(name: str, index: int, seed: int, num_buckets: int) -> tuple[int, int]:
