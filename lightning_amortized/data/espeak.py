@@ -32,6 +32,7 @@ from __future__ import annotations
 import _ctypes
 import atexit
 import ctypes
+import os
 import shutil
 import tempfile
 import threading
@@ -85,6 +86,27 @@ def _loader_paths() -> tuple[str, str]:
     except RuntimeError as err:
         raise EspeakError(f"eSpeak NG data directory is missing: {err}") from err
     return espeakng_loader.get_library_path(), data_path
+
+
+def _private_copy(lib_path: Path) -> str:
+    """Copy the library to a path no other loader uses; returns the path to dlopen.
+
+    On Linux the copy is an anonymous in-memory file (``memfd``) opened through
+    ``/proc/self/fd``, which disappears with the process (forked workers included, which
+    skip ``atexit``). Elsewhere it is a temporary file removed at exit.
+    """
+    data = lib_path.read_bytes()
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+        fd = os.memfd_create("lightning_amortized_espeak")  # kept open for the process
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return f"/proc/self/fd/{fd}"
+    tmpdir = tempfile.mkdtemp(prefix="lightning_amortized_espeak_")
+    atexit.register(shutil.rmtree, tmpdir, True)
+    private = Path(tmpdir) / lib_path.name
+    private.write_bytes(data)
+    return str(private)
 
 
 def available_voices(data_path: str | Path | None = None) -> list[str]:
@@ -174,12 +196,8 @@ class EspeakSynthesizer:
         # samples depending on what was spoken before. To make every call a pure
         # function of its arguments we load a *private copy* of the library (no other
         # module in the process can share it) and reload it before each utterance.
-        self._tmpdir = tempfile.mkdtemp(prefix="lightning_amortized_espeak_")
-        private = Path(self._tmpdir) / lib_path.name
-        shutil.copyfile(lib_path, private)
-        atexit.register(shutil.rmtree, self._tmpdir, True)
         self.library_path = str(lib_path)
-        self._private_path = str(private)
+        self._private_path = _private_copy(lib_path)
         self._data_path = data
         self._chunks: list[np.ndarray] = []
 

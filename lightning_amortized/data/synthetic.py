@@ -76,6 +76,8 @@ _UPDATE_FRACTION = 0.05
 _UPDATE_TRAIN_SHARE = 0.75
 _NEW_ENTITY_PATTERN = (True, True, False, True, False)  # 60 % new-entity requests
 
+_IN_PROGRESS = ".make-corpus-in-progress"  # lets a rerun clean up after an interruption
+
 _VOICES = (
     "en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
     "en-gb-x-gbclan", "en-gb-x-gbcwmd",
@@ -345,7 +347,13 @@ def _existing(root: Path, utterances: int, seed: int, snr: tuple[float, float] |
     manifest = root / "corpus.json"
     if not manifest.is_file():
         return None
-    info = json.loads(manifest.read_text())
+    try:
+        info = json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{manifest} is not valid JSON ({err}); it describes a different corpus or a "
+            "damaged one. Use another root or pass `overwrite=True` (`--overwrite`)."
+        ) from None
     same = (
         info.get("format_version") == FORMAT_VERSION
         and info.get("generator_version") == GENERATOR_VERSION
@@ -358,8 +366,8 @@ def _existing(root: Path, utterances: int, seed: int, snr: tuple[float, float] |
             f"{manifest} describes a different corpus (seed={info.get('seed')}, "
             f"utterances={info.get('utterances')}, noise_snr_db={info.get('noise_snr_db')}, "
             f"generator_version={info.get('generator_version')}) than requested (seed={seed}, "
-            f"utterances={utterances}, noise_snr_db={snr}, generator_version="
-            f"{GENERATOR_VERSION}). Use another root or pass `overwrite=True`."
+            f"utterances={utterances}, noise_snr_db={list(snr) if snr else None}, generator_version="
+            f"{GENERATOR_VERSION}). Use another root or pass `overwrite=True` (`--overwrite`)."
         )
     return info
 
@@ -432,8 +440,8 @@ def make_corpus(
         slot type) and ``generator_version``.
 
     Raises:
-        ValueError: on bad arguments, or if ``root`` holds a different corpus and
-            ``overwrite`` is false.
+        ValueError: on bad arguments, or if ``root`` holds a different corpus (or
+            split folders this function did not write) and ``overwrite`` is false.
         EspeakError: if eSpeak NG cannot be loaded.
     """
     num_workers, snr = _check_args(utterances, seed, num_workers, noise_snr_db)
@@ -449,12 +457,21 @@ def make_corpus(
         info = None
     if info is not None and all(Path(j.path).is_file() for j in jobs):
         return info
+    marker = root / _IN_PROGRESS
+    foreign = [s for s in SPLITS if (root / s).exists()]
+    if foreign and info is None and not manifest_path.exists() and not marker.exists():
+        if not overwrite:
+            raise ValueError(
+                f"{root} already holds split folders {foreign} that make_corpus did not "
+                "write (no corpus.json); refusing to delete them. Use another root or pass "
+                "`overwrite=True` (`--overwrite`)."
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     if manifest_path.exists():
         manifest_path.unlink()
-    for split in SPLITS:  # stale files from an interrupted or replaced run
-        if (root / split).is_dir():
-            shutil.rmtree(root / split)
-    root.mkdir(parents=True, exist_ok=True)
+    for split in foreign:  # stale files from an interrupted, incomplete or replaced run
+        shutil.rmtree(root / split)
 
     from tqdm.auto import tqdm
 
@@ -500,6 +517,7 @@ def make_corpus(
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     tmp.replace(manifest_path)  # written last: its presence means "finished"
+    marker.unlink()
     return info
 
 

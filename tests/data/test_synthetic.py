@@ -270,6 +270,28 @@ def test_missing_file_is_regenerated(tmp_path: Path) -> None:
     assert victim.read_bytes() == data
 
 
+def test_foreign_split_folders_are_kept_unless_overwrite(tmp_path: Path) -> None:
+    precious = tmp_path / "train" / "19" / "198" / "19-198-0000.flac"
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"not ours")
+    with pytest.raises(ValueError, match="did not write"):
+        make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
+    assert precious.read_bytes() == b"not ours"
+    make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False, overwrite=True)
+    assert not precious.exists() and (tmp_path / "corpus.json").is_file()
+    assert not (tmp_path / ".make-corpus-in-progress").exists()
+
+
+def test_interrupted_run_is_cleaned_up(tmp_path: Path) -> None:
+    stale = tmp_path / "dev" / "1" / "2" / "1-2-0000.flac"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half written")
+    (tmp_path / ".make-corpus-in-progress").touch()  # what an interrupted run leaves
+    info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
+    assert not stale.exists()
+    assert len(list(tmp_path.rglob("*.flac"))) == info["utterances"] == 50
+
+
 # --------------------------------------------------------------------------- bad arguments
 @pytest.mark.parametrize(
     ("kwargs", "match"),
