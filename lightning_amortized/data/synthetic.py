@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -259,7 +260,8 @@ def _plan(
 # Audio rendering (runs in worker processes).
 # ---------------------------------------------------------------------------------
 _TTS: EspeakSynthesizer | None = None
-_UP, _DOWN = 320, 441  # 22,050 Hz * 320 / 441 = 16,000 Hz
+_GCD = math.gcd(SAMPLE_RATE, ESPEAK_SAMPLE_RATE)
+_UP, _DOWN = SAMPLE_RATE // _GCD, ESPEAK_SAMPLE_RATE // _GCD  # 320 / 441
 
 
 @functools.lru_cache(maxsize=1)
