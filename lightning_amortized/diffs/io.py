@@ -5,7 +5,10 @@ One ``safetensors`` file per update. Tensors, per target parameter ``<name>``:
 - sparse: ``<name>::indices`` (int32, or int64 for tensors with ``>= 2**31`` entries; flat
   row-major indices, ascending) and ``<name>::values`` (float32, float16 or int8);
 - hashed: ``<name>::buckets`` (float32, float16 or int8), indices recomputed from the hash;
-- int8 only: ``<name>::scale``, a ``(1,)`` float32 scale (``value = int8 * scale``).
+- int8 only: ``<name>::scale``, a ``(1,)`` float32 scale (``value = int8 * scale``);
+- reversible files only (``export_diff(..., reversible=True)``): ``<name>::undo_indices`` and
+  ``<name>::undo_values`` (base dtype): the base values of the entries where
+  ``(W0 + D) - D != W0`` in floating point, so :func:`unmerge` restores the base exactly.
 
 Metadata (``safetensors`` string-to-string header; JSON where structured): ``format``
 (``"lightning_amortized.diff"``), ``format_version`` (``"1"``), ``method``, ``seed``,
@@ -387,11 +390,38 @@ def _new_weight(
         values = _decode(tensors[f"{target.name}::values"], scale)
         if sign < 0:
             values = -values
-        return sparse_apply(base, tensors[f"{target.name}::indices"], values)
-    buckets = _decode(tensors[f"{target.name}::buckets"], scale).to(device=base.device, dtype=base.dtype)
-    delta = hashed_delta(target.name, target.shape, seed, buckets)
-    with torch.no_grad():
-        return (base.detach() + delta) if sign > 0 else (base.detach() - delta)
+        out = sparse_apply(base, tensors[f"{target.name}::indices"], values)
+    else:
+        buckets = _decode(tensors[f"{target.name}::buckets"], scale).to(device=base.device, dtype=base.dtype)
+        delta = hashed_delta(target.name, target.shape, seed, buckets)
+        with torch.no_grad():
+            out = (base.detach() + delta) if sign > 0 else (base.detach() - delta)
+    undo = tensors.get(f"{target.name}::undo_indices")
+    if sign < 0 and undo is not None:  # entries where (W0 + D) - D rounds away from W0
+        undo_values = tensors[f"{target.name}::undo_values"].to(out.device, out.dtype)
+        out.view(-1)[undo.to(out.device, torch.int64)] = undo_values
+    return out
+
+
+def _bitwise_differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Flat bool mask of entries whose bytes differ (``-0.0 != 0.0``, NaN payloads compared)."""
+    size = a.element_size()
+    av = a.detach().contiguous().reshape(-1).view(torch.uint8).reshape(-1, size)
+    bv = b.detach().contiguous().reshape(-1).view(torch.uint8).reshape(-1, size)
+    return (av != bv).any(dim=1)
+
+
+def _reversible_sparse_values(base: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per entry, ``fl(W1 - W0)`` where it reproduces ``W1`` and subtracts back to ``W0``, else ``D``.
+
+    ``W1 = fl(W0 + D)``; both choices give the same ``W1`` on apply, the first also unmerges
+    exactly (always when ``|D| <= |W0|``, by the Fast2Sum lemma).
+    """
+    w0 = base.detach().reshape(-1)[indices]
+    w1 = w0 + values.to(w0.dtype)
+    alt = w1 - w0
+    ok = ~_bitwise_differs(w0 + alt, w1) & ~_bitwise_differs(w1 - alt, w0)
+    return torch.where(ok, alt.to(values.dtype), values)
 
 
 def export_diff(
@@ -401,6 +431,7 @@ def export_diff(
     value_dtype: ValueDtype = "fp32",
     seed: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    reversible: bool = False,
 ) -> DiffInfo:
     """Write the diffs attached to ``model`` to a file (atomically).
 
@@ -415,6 +446,10 @@ def export_diff(
         value_dtype: ``"fp32"`` (bit-exact), ``"fp16"`` or ``"int8"`` (per-tensor scale).
         seed: recorded seed for sparse diffs (hashed diffs record their hash seed).
         extra_metadata: JSON-serialisable data stored under ``extra``.
+        reversible: also store the base values of the entries where ``(W0 + D) - D`` does not
+            round back to ``W0`` (``<name>::undo_*``), so :func:`unmerge` is always exact. Costs
+            bytes beyond the budget (typically a few % of the kept entries for sparse diffs,
+            more for hashed diffs, which touch every entry).
 
     Returns:
         The :class:`DiffInfo` of the written file.
@@ -447,6 +482,8 @@ def export_diff(
         base = base_tensor(model, name)
         if isinstance(d, SparseDiff):
             idx, values = d.kept()
+            if value_dtype == "fp32":
+                values = _reversible_sparse_values(base, idx, values)
             entries[name] = (base, idx, values)
         else:
             assert isinstance(d, HashedDiff)
@@ -467,7 +504,18 @@ def export_diff(
             trained = getattr(module, attr)
         if results[t.name].numel():
             max_err = max(max_err, float((results[t.name].float() - trained.float()).abs().max()))
-    extra = {"max_abs_error": max_err, **dict(extra_metadata or {})}
+    undo_entries = 0
+    if reversible:
+        for t in targets:
+            w0 = entries[t.name][0].detach()
+            back = _new_weight(method, seed, t, tensors, results[t.name], sign=-1)
+            bad = torch.nonzero(_bitwise_differs(back, w0)).reshape(-1)
+            idx_dtype = torch.int32 if t.numel < 2**31 else torch.int64
+            tensors[f"{t.name}::undo_indices"] = bad.to("cpu", idx_dtype)
+            tensors[f"{t.name}::undo_values"] = w0.reshape(-1)[bad].to("cpu").contiguous()
+            undo_entries += bad.numel()
+    extra = {"max_abs_error": max_err, **({"undo_entries": undo_entries} if reversible else {})}
+    extra.update(extra_metadata or {})
     return _write(
         path,
         method=method,
@@ -623,6 +671,15 @@ def _check_tensors(info: DiffInfo, tensors: Mapping[str, torch.Tensor]) -> None:
             raise DiffFormatError(f"{info.path!r}: tensor {key!r} missing or not ({t.stored},) {info.value_dtype}.")
         if info.value_dtype == "int8" and f"{t.name}::scale" not in tensors:
             raise DiffFormatError(f"{info.path!r}: int8 target {t.name!r} has no scale tensor.")
+        undo_idx, undo_val = tensors.get(f"{t.name}::undo_indices"), tensors.get(f"{t.name}::undo_values")
+        if (undo_idx is None) != (undo_val is None) or (
+            undo_idx is not None
+            and (
+                undo_idx.shape != undo_val.shape
+                or (undo_idx.numel() and (int(undo_idx.min()) < 0 or int(undo_idx.max()) >= t.numel))
+            )
+        ):
+            raise DiffFormatError(f"{info.path!r}: undo tensors of {t.name!r} are inconsistent.")
         if info.method == "sparse":
             idx = tensors.get(f"{t.name}::indices")
             if idx is None or idx.shape != (t.stored,):
@@ -700,7 +757,8 @@ def _step(
             )
         raise DiffError(
             f"Unmerging {info.path!r} does not restore the base bit-exactly (sha256 {got}, expected {after}): "
-            "floating-point (W0 + D) - D rounds differently for some entries. Keep a copy of the base instead."
+            "floating-point (W0 + D) - D rounds differently for some entries. Export with reversible=True, "
+            "or keep a copy of the base."
         )
     return new
 
@@ -797,7 +855,8 @@ def unmerge(model: nn.Module, path: PathLike) -> DiffInfo:
 
     The model must currently hold the diff's result (checked by hash). Because
     ``(W0 + D) - D`` is not always ``W0`` in floating point, the new weights are hashed and
-    compared with the recorded base hash before anything is written.
+    compared with the recorded base hash before anything is written. Files exported with
+    ``reversible=True`` carry the few base values needed, so their unmerge always succeeds.
 
     Raises:
         BaseMismatchError: the model does not hold this diff's result.
