@@ -23,6 +23,7 @@ from lightning_amortized.diffs.io import (
     DiffTarget,
     apply_chain,
     apply_diff,
+    apply_to_state_dict,
     estimate_diff_bytes,
     export_diff,
     export_diff_from_weights,
@@ -33,7 +34,7 @@ from lightning_amortized.diffs.io import (
     weights_sha256,
 )
 from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density, sparse_apply
-from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_targets
+from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_names, select_targets
 
 __all__ = [
     "FORMAT_VERSION",
@@ -48,6 +49,7 @@ __all__ = [
     "allocate_buckets",
     "apply_chain",
     "apply_diff",
+    "apply_to_state_dict",
     "attach_diffs",
     "base_tensor",
     "describe_targets",
@@ -65,6 +67,7 @@ __all__ = [
     "plain_parameters",
     "read_diff",
     "scheduled_density",
+    "select_names",
     "select_targets",
     "sparse_apply",
     "unmerge",

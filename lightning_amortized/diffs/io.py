@@ -56,6 +56,7 @@ __all__ = [
     "DiffTarget",
     "apply_chain",
     "apply_diff",
+    "apply_to_state_dict",
     "estimate_diff_bytes",
     "export_diff",
     "export_diff_from_weights",
@@ -823,6 +824,36 @@ def apply_chain(model: nn.Module, paths: Sequence[PathLike], *, strict: bool = T
         infos.append(info)
     _commit(model, state)
     return infos
+
+
+def apply_to_state_dict(
+    state: Mapping[str, torch.Tensor], paths: Sequence[PathLike], *, strict: bool = True
+) -> tuple[dict[str, torch.Tensor], list[DiffInfo]]:
+    """Apply diffs ``1..k`` to a plain ``state_dict`` (no model needed); the input is not modified.
+
+    Returns:
+        ``(new_state, infos)``: a new dict in which the targets are new tensors and every
+        other entry is the input tensor.
+
+    Raises:
+        Like :func:`apply_chain`.
+    """
+    new = dict(state)
+    infos = []
+    for path in paths:
+        info, tensors = read_diff(path)
+        missing = [t.name for t in info.targets if t.name not in new]
+        if missing:
+            raise BaseMismatchError(f"{info.path!r} changes tensors the state dict does not have: {missing}.")
+        for t in info.targets:
+            if tuple(new[t.name].shape) != t.shape:
+                raise BaseMismatchError(
+                    f"Shape mismatch for {t.name!r}: the diff expects {t.shape}, the state dict has "
+                    f"{tuple(new[t.name].shape)}."
+                )
+        new.update(_step(info, tensors, new, strict=strict))
+        infos.append(info)
+    return new, infos
 
 
 def merge(model: nn.Module, path: PathLike | None = None) -> DiffInfo | None:

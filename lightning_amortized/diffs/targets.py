@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["describe_targets", "plain_parameters", "resolve", "select_targets"]
+__all__ = ["describe_targets", "plain_parameters", "resolve", "select_names", "select_targets"]
 
 _PARAM_SUFFIX = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<attr>[^.]+)\.original$")
 
@@ -108,26 +108,8 @@ def select_targets(
         >>> select_targets(model, "re:[02]\\.bias")
         ['0.bias', '2.bias']
     """
-    include_l, exclude_l = _as_list(include), _as_list(exclude)
-    if not include_l:
-        raise ValueError("Expected argument `include` to hold at least one pattern, but got [].")
     params = plain_parameters(model)
-    names = list(params)
-    for pattern in include_l:
-        if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as err:
-                raise ValueError(f"Target pattern {pattern!r} is not a valid regular expression: {err}.") from err
-        if not any(_match(pattern, n) for n in names):
-            close = difflib.get_close_matches(pattern.removeprefix("re:"), names, n=5, cutoff=0.4)
-            hint = f" Close parameter names: {close}." if close else f" Parameter names look like: {names[:5]}."
-            raise ValueError(f"Target pattern {pattern!r} matches no parameter of {type(model).__name__}.{hint}")
-    selected = [
-        n for n in names if any(_match(p, n) for p in include_l) and not any(_match(p, n) for p in exclude_l)
-    ]
-    if not selected:
-        raise ValueError(f"Every parameter matched by {include_l} is removed by exclude={exclude_l}.")
+    selected = select_names(list(params), include, exclude, owner=type(model).__name__)
     tied: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         tied.setdefault(id(p), []).append(n)
@@ -137,6 +119,38 @@ def select_targets(
             raise ValueError(
                 f"Target {n!r} is shared with {aliases}; diffs on tied parameters are not supported. Exclude it."
             )
+    return selected
+
+
+def select_names(
+    names: Sequence[str], include: str | Sequence[str], exclude: str | Sequence[str] = (), owner: str = "model"
+) -> list[str]:
+    """Pattern matching of :func:`select_targets` over a list of names (e.g. checkpoint keys).
+
+    Example::
+
+        >>> select_names(["a.weight", "a.bias", "b.weight"], "*.weight", exclude="b.*")
+        ['a.weight']
+    """
+    include_l, exclude_l = _as_list(include), _as_list(exclude)
+    if not include_l:
+        raise ValueError("Expected argument `include` to hold at least one pattern, but got [].")
+    names = list(names)
+    for pattern in include_l:
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as err:
+                raise ValueError(f"Target pattern {pattern!r} is not a valid regular expression: {err}.") from err
+        if not any(_match(pattern, n) for n in names):
+            close = difflib.get_close_matches(pattern.removeprefix("re:"), names, n=5, cutoff=0.4)
+            hint = f" Close parameter names: {close}." if close else f" Parameter names look like: {names[:5]}."
+            raise ValueError(f"Target pattern {pattern!r} matches no parameter of {owner}.{hint}")
+    selected = [
+        n for n in names if any(_match(p, n) for p in include_l) and not any(_match(p, n) for p in exclude_l)
+    ]
+    if not selected:
+        raise ValueError(f"Every parameter matched by {include_l} is removed by exclude={exclude_l}.")
     return selected
 
 

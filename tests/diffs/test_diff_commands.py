@@ -1,0 +1,90 @@
+"""`diff inspect|apply|export` command functions on real checkpoint files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from lightning_amortized.diffs import attach_diffs, effective_tensor, export_diff, inspect_diff, merge
+from lightning_amortized.diffs.commands import fold_parametrized, load_checkpoint, main
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def test_apply_chain_to_lightning_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = net()
+    torch.save({"epoch": 3, "state_dict": base.state_dict()}, tmp_path / "base.ckpt")
+    trained = net()
+    paths = []
+    for k, names in enumerate([["0.weight"], ["2.weight", "2.bias"]]):
+        d = attach_diffs(trained, names, "sparse")
+        with torch.no_grad():
+            for p in d.values():
+                p.delta.normal_(0, 0.1)
+        paths.append(tmp_path / f"u{k}.safetensors")
+        export_diff(trained, paths[-1])
+        merge(trained)
+    argv = ["apply", "--base", str(tmp_path / "base.ckpt"), "--out", str(tmp_path / "dev.ckpt")]
+    assert main(argv + ["--diff", str(paths[0]), "--diff", str(paths[1])]) == 0
+    out = torch.load(tmp_path / "dev.ckpt", weights_only=True)
+    assert out["epoch"] == 3
+    assert all(torch.equal(out["state_dict"][k], v) for k, v in trained.state_dict().items())
+    # applying update 0 again on top of the result: refused with exit code 2, nothing written
+    assert main(["apply", "--base", str(tmp_path / "dev.ckpt"), "--out", str(tmp_path / "x.pt"), "--diff", str(paths[0])]) == 2
+    assert "applies to a different base" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_export_from_two_checkpoints_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base, tuned = net(), net()
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    safetensors.torch.save_file(base.state_dict(), tmp_path / "base.safetensors")
+    torch.save(tuned.state_dict(), tmp_path / "tuned.pt")
+    code = main([
+        "export", "--base", str(tmp_path / "base.safetensors"), "--finetuned", str(tmp_path / "tuned.pt"),
+        "--out", str(tmp_path / "u.safetensors"), "--budget", "0.25", "--dtype", "int8", "--targets", "*.weight",
+    ])
+    assert code == 0
+    info = inspect_diff(tmp_path / "u.safetensors")
+    n = 6 * 8 + 8 * 3
+    assert info.stored == round(0.25 * n) and info.value_dtype == "int8"
+    assert sorted(info.names) == ["0.weight", "2.weight"]
+    # the kept entries are the largest |tuned - base|
+    delta = torch.cat([(tuned.get_parameter(k) - base.get_parameter(k)).abs().reshape(-1) for k in ("0.weight", "2.weight")])
+    threshold = delta.topk(info.stored).values.min()
+    state, _ = load_checkpoint(tmp_path / "base.safetensors")
+    assert main(["apply", "--base", str(tmp_path / "base.safetensors"), "--diff", str(tmp_path / "u.safetensors"),
+                 "--out", str(tmp_path / "dev.safetensors")]) == 0
+    dev, _ = load_checkpoint(tmp_path / "dev.safetensors")
+    changed = sum(int((dev[k] != state[k]).sum()) for k in ("0.weight", "2.weight"))
+    assert changed <= info.stored and threshold > 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "u.safetensors")]) == 0
+    assert "sparse diff, int8 values" in capsys.readouterr().out
+    assert main(["export", "--base", str(tmp_path / "base.safetensors"), "--finetuned", str(tmp_path / "tuned.pt"),
+                 "--out", str(tmp_path / "v.safetensors"), "--targets", "nope.*"]) == 2
+    assert "'nope.*' matches no parameter" in capsys.readouterr().err
+
+
+def test_fold_parametrized_checkpoint_equals_forward_weights() -> None:
+    for method in ("sparse", "hashed"):
+        model = net()
+        d = attach_diffs(model, ["0.weight", "2.bias"], method, num_buckets={"0.weight": 5, "2.bias": 2}, seed=9)
+        with torch.no_grad():
+            for p in d.values():
+                (p.delta if method == "sparse" else p.buckets).normal_(0, 0.1)
+                if method == "sparse":
+                    p.mask.bernoulli_(0.5)
+        folded = fold_parametrized(model.state_dict())
+        assert sorted(folded) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+        for k in ("0.weight", "2.bias"):
+            assert torch.equal(folded[k], effective_tensor(model, k))
