@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lightning_amortized.recipes_demo
+	$(BIN)/python recipes/synthetic/run.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -9,6 +9,8 @@ losses (expected compute and amortization penalty) are added to the ASR loss.
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,7 +22,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from lightning_amortized.data.tokenizer import CharTokenizer
 from lightning_amortized.functional.flops import linear_flops
 
-__all__ = ["ASRModule", "FrameStacker"]
+__all__ = ["ASRModule", "FrameStacker", "warmup_cosine"]
 
 
 class FrameStacker(nn.Module):
@@ -52,6 +54,22 @@ class FrameStacker(nn.Module):
         return x, torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
 
 
+def warmup_cosine(step: int, total_steps: int, warmup: float = 0.15, floor: float = 0.05) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup * total_steps``, then cosine to ``floor``.
+
+    Steps past ``total_steps`` (a resumed run with more epochs) stay at ``floor``.
+
+    Example:
+        >>> [round(warmup_cosine(s, 100), 3) for s in (0, 15, 100, 200)]
+        [0.062, 1.0, 0.05, 0.05]
+    """
+    w = max(1, int(warmup * total_steps))
+    if step < w:
+        return (step + 1) / (w + 1)
+    progress = min(1.0, (step - w) / max(1, total_steps - w))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class ASRModule(pl.LightningModule):
     """Features -> encoder -> CTC (default) or RNN-T, with greedy decoding and WER/CER.
 
@@ -62,7 +80,7 @@ class ASRModule(pl.LightningModule):
         stack: Frames stacked per encoder frame (encoder frame = ``10 * stack`` ms).
         vocab_size: Output symbols including blank (29 for LibriSpeech characters).
         loss: ``"ctc"`` or ``"rnnt"``.
-        lr: Peak learning rate (one-cycle schedule over the whole fit).
+        lr: Peak learning rate (warm-up then cosine decay over the whole fit, see :func:`warmup_cosine`).
         weight_decay: AdamW weight decay.
         lambda_cost: Weight of the expected-compute penalty (amortized encoders only).
         lambda_amr: Weight of the amortization penalty (amortized encoders only).
@@ -225,16 +243,20 @@ class ASRModule(pl.LightningModule):
         wer.update(hyps, batch["texts"])
         cer.update(hyps, batch["texts"])
         bs = len(batch["ids"])
-        self.log(f"test/{split}/wer", wer, batch_size=bs, add_dataloader_idx=False)
-        self.log(f"test/{split}/cer", cer, batch_size=bs, add_dataloader_idx=False)
+        for kind, metric in (("wer", wer), ("cer", cer)):
+            self.log(
+                f"test/{split}/{kind}",
+                metric,
+                batch_size=bs,
+                add_dataloader_idx=False,
+                metric_attribute=f"test_metrics.{key}_{kind}",
+            )
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("No trainable parameters: every parameter has requires_grad=False.")
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=max(2, int(total)), pct_start=0.15, anneal_strategy="cos"
-        )
+        total = max(2, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, total_steps=total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -109,6 +109,8 @@ def _scan_split(split_dir: Path, expected_rate: int, on_wrong_rate: str) -> list
                 f"No transcript line for {path}: expected a line starting with {uid!r} in "
                 f"{path.parent / (path.parent.parent.name + '-' + path.parent.name + '.trans.txt')}."
             )
+        if path.stat().st_size == 0:
+            raise CorpusError(f"Empty audio file {path} (0 bytes). Re-extract or delete it and its transcript line.")
         try:
             info = sf.info(str(path))
         except Exception as err:  # soundfile raises RuntimeError/LibsndfileError subclasses

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny corpora made on the fly (nothing large is committed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def write_fake_layout(root: Path, split: str = "train", speakers: int = 2, utts: int = 3, sr: int = 16000) -> Path:
+    """Write a LibriSpeech-layout split with noise audio and simple transcripts; returns the split dir."""
+    rng = np.random.default_rng(0)
+    words = ["HELLO", "WORLD", "SET", "A", "TIMER", "PLAY", "MUSIC", "IT'S"]
+    for s in range(speakers):
+        spk, chap = 100 + s, 10
+        d = root / split / str(spk) / str(chap)
+        d.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for u in range(utts):
+            uid = f"{spk}-{chap}-{u:04d}"
+            n = int(sr * (0.5 + 0.25 * u))
+            sf.write(d / f"{uid}.flac", (0.1 * rng.standard_normal(n)).astype("float32"), sr, subtype="PCM_16")
+            lines.append(f"{uid} {' '.join(rng.choice(words, size=2 + u))}")
+        (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+    return root / split
+
+
+@pytest.fixture()
+def fake_layout(tmp_path: Path) -> Path:
+    """A tiny LibriSpeech-layout root with a `train` split (noise audio)."""
+    write_fake_layout(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic eSpeak corpus (generated once per test session)."""
+    from lightning_amortized.data.synthetic import make_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root, utterances=120, seed=0, show_progress=False)
+    return root

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_amortized.data import CharTokenizer, DurationBatchSampler, LibriSpeechDataModule, CorpusError
+from lightning_amortized.data.features import SpecAugment
+
+
+def test_duration_batches_respect_budget_and_cover_everything() -> None:
+    durs = [0.5 + (i * 7 % 13) * 0.3 for i in range(50)]
+    s = DurationBatchSampler(durs, max_seconds=6.0, shuffle=True, seed=3)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(durs[i] for i in b) <= 6.0
+    # batches hold similar durations: the spread inside a batch is small compared to the corpus
+    assert max(max(durs[i] for i in b) - min(durs[i] for i in b) for b in batches) < 1.0
+    # deterministic for a seed and epoch, reshuffled across epochs
+    assert list(DurationBatchSampler(durs, 6.0, seed=3)) == batches
+    s.set_epoch(1)
+    assert list(s) != batches and sorted(map(sorted, s)) == sorted(map(sorted, batches))
+
+
+def test_max_batch_size_and_bad_budget() -> None:
+    s = DurationBatchSampler([1.0] * 10, max_seconds=100.0, shuffle=False, max_batch_size=4)
+    assert [len(b) for b in s] == [4, 4, 2]
+    with pytest.raises(ValueError, match="max_seconds"):
+        DurationBatchSampler([1.0], max_seconds=0)
+
+
+def test_datamodule_batches(fake_layout: Path) -> None:
+    dm = LibriSpeechDataModule(str(fake_layout), ["train"], ["train"], ["train"], max_batch_seconds=3.0)
+    dm.prepare_data()
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert sum(len(b["ids"]) for b in batches) == 6
+    b = next(iter(dm.val_dataloader()))
+    assert b["feats"].shape[-1] == 80 and b["feats"].shape[0] == len(b["ids"])
+    assert b["feat_lengths"].max() == b["feats"].shape[1]
+    tok = CharTokenizer()
+    for i, text in enumerate(b["texts"]):
+        n = int(b["token_lengths"][i])
+        assert tok.decode(b["tokens"][i, :n]) == text
+    # 10 ms hop: frames = samples // 160 + 1
+    durs = {u.id: u.duration for u in dm.datasets["val"].utterances}
+    for i, uid in enumerate(b["ids"]):
+        assert int(b["feat_lengths"][i]) == int(round(durs[uid] * 16000)) // 160 + 1
+
+
+def test_bad_transcript_characters_named(fake_layout: Path) -> None:
+    trans = sorted((fake_layout / "train").rglob("*.trans.txt"))[0]
+    trans.write_text(trans.read_text().replace("HELLO", "HELLO 42", 1).replace("WORLD", "WORLD 42", 1))
+    dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [])
+    dm.prepare_data()
+    with pytest.raises(ValueError, match="outside the alphabet .*'2'.*|outside the alphabet"):
+        dm.setup("fit")
+
+
+def test_spec_augment_masks_only_valid_frames() -> None:
+    feats = torch.ones(2, 100, 80)
+    lengths = torch.tensor([100, 50])
+    out = SpecAugment(freq_masks=2, freq_width=10, time_masks=2, time_width=0.1)(
+        feats, lengths, generator=torch.Generator().manual_seed(0)
+    )
+    assert (out == 0).any() and out.shape == feats.shape
+    assert torch.equal(out[1, 50:], feats[1, 50:])  # padding untouched
+
+
+def test_empty_manifest_refused() -> None:
+    from lightning_amortized.data.datamodule import SpeechDataset
+
+    with pytest.raises(CorpusError, match="at least one utterance"):
+        SpeechDataset([], CharTokenizer())

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import jiwer
+import lightning.pytorch as pl
+import pytest
+import torch
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from lightning_amortized.data import SyntheticDataModule
+from lightning_amortized.evaluation import realtime_factor
+from lightning_amortized.module import ASRModule, FrameStacker
+from lightning_amortized.nn import ConformerEncoderAdapter, RecurrentEncoder
+
+
+def test_wer_cer_match_jiwer() -> None:
+    refs = ["SET A TIMER FOR TEN MINUTES", "PLAY SOME MUSIC", "WHAT'S THE WEATHER IN PARIS"]
+    hyps = ["SET TIMER FOR TEN MINUTE", "PLAY SOME MUSIC NOW", "WHAT'S THE WEATHER IN PARIS"]
+    wer, cer = WordErrorRate(), CharErrorRate()
+    wer.update(hyps, refs)
+    cer.update(hyps, refs)
+    assert float(wer.compute()) == pytest.approx(jiwer.wer(refs, hyps), abs=1e-6)
+    assert float(cer.compute()) == pytest.approx(jiwer.cer(refs, hyps), abs=1e-6)
+    assert float(wer.compute()) == pytest.approx(3 / 14)  # 2 errors + 1 insertion over 14 words
+
+
+def test_frame_stacker_lengths_and_content() -> None:
+    x = torch.arange(2 * 7 * 2, dtype=torch.float).reshape(2, 7, 2)
+    y, n = FrameStacker(3)(x, torch.tensor([7, 3]))
+    assert y.shape == (2, 3, 6) and n.tolist() == [3, 1]
+    assert torch.equal(y[0, 0], x[0, :3].reshape(-1))
+    assert torch.equal(y[0, 2, 2:], torch.zeros(4))  # zero padding of the last group
+
+
+def test_encoder_input_size_mismatch_is_explained() -> None:
+    with pytest.raises(ValueError, match="input_size is 80 .* n_mels \\* stack = 80 \\* 3 = 240"):
+        ASRModule(RecurrentEncoder(80, 16, 1))
+    with pytest.raises(ValueError, match="`loss`"):
+        ASRModule(RecurrentEncoder(240, 16, 1), loss="ctx")
+
+
+def test_streaming_step_matches_forward() -> None:
+    torch.manual_seed(0)
+    enc = RecurrentEncoder(12, 16, num_layers=2, rnn_type="gru", projection=8).eval()
+    x = torch.randn(1, 9, 12)
+    y, _ = enc(x, torch.tensor([9]))
+    state = enc.init_state(1)
+    steps = []
+    for t in range(9):
+        y_t, state = enc.step(x[:, t], state)
+        steps.append(y_t)
+    assert torch.allclose(torch.stack(steps, 1), y, atol=1e-5)
+
+
+def test_lstm_flops_against_independent_count() -> None:
+    enc = RecurrentEncoder(240, 256, num_layers=3)
+    # independent count: per layer 4 gates, each an I x H and an H x H matrix-vector product
+    # (2 FLOPs per MAC), sum of the two products, two biases, 4 activations, 3 ops for c, 2 ops for h
+    def layer(i: int, h: int) -> int:
+        return 4 * (2 * i * h + 2 * h * h) + 4 * h + 2 * 4 * h + 4 * h + 3 * h + 2 * h
+
+    assert enc.flops_per_frame() == layer(240, 256) + 2 * layer(256, 256)
+
+
+def test_conformer_adapter_in_module() -> None:
+    enc = ConformerEncoderAdapter(240, d_model=32, num_layers=1, nhead=2, d_ffn=64, context_frames=100)
+    m = ASRModule(enc)
+    feats = torch.randn(2, 60, 80)
+    hyps = m.transcribe(feats, torch.tensor([60, 33]))
+    assert len(hyps) == 2 and m.flops_per_frame() > enc.flops_per_frame()
+
+
+def _datamodule(root: Path) -> SyntheticDataModule:
+    return SyntheticDataModule(
+        str(root), utterances=120, train_splits=["train"], val_splits=["dev"], test_splits=["test", "update-1-test"],
+        max_batch_seconds=40.0, max_train_utterances=24,
+    )
+
+
+@pytest.mark.parametrize("loss", ["ctc", "rnnt"])
+def test_fit_reduces_loss_then_test_and_resume(tiny_corpus: Path, tmp_path: Path, loss: str) -> None:
+    pl.seed_everything(0)
+    dm = _datamodule(tiny_corpus)
+    model = ASRModule(RecurrentEncoder(240, 48, num_layers=1), loss=loss, lr=3e-3)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=pl.loggers.CSVLogger(tmp_path), callbacks=[ckpt_cb],
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, use_distributed_sampler=False,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        before = model.asr_loss(batch)[0].item()
+    trainer.fit(model, datamodule=dm)
+    with torch.no_grad():
+        after = model.asr_loss(batch)[0].item()
+    assert after < before
+    assert "val/wer" in trainer.callback_metrics and "train/asr_loss" in trainer.callback_metrics
+    res = {k: v for d in trainer.test(model, datamodule=dm, verbose=False) for k, v in d.items()}
+    assert {"test/test/wer", "test/update-1-test/wer", "test/update-1-test/cer"} <= set(res)
+    assert 0.0 <= res["test/test/wer"]
+
+    # resume from the last checkpoint: one more epoch continues from epoch 2 with the same weights
+    last = tmp_path / "ckpt" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert state["epoch"] == 1 and state["global_step"] == trainer.global_step
+    resumed = ASRModule(RecurrentEncoder(240, 48, num_layers=1), loss=loss, lr=3e-3)
+    t2 = pl.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=1, enable_checkpointing=False, use_distributed_sampler=False,
+    )
+    t2.fit(resumed, datamodule=dm, ckpt_path=str(last))
+    assert t2.current_epoch == 3 and t2.global_step == 3 * trainer.global_step // 2
+
+
+def test_realtime_factor_reports_numbers() -> None:
+    m = ASRModule(RecurrentEncoder(240, 32, num_layers=1))
+    r = realtime_factor(m, [torch.randn(90, 80)], m.frame_ms)
+    assert r["frames"] == 30 and r["rtf"] > 0 and r["ms_per_frame"] > 0
