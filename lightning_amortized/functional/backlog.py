@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["backlog", "backlog_before", "eou_latency", "flops_to_ms", "SimulatedDevice", "DEFAULT_DEVICE_FLOPS_PER_S"]
+__all__ = ["backlog", "backlog_step", "backlog_before", "eou_latency", "flops_to_ms", "SimulatedDevice", "DEFAULT_DEVICE_FLOPS_PER_S"]
 
 DEFAULT_DEVICE_FLOPS_PER_S = 650e6
 """Single-threaded 650 MFLOP/s: the simulated device of the published work."""
@@ -56,6 +56,27 @@ def _valid_mask(costs_ms: torch.Tensor, lengths: torch.Tensor | None) -> torch.T
         )
     t = torch.arange(costs_ms.shape[1], device=costs_ms.device)
     return t[None, :] < lengths.to(costs_ms.device)[:, None]
+
+
+def backlog_step(
+    backlog_ms: torch.Tensor, cost_ms: torch.Tensor, frame_ms: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One step of the recursion, ``max(0, b + cost - frame_ms)``, frozen where ``valid`` is False.
+
+    The loop body of :func:`backlog`, exposed for code that must interleave decisions
+    with the recursion (the arbitrator, streaming inference).
+
+    Args:
+        backlog_ms: ``(B,)`` backlog before the frame.
+        cost_ms: ``(B,)`` cost of the frame.
+        frame_ms: Audio duration of one frame in ms.
+        valid: ``(B,)`` bool, or ``None`` if all frames are valid.
+
+    Returns:
+        ``(B,)`` backlog after the frame.
+    """
+    new = torch.relu(backlog_ms + cost_ms - frame_ms)
+    return new if valid is None else torch.where(valid, new, backlog_ms)
 
 
 def backlog(costs_ms: torch.Tensor, frame_ms: float, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,9 +101,8 @@ def backlog(costs_ms: torch.Tensor, frame_ms: float, lengths: torch.Tensor | Non
     valid = _valid_mask(costs_ms, lengths)
     b = costs_ms.new_zeros(costs_ms.shape[0])
     out = []
-    for t in range(costs_ms.shape[1]):
-        new = torch.relu(b + costs_ms[:, t] - frame_ms)
-        b = new if valid is None else torch.where(valid[:, t], new, b)
+    for t, cost in enumerate(costs_ms.unbind(1)):  # unbind: O(T) backward, unlike T selects
+        b = backlog_step(b, cost, frame_ms, None if valid is None else valid[:, t])
         out.append(b)
     if not out:
         return costs_ms.new_zeros(costs_ms.shape)

@@ -297,13 +297,14 @@ class _SharedRecurrentCore(nn.Module):
         """Encode ``(B, T, F)`` with gates ``(B, T, 2)`` (layer-outer, time-inner)."""
         B, T, _ = x.shape
         lstm = self.rnn_type == "lstm"
-        w = gates.permute(1, 2, 0).unsqueeze(-1)  # (T, 2, B, 1)
+        # unbind (not indexing) in time loops: the backward of T selects would be O(T^2)
+        w = gates.permute(1, 2, 0).unsqueeze(-1).unbind(0)  # T x (2, B, 1)
         inp = x
         for layer in range(self.num_layers):
             fast = self.fast[layer]
             fw = fast.weights()
-            pre_s = self._slow_precompute(layer, inp).transpose(0, 1)  # (T, B, G)
-            pre_f = fast.precompute(inp, fw).transpose(0, 1)
+            pre_s = self._slow_precompute(layer, inp).unbind(1)  # T x (B, G)
+            pre_f = fast.precompute(inp, fw).unbind(1)
             _, w_hh, _, b_hh = self._slow_weights(layer)
             w_hh_t = w_hh.t()
             h = x.new_zeros(B, self.hidden_size)
@@ -463,11 +464,12 @@ class _IndependentCore(nn.Module):
         states = [b.init_state(B) for b in self.branches]
         dims = [_batch_dims(b, B) for b in self.branches]
         outs = []
+        g_t, x_t = gates.unbind(1), x.unbind(1)
         for t in range(T):
             y_t = 0
             for k, (b, p) in enumerate(zip(self.branches, self.projections)):
-                g = gates[:, t, k]
-                yk, new = b.step(x[:, t], states[k])
+                g = g_t[t][:, k]
+                yk, new = b.step(x_t[t], states[k])
                 states[k] = _blend(new, states[k], g, dims[k])
                 y_t = y_t + g[:, None] * p(yk)
             outs.append(y_t)

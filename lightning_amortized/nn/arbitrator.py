@@ -193,8 +193,9 @@ class Arbitrator(nn.Module):
         b, prev = self.init_state(B)
         b, prev = b.to(x), prev.to(x)
         logits_l, gates_l, cost_l, back_l = [], [], [], []
+        ax_t = ax.unbind(1)  # not ax[:, t]: the backward of T selects is O(T^2)
         for t in range(T):
-            logits = self._logits(ax[:, t], b, prev, w_b, w_prev)
+            logits = self._logits(ax_t[t], b, prev, w_b, w_prev)
             g = self.gates_from_logits(logits)
             cost = base_cost_ms + g @ costs
             b = backlog_step(b, cost, self.frame_ms, None if valid is None else valid[:, t])
