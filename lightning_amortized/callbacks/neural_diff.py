@@ -130,6 +130,7 @@ class NeuralDiff(Callback):
         self.density = 1.0
         self.last_pruned_epoch = -1
         self._requires_grad: dict[str, bool] = {}
+        self._sparse: list[SparseDiff] = []  # attached sparse diffs, for the per-step re-masking
 
     @property
     @override
@@ -182,7 +183,8 @@ class NeuralDiff(Callback):
         self._requires_grad = {n: p.requires_grad for n, p in params.items()}
         for p in pl_module.parameters():
             p.requires_grad_(False)
-        attach_diffs(pl_module, names, self.method, num_buckets=self.bucket_counts or None, seed=self.seed)
+        created = attach_diffs(pl_module, names, self.method, num_buckets=self.bucket_counts or None, seed=self.seed)
+        self._sparse = [d for d in created.values() if isinstance(d, SparseDiff)]
         model_bytes = sum(p.numel() * p.element_size() for p in params.values())
         rank_zero_info(
             f"NeuralDiff: {self.method} diff on {len(names)} target(s) ({self.target_numel:,} entries), budget "
@@ -213,9 +215,8 @@ class NeuralDiff(Callback):
     ) -> None:
         if self.dry_run or self.method != "sparse":
             return
-        for d in diff_modules(pl_module).values():
-            if isinstance(d, SparseDiff):
-                d.zero_pruned()
+        for d in self._sparse:
+            d.zero_pruned()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -342,6 +343,7 @@ class NeuralDiff(Callback):
     def remove(self, pl_module: pl.LightningModule, merge: bool = True) -> None:
         """Detach the diffs (``merge=True``: ``W0 <- W0 + D``) and restore ``requires_grad`` flags."""
         detach_diffs(pl_module, merge=merge)
+        self._sparse = []
         for name, p in plain_parameters(pl_module).items():
             p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
 
