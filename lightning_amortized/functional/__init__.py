@@ -5,6 +5,7 @@ from lightning_amortized.functional.backlog import (
     SimulatedDevice,
     backlog,
     backlog_before,
+    backlog_step,
     eou_latency,
     flops_to_ms,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "amortization_loss",
     "backlog",
     "backlog_before",
+    "backlog_step",
     "eou_latency",
     "expected_cost_penalty",
     "flops_to_ms",

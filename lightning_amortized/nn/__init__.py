@@ -1,5 +1,7 @@
 """Encoders (contract and SpeechBrain adapters), arbitrator and amortized encoder."""
 
+from lightning_amortized.nn.amortized import AmortizedEncoder, RoutingInfo, SharedStateAmortizedEncoder
+from lightning_amortized.nn.arbitrator import Arbitrator
 from lightning_amortized.nn.encoders import (
     ConformerEncoderAdapter,
     Encoder,
@@ -7,5 +9,19 @@ from lightning_amortized.nn.encoders import (
     StreamingEncoder,
     lengths_to_mask,
 )
+from lightning_amortized.nn.streaming import StreamResult, compare_wall_clock, stream
 
-__all__ = ["ConformerEncoderAdapter", "Encoder", "RecurrentEncoder", "StreamingEncoder", "lengths_to_mask"]
+__all__ = [
+    "AmortizedEncoder",
+    "Arbitrator",
+    "RoutingInfo",
+    "SharedStateAmortizedEncoder",
+    "StreamResult",
+    "compare_wall_clock",
+    "stream",
+    "ConformerEncoderAdapter",
+    "Encoder",
+    "RecurrentEncoder",
+    "StreamingEncoder",
+    "lengths_to_mask",
+]

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -144,6 +145,13 @@ def _gru_cell(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tens
     return n + z * (h - n)
 
 
+def _csr_matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` for a CSR ``w`` (a matrix-vector product when ``x`` is one row: fastest on CPU)."""
+    if x.shape[0] == 1:
+        return torch.mv(w, x[0])[None]
+    return (w @ x.t()).t()
+
+
 class _FastLayer(nn.Module):
     """Fast weights of one recurrent layer (see :class:`SharedStateAmortizedEncoder` for the kinds).
 
@@ -213,8 +221,23 @@ class _FastLayer(nn.Module):
             return {"w_ih": self.w_ih * self.mask_ih, "w_hh": self.w_hh * self.mask_hh}
         return {}
 
-    def precompute(self, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+    @torch.no_grad()
+    def stream_weights(self) -> dict[str, Any]:
+        """Tensors for frame-by-frame inference: a sparse layer's masked weights in CSR form."""
+        if self.kind != "sparse":
+            return {}
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return {
+                "w_ih": (self.w_ih * self.mask_ih).to_sparse_csr(),
+                "w_hh": (self.w_hh * self.mask_hh).to_sparse_csr(),
+                "csr": True,
+            }
+
+    def precompute(self, x: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
         lstm = self.rnn_type == "lstm"
+        if w.get("csr"):  # (B, I) frame, sparse product over stored non-zeros only
+            return _csr_matmul(w["w_ih"], x) + (self.b_ih + self.b_hh if lstm else self.b_ih)
         if self.kind == "lowrank":
             if lstm:
                 return F.linear(x, self.v_ih)
@@ -227,7 +250,9 @@ class _FastLayer(nn.Module):
         lstm = self.rnn_type == "lstm"
         if self.kind == "lowrank" and lstm:
             return torch.addmm(self.bias, pre_t + h @ self.v_hh.t(), self.u.t())
-        if self.kind == "sparse":
+        if w.get("csr"):
+            hid = _csr_matmul(w["w_hh"], h)
+        elif self.kind == "sparse":
             hid = h @ w["w_hh"].t()
         else:  # low-rank recurrent product
             hid = (h @ self.v_hh.t()) @ self.u_hh.t()
@@ -264,6 +289,7 @@ class _SharedRecurrentCore(nn.Module):
             fast_layers.append(_FastLayer(fast, self.rnn_type, w_ih, w_hh, b_ih, b_hh, rank, density))
         self.fast = nn.ModuleList(fast_layers)
         self._dropout = float(rnn.dropout)
+        self._stream_cache: list[dict[str, Any]] | None = None
 
     # slow weights are read from the wrapped encoder each time (shared, never copied)
     def _slow_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -332,8 +358,16 @@ class _SharedRecurrentCore(nn.Module):
     def init_state(self, batch_size: int) -> Any:
         return self.encoder.init_state(batch_size)
 
+    def begin_streaming(self) -> None:
+        """Cache per-layer inference tensors (CSR for sparse layers) until :meth:`end_streaming`."""
+        self._stream_cache = [f.stream_weights() for f in self.fast]
+
+    def end_streaming(self) -> None:
+        self._stream_cache = None
+
     def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One frame with hard choices ``(B,)``; with ``B == 1`` only the chosen branch computes."""
+        cache = self._stream_cache
         lstm = self.rnn_type == "lstm"
         hs, cs = (state if lstm else (state, None))
         if x_t.shape[0] == 1:
@@ -353,7 +387,7 @@ class _SharedRecurrentCore(nn.Module):
                     g = self._slow_recurrent(layer, pre, h)
                 else:
                     fast = self.fast[layer]
-                    fw = fast.weights()
+                    fw = cache[layer] if cache is not None else fast.weights()
                     pre = fast.precompute(inp, fw)
                     g = fast.recurrent(pre, h, fw)
                 if lstm:
@@ -479,6 +513,12 @@ class _IndependentCore(nn.Module):
     def init_state(self, batch_size: int) -> Any:
         return [b.init_state(batch_size) for b in self.branches]
 
+    def begin_streaming(self) -> None:
+        pass
+
+    def end_streaming(self) -> None:
+        pass
+
     def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
         if not self.streaming:
             raise RuntimeError("These branches have no `step`/`init_state`: they cannot stream frame by frame.")
@@ -581,6 +621,7 @@ class AmortizedEncoder(nn.Module):
             use_prev_decision=use_prev_decision,
         )
         self.last_routing: RoutingInfo | None = None
+        self._stream_costs: tuple[torch.Tensor, int] | None = None
 
     @classmethod
     def from_recurrent(
@@ -673,6 +714,24 @@ class AmortizedEncoder(nn.Module):
 
     # -- streaming ------------------------------------------------------------------------------
 
+    def _costs(self, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+        flops = torch.tensor(self.branch_flops(), dtype=like.dtype, device=like.device)
+        return flops, self.arbitrator.flops_per_frame()
+
+    def begin_streaming(self) -> None:
+        """Freeze per-frame inference caches (costs, CSR weights) until :meth:`end_streaming`.
+
+        Optional: ``step`` is correct without it, only slower. :func:`~lightning_amortized.nn.streaming.stream`
+        calls both.
+        """
+        self._stream_costs = self._costs(next(self.parameters()))
+        self.core.begin_streaming()
+
+    def end_streaming(self) -> None:
+        """Drop the caches of :meth:`begin_streaming` (call after changing weights)."""
+        self._stream_costs = None
+        self.core.end_streaming()
+
     def init_state(self, batch_size: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """``(branch state, backlog_ms (B,), previous gate (B, K))``."""
         b, prev = self.arbitrator.init_state(batch_size)
@@ -693,18 +752,18 @@ class AmortizedEncoder(nn.Module):
                 (single-branch baselines on the same weights).
         """
         core_state, b, prev = state
-        flops = self.branch_flops()
+        flops, arb_flops = self._stream_costs if self._stream_costs is not None else self._costs(x_t)
         if force_branch is None:
             logits = self.arbitrator.step(x_t, b, prev)
             choice = logits.argmax(-1)
-            base = self.arbitrator.flops_per_frame()
+            base = arb_flops
         else:
             if not 0 <= force_branch < self.num_branches:
                 raise ValueError(f"Expected `force_branch` in [0, {self.num_branches}), but got {force_branch}.")
             choice = torch.full((x_t.shape[0],), force_branch, dtype=torch.long, device=x_t.device)
             base = 0
         g = F.one_hot(choice, self.num_branches).to(x_t.dtype)
-        cost = self.device_model.cost_ms(base + g @ torch.tensor(flops, dtype=x_t.dtype, device=x_t.device))
+        cost = self.device_model.cost_ms(base + g @ flops)
         b = backlog_step(b, cost, self.frame_ms)
         y, core_state = self.core.step(x_t, core_state, choice)
         return y, (core_state, b, g), choice
