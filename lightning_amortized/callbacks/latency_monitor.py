@@ -1,0 +1,306 @@
+r"""
+Latency monitor
+===============
+
+Measures, on every validation epoch, what an amortized (or plain) encoder costs on a
+simulated device and in real single-thread streaming, and logs it under ``latency/*``.
+
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lightning_amortized.functional.backlog import DEFAULT_DEVICE_FLOPS_PER_S, backlog, eou_latency, flops_to_ms
+from lightning_amortized.nn.amortized import AmortizedEncoder
+from lightning_amortized.nn.streaming import stream
+
+__all__ = ["LatencyMonitor", "find_encoder"]
+
+
+def find_encoder(pl_module: nn.Module) -> nn.Module | None:
+    """The encoder whose latency is reported.
+
+    The outermost :class:`~lightning_amortized.nn.AmortizedEncoder` of the module if
+    there is one, else ``pl_module.encoder`` if it has ``flops_per_frame()``, else the
+    first submodule with ``flops_per_frame()`` and an ``input_size``.
+    """
+    for m in pl_module.modules():
+        if isinstance(m, AmortizedEncoder):
+            return m
+    enc = getattr(pl_module, "encoder", None)
+    if isinstance(enc, nn.Module) and callable(getattr(enc, "flops_per_frame", None)):
+        return enc
+    for m in pl_module.modules():
+        if m is not pl_module and callable(getattr(m, "flops_per_frame", None)) and hasattr(m, "input_size"):
+            return m
+    return None
+
+
+class LatencyMonitor(Callback):
+    r"""Log compute and latency of the model's encoder on every validation epoch.
+
+    During validation the encoder's inputs are captured with a forward hook and, for an
+    ``AmortizedEncoder``, its hard routing (``last_routing``) is read at the end of every
+    batch. A plain encoder costs ``encoder.flops_per_frame()`` on every frame. At the
+    end of the epoch (gathered over all processes) it logs via ``pl_module.log``:
+
+    * ``latency/flops_per_frame``: mean FLOPs per valid frame (arbitrator included);
+    * ``latency/slow_share``: fraction of frames routed to the slow branch (1 for a
+      plain encoder);
+    * ``latency/rho``: load factor of the slow branch alone, ``slow cost / frame_ms``;
+    * ``latency/eou_p50_ms``, ``latency/eou_p90_ms``, ``latency/eou_max_ms``: simulated
+      end-of-utterance latency ``b_{L-1} + cost_L`` over the validation utterances
+      (:func:`~lightning_amortized.functional.backlog.eou_latency`);
+    * ``latency/rtf``: real single-thread real-time factor of streaming inference on
+      ``rtf_samples`` validation utterances (:func:`~lightning_amortized.nn.streaming.stream`),
+      measured on the module's device;
+
+    and saves a PNG of the backlog and decisions over one utterance to ``plot_dir``.
+    Nothing is measured during the sanity check.
+
+    Args:
+        device_flops_per_s: Simulated device speed; ``None`` uses the
+            ``AmortizedEncoder``'s own device, else 650 MFLOP/s.
+        frame_ms: Audio per encoder frame in ms; ``None`` uses the encoder's
+            ``frame_ms`` or the module's ``frame_ms`` attribute.
+        plot_dir: Folder for ``latency_epoch{NNN}.png``; ``None`` uses
+            ``trainer.log_dir`` (or ``trainer.default_root_dir``).
+        rtf_samples: Number of utterances streamed for the RTF (0 disables it).
+        plot: Whether to save plots.
+
+    Raises:
+        ValueError: If ``device_flops_per_s``/``frame_ms`` is not positive or
+            ``rtf_samples`` < 0.
+        MisconfigurationException: If no encoder or no ``frame_ms`` can be found.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_amortized.callbacks.latency_monitor import LatencyMonitor
+        >>> trainer = Trainer(callbacks=[LatencyMonitor(frame_ms=30.0, plot_dir="plots")])
+
+    """
+
+    def __init__(
+        self,
+        device_flops_per_s: float | None = None,
+        frame_ms: float | None = None,
+        plot_dir: str | None = None,
+        rtf_samples: int = 1,
+        plot: bool = True,
+    ) -> None:
+        for name, value in (("device_flops_per_s", device_flops_per_s), ("frame_ms", frame_ms)):
+            if value is not None and not value > 0:
+                raise ValueError(f"Expected argument `{name}` to be positive or None, but got {value}.")
+        if not isinstance(rtf_samples, int) or rtf_samples < 0:
+            raise ValueError(f"Expected argument `rtf_samples` to be an integer >= 0, but got {rtf_samples}.")
+        self.device_flops_per_s = device_flops_per_s
+        self.frame_ms = frame_ms
+        self.plot_dir = plot_dir
+        self.rtf_samples = rtf_samples
+        self.plot = plot
+        self.last_metrics: dict[str, float] = {}
+        self.last_plot_path: str | None = None
+        self._encoder: nn.Module | None = None
+        self._hook: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._flops_sum = 0.0
+        self._frames = 0
+        self._slow = 0
+        self._latencies: list[torch.Tensor] = []
+        self._plot_data: dict[str, torch.Tensor] | None = None
+        self._samples: list[torch.Tensor] = []
+
+    # -- resolution of settings -----------------------------------------------------------------
+
+    def _device_speed(self) -> float:
+        if self.device_flops_per_s is not None:
+            return float(self.device_flops_per_s)
+        if isinstance(self._encoder, AmortizedEncoder):
+            return self._encoder.device_flops_per_s
+        return DEFAULT_DEVICE_FLOPS_PER_S
+
+    def _frame(self, pl_module: pl.LightningModule) -> float:
+        for value in (self.frame_ms, getattr(self._encoder, "frame_ms", None), getattr(pl_module, "frame_ms", None)):
+            if value is not None:
+                return float(value)
+        raise MisconfigurationException(
+            "LatencyMonitor needs the audio duration of an encoder frame: pass `frame_ms=` "
+            "(or give the encoder or the LightningModule a `frame_ms` attribute)."
+        )
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+        self._remove_hook()
+        if trainer.sanity_checking:
+            return
+        self._encoder = find_encoder(pl_module)
+        if self._encoder is None:
+            raise MisconfigurationException(
+                "LatencyMonitor found no encoder in the LightningModule: expected an AmortizedEncoder, a "
+                "`self.encoder` with `flops_per_frame()`, or a submodule with `flops_per_frame()` and `input_size`."
+            )
+        self._frame(pl_module)  # fail early
+
+        def capture(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if len(args) >= 2 and isinstance(args[0], torch.Tensor) and isinstance(args[1], torch.Tensor):
+                self._captured = (args[0].detach(), args[1].detach())
+
+        self._hook = self._encoder.register_forward_hook(capture)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or self._captured is None or self._encoder is None:
+            return
+        x, lengths = self._captured
+        self._captured = None
+        frame_ms = self._frame(pl_module)
+        lengths = lengths.to(x.device).long()
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        enc = self._encoder
+        routing = enc.last_routing if isinstance(enc, AmortizedEncoder) else None
+        if routing is not None:
+            flops = routing.expected_flops.detach().float()
+            decisions = routing.decisions
+            self._slow += int((decisions[valid] == routing.slow_index).sum())
+        else:
+            flops = torch.full(x.shape[:2], float(enc.flops_per_frame()), device=x.device)
+            decisions = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+            self._slow += int(valid.sum())
+        costs = flops_to_ms(flops, self._device_speed())
+        self._flops_sum += float(flops[valid].sum())
+        self._frames += int(valid.sum())
+        self._latencies.append(eou_latency(costs, frame_ms, lengths).cpu())
+        if self._plot_data is None and x.shape[0] > 0:
+            n = int(lengths[0])
+            self._plot_data = {
+                "backlog_ms": backlog(costs[:1], frame_ms, lengths[:1])[0, :n].cpu(),
+                "cost_ms": costs[0, :n].cpu(),
+                "decisions": decisions[0, :n].cpu(),
+            }
+        for i in range(x.shape[0]):
+            if len(self._samples) >= self.rtf_samples:
+                break
+            self._samples.append(x[i, : int(lengths[i])].clone())
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hook()
+        if trainer.sanity_checking or self._encoder is None:
+            return
+        enc = self._encoder
+        frame_ms = self._frame(pl_module)
+        device = pl_module.device
+        totals = torch.tensor([self._flops_sum, self._frames, self._slow], dtype=torch.float64, device=device)
+        lat = torch.cat(self._latencies).to(device=device, dtype=torch.float64) if self._latencies else None
+        if trainer.world_size > 1:
+            totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0)
+            lat = self._gather_variable(pl_module, lat if lat is not None else torch.zeros(0, device=device, dtype=torch.float64))
+        flops_sum, frames, slow = (float(v) for v in totals)
+        if frames == 0 or lat is None or lat.numel() == 0:
+            rank_zero_warn("LatencyMonitor: the encoder saw no validation frames; nothing logged.")
+            return
+        slow_flops = max(enc.branch_flops()) if isinstance(enc, AmortizedEncoder) else enc.flops_per_frame()
+        metrics = {
+            "latency/flops_per_frame": flops_sum / frames,
+            "latency/slow_share": slow / frames,
+            "latency/rho": float(flops_to_ms(float(slow_flops), self._device_speed())) / frame_ms,
+            "latency/eou_p50_ms": float(torch.quantile(lat, 0.5)),
+            "latency/eou_p90_ms": float(torch.quantile(lat, 0.9)),
+            "latency/eou_max_ms": float(lat.max()),
+        }
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True)
+        if self._samples:
+            rtfs = [stream(enc, x, frame_ms).rtf for x in self._samples]
+            metrics["latency/rtf"] = sum(rtfs) / len(rtfs)
+            pl_module.log("latency/rtf", metrics["latency/rtf"], on_step=False, on_epoch=True, sync_dist=True)
+        self.last_metrics = metrics
+        if self.plot and trainer.is_global_zero and self._plot_data is not None:
+            self.last_plot_path = self._save_plot(trainer, frame_ms)
+        rank_zero_info(
+            "LatencyMonitor: "
+            + ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items())
+        )
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hook()
+        self._samples = []
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @staticmethod
+    def _gather_variable(pl_module: pl.LightningModule, values: torch.Tensor) -> torch.Tensor:
+        """All-gather 1-D tensors of different lengths (padded to the longest, then trimmed)."""
+        n = torch.tensor([values.numel()], device=values.device)
+        sizes = pl_module.all_gather(n).reshape(-1)
+        longest = int(sizes.max())
+        padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+        padded[: values.numel()] = values
+        gathered = pl_module.all_gather(padded).reshape(len(sizes), longest)
+        return torch.cat([gathered[i, : int(sizes[i])] for i in range(len(sizes))])
+
+    def _save_plot(self, trainer: pl.Trainer, frame_ms: float) -> str:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        data = self._plot_data
+        assert data is not None
+        folder = self.plot_dir or trainer.log_dir or trainer.default_root_dir
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"latency_epoch{trainer.current_epoch:03d}.png")
+        t = torch.arange(1, len(data["backlog_ms"]) + 1)
+        fig = Figure(figsize=(8, 4.5))
+        FigureCanvasAgg(fig)  # Agg canvas, no pyplot state
+        ax1, ax2 = fig.subplots(2, 1, sharex=True)
+        ax1.plot(t, data["backlog_ms"], label="backlog after frame (ms)")
+        ax1.plot(t, data["cost_ms"], label="frame cost (ms)", alpha=0.6)
+        ax1.axhline(frame_ms, color="gray", linestyle="--", linewidth=0.8, label=f"frame = {frame_ms:g} ms")
+        ax1.set_ylabel("ms")
+        ax1.legend(loc="upper left", fontsize=7)
+        ax2.step(t, data["decisions"], where="mid")
+        ax2.set_ylabel("branch")
+        ax2.set_xlabel("frame")
+        ax2.set_yticks(sorted({0, *data["decisions"].tolist()}))
+        fig.suptitle(f"Backlog and routing over one validation utterance (epoch {trainer.current_epoch})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        return path
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_metrics": dict(self.last_metrics)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_metrics = dict(state_dict.get("last_metrics", {}))
