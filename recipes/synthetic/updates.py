@@ -1,0 +1,576 @@
+"""Five chained model updates on the synthetic corpus: neural diffs versus full fine-tuning.
+
+Starting from a trained base checkpoint (the `make demo` model), update ``k = 1..K``
+fine-tunes on split ``update-k`` (new named entities) plus an equal number of replayed
+``train`` utterances, and ships the result:
+
+- ``sparse`` / ``hashed``: a :class:`~lightning_amortized.callbacks.neural_diff.NeuralDiff`
+  on the encoder weights and the output layer, exported as ``diff-k.safetensors``; the
+  shipped file (quantization included) is merged before update ``k + 1`` trains, so each
+  diff names the hash of the weights devices hold after diffs ``1..k-1``;
+- ``bias``: bias-only tuning, shipped as a dense diff of the biases (``sparse`` with budget 1);
+- ``full``: full-parameter fine-tuning of the previous model; ships the whole model.
+
+After each update the shipped model is evaluated (greedy CTC, WER/CER) on
+``update-1-test .. update-k-test`` (unseen speakers) and on the base ``test`` split. At
+the end a fresh base gets ``apply_chain(diff-1 .. diff-K)`` and is compared with the
+trained model (bit-exact for fp32 values; the max abs error is reported for fp16/int8).
+
+Usage::
+
+    python recipes/synthetic/updates.py --base runs/synthetic/lstm_ctc/.../best.ckpt \\
+        --method sparse --budget 0.1 --value-dtype fp32 --out runs/synthetic/updates/sparse10
+    python recipes/synthetic/updates.py --base BASE.ckpt --method full --out runs/synthetic/updates/full
+
+Writes ``<out>/results.json`` (and the diff files / shipped models). Learning rates (see
+``recipes/synthetic/README`` section in ``docs/neural_diff.md``): ``1e-3`` for diffs,
+``3e-4`` for full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import safetensors.torch
+import torch
+from lightning.pytorch import Trainer
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from lightning_amortized.callbacks.neural_diff import NeuralDiff
+from lightning_amortized.data.datamodule import DurationBatchSampler, LibriSpeechDataModule, SpeechCollator, SpeechDataset
+from lightning_amortized.data.prepare import Utterance, read_manifest
+from lightning_amortized.diffs import (
+    DiffError,
+    apply_chain,
+    apply_diff,
+    effective_tensor,
+    export_diff,
+    inspect_diff,
+    merge,
+    plain_parameters,
+    weights_sha256,
+)
+from lightning_amortized.diffs.commands import load_checkpoint
+from lightning_amortized.module import ASRModule
+from lightning_amortized.nn import RecurrentEncoder
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+METHODS = ("sparse", "hashed", "bias", "full")
+DIFF_TARGETS = ("encoder.*weight*", "head.*")
+BIAS_TARGETS = ("*bias*",)
+DEFAULT_LR = {"sparse": 1e-3, "hashed": 1e-3, "bias": 3e-3, "full": 3e-4}
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class UpdateConfig:
+    """One run of ``updates`` consecutive updates.
+
+    Attributes:
+        base: base checkpoint (Lightning ``.ckpt`` of an ``ASRModule``, or a state dict).
+        root: corpus root (LibriSpeech layout with ``update-k`` / ``update-k-test`` splits).
+        out: output folder (diff files, shipped models, ``results.json``).
+        method: ``"sparse"``, ``"hashed"``, ``"bias"`` or ``"full"``.
+        budget: NeuralDiff budget: fraction of the targeted entries (float) or bytes (int).
+        value_dtype: stored diff values: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        also_export: extra value dtypes exported from the same trained diff, for their sizes
+            and errors only (the chain uses ``value_dtype``).
+        targets: NeuralDiff target patterns (default: encoder weights and the output layer).
+        updates: number of consecutive updates (``update-1 .. update-K``).
+        epochs: training epochs per update.
+        lr: peak learning rate (warm-up + cosine over the update); ``None``: the method default.
+        update_utterances: utterances sampled from ``update-k`` (``None``: all).
+        replay_utterances: utterances sampled from ``replay_split`` per update.
+        replay_split: base data replayed against forgetting.
+        test_split: the base test split.
+        test_utterances: cap on the base test split (first N by id; ``None``: all).
+        max_batch_seconds: audio seconds per training batch (padded).
+        max_batch_size: utterances per training batch.
+        dropout: encoder dropout while fine-tuning.
+        seed: seed of sampling, training and hashing.
+        threads: ``torch.set_num_threads`` (``None`` leaves it).
+        progress: Lightning progress bars.
+    """
+
+    base: str
+    root: str
+    out: str
+    method: str = "sparse"
+    budget: float | int = 0.1
+    value_dtype: str = "fp32"
+    also_export: tuple[str, ...] = ()
+    targets: tuple[str, ...] | None = None
+    updates: int = 5
+    epochs: int = 3
+    lr: float | None = None
+    update_utterances: int | None = 150
+    replay_utterances: int = 150
+    replay_split: str = "train"
+    test_split: str = "test"
+    test_utterances: int | None = None
+    max_batch_seconds: float = 100.0
+    max_batch_size: int = 48
+    dropout: float = 0.1
+    seed: int = 0
+    threads: int | None = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Expected argument `method` to be one of {list(METHODS)}, but got {self.method!r}.")
+        if self.updates < 1 or self.epochs < 1:
+            raise ValueError(f"Expected `updates` and `epochs` >= 1, but got {self.updates} and {self.epochs}.")
+        if self.value_dtype not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def target_patterns(self) -> tuple[str, ...]:
+        if self.targets is not None:
+            return tuple(self.targets)
+        return BIAS_TARGETS if self.method == "bias" else DIFF_TARGETS
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_base(path: str | Path, dropout: float = 0.1) -> Any:
+    """An :class:`~lightning_amortized.module.ASRModule` with a ``RecurrentEncoder`` from a checkpoint.
+
+    The encoder's sizes (input, hidden, layers, LSTM/GRU, projection) are read from the
+    weight shapes, the module's hyper-parameters from the Lightning checkpoint (when there).
+    Checkpoints saved while a diff was attached are folded into plain weights.
+    """
+
+    state, container = load_checkpoint(path)
+    prefix = "encoder.rnn.rnn."
+    if f"{prefix}weight_ih_l0" not in state:
+        raise ValueError(f"{str(path)!r} does not hold an ASRModule with a RecurrentEncoder (no {prefix}weight_ih_l0).")
+    layers = sum(1 for k in state if k.startswith(f"{prefix}weight_ih_l") and not k.endswith("_reverse"))
+    w_hh = state[f"{prefix}weight_hh_l0"]
+    hidden = int(w_hh.shape[1])
+    gates = int(w_hh.shape[0]) // hidden
+    if gates not in (3, 4):
+        raise ValueError(f"Cannot tell LSTM from GRU: weight_hh_l0 has shape {tuple(w_hh.shape)}.")
+    proj = state.get("encoder.proj.weight")
+    encoder = RecurrentEncoder(
+        int(state[f"{prefix}weight_ih_l0"].shape[1]),
+        hidden,
+        num_layers=layers,
+        rnn_type="lstm" if gates == 4 else "gru",
+        dropout=dropout,
+        projection=int(proj.shape[0]) if proj is not None else None,
+    )
+    hparams = dict((container or {}).get("hyper_parameters") or {})
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    model = ASRModule(encoder, **kwargs)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the tensors in ``model.state_dict()`` (the fp32 'full checkpoint' payload)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{plain name: weight the forward pass uses}`` (``W0 + D`` where a diff is attached), cloned."""
+
+    return {n: effective_tensor(model, n).clone() for n in plain_parameters(model)}
+
+
+def max_abs_error(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """Largest ``|a - b|`` over the common names (``inf`` if the name sets differ)."""
+    if set(a) != set(b):
+        return math.inf
+    return max((float((a[n].double() - b[n].double()).abs().max()) for n in a if a[n].numel()), default=0.0)
+
+
+def bit_equal(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Same names, dtypes, shapes and bytes."""
+
+    return set(a) == set(b) and weights_sha256(a, a) == weights_sha256(b, b)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def sample_utterances(utts: Sequence[Any], n: int | None, seed: int) -> list[Any]:
+    """``n`` utterances drawn without replacement (seeded; sorted by id), or all of them."""
+    ordered = sorted(utts, key=lambda u: u.id)
+    if n is None or n >= len(ordered):
+        return ordered
+    if n < 0:
+        raise ValueError(f"Expected a non-negative number of utterances, but got {n}.")
+    return sorted(random.Random(seed).sample(ordered, n), key=lambda u: u.id)
+
+
+class UpdateDataModule(LibriSpeechDataModule):
+    """Training data of one update: a sample of ``update_split`` plus replayed base utterances.
+
+    Args:
+        root: corpus root.
+        update_split: the update's split (``update-k``).
+        replay_split: base split replayed against forgetting.
+        update_utterances: utterances drawn from ``update_split`` (``None``: all).
+        replay_utterances: utterances drawn from ``replay_split`` (0: none).
+        sample_seed: seed of both draws.
+        **kwargs: batching and feature options of ``LibriSpeechDataModule``.
+
+    Example::
+
+        dm = UpdateDataModule("data/synthetic", "update-1", update_utterances=150, replay_utterances=150)
+        dm.prepare_data()
+        new, replayed = dm.utterances()
+    """
+
+    def __init__(
+        self,
+        root: str,
+        update_split: str,
+        replay_split: str = "train",
+        update_utterances: int | None = 150,
+        replay_utterances: int = 150,
+        sample_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        splits = [update_split] + ([replay_split] if replay_utterances else [])
+        super().__init__(root, train_splits=splits, val_splits=[], test_splits=[], **kwargs)
+        self.update_split, self.replay_split = update_split, replay_split
+        self.update_utterances, self.replay_utterances = update_utterances, replay_utterances
+        self.sample_seed = sample_seed
+
+    def utterances(self) -> tuple[list[Utterance], list[Utterance]]:
+        """``(update utterances, replayed utterances)`` of this update (run ``prepare_data`` first)."""
+        new = sample_utterances(self._manifest(self.update_split), self.update_utterances, self.sample_seed)
+        old: list[Utterance] = []
+        if self.replay_utterances:
+            old = sample_utterances(self._manifest(self.replay_split), self.replay_utterances, self.sample_seed + 7919)
+        return new, old
+
+    def _manifest(self, split: str) -> list[Utterance]:
+        return read_manifest(self.manifest_dir / f"{split}.jsonl")
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and "train" not in self.datasets:
+            new, old = self.utterances()
+            self.datasets["train"] = SpeechDataset(new + old, self.tokenizer, self.sample_rate)
+
+
+class EvalSets:
+    """Feature batches of the evaluation splits, computed once and kept in memory.
+
+    Args:
+        root: corpus root.
+        splits: split names.
+        caps: optional ``{split: N}``: keep the first ``N`` utterances by id.
+        max_batch_seconds: padded audio seconds per batch.
+    """
+
+    def __init__(
+        self, root: str, splits: Sequence[str], caps: Mapping[str, int | None] | None = None, max_batch_seconds: float = 200.0
+    ) -> None:
+
+        dm = LibriSpeechDataModule(root, train_splits=[], val_splits=[], test_splits=list(splits))
+        dm.prepare_data()
+        collate = SpeechCollator(dm.features, None)
+        self.batches: dict[str, list[dict[str, Any]]] = {}
+        self.sizes: dict[str, int] = {}
+        for split in splits:
+            utts = sorted(read_manifest(dm.manifest_dir / f"{split}.jsonl"), key=lambda u: u.id)
+            cap = (caps or {}).get(split)
+            if cap is not None:
+                utts = utts[:cap]
+            ds = SpeechDataset(utts, dm.tokenizer, dm.sample_rate)
+            sampler = DurationBatchSampler(ds.durations, max_batch_seconds, shuffle=False)
+            self.batches[split] = [collate([ds[i] for i in b]) for b in sampler]
+            self.sizes[split] = len(ds)
+
+    @torch.no_grad()
+    def evaluate(self, model: Any, splits: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+        """``{split: {"wer": ..., "cer": ...}}`` of greedy decoding (fractions, not %)."""
+
+        was_training = model.training
+        model.eval()
+        out = {}
+        for split in splits if splits is not None else list(self.batches):
+            wer, cer = WordErrorRate(), CharErrorRate()
+            for b in self.batches[split]:
+                hyps = model.transcribe(b["feats"], b["feat_lengths"])
+                wer.update(hyps, b["texts"])
+                cer.update(hyps, b["texts"])
+            out[split] = {"wer": float(wer.compute()), "cer": float(cer.compute())}
+        model.train(was_training)
+        return out
+
+
+# --------------------------------------------------------------------------- one update
+
+
+def _trainer(cfg: UpdateConfig, callbacks: list[Any]) -> Any:
+
+    return Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.progress,
+        use_distributed_sampler=False,
+        gradient_clip_val=5.0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=cfg.out,
+        callbacks=callbacks,
+    )
+
+
+def _diff_callback(cfg: UpdateConfig, path: Path) -> Any:
+
+    if cfg.method == "bias":
+        return NeuralDiff(method="sparse", budget=1.0, targets=list(cfg.target_patterns), seed=cfg.seed,
+                          value_dtype=cfg.value_dtype, export_path=str(path))
+    return NeuralDiff(method=cfg.method, budget=cfg.budget, targets=list(cfg.target_patterns), seed=cfg.seed,
+                      value_dtype=cfg.value_dtype, export_path=str(path))
+
+
+def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
+    """Train update ``k`` on ``model`` in place and ship it; returns the update's record.
+
+    For diffs, ``model`` ends holding the shipped weights (the file merged in); the
+    trained (in-memory) weights are returned under ``"_trained"``.
+    """
+
+
+    out = Path(cfg.out)
+    dm = UpdateDataModule(
+        root=cfg.root,
+        update_split=f"update-{k}",
+        replay_split=cfg.replay_split,
+        update_utterances=cfg.update_utterances,
+        replay_utterances=cfg.replay_utterances,
+        sample_seed=cfg.seed * 1000 + k,
+        max_batch_seconds=cfg.max_batch_seconds,
+        max_batch_size=cfg.max_batch_size,
+        seed=cfg.seed + k,
+    )
+    dm.prepare_data()
+    new, old = dm.utterances()
+    pl.seed_everything(cfg.seed * 1000 + k, workers=True, verbose=False)
+    model.hparams.lr = cfg.learning_rate
+    rec: dict[str, Any] = {"update": k, "train_update_utterances": len(new), "train_replay_utterances": len(old)}
+    t0 = time.perf_counter()
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        trainer = _trainer(cfg, [])
+        trainer.fit(model, datamodule=dm)
+        rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
+        trained = plain_state(model)
+        path = out / f"model-{k}.safetensors"
+
+
+        safetensors.torch.save_file({n: t.contiguous() for n, t in trained.items()}, str(path))
+        rec.update(
+            file=str(path),
+            file_bytes=path.stat().st_size,
+            payload_bytes=sum(t.numel() * t.element_size() for t in trained.values()),
+            stored_entries=sum(t.numel() for t in trained.values()),
+            result_sha256=weights_sha256(trained, trained),
+        )
+        rec["_trained"] = trained
+        return rec
+
+    path = out / f"diff-{k}.safetensors"
+    callback = _diff_callback(cfg, path)
+    trainer = _trainer(cfg, [callback])
+    trainer.fit(model, datamodule=dm)
+    rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
+    trained = plain_state(model)
+    extra = {}
+    for dtype in cfg.also_export:
+        extra_path = out / f"diff-{k}.{dtype}.safetensors"
+        info = export_diff(model, extra_path, value_dtype=dtype, seed=cfg.seed)
+        extra[dtype] = {"file": str(extra_path), "file_bytes": info.file_bytes,
+                        "max_abs_error": float(info.extra.get("max_abs_error", 0.0))}
+    info = inspect_diff(path)
+    merge(model, path)  # ship: the model now holds exactly what devices hold after applying the file
+    shipped = plain_state(model)
+    rec.update(
+        file=str(path),
+        file_bytes=info.file_bytes,
+        payload_bytes=info.payload_bytes,
+        stored_entries=sum(t.stored for t in info.targets),
+        target_entries=sum(t.numel for t in info.targets),
+        targets=len(info.targets),
+        base_sha256=info.base_sha256,
+        result_sha256=info.result_sha256,
+        max_abs_error=max_abs_error(shipped, trained),
+        extra_exports=extra,
+    )
+    rec["_trained"] = trained
+    return rec
+
+
+# --------------------------------------------------------------------------- chain
+
+
+def verify_chain(
+    cfg: UpdateConfig, files: Sequence[str | Path], shipped: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Apply ``files`` to a fresh base with :func:`~lightning_amortized.diffs.apply_chain` and compare.
+
+    Returns:
+        ``links`` (diffs applied), ``hash_links_ok`` (each diff's base hash is the previous
+        one's result hash), ``equals_shipped`` (bit-exact to the recipe's final model),
+        ``bit_exact_vs_trained`` and ``max_abs_error_vs_trained`` (the in-memory model
+        after the last update's training, before its file was quantized), and
+        ``wrong_base_refused`` (diff ``K`` applied to the fresh base is refused, ``K > 1``).
+    """
+
+    t0 = time.perf_counter()
+    model = load_base(cfg.base, dropout=cfg.dropout)
+    refused = None
+    if len(files) > 1:
+        probe = load_base(cfg.base, dropout=cfg.dropout)
+        try:
+            apply_diff(probe, files[-1])
+            refused = False
+        except DiffError:
+            refused = True
+    infos = apply_chain(model, list(files))
+    final = plain_state(model)
+    links_ok = all(
+        b.base_sha256 == a.result_sha256 for a, b in zip(infos, infos[1:]) if sorted(a.names) == sorted(b.names)
+    )
+    return {
+        "links": len(infos),
+        "hash_links_ok": links_ok,
+        "files_verified": all(inspect_diff(f).payload_sha256 for f in files),
+        "equals_shipped": bit_equal(final, shipped),
+        "bit_exact_vs_trained": bit_equal(final, trained),
+        "max_abs_error_vs_trained": max_abs_error(final, trained),
+        "wrong_base_refused": refused,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(cfg: UpdateConfig, log: Any = print) -> dict[str, Any]:
+    """Run ``cfg.updates`` chained updates; writes ``<out>/results.json`` and returns the results."""
+    t_start = time.perf_counter()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_file = out / "progress.jsonl"
+    progress_file.write_text("")
+    model = load_base(cfg.base, dropout=cfg.dropout)
+    full_bytes = state_bytes(model)
+    update_tests = [f"update-{k}-test" for k in range(1, cfg.updates + 1)]
+    evals = EvalSets(cfg.root, [cfg.test_split, *update_tests], caps={cfg.test_split: cfg.test_utterances})
+    log(f"[{cfg.method}] base checkpoint {cfg.base}: {full_bytes:,} bytes of fp32 weights; eval sets {evals.sizes}")
+    base_eval = evals.evaluate(model)
+    log(f"[{cfg.method}] base: " + ", ".join(f"{s} WER {100 * m['wer']:.2f}%" for s, m in base_eval.items()))
+    records = []
+    trained: dict[str, torch.Tensor] = {}
+    for k in range(1, cfg.updates + 1):
+        rec = run_update(cfg, model, k)
+        trained = rec.pop("_trained")
+        rec["size_fraction"] = rec["file_bytes"] / full_bytes
+        rec["size_reduction_pct"] = 100.0 * (1.0 - rec["file_bytes"] / full_bytes)
+        splits = [cfg.test_split] + [f"update-{j}-test" for j in range(1, k + 1)]
+        rec["eval"] = evals.evaluate(model, splits)
+        records.append(rec)
+        wers = ", ".join(f"{s} {100 * m['wer']:.2f}%" for s, m in rec["eval"].items())
+        log(f"[{cfg.method}] update {k}/{cfg.updates}: {rec['file_bytes']:,} bytes "
+            f"({rec['size_reduction_pct']:.2f}% smaller), fit {rec['fit_seconds']} s; WER {wers}")
+        with progress_file.open("a") as fh:
+            fh.write(json.dumps({"update": k, "of": cfg.updates}) + "\n")
+    final = plain_state(model)
+    if cfg.method == "full":
+        chain = {"links": 0, "note": "full fine-tuning ships the whole model; nothing to chain"}
+    else:
+        chain = verify_chain(cfg, [r["file"] for r in records], final, trained)
+        log(f"[{cfg.method}] chain: {chain}")
+    result = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "lr": cfg.learning_rate,
+        "targets": list(cfg.target_patterns),
+        "full_checkpoint_bytes": full_bytes,
+        "eval_sizes": evals.sizes,
+        "base_eval": base_eval,
+        "updates": records,
+        "chain": chain,
+        "torch_threads": torch.get_num_threads(),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _budget(text: str) -> float | int:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="base checkpoint (.ckpt of the demo model)")
+    p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="corpus root (generated if missing)")
+    p.add_argument("--corpus-utterances", type=int, default=6000, help="corpus size if it must be generated")
+    p.add_argument("--out", default=None, help="output folder (default runs/synthetic/updates/<method>)")
+    p.add_argument("--method", choices=METHODS, default="sparse")
+    p.add_argument("--budget", type=_budget, default=0.1, help="fraction of targeted entries (0.1) or bytes (20000)")
+    p.add_argument("--value-dtype", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--also-export", nargs="*", default=[], choices=("fp32", "fp16", "int8"))
+    p.add_argument("--targets", nargs="+", default=None)
+    p.add_argument("--updates", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR})")
+    p.add_argument("--update-utterances", type=int, default=150)
+    p.add_argument("--replay-utterances", type=int, default=150)
+    p.add_argument("--test-utterances", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+
+    root = Path(a.root)
+    if not (root / "corpus.json").exists():
+        from lightning_amortized.data.synthetic import make_corpus
+
+        make_corpus(root, utterances=a.corpus_utterances, seed=0)
+    cfg = UpdateConfig(
+        base=a.base, root=str(root), out=a.out or str(REPO / "runs" / "synthetic" / "updates" / a.method),
+        method=a.method, budget=a.budget, value_dtype=a.value_dtype, also_export=tuple(a.also_export),
+        targets=tuple(a.targets) if a.targets else None, updates=a.updates, epochs=a.epochs, lr=a.lr,
+        update_utterances=a.update_utterances, replay_utterances=a.replay_utterances,
+        test_utterances=a.test_utterances, seed=a.seed, threads=a.threads, progress=not a.no_progress,
+    )
+    result = run(cfg)
+    print(json.dumps({"out": cfg.out, "chain": result["chain"], "total_seconds": result["total_seconds"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
