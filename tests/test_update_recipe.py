@@ -1,0 +1,129 @@
+"""The chained-updates recipe (recipes/synthetic/updates.py) on the tiny corpus: data sampling,
+diff chains (bit-exact fp32, bounded int8 error), refusal of a wrong base, full fine-tuning."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_amortized.diffs import BaseMismatchError, apply_diff, inspect_diff, read_diff
+from lightning_amortized.module import ASRModule
+from lightning_amortized.nn import RecurrentEncoder
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "updates.py"
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("synthetic_updates", RECIPE)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained LSTM-CTC model saved like a Lightning checkpoint."""
+    torch.manual_seed(0)
+    model = ASRModule(RecurrentEncoder(240, 16, num_layers=2), lr=1e-3)
+    path = tmp_path_factory.mktemp("base") / "base.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+def _cfg(recipe, base_ckpt: Path, corpus: Path, out: Path, **kw):
+    defaults = dict(updates=2, epochs=2, update_utterances=None, replay_utterances=4, progress=False, lr=1e-2)
+    defaults.update(kw)
+    return recipe.UpdateConfig(base=str(base_ckpt), root=str(corpus), out=str(out), **defaults)
+
+
+def test_load_base_reads_encoder_sizes_and_refuses_other_files(recipe, base_ckpt: Path, tmp_path: Path) -> None:
+    model = recipe.load_base(base_ckpt)
+    assert (model.encoder.input_size, model.encoder.hidden_size, model.encoder.num_layers) == (240, 16, 2)
+    assert model.hparams.lr == 1e-3
+    n = sum(p.numel() for p in model.parameters())
+    assert recipe.state_bytes(model) == 4 * n  # fp32 weights, no buffers
+    torch.save({"w": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="RecurrentEncoder"):
+        recipe.load_base(tmp_path / "other.pt")
+
+
+def test_update_data_is_a_seeded_sample_plus_replay(recipe, tiny_corpus: Path) -> None:
+    def draw(seed: int):
+        dm = recipe.UpdateDataModule(str(tiny_corpus), "update-2", update_utterances=3, replay_utterances=5, sample_seed=seed)
+        dm.prepare_data()
+        return dm.utterances()
+
+    new, old = draw(1)
+    assert len(new) == 3 and len(old) == 5
+    assert all("/update-2/" in u.path for u in new) and all("/train/" in u.path for u in old)
+    assert [u.id for u in draw(1)[1]] == [u.id for u in old]  # reproducible
+    assert [u.id for u in draw(2)[1]] != [u.id for u in old]  # seeded
+    assert len(recipe.sample_utterances(new, None, 0)) == 3  # None keeps everything
+
+
+def test_sparse_chain_is_bit_exact_and_links_hashes(recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="sparse", budget=0.1, also_export=("int8",))
+    res = recipe.run(cfg, log=lambda *_: None)
+    recs = res["updates"]
+    assert [r["update"] for r in recs] == [1, 2]
+    n_targets = recs[0]["target_entries"]
+    base = recipe.load_base(base_ckpt)
+    expected = sum(p.numel() for name, p in base.named_parameters()
+                   if (name.startswith("encoder.") and "weight" in name) or name.startswith("head."))
+    assert n_targets == expected
+    for r in recs:
+        assert r["stored_entries"] == round(0.1 * n_targets)
+        assert r["file_bytes"] == Path(r["file"]).stat().st_size
+        assert r["size_reduction_pct"] == pytest.approx(100 * (1 - r["file_bytes"] / res["full_checkpoint_bytes"]))
+        assert r["max_abs_error"] == 0.0
+        assert r["extra_exports"]["int8"]["file_bytes"] < r["file_bytes"]
+        assert set(r["eval"]) == {"test"} | {f"update-{j}-test" for j in range(1, r["update"] + 1)}
+    info1, info2 = inspect_diff(recs[0]["file"]), inspect_diff(recs[1]["file"])
+    assert info2.base_sha256 == info1.result_sha256 == recs[0]["result_sha256"]
+    chain = res["chain"]
+    assert chain["links"] == 2 and chain["hash_links_ok"] and chain["wrong_base_refused"]
+    assert chain["equals_shipped"] and chain["bit_exact_vs_trained"] and chain["max_abs_error_vs_trained"] == 0.0
+    # the second diff does not apply to the base, and the refused model is untouched
+    fresh = recipe.load_base(base_ckpt)
+    before = recipe.plain_state(fresh)
+    with pytest.raises(BaseMismatchError, match="expected weights sha256"):
+        apply_diff(fresh, recs[1]["file"])
+    assert recipe.bit_equal(recipe.plain_state(fresh), before)
+    # biases are not targets: diffs never change them
+    apply_diff(fresh, recs[0]["file"])
+    apply_diff(fresh, recs[1]["file"])
+    after = recipe.plain_state(fresh)
+    assert torch.equal(after["encoder.rnn.rnn.bias_ih_l0"], before["encoder.rnn.rnn.bias_ih_l0"])
+    assert not torch.equal(after["encoder.rnn.rnn.weight_ih_l0"], before["encoder.rnn.rnn.weight_ih_l0"])
+
+
+def test_int8_chain_error_is_bounded_by_the_last_quantization(
+    recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="sparse", budget=0.02, value_dtype="int8")
+    res = recipe.run(cfg, log=lambda *_: None)
+    chain = res["chain"]
+    assert chain["equals_shipped"]  # devices end with exactly what the training machine merged
+    _, tensors = read_diff(res["updates"][-1]["file"])
+    half_step = max(float(t) for name, t in tensors.items() if name.endswith("::scale")) / 2
+    err = chain["max_abs_error_vs_trained"]
+    assert 0.0 < err <= half_step * 1.01 + 1e-7  # only the last file's rounding remains
+    assert err == pytest.approx(res["updates"][-1]["max_abs_error"])
+
+
+def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="full", updates=1, epochs=1)
+    res = recipe.run(cfg, log=lambda *_: None)
+    (rec,) = res["updates"]
+    assert rec["payload_bytes"] == res["full_checkpoint_bytes"]
+    assert rec["file_bytes"] > res["full_checkpoint_bytes"]  # the safetensors header comes on top
+    assert res["chain"]["links"] == 0
+    assert res["lr"] == 1e-2 and recipe.UpdateConfig(base="b", root="r", out="o", method="full").learning_rate == 3e-4
+    with pytest.raises(ValueError, match="`method`"):
+        recipe.UpdateConfig(base="b", root="r", out="o", method="lora")
