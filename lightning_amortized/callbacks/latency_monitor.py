@@ -219,7 +219,9 @@ class LatencyMonitor(Callback):
         lat = torch.cat(self._latencies).to(device=device, dtype=torch.float64) if self._latencies else None
         if trainer.world_size > 1:
             totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0)
-            lat = self._gather_variable(pl_module, lat if lat is not None else torch.zeros(0, device=device, dtype=torch.float64))
+            if lat is None:
+                lat = torch.zeros(0, device=device, dtype=torch.float64)
+            lat = self._gather_variable(pl_module, lat)
         flops_sum, frames, slow = (float(v) for v in totals)
         if frames == 0 or lat is None or lat.numel() == 0:
             rank_zero_warn("LatencyMonitor: the encoder saw no validation frames; nothing logged.")

@@ -143,12 +143,16 @@ class ArbitratorTemperature(Callback):
             return
         batch_size = int(routings[0].lengths.shape[0])
         sharpness = sum(float(r.sharpness()) for r in routings) / len(routings)
-        pl_module.log("arbitrator/temperature", self.current_temperature, on_step=False, on_epoch=True, batch_size=batch_size)
-        pl_module.log("arbitrator/sharpness", sharpness, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        kwargs: dict[str, Any] = {"on_step": False, "on_epoch": True, "batch_size": batch_size}
+        pl_module.log("arbitrator/temperature", self.current_temperature, **kwargs)
+        pl_module.log("arbitrator/sharpness", sharpness, sync_dist=True, **kwargs)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"current_temperature": self.current_temperature, "current_straight_through": self.current_straight_through}
+        return {
+            "current_temperature": self.current_temperature,
+            "current_straight_through": self.current_straight_through,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -36,7 +36,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["backlog", "backlog_step", "backlog_before", "eou_latency", "flops_to_ms", "SimulatedDevice", "DEFAULT_DEVICE_FLOPS_PER_S"]
+__all__ = [
+    "backlog",
+    "backlog_step",
+    "backlog_before",
+    "eou_latency",
+    "flops_to_ms",
+    "SimulatedDevice",
+    "DEFAULT_DEVICE_FLOPS_PER_S",
+]
 
 DEFAULT_DEVICE_FLOPS_PER_S = 650e6
 """Single-threaded 650 MFLOP/s: the simulated device of the published work."""

@@ -460,7 +460,8 @@ class _IndependentCore(nn.Module):
         sizes = [int(b.output_size) for b in branches]
         ins = {int(b.input_size) for b in branches}
         if len(ins) != 1:
-            raise ValueError(f"Expected all branches to take the same `input_size`, but got {[b.input_size for b in branches]}.")
+            got = [b.input_size for b in branches]
+            raise ValueError(f"Expected all branches to take the same `input_size`, but got {got}.")
         if projection is None and len(set(sizes)) > 1:
             names = ", ".join(f"branch {i} ({type(b).__name__}): {s}" for i, (b, s) in enumerate(zip(branches, sizes)))
             raise ValueError(
@@ -473,7 +474,9 @@ class _IndependentCore(nn.Module):
         self.projections = nn.ModuleList(
             nn.Linear(s, projection) if projection is not None else nn.Identity() for s in sizes
         )
-        self.streaming = all(callable(getattr(b, "step", None)) and callable(getattr(b, "init_state", None)) for b in branches)
+        self.streaming = all(
+            callable(getattr(b, "step", None)) and callable(getattr(b, "init_state", None)) for b in branches
+        )
 
     def branch_flops(self) -> list[int]:
         out = []
