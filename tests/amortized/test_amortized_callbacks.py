@@ -175,3 +175,43 @@ def test_fit_with_plain_encoder_uses_constant_cost(tmp_path):
     # default plot folder: the trainer's log_dir
     assert list((tmp_path / "logs").glob("version_*/latency_epoch000.png"))
     assert monitor.state_dict()["last_metrics"]["latency/eou_max_ms"] == pytest.approx(20.0)
+
+
+class _Lengths(Dataset):
+    """Utterances of fixed lengths (index 1 is the longest: on the second DDP process)."""
+
+    def __init__(self, lengths=(6, 20, 8, 10)) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.items = [(torch.randn(T, FEATS, generator=g), torch.randint(1, VOCAB, (3,), generator=g)) for T in lengths]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.slow
+def test_latency_monitor_gathers_over_ddp_processes(tmp_path):
+    enc = RecurrentEncoder(FEATS, 8, 1)
+    # 40 ms per 30 ms frame: b_{L-1} = 10 (L - 1), EOU = 10 (L - 1) + 40 = 10 L + 30
+    monitor = LatencyMonitor(device_flops_per_s=enc.flops_per_frame() * 1000.0 / 40.0, rtf_samples=0, plot=False)
+    loader = DataLoader(_Lengths(), batch_size=1, collate_fn=_collate)
+    trainer = Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        callbacks=[monitor],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(_CTCModule(enc), loader, loader)
+    m = trainer.callback_metrics
+    # all four utterances (6, 8, 10, 20 frames) although each process saw two
+    assert float(m["latency/eou_max_ms"]) == pytest.approx(230.0)
+    assert float(m["latency/eou_p50_ms"]) == pytest.approx(120.0)  # median of 90, 110, 130, 230
