@@ -1,0 +1,394 @@
+"""Five chained updates: neural diffs versus full fine-tuning, side by side on one base model.
+
+Runs ``recipes/synthetic/updates.py`` once per configuration (in parallel worker processes,
+one thread each) on the same base checkpoint and corpus:
+
+=================  ==========================================================================
+``sparse-10``      sparse diff, 10 % of the targeted entries, fp32 values (the chain); the
+                   same trained diffs are also exported with int8 values, for their size
+``sparse-2-int8``  sparse diff, 2 % of the targeted entries, int8 values (the chain)
+``hashed``         hashed diff with as many stored bytes as ``sparse-10`` (fp32 buckets)
+``bias``           bias-only tuning (optional: ``--methods ... bias``)
+``full``           full-parameter fine-tuning; each update ships the whole model
+=================  ==========================================================================
+
+Per update it reports WER on ``update-k-test`` and on the base ``test`` split, the update's
+file size in bytes next to the fp32 size of the model's ``state_dict`` (the "full
+checkpoint"), the size reduction, and, at the end, whether ``apply_chain`` of the five
+files on a fresh base reproduces the trained model. Writes
+``docs/results/diff_updates.{json,md,png}``.
+
+Usage::
+
+    python benchmarks/diff_updates.py --base runs/synthetic/lstm_ctc/.../best-epoch=4.ckpt
+    python benchmarks/diff_updates.py --base BASE.ckpt --root /tmp/corp/s6000 --jobs 2
+    python benchmarks/diff_updates.py --base BASE.ckpt --quick     # smoke run, results under --work
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results" / "diff_updates"
+RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
+DIFF_TARGETS = ("encoder.*weight*", "head.*")
+
+# name -> (label, recipe arguments); "{sparse10_bytes}" is filled in from the base model
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "sparse-10": ("sparse 10 %, fp32", ["--method", "sparse", "--budget", "0.1", "--value-dtype", "fp32",
+                                         "--also-export", "int8"]),
+    "sparse-2-int8": ("sparse 2 %, int8", ["--method", "sparse", "--budget", "0.02", "--value-dtype", "int8"]),
+    "hashed": ("hashed, fp32 (bytes of sparse 10 %)", ["--method", "hashed", "--budget", "{sparse10_bytes}",
+                                                       "--value-dtype", "fp32"]),
+    "bias": ("bias only, fp32", ["--method", "bias", "--value-dtype", "fp32"]),
+    "full": ("full fine-tuning", ["--method", "full"]),
+}
+DEFAULT_METHODS = ("sparse-10", "sparse-2-int8", "hashed", "full")
+TARGET_REL = 0.01  # WER within 1 % relative of full fine-tuning
+
+
+def find_base() -> Path:
+    """The newest ``best-*.ckpt`` of ``make demo`` under ``runs/synthetic/lstm_ctc``."""
+    found = sorted((REPO / "runs" / "synthetic" / "lstm_ctc").glob("**/best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit("No base checkpoint under runs/synthetic/lstm_ctc; run `make demo` first or pass --base.")
+    return found[-1]
+
+
+def sparse10_bytes(base: Path) -> int:
+    """Stored bytes (int32 index + fp32 value per entry) of a sparse diff keeping 10 % of the targets."""
+    sys.path.insert(0, str(RECIPE.parent))
+    from updates import load_base  # noqa: E402  (the recipe, next to its configs)
+
+    from lightning_amortized.diffs import select_targets
+
+    model = load_base(base)
+    params = dict(model.named_parameters())
+    n = sum(params[name].numel() for name in select_targets(model, list(DIFF_TARGETS)))
+    return round(0.1 * n) * 8
+
+
+# --------------------------------------------------------------------------- running
+
+
+def launch(
+    names: Sequence[str], common: list[str], work: Path, jobs: int, fill: Mapping[str, str], show_progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Run one recipe process per configuration, ``jobs`` at a time; returns ``{name: results}``."""
+    from tqdm import tqdm
+
+    pending = list(names)
+    running: dict[str, tuple[subprocess.Popen, Any]] = {}
+    updates = int(common[common.index("--updates") + 1])
+    bar = tqdm(total=len(names) * updates, desc="updates", unit="update", disable=not show_progress)
+    done_counts: dict[str, int] = {}
+    failed = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            out = work / name
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "progress.jsonl").write_text("")
+            args = [a.format(**fill) for a in CONFIGS[name][1]]
+            cmd = [sys.executable, str(RECIPE), *common, *args, "--out", str(out), "--no-progress", "--threads", "1"]
+            log = (work / f"{name}.log").open("w")
+            log.write("$ " + shlex.join(cmd) + "\n")
+            log.flush()
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log)
+            bar.write(f"started {name}: log {work / f'{name}.log'}")
+        time.sleep(2.0)
+        for name in list(running):
+            proc, log = running[name]
+            progress = work / name / "progress.jsonl"
+            count = sum(1 for line in progress.read_text().splitlines() if line.strip()) if progress.exists() else 0
+            bar.update(count - done_counts.get(name, 0))
+            done_counts[name] = count
+            if proc.poll() is not None:
+                log.close()
+                del running[name]
+                if proc.returncode != 0:
+                    failed.append(name)
+                    bar.write(f"{name} FAILED (exit {proc.returncode}); see {work / f'{name}.log'}")
+                else:
+                    bar.write(f"finished {name}")
+    bar.close()
+    if failed:
+        raise SystemExit(f"Recipe runs failed: {failed}")
+    return {name: json.loads((work / name / "results.json").read_text()) for name in names}
+
+
+# --------------------------------------------------------------------------- summarising
+
+
+def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-update rows, the state after the last update, and the targets of the issue."""
+    rows = []
+    for name, res in runs.items():
+        full = res["full_checkpoint_bytes"]
+        test = res["config"]["test_split"]
+        for rec in res["updates"]:
+            k = rec["update"]
+            row = {
+                "method": name,
+                "label": CONFIGS[name][0],
+                "update": k,
+                "wer_update_test": rec["eval"][f"update-{k}-test"]["wer"],
+                "wer_base_test": rec["eval"][test]["wer"],
+                "wer_earlier_update_tests": {s: m["wer"] for s, m in rec["eval"].items() if s.startswith("update-")},
+                "bytes": rec["file_bytes"],
+                "full_checkpoint_bytes": full,
+                "size_fraction": rec["file_bytes"] / full,
+                "size_reduction_pct": 100.0 * (1 - rec["file_bytes"] / full),
+                "stored_entries": rec["stored_entries"],
+                "fit_seconds": rec["fit_seconds"],
+                "max_abs_error_vs_trained": rec.get("max_abs_error"),
+            }
+            for dtype, ex in (rec.get("extra_exports") or {}).items():
+                row[f"bytes_{dtype}"] = ex["file_bytes"]
+                row[f"size_reduction_pct_{dtype}"] = 100.0 * (1 - ex["file_bytes"] / full)
+                row[f"max_abs_error_{dtype}"] = ex["max_abs_error"]
+            rows.append(row)
+    final = {}
+    for name, res in runs.items():
+        last = res["updates"][-1]
+        final[name] = {
+            "wer": {s: m["wer"] for s, m in last["eval"].items()},
+            "cer": {s: m["cer"] for s, m in last["eval"].items()},
+            "mean_update_test_wer": _mean([m["wer"] for s, m in last["eval"].items() if s.startswith("update-")]),
+            "mean_bytes_per_update": _mean([r["file_bytes"] for r in res["updates"]]),
+            "chain": res["chain"],
+            "lr": res["lr"],
+            "seconds": res["total_seconds"],
+        }
+    return {"rows": rows, "after_last_update": final, "targets": targets(runs, final)}
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _rel(a: float, b: float) -> float:
+    """Relative difference ``(a - b) / b`` (``0`` when both are 0, ``inf`` when only ``b`` is)."""
+    if b == 0:
+        return 0.0 if a == 0 else math.inf
+    return (a - b) / b
+
+
+def targets(runs: Mapping[str, dict[str, Any]], final: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and ``met`` (``None`` if not measured)."""
+    out = []
+
+    def size_target(name: str, key: str, what: str, threshold: float) -> None:
+        if name not in runs:
+            return
+        full = runs[name]["full_checkpoint_bytes"]
+        sizes = [r["file_bytes"] if key == "file" else r["extra_exports"][key]["file_bytes"] for r in runs[name]["updates"]]
+        worst = 100.0 * (1 - max(sizes) / full)
+        out.append({"target": f"{what} >= {threshold:g}% smaller than the fp32 full checkpoint",
+                    "measured": f"{worst:.2f}% smaller (largest of {len(sizes)} updates: {max(sizes):,} of {full:,} bytes)",
+                    "value": worst, "met": worst >= threshold})
+
+    size_target("sparse-10", "file", "sparse diff, 10 % budget, fp32 values,", 90.0)
+    if "sparse-10" in runs and "int8" in (runs["sparse-10"]["updates"][0].get("extra_exports") or {}):
+        size_target("sparse-10", "int8", "sparse diff, 10 % budget, int8 values,", 90.0)
+    size_target("sparse-2-int8", "file", "sparse diff, 2 % budget, int8 values,", 98.0)
+    if "full" in final:
+        ref = final["full"]["wer"]
+        for name in ("sparse-10", "sparse-2-int8"):
+            if name not in final:
+                continue
+            for split, wer in final[name]["wer"].items():
+                rel = _rel(wer, ref[split])
+                out.append({"target": f"{name}: WER on {split} after the last update within 1% relative of full FT",
+                            "measured": f"{100 * wer:.2f}% vs {100 * ref[split]:.2f}% ({100 * rel:+.1f}% relative)",
+                            "value": rel, "met": rel <= TARGET_REL})
+    for name, f in final.items():
+        chain = f["chain"]
+        if chain.get("links"):
+            exact = chain["bit_exact_vs_trained"]
+            out.append({"target": f"{name}: apply_chain of {chain['links']} diffs on a fresh base reproduces the trained model",
+                        "measured": ("bit-exact" if exact else f"max abs error {chain['max_abs_error_vs_trained']:.3g}")
+                        + f"; equals the shipped model: {chain['equals_shipped']}; links ok: {chain['hash_links_ok']}",
+                        "value": chain["max_abs_error_vs_trained"], "met": bool(chain["equals_shipped"] and chain["hash_links_ok"])})
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    rows, final = summary["rows"], summary["after_last_update"]
+    lines = [
+        "# Chained updates: neural diffs vs full fine-tuning",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Base: `{meta['base']}` ({meta['full_checkpoint_bytes']:,} bytes of fp32 weights); corpus `{meta['root']}`; "
+        f"{meta['updates']} updates, {meta['epochs']} epochs each on {meta['update_utterances']} `update-k` + "
+        f"{meta['replay_utterances']} replayed `train` utterances; diff targets {', '.join(f'`{t}`' for t in DIFF_TARGETS)}. "
+        f"Wall time {meta['seconds'] / 60:.1f} min on {meta['cpu_count']} shared CPU cores ({meta['jobs']} worker "
+        f"processes, 1 thread each).",
+        "",
+        "Base model WER: " + ", ".join(f"`{s}` {_pct(w)}%" for s, w in meta["base_wer"].items()) + ".",
+        "",
+        "## Per update",
+        "",
+        "WER in %. Size: the shipped update file in bytes; reduction versus the fp32 full checkpoint.",
+        "",
+        "| method | update | WER update-k-test | WER test | bytes | % of full | reduction % | fit s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        size = f"{r['bytes']:,}"
+        red = f"{r['size_reduction_pct']:.2f}"
+        if "bytes_int8" in r:
+            size += f" (int8: {r['bytes_int8']:,})"
+            red += f" (int8: {r['size_reduction_pct_int8']:.2f})"
+        lines.append(
+            f"| {r['label']} | {r['update']} | {_pct(r['wer_update_test'])} | {_pct(r['wer_base_test'])} | {size} | "
+            f"{100 * r['size_fraction']:.2f} | {red} | {r['fit_seconds']:.0f} |"
+        )
+    splits = list(next(iter(final.values()))["wer"])
+    lines += [
+        "",
+        "## After the last update",
+        "",
+        "| method | lr | " + " | ".join(f"WER {s}" for s in splits) + " | mean update-k-test | chain (fresh base + diffs 1..K) |",
+        "|---|---:|" + "---:|" * len(splits) + "---:|---|",
+    ]
+    for name, f in final.items():
+        chain = f["chain"]
+        if chain.get("links"):
+            c = "bit-exact" if chain["bit_exact_vs_trained"] else f"max abs err {chain['max_abs_error_vs_trained']:.2g}"
+            c += "; = shipped" if chain["equals_shipped"] else "; differs from shipped"
+            c += "; wrong base refused" if chain.get("wrong_base_refused") else ""
+        else:
+            c = "n/a (ships the model)"
+        lines.append(
+            f"| {CONFIGS[name][0]} | {f['lr']:g} | " + " | ".join(_pct(f["wer"][s]) for s in splits)
+            + f" | {_pct(f['mean_update_test_wer'])} | {c} |"
+        )
+    lines += ["", "## Targets (issue #5)", "", "| target | measured | met |", "|---|---|---|"]
+    for t in summary["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
+    lines += ["", "![WER over updates and WER vs update size](diff_updates.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.6))
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in summary["rows"]:
+        by.setdefault(r["method"], []).append(r)
+    for name, rs in by.items():
+        ks = [r["update"] for r in rs]
+        line = a.plot(ks, [100 * r["wer_update_test"] for r in rs], marker="o", label=CONFIGS[name][0])[0]
+        b.plot(ks, [100 * r["wer_base_test"] for r in rs], marker="o", color=line.get_color(), label=CONFIGS[name][0])
+        f = summary["after_last_update"][name]
+        c.scatter([f["mean_bytes_per_update"]], [100 * f["mean_update_test_wer"]], color=line.get_color(), s=60, marker="o")
+        c.scatter([f["mean_bytes_per_update"]], [100 * f["wer"][meta["test_split"]]], color=line.get_color(), s=60, marker="x")
+        c.annotate(CONFIGS[name][0], (f["mean_bytes_per_update"], 100 * f["mean_update_test_wer"]), fontsize=7,
+                   xytext=(4, 4), textcoords="offset points")
+    a.axhline(100 * meta["base_wer"].get("update-1-test", math.nan), color="grey", ls=":", lw=1, label="base (update-1-test)")
+    b.axhline(100 * meta["base_wer"][meta["test_split"]], color="grey", ls=":", lw=1, label="base")
+    a.set(xlabel="update k", ylabel="WER % on update-k-test (right after update k)", title="New data (unseen speakers)")
+    b.set(xlabel="update k", ylabel="WER % on base test", title="Base test (forgetting)")
+    c.set(xscale="log", xlabel="bytes per update (log)", ylabel="WER % after the last update",
+          title="WER vs update size (o: mean update tests, x: base test)")
+    c.axvline(meta["full_checkpoint_bytes"], color="grey", ls=":", lw=1)
+    for ax in (a, b, c):
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", default=None, help="base checkpoint (default: newest make-demo best checkpoint)")
+    p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="corpus (generated if missing)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(CONFIGS))
+    p.add_argument("--updates", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--update-utterances", type=int, default=150)
+    p.add_argument("--replay-utterances", type=int, default=150)
+    p.add_argument("--test-utterances", type=int, default=None, help="cap on the base test split")
+    p.add_argument("--jobs", type=int, default=2, help="recipe processes at a time (1 thread each)")
+    p.add_argument("--work", default=str(REPO / "runs" / "benchmarks" / "diff_updates"), help="diff files and logs")
+    p.add_argument("--results", default=None, help="output stem (default docs/results/diff_updates; --quick: <work>/quick)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 updates, 1 epoch, 30+30 utterances, 60 test")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.updates, a.epochs, a.update_utterances, a.replay_utterances = 2, 1, 30, 30
+        a.test_utterances = a.test_utterances or 60
+    t0 = time.perf_counter()
+    base = Path(a.base) if a.base else find_base()
+    root = Path(a.root)
+    if not (root / "corpus.json").exists():
+        from lightning_amortized.data.synthetic import make_corpus
+
+        make_corpus(root, utterances=6000, seed=0)
+    work = Path(a.work) / ("quick" if a.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    stem = Path(a.results) if a.results else (work / "diff_updates" if a.quick else RESULTS)
+    common = ["--base", str(base), "--root", str(root), "--updates", str(a.updates), "--epochs", str(a.epochs),
+              "--update-utterances", str(a.update_utterances), "--replay-utterances", str(a.replay_utterances)]
+    if a.test_utterances:
+        common += ["--test-utterances", str(a.test_utterances)]
+    load0 = os.getloadavg()[0]
+    runs = launch(a.methods, common, work, a.jobs, {"sparse10_bytes": str(sparse10_bytes(base))})
+    summary = summarize(runs)
+    first = next(iter(runs.values()))
+    meta = {
+        "command": "python benchmarks/diff_updates.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "base": str(base),
+        "root": str(root),
+        "methods": a.methods,
+        "updates": a.updates,
+        "epochs": a.epochs,
+        "update_utterances": a.update_utterances,
+        "replay_utterances": a.replay_utterances,
+        "test_split": first["config"]["test_split"],
+        "eval_sizes": first["eval_sizes"],
+        "full_checkpoint_bytes": first["full_checkpoint_bytes"],
+        "base_wer": {s: m["wer"] for s, m in first["base_eval"].items()},
+        "jobs": a.jobs,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": round(load0, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, **summary, "runs": runs}, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(summary, meta))
+    plot(summary, meta, stem.with_suffix(".png"))
+    print(markdown(summary, meta))
+    print(f"\nwrote {stem.with_suffix('.json')}, .md, .png in {meta['seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
