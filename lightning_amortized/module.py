@@ -209,9 +209,14 @@ class ASRModule(pl.LightningModule):
         loss, _, _ = self.asr_loss(batch)
         total = loss
         bs = len(batch["ids"])
-        for name, value in self._routing_losses().items():
-            total = total + value
-            self.log(f"train/{name}", value, batch_size=bs)
+        routing = self._routing_losses()
+        if routing:
+            total = total + routing["total"]
+            for name, value in routing.items():
+                self.log(f"train/routing_{name}", value, batch_size=bs)
+        info = getattr(self.encoder, "last_routing", None)
+        if info is not None:
+            self.log("train/slow_share", info.slow_share(), batch_size=bs)
         self.log("train/asr_loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/loss", total, batch_size=bs)
         return total

@@ -1,5 +1,7 @@
 """Lightning callbacks: one per file."""
 
+from lightning_amortized.callbacks.latency_monitor import LatencyMonitor
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
+from lightning_amortized.callbacks.temperature import ArbitratorTemperature
 
-__all__ = ["NeuralDiff"]
+__all__ = ["ArbitratorTemperature", "LatencyMonitor", "NeuralDiff"]
