@@ -42,6 +42,7 @@ from torch import nn
 from lightning_amortized.functional.backlog import (
     DEFAULT_DEVICE_FLOPS_PER_S,
     SimulatedDevice,
+    backlog,
     backlog_step,
     eou_latency,
 )
@@ -319,10 +320,17 @@ class _SharedRecurrentCore(nn.Module):
         slow = count(self.input_size, self.hidden_size, self.num_layers, False, self.encoder.torch_rnn.bias)
         return [sum(f.flops() for f in self.fast) + extra, slow + extra]
 
-    def forward_gated(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """Encode ``(B, T, F)`` with gates ``(B, T, 2)`` (layer-outer, time-inner)."""
+    def forward_gated(
+        self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor, only: int | None = None
+    ) -> torch.Tensor:
+        """Encode ``(B, T, F)`` with gates ``(B, T, 2)`` (layer-outer, time-inner).
+
+        ``only=k``: the gates are one-hot on branch ``k`` everywhere; only that branch computes.
+        """
         B, T, _ = x.shape
         lstm = self.rnn_type == "lstm"
+        if only is not None:
+            return self._forward_one(x, lengths, only)
         # unbind (not indexing) in time loops: the backward of T selects would be O(T^2)
         w = gates.permute(1, 2, 0).unsqueeze(-1).unbind(0)  # T x (2, B, 1)
         inp = x
@@ -346,6 +354,40 @@ class _SharedRecurrentCore(nn.Module):
                     gs = torch.addmm(b_hh, h, w_hh_t)
                     h2 = _gru_cell(torch.stack([pre_f[t], pre_s[t]]), torch.stack([gf, gs]), h)
                 h = (w[t] * h2).sum(0)
+                outs.append(h)
+            inp = torch.stack(outs, 1) if outs else x.new_zeros(B, 0, self.hidden_size)
+            if self._dropout > 0 and self.training and layer < self.num_layers - 1:
+                inp = F.dropout(inp, self._dropout, True)
+        y = inp * lengths_to_mask(lengths.to(x.device), T)[..., None].to(inp.dtype)
+        if self.encoder.proj is not None:
+            y = self.encoder.proj(y)
+        return y
+
+    def _forward_one(self, x: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+        """:meth:`forward_gated` with every gate one-hot on branch ``k`` (the other branch skipped)."""
+        B, T, _ = x.shape
+        inp = x
+        for layer in range(self.num_layers):
+            if k == 1:
+                _, w_hh, _, b_hh = self._slow_weights(layer)
+                pre = self._slow_precompute(layer, inp).unbind(1)
+                w_hh_t = w_hh.t()
+            else:
+                fast = self.fast[layer]
+                fw = fast.weights()
+                pre = fast.precompute(inp, fw).unbind(1)
+            h = x.new_zeros(B, self.hidden_size)
+            c = x.new_zeros(B, self.hidden_size)
+            outs = []
+            for t in range(T):
+                if k == 1:
+                    g = torch.addmm(pre[t] if self.rnn_type == "lstm" else b_hh, h, w_hh_t)
+                else:
+                    g = fast.recurrent(pre[t], h, fw)
+                if self.rnn_type == "lstm":
+                    h, c = _lstm_cell(g, c)
+                else:
+                    h = _gru_cell(pre[t], g, h)
                 outs.append(h)
             inp = torch.stack(outs, 1) if outs else x.new_zeros(B, 0, self.hidden_size)
             if self._dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -485,8 +527,14 @@ class _IndependentCore(nn.Module):
             out.append(int(b.flops_per_frame()) + extra)
         return out
 
-    def forward_gated(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    def forward_gated(
+        self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor, only: int | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
+        if only is not None:  # one-hot gates on branch `only`: the other branches keep their state
+            y, _ = self.branches[only](x, lengths)
+            y = self.projections[only](y)
+            return y * lengths_to_mask(lengths.to(x.device), T)[..., None].to(y.dtype)
         if not self.streaming:  # full-sequence outputs mixed per frame (compute saved only per chunk)
             y = 0
             for k, (b, p) in enumerate(zip(self.branches, self.projections)):
@@ -561,9 +609,14 @@ class AmortizedEncoder(nn.Module):
         temperature: Initial Gumbel-softmax temperature.
         straight_through: Straight-through hard gates in training.
         use_prev_decision: Feed the previous gate to the arbitrator.
+        force_branch: Route every frame to this branch: the arbitrator is skipped (and
+            not counted), only that branch computes, ``flops_per_frame()`` is that
+            branch's. Builds single-branch baselines (fast-only, compressed single
+            encoders) from the same class.
 
     Raises:
-        ValueError: if output sizes differ and ``projection`` is ``None``.
+        ValueError: if output sizes differ and ``projection`` is ``None``, or
+            ``force_branch`` is not a branch index.
 
     Example:
         >>> from lightning_amortized.nn.encoders import RecurrentEncoder
@@ -585,6 +638,7 @@ class AmortizedEncoder(nn.Module):
         temperature: float = 1.0,
         straight_through: bool = False,
         use_prev_decision: bool = True,
+        force_branch: int | None = None,
     ) -> None:
         super().__init__()
         self._setup(
@@ -595,6 +649,7 @@ class AmortizedEncoder(nn.Module):
             temperature,
             straight_through,
             use_prev_decision,
+            force_branch,
         )
 
     def _setup(
@@ -606,7 +661,13 @@ class AmortizedEncoder(nn.Module):
         temperature: float,
         straight_through: bool,
         use_prev_decision: bool,
+        force_branch: int | None = None,
     ) -> None:
+        if force_branch is not None and not 0 <= int(force_branch) < core.num_branches:
+            raise ValueError(
+                f"Expected argument `force_branch` to be None or in [0, {core.num_branches}), but got {force_branch}."
+            )
+        self.force_branch = None if force_branch is None else int(force_branch)
         self.core = core
         self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=float(frame_ms))
         self.frame_ms = float(frame_ms)
@@ -658,9 +719,24 @@ class AmortizedEncoder(nn.Module):
     def flops_per_frame(self) -> int:
         """Worst case FLOPs per frame: the most expensive branch plus the arbitrator.
 
-        The routed average is ``last_routing.expected_flops`` (see ``LatencyMonitor``).
+        With ``force_branch`` it is that branch's FLOPs (no arbitrator runs). The routed
+        average is ``last_routing.expected_flops`` (see ``LatencyMonitor``).
         """
+        if self.force_branch is not None:
+            return self.branch_flops()[self.force_branch]
         return max(self.branch_flops()) + self.arbitrator.flops_per_frame()
+
+    def set_device(self, device_flops_per_s: float) -> None:
+        """Swap the simulated device (e.g. to evaluate a trained model on a slower or faster one).
+
+        The backlog the arbitrator sees, the costs and the latencies of the next
+        ``forward``/``step`` are computed on the new device; ``frame_ms`` is unchanged.
+
+        Raises:
+            ValueError: if ``device_flops_per_s`` is not positive.
+        """
+        self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=self.frame_ms)
+        self.device_flops_per_s = float(device_flops_per_s)
 
     # -- training / batched forward -------------------------------------------------------------
 
@@ -669,11 +745,22 @@ class AmortizedEncoder(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"Expected `x` of shape (B, T, {self.input_size}), but got {tuple(x.shape)}.")
         flops = torch.tensor(self.branch_flops(), dtype=x.dtype, device=x.device)
-        arb_flops = self.arbitrator.flops_per_frame()
-        logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(
-            x, lengths, self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
-        )
-        y = self.core.forward_gated(x, lengths, gates)
+        if self.force_branch is None:
+            arb_flops = self.arbitrator.flops_per_frame()
+            logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(
+                x, lengths, self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
+            )
+            y = self.core.forward_gated(x, lengths, gates)
+        else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
+            arb_flops = 0
+            B, T, _ = x.shape
+            k = self.force_branch
+            gates = x.new_zeros(B, T, self.num_branches)
+            gates[..., k] = 1.0
+            logits = gates.log()  # 0 on the forced branch, -inf elsewhere
+            cost_ms = self.device_model.cost_ms(gates @ flops)
+            backlog_ms = backlog(cost_ms, self.frame_ms, lengths)
+            y = self.core.forward_gated(x, lengths, gates, only=k)
         self.last_routing = RoutingInfo(
             logits=logits,
             gates=gates,
@@ -756,6 +843,7 @@ class AmortizedEncoder(nn.Module):
         """
         core_state, b, prev = state
         flops, arb_flops = self._stream_costs if self._stream_costs is not None else self._costs(x_t)
+        force_branch = self.force_branch if force_branch is None else force_branch
         if force_branch is None:
             logits = self.arbitrator.step(x_t, b, prev)
             choice = logits.argmax(-1)
@@ -772,7 +860,8 @@ class AmortizedEncoder(nn.Module):
         return y, (core_state, b, g), choice
 
     def extra_repr(self) -> str:
-        return f"frame_ms={self.frame_ms}, device_flops_per_s={self.device_flops_per_s:g}"
+        forced = "" if self.force_branch is None else f", force_branch={self.force_branch}"
+        return f"frame_ms={self.frame_ms}, device_flops_per_s={self.device_flops_per_s:g}{forced}"
 
 
 class SharedStateAmortizedEncoder(AmortizedEncoder):
@@ -796,8 +885,9 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
         rank: Rank of the factorized matrices (default ``hidden_size // 4``).
         density: Kept fraction for ``"sparse"``.
         **kwargs: ``frame_ms``, ``device_flops_per_s``, ``arbitrator_hidden``,
-            ``temperature``, ``straight_through``, ``use_prev_decision`` as in
-            :class:`AmortizedEncoder`.
+            ``temperature``, ``straight_through``, ``use_prev_decision``,
+            ``force_branch`` as in :class:`AmortizedEncoder` (``force_branch=0``: the
+            compressed encoder alone, e.g. a factorized or sparse single encoder).
 
     Raises:
         ValueError: for an unknown ``fast`` kind, a bad ``rank`` or ``density``.
@@ -816,6 +906,7 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
         temperature: float = 1.0,
         straight_through: bool = False,
         use_prev_decision: bool = True,
+        force_branch: int | None = None,
     ) -> None:
         nn.Module.__init__(self)
         self._setup(
@@ -826,4 +917,5 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
             temperature,
             straight_through,
             use_prev_decision,
+            force_branch,
         )
