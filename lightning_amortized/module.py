@@ -54,14 +54,14 @@ class FrameStacker(nn.Module):
         return x, torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
 
 
-def warmup_cosine(step: int, total_steps: int, warmup: float = 0.15, floor: float = 0.05) -> float:
+def warmup_cosine(step: int, total_steps: int, warmup: float = 0.05, floor: float = 0.05) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup * total_steps``, then cosine to ``floor``.
 
     Steps past ``total_steps`` (a resumed run with more epochs) stay at ``floor``.
 
     Example:
-        >>> [round(warmup_cosine(s, 100), 3) for s in (0, 15, 100, 200)]
-        [0.062, 1.0, 0.05, 0.05]
+        >>> [round(warmup_cosine(s, 100), 3) for s in (0, 5, 100, 200)]
+        [0.167, 1.0, 0.05, 0.05]
     """
     w = max(1, int(warmup * total_steps))
     if step < w:

@@ -74,3 +74,11 @@ def test_empty_manifest_refused() -> None:
 
     with pytest.raises(CorpusError, match="at least one utterance"):
         SpeechDataset([], CharTokenizer())
+
+
+def test_sortagrad_first_epoch_shortest_first() -> None:
+    durs = [3.0, 1.0, 2.0, 4.0, 0.5, 2.5]
+    s = DurationBatchSampler(durs, max_seconds=1.0, shuffle=True, seed=0, sortagrad_epochs=1)
+    assert [b[0] for b in s] == [4, 1, 2, 5, 0, 3]  # ascending duration
+    s.set_epoch(1)
+    assert [b[0] for b in s] != [4, 1, 2, 5, 0, 3]
