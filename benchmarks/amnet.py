@@ -1,0 +1,673 @@
+"""Amortized encoders (AmNet) versus single encoders, side by side on one trained base model.
+
+Every variant is built from its LightningCLI config in ``recipes/synthetic/conf/``, warm
+started from the same trained slow-only checkpoint (the fast branches are initialised
+from its weights: truncated SVD for "lowrank", magnitude pruning for "sparse"), then
+fine-tuned with the same recipe (same train subset, epochs, learning rate) and
+evaluated on the test split (speakers unseen in training):
+
+=============================  =======================================================
+``slow_only``                  the base 3x256 LSTM, training continued (fairness)
+``fast_only``                  the factorized AmNet's fast branch alone (``force_branch=0``)
+``factorized_single``          rank-``r`` factorized LSTM, ``r`` so FLOPs/frame match the
+                               factorized AmNet's measured average
+``sparse_single``              pruned LSTM, density so FLOPs/frame match the sparse AmNet
+``amnet_factorized``           shared-state AmNet, low-rank fast branch
+``amnet_sparse``               shared-state AmNet, sparse fast branch
+``amnet_factorized_no_amr``    the factorized AmNet with ``lambda_amr = 0`` (ablation)
+=============================  =======================================================
+
+The AmNets are trained for a simulated device on which the slow-only model runs at
+``rho = slow FLOPs per frame / (device FLOP/s * frame_s) = 1.5`` (it falls behind real
+time). Every model is then evaluated on devices with ``rho`` in ``{0.5, 1, 1.5, 2}``
+(for AmNets the device is swapped with ``set_device``, so the arbitrator sees the new
+backlog). Per variant: test WER/CER, encoder FLOPs/frame (mean over valid test frames,
+as routed), reduction versus slow-only, slow share, simulated end-of-utterance latency
+p50/p90/max, real single-thread streaming RTF (``nn.streaming.stream``), decision
+sharpness. All costs, backlogs and latencies come from ``lightning_amortized.functional``.
+
+Writes ``docs/results/amnet.{json,md}``, ``amnet_trace.png`` (backlog and decisions over
+one test utterance) and ``amnet_latency_vs_rho.png``.
+
+Usage::
+
+    python benchmarks/amnet.py --base-json /tmp/demo_try3.json --root /tmp/corp/s6000
+    python benchmarks/amnet.py --base-ckpt BASE.ckpt --root /tmp/corp/s6000 --workers 2
+    python benchmarks/amnet.py --base-ckpt none --root /tmp/corp/s6000 --quick   # smoke run (random base)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "recipes" / "synthetic" / "conf"
+RESULTS = REPO / "docs" / "results"
+
+# name -> (label, config file, variant whose measured FLOPs/frame this one matches)
+VARIANTS: dict[str, tuple[str, str, str | None]] = {
+    "slow_only": ("slow-only (3x256 LSTM)", "slow_only.yaml", None),
+    "fast_only": ("fast-only (rank-48 branch)", "fast_only.yaml", None),
+    "factorized_single": ("factorized single", "factorized_single.yaml", "amnet_factorized"),
+    "sparse_single": ("sparse single", "sparse_single.yaml", "amnet_sparse"),
+    "amnet_factorized": ("factorized AmNet", "amnet_factorized.yaml", None),
+    "amnet_sparse": ("sparse AmNet", "amnet_sparse.yaml", None),
+    "amnet_factorized_no_amr": ("factorized AmNet, no amortization penalty", "amnet_factorized_no_amr.yaml", None),
+}
+# start order: the matched single encoders wait for their AmNet
+ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
+         "factorized_single", "sparse_single"]
+RHOS = (0.5, 1.0, 1.5, 2.0)
+RHO_TRAIN = 1.5
+FRAME_MS = 30.0
+TARGET_REDUCTION = 0.45  # >= 45 % fewer encoder FLOPs/frame than slow-only
+TARGET_WER_REL = 0.05  # WER within 5 % relative of slow-only
+TARGET_P90_MS = 10.0  # p90 EOU latency with the penalty, where slow-only falls behind
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+
+
+def device_for(rho: float, slow_flops: int, frame_ms: float = FRAME_MS) -> float:
+    """Device FLOP/s on which ``slow_flops`` per frame is a load factor ``rho``."""
+    return slow_flops / (rho * frame_ms / 1000.0)
+
+
+def slow_encoder_flops() -> int:
+    """FLOPs/frame of the slow-only encoder of ``slow_only.yaml`` (the one FLOP counter)."""
+    from lightning_amortized.nn import RecurrentEncoder
+
+    return RecurrentEncoder(240, 256, num_layers=3).flops_per_frame()
+
+
+def matched_rank(target_flops: float, input_size: int = 240, hidden: int = 256, layers: int = 3) -> int:
+    """Rank whose factorized LSTM (``functional.flops.lowrank_rnn_flops``) is closest to ``target_flops``."""
+    from lightning_amortized.functional.flops import lowrank_rnn_flops
+
+    def cost(r: int) -> int:
+        return sum(lowrank_rnn_flops("lstm", input_size if i == 0 else hidden, hidden, r) for i in range(layers))
+
+    return min(range(1, hidden + 1), key=lambda r: abs(cost(r) - target_flops))
+
+
+def matched_density(target_flops: float, input_size: int = 240, hidden: int = 256, layers: int = 3) -> float:
+    """Density whose pruned LSTM (``functional.flops.sparse_rnn_flops``) costs ``target_flops``."""
+    from lightning_amortized.functional.flops import sparse_rnn_flops
+
+    sizes = [4 * hidden * ((input_size if i == 0 else hidden) + hidden) for i in range(layers)]
+
+    def cost(d: float) -> float:
+        return sum(sparse_rnn_flops("lstm", int(round(d * n)), hidden) for n in sizes)
+
+    lo, hi = cost(0.0), cost(1.0)  # linear in the density
+    return float(min(1.0, max(0.01, round((target_flops - lo) / (hi - lo), 4))))
+
+
+# -- one variant (runs in its own process) ---------------------------------------------------------
+
+
+def _warm_start(model: Any, base_ckpt: str | None, device_flops: float) -> None:
+    """Load the slow-only weights into ``model`` and rebuild the fast branches from them."""
+    import torch
+
+    from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder, SharedStateAmortizedEncoder
+
+    enc = model.encoder
+    inner = enc.core.encoder if isinstance(enc, SharedStateAmortizedEncoder) else enc
+    if not isinstance(inner, RecurrentEncoder):
+        raise TypeError(f"Expected a RecurrentEncoder or a SharedStateAmortizedEncoder, got {type(enc).__name__}.")
+    if base_ckpt:
+        sd = torch.load(base_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        inner.load_state_dict({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")})
+        model.head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")})
+    if isinstance(enc, SharedStateAmortizedEncoder):  # fast weights by SVD / pruning of the loaded weights
+        core, arb = enc.core, enc.arbitrator
+        model.encoder = SharedStateAmortizedEncoder(
+            inner, fast=core.kind, rank=core.rank, density=core.density, frame_ms=enc.frame_ms,
+            device_flops_per_s=device_flops, arbitrator_hidden=arb.hidden_size, temperature=arb.temperature,
+            use_prev_decision=arb.use_prev_decision, force_branch=enc.force_branch,
+        )
+    elif isinstance(enc, AmortizedEncoder):
+        enc.set_device(device_flops)
+
+
+def _test_loader(dm: Any, quick: bool) -> Any:
+    from torch.utils.data import DataLoader
+
+    from lightning_amortized.data import DurationBatchSampler, SpeechCollator, SpeechDataset
+
+    dm.setup("test")
+    ds = dm.datasets[f"test:{dm.test_splits[0]}"]
+    if quick:
+        ds = SpeechDataset(ds.utterances[:24], ds.tokenizer, ds.sample_rate)
+    sampler = DurationBatchSampler(ds.durations, 40.0, shuffle=False, seed=0, max_batch_size=24)
+    return ds, DataLoader(ds, batch_sampler=sampler, collate_fn=SpeechCollator(dm.features, None))
+
+
+def _quantiles(x: Any) -> dict[str, float]:
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return {
+        "p50": float(torch.quantile(x, 0.5)),
+        "p90": float(torch.quantile(x, 0.9)),
+        "max": float(x.max()),
+        "mean": float(x.mean()),
+    }
+
+
+def run_variant(a: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune and evaluate one variant; returns the JSON-able record."""
+    import torch
+
+    torch.set_num_threads(1)
+    import lightning.pytorch as pl
+    from torchmetrics.text import CharErrorRate, WordErrorRate
+
+    from lightning_amortized.callbacks import ArbitratorTemperature
+    from lightning_amortized.cli import ASRLightningCLI
+    from lightning_amortized.functional.backlog import SimulatedDevice, backlog, eou_latency
+    from lightning_amortized.nn import AmortizedEncoder, stream
+    from lightning_amortized.nn.encoders import lengths_to_mask
+
+    name = a.job
+    label, config, _ = VARIANTS[name]
+    slow_flops = slow_encoder_flops()
+    dev_train = device_for(RHO_TRAIN, slow_flops)
+    run_dir = Path(a.work) / name
+    args = [
+        "--config", str(CONF / config),
+        "--data.init_args.root", a.root,
+        "--data.init_args.max_train_utterances", str(a.train_utts),
+        "--trainer.max_epochs", str(a.epochs),
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--model.lr", str(a.lr),
+    ]
+    if a.quick:
+        args += ["--trainer.limit_val_batches", "2"]
+    if a.rank is not None:
+        args += ["--model.encoder.init_args.rank", str(a.rank)]
+    if a.density is not None:
+        args += ["--model.encoder.init_args.density", str(a.density)]
+    if a.lambda_cost is not None and name.startswith("amnet"):
+        args += ["--model.lambda_cost", str(a.lambda_cost)]
+    if a.lambda_amr is not None and name.startswith("amnet") and "no_amr" not in name:
+        args += ["--model.lambda_amr", str(a.lambda_amr)]
+    pl.seed_everything(0, workers=True)
+    cli = ASRLightningCLI(args=args, run=False)
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    for cb in trainer.callbacks:  # the temperature schedule spans this run's epochs
+        if isinstance(cb, ArbitratorTemperature):
+            cb.epochs = a.epochs
+    _warm_start(model, None if a.base_ckpt in (None, "none") else a.base_ckpt, dev_train)
+    enc = model.encoder
+    amortized = isinstance(enc, AmortizedEncoder)
+    routed = amortized and enc.force_branch is None
+
+    epoch_log: list[dict[str, float]] = []
+
+    class _EpochPrinter(pl.Callback):
+        def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.sanity_checking:
+                return
+            keys = ("val/wer", "latency/flops_per_frame", "latency/slow_share", "latency/eou_p90_ms",
+                    "arbitrator/sharpness", "arbitrator/temperature", "train/slow_share")
+            m = {k: float(v) for k, v in trainer.callback_metrics.items() if k in keys}
+            m["epoch"] = trainer.current_epoch
+            epoch_log.append(m)
+            print(f"[{name}] epoch {trainer.current_epoch + 1}/{a.epochs}: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "epoch"), flush=True)
+
+    trainer.callbacks.append(_EpochPrinter())
+    t0 = time.time()
+    trainer.fit(model, datamodule=dm)
+    fit_s = time.time() - t0
+    train_sharpness = float(trainer.callback_metrics.get("arbitrator/sharpness", float("nan")))
+
+    # -- evaluation: test split, every device ------------------------------------------------------
+    model.eval()
+    enc = model.encoder
+    ds, loader = _test_loader(dm, a.quick)
+    trace_id = max(ds.utterances, key=lambda u: u.duration).id  # longest test utterance
+    enc_flops = int(enc.flops_per_frame())
+    per_rho: dict[str, Any] = {}
+    metrics = {rho: (WordErrorRate(), CharErrorRate()) for rho in RHOS}
+    eou: dict[float, list[torch.Tensor]] = {rho: [] for rho in RHOS}
+    flops_sum = {rho: 0.0 for rho in RHOS}
+    slow_frames = {rho: 0 for rho in RHOS}
+    confidence = {rho: 0.0 for rho in RHOS}
+    frames = 0
+    trace: dict[str, Any] = {}
+    t1 = time.time()
+    with torch.no_grad():
+        for batch in loader:
+            x, n = model.stacker(batch["feats"], batch["feat_lengths"])
+            mask = lengths_to_mask(n, x.shape[1])
+            frames += int(n.sum())
+            y_fixed = None
+            for rho in RHOS:
+                dev = device_for(rho, slow_flops)
+                if amortized:
+                    enc.set_device(dev)
+                    y, _ = enc(x, n)
+                    r = enc.last_routing
+                    lat = r.eou_latency_ms()
+                    flops_sum[rho] += float(r.expected_flops[mask].sum())
+                    slow_frames[rho] += int((r.decisions[mask] == r.slow_index).sum())
+                    confidence[rho] += float(r.probs.max(-1).values[mask].sum())
+                    cost, back, dec = r.cost_ms, r.backlog_ms, r.decisions
+                else:  # a plain encoder: the same cost on every frame
+                    if y_fixed is None:
+                        y_fixed, _ = enc(x, n)
+                    y = y_fixed
+                    cost = SimulatedDevice(dev, FRAME_MS).cost_ms(torch.full(x.shape[:2], float(enc_flops)))
+                    lat = eou_latency(cost, FRAME_MS, n)
+                    back = backlog(cost, FRAME_MS, n)
+                    dec = torch.ones(x.shape[:2], dtype=torch.long)
+                    flops_sum[rho] += float(enc_flops) * int(n.sum())
+                    slow_frames[rho] += int(n.sum())
+                    confidence[rho] += float(n.sum())
+                eou[rho].append(lat.cpu())
+                hyps = model.decode(y, n)
+                metrics[rho][0].update(hyps, batch["texts"])
+                metrics[rho][1].update(hyps, batch["texts"])
+                if trace_id in batch["ids"]:
+                    i = batch["ids"].index(trace_id)
+                    L = int(n[i])
+                    trace[str(rho)] = {
+                        "backlog_ms": [round(float(v), 3) for v in back[i, :L]],
+                        "cost_ms": [round(float(v), 3) for v in cost[i, :L]],
+                        "decisions": [int(v) for v in dec[i, :L]],
+                        "eou_ms": float(lat[i]),
+                    }
+    if amortized:
+        enc.set_device(dev_train)
+    for rho in RHOS:
+        lat = torch.cat(eou[rho])
+        per_rho[str(rho)] = {
+            "device_flops_per_s": device_for(rho, slow_flops),
+            "wer": float(metrics[rho][0].compute()),
+            "cer": float(metrics[rho][1].compute()),
+            "flops_per_frame": flops_sum[rho] / frames,
+            "slow_share": slow_frames[rho] / frames,
+            "decision_confidence": confidence[rho] / frames,
+            "eou_ms": _quantiles(lat),
+        }
+    eval_s = time.time() - t1
+
+    # -- real single-thread streaming RTF on the first test utterances (trained device) -------------
+    rtfs, rtf_ms = [], []
+    for i in range(min(a.rtf_utts, len(ds))):
+        item = ds[i]
+        f, fl = dm.features(item["wav"][None], torch.tensor([len(item["wav"])]))
+        x, n = model.stacker(f, fl)
+        best = min((stream(enc, x[0, : int(n[0])], frame_ms=FRAME_MS) for _ in range(2)), key=lambda s: s.total_ms)
+        rtfs.append(best.rtf)
+        rtf_ms.append(best.total_ms / len(best.wall_ms))
+    train_info = {}
+    if routed:
+        train_info = {k: v for k, v in epoch_log[-1].items()} if epoch_log else {}
+    rec = {
+        "name": name,
+        "label": label,
+        "config": f"recipes/synthetic/conf/{config}",
+        "encoder": type(enc).__name__,
+        "fast": getattr(getattr(enc, "core", None), "kind", None),
+        "rank": getattr(getattr(enc, "core", None), "rank", None) if getattr(enc, "core", None) is not None
+        and enc.core.kind in ("lowrank", "small") else None,
+        "density": enc.core.density if getattr(enc, "core", None) is not None and enc.core.kind == "sparse" else None,
+        "force_branch": getattr(enc, "force_branch", None),
+        "routed": routed,
+        "branch_flops": enc.branch_flops() if amortized else [enc_flops],
+        "arbitrator_flops": enc.arbitrator.flops_per_frame() if routed else 0,
+        "worst_case_flops_per_frame": enc_flops,
+        "lambda_cost": float(model.hparams.lambda_cost),
+        "lambda_amr": float(model.hparams.lambda_amr),
+        "train_device_flops_per_s": dev_train,
+        "train_sharpness": train_sharpness if routed else 1.0,
+        "epochs": epoch_log,
+        "final_epoch": train_info,
+        "per_rho": per_rho,
+        "rtf": sum(rtfs) / max(1, len(rtfs)),
+        "ms_per_frame_streaming": sum(rtf_ms) / max(1, len(rtf_ms)),
+        "rtf_utterances": len(rtfs),
+        "trace_utterance": trace_id,
+        "trace": trace,
+        "test_utterances": len(ds),
+        "test_frames": frames,
+        "fit_seconds": round(fit_s, 1),
+        "eval_seconds": round(eval_s, 1),
+    }
+    return rec
+
+
+# -- driver ----------------------------------------------------------------------------------------
+
+
+def _resolve_base(a: argparse.Namespace) -> str | None:
+    if a.base_ckpt:
+        return None if a.base_ckpt == "none" else a.base_ckpt
+    path = Path(a.base_json)
+    deadline = time.time() + a.wait_minutes * 60
+    while not path.exists():
+        if time.time() > deadline:
+            raise SystemExit(f"{path} did not appear within {a.wait_minutes} min; pass --base-ckpt.")
+        time.sleep(10)
+    info = json.loads(path.read_text())
+    return info["checkpoint"]
+
+
+def _job_cmd(a: argparse.Namespace, name: str, base: str | None, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--job", name, "--work", a.work, "--root", a.root,
+           "--base-ckpt", base or "none", "--train-utts", str(a.train_utts), "--epochs", str(a.epochs),
+           "--lr", str(a.lr), "--rtf-utts", str(a.rtf_utts)]
+    if a.quick:
+        cmd.append("--quick")
+    if a.lambda_cost is not None:
+        cmd += ["--lambda-cost", str(a.lambda_cost)]
+    if a.lambda_amr is not None:
+        cmd += ["--lambda-amr", str(a.lambda_amr)]
+    return cmd + extra
+
+
+def drive(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    base = _resolve_base(a)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    names = [n for n in ORDER if n in a.variants]
+    done: dict[str, dict[str, Any]] = {}
+    for n in names:  # resume: keep finished variants of an identical earlier run
+        f = work / f"{n}.json"
+        if a.resume and f.exists():
+            done[n] = json.loads(f.read_text())
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    pending = [n for n in names if n not in done]
+    t0 = time.time()
+    bar = tqdm(total=len(names), initial=len(done), desc="variants", unit="variant", dynamic_ncols=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    while pending or running:
+        for n, (p, started) in list(running.items()):
+            if p.poll() is None:
+                continue
+            del running[n]
+            f = work / f"{n}.json"
+            if p.returncode != 0 or not f.exists():
+                bar.close()
+                print(f"variant {n} failed (exit {p.returncode}); log: {work / (n + '.log')}")
+                print((work / f"{n}.log").read_text()[-3000:])
+                for q, _ in running.values():
+                    q.terminate()
+                return 1
+            done[n] = json.loads(f.read_text())
+            r = done[n]["per_rho"][str(RHO_TRAIN)]
+            bar.write(f"{n}: WER {100 * r['wer']:.2f}%, {r['flops_per_frame'] / 1e6:.3f} MFLOPs/frame, "
+                      f"slow share {r['slow_share']:.3f}, EOU p90 {r['eou_ms']['p90']:.1f} ms at rho={RHO_TRAIN} "
+                      f"({time.time() - started:.0f} s)")
+            bar.update(1)
+        for n in list(pending):
+            if len(running) >= a.workers:
+                break
+            dep = VARIANTS[n][2]
+            if dep is not None and dep in names and dep not in done:
+                continue
+            extra: list[str] = []
+            if dep is not None and dep in done:
+                target = done[dep]["per_rho"][str(RHO_TRAIN)]["flops_per_frame"]
+                if VARIANTS[dep][1].startswith("amnet_sparse"):
+                    extra = ["--density", str(matched_density(target))]
+                else:
+                    extra = ["--rank", str(matched_rank(target))]
+            log = open(work / f"{n}.log", "w")
+            p = subprocess.Popen(_job_cmd(a, n, base, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 cwd=str(REPO))
+            running[n] = (p, time.time())
+            pending.remove(n)
+            bar.write(f"started {n} {' '.join(extra)}")
+        bar.set_postfix_str(", ".join(running) or "-")
+        time.sleep(2)
+    bar.close()
+    wall = time.time() - t0
+    summary = summarize(done, base, a, wall)
+    out = Path(a.results) if a.results else (work / "amnet" if a.quick else RESULTS / "amnet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = render_markdown(summary)
+    out.with_suffix(".md").write_text(md)
+    plot(summary, out.parent / f"{out.name}_trace.png", out.parent / f"{out.name}_latency_vs_rho.png")
+    print("\n" + md)
+    print(f"results: {out.with_suffix('.json')}  ({wall / 60:.1f} min)")
+    return 0
+
+
+def summarize(done: dict[str, dict[str, Any]], base: str | None, a: argparse.Namespace, wall: float) -> dict[str, Any]:
+    slow = done.get("slow_only")
+    key = str(RHO_TRAIN)
+    slow_flops = slow["per_rho"][key]["flops_per_frame"] if slow else float(slow_encoder_flops())
+    slow_wer = slow["per_rho"][key]["wer"] if slow else float("nan")
+    for r in done.values():
+        p = r["per_rho"][key]
+        r["reduction_vs_slow"] = 1.0 - p["flops_per_frame"] / slow_flops
+        r["wer_rel_vs_slow"] = p["wer"] / slow_wer - 1.0 if slow_wer == slow_wer and slow_wer > 0 else float("nan")
+    targets: dict[str, Any] = {}
+    amnets = [n for n in ("amnet_factorized", "amnet_sparse") if n in done]
+    if slow and amnets:
+        ok = {n: done[n]["reduction_vs_slow"] >= TARGET_REDUCTION and done[n]["wer_rel_vs_slow"] <= TARGET_WER_REL
+              for n in amnets}
+        targets["flops_and_wer"] = {
+            "target": f">= {100 * TARGET_REDUCTION:.0f}% fewer FLOPs/frame, WER within {100 * TARGET_WER_REL:.0f}% rel.",
+            "per_variant": {n: {"reduction": done[n]["reduction_vs_slow"], "wer_rel": done[n]["wer_rel_vs_slow"],
+                                "met": ok[n]} for n in amnets},
+            "met": any(ok.values()),
+        }
+        behind = [RHO_TRAIN]  # the device the AmNets were trained for; slow-only falls behind there
+        lat = {n: {str(rho): done[n]["per_rho"][str(rho)]["eou_ms"]["p90"] for rho in behind} for n in amnets}
+        targets["latency"] = {
+            "target": f"p90 EOU <= {TARGET_P90_MS:.0f} ms at rho = {RHO_TRAIN} (slow-only falls behind; "
+            "the device the AmNets were trained for)",
+            "p90_ms": lat,
+            "slow_only_p90_ms": {str(rho): slow["per_rho"][str(rho)]["eou_ms"]["p90"] for rho in behind},
+            "met": {n: all(v <= TARGET_P90_MS for v in lat[n].values()) for n in amnets},
+        }
+        if "amnet_factorized_no_amr" in done and "amnet_factorized" in done:
+            off = {str(rho): done["amnet_factorized_no_amr"]["per_rho"][str(rho)]["eou_ms"]["p90"] for rho in behind}
+            on = lat["amnet_factorized"]
+            targets["ablation"] = {
+                "target": "penalty off clearly worse (p90 EOU at least 2x, and > 10 ms, at rho = 1.5)",
+                "penalty_on_p90_ms": on,
+                "penalty_off_p90_ms": off,
+                "met": off[key] >= max(2 * on[key], TARGET_P90_MS),
+            }
+    import torch
+
+    return {
+        "benchmark": "benchmarks/amnet.py",
+        "command": " ".join(["python", "benchmarks/amnet.py", *(x for x in sys.argv[1:] if x != "--resume")]),
+        "base_checkpoint": base,
+        "rho_train": RHO_TRAIN,
+        "rhos": list(RHOS),
+        "frame_ms": FRAME_MS,
+        "slow_flops_per_frame": slow_flops,
+        "train_device_flops_per_s": device_for(RHO_TRAIN, int(slow_encoder_flops())),
+        "train_utterances": a.train_utts,
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "quick": a.quick,
+        "workers": a.workers,
+        "wall_minutes": round(wall / 60, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "
+        "1 thread per variant",
+        "targets": targets,
+        "variants": {n: done[n] for n in ORDER if n in done},
+    }
+
+
+def _fmt_pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:+.1f}%"
+
+
+def render_markdown(s: dict[str, Any]) -> str:
+    key = str(s["rho_train"])
+    v = s["variants"]
+    lines = [
+        "# Amortized encoders vs single encoders (synthetic corpus)",
+        "",
+        f"Command: `{s['command']}` ({s['wall_minutes']} min wall, {s['machine']}).",
+        f"Every variant warm-started from the same slow-only checkpoint and fine-tuned "
+        f"{s['epochs']} epochs on {s['train_utterances']} training utterances (lr {s['lr']:g}); test split "
+        "`test` (speakers unseen in training). Encoder FLOPs/frame are counted by "
+        "`lightning_amortized/functional/flops.py` and averaged over the valid test frames as routed "
+        "(arbitrator included). AmNets trained for a device on which slow-only runs at "
+        f"rho = {s['rho_train']} ({s['train_device_flops_per_s'] / 1e6:.1f} MFLOP/s, frame {s['frame_ms']:.0f} ms). "
+        f"Table at rho = {s['rho_train']}; EOU = simulated end-of-utterance latency (ms).",
+        "",
+        "| variant | test WER | CER | WER vs slow | FLOPs/frame | reduction | slow share | "
+        "EOU p50 / p90 / max (ms) | RTF (1 thread) | sharpness (train / eval conf.) | lambda_cost / lambda_amr |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, r in v.items():
+        p = r["per_rho"][key]
+        e = p["eou_ms"]
+        extra = ""
+        if r.get("rank") and not r["routed"]:
+            extra = f" (rank {r['rank']})"
+        elif r.get("density") and not r["routed"]:
+            extra = f" (density {r['density']:.3f})"
+        sharp = f"{r['train_sharpness']:.3f} / {p['decision_confidence']:.3f}" if r["routed"] else "-"
+        lam = f"{r['lambda_cost']:g} / {r['lambda_amr']:g}" if r["routed"] else "-"
+        lines.append(
+            f"| {r['label']}{extra} | {100 * p['wer']:.2f}% | {100 * p['cer']:.2f}% | {_fmt_pct(r['wer_rel_vs_slow'])} "
+            f"| {p['flops_per_frame'] / 1e6:.3f} M | {100 * r['reduction_vs_slow']:.1f}% | {p['slow_share']:.3f} "
+            f"| {e['p50']:.1f} / {e['p90']:.1f} / {e['max']:.1f} | {r['rtf']:.4f} | {sharp} | {lam} |"
+        )
+    lines += ["", "## End-of-utterance latency vs device load (p90, ms; WER in brackets)", "",
+              "| variant | " + " | ".join(f"rho = {rho:g} ({s['slow_flops_per_frame'] / (rho * s['frame_ms'] / 1e3) / 1e6:.1f}"
+                                        " MFLOP/s)" for rho in s["rhos"]) + " |",
+              "|---|" + "---|" * len(s["rhos"])]
+    for n, r in v.items():
+        cells = []
+        for rho in s["rhos"]:
+            p = r["per_rho"][str(rho)]
+            share = f", slow {p['slow_share']:.2f}" if r["routed"] else ""
+            cells.append(f"{p['eou_ms']['p90']:.1f} ({100 * p['wer']:.2f}%{share})")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    t = s.get("targets", {})
+    if t:
+        lines += ["", "## Targets (issue #4)", ""]
+        if "flops_and_wer" in t:
+            f = t["flops_and_wer"]
+            per = "; ".join(f"{n}: {100 * x['reduction']:.1f}% fewer FLOPs, WER {_fmt_pct(x['wer_rel'])} rel. "
+                            f"({'met' if x['met'] else 'missed'})" for n, x in f["per_variant"].items())
+            lines.append(f"- {f['target']}: **{'met' if f['met'] else 'missed'}** ({per}).")
+        if "latency" in t:
+            lt = t["latency"]
+            per = "; ".join(f"{n}: " + ", ".join(f"rho {k}: {x:.1f} ms" for k, x in d.items())
+                            + f" ({'met' if lt['met'][n] else 'missed'})" for n, d in lt["p90_ms"].items())
+            so = ", ".join(f"rho {k}: {x:.0f} ms" for k, x in lt["slow_only_p90_ms"].items())
+            lines.append(f"- {lt['target']}: {per}. Slow-only: {so}.")
+        if "ablation" in t:
+            ab = t["ablation"]
+            on = ", ".join(f"rho {k}: {x:.1f} ms" for k, x in ab["penalty_on_p90_ms"].items())
+            off = ", ".join(f"rho {k}: {x:.1f} ms" for k, x in ab["penalty_off_p90_ms"].items())
+            lines.append(f"- {ab['target']}: **{'met' if ab['met'] else 'missed'}** (p90 with penalty {on}; "
+                         f"without {off}).")
+    lines += ["", "Plots: `amnet_trace.png` (backlog and decisions over the longest test utterance at "
+              f"rho = {s['rho_train']}), `amnet_latency_vs_rho.png`.", ""]
+    return "\n".join(lines)
+
+
+def plot(s: dict[str, Any], trace_png: Path, rho_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = s["variants"]
+    key = str(s["rho_train"])
+    shown = [n for n in ("slow_only", "amnet_factorized", "amnet_factorized_no_amr", "amnet_sparse") if n in v]
+    if shown:
+        fig, axes = plt.subplots(len(shown), 1, figsize=(9, 2.3 * len(shown)), sharex=True, squeeze=False)
+        for ax, n in zip(axes[:, 0], shown):
+            tr = v[n]["trace"].get(key)
+            if not tr:
+                continue
+            t = [(i + 1) * s["frame_ms"] / 1000 for i in range(len(tr["backlog_ms"]))]
+            ax.plot(t, tr["backlog_ms"], color="C3", label="backlog (ms)")
+            ax.set_ylabel("backlog (ms)")
+            ax2 = ax.twinx()
+            ax2.step(t, tr["decisions"], where="post", color="C0", alpha=0.6, label="decision (1 = slow)")
+            ax2.set_ylim(-0.1, 1.4)
+            ax2.set_yticks([0, 1])
+            ax2.set_yticklabels(["fast", "slow"])
+            ax.set_title(f"{v[n]['label']}: EOU {tr['eou_ms']:.1f} ms, slow share "
+                         f"{sum(tr['decisions']) / len(tr['decisions']):.2f}", fontsize=9)
+        axes[-1, 0].set_xlabel(f"time (s), utterance {v[shown[0]]['trace_utterance']}, rho = {key}")
+        fig.tight_layout()
+        fig.savefig(trace_png, dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (n, r) in enumerate(v.items()):
+        ys = [max(r["per_rho"][str(rho)]["eou_ms"]["p90"], 0.1) for rho in s["rhos"]]
+        ax.plot(s["rhos"], ys, marker="o", label=r["label"], color=f"C{i}",
+                linestyle="-" if r["routed"] else "--")
+    ax.axhline(TARGET_P90_MS, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("rho (slow-only load factor on the device)")
+    ax.set_ylabel("p90 end-of-utterance latency (ms)")
+    ax.set_xticks(list(s["rhos"]))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(rho_png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="synthetic corpus folder")
+    p.add_argument("--base-ckpt", default=None, help="trained slow-only checkpoint ('none': random init, smoke only)")
+    p.add_argument("--base-json", default=str(RESULTS / "demo_synthetic.json"),
+                   help="results JSON of the demo run (its 'checkpoint' is the base) if --base-ckpt is not given")
+    p.add_argument("--wait-minutes", type=float, default=0.0, help="wait this long for --base-json to appear")
+    p.add_argument("--train-utts", type=int, default=1200)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lambda-cost", type=float, default=None, help="override the AmNet configs' lambda_cost")
+    p.add_argument("--lambda-amr", type=float, default=None, help="override the AmNet configs' lambda_amr")
+    p.add_argument("--rtf-utts", type=int, default=5)
+    p.add_argument("--workers", type=int, default=2, help="variants trained in parallel (one thread each)")
+    p.add_argument("--variants", nargs="+", default=ORDER, choices=ORDER)
+    p.add_argument("--work", default="/tmp/amnet_bench", help="run folders, logs, per-variant JSON")
+    p.add_argument("--results", default=None, help="results path stem (default docs/results/amnet)")
+    p.add_argument("--resume", action="store_true", help="reuse finished variants found in --work")
+    p.add_argument("--quick", action="store_true", help="smoke run: 48 utterances, 2 epochs, 24 test utterances")
+    # internal: one variant in this process
+    p.add_argument("--job", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--density", type=float, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.train_utts, a.epochs, a.rtf_utts = min(a.train_utts, 48), min(a.epochs, 2), min(a.rtf_utts, 1)
+    if a.job:
+        rec = run_variant(a)
+        out = Path(a.work) / f"{a.job}.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2) + "\n")
+        os.replace(tmp, out)
+        return 0
+    return drive(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
