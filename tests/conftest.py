@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,15 @@ import pytest
 import soundfile as sf
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread per test: tiny tensors only lose to thread contention on 2 shared cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def write_fake_layout(root: Path, split: str = "train", speakers: int = 2, utts: int = 3, sr: int = 16000) -> Path:

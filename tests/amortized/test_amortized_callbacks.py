@@ -17,14 +17,6 @@ from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder
 FEATS, VOCAB = 12, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_temperature_schedules():
     exp = ArbitratorTemperature(start=1.0, end=0.05, schedule="exponential", epochs=4)
     # 1.0 * 0.05 ** (e / 3)

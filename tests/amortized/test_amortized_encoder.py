@@ -13,15 +13,6 @@ from lightning_amortized.nn.encoders import lengths_to_mask
 KINDS = ["lowrank", "sparse", "small"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _batch(F: int = 12, B: int = 3, T: int = 9, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, T, F, generator=g), torch.tensor([T, 5, 2])[:B]

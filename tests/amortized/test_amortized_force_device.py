@@ -9,14 +9,6 @@ from lightning_amortized.functional.flops import lowrank_rnn_flops
 from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder, stream
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _batch(F: int = 12, B: int = 3, T: int = 9, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, T, F, generator=g), torch.tensor([T, 5, 2])[:B]

@@ -8,15 +8,6 @@ import torch
 from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder, compare_wall_clock, stream
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Model construction (SVD) under one thread: far faster on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_stream_matches_forward_and_restores_threads():
     torch.manual_seed(0)
     am = AmortizedEncoder.from_recurrent(RecurrentEncoder(12, 16, 2), fast="sparse", density=0.3, frame_ms=25.0)
