@@ -124,6 +124,6 @@ def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: 
     assert rec["payload_bytes"] == res["full_checkpoint_bytes"]
     assert rec["file_bytes"] > res["full_checkpoint_bytes"]  # the safetensors header comes on top
     assert res["chain"]["links"] == 0
-    assert res["lr"] == 1e-2 and recipe.UpdateConfig(base="b", root="r", out="o", method="full").learning_rate == 3e-4
+    assert res["lr"] == 1e-2 and recipe.UpdateConfig(base="b", root="r", out="o", method="full").learning_rate == 1e-3
     with pytest.raises(ValueError, match="`method`"):
         recipe.UpdateConfig(base="b", root="r", out="o", method="lora")
