@@ -54,6 +54,15 @@ class FrameStacker(nn.Module):
         return x, torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
 
 
+def _config_given() -> bool:
+    """Whether LightningCLI handed this module its init config (then hparams can rebuild it)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - other Lightning versions
+        return False
+    return _given_hyperparameters.get() is not None
+
+
 def warmup_cosine(step: int, total_steps: int, warmup: float = 0.05, floor: float = 0.05) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup * total_steps``, then cosine to ``floor``.
 
@@ -117,7 +126,10 @@ class ASRModule(pl.LightningModule):
                 f"Encoder input_size is {in_size} but features give n_mels * stack = {n_mels} * {stack} = "
                 f"{n_mels * stack}; set the encoder's input_size to {n_mels * stack}."
             )
-        self.save_hyperparameters(ignore=["encoder"])
+        # Under LightningCLI the encoder arrives as a class_path/init_args config: keep it, so
+        # `ASRModule.load_from_checkpoint(path)` rebuilds the encoder. Built in Python, the
+        # encoder is an object: leave it out (pass `encoder=` to `load_from_checkpoint`).
+        self.save_hyperparameters(ignore=[] if _config_given() else ["encoder"])
         self.encoder = encoder
         self.stacker = FrameStacker(stack)
         self.tokenizer = CharTokenizer()

@@ -119,3 +119,23 @@ def test_realtime_factor_reports_numbers() -> None:
     m = ASRModule(RecurrentEncoder(240, 32, num_layers=1))
     r = realtime_factor(m, [torch.randn(90, 80)], m.frame_ms)
     assert r["frames"] == 30 and r["rtf"] > 0 and r["ms_per_frame"] > 0
+
+
+def test_cli_checkpoint_loads_without_rebuilding_encoder(tmp_path: Path) -> None:
+    from lightning_amortized.cli import ASRLightningCLI
+
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "conf" / "lstm_ctc.yaml"
+    cli = ASRLightningCLI(
+        args=["--config", str(conf), "--data.init_args.root", str(tmp_path / "corpus"),
+              "--model.encoder.init_args.hidden_size", "24", "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )
+    hparams = dict(cli.model.hparams)
+    assert hparams["encoder"]["class_path"].endswith("RecurrentEncoder")  # the config, not the object
+    path = tmp_path / "m.ckpt"
+    # the two keys Lightning's checkpoint loading reads back
+    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": hparams}, path)
+    loaded = ASRModule.load_from_checkpoint(path)
+    assert isinstance(loaded.encoder, RecurrentEncoder) and loaded.encoder.hidden_size == 24
+    for k, v in cli.model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
