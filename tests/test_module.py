@@ -133,8 +133,9 @@ def test_cli_checkpoint_loads_without_rebuilding_encoder(tmp_path: Path) -> None
     hparams = dict(cli.model.hparams)
     assert hparams["encoder"]["class_path"].endswith("RecurrentEncoder")  # the config, not the object
     path = tmp_path / "m.ckpt"
-    # the two keys Lightning's checkpoint loading reads back
-    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": hparams}, path)
+    # the keys Lightning's checkpoint loading reads back
+    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": hparams,
+                "pytorch-lightning_version": pl.__version__}, path)
     loaded = ASRModule.load_from_checkpoint(path)
     assert isinstance(loaded.encoder, RecurrentEncoder) and loaded.encoder.hidden_size == 24
     for k, v in cli.model.state_dict().items():
