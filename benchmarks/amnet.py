@@ -403,6 +403,7 @@ def drive(a: argparse.Namespace) -> int:
             done[n] = json.loads(f.read_text())
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     pending = [n for n in names if n not in done]
+    ran = list(pending)
     t0 = time.time()
     bar = tqdm(total=len(names), initial=len(done), desc="variants", unit="variant", dynamic_ncols=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -448,7 +449,13 @@ def drive(a: argparse.Namespace) -> int:
         time.sleep(2)
     bar.close()
     wall = time.time() - t0
-    summary = summarize(done, base, a, wall)
+    runs_file = work / "runs.json"  # every driver run that trained something, for the total run time
+    runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
+    if wall > 60:
+        runs.append({"variants": ran, "wall_minutes": round(wall / 60, 1),
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0))})
+        runs_file.write_text(json.dumps(runs, indent=2) + "\n")
+    summary = summarize(done, base, a, wall, runs)
     out = Path(a.results) if a.results else (work / "amnet" if a.quick else RESULTS / "amnet")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -460,7 +467,9 @@ def drive(a: argparse.Namespace) -> int:
     return 0
 
 
-def summarize(done: dict[str, dict[str, Any]], base: str | None, a: argparse.Namespace, wall: float) -> dict[str, Any]:
+def summarize(
+    done: dict[str, dict[str, Any]], base: str | None, a: argparse.Namespace, wall: float, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
     slow = done.get("slow_only")
     key = str(RHO_TRAIN)
     slow_flops = slow["per_rho"][key]["flops_per_frame"] if slow else float(slow_encoder_flops())
@@ -520,6 +529,7 @@ def summarize(done: dict[str, dict[str, Any]], base: str | None, a: argparse.Nam
         "quick": a.quick,
         "workers": a.workers,
         "wall_minutes": round(wall / 60, 1),
+        "runs": runs,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "
         "1 thread per variant",
         "targets": targets,
@@ -537,7 +547,9 @@ def render_markdown(s: dict[str, Any]) -> str:
     lines = [
         "# Amortized encoders vs single encoders (synthetic corpus)",
         "",
-        f"Command: `{s['command']}` ({s['wall_minutes']} min wall, {s['machine']}).",
+        f"Command: `{s['command']}` ({s['machine']}). Run time: "
+        + ("; ".join(f"{r['wall_minutes']} min wall from {r['started']} ({len(r['variants'])} variants)"
+                     for r in s.get("runs", [])) or f"{s['wall_minutes']} min wall") + ".",
         f"Every variant warm-started from the same slow-only checkpoint and fine-tuned "
         f"{s['epochs']} epochs on {s['train_utterances']} training utterances (lr {s['lr']:g}); test split "
         "`test` (speakers unseen in training). Encoder FLOPs/frame are counted by "
