@@ -484,7 +484,8 @@ def summarize(
         ok = {n: done[n]["reduction_vs_slow"] >= TARGET_REDUCTION and done[n]["wer_rel_vs_slow"] <= TARGET_WER_REL
               for n in amnets}
         targets["flops_and_wer"] = {
-            "target": f">= {100 * TARGET_REDUCTION:.0f}% fewer FLOPs/frame, WER within {100 * TARGET_WER_REL:.0f}% rel.",
+            "target": f">= {100 * TARGET_REDUCTION:.0f}% fewer FLOPs/frame, "
+            f"WER within {100 * TARGET_WER_REL:.0f}% rel.",
             "per_variant": {n: {"reduction": done[n]["reduction_vs_slow"], "wer_rel": done[n]["wer_rel_vs_slow"],
                                 "met": ok[n]} for n in amnets},
             "met": any(ok.values()),
@@ -577,9 +578,9 @@ def render_markdown(s: dict[str, Any]) -> str:
             f"| {p['flops_per_frame'] / 1e6:.3f} M | {100 * r['reduction_vs_slow']:.1f}% | {p['slow_share']:.3f} "
             f"| {e['p50']:.1f} / {e['p90']:.1f} / {e['max']:.1f} | {r['rtf']:.4f} | {sharp} | {lam} |"
         )
+    speeds = [s["slow_flops_per_frame"] / (rho * s["frame_ms"] / 1e3) / 1e6 for rho in s["rhos"]]
     lines += ["", "## End-of-utterance latency vs device load (p90, ms; WER in brackets)", "",
-              "| variant | " + " | ".join(f"rho = {rho:g} ({s['slow_flops_per_frame'] / (rho * s['frame_ms'] / 1e3) / 1e6:.1f}"
-                                        " MFLOP/s)" for rho in s["rhos"]) + " |",
+              "| variant | " + " | ".join(f"rho = {rho:g} ({mf:.1f} MFLOP/s)" for rho, mf in zip(s["rhos"], speeds)) + " |",
               "|---|" + "---|" * len(s["rhos"])]
     for n, r in v.items():
         cells = []
