@@ -567,7 +567,7 @@ def render_markdown(s: dict[str, Any]) -> str:
         p = r["per_rho"][key]
         e = p["eou_ms"]
         extra = ""
-        if r.get("rank") and not r["routed"]:
+        if r.get("rank") and not r["routed"] and "rank" not in r["label"]:
             extra = f" (rank {r['rank']})"
         elif r.get("density") and not r["routed"]:
             extra = f" (density {r['density']:.3f})"
