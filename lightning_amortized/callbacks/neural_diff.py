@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from lightning_amortized.diffs.attach import attach_diffs, detach_diffs, diff_modules
 from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets
-from lightning_amortized.diffs.io import VALUE_DTYPES, DiffInfo, estimate_diff_bytes, export_diff
+from lightning_amortized.diffs.io import VALUE_DTYPES, DiffInfo, count_large_gaps, estimate_diff_bytes, export_diff
 from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density
 from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_targets
 
@@ -282,32 +282,51 @@ class NeuralDiff(Callback):
 
     # ------------------------------------------------------------------ reporting
 
+    def _export_extra(self) -> dict[str, Any]:
+        """The ``extra_metadata`` :meth:`export` writes (also used to project the header size)."""
+        return {"budget": self.budget, "targets": self.targets, "exclude": self.exclude}
+
     def projected_bytes(self, pl_module: pl.LightningModule) -> int:
-        """Projected size in bytes of the file :meth:`export` would write at the budget."""
+        """Projected size in bytes of the file :meth:`export` would write at the budget.
+
+        Sparse: the budget split over targets in proportion to their size, ``gap-u8`` indices
+        with the expected number of 4-byte escapes for uniformly spread entries (see
+        :func:`~lightning_amortized.diffs.estimate_diff_bytes`).
+        """
         diffs = diff_modules(pl_module)
         if self.method == "sparse":
             total = max(self.target_numel, 1)
             stored = {n: (d.delta.numel(), round(self.final_count * d.delta.numel() / total)) for n, d in diffs.items()}
         else:
             stored = {n: (d.bucket_index.numel(), d.num_buckets) for n, d in diffs.items() if isinstance(d, HashedDiff)}
-        return estimate_diff_bytes(self.method, self.value_dtype, stored)
+        return estimate_diff_bytes(self.method, self.value_dtype, stored, extra=self._export_extra())
 
     def stats(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Current ``nonzeros`` (or ``buckets``), ``budget_used`` (fraction), ``density`` and ``projected_bytes``."""
+        """Current ``nonzeros`` (or ``buckets``), ``budget_used`` (fraction), ``density`` and ``projected_bytes``.
+
+        ``projected_bytes`` is the size of the file :meth:`export` would write now (the
+        current masks' index gaps are counted exactly).
+        """
         diffs = diff_modules(pl_module)
+        large_gaps = None
         if self.method == "sparse":
             nnz = self._nnz(pl_module)
-            stored = {n: (d.delta.numel(), d.nnz) for n, d in diffs.items() if isinstance(d, SparseDiff)}
+            sparse = {n: d for n, d in diffs.items() if isinstance(d, SparseDiff)}
+            stored = {n: (d.delta.numel(), d.nnz) for n, d in sparse.items()}
+            large_gaps = {n: count_large_gaps(torch.nonzero(d.mask.reshape(-1)).reshape(-1)) for n, d in sparse.items()}
             key = "nonzeros"
         else:
             nnz = sum(d.num_buckets for d in diffs.values() if isinstance(d, HashedDiff))
             stored = {n: (d.bucket_index.numel(), d.num_buckets) for n, d in diffs.items() if isinstance(d, HashedDiff)}
             key = "buckets"
+        projected = estimate_diff_bytes(
+            self.method, self.value_dtype, stored, large_gaps=large_gaps, extra=self._export_extra()
+        )
         return {
             key: float(nnz),
             "budget_used": nnz / max(self.final_count, 1),
             "density": nnz / max(self.target_numel, 1),
-            "projected_bytes": float(estimate_diff_bytes(self.method, self.value_dtype, stored)),
+            "projected_bytes": float(projected),
         }
 
     # ------------------------------------------------------------------ export / removal
@@ -330,7 +349,7 @@ class NeuralDiff(Callback):
             path,
             value_dtype=self.value_dtype,
             seed=self.seed,
-            extra_metadata={"budget": self.budget, "targets": self.targets, "exclude": self.exclude},
+            extra_metadata=self._export_extra(),
         )
         model_bytes = sum(p.numel() * p.element_size() for p in plain_parameters(pl_module).values())
         rank_zero_info(

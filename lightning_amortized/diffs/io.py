@@ -2,8 +2,15 @@
 
 One ``safetensors`` file per update. Tensors, per target parameter ``<name>``:
 
-- sparse: ``<name>::indices`` (int32, or int64 for tensors with ``>= 2**31`` entries; flat
-  row-major indices, ascending) and ``<name>::values`` (float32, float16 or int8);
+- sparse, ``index_encoding="gap-u8"`` (the default, format version 2): ``<name>::gaps``
+  (uint8, one per kept entry) and ``<name>::large_gaps`` (int32, or int64 for tensors with
+  ``>= 2**31`` entries): the flat row-major indices ``i_0 < i_1 < ...`` as skips
+  ``s_k = i_k - i_{k-1} - 1`` (``i_{-1} = -1``, so ``s_0 = i_0``); a skip below 255 is its
+  byte, a skip ``>= 255`` is the byte 255 and the next entry of ``large_gaps``
+  (see :func:`encode_gaps`);
+- sparse, ``index_encoding="int32"`` (format version 1, older files): ``<name>::indices``
+  (int32, or int64 for tensors with ``>= 2**31`` entries; flat row-major indices, ascending);
+- sparse, both: ``<name>::values`` (float32, float16 or int8), in ascending index order;
 - hashed: ``<name>::buckets`` (float32, float16 or int8), indices recomputed from the hash;
 - int8 only: ``<name>::scale``, a ``(1,)`` float32 scale (``value = int8 * scale``);
 - reversible files only (``export_diff(..., reversible=True)``): ``<name>::undo_indices`` and
@@ -11,8 +18,10 @@ One ``safetensors`` file per update. Tensors, per target parameter ``<name>``:
   ``(W0 + D) - D != W0`` in floating point, so :func:`unmerge` restores the base exactly.
 
 Metadata (``safetensors`` string-to-string header; JSON where structured): ``format``
-(``"lightning_amortized.diff"``), ``format_version`` (``"1"``), ``method``, ``seed``,
-``value_dtype``, ``targets`` (list of ``{name, shape, dtype, numel, stored}``),
+(``"lightning_amortized.diff"``), ``format_version`` (``"2"`` for sparse files with
+``gap-u8`` indices, ``"1"`` otherwise, so older readers still read hashed and int32 files),
+``method``, ``seed``, ``value_dtype``, ``index_encoding`` (sparse only; absent means
+``"int32"``), ``targets`` (list of ``{name, shape, dtype, numel, stored}``),
 ``base_sha256``, ``result_sha256`` (see :func:`weights_sha256`), ``payload_sha256`` (over
 all tensors and all other metadata; detects edits) and ``extra`` (free JSON: statistics
 such as ``max_abs_error``, budget, user data).
@@ -54,9 +63,13 @@ __all__ = [
     "DiffInfo",
     "DiffIntegrityError",
     "DiffTarget",
+    "INDEX_ENCODINGS",
     "apply_chain",
     "apply_diff",
     "apply_to_state_dict",
+    "count_large_gaps",
+    "decode_gaps",
+    "encode_gaps",
     "estimate_diff_bytes",
     "export_diff",
     "export_diff_from_weights",
@@ -68,9 +81,13 @@ __all__ = [
 ]
 
 FORMAT_NAME = "lightning_amortized.diff"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # the newest version written; version 1 is still written when it suffices
+SUPPORTED_VERSIONS = (1, 2)
 ValueDtype = Literal["fp32", "fp16", "int8"]
+IndexEncoding = Literal["gap-u8", "int32"]
+INDEX_ENCODINGS = ("gap-u8", "int32")
+GAP_ESCAPE = 255  # a gap byte of 255 means "the skip is the next entry of large_gaps"
+_VERSION_OF_ENCODING = {"int32": 1, "gap-u8": 2}
 VALUE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
 StateOrModel = Union[nn.Module, Mapping[str, torch.Tensor]]
 PathLike = Union[str, os.PathLike]
@@ -128,6 +145,10 @@ class DiffInfo:
         file_bytes: file size in bytes.
         payload_bytes: bytes of tensor data.
         extra: free-form metadata (e.g. ``max_abs_error``, ``budget``).
+        index_encoding: ``"gap-u8"`` or ``"int32"`` (sparse), ``"hash"`` (hashed).
+        index_bytes: bytes of stored index data (``::gaps`` + ``::large_gaps``, or
+            ``::indices``; 0 for hashed diffs).
+        value_bytes: bytes of stored values (``::values`` or ``::buckets``, and ``::scale``).
     """
 
     path: str
@@ -142,6 +163,9 @@ class DiffInfo:
     file_bytes: int
     payload_bytes: int
     extra: dict[str, Any] = field(default_factory=dict)
+    index_encoding: str = "int32"
+    index_bytes: int = 0
+    value_bytes: int = 0
 
     @property
     def names(self) -> list[str]:
@@ -155,9 +179,12 @@ class DiffInfo:
     def __str__(self) -> str:
         total = sum(t.numel for t in self.targets)
         what = "kept" if self.method == "sparse" else "buckets"
+        undo = self.payload_bytes - self.index_bytes - self.value_bytes  # reversible files only
         lines = [
             f"{FORMAT_NAME} v{self.format_version}: {self.method} diff, {self.value_dtype} values, seed {self.seed}",
             f"  file     {self.path} ({self.file_bytes:,} bytes, payload {self.payload_bytes:,} bytes)",
+            f"  bytes    indices {self.index_bytes:,} ({self.index_encoding}), values {self.value_bytes:,} "
+            f"({self.value_dtype})" + (f", undo {undo:,}" if undo else ""),
             f"  base     sha256:{self.base_sha256}",
             f"  result   sha256:{self.result_sha256}",
             f"  payload  sha256:{self.payload_sha256}",
@@ -271,32 +298,192 @@ def _decode(values: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return values.to(torch.float32)
 
 
-def estimate_diff_bytes(method: str, value_dtype: str, targets: Mapping[str, tuple[int, int]]) -> int:
-    """Projected size of a diff file in bytes.
+# --------------------------------------------------------------------------- indices
 
-    Tensor data is counted exactly; the JSON header is estimated (about 300 bytes per
-    target plus 1 kB).
+
+def _large_dtype(numel: int) -> torch.dtype:
+    return torch.int32 if numel < 2**31 else torch.int64
+
+
+def encode_gaps(indices: torch.Tensor, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``gap-u8`` encoding of ascending flat indices: ``(gaps, large_gaps)``.
+
+    With ``i_{-1} = -1``, entry ``k`` skips ``s_k = i_k - i_{k-1} - 1 >= 0`` entries (so
+    ``s_0 = i_0``, and adjacent kept entries have ``s = 0``). ``gaps[k] = s_k`` if
+    ``s_k < 255``, else ``255``, and the skips ``>= 255`` are stored, in order, in
+    ``large_gaps``. Every kept entry costs one byte, plus 4 bytes (8 for tensors with
+    ``>= 2**31`` entries) per skip of 255 or more.
+
+    Args:
+        indices: ``(n,)`` integer flat indices, strictly ascending, in ``[0, numel)``.
+        numel: entries of the tensor they index.
+
+    Returns:
+        ``gaps``: ``(n,)`` uint8; ``large_gaps``: ``(e,)`` int32 (int64 if ``numel >= 2**31``),
+        ``e`` the number of 255 bytes in ``gaps``. Both on the CPU.
+
+    Raises:
+        ValueError: if ``indices`` are not strictly ascending or fall outside ``[0, numel)``.
+
+    Example::
+
+        >>> gaps, large = encode_gaps(torch.tensor([0, 1, 5, 1000]), 1200)
+        >>> gaps.tolist(), large.tolist()
+        ([0, 0, 3, 255], [994])
+    """
+    idx = indices.detach().to("cpu", torch.int64).reshape(-1)
+    skips = torch.diff(idx, prepend=idx.new_tensor([-1])) - 1
+    if idx.numel() and (int(skips.min()) < 0 or int(idx[-1]) >= numel):
+        raise ValueError(f"Expected strictly ascending indices in [0, {numel}), got {idx[:8].tolist()}...")
+    big = skips >= GAP_ESCAPE
+    gaps = torch.where(big, GAP_ESCAPE, skips).to(torch.uint8)
+    return gaps, skips[big].to(_large_dtype(numel))
+
+
+def decode_gaps(gaps: torch.Tensor, large_gaps: torch.Tensor, numel: int) -> torch.Tensor:
+    """Flat int64 indices ``(n,)`` from :func:`encode_gaps` output, checked against ``numel``.
+
+    ``i_k = k + s_0 + ... + s_k``: one cumulative sum, no loop. The result is strictly
+    ascending by construction.
+
+    Raises:
+        DiffFormatError: the number of 255 bytes differs from ``large_gaps.numel()``, a large
+            gap is below 255 or not below ``numel``, or the last index is ``>= numel``.
+
+    Example::
+
+        >>> decode_gaps(torch.tensor([0, 0, 3, 255], dtype=torch.uint8), torch.tensor([994]), 1200).tolist()
+        [0, 1, 5, 1000]
+    """
+    if gaps.dtype != torch.uint8 or gaps.dim() != 1 or large_gaps.dim() != 1 or large_gaps.is_floating_point():
+        raise DiffFormatError(
+            f"Expected uint8 gaps (n,) and integer large gaps (e,), but got {gaps.dtype} {tuple(gaps.shape)} "
+            f"and {large_gaps.dtype} {tuple(large_gaps.shape)}."
+        )
+    escape = gaps == GAP_ESCAPE
+    n_escape = int(escape.sum())
+    if n_escape != large_gaps.numel():
+        raise DiffFormatError(
+            f"Gap stream has {n_escape} escape byte(s) (255) but {large_gaps.numel()} large gap(s); "
+            "the index data is corrupt."
+        )
+    large = large_gaps.to(torch.int64)
+    if large.numel() and (int(large.min()) < GAP_ESCAPE or int(large.max()) >= numel):
+        raise DiffFormatError(
+            f"Large gaps must lie in [{GAP_ESCAPE}, {numel}), found [{int(large.min())}, {int(large.max())}]; "
+            "the index data is corrupt."
+        )
+    n = gaps.numel()
+    # the last index is n - 1 + sum(skips); a float64 bound first, so the int64 cumsum cannot overflow
+    approx_last = n - 1 + float(gaps[~escape].to(torch.float64).sum()) + float(large.to(torch.float64).sum())
+    if n and approx_last >= numel + 1024:
+        raise DiffFormatError(
+            f"Gap stream decodes to indices beyond the tensor ({numel} entries); the index data is corrupt."
+        )
+    skips = gaps.to(torch.int64)
+    skips[escape] = large
+    idx = torch.cumsum(skips, 0) + torch.arange(n, dtype=torch.int64)
+    if n and int(idx[-1]) >= numel:
+        raise DiffFormatError(
+            f"Gap stream decodes to index {int(idx[-1])}, outside [0, {numel}); the index data is corrupt."
+        )
+    return idx
+
+
+def count_large_gaps(indices: torch.Tensor) -> int:
+    """Number of skips ``>= 255`` (4-byte escapes in ``gap-u8``) among ascending flat ``indices``.
+
+    Example::
+
+        >>> count_large_gaps(torch.tensor([300, 301, 600]))
+        2
+    """
+    idx = indices.detach().reshape(-1).to(torch.int64)
+    if idx.numel() == 0:
+        return 0
+    skips = torch.diff(idx, prepend=idx.new_tensor([-1])) - 1
+    return int((skips >= GAP_ESCAPE).sum())
+
+
+def _expected_large_gaps(numel: int, stored: int) -> float:
+    """Expected skips ``>= 255`` when ``stored`` of ``numel`` positions are kept uniformly at random.
+
+    Each of the ``stored`` skips is ``>= m`` with probability ``C(numel - m, stored) / C(numel, stored)``.
+    """
+    if stored <= 0 or numel - GAP_ESCAPE < stored:
+        return 0.0
+    log_p = sum(math.log((numel - stored - i) / (numel - i)) for i in range(GAP_ESCAPE))
+    return stored * math.exp(log_p)
+
+
+def estimate_diff_bytes(
+    method: str,
+    value_dtype: str,
+    targets: Mapping[str, tuple[int, int]],
+    *,
+    index_encoding: str = "gap-u8",
+    large_gaps: Mapping[str, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> int:
+    """Projected size in bytes of the file :func:`export_diff` writes (without undo data).
+
+    Values are counted exactly. Sparse indices: ``int32`` counts 4 bytes per entry (8 for
+    tensors with ``>= 2**31`` entries); ``gap-u8`` counts 1 byte per entry plus 4 (8) per
+    skip ``>= 255``, using the exact number of such skips where ``large_gaps`` gives it
+    (:func:`count_large_gaps` of the kept indices) and otherwise its expectation for kept
+    positions drawn uniformly at random (about ``stored * (1 - stored / numel) ** 255``:
+    negligible above ~3 % density, 0.6 % of the entries at 2 %). The header is built as the
+    writer builds it, with placeholder hashes, 2-D shapes and a 20-character
+    ``max_abs_error``; it is typically within a few bytes per target of the real one.
 
     Args:
         method: ``"sparse"`` or ``"hashed"``.
         value_dtype: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         targets: ``{name: (numel, stored)}`` with ``stored`` the kept entries or buckets.
+        index_encoding: ``"gap-u8"`` (what :func:`export_diff` writes) or ``"int32"``.
+        large_gaps: ``{name: skips >= 255}`` for targets whose kept indices are known.
+        extra: the ``extra_metadata`` the file will carry.
 
     Example::
 
-        >>> estimate_diff_bytes("sparse", "fp16", {"w": (1000, 100)}) - estimate_diff_bytes("sparse", "fp16", {"w": (1000, 0)})
-        600
+        >>> estimate_diff_bytes("sparse", "fp16", {"w": (100_000, 10_000)})  # 3 bytes per kept entry + header
+        30792
+        >>> estimate_diff_bytes("sparse", "fp16", {"w": (100_000, 10_000)}, index_encoding="int32")
+        60720
     """
+    if index_encoding not in INDEX_ENCODINGS:
+        raise ValueError(
+            f"Expected argument `index_encoding` to be one of {list(INDEX_ENCODINGS)}, but got {index_encoding!r}."
+        )
     value_bytes = VALUE_DTYPES[value_dtype].itemsize
-    total = 1024
+    value_code = {"fp32": "F32", "fp16": "F16", "int8": "I8"}[value_dtype]
+    known = dict(large_gaps or {})
+    specs: list[tuple[str, str, int, int]] = []  # (tensor name, safetensors dtype, entries, bytes)
     for name, (numel, stored) in targets.items():
-        total += 300 + 2 * len(name)
-        total += stored * value_bytes
+        wide = 4 if numel < 2**31 else 8
+        code = "I32" if wide == 4 else "I64"
         if method == "sparse":
-            total += stored * (4 if numel < 2**31 else 8)
+            specs.append((f"{name}::values", value_code, stored, stored * value_bytes))
+            if index_encoding == "int32":
+                specs.append((f"{name}::indices", code, stored, stored * wide))
+            else:
+                large = known[name] if name in known else round(_expected_large_gaps(numel, stored))
+                specs += [(f"{name}::gaps", "U8", stored, stored), (f"{name}::large_gaps", code, large, large * wide)]
+        else:
+            specs.append((f"{name}::buckets", value_code, stored, stored * value_bytes))
         if value_dtype == "int8":
-            total += 4
-    return total
+            specs.append((f"{name}::scale", "F32", 1, 4))
+    rows = [DiffTarget(name, (numel, 1), "float32", numel, stored) for name, (numel, stored) in targets.items()]
+    error = 0.0 if value_dtype == "fp32" else 0.012345678901234567
+    extra = {"max_abs_error": error, **dict(extra or {})}
+    meta = _metadata(method, 0, value_dtype, rows, "0" * 64, "0" * 64, extra, index_encoding)
+    header: dict[str, Any] = {"__metadata__": {**meta, "payload_sha256": "0" * 64}}
+    offset = 0
+    for key, code, count, nbytes in specs:
+        header[key] = {"dtype": code, "shape": [count], "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header_bytes = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return 8 + -(-header_bytes // 8) * 8 + offset
 
 
 # --------------------------------------------------------------------------- writing
@@ -336,13 +523,35 @@ def _write(
     base_sha256: str,
     result_sha256: str,
     extra: Mapping[str, Any],
+    index_encoding: str,
 ) -> DiffInfo:
-    metadata = {
+    metadata = _metadata(method, seed, value_dtype, targets, base_sha256, result_sha256, extra, index_encoding)
+    metadata["payload_sha256"] = _payload_sha256(tensors, metadata)
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    _write_atomic(Path(path), data)
+    return inspect_diff(path)
+
+
+def _metadata(
+    method: str,
+    seed: int,
+    value_dtype: str,
+    targets: Sequence[DiffTarget],
+    base_sha256: str,
+    result_sha256: str,
+    extra: Mapping[str, Any],
+    index_encoding: str,
+) -> dict[str, str]:
+    """The file's metadata, without ``payload_sha256``."""
+    sparse = method == "sparse"
+    return {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        # the oldest version that describes the file, so older readers read what they can
+        "format_version": str(_VERSION_OF_ENCODING[index_encoding] if sparse else 1),
         "method": method,
         "seed": str(seed),
         "value_dtype": value_dtype,
+        **({"index_encoding": index_encoding} if sparse else {}),
         "targets": json.dumps(
             [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel, "stored": t.stored} for t in targets]
         ),
@@ -350,29 +559,36 @@ def _write(
         "result_sha256": result_sha256,
         "extra": json.dumps(dict(extra), sort_keys=True),
     }
-    metadata["payload_sha256"] = _payload_sha256(tensors, metadata)
-    data = safetensors.torch.save(tensors, metadata=metadata)
-    _write_atomic(Path(path), data)
-    return inspect_diff(path)
 
 
 def _build(
     method: str,
     value_dtype: str,
     entries: Mapping[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]],
+    index_encoding: str = "gap-u8",
 ) -> tuple[list[DiffTarget], dict[str, torch.Tensor]]:
     """``entries``: ``{name: (base, indices or None, values)}`` -> targets and stored tensors."""
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"Expected argument `value_dtype` to be one of {list(VALUE_DTYPES)}, but got {value_dtype!r}.")
+    if index_encoding not in INDEX_ENCODINGS:
+        raise ValueError(
+            f"Expected argument `index_encoding` to be one of {list(INDEX_ENCODINGS)}, but got {index_encoding!r}."
+        )
     targets, tensors = [], {}
     for name, (base, indices, values) in entries.items():
         if "::" in name:
             raise ValueError(f"Parameter names containing '::' cannot be stored in a diff file, got {name!r}.")
-        enc = _encode(values, value_dtype)
         if method == "sparse":
             assert indices is not None
-            idx_dtype = torch.int32 if base.numel() < 2**31 else torch.int64
-            tensors[f"{name}::indices"] = indices.detach().to("cpu", idx_dtype).contiguous()
+            idx = indices.detach().to("cpu", torch.int64).reshape(-1)
+            order = torch.argsort(idx)
+            idx, values = idx[order], values.reshape(-1)[order.to(values.device)]  # values follow their indices
+            if index_encoding == "gap-u8":
+                tensors[f"{name}::gaps"], tensors[f"{name}::large_gaps"] = encode_gaps(idx, base.numel())
+            else:
+                tensors[f"{name}::indices"] = idx.to(_large_dtype(base.numel())).contiguous()
+        enc = _encode(values, value_dtype)
+        if method == "sparse":
             tensors[f"{name}::values"] = enc["values"]
         else:
             tensors[f"{name}::buckets"] = enc["values"]
@@ -391,7 +607,7 @@ def _new_weight(
         values = _decode(tensors[f"{target.name}::values"], scale)
         if sign < 0:
             values = -values
-        out = sparse_apply(base, tensors[f"{target.name}::indices"], values)
+        out = sparse_apply(base, _sparse_indices(target, tensors), values)
     else:
         buckets = _decode(tensors[f"{target.name}::buckets"], scale).to(device=base.device, dtype=base.dtype)
         delta = hashed_delta(target.name, target.shape, seed, buckets)
@@ -402,6 +618,13 @@ def _new_weight(
         undo_values = tensors[f"{target.name}::undo_values"].to(out.device, out.dtype)
         out.view(-1)[undo.to(out.device, torch.int64)] = undo_values
     return out
+
+
+def _sparse_indices(target: DiffTarget, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Flat indices of a sparse target, from the gap stream (``gap-u8``) or ``::indices`` (``int32``)."""
+    if f"{target.name}::gaps" in tensors:
+        return decode_gaps(tensors[f"{target.name}::gaps"], tensors[f"{target.name}::large_gaps"], target.numel)
+    return tensors[f"{target.name}::indices"]
 
 
 def _bitwise_differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -433,6 +656,7 @@ def export_diff(
     seed: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
     reversible: bool = False,
+    index_encoding: IndexEncoding = "gap-u8",
 ) -> DiffInfo:
     """Write the diffs attached to ``model`` to a file (atomically).
 
@@ -451,6 +675,9 @@ def export_diff(
             round back to ``W0`` (``<name>::undo_*``), so :func:`unmerge` is always exact. Costs
             bytes beyond the budget (typically a few % of the kept entries for sparse diffs,
             more for hashed diffs, which touch every entry).
+        index_encoding: sparse index storage: ``"gap-u8"`` (about 1 byte per kept entry, format
+            version 2) or ``"int32"`` (4 bytes per kept entry, format version 1, readable by
+            releases before the gap encoding). Ignored for hashed diffs.
 
     Returns:
         The :class:`DiffInfo` of the written file.
@@ -495,7 +722,7 @@ def export_diff(
             raise ValueError(f"Hashed diffs use different seeds {sorted(hash_seeds)}; cannot store one seed.")
         seed = hash_seeds.pop()
     seed = 0 if seed is None else int(seed)
-    targets, tensors = _build(method, value_dtype, entries)
+    targets, tensors = _build(method, value_dtype, entries, index_encoding)
     results: dict[str, torch.Tensor] = {}
     max_err = 0.0
     for t in targets:
@@ -511,8 +738,7 @@ def export_diff(
             w0 = entries[t.name][0].detach()
             back = _new_weight(method, seed, t, tensors, results[t.name], sign=-1)
             bad = torch.nonzero(_bitwise_differs(back, w0)).reshape(-1)
-            idx_dtype = torch.int32 if t.numel < 2**31 else torch.int64
-            tensors[f"{t.name}::undo_indices"] = bad.to("cpu", idx_dtype)
+            tensors[f"{t.name}::undo_indices"] = bad.to("cpu", _large_dtype(t.numel))
             tensors[f"{t.name}::undo_values"] = w0.reshape(-1)[bad].to("cpu").contiguous()
             undo_entries += bad.numel()
     extra = {"max_abs_error": max_err, **({"undo_entries": undo_entries} if reversible else {})}
@@ -527,6 +753,7 @@ def export_diff(
         base_sha256=weights_sha256(model, diffs),
         result_sha256=weights_sha256(results, results),
         extra=extra,
+        index_encoding=index_encoding,
     )
 
 
@@ -539,6 +766,7 @@ def export_diff_from_weights(
     keep: int,
     value_dtype: ValueDtype = "fp32",
     extra_metadata: Mapping[str, Any] | None = None,
+    index_encoding: IndexEncoding = "gap-u8",
 ) -> DiffInfo:
     """A sparse diff keeping the ``keep`` largest ``|finetuned - base|`` entries over ``names``.
 
@@ -550,6 +778,7 @@ def export_diff_from_weights(
         keep: total number of entries kept (global magnitude top-k).
         value_dtype: stored value type.
         extra_metadata: stored under ``extra``.
+        index_encoding: ``"gap-u8"`` (default) or ``"int32"``, see :func:`export_diff`.
 
     Returns:
         The written file's :class:`DiffInfo`; ``extra["max_abs_error"]`` is the largest
@@ -577,7 +806,7 @@ def export_diff_from_weights(
         idx = torch.nonzero(sel).reshape(-1)
         if idx.numel():
             entries[n] = (_lookup(base, n), idx, d[idx])
-    targets, tensors = _build("sparse", value_dtype, entries)
+    targets, tensors = _build("sparse", value_dtype, entries, index_encoding)
     results = {t.name: _new_weight("sparse", 0, t, tensors, _lookup(base, t.name)) for t in targets}
     max_err = max(
         [float((_lookup(finetuned, n).float() - results[n].float()).abs().max()) for n in results] + [0.0]
@@ -593,6 +822,7 @@ def export_diff_from_weights(
         base_sha256=weights_sha256(base, entries),
         result_sha256=weights_sha256(results, results),
         extra=extra,
+        index_encoding=index_encoding,
     )
 
 
@@ -602,8 +832,13 @@ def export_diff_from_weights(
 def read_diff(path: PathLike) -> tuple[DiffInfo, dict[str, torch.Tensor]]:
     """Read and fully verify a diff file: its :class:`DiffInfo` and stored tensors (CPU).
 
+    Reads format versions 1 (int32 indices) and 2 (``gap-u8`` indices). The tensors are
+    returned as stored (a ``gap-u8`` file has ``::gaps`` and ``::large_gaps``, no
+    ``::indices``); the gap streams are decoded once here to check them.
+
     Raises:
-        DiffFormatError: missing, truncated or corrupted file, not a diff, unknown version.
+        DiffFormatError: missing, truncated or corrupted file, not a diff, unknown version,
+            inconsistent tensors (e.g. a gap stream that decodes outside the tensor).
         DiffIntegrityError: payload hash mismatch (the file was edited or damaged).
     """
     p = Path(path)
@@ -642,10 +877,15 @@ def read_diff(path: PathLike) -> tuple[DiffInfo, dict[str, torch.Tensor]]:
             DiffTarget(t["name"], tuple(int(s) for s in t["shape"]), t["dtype"], int(t["numel"]), int(t["stored"]))
             for t in json.loads(meta["targets"])
         )
+        method = meta["method"]
+        encoding = meta.get("index_encoding", "int32") if method == "sparse" else "hash"
+        sizes = {name: t.numel() * t.element_size() for name, t in tensors.items()}
+        index_keys = ("::indices", "::gaps", "::large_gaps") if method == "sparse" else ()
+        value_keys = ("::values", "::buckets", "::scale")
         info = DiffInfo(
             path=str(p),
             format_version=version,
-            method=meta["method"],
+            method=method,
             seed=int(meta["seed"]),
             value_dtype=meta["value_dtype"],
             targets=targets,
@@ -655,6 +895,9 @@ def read_diff(path: PathLike) -> tuple[DiffInfo, dict[str, torch.Tensor]]:
             file_bytes=len(data),
             payload_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
             extra=json.loads(meta.get("extra", "{}")),
+            index_encoding=encoding,
+            index_bytes=sum(b for name, b in sizes.items() if name.endswith(index_keys) and "::undo" not in name),
+            value_bytes=sum(b for name, b in sizes.items() if name.endswith(value_keys) and "::undo" not in name),
         )
     except (KeyError, ValueError, TypeError) as err:
         raise DiffFormatError(f"{str(p)!r} has malformed metadata: {err!r}.") from err
@@ -665,6 +908,13 @@ def read_diff(path: PathLike) -> tuple[DiffInfo, dict[str, torch.Tensor]]:
 def _check_tensors(info: DiffInfo, tensors: Mapping[str, torch.Tensor]) -> None:
     if info.method not in ("sparse", "hashed") or info.value_dtype not in VALUE_DTYPES:
         raise DiffFormatError(f"{info.path!r}: unknown method {info.method!r} or value dtype {info.value_dtype!r}.")
+    if info.method == "sparse" and (
+        info.index_encoding not in INDEX_ENCODINGS or _VERSION_OF_ENCODING[info.index_encoding] > info.format_version
+    ):
+        raise DiffFormatError(
+            f"{info.path!r}: index encoding {info.index_encoding!r} is unknown or not allowed in format version "
+            f"{info.format_version} (known: {list(INDEX_ENCODINGS)})."
+        )
     for t in info.targets:
         key = f"{t.name}::values" if info.method == "sparse" else f"{t.name}::buckets"
         values = tensors.get(key)
@@ -682,13 +932,30 @@ def _check_tensors(info: DiffInfo, tensors: Mapping[str, torch.Tensor]) -> None:
         ):
             raise DiffFormatError(f"{info.path!r}: undo tensors of {t.name!r} are inconsistent.")
         if info.method == "sparse":
-            idx = tensors.get(f"{t.name}::indices")
-            if idx is None or idx.shape != (t.stored,):
-                raise DiffFormatError(f"{info.path!r}: indices of {t.name!r} missing or of the wrong length.")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t.numel):
-                raise DiffFormatError(f"{info.path!r}: indices of {t.name!r} fall outside [0, {t.numel}).")
             if math.prod(t.shape) != t.numel:
                 raise DiffFormatError(f"{info.path!r}: target {t.name!r} shape and numel disagree.")
+            other = ("::gaps", "::large_gaps") if info.index_encoding == "int32" else ("::indices",)
+            if any(f"{t.name}{suffix}" in tensors for suffix in other):
+                raise DiffFormatError(
+                    f"{info.path!r}: target {t.name!r} stores indices in two encodings ({info.index_encoding} expected)."
+                )
+            if info.index_encoding == "int32":
+                idx = tensors.get(f"{t.name}::indices")
+                if idx is None or idx.shape != (t.stored,) or idx.is_floating_point():
+                    raise DiffFormatError(f"{info.path!r}: indices of {t.name!r} missing or of the wrong length.")
+                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t.numel):
+                    raise DiffFormatError(f"{info.path!r}: indices of {t.name!r} fall outside [0, {t.numel}).")
+                continue
+            gaps, large = tensors.get(f"{t.name}::gaps"), tensors.get(f"{t.name}::large_gaps")
+            if gaps is None or large is None or gaps.shape != (t.stored,) or large.dtype != _large_dtype(t.numel):
+                raise DiffFormatError(
+                    f"{info.path!r}: gap-u8 indices of {t.name!r} missing or malformed (expected ::gaps uint8 "
+                    f"({t.stored},) and ::large_gaps {_dtype_name(_large_dtype(t.numel))})."
+                )
+            try:
+                decode_gaps(gaps, large, t.numel)
+            except DiffFormatError as err:
+                raise DiffFormatError(f"{info.path!r}: indices of {t.name!r}: {err}") from err
 
 
 def inspect_diff(path: PathLike) -> DiffInfo:
@@ -863,6 +1130,15 @@ def merge(model: nn.Module, path: PathLike | None = None) -> DiffInfo | None:
     - ``path`` given: merge the *file's* diff (e.g. quantized values), so the training
       machine holds exactly what devices will hold after ``apply_diff``; any diff attached
       on those targets is discarded. Works on plain models too (then equal to ``apply_diff``).
+
+    ``requires_grad`` flags are left exactly as they are: ``merge`` does not know which flags
+    the model had before a :class:`~lightning_amortized.callbacks.neural_diff.NeuralDiff`
+    froze it, and never unfreezes parameters on its own. After training with ``NeuralDiff``
+    *every* parameter therefore still has ``requires_grad=False``; that is what the next
+    ``NeuralDiff`` wants (it freezes everything anyway). For a later plain fine-tune, either
+    call ``callback.remove(model, merge=False)`` first (restores the flags the model had
+    before the callback, discards the in-memory diff) and then ``merge(model, path)``, or
+    re-enable gradients yourself (``model.requires_grad_(True)``).
 
     Returns:
         The file's :class:`DiffInfo`, or ``None`` when ``path`` is ``None``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from pathlib import Path
@@ -15,6 +16,7 @@ from lightning_amortized.diffs import (
     BaseMismatchError,
     DiffError,
     DiffFormatError,
+    DiffInfo,
     DiffIntegrityError,
     SparseDiff,
     apply_chain,
@@ -30,6 +32,9 @@ from lightning_amortized.diffs import (
     unmerge,
     weights_sha256,
 )
+from lightning_amortized.callbacks.neural_diff import NeuralDiff
+from lightning_amortized.diffs.io import _payload_sha256, count_large_gaps, decode_gaps, encode_gaps, read_diff
+from lightning_amortized.diffs.sparse import magnitude_keep_masks
 
 
 class Net(nn.Module):
@@ -171,7 +176,7 @@ def test_unknown_format_version_is_refused(shipped: Path, tmp_path: Path) -> Non
     safetensors.torch.save_file(tensors, future, metadata=meta)
     model = Net()
     before = snapshot(model)
-    with pytest.raises(DiffFormatError, match=r"format version 99; this lightning_amortized reads version\(s\) \[1\]"):
+    with pytest.raises(DiffFormatError, match=r"format version 99; this lightning_amortized reads version\(s\) \[1, 2\]"):
         apply_diff(model, future)
     assert_unchanged(model, before)
 
@@ -298,3 +303,250 @@ def test_sparse_fp32_values_subtract_back_when_delta_is_small(tmp_path: Path) ->
     assert torch.equal(base.weight, lin.weight)
     unmerge(base, tmp_path / "small.safetensors")
     assert_unchanged(base, before)
+
+
+# --------------------------------------------------------------------------- compact (gap-u8) indices
+
+
+def seeded_linear(rows: int, cols: int) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(cols, rows, bias=False)
+
+
+def sparse_on(lin: nn.Linear, kept: torch.Tensor, seed: int = 0) -> SparseDiff:
+    """A sparse diff on ``lin.weight`` keeping the flat ``kept`` entries, random values."""
+    d = attach_diffs(lin, ["weight"], "sparse")["weight"]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        d.mask.zero_()
+        d.mask.view(-1)[kept] = True
+        d.delta.copy_(0.01 * torch.randn(d.delta.shape, generator=g))
+        d.zero_pruned()
+    return d
+
+
+def rewrite(dst: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+    """Save edited tensors/metadata with a *valid* payload hash (what a buggy writer could produce)."""
+    meta = {**meta, "payload_sha256": _payload_sha256(tensors, meta)}
+    safetensors.torch.save_file(tensors, dst, metadata=meta)
+    return dst
+
+
+def metadata(path: Path) -> dict[str, str]:
+    data = path.read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + hlen])["__metadata__"]
+
+
+def test_gap_codec_edges() -> None:
+    # skips: 0 (index 0), 0 (adjacent), 254 (largest inline), 255 (first escaped), 65535, 65536, 2**20
+    idx = [0, 1, 256, 512, 512 + 65536, 512 + 65536 + 65537, 512 + 65536 + 65537 + 2**20 + 1]
+    numel = idx[-1] + 1  # the last index is the last entry
+    gaps, large = encode_gaps(torch.tensor(idx), numel)
+    assert gaps.dtype == torch.uint8 and large.dtype == torch.int32
+    assert gaps.tolist() == [0, 0, 254, 255, 255, 255, 255]
+    assert large.tolist() == [255, 65535, 65536, 2**20]
+    assert decode_gaps(gaps, large, numel).tolist() == idx
+    assert count_large_gaps(torch.tensor(idx)) == 4
+    empty_gaps, empty_large = encode_gaps(torch.zeros(0, dtype=torch.int64), 10)
+    assert decode_gaps(empty_gaps, empty_large, 10).tolist() == []
+    assert encode_gaps(torch.tensor([2**31 + 5]), 2**31 + 6)[1].dtype == torch.int64  # wide tensors
+    with pytest.raises(ValueError, match="strictly ascending"):
+        encode_gaps(torch.tensor([3, 3]), 10)
+    with pytest.raises(DiffFormatError, match="outside"):
+        decode_gaps(gaps, large, numel - 1)
+
+
+def test_gap_encoded_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    rows, cols = 600, 300  # 180,000 entries
+    numel = rows * cols
+    g = torch.Generator().manual_seed(3)
+    random_part = torch.randperm(numel - 140_000, generator=g)[:2000] + 140_000
+    fixed = torch.tensor([0, 1, 2, 257, 513, 513 + 65537, 513 + 65537 + 70_000, numel - 1])  # skips 254, 255, 65536, 69999
+    kept = torch.unique(torch.cat([fixed, random_part]))
+    trained = seeded_linear(rows, cols)
+    sparse_on(trained, kept)
+    info = export_diff(trained, tmp_path / "gap.safetensors")
+    assert (info.format_version, info.index_encoding) == (2, "gap-u8")
+    _, tensors = read_diff(tmp_path / "gap.safetensors")
+    assert "weight::indices" not in tensors and tensors["weight::gaps"].dtype == torch.uint8
+    large = tensors["weight::large_gaps"].tolist()
+    assert large[:3] == [255, 65536, 69999] and all(x >= 255 for x in large)
+    assert torch.equal(decode_gaps(tensors["weight::gaps"], tensors["weight::large_gaps"], numel), kept)
+    assert info.index_bytes == kept.numel() + 4 * len(large) and info.value_bytes == 4 * kept.numel()
+    device = seeded_linear(rows, cols)
+    apply_diff(device, tmp_path / "gap.safetensors")
+    assert torch.equal(device.weight, effective_tensor(trained, "weight"))
+    assert device.weight.view(-1)[0] != trained.parametrizations.weight.original.view(-1)[0]  # index 0 applied
+    assert device.weight.view(-1)[-1] != trained.parametrizations.weight.original.view(-1)[-1]  # last index applied
+    # the int32 encoding (version 1) describes the same diff with 4 bytes per index
+    old = export_diff(trained, tmp_path / "int32.safetensors", index_encoding="int32")
+    assert (old.format_version, old.index_encoding, old.index_bytes) == (1, "int32", 4 * kept.numel())
+    assert old.result_sha256 == info.result_sha256 and old.file_bytes > info.file_bytes
+    text = str(info)
+    assert f"indices {info.index_bytes:,} (gap-u8), values {info.value_bytes:,} (fp32)" in text
+
+
+# written by lightning_amortized before the gap encoding (format version 1, int32 indices):
+# nn.Linear(4, 3) with weight arange(12) / 4, a sparse fp32 diff +0.5 at 0, -1.0 at 5, +2.0 at 11
+LEGACY_V1_FILE = (
+    "kAIAAAAAAAB7Il9fbWV0YWRhdGFfXyI6eyJwYXlsb2FkX3NoYTI1NiI6IjNjZjVkYjJiNzI3YTU0NmE3OGUzODE2OTJlNTZj"
+    "NzhlOWE1OTI1NjQ0YzAxMDZjZTYxNmM3YWZkMDgzZWNjNmEiLCJzZWVkIjoiNyIsImZvcm1hdCI6ImxpZ2h0bmluZ19hbW9y"
+    "dGl6ZWQuZGlmZiIsInZhbHVlX2R0eXBlIjoiZnAzMiIsImV4dHJhIjoie1wibWF4X2Fic19lcnJvclwiOiAwLjB9IiwidGFy"
+    "Z2V0cyI6Ilt7XCJuYW1lXCI6IFwid2VpZ2h0XCIsIFwic2hhcGVcIjogWzMsIDRdLCBcImR0eXBlXCI6IFwiZmxvYXQzMlwi"
+    "LCBcIm51bWVsXCI6IDEyLCBcInN0b3JlZFwiOiAzfV0iLCJtZXRob2QiOiJzcGFyc2UiLCJmb3JtYXRfdmVyc2lvbiI6IjEi"
+    "LCJiYXNlX3NoYTI1NiI6ImUxMjdmODdjNzVlNDM2ZGY4OTY2NTQ5ZmY0N2M3ODFkNGU0NmMzZDUzMGU0NjZjYTQ5NjQzYmEx"
+    "YmY1MjkzNTQiLCJyZXN1bHRfc2hhMjU2IjoiY2EyZGI4ZDc5MGRlZmYzNzNiYzhkZTE2MjI1MmIxOTc1ODVhNGZkMTNiMWIw"
+    "MWQ3ZTczMmYwNTkwODg4ZDExNiJ9LCJ3ZWlnaHQ6OnZhbHVlcyI6eyJkdHlwZSI6IkYzMiIsInNoYXBlIjpbM10sImRhdGFf"
+    "b2Zmc2V0cyI6WzAsMTJdfSwid2VpZ2h0OjppbmRpY2VzIjp7ImR0eXBlIjoiSTMyIiwic2hhcGUiOlszXSwiZGF0YV9vZmZz"
+    "ZXRzIjpbMTIsMjRdfX0gIAAAAD8AAIC/AAAAQAAAAAAFAAAACwAAAA=="
+)
+
+
+def test_file_written_before_the_gap_encoding_still_applies(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.safetensors"
+    path.write_bytes(base64.b64decode(LEGACY_V1_FILE))
+    assert "index_encoding" not in metadata(path)
+    info = inspect_diff(path)
+    assert (info.format_version, info.index_encoding, info.index_bytes, info.value_bytes) == (1, "int32", 12, 12)
+    lin = nn.Linear(4, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.arange(12, dtype=torch.float32).reshape(3, 4) * 0.25)
+    expected = lin.weight.detach().clone().view(-1)
+    expected[torch.tensor([0, 5, 11])] += torch.tensor([0.5, -1.0, 2.0])
+    apply_diff(lin, path)
+    assert torch.equal(lin.weight.view(-1), expected)
+    unmerge(lin, path)
+    assert torch.equal(lin.weight.view(-1), torch.arange(12, dtype=torch.float32) * 0.25)
+
+
+@pytest.fixture()
+def gap_file(tmp_path: Path) -> Path:
+    trained = seeded_linear(40, 30)
+    sparse_on(trained, torch.tensor([0, 3, 300, 700, 1199]))  # skips 0, 2, 296, 399, 498: three escapes
+    path = tmp_path / "gap.safetensors"
+    export_diff(trained, path)
+    return path
+
+
+CORRUPTIONS = [  # (edit, error, message)
+    ("extra_escape", DiffFormatError, r"4 escape byte\(s\) \(255\) but 3 large gap"),
+    ("past_the_end", DiffFormatError, r"decodes to index 1200, outside \[0, 1200\)"),
+    ("small_large_gap", DiffFormatError, r"Large gaps must lie in \[255, 1200\)"),
+    ("huge_large_gap", DiffFormatError, r"Large gaps must lie in \[255, 1200\)"),
+    ("short_stream", DiffFormatError, r"gap-u8 indices of 'weight' missing or malformed"),
+    ("int64_large", DiffFormatError, r"missing or malformed .* ::large_gaps int32"),
+    ("both_encodings", DiffFormatError, r"stores indices in two encodings \(gap-u8 expected\)"),
+    ("gaps_in_v1", DiffFormatError, r"index encoding 'gap-u8' is unknown or not allowed in format version 1"),
+    ("flipped_byte", DiffIntegrityError, r"payload sha256 expected"),
+]
+
+
+@pytest.mark.parametrize(("edit", "error", "match"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_corrupted_gap_stream_is_refused_and_model_unchanged(
+    gap_file: Path, tmp_path: Path, edit: str, error: type, match: str
+) -> None:
+    tensors = safetensors.torch.load_file(gap_file)
+    meta = metadata(gap_file)
+    gaps, large = tensors["weight::gaps"].clone(), tensors["weight::large_gaps"].clone()
+    assert gaps.tolist() == [0, 2, 255, 255, 255] and large.tolist() == [296, 399, 498]
+    bad = tmp_path / "bad.safetensors"
+    if edit == "flipped_byte":  # damage without a new hash
+        data = bytearray(gap_file.read_bytes())
+        data[-1] ^= 0x01  # the last tensor in the file
+        bad.write_bytes(bytes(data))
+    else:
+        if edit == "extra_escape":
+            gaps[1] = 255
+        elif edit == "past_the_end":
+            gaps[1] = 3
+        elif edit == "small_large_gap":
+            large[0] = 254
+        elif edit == "huge_large_gap":
+            large[0] = 1200
+        elif edit == "short_stream":
+            gaps = gaps[:4]
+        elif edit == "int64_large":
+            large = large.to(torch.int64)
+        elif edit == "gaps_in_v1":
+            meta["format_version"] = "1"
+        edited = {**tensors, "weight::gaps": gaps, "weight::large_gaps": large}
+        if edit == "both_encodings":
+            edited["weight::indices"] = torch.tensor([0, 3, 300, 700, 1], dtype=torch.int32)
+        rewrite(bad, edited, meta)
+    model = seeded_linear(40, 30)
+    before = snapshot(model)
+    with pytest.raises(error, match=match):
+        apply_diff(model, bad)
+    with pytest.raises(error, match=match):
+        inspect_diff(bad)
+    assert_unchanged(model, before)
+
+
+def compact_diff(tmp_path: Path, density: float, value_dtype: str) -> tuple[int, DiffInfo]:
+    """A ``density`` sparse diff of a 1000 x 1000 fp32 matrix (4,000,000 bytes): fp32 bytes, file info."""
+    lin = seeded_linear(1000, 1000)
+    kept = torch.randperm(lin.weight.numel(), generator=torch.Generator().manual_seed(1))[: round(density * 10**6)]
+    sparse_on(lin, torch.sort(kept).values)
+    info = export_diff(lin, tmp_path / f"{density}-{value_dtype}.safetensors", value_dtype=value_dtype)
+    return lin.parametrizations.weight.original.numel() * 4, info
+
+
+def test_compact_index_sizes_meet_the_size_targets(tmp_path: Path) -> None:
+    fp32_bytes, info = compact_diff(tmp_path, 0.10, "fp16")  # 100,000 entries: 1 + 2 bytes each
+    assert info.index_bytes == 100_000 and info.value_bytes == 200_000  # no skip >= 255 at 10 % density
+    assert info.file_bytes < 0.10 * fp32_bytes  # >= 90 % smaller (7.5 % + header)
+    assert info.file_bytes < 0.0755 * fp32_bytes
+    fp32_bytes, info = compact_diff(tmp_path, 0.02, "int8")  # 20,000 entries: 1 + 1 bytes each + escapes
+    escapes = (info.index_bytes - 20_000) // 4
+    assert 0 < escapes < 0.01 * 20_000  # expected (1 - 0.02) ** 255 = 0.58 % of the entries
+    assert info.value_bytes == 20_000 + 4
+    assert info.file_bytes < 0.02 * fp32_bytes  # >= 98 % smaller
+    assert info.file_bytes < 0.0105 * fp32_bytes
+
+
+def test_projected_bytes_match_the_exported_file(tmp_path: Path) -> None:
+    model = Net(hidden=64)
+    cb = NeuralDiff(method="sparse", budget=0.1, targets=["rnn.weight_*", "head.weight"], value_dtype="fp16")
+    cb.setup(None, model, "fit")  # freezes the model and attaches the diffs, as in Trainer.fit
+    projected = cb.projected_bytes(model)
+    diffs = [d for d in diff_modules(model).values() if isinstance(d, SparseDiff)]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for d in diffs:
+            d.delta.copy_(torch.randn(d.delta.shape, generator=g))
+        for d, m in zip(diffs, magnitude_keep_masks([d.delta for d in diffs], [d.mask for d in diffs], cb.final_count)):
+            d.mask.copy_(m)
+            d.zero_pruned()
+    stats = cb.stats(model)
+    info = cb.export(tmp_path / "u.safetensors", model)
+    assert info is not None and info.stored == cb.final_count == stats["nonzeros"]
+    assert abs(stats["projected_bytes"] - info.file_bytes) <= 0.01 * info.file_bytes  # counted on the actual masks
+    assert abs(projected - info.file_bytes) <= 0.03 * info.file_bytes  # before training, at the budget
+
+
+def test_merge_leaves_requires_grad_flags_and_remove_restores_them(tmp_path: Path) -> None:
+    def trained_model() -> tuple[Net, NeuralDiff]:
+        model = Net()
+        model.embed.weight.requires_grad_(False)  # a deliberate freeze by the user
+        cb = NeuralDiff(method="sparse", budget=0.5, targets=["head.weight"], value_dtype="int8")
+        cb.setup(None, model, "fit")
+        d = diff_modules(model)["head.weight"]
+        with torch.no_grad():
+            d.delta.copy_(0.1 * torch.arange(d.delta.numel(), dtype=torch.float32).reshape(d.delta.shape))
+            d.mask.view(-1)[cb.final_count :] = False
+            d.zero_pruned()
+        return model, cb
+
+    model, cb = trained_model()
+    path = tmp_path / "u.safetensors"
+    cb.export(path, model)
+    merge(model, path)  # documented: flags are left as the callback left them (all frozen)
+    assert not diff_modules(model)
+    assert not any(p.requires_grad for p in model.parameters())
+    other, cb2 = trained_model()
+    cb2.remove(other, merge=False)  # restores the flags from before the callback ...
+    merge(other, path)  # ... and then the file's (int8) diff is merged
+    frozen = {n for n, p in other.named_parameters() if not p.requires_grad}
+    assert frozen == {"embed.weight"}
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in model.state_dict().items())
