@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="corpus folder (generated if missing)")
     p.add_argument("--utterances", type=int, default=None, help="corpus size (default: the config's)")
     p.add_argument("--max-epochs", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=9.0, help="training wall-clock cap (safety net)")
+    p.add_argument("--max-minutes", type=float, default=12.0, help="training wall-clock cap (safety net)")
     p.add_argument("--rtf-utterances", type=int, default=10)
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "demo_synthetic"))
     p.add_argument("--run-dir", default=str(REPO / "runs" / "synthetic" / "lstm_ctc"))
