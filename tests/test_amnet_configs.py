@@ -22,14 +22,6 @@ CONFIGS = sorted(CONF.glob("*.yaml"))
 SLOW = lstm_flops(240, 256, num_layers=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _build(config: Path, tmp_path: Path):
     args = ["--config", str(config), "--data.init_args.root", str(tmp_path / "corpus"),
             "--trainer.default_root_dir", str(tmp_path / "run")]

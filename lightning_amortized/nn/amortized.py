@@ -355,10 +355,19 @@ class _SharedRecurrentCore(nn.Module):
                     h2 = _gru_cell(torch.stack([pre_f[t], pre_s[t]]), torch.stack([gf, gs]), h)
                 h = (w[t] * h2).sum(0)
                 outs.append(h)
-            inp = torch.stack(outs, 1) if outs else x.new_zeros(B, 0, self.hidden_size)
-            if self._dropout > 0 and self.training and layer < self.num_layers - 1:
-                inp = F.dropout(inp, self._dropout, True)
-        y = inp * lengths_to_mask(lengths.to(x.device), T)[..., None].to(inp.dtype)
+            inp = self._layer_output(outs, x, layer)
+        return self._encoder_output(inp, lengths, T)
+
+    def _layer_output(self, outs: list[torch.Tensor], x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Stack a layer's per-frame states ``(B, H)`` into ``(B, T, H)``, with dropout between layers."""
+        inp = torch.stack(outs, 1) if outs else x.new_zeros(x.shape[0], 0, self.hidden_size)
+        if self._dropout > 0 and self.training and layer < self.num_layers - 1:
+            inp = F.dropout(inp, self._dropout, True)
+        return inp
+
+    def _encoder_output(self, inp: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+        """Zero the padding and apply the wrapped encoder's projection, if any."""
+        y = inp * lengths_to_mask(lengths.to(inp.device), T)[..., None].to(inp.dtype)
         if self.encoder.proj is not None:
             y = self.encoder.proj(y)
         return y
@@ -389,13 +398,8 @@ class _SharedRecurrentCore(nn.Module):
                 else:
                     h = _gru_cell(pre[t], g, h)
                 outs.append(h)
-            inp = torch.stack(outs, 1) if outs else x.new_zeros(B, 0, self.hidden_size)
-            if self._dropout > 0 and self.training and layer < self.num_layers - 1:
-                inp = F.dropout(inp, self._dropout, True)
-        y = inp * lengths_to_mask(lengths.to(x.device), T)[..., None].to(inp.dtype)
-        if self.encoder.proj is not None:
-            y = self.encoder.proj(y)
-        return y
+            inp = self._layer_output(outs, x, layer)
+        return self._encoder_output(inp, lengths, T)
 
     def init_state(self, batch_size: int) -> Any:
         return self.encoder.init_state(batch_size)

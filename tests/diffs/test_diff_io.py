@@ -22,7 +22,6 @@ from lightning_amortized.diffs import (
     apply_chain,
     apply_diff,
     attach_diffs,
-    detach_diffs,
     diff_modules,
     effective_tensor,
     export_diff,
