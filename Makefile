@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python recipes/synthetic/run.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests lightning_amortized --doctest-modules
 
 clean-venv:
 	rm -rf $(VENV)
