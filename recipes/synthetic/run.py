@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
     md = (
-        f"# Demo: synthetic corpus, LSTM-CTC\n\nCommand: `make demo` (`python recipes/synthetic/run.py`).\n"
+        f"# Demo: synthetic corpus, LSTM-CTC\n\nCommand: `python recipes/synthetic/run.py {' '.join(argv or sys.argv[1:])}`"
+        f" (`make demo` runs it without arguments).\n"
         f"Test split `{split}` (speakers unseen in training).\n\n{table}"
     )
     out.with_suffix(".md").write_text(md)
