@@ -82,3 +82,23 @@ def test_sortagrad_first_epoch_shortest_first() -> None:
     assert [b[0] for b in s] == [4, 1, 2, 5, 0, 3]  # ascending duration
     s.set_epoch(1)
     assert [b[0] for b in s] != [4, 1, 2, 5, 0, 3]
+
+
+def test_no_val_splits_means_no_validation(fake_layout: Path) -> None:
+    dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [])
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.val_dataloader() == []
+
+
+def test_fit_without_validation_split(fake_layout: Path) -> None:
+    import lightning.pytorch as pl
+
+    from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import RecurrentEncoder
+
+    dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [], max_batch_seconds=4.0)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(ASRModule(RecurrentEncoder(240, 8, 1)), datamodule=dm)
+    assert trainer.global_step > 0 and "val/wer" not in trainer.callback_metrics

@@ -283,7 +283,10 @@ class LibriSpeechDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation batches; an empty list (no validation) when ``val_splits`` is empty."""
+        if "val" not in self.datasets:
+            return []
         return self._loader(self.datasets["val"], train=False)
 
     def test_dataloader(self) -> list[DataLoader]:
