@@ -9,6 +9,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from lightning_amortized.nn.streaming import stream
+
 __all__ = ["count_parameters", "single_thread", "realtime_factor"]
 
 
@@ -33,38 +35,33 @@ def realtime_factor(
     model: nn.Module,
     feats: Sequence[torch.Tensor],
     frame_ms: float,
-    streaming: bool = True,
 ) -> dict[str, float]:
-    """Measured single-thread real-time factor of encoding (and the output layer).
+    """Measured single-thread real-time factor of encoding plus the output layer.
+
+    The encoder is timed by :func:`lightning_amortized.nn.streaming.stream` (``step``
+    frame by frame for streaming encoders, which is what a device does; one full
+    forward otherwise); the output layer is then timed on the encoder outputs.
 
     Args:
         model: An :class:`~lightning_amortized.module.ASRModule` (anything with
             ``stacker``, ``encoder`` and ``head``).
         feats: Feature matrices ``(T, n_mels)``, one per utterance (10 ms frames).
         frame_ms: Encoder frame length in ms (``10 * stack``).
-        streaming: Use the encoder's ``step`` frame by frame when it has one (what a
-            device does); otherwise one full-utterance forward.
 
     Returns:
         ``{"rtf": compute seconds / audio seconds, "ms_per_frame": mean wall ms per encoder frame,
         "frames": encoder frames}``.
     """
     model.eval()
-    total_s, frames = 0.0, 0
-    with single_thread():
-        for f in feats:
-            x, n = model.stacker(f[None], torch.tensor([f.shape[0]]))
-            enc = model.encoder
-            out_layer = model.head if getattr(model, "loss_kind", "ctc") == "ctc" else model.joint_enc
+    out_layer = model.head if getattr(model, "loss_kind", "ctc") == "ctc" else model.joint_enc
+    total_ms, frames = 0.0, 0
+    for f in feats:
+        x, n = model.stacker(f[None], torch.tensor([f.shape[0]]))
+        result = stream(model.encoder, x[0, : int(n[0])], frame_ms=frame_ms)
+        with single_thread():
             t0 = time.perf_counter()
-            if streaming and hasattr(enc, "step") and hasattr(enc, "init_state"):
-                state = enc.init_state(1)
-                for t in range(int(n[0])):
-                    y, state = enc.step(x[:, t], state)
-                    out_layer(y)
-            else:
-                out_layer(enc(x, n)[0])
-            total_s += time.perf_counter() - t0
-            frames += int(n[0])
-    audio_s = frames * frame_ms / 1000.0
-    return {"rtf": total_s / audio_s, "ms_per_frame": 1000.0 * total_s / max(1, frames), "frames": float(frames)}
+            out_layer(result.outputs)
+            total_ms += result.total_ms + 1000.0 * (time.perf_counter() - t0)
+        frames += int(n[0])
+    audio_ms = frames * frame_ms
+    return {"rtf": total_ms / audio_ms, "ms_per_frame": total_ms / max(1, frames), "frames": float(frames)}
