@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test base install clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python recipes/synthetic/run.py
+
+# The shared base model of the benchmarks (about 30 minutes on 2 CPU cores; cached in runs/base/).
+base: $(STAMP)
+	$(BIN)/python benchmarks/base.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests lightning_amortized --doctest-modules

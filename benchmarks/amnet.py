@@ -33,7 +33,7 @@ one test utterance) and ``amnet_latency_vs_rho.png``.
 
 Usage::
 
-    python benchmarks/amnet.py --base-json /tmp/demo_try3.json --root /tmp/corp/s6000
+    python benchmarks/amnet.py                      # shared base of benchmarks/base.py (trained if missing)
     python benchmarks/amnet.py --base-ckpt BASE.ckpt --root /tmp/corp/s6000 --workers 2
     python benchmarks/amnet.py --base-ckpt none --root /tmp/corp/s6000 --quick   # smoke run (random base)
 """
@@ -366,6 +366,11 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
 def _resolve_base(a: argparse.Namespace) -> str | None:
     if a.base_ckpt:
         return None if a.base_ckpt == "none" else a.base_ckpt
+    if a.base_json is None:  # the shared base (benchmarks/base.py): trained once, then reused
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from base import ensure_base
+
+        return str(ensure_base(root=a.root))
     path = Path(a.base_json)
     deadline = time.time() + a.wait_minutes * 60
     while not path.exists():
@@ -667,8 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="synthetic corpus folder")
     p.add_argument("--base-ckpt", default=None, help="trained slow-only checkpoint ('none': random init, smoke only)")
-    p.add_argument("--base-json", default=str(RESULTS / "demo_synthetic.json"),
-                   help="results JSON of the demo run (its 'checkpoint' is the base) if --base-ckpt is not given")
+    p.add_argument("--base-json", default=None,
+                   help="results JSON whose 'checkpoint' is the base (default: the shared base of benchmarks/base.py)")
     p.add_argument("--wait-minutes", type=float, default=0.0, help="wait this long for --base-json to appear")
     p.add_argument("--train-utts", type=int, default=1200)
     p.add_argument("--epochs", type=int, default=3)

@@ -20,7 +20,7 @@ files on a fresh base reproduces the trained model. Writes
 
 Usage::
 
-    python benchmarks/diff_updates.py --base runs/synthetic/lstm_ctc/.../best-epoch=4.ckpt
+    python benchmarks/diff_updates.py                       # the shared base of benchmarks/base.py
     python benchmarks/diff_updates.py --base BASE.ckpt --root /tmp/corp/s6000 --jobs 2
     python benchmarks/diff_updates.py --base BASE.ckpt --quick     # smoke run, results under --work
 """
@@ -59,12 +59,12 @@ DEFAULT_METHODS = ("sparse-10", "sparse-2-int8", "hashed", "full")
 TARGET_REL = 0.01  # WER within 1 % relative of full fine-tuning
 
 
-def find_base() -> Path:
-    """The newest ``best-*.ckpt`` of ``make demo`` under ``runs/synthetic/lstm_ctc``."""
-    found = sorted((REPO / "runs" / "synthetic" / "lstm_ctc").glob("**/best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit("No base checkpoint under runs/synthetic/lstm_ctc; run `make demo` first or pass --base.")
-    return found[-1]
+def find_base(root: str | Path) -> Path:
+    """The shared base of ``benchmarks/base.py`` for the corpus at ``root`` (trained there if missing)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from base import ensure_base
+
+    return ensure_base(root=root)
 
 
 def sparse10_bytes(base: Path) -> int:
@@ -372,7 +372,7 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default=None, help="base checkpoint (default: newest make-demo best checkpoint)")
+    p.add_argument("--base", default=None, help="base checkpoint (default: the shared base of benchmarks/base.py)")
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="corpus (generated if missing)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(CONFIGS))
     p.add_argument("--updates", type=int, default=5)
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         a.updates, a.epochs, a.update_utterances, a.replay_utterances = 2, 1, 30, 30
         a.test_utterances = a.test_utterances or 60
     t0 = time.perf_counter()
-    base = Path(a.base) if a.base else find_base()
+    base = Path(a.base) if a.base else find_base(a.root)
     root = Path(a.root)
     if not (root / "corpus.json").exists():
         from lightning_amortized.data.synthetic import make_corpus

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_amortized.data import CharTokenizer, DurationBatchSampler, LibriSpeechDataModule, CorpusError
+from lightning_amortized.data import CharTokenizer, CorpusError, DurationBatchSampler, LibriSpeechDataModule, SpeechDataset, read_manifest
 from lightning_amortized.data.features import SpecAugment
 
 
@@ -102,3 +102,50 @@ def test_fit_without_validation_split(fake_layout: Path) -> None:
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     trainer.fit(ASRModule(RecurrentEncoder(240, 8, 1)), datamodule=dm)
     assert trainer.global_step > 0 and "val/wer" not in trainer.callback_metrics
+
+
+def test_cached_features_equal_fresh_ones_and_are_computed_once(fake_layout: Path, monkeypatch) -> None:
+    from lightning_amortized.data import datamodule as dmod
+
+    dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [], cache_features=True, spec_augment=False)
+    dm.prepare_data()
+    loads = []
+    real = dmod.load_audio
+    monkeypatch.setattr(dmod, "load_audio", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    assert len(loads) == len(ds)  # precomputed in setup, once per utterance
+    fresh = SpeechDataset(ds.utterances, ds.tokenizer, features=dm.features)
+    for i in range(len(ds)):
+        assert torch.equal(ds[i]["feats"], fresh[i]["feats"])
+        assert "wav" not in ds[i]
+    assert len(loads) == 2 * len(ds)  # only `fresh` read audio again
+    # the padded batch holds each utterance's own features, whatever it is batched with
+    batch = next(iter(dm.train_dataloader()))
+    for j, uid in enumerate(batch["ids"]):
+        i = next(k for k, u in enumerate(ds.utterances) if u.id == uid)
+        n = int(batch["feat_lengths"][j])
+        assert n == ds[i]["feats"].shape[0]
+        assert torch.equal(batch["feats"][j, :n], ds[i]["feats"])
+        assert not batch["feats"][j, n:].any()
+
+
+def test_cache_needs_features(fake_layout: Path) -> None:
+    dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [])
+    dm.prepare_data()
+    utts = read_manifest(fake_layout / "manifests" / "train.jsonl")
+    with pytest.raises(ValueError, match="`features`"):
+        SpeechDataset(utts, dm.tokenizer, cache=True)
+
+
+def test_collator_still_accepts_waveforms(fake_layout: Path) -> None:
+    from lightning_amortized.data import LogMelFilterbank, SpeechCollator
+
+    dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [])
+    dm.prepare_data()
+    ds = SpeechDataset(read_manifest(fake_layout / "manifests" / "train.jsonl"), dm.tokenizer)
+    items = [ds[0], ds[1]]
+    batch = SpeechCollator(LogMelFilterbank())(items)
+    assert batch["feats"].shape[0] == 2 and batch["feats"].shape[2] == 80
+    with pytest.raises(ValueError, match="no `features`"):
+        SpeechCollator(None)(items)

@@ -53,6 +53,29 @@ def test_load_base_reads_encoder_sizes_and_refuses_other_files(recipe, base_ckpt
         recipe.load_base(tmp_path / "other.pt")
 
 
+def test_load_base_reads_a_lightningcli_checkpoint(recipe, tmp_path: Path) -> None:
+    """Checkpoints written by `lightning-amortized fit` (and `make demo`, benchmarks/base.py) hold
+    the encoder as a class_path config in their hyper-parameters; load_base must accept them."""
+    from lightning_amortized.cli import ASRLightningCLI
+
+    cli = ASRLightningCLI(
+        args=[
+            "--model.encoder", "lightning_amortized.nn.RecurrentEncoder",
+            "--model.encoder.init_args.input_size", "240", "--model.encoder.init_args.hidden_size", "16",
+            "--model.encoder.init_args.num_layers", "2", "--model.lr", "0.002",
+            "--data", "lightning_amortized.data.LibriSpeechDataModule", "--data.init_args.root", str(tmp_path),
+        ],
+        run=False,
+    )
+    assert "encoder" in cli.model.hparams  # the case that used to fail with "multiple values for argument 'encoder'"
+    path = tmp_path / "cli.ckpt"
+    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": dict(cli.model.hparams)}, path)
+    model = recipe.load_base(path)
+    assert (model.encoder.hidden_size, model.encoder.num_layers, model.hparams.lr) == (16, 2, 0.002)
+    for name, t in cli.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], t), name
+
+
 def test_update_data_is_a_seeded_sample_plus_replay(recipe, tiny_corpus: Path) -> None:
     def draw(seed: int):
         dm = recipe.UpdateDataModule(str(tiny_corpus), "update-2", update_utterances=3, replay_utterances=5, sample_seed=seed)

@@ -3,5 +3,6 @@
 from lightning_amortized.callbacks.latency_monitor import LatencyMonitor
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
 from lightning_amortized.callbacks.temperature import ArbitratorTemperature
+from lightning_amortized.callbacks.validation_clock import ValidationClock
 
-__all__ = ["ArbitratorTemperature", "LatencyMonitor", "NeuralDiff"]
+__all__ = ["ArbitratorTemperature", "LatencyMonitor", "NeuralDiff", "ValidationClock"]

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from lightning_amortized.callbacks import ValidationClock
     from lightning_amortized.cli import ASRLightningCLI
     from lightning_amortized.evaluation import count_parameters, realtime_factor
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         args += ["--trainer.max_epochs", str(a.max_epochs)]
     cli = ASRLightningCLI(args=args, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    clock = ValidationClock("val/wer")
+    trainer.callbacks.append(clock)
     t_fit = time.time()
     trainer.fit(model, datamodule=dm)
     fit_s = time.time() - t_fit
@@ -61,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = dm.datasets[f"test:{split}"]
     feats = []
     for i in range(min(a.rtf_utterances, len(ds))):
-        item = ds[i]
-        f, _ = dm.features(item["wav"][None], torch.tensor([len(item["wav"])]))
-        feats.append(f[0])
+        feats.append(ds[i]["feats"])
     rtf = realtime_factor(model, feats, model.frame_ms)
     summary = {
         "test_split": split,
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": ckpt,
         "log_dir": trainer.log_dir,
         "config": a.config,
+        "val_curve": {k: [r[k] for r in clock.rows] for k in ("seconds", "step", "epoch", "value")},
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(a.results)

@@ -182,7 +182,9 @@ def load_base(path: str | Path, dropout: float = 0.1) -> Any:
         projection=int(proj.shape[0]) if proj is not None else None,
     )
     hparams = dict((container or {}).get("hyper_parameters") or {})
-    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    # LightningCLI checkpoints also hold the encoder's class_path config: the encoder is
+    # rebuilt above from the weight shapes (with this recipe's dropout), so leave it out.
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_") and k != "encoder"}
     model = ASRModule(encoder, **kwargs)
     model.load_state_dict(state, strict=True)
     return model

@@ -1,0 +1,222 @@
+"""The shared base model every benchmark starts from: trained once, cached, reused.
+
+``python benchmarks/base.py`` (or ``make base``) trains ``recipes/synthetic/conf/base.yaml``
+on the synthetic corpus (generated first if missing), tests the best checkpoint on the
+unseen-speaker ``test`` split and stores it under a cache folder named by the
+configuration and the corpus::
+
+    runs/base/<sha256(config text + overrides + corpus fingerprint)[:16]>/
+        base.ckpt    state_dict + hyper_parameters (ASRModule.load_from_checkpoint works)
+        base.json    test WER/CER, fit seconds, epochs, device, config, fingerprint, sha256
+
+A second call with the same configuration and corpus finds the folder and trains
+nothing. ``benchmarks/amnet.py`` and ``benchmarks/diff_updates.py`` call
+:func:`ensure_base` when no base is given. The numbers also go to
+``docs/results/base.{json,md}``.
+
+The corpus fingerprint is the SHA-256 of ``corpus.json`` (generator version, seed, sizes,
+speakers) when the corpus has one, else of the manifests' fingerprints of the splits used.
+
+Usage::
+
+    python benchmarks/base.py                                  # train or reuse
+    python benchmarks/base.py --print-path                     # only print the cached checkpoint path
+    python benchmarks/base.py --extra --trainer.accelerator gpu    # any LightningCLI override (part of the key)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "recipes" / "synthetic" / "conf" / "base.yaml"
+DEFAULT_ROOT = REPO / "data" / "synthetic"
+CACHE = REPO / "runs" / "base"
+RESULTS = REPO / "docs" / "results"
+
+__all__ = ["corpus_fingerprint", "base_key", "ensure_base"]
+
+
+def corpus_fingerprint(root: str | Path, splits: Sequence[str], manifest_dir: str | Path | None = None) -> str:
+    """SHA-256 naming a corpus: of ``corpus.json`` when present, else of the splits' manifest fingerprints.
+
+    Raises:
+        FileNotFoundError: neither ``corpus.json`` nor the manifests' fingerprints exist
+            (run ``prepare`` or let the DataModule prepare the corpus first).
+    """
+    root = Path(root)
+    meta = root / "corpus.json"
+    if meta.exists():
+        return hashlib.sha256(meta.read_bytes()).hexdigest()
+    mdir = Path(manifest_dir) if manifest_dir else root / "manifests"
+    h = hashlib.sha256()
+    for split in sorted(set(splits)):
+        stamp = mdir / f"{split}.fingerprint"
+        if not stamp.exists():
+            raise FileNotFoundError(f"No corpus.json in {root} and no manifest fingerprint {stamp}; prepare the corpus first.")
+        h.update(f"{split}:{stamp.read_text()}\n".encode())
+    return h.hexdigest()
+
+
+def base_key(config: str | Path, overrides: Sequence[str], fingerprint: str) -> str:
+    """Cache key: SHA-256 of the config file's text, the overrides and the corpus fingerprint."""
+    h = hashlib.sha256(Path(config).read_bytes())
+    h.update(json.dumps(list(overrides)).encode())
+    h.update(fingerprint.encode())
+    return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _device_name(trainer: Any) -> str:
+    import torch
+
+    acc = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+    if acc == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def _cli(config: Path, root: Path, overrides: Sequence[str], run_dir: Path | None) -> Any:
+    from lightning_amortized.cli import ASRLightningCLI
+
+    args = ["--config", str(config), "--data.init_args.root", str(root)]
+    if run_dir is not None:
+        args += ["--trainer.default_root_dir", str(run_dir)]
+    return ASRLightningCLI(args=[*args, *overrides], run=False)
+
+
+def ensure_base(
+    config: str | Path = DEFAULT_CONFIG,
+    root: str | Path = DEFAULT_ROOT,
+    overrides: Sequence[str] = (),
+    train: bool = True,
+    cache: str | Path = CACHE,
+    results: str | Path | None = RESULTS / "base",
+) -> Path:
+    """Path of the cached base checkpoint for ``config`` on the corpus at ``root``; trains it if missing.
+
+    Args:
+        config: LightningCLI YAML of the base recipe.
+        root: Corpus root (the synthetic corpus is generated there if missing).
+        overrides: Extra LightningCLI arguments (part of the cache key).
+        train: When False, a missing base raises instead of training.
+        cache: Folder holding one sub-folder per key.
+        results: Stem for ``.json``/``.md`` results of a fresh training (``None``: don't write).
+
+    Returns:
+        ``<cache>/<key>/base.ckpt``.
+
+    Raises:
+        FileNotFoundError: no cached base and ``train=False``.
+    """
+    config, root, cache = Path(config), Path(root), Path(cache)
+    cli = _cli(config, root, overrides, None)
+    dm = cli.datamodule
+    dm.prepare_data()  # generates the synthetic corpus if missing; writes manifests
+    fingerprint = corpus_fingerprint(root, dm.all_splits, dm.manifest_dir)
+    key = base_key(config, overrides, fingerprint)
+    folder = cache / key
+    ckpt = folder / "base.ckpt"
+    if ckpt.exists() and (folder / "base.json").exists():
+        return ckpt
+    if not train:
+        raise FileNotFoundError(
+            f"No cached base model at {ckpt} for config {config} on corpus {root}; run `python benchmarks/base.py` first."
+        )
+    return _train(config, root, overrides, folder, fingerprint, results)
+
+
+def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fingerprint: str, results: str | Path | None) -> Path:
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cli = _cli(config, root, overrides, folder / "run")
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    from lightning_amortized.callbacks import ValidationClock
+
+    clock = ValidationClock("val/wer")
+    trainer.callbacks.append(clock)
+    t0 = time.time()
+    trainer.fit(model, datamodule=dm)
+    fit_s = time.time() - t0
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best:
+        raise RuntimeError("The base recipe saved no checkpoint; keep a ModelCheckpoint monitoring val/wer in its config.")
+    res = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    split = dm.test_splits[0]
+    full = torch.load(best, map_location="cpu", weights_only=False)
+    slim = {k: full[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in full}
+    ckpt = folder / "base.ckpt"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".base.", suffix=".tmp")
+    os.close(fd)
+    torch.save(slim, tmp)
+    os.replace(tmp, ckpt)
+    info = {
+        "test_split": split,
+        "test_wer": float(res[f"test/{split}/wer"]),
+        "test_cer": float(res[f"test/{split}/cer"]),
+        "fit_seconds": round(fit_s, 1),
+        "epochs": int(trainer.current_epoch),
+        "best_epoch": int(full.get("epoch", -1)),
+        "device": _device_name(trainer),
+        "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
+        "overrides": list(overrides),
+        "corpus_root": str(root),
+        "corpus_fingerprint": fingerprint,
+        "checkpoint": str(ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt),
+        "checkpoint_sha256": _sha256(ckpt),
+        "params": sum(p.numel() for p in model.parameters()),
+        "command": "python benchmarks/base.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "val_curve": {k: [r[k] for r in clock.rows] for k in ("seconds", "step", "epoch", "value")},
+    }
+    (folder / "base.json").write_text(json.dumps(info, indent=2) + "\n")
+    if results is not None:
+        out = Path(results)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+        out.with_suffix(".md").write_text(
+            "# Shared base model\n\n"
+            f"Command: `{info['command']}` (also `make base`).  \n"
+            f"Config: `{info['config']}` {' '.join(info['overrides'])}; corpus `{root.name}` "
+            f"(fingerprint `{fingerprint[:16]}`).  \nTrained on {info['device']}.\n\n"
+            "| metric | value |\n|---|---|\n"
+            f"| test WER (unseen speakers) | {100 * info['test_wer']:.2f} % |\n"
+            f"| test CER | {100 * info['test_cer']:.2f} % |\n"
+            f"| epochs (best) | {info['epochs']} ({info['best_epoch']}) |\n"
+            f"| fit time | {info['fit_seconds']:.0f} s |\n"
+            f"| parameters | {info['params']:,} |\n"
+            f"| checkpoint | `{info['checkpoint']}` (sha256 `{info['checkpoint_sha256'][:16]}`) |\n"
+        )
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--root", default=str(DEFAULT_ROOT), help="corpus root (generated if missing)")
+    p.add_argument("--print-path", action="store_true", help="print the cached checkpoint path; fail if not trained")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="LightningCLI overrides (part of the cache key)")
+    a = p.parse_args(argv)
+    ckpt = ensure_base(a.config, a.root, a.extra, train=not a.print_path)
+    info = json.loads((ckpt.parent / "base.json").read_text())
+    print(f"base: {ckpt}\ntest WER {100 * info['test_wer']:.2f} %, CER {100 * info['test_cer']:.2f} % ({info['device']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""benchmarks/base.py: the shared base is trained once per (config, corpus) and then reused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_amortized.module import ASRModule
+
+BASE = Path(__file__).resolve().parents[1] / "benchmarks" / "base.py"
+
+TINY = """
+seed_everything: 0
+trainer:
+  accelerator: auto
+  max_epochs: 1
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  use_distributed_sampler: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {monitor: val/wer, mode: min, filename: "best-{epoch}"}
+model:
+  encoder:
+    class_path: lightning_amortized.nn.RecurrentEncoder
+    init_args: {input_size: 240, hidden_size: 8, num_layers: 1}
+data:
+  class_path: lightning_amortized.data.SyntheticDataModule
+  init_args:
+    root: unused
+    utterances: 120
+    corpus_seed: 0
+    max_batch_seconds: 20.0
+    max_train_utterances: 16
+    cache_features: true
+"""
+
+
+@pytest.fixture(scope="module")
+def base():
+    spec = importlib.util.spec_from_file_location("bench_base", BASE)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_trains_once_then_reuses_and_keys_on_config_and_corpus(base, tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    kw = dict(root=tiny_corpus, cache=tmp_path / "cache", results=tmp_path / "results" / "base")
+    ckpt = base.ensure_base(config, **kw)
+    info = json.loads((ckpt.parent / "base.json").read_text())
+    for key in ("test_wer", "test_cer", "fit_seconds", "epochs", "device", "config", "corpus_fingerprint",
+                "checkpoint_sha256", "command"):
+        assert key in info, key
+    assert info["corpus_fingerprint"] == base.corpus_fingerprint(tiny_corpus, ["train", "dev", "test"])
+    assert ckpt.parent.name == base.base_key(config, [], info["corpus_fingerprint"])
+    assert json.loads((tmp_path / "results" / "base.json").read_text()) == info
+    model = ASRModule.load_from_checkpoint(ckpt, map_location="cpu")  # a LightningCLI checkpoint, slimmed
+    assert model.encoder.hidden_size == 8
+    assert set(torch.load(ckpt, weights_only=False)) <= {"state_dict", "hyper_parameters", "pytorch-lightning_version",
+                                                         "epoch", "global_step"}
+
+    monkeypatch.setattr(base, "_train", lambda *a, **k: pytest.fail("retrained a cached base"))
+    assert base.ensure_base(config, **kw) == ckpt  # found, not retrained
+    with pytest.raises(FileNotFoundError, match="benchmarks/base.py"):  # another config is another key
+        base.ensure_base(config, overrides=["--model.lr", "0.01"], train=False, **kw)
+    config.write_text(TINY.replace("hidden_size: 8", "hidden_size: 9"))
+    with pytest.raises(FileNotFoundError, match="No cached base"):
+        base.ensure_base(config, train=False, **kw)
+
+
+def test_fingerprint_without_corpus_json_uses_manifests(base, fake_layout: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="prepare the corpus"):
+        base.corpus_fingerprint(fake_layout, ["train"])
+    from lightning_amortized.data import prepare_librispeech
+
+    prepare_librispeech(fake_layout, ["train"], fake_layout / "manifests")
+    a = base.corpus_fingerprint(fake_layout, ["train"])
+    assert a == base.corpus_fingerprint(fake_layout, ["train"]) and len(a) == 64

@@ -1,0 +1,54 @@
+"""ValidationClock: one row per validation run, increasing seconds and steps, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+
+from lightning_amortized.callbacks import ValidationClock
+from lightning_amortized.data import LibriSpeechDataModule
+from lightning_amortized.module import ASRModule
+from lightning_amortized.nn import RecurrentEncoder
+
+
+def _fit(root: Path, clock: ValidationClock, epochs: int, ckpt: str | None = None, dirpath: Path | None = None) -> pl.Trainer:
+    dm = LibriSpeechDataModule(str(root), ["train"], ["train"], [], max_batch_seconds=2.0)
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False, val_check_interval=0.5, num_sanity_val_steps=1, callbacks=[clock],
+        enable_checkpointing=dirpath is not None, default_root_dir=str(dirpath or root),
+    )
+    pl.seed_everything(0)
+    trainer.fit(ASRModule(RecurrentEncoder(240, 8, 1)), datamodule=dm, ckpt_path=ckpt)
+    return trainer
+
+
+def test_rows_per_validation_with_increasing_time_and_steps(fake_layout: Path) -> None:
+    clock = ValidationClock("val/wer")
+    trainer = _fit(fake_layout, clock, epochs=2)
+    per_epoch = trainer.num_training_batches // int(trainer.val_check_batch)
+    assert per_epoch >= 2 and len(clock.rows) == 2 * per_epoch  # mid-epoch runs counted, the sanity check not
+    steps = [r["step"] for r in clock.rows]
+    assert [r["epoch"] for r in clock.rows] == [round(s / trainer.num_training_batches, 2) for s in steps]
+    assert steps == sorted(steps) and steps[-1] == trainer.global_step
+    assert all(b["seconds"] >= a["seconds"] for a, b in zip(clock.rows, clock.rows[1:]))
+    assert clock.rows[-1]["epoch"] == pytest.approx(2.0)
+    assert all(0.0 <= r["value"] for r in clock.rows)
+
+
+def test_resumed_run_continues_the_curve(fake_layout: Path, tmp_path: Path) -> None:
+    first = ValidationClock()
+    trainer = _fit(fake_layout, first, epochs=1, dirpath=tmp_path)
+    ckpt = trainer.checkpoint_callback.best_model_path
+    resumed = ValidationClock()
+    _fit(fake_layout, resumed, epochs=2, ckpt=ckpt, dirpath=tmp_path / "r")
+    assert resumed.rows[: len(first.rows)] == first.rows
+    assert len(resumed.rows) == 2 * len(first.rows)
+    assert resumed.rows[-1]["seconds"] >= first.rows[-1]["seconds"]
+
+
+def test_monitor_must_be_named() -> None:
+    with pytest.raises(ValueError, match="`monitor`"):
+        ValidationClock("")
