@@ -32,7 +32,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -147,17 +146,12 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
     folder.mkdir(parents=True, exist_ok=True)
     cli = _cli(config, root, overrides, folder / "run")
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    from lightning_amortized.callbacks import ValidationClock
+    from lightning_amortized.evaluation import fit_and_test
 
-    clock = ValidationClock("val/wer")
-    trainer.callbacks.append(clock)
-    t0 = time.time()
-    trainer.fit(model, datamodule=dm)
-    fit_s = time.time() - t0
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    run = fit_and_test(trainer, model, dm)
+    best, res, fit_s = run["best_checkpoint"], run["test"], run["fit_seconds"]
     if not best:
         raise RuntimeError("The base recipe saved no checkpoint; keep a ModelCheckpoint monitoring val/wer in its config.")
-    res = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
     split = dm.test_splits[0]
     full = torch.load(best, map_location="cpu", weights_only=False)
     slim = {k: full[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in full}
@@ -170,7 +164,7 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
         "test_split": split,
         "test_wer": float(res[f"test/{split}/wer"]),
         "test_cer": float(res[f"test/{split}/cer"]),
-        "fit_seconds": round(fit_s, 1),
+        "fit_seconds": fit_s,
         "epochs": int(trainer.current_epoch),
         "best_epoch": int(full.get("epoch", -1)),
         "device": _device_name(trainer),
@@ -182,7 +176,7 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
         "checkpoint_sha256": _sha256(ckpt),
         "params": sum(p.numel() for p in model.parameters()),
         "command": "python benchmarks/base.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "val_curve": {k: [r[k] for r in clock.rows] for k in ("seconds", "step", "epoch", "value")},
+        "val_curve": run["val_curve"],
     }
     (folder / "base.json").write_text(json.dumps(info, indent=2) + "\n")
     if results is not None:
@@ -213,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="LightningCLI overrides (part of the cache key)")
     a = p.parse_args(argv)
     ckpt = ensure_base(a.config, a.root, a.extra, train=not a.print_path)
+    if a.print_path:  # only the path on stdout, for $(python benchmarks/base.py --print-path)
+        print(ckpt)
+        return 0
     info = json.loads((ckpt.parent / "base.json").read_text())
     print(f"base: {ckpt}\ntest WER {100 * info['test_wer']:.2f} %, CER {100 * info['test_cer']:.2f} % ({info['device']})")
     return 0

@@ -1,17 +1,51 @@
-"""Evaluation helpers shared by the recipes and benchmarks: parameter counts and real-time factor."""
+"""Evaluation helpers shared by the recipes and benchmarks: timed fit + test, parameter counts, real-time factor."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from lightning_amortized.nn.streaming import stream
 
-__all__ = ["count_parameters", "single_thread", "realtime_factor"]
+__all__ = ["count_parameters", "fit_and_test", "single_thread", "realtime_factor"]
+
+
+def fit_and_test(trainer: Any, model: Any, datamodule: Any, test: bool = True, monitor: str = "val/wer") -> dict[str, Any]:
+    """Fit with a :class:`~lightning_amortized.callbacks.ValidationClock`, then test the best checkpoint.
+
+    The one fit-then-test path of the demo recipe, the base benchmark and the convergence study.
+
+    Args:
+        trainer: A ``lightning.pytorch.Trainer`` (its ``ModelCheckpoint``, if any, names the best checkpoint).
+        model: The ``LightningModule``.
+        datamodule: The ``LightningDataModule``.
+        test: Run ``trainer.test`` on the best checkpoint (the last weights when there is none).
+        monitor: Metric the clock records after every validation run.
+
+    Returns:
+        ``{"fit_seconds", "best_checkpoint" ("" without a checkpoint callback), "test" (the
+        logged test metrics, ``{}`` when ``test`` is False), "val_curve" ({"seconds", "step",
+        "epoch", "value"}: lists of equal length)}``.
+    """
+    from lightning_amortized.callbacks.validation_clock import ValidationClock
+
+    clock = ValidationClock(monitor)
+    trainer.callbacks.append(clock)
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_s = time.perf_counter() - t0
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0] if test else {}
+    return {
+        "fit_seconds": round(fit_s, 1),
+        "best_checkpoint": best,
+        "test": {k: float(v) for k, v in results.items()},
+        "val_curve": {k: [r[k] for r in clock.rows] for k in ("seconds", "step", "epoch", "value")},
+    }
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

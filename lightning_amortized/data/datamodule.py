@@ -358,7 +358,8 @@ class LibriSpeechDataModule(pl.LightningDataModule):
             max_batch_size=self.max_batch_size,
             sortagrad_epochs=self.sortagrad_epochs if train else 0,
         )
-        collate = SpeechCollator(None, SpecAugment() if (train and self.use_spec_augment) else None)
+        # features only serve datasets holding waveforms (a subclass's own SpeechDataset)
+        collate = SpeechCollator(self.features, SpecAugment() if (train and self.use_spec_augment) else None)
         return DataLoader(
             ds,
             batch_sampler=sampler,

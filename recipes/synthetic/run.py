@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lightning_amortized.callbacks import ValidationClock
     from lightning_amortized.cli import ASRLightningCLI
-    from lightning_amortized.evaluation import count_parameters, realtime_factor
+    from lightning_amortized.evaluation import count_parameters, fit_and_test, realtime_factor
 
     t_start = time.time()
     minutes = int(a.max_minutes)
@@ -53,13 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         args += ["--trainer.max_epochs", str(a.max_epochs)]
     cli = ASRLightningCLI(args=args, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    clock = ValidationClock("val/wer")
-    trainer.callbacks.append(clock)
-    t_fit = time.time()
-    trainer.fit(model, datamodule=dm)
-    fit_s = time.time() - t_fit
-    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(model, datamodule=dm, ckpt_path=ckpt or None, verbose=False)[0]
+    run = fit_and_test(trainer, model, dm)
+    ckpt, results, fit_s = run["best_checkpoint"], run["test"], run["fit_seconds"]
     split = dm.test_splits[0]
     ds = dm.datasets[f"test:{split}"]
     feats = []
@@ -77,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         "rtf_single_thread": rtf["rtf"],
         "ms_per_frame": rtf["ms_per_frame"],
         "epochs_trained": int(trainer.current_epoch),
-        "fit_seconds": round(fit_s, 1),
+        "fit_seconds": fit_s,
         "total_seconds": round(time.time() - t_start, 1),
         "checkpoint": ckpt,
         "log_dir": trainer.log_dir,
         "config": a.config,
-        "val_curve": {k: [r[k] for r in clock.rows] for k in ("seconds", "step", "epoch", "value")},
+        "val_curve": run["val_curve"],
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(a.results)

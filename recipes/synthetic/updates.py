@@ -276,7 +276,9 @@ class UpdateDataModule(LibriSpeechDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and "train" not in self.datasets:
             new, old = self.utterances()
-            self.datasets["train"] = SpeechDataset(new + old, self.tokenizer, self.sample_rate)
+            self.datasets["train"] = SpeechDataset(
+                new + old, self.tokenizer, self.sample_rate, features=self.features, cache=self.cache_features
+            )
 
 
 class EvalSets:
@@ -295,7 +297,7 @@ class EvalSets:
 
         dm = LibriSpeechDataModule(root, train_splits=[], val_splits=[], test_splits=list(splits))
         dm.prepare_data()
-        collate = SpeechCollator(dm.features, None)
+        collate = SpeechCollator(None, None)
         self.batches: dict[str, list[dict[str, Any]]] = {}
         self.sizes: dict[str, int] = {}
         for split in splits:
@@ -303,7 +305,7 @@ class EvalSets:
             cap = (caps or {}).get(split)
             if cap is not None:
                 utts = utts[:cap]
-            ds = SpeechDataset(utts, dm.tokenizer, dm.sample_rate)
+            ds = SpeechDataset(utts, dm.tokenizer, dm.sample_rate, features=dm.features)
             sampler = DurationBatchSampler(ds.durations, max_batch_seconds, shuffle=False)
             self.batches[split] = [collate([ds[i] for i in b]) for b in sampler]
             self.sizes[split] = len(ds)
