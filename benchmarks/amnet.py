@@ -370,7 +370,7 @@ def _resolve_base(a: argparse.Namespace) -> str | None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from base import ensure_base
 
-        return str(ensure_base(root=a.root))
+        return str(ensure_base(root=a.root, train=not a.quick))  # a smoke run never trains the 30-minute base
     path = Path(a.base_json)
     deadline = time.time() + a.wait_minutes * 60
     while not path.exists():

@@ -5,12 +5,14 @@ on the synthetic corpus (generated first if missing), tests the best checkpoint 
 unseen-speaker ``test`` split and stores it under a cache folder named by the
 configuration and the corpus::
 
-    runs/base/<sha256(config text + overrides + corpus fingerprint)[:16]>/
+    runs/base/<sha256(resolved config + corpus fingerprint)[:16]>/
         base.ckpt    state_dict + hyper_parameters (ASRModule.load_from_checkpoint works)
         base.json    test WER/CER, fit seconds, epochs, device, config, fingerprint, sha256
 
 A second call with the same configuration and corpus finds the folder and trains
-nothing. ``benchmarks/amnet.py`` and ``benchmarks/diff_updates.py`` call
+nothing. The configuration is the resolved LightningCLI config (YAML plus overrides, with
+defaults filled in and paths left out), so comments and spelling do not matter; library
+code changes are not part of the key (``--force`` retrains). ``benchmarks/amnet.py`` and ``benchmarks/diff_updates.py`` call
 :func:`ensure_base` when no base is given. The numbers also go to
 ``docs/results/base.{json,md}``.
 
@@ -65,11 +67,32 @@ def corpus_fingerprint(root: str | Path, splits: Sequence[str], manifest_dir: st
     return h.hexdigest()
 
 
-def base_key(config: str | Path, overrides: Sequence[str], fingerprint: str) -> str:
-    """Cache key: SHA-256 of the config file's text, the overrides and the corpus fingerprint."""
-    h = hashlib.sha256(Path(config).read_bytes())
-    h.update(json.dumps(list(overrides)).encode())
+#: Bumped when what a base checkpoint holds changes (a cached base of another format is retrained).
+BASE_FORMAT = "1"
+#: Settings that say where things go, not what is trained: left out of the cache key.
+_PLACE_KEYS = (("data", "init_args", "root"), ("data", "init_args", "manifest_dir"), ("trainer", "default_root_dir"))
+
+
+def resolved_config(cli: Any) -> dict[str, Any]:
+    """The parsed LightningCLI config (YAML + overrides, defaults filled in) without its paths."""
+    cfg = json.loads(cli.parser.dump(cli.config, format="json", skip_none=False))
+    for path in _PLACE_KEYS:
+        node = cfg
+        for part in path[:-1]:
+            node = node.get(part) or {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return cfg
+
+
+def base_key(config: dict[str, Any], fingerprint: str) -> str:
+    """Cache key: SHA-256 of the resolved config (see :func:`resolved_config`), the corpus fingerprint
+    and :data:`BASE_FORMAT`. Comments, key order and how an override is spelled do not change it;
+    any trained-for value does. Changes to the library's code do not either: pass ``--force`` to
+    retrain after one that changes what training produces."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     h.update(fingerprint.encode())
+    h.update(BASE_FORMAT.encode())
     return h.hexdigest()[:16]
 
 
@@ -106,8 +129,12 @@ def ensure_base(
     train: bool = True,
     cache: str | Path = CACHE,
     results: str | Path | None = RESULTS / "base",
+    force: bool = False,
 ) -> Path:
     """Path of the cached base checkpoint for ``config`` on the corpus at ``root``; trains it if missing.
+
+    Concurrent callers (two benchmarks started together) wait on a lock file
+    ``<cache>/<key>.lock``: one trains, the other then finds the result.
 
     Args:
         config: LightningCLI YAML of the base recipe.
@@ -116,6 +143,7 @@ def ensure_base(
         train: When False, a missing base raises instead of training.
         cache: Folder holding one sub-folder per key.
         results: Stem for ``.json``/``.md`` results of a fresh training (``None``: don't write).
+        force: Retrain even when a cached base exists (it is replaced).
 
     Returns:
         ``<cache>/<key>/base.ckpt``.
@@ -123,21 +151,32 @@ def ensure_base(
     Raises:
         FileNotFoundError: no cached base and ``train=False``.
     """
+    import fcntl
+
     config, root, cache = Path(config), Path(root), Path(cache)
     cli = _cli(config, root, overrides, None)
     dm = cli.datamodule
     dm.prepare_data()  # generates the synthetic corpus if missing; writes manifests
     fingerprint = corpus_fingerprint(root, dm.all_splits, dm.manifest_dir)
-    key = base_key(config, overrides, fingerprint)
+    key = base_key(resolved_config(cli), fingerprint)
     folder = cache / key
     ckpt = folder / "base.ckpt"
-    if ckpt.exists() and (folder / "base.json").exists():
+
+    def cached() -> bool:
+        return not force and ckpt.exists() and (folder / "base.json").exists()
+
+    if cached():
         return ckpt
     if not train:
         raise FileNotFoundError(
             f"No cached base model at {ckpt} for config {config} on corpus {root}; run `python benchmarks/base.py` first."
         )
-    return _train(config, root, overrides, folder, fingerprint, results)
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if cached():  # trained by another process while we waited
+            return ckpt
+        return _train(config, root, overrides, folder, fingerprint, results)
 
 
 def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fingerprint: str, results: str | Path | None) -> Path:
@@ -178,7 +217,9 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
         "command": "python benchmarks/base.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "val_curve": run["val_curve"],
     }
-    (folder / "base.json").write_text(json.dumps(info, indent=2) + "\n")
+    tmp_json = folder / ".base.json.tmp"
+    tmp_json.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp_json, folder / "base.json")  # written last: its presence marks a finished base
     if results is not None:
         out = Path(results)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="corpus root (generated if missing)")
     p.add_argument("--print-path", action="store_true", help="print the cached checkpoint path; fail if not trained")
+    p.add_argument("--force", action="store_true", help="retrain even if a cached base exists")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="LightningCLI overrides (part of the cache key)")
     a = p.parse_args(argv)
-    ckpt = ensure_base(a.config, a.root, a.extra, train=not a.print_path)
+    ckpt = ensure_base(a.config, a.root, a.extra, train=not a.print_path, force=a.force)
     if a.print_path:  # only the path on stdout, for $(python benchmarks/base.py --print-path)
         print(ckpt)
         return 0

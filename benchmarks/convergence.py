@@ -46,7 +46,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -181,7 +181,7 @@ def _command() -> str:
 
 
 def run_variant(
-    name: str, root: str, utterances: int, minutes: float, val_every: float, seed: int, extra: list[str] = ()
+    name: str, root: str, utterances: int, minutes: float, val_every: float, seed: int, extra: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Train variant ``name`` (validation every ``val_every`` epochs, at most ``minutes``); its curve."""
     from lightning_amortized.cli import ASRLightningCLI
@@ -226,10 +226,16 @@ def _at(v: dict[str, Any], sec: float) -> str:
     return f"{100 * min(w):.1f}" if w and v["seconds"][-1] >= 0.95 * sec else "–"
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write(results: dict[str, Any], out: Path) -> None:
-    """Write ``<out>.json``, ``<out>.md`` and ``<out>.png``."""
+    """Write ``<out>.json``, ``<out>.md`` and ``<out>.png`` (each replaced atomically)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    _atomic_write(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     lines = [
         "# Convergence study: validation WER against wall-clock time and steps",
         "",
@@ -274,7 +280,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds if c), ""]
     if results.get("notes"):
         lines += ["## Reading", "", results["notes"], ""]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n![validation WER vs time and steps](convergence.png)\n")
+    _atomic_write(out.with_suffix(".md"), "\n".join(lines) + f"\n![validation WER vs time and steps]({out.stem}.png)\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,7 +300,9 @@ def write(results: dict[str, Any], out: Path) -> None:
             ax.set_title(proto[:70], fontsize=9)
         row[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, out.with_suffix(".png"))
     plt.close(fig)
 
 
@@ -333,17 +341,23 @@ def main(argv: list[str] | None = None) -> int:
         run = run_variant(name, a.root, a.utterances, a.minutes, a.val_every, a.seed, a.extra)
         run["protocol"] = a.protocol
         mine.append(run)
-        # merge with what is on disk now: a second process (screening runs go two at a time) may have written
+        # merge with what is on disk now, under a lock: a second process (screening runs go two
+        # at a time) may be writing the same file
+        import fcntl
+
         path = out.with_suffix(".json")
-        current = json.loads(path.read_text()) if path.exists() else results
-        ours = {(v["protocol"], v["name"]) for v in mine}
-        others = [v for v in current.get("variants", []) if (v.get("protocol"), v["name"]) not in ours]
-        results["variants"] = sorted(
-            others + mine, key=lambda v: (v.get("protocol", ""), order.index(v["name"]) if v["name"] in order else 99)
-        )
-        results["profile"] = results["profile"] if not a.no_profile else current.get("profile")
-        results["notes"] = current.get("notes", "")
-        write(results, out)
+        (REPO / "runs").mkdir(exist_ok=True)
+        with open(REPO / "runs" / f".{out.stem}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = json.loads(path.read_text()) if path.exists() else results
+            ours = {(v["protocol"], v["name"]) for v in mine}
+            others = [v for v in current.get("variants", []) if (v.get("protocol"), v["name"]) not in ours]
+            results["variants"] = sorted(
+                others + mine, key=lambda v: (v.get("protocol", ""), order.index(v["name"]) if v["name"] in order else 99)
+            )
+            results["profile"] = results["profile"] if not a.no_profile else current.get("profile")
+            results["notes"] = current.get("notes", "")
+            write(results, out)
     return 0
 
 

@@ -59,12 +59,12 @@ DEFAULT_METHODS = ("sparse-10", "sparse-2-int8", "hashed", "full")
 TARGET_REL = 0.01  # WER within 1 % relative of full fine-tuning
 
 
-def find_base(root: str | Path) -> Path:
-    """The shared base of ``benchmarks/base.py`` for the corpus at ``root`` (trained there if missing)."""
+def find_base(root: str | Path, train: bool = True) -> Path:
+    """The shared base of ``benchmarks/base.py`` for the corpus at ``root`` (trained if missing and ``train``)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from base import ensure_base
 
-    return ensure_base(root=root)
+    return ensure_base(root=root, train=train)
 
 
 def sparse10_bytes(base: Path) -> int:
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         a.updates, a.epochs, a.update_utterances, a.replay_utterances = 2, 1, 30, 30
         a.test_utterances = a.test_utterances or 60
     t0 = time.perf_counter()
-    base = Path(a.base) if a.base else find_base(a.root)
+    base = Path(a.base) if a.base else find_base(a.root, train=not a.quick)
     root = Path(a.root)
     if not (root / "corpus.json").exists():
         from lightning_amortized.data.synthetic import make_corpus

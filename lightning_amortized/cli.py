@@ -16,7 +16,7 @@ __all__ = ["main", "ASRLightningCLI"]
 
 
 def _prepare_main(argv: list[str]) -> int:
-    from lightning_amortized.data.prepare import prepare_librispeech
+    from lightning_amortized.data.prepare import CorpusError, prepare_librispeech
 
     p = argparse.ArgumentParser(prog="lightning-amortized prepare", description="Write LibriSpeech-layout manifests.")
     p.add_argument("root", help="corpus root with one folder per split")
@@ -25,12 +25,33 @@ def _prepare_main(argv: list[str]) -> int:
     p.add_argument("--on-wrong-rate", choices=["error", "resample"], default="error")
     p.add_argument("--force", action="store_true", help="rewrite manifests even when up to date")
     a = p.parse_args(argv)
-    out = prepare_librispeech(
-        a.root, a.splits, a.manifests or f"{a.root}/manifests", on_wrong_rate=a.on_wrong_rate, force=a.force
-    )
+    try:
+        out = prepare_librispeech(
+            a.root, a.splits, a.manifests or f"{a.root}/manifests", on_wrong_rate=a.on_wrong_rate, force=a.force
+        )
+    except (CorpusError, ValueError, OSError) as err:
+        return _fail("prepare", err)
     for split, path in out.items():
         print(f"{split}: {path}")
     return 0
+
+
+def _fail(command: str, err: BaseException) -> int:
+    """The one way every subcommand reports bad input: one line on stderr, exit status 2."""
+    print(f"lightning-amortized {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+USAGE = """usage: lightning-amortized COMMAND [options]
+
+commands:
+  fit | validate | test | predict   LightningCLI over ASRModule (--config recipes/.../*.yaml; --help for its options)
+  make-corpus ROOT                  generate the synthetic LibriSpeech-layout corpus
+  prepare ROOT --splits ...         write manifests of a LibriSpeech-layout corpus
+  diff inspect|apply|export         neural diff files
+
+Each command takes --help. Errors in the input print one line and exit with status 2.
+"""
 
 
 def ASRLightningCLI(args: list[str] | None = None, run: bool = True, **kwargs):  # noqa: N802 - mirrors LightningCLI
@@ -40,20 +61,32 @@ def ASRLightningCLI(args: list[str] | None = None, run: bool = True, **kwargs): 
 
     from lightning_amortized.module import ASRModule
 
-    return LightningCLI(
-        ASRModule,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        **kwargs,
-    )
+    # With `args` given, the script's own command line (sys.argv) is not LightningCLI's: hide
+    # it for the duration of the call, or LightningCLI warns that both were given.
+    argv = sys.argv
+    if args is not None:
+        sys.argv = argv[:1]
+    try:
+        return LightningCLI(
+            ASRModule,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            **kwargs,
+        )
+    finally:
+        sys.argv = argv
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lightning-amortized`` command."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     if argv and argv[0] == "make-corpus":
         from lightning_amortized.data.synthetic import main as corpus_main
 
@@ -64,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_amortized.diffs.commands import main as diff_main
 
         return int(diff_main(argv[1:]) or 0)
-    ASRLightningCLI(args=argv)
+    ASRLightningCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from lightning_amortized.nn.streaming import stream
 
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
 __all__ = ["count_parameters", "fit_and_test", "single_thread", "realtime_factor"]
 
 
-def fit_and_test(trainer: Any, model: Any, datamodule: Any, test: bool = True, monitor: str = "val/wer") -> dict[str, Any]:
+def fit_and_test(
+    trainer: "pl.Trainer",
+    model: "pl.LightningModule",
+    datamodule: "pl.LightningDataModule",
+    test: bool = True,
+    monitor: str = "val/wer",
+) -> dict[str, Any]:
     """Fit with a :class:`~lightning_amortized.callbacks.ValidationClock`, then test the best checkpoint.
 
     The one fit-then-test path of the demo recipe, the base benchmark and the convergence study.
+    The clock is added to ``trainer.callbacks`` (a trainer that already has a clock for
+    ``monitor`` keeps its own: its state key would collide).
 
     Args:
         trainer: A ``lightning.pytorch.Trainer`` (its ``ModelCheckpoint``, if any, names the best checkpoint).
@@ -33,8 +44,10 @@ def fit_and_test(trainer: Any, model: Any, datamodule: Any, test: bool = True, m
     """
     from lightning_amortized.callbacks.validation_clock import ValidationClock
 
-    clock = ValidationClock(monitor)
-    trainer.callbacks.append(clock)
+    clock = next((c for c in trainer.callbacks if isinstance(c, ValidationClock) and c.monitor == monitor), None)
+    if clock is None:
+        clock = ValidationClock(monitor)
+        trainer.callbacks.append(clock)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     fit_s = time.perf_counter() - t0

@@ -16,13 +16,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lightning_amortized.data.tokenizer import CharTokenizer
 from lightning_amortized.functional.flops import linear_flops
 
-__all__ = ["ASRModule", "FrameStacker", "warmup_cosine"]
+__all__ = ["ASRModule", "FrameStacker", "ctc_min_frames", "warmup_cosine"]
 
 
 class FrameStacker(nn.Module):
@@ -61,6 +62,27 @@ def _config_given() -> bool:
     except ImportError:  # pragma: no cover - other Lightning versions
         return False
     return _given_hyperparameters.get() is not None
+
+
+def ctc_min_frames(tokens: torch.Tensor, token_lengths: torch.Tensor) -> torch.Tensor:
+    """Fewest encoder frames CTC needs per utterance: its length plus one blank per repeated symbol.
+
+    Args:
+        tokens: ``(B, L)`` padded token ids.
+        token_lengths: ``(B,)`` valid lengths.
+
+    Returns:
+        ``(B,)`` int64 frame counts.
+
+    Example:
+        >>> ctc_min_frames(torch.tensor([[5, 5, 6, 0], [7, 8, 8, 8]]), torch.tensor([3, 4])).tolist()
+        [4, 6]
+    """
+    if tokens.shape[1] < 2:
+        return token_lengths.clone()
+    pos = torch.arange(1, tokens.shape[1], device=tokens.device)[None, :]
+    repeats = ((tokens[:, 1:] == tokens[:, :-1]) & (pos < token_lengths[:, None])).sum(1)
+    return token_lengths + repeats
 
 
 def warmup_cosine(step: int, total_steps: int, warmup: float = 0.05, floor: float = 0.05) -> float:
@@ -144,6 +166,7 @@ class ASRModule(pl.LightningModule):
             self.joint_pred = nn.Linear(rnnt_pred_size, rnnt_joint_size)
             self.head = nn.Linear(rnnt_joint_size, vocab_size)
         self.frame_ms = 10.0 * stack
+        self._ctc_infeasible, self._warned_infeasible = 0, False
         self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
         self.test_metrics = nn.ModuleDict()
 
@@ -217,8 +240,31 @@ class ASRModule(pl.LightningModule):
             return {}
         return fn(lambda_cost=self.hparams.lambda_cost, lambda_amr=self.hparams.lambda_amr)
 
+    def _check_ctc_feasible(self, batch: dict[str, Any], frames: torch.Tensor) -> None:
+        """Count utterances too short for their transcript (CTC gives them zero loss: nothing learned)."""
+        short = int((frames < ctc_min_frames(batch["tokens"], batch["token_lengths"])).sum())
+        self._ctc_infeasible += short
+        if short and not self._warned_infeasible:
+            self._warned_infeasible = True
+            ids = [i for i, f, m in zip(batch["ids"], frames.tolist(),
+                                        ctc_min_frames(batch["tokens"], batch["token_lengths"]).tolist()) if f < m]
+            rank_zero_warn(
+                f"{short} utterance(s) in a training batch have fewer encoder frames than CTC needs for their "
+                f"transcript (e.g. {ids[0]}); they get zero loss and teach nothing. Use a smaller `stack` (shorter "
+                "frames), or drop them; `train/ctc_infeasible` counts them per epoch."
+            )
+
+    def on_train_epoch_start(self) -> None:
+        self._ctc_infeasible = 0
+
+    def on_train_epoch_end(self) -> None:
+        if self.loss_kind == "ctc":
+            self.log("train/ctc_infeasible", float(self._ctc_infeasible), sync_dist=True, reduce_fx="sum")
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self.asr_loss(batch)
+        loss, _, n = self.asr_loss(batch)
+        if self.loss_kind == "ctc":
+            self._check_ctc_feasible(batch, n)
         total = loss
         bs = len(batch["ids"])
         routing = self._routing_losses()

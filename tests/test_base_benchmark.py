@@ -61,7 +61,8 @@ def test_trains_once_then_reuses_and_keys_on_config_and_corpus(base, tiny_corpus
                 "checkpoint_sha256", "command"):
         assert key in info, key
     assert info["corpus_fingerprint"] == base.corpus_fingerprint(tiny_corpus, ["train", "dev", "test"])
-    assert ckpt.parent.name == base.base_key(config, [], info["corpus_fingerprint"])
+    assert len(ckpt.parent.name) == 16
+    assert base.base_key({"a": 1}, "fp") != base.base_key({"a": 1}, "other corpus") != base.base_key({"a": 2}, "fp")
     assert json.loads((tmp_path / "results" / "base.json").read_text()) == info
     model = ASRModule.load_from_checkpoint(ckpt, map_location="cpu")  # a LightningCLI checkpoint, slimmed
     assert model.encoder.hidden_size == 8
@@ -70,6 +71,8 @@ def test_trains_once_then_reuses_and_keys_on_config_and_corpus(base, tiny_corpus
 
     monkeypatch.setattr(base, "_train", lambda *a, **k: pytest.fail("retrained a cached base"))
     assert base.ensure_base(config, **kw) == ckpt  # found, not retrained
+    config.write_text("# a comment changes nothing\n" + TINY)
+    assert base.ensure_base(config, overrides=["--model.lr=0.002"], **kw) == ckpt  # the default lr, spelled out
     with pytest.raises(FileNotFoundError, match="benchmarks/base.py"):  # another config is another key
         base.ensure_base(config, overrides=["--model.lr", "0.01"], train=False, **kw)
     config.write_text(TINY.replace("hidden_size: 8", "hidden_size: 9"))

@@ -149,3 +149,9 @@ def test_collator_still_accepts_waveforms(fake_layout: Path) -> None:
     assert batch["feats"].shape[0] == 2 and batch["feats"].shape[2] == 80
     with pytest.raises(ValueError, match="no `features`"):
         SpeechCollator(None)(items)
+
+
+def test_utterance_over_the_batch_cap_is_warned() -> None:
+    with pytest.warns(UserWarning, match=r"1 utterance\(s\) are longer than max_seconds=4 \(the longest 6.0 s\)"):
+        s = DurationBatchSampler([1.0, 6.0, 2.0], max_seconds=4.0, shuffle=False)
+    assert [6.0 in [([1.0, 6.0, 2.0])[i] for i in b] for b in s].count(True) == 1 and [1] in list(s)

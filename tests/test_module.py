@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from lightning_amortized.data import SyntheticDataModule
+from lightning_amortized.data import CharTokenizer, SyntheticDataModule
 from lightning_amortized.evaluation import realtime_factor
 from lightning_amortized.module import ASRModule, FrameStacker
 from lightning_amortized.nn import ConformerEncoderAdapter, RecurrentEncoder
@@ -70,6 +70,12 @@ def test_padded_forward_equals_each_utterance_alone(rnn_type: str) -> None:
         assert torch.equal(y[b, t:], enc.proj.bias.expand(11 - t, 8))  # proj(0) on padding
     y.sum().backward()
     assert not x.grad[1, 6:].any() and not x.grad[2, 1:].any()  # padding gets no gradient
+    # and the same as the packed sequence the encoder used to run
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed, _ = enc.torch_rnn(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    ref = enc.proj(pad_packed_sequence(packed, batch_first=True, total_length=11)[0])
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=0)
 
 
 def test_lstm_flops_against_independent_count() -> None:
@@ -159,3 +165,25 @@ def test_cli_checkpoint_loads_without_rebuilding_encoder(tmp_path: Path) -> None
     assert isinstance(loaded.encoder, RecurrentEncoder) and loaded.encoder.hidden_size == 24
     for k, v in cli.model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
+
+
+def test_utterances_too_short_for_ctc_are_counted_and_warned() -> None:
+    """CTC gives such utterances zero loss (zero_infinity): they used to teach nothing silently."""
+    from lightning_amortized.module import ctc_min_frames
+
+    tok = CharTokenizer()
+    texts = ["HELLO", "HI"]
+    ids = [tok.encode(t) for t in texts]
+    tokens = torch.zeros(2, 5, dtype=torch.long)
+    for i, t in enumerate(ids):
+        tokens[i, : len(t)] = torch.tensor(t)
+    lengths = torch.tensor([len(t) for t in ids])
+    assert ctc_min_frames(tokens, lengths).tolist() == [6, 2]  # HELLO needs a blank between the Ls
+    batch = {"feats": torch.randn(2, 15, 80), "feat_lengths": torch.tensor([15, 15]), "tokens": tokens,
+             "token_lengths": lengths, "ids": ["a-1-0", "a-1-1"], "texts": texts}
+    m = ASRModule(RecurrentEncoder(240, 8, 1))  # 15 feature frames -> 5 encoder frames of 30 ms
+    m.on_train_epoch_start()
+    with pytest.warns(UserWarning, match=r"1 utterance\(s\).*fewer encoder frames than CTC needs.*a-1-0"):
+        m.training_step(batch, 0)
+    m.training_step(batch, 1)  # warned once, counted every time
+    assert m._ctc_infeasible == 2

@@ -93,3 +93,73 @@ def test_manifest_is_jsonl(fake_layout: Path) -> None:
     out = prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
     for line in out["train"].read_text().splitlines():
         assert set(json.loads(line)) == {"id", "path", "duration", "words", "sample_rate", "speaker"}
+
+
+@pytest.mark.parametrize("keep", [0.6, "header"])
+def test_truncated_or_header_only_flac_refused_at_prepare(fake_layout: Path, keep) -> None:
+    """Such files used to get a manifest entry (a header-only one a 5.8e14 s duration) and
+    fail only mid-epoch; now prepare names them and writes no manifest."""
+    bad = sorted((fake_layout / "train").rglob("*.flac"))[-1]  # the longest: several FLAC frames
+    data = bad.read_bytes()
+    bad.write_bytes(data[: int(len(data) * keep)] if keep != "header" else data[:200])
+    with pytest.raises(CorpusError, match=rf"{bad.name} is truncated or corrupt"):
+        prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+    assert not (fake_layout / "m" / "train.jsonl").exists()
+
+
+def test_two_processes_preparing_at_once_do_not_collide(fake_layout: Path, monkeypatch) -> None:
+    """Both preparers reach the rename together (a barrier holds the first for up to 2 s):
+    with one shared `<manifest>.tmp` name the second rename failed with FileNotFoundError."""
+    import os
+    import threading
+
+    from lightning_amortized.data import prepare as prep
+
+    barrier = threading.Barrier(2, timeout=2.0)
+    real_replace = os.replace
+
+    def slow_replace(src, dst):
+        if str(dst).endswith(".jsonl"):
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass  # the other thread is waiting on the lock: go on alone
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(prep.os, "replace", slow_replace)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(read_manifest(fake_layout / "m" / "train.jsonl")) == 6
+    assert not [p.name for p in (fake_layout / "m").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_manifest_mode_follows_umask(fake_layout: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        m = prepare_librispeech(fake_layout, ["train"], fake_layout / "m")["train"]
+    finally:
+        os.umask(old)
+    assert m.stat().st_mode & 0o777 == 0o644
+
+
+def test_duplicated_transcript_line_refused(fake_layout: Path) -> None:
+    """The last of two lines for one utterance used to win silently."""
+    trans = sorted((fake_layout / "train").rglob("*.trans.txt"))[0]
+    first = trans.read_text().splitlines()[0]
+    trans.write_text(trans.read_text() + first.split(" ", 1)[0] + " ANOTHER TEXT\n")
+    with pytest.raises(CorpusError, match=rf"{first.split(' ', 1)[0]}' has two transcript lines.*{trans.name}:4"):
+        prepare_librispeech(fake_layout, ["train"], fake_layout / "m")

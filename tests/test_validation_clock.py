@@ -35,7 +35,9 @@ def test_rows_per_validation_with_increasing_time_and_steps(fake_layout: Path) -
     assert steps == sorted(steps) and steps[-1] == trainer.global_step
     assert all(b["seconds"] >= a["seconds"] for a, b in zip(clock.rows, clock.rows[1:]))
     assert clock.rows[-1]["epoch"] == pytest.approx(2.0)
-    assert all(0.0 <= r["value"] for r in clock.rows)
+    assert clock.rows[-1]["value"] == pytest.approx(float(trainer.callback_metrics["val/wer"]))
+    trainer.validate(trainer.lightning_module, datamodule=trainer.datamodule)
+    assert len(clock.rows) == 2 * per_epoch  # trainer.validate() is not part of the curve
 
 
 def test_resumed_run_continues_the_curve(fake_layout: Path, tmp_path: Path) -> None:
@@ -49,6 +51,9 @@ def test_resumed_run_continues_the_curve(fake_layout: Path, tmp_path: Path) -> N
     assert resumed.rows[-1]["seconds"] >= first.rows[-1]["seconds"]
 
 
-def test_monitor_must_be_named() -> None:
+def test_monitor_must_be_named_and_match_on_resume() -> None:
     with pytest.raises(ValueError, match="`monitor`"):
         ValidationClock("")
+    assert ValidationClock("val/wer").state_key != ValidationClock("val/cer").state_key
+    with pytest.raises(ValueError, match="same `monitor`"):
+        ValidationClock("val/cer").load_state_dict({"monitor": "val/wer", "rows": []})

@@ -23,9 +23,11 @@ class ValidationClock(Callback):
     r"""Keeps ``(seconds, step, epoch, value)`` rows, one per validation run (sanity checks skipped).
 
     ``seconds`` is wall-clock time since ``on_fit_start`` (training and validation both
-    count, as a user waiting for the model sees them); ``epoch`` is ``global_step`` over
-    the batches per epoch, so a mid-epoch validation (``val_check_interval < 1``) lands
-    between integers. Used by ``benchmarks/convergence.py`` and the demo recipe to plot
+    count, as a user waiting for the model sees them; data preparation and ``setup``, e.g.
+    building a feature cache, happen before the clock starts); ``epoch`` is the batches
+    trained so far over the batches per epoch, so a mid-epoch validation
+    (``val_check_interval < 1``) lands between integers. Only validation inside
+    ``trainer.fit`` is recorded. Used by ``benchmarks/convergence.py`` and the demo recipe to plot
     validation WER against time and steps; the rows also go to the checkpoint, so a
     resumed run continues its curve.
 
@@ -54,16 +56,22 @@ class ValidationClock(Callback):
         self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
         self._t0 = time.perf_counter()
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None:
+        if trainer.sanity_checking or value is None or trainer.state.fn != "fit":  # not trainer.validate()
             return
+        batches = trainer.global_step * trainer.accumulate_grad_batches  # optimizer steps -> batches
         self.rows.append(
             {
                 "seconds": round(self._offset + time.perf_counter() - self._t0, 1),
                 "step": int(trainer.global_step),
-                "epoch": round(trainer.global_step / max(1, trainer.num_training_batches), 2),
+                "epoch": round(batches / max(1, trainer.num_training_batches), 2),
                 "value": float(value),
             }
         )
@@ -74,4 +82,9 @@ class ValidationClock(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("monitor", self.monitor) != self.monitor:
+            raise ValueError(
+                f"This checkpoint's ValidationClock recorded {state_dict['monitor']!r}, not {self.monitor!r}; "
+                "resume with the same `monitor`."
+            )
         self.rows = list(state_dict.get("rows", []))

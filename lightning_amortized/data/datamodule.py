@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -55,8 +56,9 @@ class SpeechDataset(Dataset):
     ``"feats"`` ``(T, n_mels)`` (computed per utterance, so independent of batching)
     instead of the waveform. With ``cache=True`` each utterance's features are computed
     once and kept in memory (``4 * n_mels`` bytes per 10 ms frame: 115 MB per hour of
-    audio at 80 mels); call :meth:`precompute` before a DataLoader forks its workers so
-    they share the cache.
+    audio at 80 mels); call :meth:`precompute` before a DataLoader starts its workers, or
+    each worker builds (and keeps) its own copy. Cached tensors are returned as they are:
+    do not modify them in place.
 
     Args:
         utterances: Manifest entries.
@@ -117,7 +119,12 @@ class SpeechDataset(Dataset):
         return out
 
     def precompute(self, show_progress: bool = True, desc: str = "features") -> None:
-        """Compute and cache every utterance's features now (no-op without ``cache``)."""
+        """Compute and cache every utterance's features now (no-op without ``cache``).
+
+        Args:
+            show_progress: Show a tqdm progress bar.
+            desc: The progress bar's label.
+        """
         if not self.cache:
             return
         from tqdm.auto import tqdm
@@ -145,7 +152,8 @@ class DurationBatchSampler(Sampler[list[int]]):
     (SortaGrad, Amodei et al. 2016), which gets CTC training past its initial
     all-blank plateau sooner. Under
     ``torch.distributed`` each rank takes every ``world_size``-th batch (the batch
-    count is padded to a multiple of the world size so ranks stay in step).
+    count is padded to a multiple of the world size so ranks stay in step). An utterance
+    longer than ``max_seconds`` forms a batch of its own (a warning counts them).
 
     Example:
         >>> s = DurationBatchSampler([1.0, 2.0, 1.5, 4.0], max_seconds=4.0, shuffle=False)
@@ -179,6 +187,14 @@ class DurationBatchSampler(Sampler[list[int]]):
         if cur:
             batches.append(cur)
         self.batches = batches
+        too_long = [d for d in durations if d > max_seconds]
+        if too_long:
+            warnings.warn(
+                f"{len(too_long)} utterance(s) are longer than max_seconds={max_seconds:g} (the longest "
+                f"{max(too_long):.1f} s); each forms a batch of its own, over the cap. Raise `max_batch_seconds` "
+                "or drop them from the manifest if memory is tight.",
+                stacklevel=2,
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle the batch order for ``epoch``."""

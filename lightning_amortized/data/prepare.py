@@ -8,10 +8,13 @@ Layout (real LibriSpeech and our synthetic corpus alike)::
 Each manifest line is ``{"id", "path", "duration", "words", "sample_rate", "speaker"}``
 (duration in seconds). Preparation is idempotent: a split is skipped when its
 manifest's fingerprint (relative paths, sizes and modification times of all audio and
-transcript files) is unchanged.
+transcript files) is unchanged. Manifests and fingerprints are written through unique
+temporary files and renamed, under a lock file in the manifest folder, so two processes
+preparing the same corpus (benchmark jobs) do not collide: the second finds the work done.
 
 Bad input is refused with a :class:`CorpusError` that names the file: unreadable or
-empty audio, a missing or empty transcript line, a transcript line without audio, or
+empty audio, audio whose last sample cannot be decoded (a truncated or header-only FLAC:
+one seek to the end per file, no full decode), a missing, empty or duplicated transcript line, a transcript line without audio, or
 a sample rate other than the expected one (unless ``on_wrong_rate="resample"``, in
 which case the manifest keeps the file's own rate and the dataset resamples with
 ``torchaudio.functional.resample`` when it loads the file).
@@ -28,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -37,9 +41,11 @@ from typing import Iterable, Literal
 
 import soundfile as sf
 
+from lightning_amortized.atomic import write_atomic
+
 __all__ = ["CorpusError", "Utterance", "prepare_librispeech", "read_manifest"]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: audio files are checked to decode up to their last sample
 
 
 class CorpusError(ValueError):
@@ -89,6 +95,11 @@ def _read_transcripts(trans_files: list[Path]) -> dict[str, tuple[str, Path]]:
                     f"Empty transcript for utterance {parts[0]!r} at {tf}:{lineno}. "
                     "Every utterance needs a non-empty transcript; fix or remove the line and its audio file."
                 )
+            if parts[0] in texts:
+                raise CorpusError(
+                    f"Utterance {parts[0]!r} has two transcript lines: {texts[parts[0]][1]} and {tf}:{lineno}. "
+                    "Keep one of them."
+                )
             texts[parts[0]] = (" ".join(parts[1].split()), tf)
     return texts
 
@@ -117,6 +128,17 @@ def _scan_split(split_dir: Path, expected_rate: int, on_wrong_rate: str) -> list
             raise CorpusError(f"Unreadable audio file {path}: {err}. Re-extract or delete it.") from err
         if info.frames <= 0:
             raise CorpusError(f"Empty audio file {path} (0 samples). Re-extract or delete it and its transcript line.")
+        try:  # the header's length is only a promise: a truncated file fails to seek to its last sample
+            with sf.SoundFile(str(path)) as fh:
+                fh.seek(info.frames - 1)
+                if len(fh.read(1)) != 1:
+                    raise RuntimeError("no sample there")
+        except Exception as err:
+            raise CorpusError(
+                f"Audio file {path} is truncated or corrupt: its header promises {info.frames} samples "
+                f"({info.frames / max(1, info.samplerate):.1f} s) but the last one cannot be decoded ({err}). "
+                "Re-extract or delete it and its transcript line."
+            ) from err
         if info.samplerate != expected_rate and on_wrong_rate == "error":
             raise CorpusError(
                 f"Audio file {path} has sample rate {info.samplerate} Hz, expected {expected_rate} Hz. "
@@ -182,15 +204,19 @@ def prepare_librispeech(
         manifest = manifest_dir / f"{split}.jsonl"
         stamp = manifest_dir / f"{split}.fingerprint"
         out[split] = manifest
-        if not force and manifest.exists() and stamp.exists() and stamp.read_text() == fp:
+
+        def done() -> bool:
+            return not force and manifest.exists() and stamp.exists() and stamp.read_text() == fp
+
+        if done():
             continue
-        utts = _scan_split(split_dir, sample_rate, on_wrong_rate)
-        tmp = manifest.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for u in utts:
-                fh.write(json.dumps(u.__dict__) + "\n")
-        os.replace(tmp, manifest)
-        stamp.write_text(fp)
+        with open(manifest_dir / ".prepare.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, also when the process dies
+            if done():  # another process prepared it while we waited
+                continue
+            utts = _scan_split(split_dir, sample_rate, on_wrong_rate)
+            write_atomic(manifest, "".join(json.dumps(u.__dict__) + "\n" for u in utts))
+            write_atomic(stamp, fp)  # last: a manifest without its stamp is redone
     return out
 
 

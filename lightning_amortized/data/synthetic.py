@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except ValueError as err:
-        print(f"make-corpus: error: {err}", file=sys.stderr)
+        print(f"lightning-amortized make-corpus: error: {err}", file=sys.stderr)
         return 2
     print(
         f"{info['utterances']} utterances, {info['hours']:.2f} h of audio in "

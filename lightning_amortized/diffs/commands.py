@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(info)
     except (DiffError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"lightning-amortized diff: error: {err}", file=sys.stderr)
         return 2
     return 0
 

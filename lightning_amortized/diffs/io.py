@@ -38,7 +38,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diffs.attach import base_tensor, detach_diffs, diff_modules
 from lightning_amortized.diffs.hashed import HashedDiff, hashed_delta
 from lightning_amortized.diffs.sparse import SparseDiff, sparse_apply
@@ -490,26 +490,8 @@ def estimate_diff_bytes(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable (best effort; not possible on every OS)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """Atomic replace with the package's one writer (:func:`lightning_amortized.atomic.write_atomic`)."""
+    write_atomic(path, data)
 
 
 def _write(

@@ -101,15 +101,19 @@ def scheduled_density(epoch: int, num_epochs: int, final_density: float, power: 
 
     ``d(e) = d_final + (1 - d_final) * (1 - e / (E - 1)) ** power`` for ``E > 1``, so the
     first epoch trains densely and the last epoch trains at ``d_final``; ``E <= 1`` gives
-    ``d_final`` (pruning then happens only at the end of training).
+    ``1.0``: the only epoch trains densely and the budget is met by pruning at the end of
+    training (by then the deltas say which entries matter; pruning before training would
+    keep an arbitrary set, every delta being zero).
 
     Example::
 
         >>> [round(scheduled_density(e, 4, 0.1), 4) for e in range(4)]
         [1.0, 0.3667, 0.1333, 0.1]
+        >>> scheduled_density(0, 1, 0.1)
+        1.0
     """
     if num_epochs <= 1:
-        return final_density
+        return 1.0
     frac = min(max(epoch / (num_epochs - 1), 0.0), 1.0)
     return final_density + (1.0 - final_density) * (1.0 - frac) ** power
 

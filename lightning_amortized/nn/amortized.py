@@ -565,7 +565,20 @@ class _IndependentCore(nn.Module):
         y = torch.stack(outs, 1) if outs else x.new_zeros(B, 0, self.output_size)
         return y * lengths_to_mask(lengths.to(x.device), T)[..., None].to(y.dtype)
 
+    def _require_streaming(self) -> None:
+        if not self.streaming:
+            kinds = ", ".join(
+                type(b).__name__
+                for b in self.branches
+                if not (callable(getattr(b, "step", None)) and callable(getattr(b, "init_state", None)))
+            )
+            raise RuntimeError(
+                f"These branches have no `step`/`init_state` ({kinds}): they cannot stream frame by frame. "
+                "Use forward() on whole utterances, or give every branch the streaming encoder contract."
+            )
+
     def init_state(self, batch_size: int) -> Any:
+        self._require_streaming()
         return [b.init_state(batch_size) for b in self.branches]
 
     def begin_streaming(self) -> None:
@@ -575,8 +588,7 @@ class _IndependentCore(nn.Module):
         pass
 
     def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        if not self.streaming:
-            raise RuntimeError("These branches have no `step`/`init_state`: they cannot stream frame by frame.")
+        self._require_streaming()
         state = list(state)
         if x_t.shape[0] == 1:  # only the chosen branch runs; the others keep their state
             k = int(choice[0])

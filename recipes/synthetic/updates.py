@@ -279,6 +279,7 @@ class UpdateDataModule(LibriSpeechDataModule):
             self.datasets["train"] = SpeechDataset(
                 new + old, self.tokenizer, self.sample_rate, features=self.features, cache=self.cache_features
             )
+            self.datasets["train"].precompute(desc=f"features {self.update_split}")
 
 
 class EvalSets:

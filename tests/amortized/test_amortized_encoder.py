@@ -179,6 +179,8 @@ def test_non_streaming_branches_are_mixed():
     assert not am.streaming
     with pytest.raises(RuntimeError, match="cannot stream"):
         am.step(x[:, 0], (None, torch.zeros(3), torch.zeros(3, 2)))
+    with pytest.raises(RuntimeError, match=r"\(_FullContext, _FullContext\): they cannot stream"):
+        am.init_state(1)  # used to be a raw AttributeError
 
 
 def test_configuration_errors():

@@ -109,6 +109,30 @@ def test_export_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["u.safetensors"]
 
 
+def test_export_mode_follows_umask_and_cleans_up_after_a_killed_export(tmp_path: Path) -> None:
+    """Diff files used to be written 0600 whatever the umask, and the temporary file of an
+    export killed midway stayed forever."""
+    import os
+    import subprocess
+    import sys
+
+    trained = Net()
+    fake_training(trained, "sparse", "head.weight", seed=0)
+    out = tmp_path / "u.safetensors"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".u.safetensors.{int(dead.stdout)}.abc123.tmp"  # as a killed writer leaves it
+    leftover.write_bytes(b"half a file")
+    mine = tmp_path / f".u.safetensors.{os.getpid()}.zzz.tmp"  # a live writer's: kept
+    mine.write_bytes(b"in progress")
+    old = os.umask(0o027)
+    try:
+        export_diff(trained, out)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o640
+    assert not leftover.exists() and mine.exists()
+
+
 @pytest.fixture()
 def shipped(tmp_path: Path) -> Path:
     trained = Net()

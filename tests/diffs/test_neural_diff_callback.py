@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,32 @@ def test_schedule_prunes_gradually(tmp_path: Path) -> None:
     n = cb.target_numel
     expected = [n] + [max(cb.final_count, round(d * n)) for d in (0.1 + 0.9 * (1 - e / 3) ** 3 for e in (1, 2, 3))]
     assert seen == expected
+
+
+@pytest.mark.parametrize("max_epochs", [1, -1])
+def test_single_epoch_or_unbounded_run_prunes_after_training_not_before(tmp_path: Path, max_epochs: int) -> None:
+    """With max_epochs=1 (or -1) the mask used to be pruned to the budget at the start of epoch 0,
+    when every delta is zero: the surviving entries were arbitrary."""
+    model = TinyModule()
+    dense_at_start: list[bool] = []
+
+    class Spy(NeuralDiff):
+        def on_train_epoch_start(self, trainer, pl_module):  # noqa: ANN001, D102
+            super().on_train_epoch_start(trainer, pl_module)
+            dense_at_start.append(all(bool(m.all()) for m in masks(pl_module).values()))
+
+    cb = Spy(method="sparse", budget=0.05, targets=["*weight*"], exclude=["head.*"])
+    kw = {"max_steps": 4} if max_epochs < 0 else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(tmp_path, cb, max_epochs=max_epochs, **kw).fit(model, loader())
+    assert dense_at_start and all(dense_at_start)
+    kept = masks(model)
+    assert sum(int(m.sum()) for m in kept.values()) == cb.final_count  # the budget, met at the end
+    # and the kept entries are the largest trained deltas (within the per-matrix cap)
+    for name, d in diff_modules(model).items():
+        if isinstance(d, SparseDiff) and bool(d.mask.any()) and not bool(d.mask.all()):
+            assert float(d.delta[d.mask].abs().min()) > 0.0
 
 
 def test_masks_and_schedule_survive_resume(tmp_path: Path) -> None:

@@ -1,0 +1,52 @@
+"""One behaviour for every subcommand: one error line and exit status 2; a help that lists them all."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from lightning_amortized.cli import ASRLightningCLI, main
+
+
+def test_prepare_failure_is_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # used to end in a 16-line traceback with status 1
+    assert main(["prepare", str(tmp_path), "--splits", "train-clean-100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("lightning-amortized prepare: error: Split folder") and "train-clean-100" in err[0]
+
+
+def test_every_subcommand_reports_errors_alike(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff", "inspect", str(tmp_path / "missing.safetensors")]) == 2
+    assert capsys.readouterr().err.startswith("lightning-amortized diff: error: ")
+    assert main(["make-corpus", str(tmp_path / "c"), "--utterances", "3"]) == 2
+    assert capsys.readouterr().err.startswith("lightning-amortized make-corpus: error: ")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "make-corpus", "prepare", "diff inspect|apply|export"):
+        assert command in out
+    assert main([]) == 2  # nothing asked: the usage, on stderr
+    assert "make-corpus" in capsys.readouterr().err
+
+
+def test_cli_with_args_ignores_the_scripts_own_argv(tmp_path: Path, monkeypatch) -> None:
+    """Scripts (run.py, benchmarks) pass `args` while sys.argv holds their own options; LightningCLI
+    used to warn about both on every call."""
+    monkeypatch.setattr(sys, "argv", ["run.py", "--max-minutes", "3"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ASRLightningCLI(
+            args=["--model.encoder", "lightning_amortized.nn.RecurrentEncoder",
+                  "--model.encoder.init_args.input_size", "240", "--model.encoder.init_args.hidden_size", "8",
+                  "--data", "lightning_amortized.data.LibriSpeechDataModule", "--data.init_args.root", str(tmp_path),
+                  "--trainer.logger", "false"],
+            run=False,
+        )
+    assert not [w for w in caught if "args" in str(w.message) and "command line" in str(w.message)]
+    assert sys.argv == ["run.py", "--max-minutes", "3"]  # restored
