@@ -11,6 +11,18 @@ import torch
 
 
 
+def load_script(path: Path, name: str):
+    """Import a script that is not in a package (a recipe or a benchmark) as module ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op thread per test: tiny tensors only lose to thread contention on 2 shared cores."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_script
 from lightning_amortized.module import ASRModule
 
 BASE = Path(__file__).resolve().parents[1] / "benchmarks" / "base.py"
@@ -44,11 +43,7 @@ data:
 
 @pytest.fixture(scope="module")
 def base():
-    spec = importlib.util.spec_from_file_location("bench_base", BASE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(BASE, "bench_base")
 
 
 def test_trains_once_then_reuses_and_keys_on_config_and_corpus(base, tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:

@@ -3,14 +3,13 @@ diff chains (bit-exact fp32, bounded int8 error), refusal of a wrong base, full 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_amortized.diffs import BaseMismatchError, apply_diff, inspect_diff, read_diff
+from conftest import load_script
 from lightning_amortized.module import ASRModule
 from lightning_amortized.nn import RecurrentEncoder
 
@@ -19,11 +18,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "update
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("synthetic_updates", RECIPE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(RECIPE, "synthetic_updates")
 
 
 @pytest.fixture(scope="module")
