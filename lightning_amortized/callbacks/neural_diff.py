@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss
 from lightning_amortized.diffs.attach import attach_diffs, detach_diffs, diff_modules
 from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets
 from lightning_amortized.diffs.io import VALUE_DTYPES, DiffInfo, count_large_gaps, estimate_diff_bytes, export_diff
@@ -45,6 +46,10 @@ class NeuralDiff(Callback):
       epoch trains at the budget, and ``on_train_end`` enforces it in any case.
     - ``method="hashed"``: ``D[i] = sign(i) * buckets[h(i)]``; the budget is the number of
       buckets, split over targets in proportion to their size.
+
+    A NaN or Inf loss, or gradient of a diff tensor, stops training before the optimizer
+    step with a :class:`~lightning_amortized.callbacks.finite.NonFiniteError` naming the step
+    (and the parameter): a non-finite update is never applied.
 
     Args:
         method: ``"sparse"`` or ``"hashed"``.
@@ -208,6 +213,21 @@ class NeuralDiff(Callback):
         if target < self.density - 1e-12:
             self._prune(trainer, pl_module, target)
         self.last_pruned_epoch = epoch
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if not self.dry_run:
+            check_finite_loss(loss, trainer.global_step, "NeuralDiff")
+
+    @override
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self.dry_run:
+            return
+        check_finite_grads(
+            ((f"{name} (diff)", p) for name, d in diff_modules(pl_module).items() for p in d.parameters()),
+            trainer.global_step,
+            "NeuralDiff",
+        )
 
     @override
     def on_train_batch_end(

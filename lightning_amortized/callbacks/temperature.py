@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_amortized.callbacks.finite import check_finite_grads
 from lightning_amortized.nn.amortized import AmortizedEncoder
 from lightning_amortized.nn.arbitrator import Arbitrator
 
@@ -41,6 +42,10 @@ class ArbitratorTemperature(Callback):
     (with ``epochs=1`` the schedule is at ``end`` from the first epoch). From epoch
     ``E - 1`` on, if ``straight_through_at_end``, the gates are straight-through hard
     (one-hot forward, soft gradient), so the measured sharpness is exactly 1.
+
+    A NaN or Inf gradient in an arbitrator stops training before the optimizer step with a
+    :class:`~lightning_amortized.callbacks.finite.NonFiniteError` naming the parameter and
+    the step.
 
     Logged through ``pl_module.log`` (epoch means): ``arbitrator/temperature`` and
     ``arbitrator/sharpness`` (mean over valid frames of the largest gate value, 0.5 for
@@ -128,6 +133,15 @@ class ArbitratorTemperature(Callback):
         rank_zero_info(
             f"Epoch {epoch}: arbitrator temperature {self.current_temperature:.4g}"
             f"{' (straight-through hard gates)' if self.current_straight_through else ''}."
+        )
+
+    @override
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        check_finite_grads(
+            ((names.get(id(p), "arbitrator"), p) for arb in self._arbitrators(pl_module) for p in arb.parameters()),
+            trainer.global_step,
+            "ArbitratorTemperature",
         )
 
     @override

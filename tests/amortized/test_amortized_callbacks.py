@@ -207,3 +207,28 @@ def test_latency_monitor_gathers_over_ddp_processes(tmp_path):
     # all four utterances (6, 8, 10, 20 frames) although each process saw two
     assert float(m["latency/eou_max_ms"]) == pytest.approx(230.0)
     assert float(m["latency/eou_p50_ms"]) == pytest.approx(120.0)  # median of 90, 110, 130, 230
+
+
+def test_non_finite_arbitrator_gradient_stops_before_the_step(tmp_path):
+    from lightning_amortized.callbacks.finite import NonFiniteError
+
+    torch.manual_seed(0)
+    enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(FEATS, 16, 1), fast="lowrank", rank=4, frame_ms=30.0)
+    weight = enc.arbitrator.out.weight
+    backwards = []
+
+    def poison_second(g):
+        backwards.append(1)
+        return g * float("nan") if len(backwards) == 2 else g
+
+    weight.register_hook(poison_second)
+    before: list[torch.Tensor] = []
+
+    class Keep(ArbitratorTemperature):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # noqa: ANN001
+            before.append(weight.detach().clone())
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    with pytest.raises(NonFiniteError, match=r"gradient of `encoder.arbitrator.out.weight` has \d+ NaN .* at step 1"):
+        _fit(_CTCModule(enc), [Keep(epochs=2)], tmp_path)
+    assert torch.equal(weight.detach(), before[-1])  # the bad update was never applied

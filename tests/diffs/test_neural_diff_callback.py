@@ -225,3 +225,31 @@ def test_dry_run_lists_targets_and_trains_nothing(tmp_path: Path, caplog: pytest
 def test_unmatched_pattern_fails_setup(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'encoder\.\*' matches no parameter"):
         trainer(tmp_path, NeuralDiff(targets=["encoder.*"]), max_epochs=1).fit(TinyModule(), loader())
+
+
+def test_non_finite_loss_or_diff_gradient_stops_training(tmp_path: Path) -> None:
+    from lightning_amortized.callbacks.finite import NonFiniteError
+
+    class NanAtStep2(TinyModule):
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, D102
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.trainer.global_step == 2 else loss
+
+    model = NanAtStep2()
+    cb = NeuralDiff(method="sparse", budget=0.1, targets=["emb.weight"])
+    with pytest.raises(NonFiniteError, match="the loss is nan at step 2"):
+        trainer(tmp_path, cb, max_epochs=2).fit(model, loader())
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+    model = TinyModule()
+
+    class Poison(NeuralDiff):
+        def on_train_start(self, trainer, pl_module):  # noqa: ANN001, D102
+            super().on_train_start(trainer, pl_module)
+            for d in diff_modules(pl_module).values():
+                for p in d.parameters():
+                    p.register_hook(lambda g: g * float("inf"))
+    cb = Poison(method="hashed", budget=0.1, targets=["emb.weight"])
+    with pytest.raises(NonFiniteError, match=r"gradient of `emb.weight \(diff\)` has \d+ NaN and \d+ Inf .* at step 0"):
+        trainer(tmp_path, cb, max_epochs=1).fit(model, loader())
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -1,0 +1,60 @@
+"""Stop training at the first non-finite loss or gradient, naming the step and the parameter.
+
+Shared by :class:`~lightning_amortized.callbacks.NeuralDiff` (the diff tensors) and
+:class:`~lightning_amortized.callbacks.ArbitratorTemperature` (the arbitrators). The
+check runs in ``on_before_backward`` (the loss) and ``on_before_optimizer_step`` (the
+gradients), so the optimizer never applies a non-finite update: the weights are those
+after the last good step.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+__all__ = ["NonFiniteError", "check_finite_grads", "check_finite_loss"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or Inf loss or gradient; training stopped before the optimizer step."""
+
+
+_ADVICE = (
+    "Training stopped before the optimizer step, so the weights are those after the previous step. "
+    "Lower the learning rate, set `gradient_clip_val`, or look for a bad input in this batch."
+)
+
+
+def check_finite_loss(loss: torch.Tensor, step: int, who: str) -> None:
+    """Raise :class:`NonFiniteError` if ``loss`` is NaN or Inf.
+
+    Example:
+        >>> check_finite_loss(torch.tensor(float("nan")), 7, "NeuralDiff")
+        Traceback (most recent call last):
+        ...
+        lightning_amortized.callbacks.finite.NonFiniteError: NeuralDiff: the loss is nan at step 7. ...
+    """
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteError(f"{who}: the loss is {float(loss.detach().float().sum())} at step {step}. {_ADVICE}")
+
+
+def check_finite_grads(named: Iterable[tuple[str, torch.Tensor]], step: int, who: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first parameter whose gradient has NaN/Inf entries.
+
+    Args:
+        named: ``(name, parameter)`` pairs; parameters without a gradient are skipped.
+        step: The optimizer step about to be taken (``trainer.global_step``).
+        who: What is checking (a callback name), for the message.
+    """
+    for name, p in named:
+        g = p.grad
+        if g is None:
+            continue
+        bad = ~torch.isfinite(g)
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(g).sum())
+            raise NonFiniteError(
+                f"{who}: the gradient of `{name}` has {n_nan} NaN and {int(bad.sum()) - n_nan} Inf entries "
+                f"(of {g.numel()}) at step {step}. {_ADVICE}"
+            )
