@@ -242,15 +242,15 @@ class ASRModule(pl.LightningModule):
 
     def _check_ctc_feasible(self, batch: dict[str, Any], frames: torch.Tensor) -> None:
         """Count utterances too short for their transcript (CTC gives them zero loss: nothing learned)."""
-        short = int((frames < ctc_min_frames(batch["tokens"], batch["token_lengths"])).sum())
+        too_short = frames < ctc_min_frames(batch["tokens"], batch["token_lengths"])
+        short = int(too_short.sum())
         self._ctc_infeasible += short
         if short and not self._warned_infeasible:
             self._warned_infeasible = True
-            ids = [i for i, f, m in zip(batch["ids"], frames.tolist(),
-                                        ctc_min_frames(batch["tokens"], batch["token_lengths"]).tolist()) if f < m]
+            first = batch["ids"][int(too_short.nonzero()[0])]
             rank_zero_warn(
                 f"{short} utterance(s) in a training batch have fewer encoder frames than CTC needs for their "
-                f"transcript (e.g. {ids[0]}); they get zero loss and teach nothing. Use a smaller `stack` (shorter "
+                f"transcript (e.g. {first}); they get zero loss and teach nothing. Use a smaller `stack` (shorter "
                 "frames), or drop them; `train/ctc_infeasible` counts them per epoch."
             )
 

@@ -47,14 +47,12 @@ def check_finite_grads(named: Iterable[tuple[str, torch.Tensor]], step: int, who
         step: The optimizer step about to be taken (``trainer.global_step``).
         who: What is checking (a callback name), for the message.
     """
-    for name, p in named:
-        g = p.grad
-        if g is None:
-            continue
-        bad = ~torch.isfinite(g)
-        if bool(bad.any()):
-            n_nan = int(torch.isnan(g).sum())
-            raise NonFiniteError(
-                f"{who}: the gradient of `{name}` has {n_nan} NaN and {int(bad.sum()) - n_nan} Inf entries "
-                f"(of {g.numel()}) at step {step}. {_ADVICE}"
-            )
+    named = [(name, p.grad) for name, p in named if p.grad is not None]
+    if not named or bool(torch.stack([torch.isfinite(g).all() for _, g in named]).all()):
+        return  # one host sync per step; the offending parameter is looked up only on failure
+    name, g = next((n, g) for n, g in named if not bool(torch.isfinite(g).all()))
+    n_nan = int(torch.isnan(g).sum())
+    raise NonFiniteError(
+        f"{who}: the gradient of `{name}` has {n_nan} NaN and {int((~torch.isfinite(g)).sum()) - n_nan} Inf "
+        f"entries (of {g.numel()}) at step {step}. {_ADVICE}"
+    )

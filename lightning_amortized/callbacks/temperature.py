@@ -137,9 +137,13 @@ class ArbitratorTemperature(Callback):
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        names = {id(p): n for n, p in pl_module.named_parameters()}
         check_finite_grads(
-            ((names.get(id(p), "arbitrator"), p) for arb in self._arbitrators(pl_module) for p in arb.parameters()),
+            (
+                (f"{prefix}.{name}", p)
+                for prefix, m in pl_module.named_modules()
+                if isinstance(m, Arbitrator)
+                for name, p in m.named_parameters()
+            ),
             trainer.global_step,
             "ArbitratorTemperature",
         )

@@ -30,10 +30,10 @@ import safetensors.torch
 import torch
 
 from lightning_amortized.diffs.hashed import hashed_delta
+from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diffs.io import (
     VALUE_DTYPES,
     DiffError,
-    _write_atomic,
     apply_to_state_dict,
     export_diff_from_weights,
     inspect_diff,
@@ -103,7 +103,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor], 
         buf = io.BytesIO()
         torch.save({**container, "state_dict": dict(state)} if container is not None else dict(state), buf)
         data = buf.getvalue()
-    _write_atomic(p, data)
+    write_atomic(p, data)
 
 
 def _parse_budget(text: str) -> float | int:

@@ -489,11 +489,6 @@ def estimate_diff_bytes(
 # --------------------------------------------------------------------------- writing
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Atomic replace with the package's one writer (:func:`lightning_amortized.atomic.write_atomic`)."""
-    write_atomic(path, data)
-
-
 def _write(
     path: PathLike,
     *,
@@ -510,7 +505,7 @@ def _write(
     metadata = _metadata(method, seed, value_dtype, targets, base_sha256, result_sha256, extra, index_encoding)
     metadata["payload_sha256"] = _payload_sha256(tensors, metadata)
     data = safetensors.torch.save(tensors, metadata=metadata)
-    _write_atomic(Path(path), data)
+    write_atomic(Path(path), data)
     return inspect_diff(path)
 
 

@@ -472,6 +472,11 @@ def _tree_map(fn: Callable[..., torch.Tensor], *trees: Any) -> Any:
     raise TypeError(f"Cannot blend encoder state of type {type(first).__name__}; use tensors, tuples, lists or dicts.")
 
 
+
+def _can_stream(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` follows the streaming contract (``init_state`` and ``step``)."""
+    return callable(getattr(encoder, "step", None)) and callable(getattr(encoder, "init_state", None))
+
 def _batch_dims(encoder: nn.Module, batch_size: int) -> Any:
     """Which dimension of every state tensor is the batch (found by comparing two batch sizes)."""
     a, b = encoder.init_state(2), encoder.init_state(3)
@@ -520,9 +525,7 @@ class _IndependentCore(nn.Module):
         self.projections = nn.ModuleList(
             nn.Linear(s, projection) if projection is not None else nn.Identity() for s in sizes
         )
-        self.streaming = all(
-            callable(getattr(b, "step", None)) and callable(getattr(b, "init_state", None)) for b in branches
-        )
+        self.streaming = all(_can_stream(b) for b in branches)
 
     def branch_flops(self) -> list[int]:
         out = []
@@ -567,11 +570,7 @@ class _IndependentCore(nn.Module):
 
     def _require_streaming(self) -> None:
         if not self.streaming:
-            kinds = ", ".join(
-                type(b).__name__
-                for b in self.branches
-                if not (callable(getattr(b, "step", None)) and callable(getattr(b, "init_state", None)))
-            )
+            kinds = ", ".join(type(b).__name__ for b in self.branches if not _can_stream(b))
             raise RuntimeError(
                 f"These branches have no `step`/`init_state` ({kinds}): they cannot stream frame by frame. "
                 "Use forward() on whole utterances, or give every branch the streaming encoder contract."
