@@ -155,3 +155,67 @@ def test_utterance_over_the_batch_cap_is_warned() -> None:
     with pytest.warns(UserWarning, match=r"1 utterance\(s\) are longer than max_seconds=4 \(the longest 6.0 s\)"):
         s = DurationBatchSampler([1.0, 6.0, 2.0], max_seconds=4.0, shuffle=False)
     assert [6.0 in [([1.0, 6.0, 2.0])[i] for i in b] for b in s].count(True) == 1 and [1] in list(s)
+
+
+def _batch_ids(loader) -> list[tuple[str, ...]]:
+    return [tuple(b["ids"]) for b in loader]
+
+
+def test_lightning_reshuffles_batches_every_epoch(tmp_path: Path) -> None:
+    """Lightning calls `set_epoch` on `batch_sampler.sampler`: before that alias existed the
+    batch sampler never left epoch 0, so SortaGrad's shortest-first order lasted the whole run."""
+    import lightning.pytorch as pl
+
+    from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import RecurrentEncoder
+    from tests.conftest import write_fake_layout
+
+    write_fake_layout(tmp_path, speakers=3, utts=5)
+    dm = LibriSpeechDataModule(str(tmp_path), ["train"], [], [], max_batch_seconds=2.0, sortagrad_epochs=1)
+    seen: list[list[tuple[str, ...]]] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append([])
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen[-1].append(tuple(batch["ids"]))
+
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                         callbacks=[Record()])
+    trainer.fit(ASRModule(RecurrentEncoder(240, 8, 1)), datamodule=dm)
+    durations = {u.id: u.duration for u in dm.datasets["train"].utterances}
+    longest = [max(durations[i] for i in batch) for batch in seen[0]]
+    assert longest == sorted(longest)  # epoch 0: SortaGrad, shortest first
+    assert len(seen[0]) >= 4 and sorted(seen[0]) == sorted(seen[1]) == sorted(seen[2])
+    assert seen[1] != seen[0] and seen[2] != seen[1]  # then shuffled, differently per epoch
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_resumes_mid_epoch_with_the_same_batches_and_masks(tmp_path: Path, workers: int) -> None:
+    from tests.conftest import write_fake_layout
+
+    write_fake_layout(tmp_path, speakers=3, utts=5)
+    dm = LibriSpeechDataModule(str(tmp_path), ["train"], [], [], max_batch_seconds=2.0, sortagrad_epochs=0,
+                               num_workers=workers, cache_features=True)
+    dm.setup("fit")
+    full = dm.train_dataloader()
+    full.batch_sampler.set_epoch(2)
+    batches = list(full)
+    assert len(batches) >= 4
+    torch.manual_seed(123)  # the global generator plays no part in the masks
+    interrupted = dm.train_dataloader()
+    interrupted.batch_sampler.set_epoch(2)
+    it = iter(interrupted)
+    next(it), next(it)
+    state = interrupted.state_dict()
+    assert state == {"epoch": 2, "batches": 2}
+    resumed = dm.train_dataloader()  # a new process: fresh loader, epoch 0 until the state arrives
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert [b["ids"] for b in rest] == [b["ids"] for b in batches[2:]]
+    for a, b in zip(rest, batches[2:]):
+        assert torch.equal(a["feats"], b["feats"])  # same SpecAugment masks
+    assert resumed.state_dict() == {"epoch": 2, "batches": len(batches)}
+    assert len(_batch_ids(resumed)) == len(batches)  # the next epoch starts from the top

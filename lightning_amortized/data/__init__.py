@@ -3,6 +3,8 @@
 from lightning_amortized.data.datamodule import (
     DurationBatchSampler,
     LibriSpeechDataModule,
+    ResumableDataLoader,
+    SeededBatch,
     SpeechCollator,
     SpeechDataset,
     SyntheticDataModule,
@@ -18,6 +20,8 @@ __all__ = [
     "DurationBatchSampler",
     "LibriSpeechDataModule",
     "LogMelFilterbank",
+    "ResumableDataLoader",
+    "SeededBatch",
     "SpecAugment",
     "SpeechCollator",
     "SpeechDataset",

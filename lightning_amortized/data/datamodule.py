@@ -25,8 +25,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_amortized.data.features import LogMelFilterbank, SpecAugment
 from lightning_amortized.data.prepare import CorpusError, Utterance, prepare_librispeech, read_manifest
 from lightning_amortized.data.tokenizer import CharTokenizer
+from lightning_amortized.seeding import derive_seed
 
-__all__ = ["SpeechDataset", "DurationBatchSampler", "SpeechCollator", "LibriSpeechDataModule", "SyntheticDataModule"]
+__all__ = [
+    "DurationBatchSampler",
+    "LibriSpeechDataModule",
+    "ResumableDataLoader",
+    "SeededBatch",
+    "SpeechCollator",
+    "SpeechDataset",
+    "SyntheticDataModule",
+]
 
 
 def load_audio(path: str, sample_rate: int = 16000) -> torch.Tensor:
@@ -132,6 +141,15 @@ class SpeechDataset(Dataset):
         for i in tqdm(range(len(self)), desc=desc, unit="utt", disable=not show_progress, leave=False):
             self._features(i)
 
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Items of a batch; a :class:`SeededBatch` passes its seed on as ``"batch_seed"``."""
+        items = [self[i] for i in indices]
+        seed = getattr(indices, "seed", None)
+        if seed is not None:
+            for item in items:
+                item["batch_seed"] = seed
+        return items
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         u = self.utterances[i]
         item: dict[str, Any] = {"id": u.id, "tokens": self.tokens[i], "text": u.words}
@@ -147,13 +165,16 @@ class DurationBatchSampler(Sampler[list[int]]):
 
     Utterances are sorted by duration, cut into batches whose padded size
     (``len(batch) * longest``) stays under ``max_seconds``, and the batch order is
-    shuffled per epoch from ``seed + epoch`` (call :meth:`set_epoch`). With
+    shuffled per epoch from ``seed + epoch`` (Lightning calls :meth:`set_epoch`; call it
+    yourself in a plain PyTorch loop). With
     ``sortagrad_epochs=n`` the first ``n`` epochs visit batches shortest first
     (SortaGrad, Amodei et al. 2016), which gets CTC training past its initial
     all-blank plateau sooner. Under
     ``torch.distributed`` each rank takes every ``world_size``-th batch (the batch
     count is padded to a multiple of the world size so ranks stay in step). An utterance
-    longer than ``max_seconds`` forms a batch of its own (a warning counts them).
+    longer than ``max_seconds`` forms a batch of its own (a warning counts them). Each
+    batch is a :class:`SeededBatch` whose ``seed`` follows from ``seed``, the epoch, the
+    batch's position and the rank.
 
     Example:
         >>> s = DurationBatchSampler([1.0, 2.0, 1.5, 4.0], max_seconds=4.0, shuffle=False)
@@ -174,6 +195,7 @@ class DurationBatchSampler(Sampler[list[int]]):
             raise ValueError(f"Expected argument `max_seconds` to be > 0, but got {max_seconds}.")
         self.max_seconds, self.shuffle, self.seed, self.epoch = max_seconds, shuffle, seed, 0
         self.sortagrad_epochs = sortagrad_epochs
+        self._skip = 0
         order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
         batches: list[list[int]] = []
         cur: list[int] = []
@@ -197,8 +219,24 @@ class DurationBatchSampler(Sampler[list[int]]):
             )
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle the batch order for ``epoch``."""
+        """Reshuffle the batch order for ``epoch`` (Lightning calls it through :attr:`sampler`)."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> DurationBatchSampler:
+        """This sampler itself.
+
+        Lightning calls ``set_epoch`` on ``dataloader.sampler`` and on
+        ``dataloader.batch_sampler.sampler``, never on the batch sampler; this alias is
+        how a batch sampler that shuffles by epoch receives the epoch.
+        """
+        return self
+
+    def skip_next(self, batches: int) -> None:
+        """Make the next iteration start after its first ``batches`` batches (resuming mid-epoch)."""
+        if batches < 0:
+            raise ValueError(f"Expected argument `batches` to be >= 0, but got {batches}.")
+        self._skip = batches
 
     def _rank(self) -> tuple[int, int]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -206,18 +244,87 @@ class DurationBatchSampler(Sampler[list[int]]):
         return 0, 1
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = list(self.batches)
+        # a generator: the order is drawn at the first batch, after Lightning's `set_epoch`
+        skip, self._skip = self._skip, 0
+        order = list(range(len(self.batches)))
         if self.shuffle and self.epoch >= self.sortagrad_epochs:
-            random.Random(self.seed + self.epoch).shuffle(batches)
+            random.Random(self.seed + self.epoch).shuffle(order)
         rank, world = self._rank()
         if world > 1:
-            total = math.ceil(len(batches) / world) * world
-            batches = (batches + batches[: total - len(batches)])[rank::world]
-        return iter(batches)
+            total = math.ceil(len(order) / world) * world
+            order = (order + order[: total - len(order)])[rank::world]
+        for position in range(skip, len(order)):
+            # the seed of the batch's augmentation depends on where the batch is, not on what ran before
+            yield SeededBatch(self.batches[order[position]], derive_seed(self.seed, self.epoch, position, rank))
 
     def __len__(self) -> int:
         _, world = self._rank()
         return math.ceil(len(self.batches) / world)
+
+
+class SeededBatch(list):
+    """A batch of dataset indices carrying the seed of its augmentation (``.seed``).
+
+    :meth:`SpeechDataset.__getitems__` passes the seed to the items and
+    :class:`SpeechCollator` draws the batch's SpecAugment masks from it, in the main
+    process or in a worker alike, so a resumed epoch draws the same masks.
+    """
+
+    def __init__(self, indices: Sequence[int], seed: int) -> None:
+        super().__init__(indices)
+        self.seed = seed
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`DurationBatchSampler` whose place in the epoch is checkpointed.
+
+    Lightning saves ``state_dict()`` of every training loader that has one into the
+    checkpoint (``loops.fit_loop.state_dict.combined_loader``) and calls
+    ``load_state_dict`` before the loader's first iteration after a mid-epoch resume. The
+    state is the epoch and the number of batches already handed out; the resumed
+    iteration starts right after them, without loading the skipped batches. Iteration
+    starts lazily, at the first batch, so that the sampler has received its epoch from
+    Lightning before the order is drawn (also with workers).
+
+    Example:
+        >>> sampler = DurationBatchSampler([1.0, 2.0, 1.5, 4.0], max_seconds=4.0, shuffle=False)
+        >>> dl = ResumableDataLoader(list(range(4)), batch_sampler=sampler)
+        >>> it = iter(dl); _ = next(it); dl.state_dict()
+        {'epoch': 0, 'batches': 1}
+        >>> dl2 = ResumableDataLoader(list(range(4)), batch_sampler=sampler)
+        >>> dl2.load_state_dict(dl.state_dict()); [b.tolist() for b in dl2]
+        [[1], [3]]
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.batch_sampler, DurationBatchSampler):
+            raise TypeError(
+                "ResumableDataLoader needs `batch_sampler=DurationBatchSampler(...)`, "
+                f"but got {type(self.batch_sampler).__name__}."
+            )
+        self._yielded = 0
+        self._resume_at = 0
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        start, self._resume_at = self._resume_at, 0
+        self._yielded = start
+        return self._from(start)
+
+    def _from(self, start: int) -> Iterator[Any]:
+        self.batch_sampler.skip_next(start)
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the sampler's epoch and the batches handed out in it."""
+        return {"epoch": int(self.batch_sampler.epoch), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume the next iteration at ``state_dict["batches"]`` of epoch ``state_dict["epoch"]``."""
+        self.batch_sampler.set_epoch(int(state_dict["epoch"]))
+        self._resume_at = int(state_dict["batches"])
 
 
 class SpeechCollator:
@@ -225,7 +332,9 @@ class SpeechCollator:
     SpecAugment when training, and pads tokens.
 
     Items holding ``"feats"`` ``(T, n_mels)`` are padded as they are; items holding
-    ``"wav"`` get features from ``features`` computed on the padded batch.
+    ``"wav"`` get features from ``features`` computed on the padded batch. SpecAugment
+    draws from the batch's ``"batch_seed"`` (set by :class:`SeededBatch`) when the items
+    carry one, else from torch's global generator.
     """
 
     def __init__(self, features: LogMelFilterbank | None = None, spec_augment: SpecAugment | None = None) -> None:
@@ -250,7 +359,9 @@ class SpeechCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         feats, feat_lengths = self._features(items)
         if self.spec_augment is not None:
-            feats = self.spec_augment(feats, feat_lengths)
+            seed = items[0].get("batch_seed")
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            feats = self.spec_augment(feats, feat_lengths, generator=generator)
         token_lengths = torch.tensor([len(it["tokens"]) for it in items])
         tokens = torch.zeros(len(items), max(1, int(token_lengths.max())), dtype=torch.long)
         for i, it in enumerate(items):
@@ -376,7 +487,7 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         )
         # features only serve datasets holding waveforms (a subclass's own SpeechDataset)
         collate = SpeechCollator(self.features, SpecAugment() if (train and self.use_spec_augment) else None)
-        return DataLoader(
+        return ResumableDataLoader(
             ds,
             batch_sampler=sampler,
             collate_fn=collate,
