@@ -1,10 +1,12 @@
-"""Command line: ``lightning-amortized {fit,validate,test,make-corpus,prepare,diff} ...``.
+"""Command line: ``lightning-amortized {fit,validate,test,make-corpus,prepare,diff,export} ...``.
 
 * ``fit``/``validate``/``test``/``predict``: LightningCLI over :class:`ASRModule` and any
   LibriSpeech-layout datamodule (``--config recipes/synthetic/conf/lstm_ctc.yaml``).
 * ``make-corpus ROOT --utterances N --seed S``: generate the synthetic corpus.
 * ``prepare ROOT --splits train-clean-100 dev-clean --manifests DIR``: write manifests.
 * ``diff inspect|apply|export``: neural diff files.
+* ``export CKPT --out DIR``: ONNX step graphs + manifest for the device runtime
+  (``lightning-amortized-device``, see ``docs/device.md``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,29 @@ def _prepare_main(argv: list[str]) -> int:
     return 0
 
 
+def _export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="lightning-amortized export",
+        description="Export a checkpoint as ONNX step graphs + manifest for the device runtime (docs/device.md).",
+    )
+    p.add_argument("checkpoint", help="LightningCLI checkpoint of an ASRModule (CTC, LSTM/GRU or AmNet encoder)")
+    p.add_argument("--out", required=True, help="folder to write (manifest.json, *.onnx, weights.safetensors)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (ONNX Runtime)")
+    p.add_argument("--device-flops", type=float, default=None,
+                   help="simulated device FLOP/s for single encoders (AmNets keep the device they were trained for)")
+    a = p.parse_args(argv)
+    from lightning_amortized.export import ExportError, export_onnx, load_for_export
+
+    try:
+        model = load_for_export(a.checkpoint)
+        manifest = export_onnx(model, a.out, device_flops_per_s=a.device_flops, source=str(a.checkpoint))
+    except (ExportError, OSError) as err:
+        return _fail("export", err)
+    graphs = list(manifest["graphs"]) + (["arbitrator"] if manifest["arbitrator"] else [])
+    print(f"{a.out}: {manifest['kind']} model, graphs {graphs}, weights sha256:{manifest['weights']['sha256']}")
+    return 0
+
+
 def _fail(command: str, err: BaseException) -> int:
     """The one way every subcommand reports bad input: one line on stderr, exit status 2."""
     print(f"lightning-amortized {command}: error: {err}", file=sys.stderr)
@@ -49,6 +74,7 @@ commands:
   make-corpus ROOT                  generate the synthetic LibriSpeech-layout corpus
   prepare ROOT --splits ...         write manifests of a LibriSpeech-layout corpus
   diff inspect|apply|export         neural diff files
+  export CKPT --out DIR             ONNX step graphs + manifest for lightning-amortized-device
 
 Each command takes --help. Errors in the input print one line and exit with status 2.
 """
@@ -97,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_amortized.diffs.commands import main as diff_main
 
         return int(diff_main(argv[1:]) or 0)
+    if argv and argv[0] == "export":
+        return _export_main(argv[1:])
     ASRLightningCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     return 0
 

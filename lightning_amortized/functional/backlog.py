@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_amortized.backlog_rule import next_backlog
+
 __all__ = [
     "backlog",
     "backlog_step",
@@ -83,7 +85,7 @@ def backlog_step(
     Returns:
         ``(B,)`` backlog after the frame.
     """
-    new = torch.relu(backlog_ms + cost_ms - frame_ms)
+    new = next_backlog(backlog_ms, cost_ms, frame_ms, relu=torch.relu)  # the one rule, shared with the device
     return new if valid is None else torch.where(valid, new, backlog_ms)
 
 

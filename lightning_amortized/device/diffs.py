@@ -1,0 +1,365 @@
+"""Apply neural diff files to an exported model with numpy and safetensors only.
+
+Reads the file format of :mod:`lightning_amortized.diffs.io` (its docstring is the
+specification: ``gap-u8`` or ``int32`` sparse indices, fp32/fp16/int8 values with a scale,
+hashed diffs, ``base_sha256``/``result_sha256`` over the targets, ``payload_sha256`` over
+everything). The constants below duplicate that module's (it imports PyTorch); a test
+checks that they are equal.
+
+:func:`apply_chain` (and :func:`apply_diff` for one file), before writing anything:
+verifies each file (format, version, payload hash, tensor consistency), checks that its
+targets exist in ``weights.safetensors`` with the same shapes and dtypes, checks the
+*base hash* against the current weights (after the earlier files of the chain), computes
+the new weights in temporaries and checks the *result hash*. Only then is
+``weights.safetensors`` replaced atomically (temporary file and rename; the graphs point
+into it, so they compute with the new weights when next loaded) and the update recorded
+in ``updates.json``. A refusal raises and leaves the weights byte-identical.
+
+Example::
+
+    >>> apply_chain("exported/", ["update-1.safetensors", "update-2.safetensors"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_amortized.atomic import write_atomic
+from lightning_amortized.device.hashing import hash_indices
+from lightning_amortized.device.weights import read_weights, weights_sha256, write_weights
+
+__all__ = [
+    "BaseMismatchError",
+    "DiffError",
+    "DiffFormatError",
+    "DiffIntegrityError",
+    "DeviceDiffInfo",
+    "apply_chain",
+    "apply_diff",
+    "decode_gaps",
+    "read_diff",
+]
+
+# the format constants of lightning_amortized.diffs.io (tests/test_device_diffs.py checks them)
+FORMAT_NAME = "lightning_amortized.diff"
+SUPPORTED_VERSIONS = (1, 2)
+GAP_ESCAPE = 255
+INDEX_ENCODINGS = ("gap-u8", "int32")
+VALUE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
+_VERSION_OF_ENCODING = {"int32": 1, "gap-u8": 2}
+UPDATES_FILE = "updates.json"
+
+
+class DiffError(ValueError):
+    """A diff operation was refused; the exported weights were not modified."""
+
+
+class DiffFormatError(DiffError):
+    """The file is not a readable diff (truncated, corrupted, unknown format version)."""
+
+
+class DiffIntegrityError(DiffError):
+    """The file reads but its payload hash does not match (edited or damaged)."""
+
+
+class BaseMismatchError(DiffError):
+    """The exported weights are not the base the diff applies to (hash, names, shapes or dtypes)."""
+
+
+@dataclass(frozen=True)
+class DeviceDiffInfo:
+    """What the device needs to know about a diff file.
+
+    Attributes:
+        path: The file.
+        format_version: 1 or 2.
+        method: ``"sparse"`` or ``"hashed"``.
+        seed: Hash seed.
+        value_dtype: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        index_encoding: ``"gap-u8"``, ``"int32"`` or ``"hash"``.
+        targets: ``[{name, shape, dtype, numel, stored}]``.
+        base_sha256: Hash of the targets before applying.
+        result_sha256: Hash of the targets after applying.
+        payload_sha256: Hash of tensors and metadata.
+        file_bytes: Size of the file in bytes.
+    """
+
+    path: str
+    format_version: int
+    method: str
+    seed: int
+    value_dtype: str
+    index_encoding: str
+    targets: tuple[dict[str, Any], ...]
+    base_sha256: str
+    result_sha256: str
+    payload_sha256: str
+    file_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [t["name"] for t in self.targets]
+
+
+def _payload_sha256(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> str:
+    h = hashlib.sha256(b"lightning_amortized.payload.v1\0")
+    meta = {k: v for k, v in metadata.items() if k != "payload_sha256"}
+    blob = json.dumps(meta, sort_keys=True).encode("utf-8")
+    h.update(struct.pack("<Q", len(blob)) + blob)
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        head = json.dumps([name, a.dtype.name, list(a.shape)]).encode("utf-8")
+        h.update(struct.pack("<Q", len(head)) + head)
+        data = a.reshape(-1).view(np.uint8)
+        h.update(struct.pack("<Q", data.nbytes))
+        h.update(data.tobytes())
+    return h.hexdigest()
+
+
+def _large_dtype(numel: int) -> type:
+    return np.int32 if numel < 2**31 else np.int64
+
+
+def decode_gaps(gaps: np.ndarray, large_gaps: np.ndarray, numel: int) -> np.ndarray:
+    """Flat int64 indices from a ``gap-u8`` stream (``i_k = k + s_0 + ... + s_k``), checked against ``numel``.
+
+    Raises:
+        DiffFormatError: escape count differs from ``large_gaps``, a large gap outside
+            ``[255, numel)``, or an index ``>= numel``.
+    """
+    if gaps.dtype != np.uint8 or gaps.ndim != 1 or large_gaps.ndim != 1 or large_gaps.dtype.kind not in "iu":
+        raise DiffFormatError(
+            f"Expected uint8 gaps (n,) and integer large gaps (e,), but got {gaps.dtype} {gaps.shape} "
+            f"and {large_gaps.dtype} {large_gaps.shape}."
+        )
+    escape = gaps == GAP_ESCAPE
+    if int(escape.sum()) != large_gaps.size:
+        raise DiffFormatError(
+            f"Gap stream has {int(escape.sum())} escape byte(s) (255) but {large_gaps.size} large gap(s); "
+            "the index data is corrupt."
+        )
+    large = large_gaps.astype(np.int64)
+    if large.size and (int(large.min()) < GAP_ESCAPE or int(large.max()) >= numel):
+        raise DiffFormatError(f"Large gaps must lie in [{GAP_ESCAPE}, {numel}); the index data is corrupt.")
+    n = gaps.size
+    approx_last = n - 1 + float(gaps[~escape].astype(np.float64).sum()) + float(large.astype(np.float64).sum())
+    if n and approx_last >= numel + 1024:
+        raise DiffFormatError(f"Gap stream decodes to indices beyond the tensor ({numel} entries); corrupt.")
+    skips = gaps.astype(np.int64)
+    skips[escape] = large
+    idx = np.cumsum(skips) + np.arange(n, dtype=np.int64)
+    if n and int(idx[-1]) >= numel:
+        raise DiffFormatError(f"Gap stream decodes to index {int(idx[-1])}, outside [0, {numel}); corrupt.")
+    return idx
+
+
+def read_diff(path: str | Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
+    """Read and fully verify a diff file: its :class:`DeviceDiffInfo` and stored arrays.
+
+    Raises:
+        DiffFormatError: missing, truncated, not a diff, unknown version, inconsistent tensors.
+        DiffIntegrityError: payload hash mismatch (the file was edited or damaged).
+    """
+    import safetensors.numpy
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise DiffFormatError(f"Cannot read diff file {str(p)!r}: {err}.") from err
+    try:
+        tensors = safetensors.numpy.load(data)
+        (hlen,) = struct.unpack("<Q", data[:8])
+        meta = json.loads(data[8 : 8 + hlen]).get("__metadata__") or {}
+    except Exception as err:  # safetensors raises its own error types
+        raise DiffFormatError(
+            f"{str(p)!r} is not a readable safetensors file ({len(data)} bytes; truncated or corrupted?): {err}"
+        ) from err
+    if meta.get("format") != FORMAT_NAME:
+        raise DiffFormatError(f"{str(p)!r} is a safetensors file but not a {FORMAT_NAME} file (format={meta.get('format')!r}).")
+    try:
+        version = int(meta["format_version"])
+    except (KeyError, ValueError) as err:
+        raise DiffFormatError(f"{str(p)!r} has no valid format_version ({meta.get('format_version')!r}).") from err
+    if version not in SUPPORTED_VERSIONS:
+        raise DiffFormatError(
+            f"{str(p)!r} has format version {version}; this device runtime reads version(s) "
+            f"{list(SUPPORTED_VERSIONS)}. Update the runtime to apply it."
+        )
+    expected, found = meta.get("payload_sha256"), _payload_sha256(tensors, meta)
+    if expected != found:
+        raise DiffIntegrityError(
+            f"{str(p)!r} failed its integrity check: payload sha256 expected {expected}, found {found}. "
+            "The file was edited or damaged; fetch it again."
+        )
+    try:
+        targets = tuple(
+            {"name": t["name"], "shape": tuple(int(s) for s in t["shape"]), "dtype": t["dtype"],
+             "numel": int(t["numel"]), "stored": int(t["stored"])}
+            for t in json.loads(meta["targets"])
+        )
+        method = meta["method"]
+        info = DeviceDiffInfo(
+            path=str(p), format_version=version, method=method, seed=int(meta["seed"]),
+            value_dtype=meta["value_dtype"],
+            index_encoding=meta.get("index_encoding", "int32") if method == "sparse" else "hash",
+            targets=targets, base_sha256=meta["base_sha256"], result_sha256=meta["result_sha256"],
+            payload_sha256=expected, file_bytes=len(data), extra=json.loads(meta.get("extra", "{}")),
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise DiffFormatError(f"{str(p)!r} has malformed metadata: {err!r}.") from err
+    _check_tensors(info, tensors)
+    return info, tensors
+
+
+def _check_tensors(info: DeviceDiffInfo, tensors: Mapping[str, np.ndarray]) -> None:
+    if info.method not in ("sparse", "hashed") or info.value_dtype not in VALUE_DTYPES:
+        raise DiffFormatError(f"{info.path!r}: unknown method {info.method!r} or value dtype {info.value_dtype!r}.")
+    if info.method == "sparse" and (
+        info.index_encoding not in INDEX_ENCODINGS or _VERSION_OF_ENCODING[info.index_encoding] > info.format_version
+    ):
+        raise DiffFormatError(f"{info.path!r}: index encoding {info.index_encoding!r} is unknown or not allowed.")
+    for t in info.targets:
+        name, stored, numel = t["name"], t["stored"], t["numel"]
+        key = f"{name}::values" if info.method == "sparse" else f"{name}::buckets"
+        values = tensors.get(key)
+        if values is None or values.shape != (stored,) or values.dtype != VALUE_DTYPES[info.value_dtype]:
+            raise DiffFormatError(f"{info.path!r}: tensor {key!r} missing or not ({stored},) {info.value_dtype}.")
+        if info.value_dtype == "int8" and f"{name}::scale" not in tensors:
+            raise DiffFormatError(f"{info.path!r}: int8 target {name!r} has no scale tensor.")
+        if info.method != "sparse":
+            continue
+        if math.prod(t["shape"]) != numel:
+            raise DiffFormatError(f"{info.path!r}: target {name!r} shape and numel disagree.")
+        if info.index_encoding == "int32":
+            idx = tensors.get(f"{name}::indices")
+            if idx is None or idx.shape != (stored,) or idx.dtype.kind not in "iu":
+                raise DiffFormatError(f"{info.path!r}: indices of {name!r} missing or of the wrong length.")
+            if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= numel):
+                raise DiffFormatError(f"{info.path!r}: indices of {name!r} fall outside [0, {numel}).")
+            continue
+        gaps, large = tensors.get(f"{name}::gaps"), tensors.get(f"{name}::large_gaps")
+        if gaps is None or large is None or gaps.shape != (stored,) or large.dtype != _large_dtype(numel):
+            raise DiffFormatError(f"{info.path!r}: gap-u8 indices of {name!r} missing or malformed.")
+        try:
+            decode_gaps(gaps, large, numel)
+        except DiffFormatError as err:
+            raise DiffFormatError(f"{info.path!r}: indices of {name!r}: {err}") from err
+
+
+def _values(tensors: Mapping[str, np.ndarray], key: str, name: str) -> np.ndarray:
+    """float32 values (``int8 * scale`` for int8), as the PyTorch side decodes them."""
+    v = tensors[key]
+    if v.dtype == np.int8:
+        return v.astype(np.float32) * tensors[f"{name}::scale"].astype(np.float32)
+    return v.astype(np.float32)
+
+
+def _new_weight(info: DeviceDiffInfo, t: Mapping[str, Any], tensors: Mapping[str, np.ndarray], base: np.ndarray) -> np.ndarray:
+    """``W0 + D`` for one target as a new array (same arithmetic as the PyTorch side)."""
+    name = t["name"]
+    if info.method == "sparse":
+        values = _values(tensors, f"{name}::values", name)
+        if f"{name}::gaps" in tensors:
+            idx = decode_gaps(tensors[f"{name}::gaps"], tensors[f"{name}::large_gaps"], t["numel"])
+        else:
+            idx = tensors[f"{name}::indices"].astype(np.int64)
+        out = np.array(base, copy=True, order="C")
+        flat = out.reshape(-1)
+        flat[idx] = flat[idx] + values.astype(out.dtype)
+        return out
+    buckets = _values(tensors, f"{name}::buckets", name).astype(base.dtype)
+    idx, sign = hash_indices(name, t["numel"], info.seed, buckets.size)
+    delta = (sign.astype(buckets.dtype) * buckets[idx]).reshape(t["shape"])
+    return base + delta
+
+
+def _step(info: DeviceDiffInfo, tensors: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """New arrays for the diff's targets given the current weights; checks names, shapes, hashes."""
+    missing = [n for n in info.names if n not in weights]
+    if missing:
+        raise BaseMismatchError(
+            f"{info.path!r} changes tensors the exported model does not have: {missing}. The diff was made "
+            "for another model, or targets parameters the device graphs do not use."
+        )
+    for t in info.targets:
+        w = weights[t["name"]]
+        if tuple(w.shape) != t["shape"] or w.dtype.name != t["dtype"]:
+            raise BaseMismatchError(
+                f"Shape or dtype mismatch for {t['name']!r}: the diff expects {t['shape']} {t['dtype']}, the "
+                f"exported weights have {tuple(w.shape)} {w.dtype.name}."
+            )
+    found = weights_sha256(weights, info.names)
+    if found != info.base_sha256:
+        raise BaseMismatchError(
+            f"{info.path!r} applies to a different base: expected weights sha256 {info.base_sha256}, found "
+            f"{found} (over {len(info.names)} target(s)). Apply the earlier updates first, or use the matching model."
+        )
+    new = {t["name"]: _new_weight(info, t, tensors, weights[t["name"]]) for t in info.targets}
+    got = weights_sha256(new, info.names)
+    if got != info.result_sha256:
+        raise DiffError(
+            f"Applying {info.path!r} gave weights sha256 {got}, expected {info.result_sha256}; refusing "
+            "(arithmetic differs from the exporting machine)."
+        )
+    return new
+
+
+def apply_chain(export_dir: str | Path, paths: Sequence[str | Path]) -> list[DeviceDiffInfo]:
+    """Apply diff files ``1..k`` in order to ``export_dir/weights.safetensors``; all or nothing.
+
+    Args:
+        export_dir: A folder written by ``lightning-amortized export``.
+        paths: Diff files in the order they were made.
+
+    Returns:
+        The :class:`DeviceDiffInfo` of each file.
+
+    Raises:
+        DiffFormatError, DiffIntegrityError: an unreadable, unknown-version or edited file.
+        BaseMismatchError: a file for another base (hash), unknown names, shape or dtype mismatch.
+        DiffError: other refusals. In every case the weights are unchanged.
+        lightning_amortized.device.weights.WeightsError: the exported weights are damaged.
+    """
+    if not paths:
+        raise ValueError("Expected at least one diff file in `paths`, but got none.")
+    folder = Path(export_dir)
+    weights_path = folder / "weights.safetensors"
+    weights, meta = read_weights(weights_path)
+    current = dict(weights)
+    infos, records = [], []
+    for path in paths:
+        info, tensors = read_diff(path)
+        current.update(_step(info, tensors, current))
+        infos.append(info)
+        records.append({"file": Path(path).name, "payload_sha256": info.payload_sha256, "method": info.method,
+                        "targets": len(info.targets), "bytes": info.file_bytes,
+                        "base_sha256": info.base_sha256, "result_sha256": info.result_sha256})
+    before = meta.get("weights_sha256")
+    after = write_weights(weights_path, current)
+    history_path = folder / UPDATES_FILE
+    try:
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
+    except (OSError, ValueError):
+        history = []
+    for i, rec in enumerate(records):
+        rec["weights_sha256_before"] = before if i == 0 else None
+        rec["weights_sha256_after"] = after if i == len(records) - 1 else None
+        history.append(rec)
+    write_atomic(history_path, json.dumps(history, indent=2) + "\n")
+    return infos
+
+
+def apply_diff(export_dir: str | Path, path: str | Path) -> DeviceDiffInfo:
+    """Apply one diff file to an exported model (see :func:`apply_chain`)."""
+    return apply_chain(export_dir, [path])[0]

@@ -1,0 +1,412 @@
+"""Export a trained :class:`~lightning_amortized.module.ASRModule` for a device: ONNX step graphs + manifest.
+
+What is written to ``out_dir`` (layout and state conventions in ``docs/device.md``):
+
+* ``manifest.json``: feature settings, frame length, vocabulary, state names and
+  shapes, every graph's inputs and outputs, FLOPs per frame of each branch and of the
+  arbitrator, the simulated device the arbitrator was trained for, the SHA-256 of the
+  weights and the export format.
+* one ONNX graph per single-frame step, with the recurrent state as explicit inputs and
+  outputs: for a single encoder ``step.onnx``; for an AmNet ``arbitrator.onnx``,
+  ``fast.onnx`` and ``slow.onnx``. Each branch graph includes the CTC output layer:
+  ``(x (1, F), state...) -> (y (1, D), logits (1, V), state_out...)``. The arbitrator graph
+  is ``(x (1, F), backlog_ms (1,), prev_gate (1, K)) -> logits (1, K)``; the backlog lives on
+  the host, which runs the same rule as :mod:`lightning_amortized.functional`.
+* ``weights.safetensors``: every trained tensor the graphs read, under its
+  ``ASRModule`` parameter name (``encoder.rnn.rnn.weight_ih_l0``, ``head.weight``, ...).
+  The graphs hold no copy: their initializers are ONNX *external data* pointing into this
+  file, so a neural diff applied to it (``lightning_amortized.device.apply_diff``) is what
+  the graphs compute with. The names are those the diff files use.
+
+The graphs are traced with the TorchScript-based exporter (``torch.onnx.export(...,
+dynamo=False)``; it still works in torch 2.11 and keeps parameter names as initializer
+names when constant folding is off), opset 17. The recurrent cells are written out as
+matrix products and pointwise ops rather than ONNX ``LSTM`` nodes, so that every weight
+keeps its PyTorch layout and name.
+
+Example::
+
+    >>> from lightning_amortized.module import ASRModule  # doctest: +SKIP
+    >>> model = ASRModule.load_from_checkpoint("best.ckpt")  # doctest: +SKIP
+    >>> manifest = export_onnx(model, "exported/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_amortized.atomic import write_atomic
+
+__all__ = ["EXPORT_FORMAT", "EXPORT_FORMAT_VERSION", "WEIGHTS_FILE", "ExportError", "export_onnx", "load_for_export"]
+
+EXPORT_FORMAT = "lightning_amortized.device"
+EXPORT_FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_FORMAT = "lightning_amortized.device.weights"
+OPSET = 17
+_PREFIX = "m."  # the wrapper modules hold the ASRModule as `m`
+
+
+class ExportError(ValueError):
+    """The model cannot be exported (unsupported encoder or loss); nothing was written."""
+
+
+# --------------------------------------------------------------------------- step graphs
+
+
+def _recurrent_step(enc: nn.Module, x: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, list]:
+    """One frame of a :class:`RecurrentEncoder` written as matrix products (``x (1, F)``, states ``(L, 1, H)``)."""
+    from lightning_amortized.nn.amortized import _gru_cell, _lstm_cell
+
+    rnn = enc.torch_rnn
+    lstm = enc.rnn_type == "lstm"
+    hs = states[0]
+    cs = states[1] if lstm else None
+    inp = x
+    new_h, new_c = [], []
+    for layer in range(enc.num_layers):
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+        b_ih = getattr(rnn, f"bias_ih_l{layer}") if rnn.bias else None
+        b_hh = getattr(rnn, f"bias_hh_l{layer}") if rnn.bias else None
+        gi = F.linear(inp, w_ih, b_ih)
+        gh = F.linear(hs[layer], w_hh, b_hh)
+        if lstm:
+            h, c = _lstm_cell(gi + gh, cs[layer])
+            new_c.append(c)
+        else:
+            h = _gru_cell(gi, gh, hs[layer])
+        new_h.append(h)
+        inp = h
+    y = inp if enc.proj is None else enc.proj(inp)
+    out = [torch.stack(new_h)] + ([torch.stack(new_c)] if lstm else [])
+    return y, out
+
+
+class _BranchStep(nn.Module):
+    """``(x, *states) -> (y, logits, *states_out)`` for one branch of the model ``m`` plus its CTC head."""
+
+    def __init__(self, model: nn.Module, mode: str, branch: int) -> None:
+        super().__init__()
+        self.m = model
+        self.mode, self.branch = mode, branch
+
+    def forward(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        enc = self.m.encoder
+        if self.mode == "recurrent":
+            y, out = _recurrent_step(enc, x, list(states))
+        elif self.mode == "shared":  # the eager code path of SharedStateAmortizedEncoder.step (B == 1)
+            core = enc.core
+            state = (states[0], states[1]) if core.rnn_type == "lstm" else states[0]
+            choice = torch.full((1,), self.branch, dtype=torch.long)
+            y, new = core.step(x, state, choice)
+            out = list(new) if core.rnn_type == "lstm" else [new]
+        else:  # independent branches: this branch's own state, its projection
+            core = enc.core
+            y, out = _recurrent_step(core.branches[self.branch], x, list(states))
+            y = core.projections[self.branch](y)
+        return (y, self.m.head(y), *out)
+
+
+class _ArbitratorStep(nn.Module):
+    """``(x, backlog_ms, prev_gate) -> logits``: :meth:`Arbitrator.step` of ``m.encoder.arbitrator``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: torch.Tensor, backlog_ms: torch.Tensor, prev_gate: torch.Tensor) -> torch.Tensor:
+        return self.m.encoder.arbitrator.step(x, backlog_ms, prev_gate)
+
+
+# --------------------------------------------------------------------------- model inspection
+
+
+def _plan(model: nn.Module) -> dict[str, Any]:
+    """What to export for ``model``: kind, branches (name, mode, index, flops, state names), arbitrator."""
+    from lightning_amortized.nn.amortized import AmortizedEncoder, SharedStateAmortizedEncoder, _IndependentCore
+    from lightning_amortized.nn.encoders import RecurrentEncoder
+
+    if getattr(model, "loss_kind", "ctc") != "ctc":
+        raise ExportError(
+            f"Only CTC models export to the device runtime (greedy CTC decoding); this model uses "
+            f"loss={model.loss_kind!r}. Train with loss='ctc'."
+        )
+    enc = model.encoder
+
+    def states(rnn_type: str, prefix: str = "") -> list[str]:
+        return [f"{prefix}h", f"{prefix}c"] if rnn_type == "lstm" else [f"{prefix}h"]
+
+    if isinstance(enc, RecurrentEncoder):
+        return {
+            "kind": "single",
+            "routing": None,
+            "branches": [{"name": "step", "mode": "recurrent", "index": 0, "flops": int(enc.flops_per_frame()),
+                          "states": states(enc.rnn_type), "encoder": enc}],
+            "device_flops_per_s": None,
+        }
+    if isinstance(enc, SharedStateAmortizedEncoder):
+        core = enc.core
+        flops = enc.branch_flops()
+        names = ["fast", "slow"]
+        branches = [{"name": names[k], "mode": "shared", "index": k, "flops": int(flops[k]),
+                     "states": states(core.rnn_type), "encoder": core.encoder} for k in range(2)]
+        routing = "shared_state"
+    elif isinstance(enc, AmortizedEncoder) and isinstance(enc.core, _IndependentCore):
+        core = enc.core
+        bad = [type(b).__name__ for b in core.branches if not isinstance(b, RecurrentEncoder)]
+        if bad:
+            raise ExportError(
+                f"Independent AmNet branches must be RecurrentEncoders to export step graphs, but got {bad}."
+            )
+        flops = enc.branch_flops()
+        names = ["fast", "slow"] + [f"branch{k}" for k in range(2, core.num_branches)]
+        branches = [{"name": names[k], "mode": "independent", "index": k, "flops": int(flops[k]),
+                     "states": states(b.rnn_type, f"{names[k]}."), "encoder": b} for k, b in enumerate(core.branches)]
+        routing = "independent"
+    else:
+        raise ExportError(
+            f"Cannot export encoder {type(enc).__name__}: the device runtime supports RecurrentEncoder, "
+            "SharedStateAmortizedEncoder and AmortizedEncoder over RecurrentEncoder branches (streaming LSTM/GRU)."
+        )
+    if enc.force_branch is not None:  # a single branch of the AmNet (fast-only, compressed single encoder)
+        b = dict(branches[enc.force_branch], name="step")
+        return {"kind": "single", "routing": None, "branches": [b], "device_flops_per_s": enc.device_flops_per_s}
+    return {"kind": "amnet", "routing": routing, "branches": branches, "device_flops_per_s": enc.device_flops_per_s}
+
+
+def _state_shape(encoder: nn.Module) -> list[int]:
+    return [int(encoder.num_layers), 1, int(encoder.hidden_size)]
+
+
+# --------------------------------------------------------------------------- ONNX plumbing
+
+
+def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str]) -> Any:
+    """ONNX ``ModelProto`` of ``module`` traced on ``args`` (TorchScript exporter, no constant folding)."""
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # TracerWarnings (int(choice)), the exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            buf,
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=OPSET,
+            do_constant_folding=False,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _collect(proto: Any, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Initializers of ``proto`` that are the model's tensors: ``{model name: numpy array}``."""
+    from onnx import numpy_helper
+
+    found = {}
+    for init in proto.graph.initializer:
+        if not init.name.startswith(_PREFIX):
+            continue
+        name = init.name[len(_PREFIX):]
+        if name not in state:
+            continue
+        arr = numpy_helper.to_array(init)
+        ref = state[name].detach().cpu().numpy()
+        if arr.shape != ref.shape or arr.dtype != ref.dtype or arr.tobytes() != ref.tobytes():
+            raise ExportError(f"Initializer {init.name!r} of the traced graph differs from parameter {name!r}.")
+        found[name] = ref
+    return found
+
+
+def _externalize(proto: Any, offsets: dict[str, tuple[int, int]]) -> None:
+    """Point the model-tensor initializers of ``proto`` into ``weights.safetensors`` (ONNX external data)."""
+    import onnx
+
+    for init in proto.graph.initializer:
+        name = init.name[len(_PREFIX):] if init.name.startswith(_PREFIX) else None
+        if name not in offsets:
+            continue
+        start, length = offsets[name]
+        init.name = name  # graph nodes refer to it by this name from now on
+        init.ClearField("raw_data")
+        for field in ("float_data", "int32_data", "int64_data", "double_data"):
+            init.ClearField(field)
+        init.data_location = onnx.TensorProto.EXTERNAL
+        del init.external_data[:]
+        for key, value in (("location", WEIGHTS_FILE), ("offset", str(start)), ("length", str(length))):
+            entry = init.external_data.add()
+            entry.key, entry.value = key, value
+    renamed = {_PREFIX + n: n for n in offsets}
+    for node in proto.graph.node:
+        for i, inp in enumerate(node.input):
+            if inp in renamed:
+                node.input[i] = renamed[inp]
+
+
+def _safetensors_layout(blob: bytes) -> dict[str, tuple[int, int]]:
+    """``{name: (absolute offset, length)}`` of each tensor's bytes in a safetensors file."""
+    (hlen,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + hlen])
+    return {k: (8 + hlen + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def export_onnx(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    sample_rate: int = 16000,
+    device_flops_per_s: float | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Write the streaming model as ONNX step graphs, ``weights.safetensors`` and ``manifest.json``.
+
+    Args:
+        model: A CTC :class:`~lightning_amortized.module.ASRModule` whose encoder is a
+            ``RecurrentEncoder``, a ``SharedStateAmortizedEncoder`` or an ``AmortizedEncoder``
+            over ``RecurrentEncoder`` branches (``force_branch`` set: exported as one graph).
+        out_dir: Folder to write (created; existing export files are replaced atomically).
+        sample_rate: Audio rate in Hz the features expect.
+        device_flops_per_s: Simulated device speed for single encoders (FLOP/s); AmNets
+            record the device their arbitrator was trained for. Default 650 MFLOP/s.
+        source: Where the weights came from (e.g. the checkpoint path), recorded in the manifest.
+
+    Returns:
+        The manifest (also written to ``out_dir/manifest.json``).
+
+    Raises:
+        ExportError: unsupported encoder or loss; nothing is written.
+    """
+    import safetensors.numpy
+
+    from lightning_amortized.device.weights import weights_sha256
+    from lightning_amortized.functional.backlog import DEFAULT_DEVICE_FLOPS_PER_S
+
+    plan = _plan(model)
+    out = Path(out_dir)
+    was_training = model.training
+    model.eval()
+    try:
+        state = dict(model.state_dict(keep_vars=False))
+        in_size = int(model.encoder.input_size)
+        vocab = int(model.head.out_features)
+        x = torch.zeros(1, in_size)
+        graphs: dict[str, Any] = {}
+        protos: dict[str, Any] = {}
+        weights: dict[str, Any] = {}
+        state_shapes: dict[str, list[int]] = {}
+        for b in plan["branches"]:
+            shape = _state_shape(b["encoder"])
+            for s in b["states"]:
+                state_shapes[s] = shape
+            s_in = [f"state.{s}" for s in b["states"]]
+            s_out = [f"state_out.{s}" for s in b["states"]]
+            wrapper = _BranchStep(model, b["mode"], b["index"])
+            args = (x, *[torch.zeros(shape) for _ in b["states"]])
+            proto = _trace(wrapper, args, ["x", *s_in], ["y", "logits", *s_out])
+            weights.update(_collect(proto, state))
+            protos[b["name"]] = proto
+            graphs[b["name"]] = {
+                "file": f"{b['name']}.onnx",
+                "inputs": {"x": [1, in_size], **{i: shape for i in s_in}},
+                "outputs": {"y": [1, int(model.encoder.output_size)], "logits": [1, vocab],
+                            **{o: shape for o in s_out}},
+                "states": {s: {"input": i, "output": o} for s, i, o in zip(b["states"], s_in, s_out)},
+                "flops_per_frame": b["flops"],
+                "branch_index": b["index"],
+            }
+        arbitrator = None
+        if plan["kind"] == "amnet":
+            arb = model.encoder.arbitrator
+            K = len(plan["branches"])
+            proto = _trace(_ArbitratorStep(model), (x, torch.zeros(1), torch.zeros(1, K)),
+                           ["x", "backlog_ms", "prev_gate"], ["logits"])
+            weights.update(_collect(proto, state))
+            protos["arbitrator"] = proto
+            arbitrator = {
+                "file": "arbitrator.onnx",
+                "inputs": {"x": [1, in_size], "backlog_ms": [1], "prev_gate": [1, K]},
+                "outputs": {"logits": [1, K]},
+                "flops_per_frame": int(arb.flops_per_frame()),
+                "uses_prev_gate": bool(arb.use_prev_decision),
+            }
+        sha = weights_sha256(weights, weights)
+        meta = {"format": WEIGHTS_FORMAT, "format_version": "1", "weights_sha256": sha}
+        blob = safetensors.numpy.save(weights, metadata=meta)
+        layout = _safetensors_layout(blob)
+        files = {WEIGHTS_FILE: blob}
+        for name, proto in protos.items():
+            _externalize(proto, layout)
+            files[f"{name}.onnx"] = proto.SerializeToString()
+        frame_ms = 10.0 * float(model.stacker.stack)
+        dev = plan["device_flops_per_s"] or device_flops_per_s or DEFAULT_DEVICE_FLOPS_PER_S
+        manifest: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "kind": plan["kind"],
+            "routing": plan["routing"],
+            "features": {
+                "sample_rate": sample_rate, "n_mels": int(model.hparams.get("n_mels", 80)), "n_fft": 512,
+                "win_length": 400, "hop_length": 160, "window": "hann_periodic", "center": True,
+                "pad_mode": "reflect", "power": 2.0, "mel_scale": "htk", "f_min": 0.0, "f_max": sample_rate / 2,
+                "log_offset": 1e-6, "normalize": "utterance", "norm_eps": 1e-5, "stack": int(model.stacker.stack),
+            },
+            "frame_ms": frame_ms,
+            "vocabulary": ["<blank>", *model.tokenizer.alphabet],
+            "blank": 0,
+            "states": {s: {"shape": shp, "dtype": "float32", "init": "zeros"} for s, shp in state_shapes.items()},
+            "branches": [b["name"] for b in plan["branches"]],
+            "slow_index": max(range(len(plan["branches"])), key=lambda k: plan["branches"][k]["flops"]),
+            "graphs": graphs,
+            "arbitrator": arbitrator,
+            "device_model": {"flops_per_s": float(dev), "frame_ms": frame_ms},
+            "weights": {"file": WEIGHTS_FILE, "sha256": sha, "tensors": len(weights),
+                        "bytes": sum(int(w.nbytes) for w in weights.values())},
+            "opset": OPSET,
+            "exported_with": {"torch": torch.__version__, "exporter": "torch.onnx.export(dynamo=False)"},
+            "source": source,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            write_atomic(out / name, data)
+        write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        return manifest
+    finally:
+        model.train(was_training)
+
+
+def load_for_export(checkpoint: str | Path) -> nn.Module:
+    """Load an :class:`ASRModule` from a LightningCLI checkpoint (the encoder config is in its hparams).
+
+    Raises:
+        ExportError: the file is missing, or the checkpoint has no encoder config (built
+            in Python: load it yourself and call :func:`export_onnx`).
+    """
+    from lightning_amortized.module import ASRModule
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ExportError(f"Checkpoint {str(path)!r} does not exist.")
+    try:
+        model = ASRModule.load_from_checkpoint(str(path), map_location="cpu")
+    except TypeError as err:
+        raise ExportError(
+            f"{str(path)!r} does not hold the encoder's config ({err}); it was built in Python, not by "
+            "LightningCLI. Load it with ASRModule.load_from_checkpoint(path, encoder=...) and call "
+            "lightning_amortized.export.export_onnx(model, out_dir)."
+        ) from err
+    return model
