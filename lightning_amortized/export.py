@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -222,7 +223,7 @@ def _collect(proto: Any, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         if name not in state:
             continue
         arr = numpy_helper.to_array(init)
-        ref = state[name].detach().cpu().numpy()
+        ref = np.ascontiguousarray(state[name].detach().cpu().numpy())
         if arr.shape != ref.shape or arr.dtype != ref.dtype or arr.tobytes() != ref.tobytes():
             raise ExportError(f"Initializer {init.name!r} of the traced graph differs from parameter {name!r}.")
         found[name] = ref

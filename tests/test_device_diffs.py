@@ -1,0 +1,247 @@
+"""Neural diffs on the device: numpy apply equals PyTorch ``merge``, chains, and every refusal."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+
+from lightning_amortized.device import (
+    BaseMismatchError,
+    DiffError,
+    DiffFormatError,
+    DiffIntegrityError,
+    ExportedModel,
+    StreamingRecognizer,
+    WeightsError,
+    apply_chain,
+    apply_diff,
+)
+from lightning_amortized.device import diffs as device_diffs
+from lightning_amortized.device.cli import main as device_main
+from lightning_amortized.device.hashing import hash_indices as np_hash_indices
+from lightning_amortized.diffs import io
+from lightning_amortized.diffs.attach import attach_diffs
+from lightning_amortized.diffs.hashing import hash_indices
+from lightning_amortized.diffs.sparse import SparseDiff
+from lightning_amortized.export import export_onnx
+from lightning_amortized.module import ASRModule
+from lightning_amortized.nn import RecurrentEncoder, SharedStateAmortizedEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+N_MELS, STACK = 8, 2
+TARGETS = ["encoder.core.encoder.rnn.rnn.weight_hh_l1", "encoder.core.fast.0.u", "head.weight", "head.bias"]
+
+
+def tiny(hidden: int = 16) -> ASRModule:
+    torch.manual_seed(0)
+    enc = SharedStateAmortizedEncoder(RecurrentEncoder(N_MELS * STACK, hidden, 2), fast="lowrank", rank=4,
+                                      frame_ms=20.0, device_flops_per_s=4e5)
+    return ASRModule(enc, n_mels=N_MELS, stack=STACK).eval()
+
+
+def make_diff(model: ASRModule, path: Path, method: str, seed: int, value_dtype: str = "fp32",
+              names: list[str] = TARGETS) -> Path:
+    """A diff with trained-looking values on a copy of ``model`` (what NeuralDiff leaves), exported."""
+    work = copy.deepcopy(model)
+    buckets = {n: max(1, work.get_parameter(n).numel() // 5) for n in names}
+    diffs = attach_diffs(work, names, method, num_buckets=buckets, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for d in diffs.values():
+            if isinstance(d, SparseDiff):
+                d.delta.copy_(0.2 * torch.randn(d.delta.shape, generator=g))
+                d.mask.copy_(torch.rand(d.mask.shape, generator=g) < 0.2)
+                d.zero_pruned()
+            else:
+                d.buckets.copy_(0.2 * torch.randn(d.buckets.shape, generator=g))
+    io.export_diff(work, path, value_dtype=value_dtype, seed=seed if method == "hashed" else None)
+    return path
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    return safetensors.numpy.load_file(str(path / "weights.safetensors"))
+
+
+def frames() -> np.ndarray:
+    return np.random.default_rng(5).standard_normal((50, N_MELS * STACK)).astype(np.float32)
+
+
+def eager_logits(model: ASRModule, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    enc = model.encoder
+    state, out, routes = enc.init_state(1), [], []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            y, state, c = enc.step_with_decision(torch.from_numpy(x[t : t + 1]), state)
+            out.append(model.head(y)[0].numpy())
+            routes.append(int(c[0]))
+    return np.stack(out), routes
+
+
+@pytest.fixture()
+def exported(tmp_path: Path) -> tuple[ASRModule, Path]:
+    model = tiny()
+    export_onnx(model, tmp_path / "exp")
+    return model, tmp_path / "exp"
+
+
+def test_format_constants_match_the_pytorch_side() -> None:
+    assert device_diffs.FORMAT_NAME == io.FORMAT_NAME
+    assert device_diffs.SUPPORTED_VERSIONS == io.SUPPORTED_VERSIONS
+    assert device_diffs.GAP_ESCAPE == io.GAP_ESCAPE
+    assert device_diffs.INDEX_ENCODINGS == io.INDEX_ENCODINGS
+    assert {k: np.dtype(v).name for k, v in device_diffs.VALUE_DTYPES.items()} == {
+        k: str(v).removeprefix("torch.") for k, v in io.VALUE_DTYPES.items()
+    }
+
+
+def test_numpy_hash_and_gap_decoder_equal_the_pytorch_ones() -> None:
+    for name, numel, seed, k in (("w", 1000, 0, 7), ("encoder.x.weight", 4097, 2**40 + 3, 100), ("b", 1, 5, 1)):
+        b_ref, s_ref = hash_indices(name, numel, seed, k)
+        b, s = np_hash_indices(name, numel, seed, k)
+        assert np.array_equal(b, b_ref.numpy()) and np.array_equal(s, s_ref.numpy())
+    idx = torch.tensor([0, 1, 5, 1000, 1001, 70000])
+    gaps, large = io.encode_gaps(idx, 80000)
+    assert device_diffs.decode_gaps(gaps.numpy(), large.numpy(), 80000).tolist() == idx.tolist()
+    with pytest.raises(DiffFormatError, match="escape byte"):
+        device_diffs.decode_gaps(gaps.numpy(), large.numpy()[:0], 80000)
+
+
+@pytest.mark.parametrize("method,value_dtype", [("sparse", "fp32"), ("sparse", "int8"), ("hashed", "fp16"),
+                                                ("hashed", "fp32")])
+def test_device_apply_equals_pytorch_merge_and_transcribes_the_same(exported, tmp_path: Path, method: str,
+                                                                     value_dtype: str) -> None:
+    model, path = exported
+    diff = make_diff(model, tmp_path / "u1.safetensors", method, seed=1, value_dtype=value_dtype)
+    ref = copy.deepcopy(model)
+    io.merge(ref, diff)
+    info = apply_diff(path, diff)
+    assert info.method == method and info.names == TARGETS
+    state = ref.state_dict()
+    new = weights(path)
+    for name, a in new.items():
+        assert np.array_equal(a, state[name].numpy()), name  # bit-exact
+    assert any(not np.array_equal(new[n], model.state_dict()[n].numpy()) for n in TARGETS)
+    # the updated runtime computes what PyTorch computes with the diff merged
+    logits_ref, routes_ref = eager_logits(ref, frames())
+    r = StreamingRecognizer(ExportedModel(path)).run_frames(frames())
+    assert r.decisions == routes_ref and np.abs(r.logits - logits_ref).max() < 1e-5
+    history = json.loads((path / "updates.json").read_text())
+    assert history[-1]["result_sha256"] == info.result_sha256 and history[-1]["file"] == "u1.safetensors"
+
+
+def test_chain_of_updates_in_order(exported, tmp_path: Path) -> None:
+    model, path = exported
+    ref = copy.deepcopy(model)
+    files = []
+    for k, method in enumerate(("sparse", "hashed", "sparse"), start=1):
+        f = make_diff(ref, tmp_path / f"u{k}.safetensors", method, seed=k,
+                      names=TARGETS[k - 1 :] if k < 3 else ["encoder.core.fast.1.v_ih"])
+        io.merge(ref, f)
+        files.append(f)
+    before = (path / "weights.safetensors").read_bytes()
+    with pytest.raises(BaseMismatchError, match="u2.safetensors' applies to a different base"):
+        apply_chain(path, [files[1], files[0]])  # out of order: refused, nothing written
+    assert (path / "weights.safetensors").read_bytes() == before
+    apply_chain(path, files[:1])
+    apply_chain(path, files[1:])  # 2..3 on top of 1
+    state = ref.state_dict()
+    assert all(np.array_equal(a, state[n].numpy()) for n, a in weights(path).items())
+    assert [h["file"] for h in json.loads((path / "updates.json").read_text())] == ["u1.safetensors",
+                                                                                    "u2.safetensors",
+                                                                                    "u3.safetensors"]
+    logits_ref, _ = eager_logits(ref, frames())
+    assert np.abs(StreamingRecognizer(ExportedModel(path)).run_frames(frames()).logits - logits_ref).max() < 1e-5
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    data = src.read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + hlen])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    dst.write_bytes(struct.pack("<Q", len(new)) + new + data[8 + hlen :])
+    return dst
+
+
+def test_every_refusal_leaves_the_weights_untouched(exported, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    model, path = exported
+    good = make_diff(model, tmp_path / "good.safetensors", "sparse", seed=1)
+    other = tiny()
+    with torch.no_grad():
+        other.head.bias.add_(1.0)
+    wrong_base = make_diff(other, tmp_path / "wrong_base.safetensors", "sparse", seed=1)
+    bigger = make_diff(tiny(hidden=20), tmp_path / "shape.safetensors", "sparse", seed=1)
+    unknown = make_diff(ASRModule(RecurrentEncoder(N_MELS * STACK, 16, 1), n_mels=N_MELS, stack=STACK),
+                        tmp_path / "names.safetensors", "sparse", seed=1, names=["encoder.rnn.rnn.weight_hh_l0"])
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-50])
+    edited = tmp_path / "edited.safetensors"
+    blob = bytearray(good.read_bytes())
+    blob[-2] ^= 0x01
+    edited.write_bytes(bytes(blob))
+    version = _rewrite(good, tmp_path / "v9.safetensors", lambda h: h["__metadata__"].update(format_version="9"))
+    not_a_diff = _rewrite(good, tmp_path / "other.safetensors", lambda h: h["__metadata__"].update(format="x"))
+    cases = [
+        (wrong_base, BaseMismatchError, "applies to a different base"),
+        (bigger, BaseMismatchError, "Shape or dtype mismatch"),
+        (unknown, BaseMismatchError, "does not have"),
+        (truncated, DiffFormatError, "not a readable safetensors file"),
+        (edited, DiffIntegrityError, "failed its integrity check"),
+        (version, DiffFormatError, "format version 9"),
+        (not_a_diff, DiffFormatError, "not a lightning_amortized.diff file"),
+        (tmp_path / "missing.safetensors", DiffFormatError, "Cannot read diff file"),
+    ]
+    before = (path / "weights.safetensors").read_bytes()
+    for f, err, match in cases:
+        with pytest.raises(err, match=match):
+            apply_diff(path, f)
+        with pytest.raises(err):
+            apply_chain(path, [good, f])  # a bad link late in the chain: nothing written either
+        assert (path / "weights.safetensors").read_bytes() == before, f.name
+        assert not (path / "updates.json").exists()
+        assert device_main(["apply", str(path), str(f)]) == 2
+        line = capsys.readouterr().err
+        assert line.startswith("lightning-amortized-device apply: error: ") and line.count("\n") == 1
+    assert issubclass(BaseMismatchError, DiffError) and issubclass(DiffError, ValueError)
+    # damaged exported weights are refused before any diff is read
+    blob = bytearray(before)
+    blob[-1] ^= 0xFF
+    (path / "weights.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(WeightsError, match="integrity check"):
+        apply_diff(path, good)
+    (path / "weights.safetensors").write_bytes(before)
+    assert device_main(["apply", str(path), str(good)]) == 0
+    assert "applied" in capsys.readouterr().out
+
+
+def test_apply_works_without_torch(exported, tmp_path: Path) -> None:
+    from test_device import BLOCK_TORCH  # noqa: E402  (the same import block)
+
+    model, path = exported
+    diff = make_diff(model, tmp_path / "u1.safetensors", "hashed", seed=4, value_dtype="int8")
+    ref = copy.deepcopy(model)
+    io.merge(ref, diff)
+    script = BLOCK_TORCH + textwrap.dedent(f"""
+        from lightning_amortized.device import apply_diff
+        info = apply_diff({str(path)!r}, {str(diff)!r})
+        assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
+        print(info.result_sha256)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == io.inspect_diff(diff).result_sha256
+    state = ref.state_dict()
+    assert all(np.array_equal(a, state[n].numpy()) for n, a in weights(path).items())

@@ -1,0 +1,178 @@
+"""Export to ONNX: the exported step graphs equal eager ``step`` frame by frame, routes identical."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from lightning_amortized.cli import main
+from lightning_amortized.device import ExportedModel, StreamingRecognizer, weights_sha256
+from lightning_amortized.diffs.io import weights_sha256 as torch_weights_sha256
+from lightning_amortized.export import ExportError, export_onnx
+from lightning_amortized.module import ASRModule
+from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder, SharedStateAmortizedEncoder
+
+N_MELS, STACK = 8, 2  # input_size 16, 20 ms frames
+TOL = 1e-5
+
+
+def tiny(kind: str, rnn_type: str = "lstm", seed: int = 0) -> ASRModule:
+    """A tiny randomly initialised CTC model: ``single``, ``lowrank``/``sparse``/``small`` AmNet, ``independent``."""
+    torch.manual_seed(seed)
+    F_ = N_MELS * STACK
+    if kind == "single":
+        enc = RecurrentEncoder(F_, 16, num_layers=2, rnn_type=rnn_type)
+    elif kind == "independent":
+        enc = AmortizedEncoder(RecurrentEncoder(F_, 8, 1), RecurrentEncoder(F_, 16, 2), projection=12,
+                               frame_ms=20.0, device_flops_per_s=1e6)
+    else:
+        # a slow device (rho > 1 for the slow branch) so that the backlog matters for the decisions
+        enc = SharedStateAmortizedEncoder(RecurrentEncoder(F_, 16, 2, rnn_type=rnn_type), fast=kind, rank=4,
+                                          density=0.3, frame_ms=20.0, device_flops_per_s=4e5)
+    return ASRModule(enc, n_mels=N_MELS, stack=STACK).eval()
+
+
+def eager(model: ASRModule, x: torch.Tensor, force_branch: int | None = None):
+    """Eager PyTorch streaming: outputs ``(T, D)``, logits ``(T, V)``, decisions ``(T,)``."""
+    enc = model.encoder
+    state = enc.init_state(1)
+    ys, decisions = [], []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            if hasattr(enc, "step_with_decision"):
+                y, state, c = enc.step_with_decision(x[t : t + 1], state, force_branch)
+                decisions.append(int(c[0]))
+            else:
+                y, state = enc.step(x[t : t + 1], state)
+                decisions.append(0)
+            ys.append(y[0])
+        y = torch.stack(ys)
+        return y.numpy(), model.head(y).numpy(), decisions
+
+
+@pytest.mark.parametrize(
+    "kind,rnn_type",
+    [("single", "lstm"), ("single", "gru"), ("lowrank", "lstm"), ("sparse", "lstm"), ("small", "lstm"),
+     ("lowrank", "gru"), ("independent", "lstm")],
+)
+def test_exported_steps_equal_eager_steps_and_routes(tmp_path: Path, kind: str, rnn_type: str) -> None:
+    model = tiny(kind, rnn_type)
+    manifest = export_onnx(model, tmp_path)
+    runtime = ExportedModel(tmp_path)
+    x = torch.randn(60, N_MELS * STACK, generator=torch.Generator().manual_seed(1))
+    y_ref, logits_ref, routes_ref = eager(model, x)
+    result = StreamingRecognizer(runtime).run_frames(x.numpy())
+    assert result.decisions == routes_ref  # identical routes, frame by frame
+    assert np.abs(result.logits - logits_ref).max() < TOL
+    if kind != "single":
+        assert manifest["kind"] == "amnet" and set(routes_ref) == {0, 1}  # both branches were exercised
+    # encoder outputs and states, graph by graph, following the eager routes
+    states = runtime.init_states()
+    for t, k in enumerate(routes_ref):
+        y, _ = runtime.step(k, x[t].numpy(), states)
+        assert np.abs(y - y_ref[t]).max() < TOL
+
+
+def test_backlog_the_arbitrator_sees_is_the_eager_backlog(tmp_path: Path) -> None:
+    model = tiny("lowrank")
+    export_onnx(model, tmp_path)
+    x = torch.randn(40, N_MELS * STACK, generator=torch.Generator().manual_seed(2))
+    enc = model.encoder
+    state, backlogs = enc.init_state(1), []
+    with torch.no_grad():
+        for t in range(40):
+            _, state, _ = enc.step_with_decision(x[t : t + 1], state)
+            backlogs.append(float(state[1][0]))
+    result = StreamingRecognizer(ExportedModel(tmp_path)).run_frames(x.numpy())
+    assert result.backlog_ms == backlogs  # bit-identical float32 recursion
+    assert max(backlogs) > 0
+
+
+def test_forced_branch_export_is_a_single_graph(tmp_path: Path) -> None:
+    model = tiny("lowrank")
+    model.encoder.force_branch = 0
+    manifest = export_onnx(model, tmp_path)
+    assert manifest["kind"] == "single" and manifest["arbitrator"] is None
+    assert manifest["graphs"]["step"]["flops_per_frame"] == model.encoder.branch_flops()[0]
+    x = torch.randn(20, N_MELS * STACK)
+    _, logits_ref, _ = eager(model, x, force_branch=0)
+    result = StreamingRecognizer(ExportedModel(tmp_path)).run_frames(x.numpy())
+    assert np.abs(result.logits - logits_ref).max() < TOL and set(result.decisions) == {0}
+
+
+def test_manifest_and_weights_file(tmp_path: Path) -> None:
+    model = tiny("sparse")
+    m = export_onnx(model, tmp_path, source="unit-test")
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk == m
+    assert m["format"] == "lightning_amortized.device" and m["format_version"] == 1
+    assert m["frame_ms"] == 20.0 and m["features"]["stack"] == STACK and m["features"]["n_mels"] == N_MELS
+    assert m["vocabulary"][0] == "<blank>" and "".join(m["vocabulary"][1:]) == model.tokenizer.alphabet
+    assert m["states"] == {"h": {"shape": [2, 1, 16], "dtype": "float32", "init": "zeros"},
+                           "c": {"shape": [2, 1, 16], "dtype": "float32", "init": "zeros"}}
+    assert m["device_model"]["flops_per_s"] == 4e5
+    assert [m["graphs"][b]["flops_per_frame"] for b in m["branches"]] == model.encoder.branch_flops()
+    assert m["arbitrator"]["flops_per_frame"] == model.encoder.arbitrator.flops_per_frame()
+    # the weights hold the model's tensors under its own names, and the hash is the diff files' hash
+    import safetensors.numpy
+
+    arrays = safetensors.numpy.load_file(str(tmp_path / "weights.safetensors"))
+    state = model.state_dict()
+    assert "encoder.core.fast.0.mask_ih" in arrays and "head.weight" in arrays
+    for name, a in arrays.items():
+        assert np.array_equal(a, state[name].numpy())
+    assert m["weights"]["sha256"] == weights_sha256(arrays, arrays) == torch_weights_sha256(state, arrays)
+    # the graphs keep no copy of the weights: they point into weights.safetensors
+    graph_bytes = sum((tmp_path / f"{n}.onnx").stat().st_size for n in ("fast", "slow", "arbitrator"))
+    assert graph_bytes < m["weights"]["bytes"]
+
+
+def test_unsupported_models_are_refused_and_nothing_written(tmp_path: Path) -> None:
+    from lightning_amortized.nn import ConformerEncoderAdapter
+
+    with pytest.raises(ExportError, match="Cannot export encoder ConformerEncoderAdapter"):
+        export_onnx(ASRModule(ConformerEncoderAdapter(240, d_model=16, num_layers=1, nhead=2, d_ffn=16)), tmp_path / "a")
+    with pytest.raises(ExportError, match="Only CTC models"):
+        export_onnx(ASRModule(RecurrentEncoder(240, 8, 1), loss="rnnt", rnnt_pred_size=8, rnnt_joint_size=8),
+                    tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _cli_checkpoint(tmp_path: Path) -> Path:
+    from lightning_amortized.cli import ASRLightningCLI
+
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "conf" / "amnet_factorized.yaml"
+    cli = ASRLightningCLI(
+        args=["--config", str(conf), "--data.init_args.root", str(tmp_path / "corpus"),
+              "--model.encoder.init_args.encoder.init_args.hidden_size", "16",
+              "--model.encoder.init_args.encoder.init_args.num_layers", "2",
+              "--model.encoder.init_args.rank", "4", "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": dict(cli.model.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path
+
+
+def test_export_command_on_a_lightningcli_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _cli_checkpoint(tmp_path)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "exp")]) == 0
+    assert "amnet model" in capsys.readouterr().out
+    m = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    assert m["routing"] == "shared_state" and m["device_model"]["flops_per_s"] == 69.54e6
+    assert m["source"] == str(ckpt)
+    # errors: one line, status 2
+    assert main(["export", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("lightning-amortized export: error: Checkpoint")
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": tiny("single").state_dict(), "hyper_parameters": {"n_mels": N_MELS},
+                "pytorch-lightning_version": pl.__version__}, plain)
+    assert main(["export", str(plain), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-amortized export: error: ") and "encoder" in err and err.count("\n") == 1
