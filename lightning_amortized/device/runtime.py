@@ -182,6 +182,7 @@ class Transcript:
         frame_ms: Audio per encoder frame in ms.
         finish_ms: Wall time of :meth:`StreamingRecognizer.finish` (from the last chunk to the final text).
         logits: ``(T, V)`` CTC logits per encoder frame.
+        arbitrator_ms: The part of ``frame_compute_ms`` spent in the arbitrator graph, ms.
     """
 
     text: str
@@ -193,6 +194,7 @@ class Transcript:
     frame_ms: float
     finish_ms: float
     logits: np.ndarray = field(repr=False)
+    arbitrator_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def ms_per_frame(self) -> float:
@@ -264,6 +266,7 @@ class StreamingRecognizer:
         self._logits: list[np.ndarray] = []
         self._decisions: list[int] = []
         self._compute: list[float] = []
+        self._arb_ms: list[float] = []
         self._backlogs: list[float] = []
         self._feature_ms = 0.0
 
@@ -280,6 +283,7 @@ class StreamingRecognizer:
             logits = m.arbitrate(x, self._backlog, self._prev)
             choice = int(np.argmax(logits))
             flops = m.arbitrator_flops + m.branch_flops[choice]
+        t_arb = time.perf_counter()
         _, out = m.step(choice, x, self._states)
         spent = (time.perf_counter() - t0) * 1000.0
         if self.backlog_mode == "simulated":  # float32, as PyTorch's step computes it
@@ -291,6 +295,7 @@ class StreamingRecognizer:
         self._prev[choice] = 1.0
         self._decisions.append(choice)
         self._compute.append(spent)
+        self._arb_ms.append((t_arb - t0) * 1000.0)
         self._backlogs.append(float(self._backlog))
         self._logits.append(out)
         self._best.append(int(np.argmax(out)))
@@ -362,6 +367,7 @@ class StreamingRecognizer:
             frame_ms=m.frame_ms,
             finish_ms=(time.perf_counter() - start) * 1000.0,
             logits=np.stack(self._logits) if self._logits else np.zeros((0, len(m.vocabulary)), np.float32),
+            arbitrator_ms=list(self._arb_ms),
         )
         self.reset()
         return result
@@ -382,6 +388,7 @@ class StreamingRecognizer:
             feature_ms=0.0, backlog_ms=list(self._backlogs), audio_ms=x.shape[0] * m.frame_ms, frame_ms=m.frame_ms,
             finish_ms=0.0,
             logits=np.stack(self._logits) if self._logits else np.zeros((0, len(m.vocabulary)), np.float32),
+            arbitrator_ms=list(self._arb_ms),
         )
         self.reset()
         return result
