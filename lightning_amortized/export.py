@@ -384,6 +384,7 @@ def export_onnx(
         out.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             write_atomic(out / name, data)
+        (out / "updates.json").unlink(missing_ok=True)  # the history of an earlier export's weights
         write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         return manifest
     finally:

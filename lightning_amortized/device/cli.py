@@ -2,8 +2,10 @@
 
 * ``transcribe DIR FILE...``: stream each audio file through the exported model in
   chunks and print ``FILE<TAB>TRANSCRIPT``; ``--stats`` adds per-file measured ms/frame,
-  real-time factor, end-of-utterance latency and slow-branch share; ``--json`` prints one
-  JSON object per file instead.
+  real-time factor, end-of-utterance latency (``eou_ms``: the backlog rule over the
+  measured frame times, as when frames are encoded while audio arrives; ``finish_ms``:
+  measured from the last chunk to the final text) and slow-branch share; ``--json``
+  prints one JSON object per file instead.
 * ``apply DIR DIFF...``: apply neural diff files in order (all or nothing).
 * ``info DIR``: the manifest summary and the weights hash in use.
 
@@ -56,6 +58,7 @@ def _transcribe(argv: list[str]) -> int:
         except ValueError as err:
             return _fail("transcribe", ValueError(f"{path}: {err}"))
         stats = {"ms_per_frame": round(r.ms_per_frame, 4), "rtf": round(r.rtf, 5), "eou_ms": round(r.eou_ms, 3),
+                 "finish_ms": round(r.finish_ms, 3),
                  "slow_share": round(r.slow_share(slow), 4), "frames": len(r.decisions)}
         if a.json:
             print(json.dumps({"file": path, "text": r.text, **stats}))

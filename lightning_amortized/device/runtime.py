@@ -208,8 +208,10 @@ class Transcript:
 
     @property
     def eou_ms(self) -> float:
-        """End-of-utterance latency on this machine if audio arrives in real time: ``b_{L-1} + cost_L``
-        over the measured per-frame compute (the backlog rule of ``functional``)."""
+        """End-of-utterance latency on this machine when frames are encoded as the audio arrives in real time
+        (``normalize="running"``): ``b_{L-1} + cost_L`` over the measured per-frame compute (the backlog rule
+        of ``functional``). With ``normalize="utterance"`` every frame waits for the end of the audio, and the
+        latency actually measured is :attr:`finish_ms`."""
         return eou_latency_ms(self.frame_compute_ms, self.frame_ms) if self.frame_compute_ms else 0.0
 
     def slow_share(self, slow_index: int) -> float:
