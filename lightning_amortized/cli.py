@@ -49,7 +49,7 @@ def _export_main(argv: list[str]) -> int:
     p.add_argument("--device-flops", type=float, default=None,
                    help="simulated device FLOP/s for single encoders (AmNets keep the device they were trained for)")
     a = p.parse_args(argv)
-    from lightning_amortized.export import ExportError, export_onnx, load_for_export
+    from lightning_amortized.export import ExportError, export_onnx, load_for_export, verify_export
 
     try:
         model = load_for_export(a.checkpoint)
@@ -58,6 +58,12 @@ def _export_main(argv: list[str]) -> int:
         return _fail("export", err)
     graphs = list(manifest["graphs"]) + (["arbitrator"] if manifest["arbitrator"] else [])
     print(f"{a.out}: {manifest['kind']} model, graphs {graphs}, weights sha256:{manifest['weights']['sha256']}")
+    check = verify_export(model, a.out)
+    print(f"verified on {check['frames']} random frames: max |logit difference| {check['max_abs_logit_diff']:.2e} "
+          f"(ONNX Runtime vs eager step), routes identical: {check['routes_identical']}")
+    if check["max_abs_logit_diff"] > 1e-4 or not check["routes_identical"]:
+        return _fail("export", ExportError(
+            f"the exported graphs in {a.out!r} do not reproduce eager step (see above); please report this"))
     return 0
 
 

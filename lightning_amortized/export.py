@@ -47,7 +47,15 @@ from torch import nn
 
 from lightning_amortized.atomic import write_atomic
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_FORMAT_VERSION", "WEIGHTS_FILE", "ExportError", "export_onnx", "load_for_export"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "ExportError",
+    "export_onnx",
+    "load_for_export",
+    "verify_export",
+]
 
 EXPORT_FORMAT = "lightning_amortized.device"
 EXPORT_FORMAT_VERSION = 1
@@ -412,3 +420,43 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
             "lightning_amortized.export.export_onnx(model, out_dir)."
         ) from err
     return model
+
+
+@torch.no_grad()
+def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed: int = 0) -> dict[str, Any]:
+    """Run ``frames`` random input frames through eager ``step`` and the exported graphs; compare.
+
+    Args:
+        model: The exported model (eval mode is set for the check and restored).
+        out_dir: Its export folder.
+        frames: Encoder frames to compare.
+        seed: Seed of the random frames.
+
+    Returns:
+        ``{"frames", "max_abs_logit_diff", "routes_identical"}``.
+    """
+    from lightning_amortized.device.runtime import ExportedModel, StreamingRecognizer
+
+    was_training = model.training
+    model.eval()
+    enc = model.encoder
+    x = torch.randn(frames, int(enc.input_size), generator=torch.Generator().manual_seed(seed))
+    state, logits, routes = enc.init_state(1), [], []
+    try:
+        for t in range(frames):
+            if callable(getattr(enc, "step_with_decision", None)):
+                y, state, c = enc.step_with_decision(x[t : t + 1], state)
+                routes.append(int(c[0]))
+            else:
+                y, state = enc.step(x[t : t + 1], state)
+                routes.append(0)
+            logits.append(model.head(y)[0])
+    finally:
+        model.train(was_training)
+    result = StreamingRecognizer(ExportedModel(out_dir)).run_frames(x.numpy())
+    ref = torch.stack(logits).numpy()
+    return {
+        "frames": frames,
+        "max_abs_logit_diff": float(np.abs(result.logits - ref).max()) if frames else 0.0,
+        "routes_identical": result.decisions == routes,
+    }
