@@ -106,7 +106,8 @@ def _info(argv: list[str]) -> int:
           + (f", arbitrator {m['arbitrator']['flops_per_frame']}" if m.get("arbitrator") else ""))
     print(f"  device model {m['device_model']['flops_per_s']:.4g} FLOP/s; states "
           + ", ".join(f"{k} {v['shape']}" for k, v in m["states"].items()))
-    print(f"  weights sha256:{meta['weights_sha256']} ({m['weights']['tensors']} tensors, {m['weights']['bytes']:,} bytes)"
+    w = m["weights"]
+    print(f"  weights sha256:{meta['weights_sha256']} ({w['tensors']} tensors, {w['bytes']:,} bytes)"
           + ("" if meta["weights_sha256"] == m["weights"]["sha256"] else " (updated since export)"))
     return 0
 

@@ -186,7 +186,9 @@ def read_diff(path: str | Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
             f"{str(p)!r} is not a readable safetensors file ({len(data)} bytes; truncated or corrupted?): {err}"
         ) from err
     if meta.get("format") != FORMAT_NAME:
-        raise DiffFormatError(f"{str(p)!r} is a safetensors file but not a {FORMAT_NAME} file (format={meta.get('format')!r}).")
+        raise DiffFormatError(
+            f"{str(p)!r} is a safetensors file but not a {FORMAT_NAME} file (format={meta.get('format')!r})."
+        )
     try:
         version = int(meta["format_version"])
     except (KeyError, ValueError) as err:
@@ -265,7 +267,9 @@ def _values(tensors: Mapping[str, np.ndarray], key: str, name: str) -> np.ndarra
     return v.astype(np.float32)
 
 
-def _new_weight(info: DeviceDiffInfo, t: Mapping[str, Any], tensors: Mapping[str, np.ndarray], base: np.ndarray) -> np.ndarray:
+def _new_weight(
+    info: DeviceDiffInfo, t: Mapping[str, Any], tensors: Mapping[str, np.ndarray], base: np.ndarray
+) -> np.ndarray:
     """``W0 + D`` for one target as a new array (same arithmetic as the PyTorch side)."""
     name = t["name"]
     if info.method == "sparse":
@@ -284,7 +288,9 @@ def _new_weight(info: DeviceDiffInfo, t: Mapping[str, Any], tensors: Mapping[str
     return base + delta
 
 
-def _step(info: DeviceDiffInfo, tensors: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _step(
+    info: DeviceDiffInfo, tensors: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """New arrays for the diff's targets given the current weights; checks names, shapes, hashes."""
     missing = [n for n in info.names if n not in weights]
     if missing:

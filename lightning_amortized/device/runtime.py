@@ -104,7 +104,8 @@ class ExportedModel:
         if manifest.get("format") != EXPORT_FORMAT or manifest.get("format_version") not in SUPPORTED_EXPORT_VERSIONS:
             raise ManifestError(
                 f"{str(self.path)!r}: manifest format {manifest.get('format')!r} version "
-                f"{manifest.get('format_version')!r} is not {EXPORT_FORMAT!r} version {list(SUPPORTED_EXPORT_VERSIONS)}."
+                f"{manifest.get('format_version')!r} is not {EXPORT_FORMAT!r} version "
+                f"{list(SUPPORTED_EXPORT_VERSIONS)}."
             )
         self.manifest = manifest
         _, meta = read_weights(self.path / manifest["weights"]["file"], verify=verify)
@@ -148,13 +149,13 @@ class ExportedModel:
         return {n: np.zeros(s["shape"], dtype=np.float32) for n, s in self.manifest["states"].items()}
 
     def arbitrate(self, x: np.ndarray, backlog_ms: np.float32, prev_gate: np.ndarray) -> np.ndarray:
-        """Arbitrator logits ``(K,)`` for frame ``x`` ``(F,)``, the backlog before it (ms) and the previous gate ``(K,)``."""
+        """Arbitrator logits ``(K,)`` of frame ``x`` ``(F,)``, the backlog before it (ms), previous gate ``(K,)``."""
         feed = {"x": x.reshape(1, -1), "backlog_ms": np.asarray([backlog_ms], dtype=np.float32),
                 "prev_gate": prev_gate.reshape(1, -1)}
         return self.arbitrator.run(None, {k: v for k, v in feed.items() if k in self._arb_inputs})[0][0]
 
     def step(self, branch: int, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Run branch ``branch`` on frame ``x`` ``(F,)``: returns ``(y (D,), logits (V,))`` and updates ``states`` in place.
+        """Run branch ``branch`` on frame ``x`` ``(F,)``: ``(y (D,), logits (V,))``; updates ``states`` in place.
 
         Only the states the branch owns are read and replaced.
         """
@@ -417,5 +418,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     except Exception as err:  # soundfile raises its own error types
         raise ValueError(f"Cannot read audio file {str(path)!r}: {err}.") from err
     if rate != sample_rate:
-        raise ValueError(f"{str(path)!r} is sampled at {rate} Hz; the model expects {sample_rate} Hz. Resample it first.")
+        raise ValueError(
+            f"{str(path)!r} is sampled at {rate} Hz; the model expects {sample_rate} Hz. Resample it first."
+        )
     return wav.mean(axis=1)
