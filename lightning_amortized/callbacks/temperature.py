@@ -117,21 +117,32 @@ class ArbitratorTemperature(Callback):
     def _arbitrators(pl_module: pl.LightningModule) -> list[Arbitrator]:
         return [m for m in pl_module.modules() if isinstance(m, Arbitrator)]
 
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
+    def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Set the current epoch's temperature and gates on every arbitrator; False if there are none."""
         arbitrators = self._arbitrators(pl_module)
         if not arbitrators:
-            rank_zero_warn("ArbitratorTemperature: the model has no `Arbitrator`; nothing to anneal.")
-            return
+            return False
+        epoch = trainer.current_epoch
         self.current_temperature = self.temperature_at(epoch)
         self.current_straight_through = self.straight_through_at(epoch)
         for arb in arbitrators:
             arb.temperature = self.current_temperature
             if self.straight_through_at_end:
                 arb.straight_through = self.current_straight_through
+        return True
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a run resumed mid-epoch gets no `on_train_epoch_start` for that epoch
+        self._apply(trainer, pl_module)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._apply(trainer, pl_module):
+            rank_zero_warn("ArbitratorTemperature: the model has no `Arbitrator`; nothing to anneal.")
+            return
         rank_zero_info(
-            f"Epoch {epoch}: arbitrator temperature {self.current_temperature:.4g}"
+            f"Epoch {trainer.current_epoch}: arbitrator temperature {self.current_temperature:.4g}"
             f"{' (straight-through hard gates)' if self.current_straight_through else ''}."
         )
 

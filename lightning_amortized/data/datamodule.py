@@ -294,6 +294,12 @@ class ResumableDataLoader(DataLoader):
         >>> dl2 = ResumableDataLoader(list(range(4)), batch_sampler=sampler)
         >>> dl2.load_state_dict(dl.state_dict()); [b.tolist() for b in dl2]
         [[1], [3]]
+
+    Lightning (2.5, 2.6) drops loader states when ``configure_optimizers`` reads
+    ``trainer.estimated_stepping_batches`` (Lightning-AI/pytorch-lightning#20550), as
+    :class:`~lightning_amortized.module.ASRModule` does for its schedule;
+    :class:`LibriSpeechDataModule` therefore also saves this state in its own
+    ``state_dict`` and hands it to the loader it built.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -307,11 +313,12 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = 0
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._from_resume_point()
+
+    def _from_resume_point(self) -> Iterator[Any]:
+        # the resume point is read at the first batch: a state loaded after `iter()` still counts
         start, self._resume_at = self._resume_at, 0
         self._yielded = start
-        return self._from(start)
-
-    def _from(self, start: int) -> Iterator[Any]:
         self.batch_sampler.skip_next(start)
         for batch in super().__iter__():
             self._yielded += 1
@@ -322,9 +329,15 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(self.batch_sampler.epoch), "batches": int(self._yielded)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Resume the next iteration at ``state_dict["batches"]`` of epoch ``state_dict["epoch"]``."""
-        self.batch_sampler.set_epoch(int(state_dict["epoch"]))
-        self._resume_at = int(state_dict["batches"])
+        """Resume the next iteration at ``state_dict["batches"]`` of epoch ``state_dict["epoch"]``.
+
+        A state taken at the end of an epoch resumes at the start of the next one.
+        """
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        if batches >= len(self):
+            epoch, batches = epoch + 1, 0
+        self.batch_sampler.set_epoch(epoch)
+        self._resume_at = batches
 
 
 class SpeechCollator:
@@ -439,6 +452,8 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         self.features = LogMelFilterbank(sample_rate=sample_rate, n_mels=n_mels)
         self.n_mels = n_mels
         self.datasets: dict[str, SpeechDataset] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_state: dict[str, int] | None = None
 
     @property
     def all_splits(self) -> list[str]:
@@ -496,7 +511,26 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["train"], train=True)
+        loader = self._loader(self.datasets["train"], train=True)
+        if self._train_state is not None:
+            loader.load_state_dict(self._train_state)
+            self._train_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's place in its epoch (see :class:`ResumableDataLoader`), once one exists."""
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training loader (built already, or built later by :meth:`train_dataloader`)."""
+        state = state_dict.get("train_loader")
+        if state is None:
+            return
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(state)
+        else:
+            self._train_state = dict(state)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Validation batches; an empty list (no validation) when ``val_splits`` is empty."""

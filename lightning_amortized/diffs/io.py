@@ -504,9 +504,26 @@ def _write(
 ) -> DiffInfo:
     metadata = _metadata(method, seed, value_dtype, targets, base_sha256, result_sha256, extra, index_encoding)
     metadata["payload_sha256"] = _payload_sha256(tensors, metadata)
-    data = safetensors.torch.save(tensors, metadata=metadata)
+    data = _sorted_metadata(safetensors.torch.save(tensors, metadata=metadata))
     write_atomic(Path(path), data)
     return inspect_diff(path)
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same ``safetensors`` bytes with the metadata keys in sorted order.
+
+    ``safetensors`` writes metadata from a hash map, in an order that changes from one
+    process to the next; sorting makes the same diff the same file, byte for byte (so
+    its SHA-256 identifies it). Tensor offsets are relative to the data section and
+    unaffected; the header stays padded to a multiple of 8 bytes.
+    """
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
 def _metadata(
