@@ -1,32 +1,39 @@
 """On the device: eager PyTorch ``step`` versus the exported ONNX runtime, single-threaded.
 
-Three models, all from the shared base of ``benchmarks/base.py`` (3x256 LSTM, CTC):
+Models, all from the shared base of ``benchmarks/base.py`` (3x256 LSTM, CTC, test WER 5.59 %):
 
-=============  ====================================================================
-``slow_only``  the base itself (one ``step`` graph)
-``fast_only``  the AmNet's rank-48 fast branch alone (``force_branch=0``, one graph)
-``amnet``      a short warm-started factorized AmNet (``recipes/synthetic/conf/amnet_factorized.yaml``,
-               fast branch by truncated SVD of the base, arbitrator trained for a device
-               where slow-only runs at rho = 1.5), arbitrator and two branch graphs
-=============  ====================================================================
+==============  ===================================================================
+``slow_only``   the base itself (one ``step`` graph)
+``fast_only``   ``amnet``'s rank-48 fast branch alone (``force_branch=0``, one graph)
+``amnet``       a short warm-started factorized AmNet (``recipes/synthetic/conf/amnet_factorized.yaml``:
+                fast branch by truncated SVD of the base, arbitrator trained for the recipe's
+                device, on which slow-only runs at rho = 1.5), arbitrator + two branch graphs
+``amnet_lc1``   the same with the recipe's second operating point (``lambda_cost 1``, ``lambda_amr 0.5``)
+==============  ===================================================================
 
-The AmNet is *not* converged (a few epochs on a subset of the training split, affordable
-on 2 shared CPU cores); its WER is reported as measured. This benchmark is about the
-device: per-frame speed of eager ``step`` versus ONNX Runtime, the runtime's agreement
-with PyTorch (WER and transcripts), peak resident memory and cold start of the device
-process, and applying a neural diff on the device.
+The AmNets are *not* converged (6 epochs on 3000 training utterances at lr 1e-3, about 9
+minutes each on one thread; affordable on 2 shared CPU cores); their WERs are reported as
+measured. This benchmark is about the device: per-frame speed of eager ``step`` versus ONNX
+Runtime, the runtime's agreement with PyTorch (WER and transcripts), peak resident memory
+and cold start of the device process, and a neural diff applied on the device.
 
-Per model: ``ms_per_frame_torch`` (eager ``step`` via ``nn.streaming.stream``, 1 thread),
+Per model: ``ms_per_frame_torch`` (eager ``step`` + CTC layer, 1 thread),
 ``ms_per_frame_runtime`` (``lightning_amortized.device``, ONNX Runtime, 1 intra-op thread,
-arbitrator + chosen branch + CTC head per encoder frame, features excluded), ``rtf_runtime``
-(compute incl. features / audio duration), ``wer_torch`` (``ASRModule.transcribe``),
-``wer_runtime`` (device runtime), ``peak_rss_mb`` and ``cold_start_s`` (a fresh device
-process that blocks ``import torch``: import, load the export, first transcript).
+arbitrator + chosen branch + CTC layer per encoder frame, features excluded), both the
+fastest of ``--repeats`` runs per utterance; ``rtf_runtime`` ((compute + features) / audio),
+``wer_torch`` (``ASRModule.transcribe``), ``wer_runtime`` (device runtime, whole-utterance
+feature statistics as in training), ``peak_rss_mb`` (``VmHWM`` of the device process) and
+``cold_start_s`` (launch of a fresh device process, which blocks ``import torch``, to its
+first transcript). ``diff_apply``: a diff made by the ``NeuralDiff`` callback on the base
+(one update of ``recipes/synthetic/updates.py``, made if missing) applied to the exported
+slow-only model with numpy + safetensors, transcripts compared with PyTorch after ``merge``;
+then the same file again (its base is gone: refused) and on the AmNet export (another model:
+refused).
 
 Usage::
 
-    python benchmarks/device.py                 # train the AmNet if missing, export, measure
-    python benchmarks/device.py --quick         # small smoke run (few utterances)
+    python benchmarks/device.py                 # train the AmNets if missing, export, measure
+    python benchmarks/device.py --quick         # smoke run (12 utterances), results under runs/device/
 """
 
 from __future__ import annotations
@@ -149,9 +156,15 @@ def worker(a: argparse.Namespace) -> int:
     slow = int(model.manifest.get("slow_index", 0))
     rows, first_done = [], None
     for item in items:
-        r = rec.transcribe(read_audio(item["path"], model.features.sample_rate), chunk_ms=a.chunk_ms)
+        wav = read_audio(item["path"], model.features.sample_rate)
+        r = rec.transcribe(wav, chunk_ms=a.chunk_ms)
         if first_done is None:
             first_done = time.time()
+        for _ in range(a.repeats - 1):  # keep the least disturbed run (the CPU is shared)
+            again = rec.transcribe(wav, chunk_ms=a.chunk_ms)
+            assert again.text == r.text and again.decisions == r.decisions
+            if sum(again.frame_compute_ms) + again.feature_ms < sum(r.frame_compute_ms) + r.feature_ms:
+                r = again
         rows.append({"id": item["id"], "text": r.text, "frames": len(r.decisions),
                      "compute_ms": float(np.sum(r.frame_compute_ms)), "feature_ms": r.feature_ms,
                      "audio_ms": r.audio_ms, "eou_ms": r.eou_ms, "finish_ms": r.finish_ms,
@@ -170,13 +183,15 @@ def worker(a: argparse.Namespace) -> int:
     return 0
 
 
-def run_device(export_dir: Path, items: list[dict[str, Any]], out: Path, normalize: str = "utterance") -> dict[str, Any]:
+def run_device(
+    export_dir: Path, items: list[dict[str, Any]], out: Path, normalize: str = "utterance", repeats: int = 1
+) -> dict[str, Any]:
     """Run :func:`worker` in a fresh process; adds ``cold_start_s`` (launch to first transcript) and ``wall_s``."""
     files = out.with_suffix(".files.json")
     files.write_text(json.dumps(items))
     t0 = time.time()
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--model", str(export_dir),
-                    "--files", str(files), "--out", str(out), "--normalize", normalize],
+                    "--files", str(files), "--out", str(out), "--normalize", normalize, "--repeats", str(repeats)],
                    check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     res = json.loads(out.read_text())
     res["cold_start_s"] = res["first_result_time"] - t0
@@ -194,7 +209,8 @@ def _wer(hyps: list[str], refs: list[str]) -> float:
 
 
 def torch_side(
-    model: Any, feats: list[Any], timing_utts: int, force_branch: int | None = None, transcribe: bool = True
+    model: Any, feats: list[Any], timing_utts: int, force_branch: int | None = None, transcribe: bool = True,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """``ASRModule.transcribe`` per utterance (WER), and eager single-frame ``step`` + CTC layer timing."""
     import torch
@@ -215,19 +231,25 @@ def torch_side(
         with torch.no_grad():
             for f in feats[:timing_utts]:
                 x, n = model.stacker(f, torch.tensor([f.shape[1]]))
-                state = enc.init_state(1)
-                for t in range(int(n[0])):
-                    x_t = x[0, t : t + 1]
-                    t0 = time.perf_counter()
-                    if amortized:
-                        y, state, c = enc.step_with_decision(x_t, state, force_branch)
-                    else:
-                        y, state = enc.step(x_t, state)
-                    model.head(y).argmax(-1)
-                    frame_ms.append((time.perf_counter() - t0) * 1000.0)
-                    if amortized:
-                        slow_frames += int(int(c[0]) == 1)
-                    frames += 1
+                best: list[float] | None = None
+                for _ in range(repeats):  # keep the least disturbed run (the CPU is shared)
+                    state, times, slow = enc.init_state(1), [], 0
+                    for t in range(int(n[0])):
+                        x_t = x[0, t : t + 1]
+                        t0 = time.perf_counter()
+                        if amortized:
+                            y, state, c = enc.step_with_decision(x_t, state, force_branch)
+                        else:
+                            y, state = enc.step(x_t, state)
+                        model.head(y).argmax(-1)
+                        times.append((time.perf_counter() - t0) * 1000.0)
+                        if amortized:
+                            slow += int(int(c[0]) == 1)
+                    if best is None or sum(times) < sum(best):
+                        best = times
+                frame_ms += best
+                frames += int(n[0])
+                slow_frames += slow
     finally:
         if callable(end):
             end()
@@ -283,8 +305,8 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
         manifest = export_onnx(model, d, source=source)
         export_s = time.time() - t0
         print(f"[{name}] exported to {d} in {export_s:.1f} s", flush=True)
-        ts = torch_side(model, feats, timing_utts, force_branch=force)
-        dev = run_device(d, items, WORK / f"{name}.device.json")
+        ts = torch_side(model, feats, timing_utts, force_branch=force, repeats=a.repeats)
+        dev = run_device(d, items, WORK / f"{name}.device.json", repeats=a.repeats)
         rt = dev["rows"]
         frames = sum(r["frames"] for r in rt)
         compute = sum(r["compute_ms"] for r in rt)
@@ -323,7 +345,7 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
         }
         if name.startswith("amnet"):  # the slow branch alone through the same eager code path (addmm, not nn.LSTM)
             rec["ms_per_frame_torch_forced_slow_branch"] = torch_side(
-                model, feats, timing_utts, force_branch=1, transcribe=False)["ms_per_frame"]
+                model, feats, timing_utts, force_branch=1, transcribe=False, repeats=a.repeats)["ms_per_frame"]
         if name != "fast_only" and not a.quick:  # causal feature statistics: true streaming
             run = run_device(d, items, WORK / f"{name}.running.json", normalize="running")
             rec["wer_runtime_running_norm"] = _wer([r["text"] for r in run["rows"]], refs)
@@ -402,6 +424,7 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
         "test_audio_seconds": round(audio_s, 1),
         "timing_utterances_torch": timing_utts,
         "threads": 1,
+        "timing": f"per utterance, the fastest of {a.repeats} runs (torch and runtime alike)",
         "chunk_ms": 100.0,
         "normalize": "utterance",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -427,7 +450,7 @@ def render_markdown(s: dict[str, Any]) -> str:
         f"one thread on both sides; {s['machine']['cores']} shared CPU cores ({s['machine']['cpu']}), torch "
         f"{s['machine']['torch']}, onnxruntime {s['machine']['onnxruntime']}. Per encoder frame (30 ms of audio): "
         "arbitrator (AmNet) + chosen branch + CTC layer. The device runtime runs in its own process with "
-        "`import torch` blocked.",
+        f"`import torch` blocked. Timing: {s['timing']}.",
         "",
         "| model | ms/frame torch | ms/frame runtime | RTF runtime | WER torch | WER runtime | identical transcripts "
         "| slow share | peak RSS MB | cold start s |",
@@ -509,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--normalize", default="utterance", help=argparse.SUPPRESS)
     p.add_argument("--chunk-ms", type=float, default=100.0, help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per utterance; the fastest is kept")
     a = p.parse_args(argv)
     if a.worker:
         return worker(a)
