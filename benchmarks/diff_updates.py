@@ -68,16 +68,18 @@ def find_base(root: str | Path, train: bool = True) -> Path:
 
 
 def sparse10_bytes(base: Path) -> int:
-    """Stored bytes (int32 index + fp32 value per entry) of a sparse diff keeping 10 % of the targets."""
+    """Projected file size in bytes of a sparse fp32 diff keeping 10 % of the targets (gap-u8 indices)."""
     sys.path.insert(0, str(RECIPE.parent))
     from updates import load_base  # noqa: E402  (the recipe, next to its configs)
 
     from lightning_amortized.diffs import select_targets
+    from lightning_amortized.diffs.budget import estimate_diff_bytes, split_stored
 
     model = load_base(base)
     params = dict(model.named_parameters())
-    n = sum(params[name].numel() for name in select_targets(model, list(DIFF_TARGETS)))
-    return round(0.1 * n) * 8
+    numels = {name: params[name].numel() for name in select_targets(model, list(DIFF_TARGETS))}
+    kept = split_stored(numels, round(0.1 * sum(numels.values())))
+    return estimate_diff_bytes("sparse", "fp32", {name: (numels[name], kept[name]) for name in numels})
 
 
 # --------------------------------------------------------------------------- running

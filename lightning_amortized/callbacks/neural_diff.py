@@ -22,7 +22,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss
 from lightning_amortized.diffs.attach import attach_diffs, detach_diffs, diff_modules
 from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets
-from lightning_amortized.diffs.io import VALUE_DTYPES, DiffInfo, count_large_gaps, estimate_diff_bytes, export_diff
+from lightning_amortized.diffs.budget import entries_for_bytes, estimate_diff_bytes, split_stored
+from lightning_amortized.diffs.io import VALUE_DTYPES, DiffInfo, count_large_gaps, export_diff
 from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density
 from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_targets
 
@@ -54,8 +55,11 @@ class NeuralDiff(Callback):
     Args:
         method: ``"sparse"`` or ``"hashed"``.
         budget: a ``float`` in ``(0, 1]``: the fraction of the targeted entries kept
-            (sparse) or used as buckets (hashed); an ``int``: a size in bytes of the stored
-            tensors (sparse: 4-byte index + value per entry; hashed: value per bucket).
+            (sparse) or used as buckets (hashed); an ``int``: the size in bytes the exported
+            file must not exceed, header included (sparse: about one index byte plus the
+            value per entry; hashed: the value per bucket), turned into entries by
+            :func:`~lightning_amortized.diffs.budget.entries_for_bytes`; at the end of
+            training a few more entries are pruned if the exact size is over.
         targets: glob or ``re:`` patterns over plain parameter names (``"*.weight"``,
             ``"re:encoder\.rnn\..*"``); each pattern must match something.
         exclude: patterns removed from the selection.
@@ -145,16 +149,13 @@ class NeuralDiff(Callback):
 
     # ------------------------------------------------------------------ budget
 
-    def _final_count(self, sizes: Sequence[int]) -> int:
-        n = sum(sizes)
-        value_bytes = VALUE_DTYPES[self.value_dtype].itemsize
+    def _final_count(self, numels: dict[str, int]) -> int:
+        n = sum(numels.values())
         if isinstance(self.budget, float):
             count = round(self.budget * n)
-        elif self.method == "sparse":
-            count = self.budget // (value_bytes + 4)
-        else:
-            count = self.budget // value_bytes
-        lowest = 1 if self.method == "sparse" else len(sizes)
+        else:  # bytes: as many entries (buckets) as the real encoding fits, header included
+            count = entries_for_bytes(self.method, self.value_dtype, numels, self.budget, extra=self._export_extra())
+        lowest = 1 if self.method == "sparse" else len(numels)
         if count < lowest:
             raise ValueError(
                 f"Expected argument `budget` ({self.budget!r}) to allow at least {lowest} stored "
@@ -182,7 +183,7 @@ class NeuralDiff(Callback):
         sizes = [params[n].numel() for n in names]
         self.target_names = names
         self.target_numel = sum(sizes)
-        self.final_count = self._final_count(sizes)
+        self.final_count = self._final_count(dict(zip(names, sizes)))
         if self.method == "hashed":
             self.bucket_counts = dict(zip(names, allocate_buckets(sizes, self.final_count)))
         self._requires_grad = {n: p.requires_grad for n, p in params.items()}
@@ -252,6 +253,14 @@ class NeuralDiff(Callback):
         if self._nnz(pl_module) > self.final_count:
             self._prune(trainer, pl_module, self._final_density(), keep=self.final_count)
         stats = self.stats(pl_module)
+        if isinstance(self.budget, int):
+            # the projection assumed evenly spread entries; the kept ones may need more 4-byte escapes
+            per_entry = 1 + VALUE_DTYPES[self.value_dtype].itemsize
+            while stats["projected_bytes"] > self.budget and stats["nonzeros"] > 1:
+                over = stats["projected_bytes"] - self.budget
+                keep = max(1, int(stats["nonzeros"]) - int(-(-over // per_entry)))
+                self._prune(trainer, pl_module, self._final_density(), keep=keep)
+                stats = self.stats(pl_module)
         rank_zero_info(
             f"NeuralDiff: {int(stats['nonzeros']):,} non-zeros ({100 * stats['budget_used']:.1f}% of the budget), "
             f"projected file ~{int(stats['projected_bytes']):,} bytes."
@@ -315,8 +324,8 @@ class NeuralDiff(Callback):
         """
         diffs = diff_modules(pl_module)
         if self.method == "sparse":
-            total = max(self.target_numel, 1)
-            stored = {n: (d.delta.numel(), round(self.final_count * d.delta.numel() / total)) for n, d in diffs.items()}
+            split = split_stored({n: d.delta.numel() for n, d in diffs.items()}, self.final_count)
+            stored = {n: (d.delta.numel(), split[n]) for n, d in diffs.items()}
         else:
             stored = {n: (d.bucket_index.numel(), d.num_buckets) for n, d in diffs.items() if isinstance(d, HashedDiff)}
         return estimate_diff_bytes(self.method, self.value_dtype, stored, extra=self._export_extra())

@@ -6,7 +6,14 @@ See ``docs/neural_diff.md``. The pieces:
 - :mod:`~lightning_amortized.diffs.sparse` and :mod:`~lightning_amortized.diffs.hashed`:
   the two parametrizations; :mod:`~lightning_amortized.diffs.hashing`: the integer hash;
 - :mod:`~lightning_amortized.diffs.attach`: attach / detach them on a model;
-- :mod:`~lightning_amortized.diffs.io`: the diff file and its operations;
+- the diff file: :mod:`~lightning_amortized.diffs.format` (layout, errors, metadata),
+  :mod:`~lightning_amortized.diffs.codec` (values, ``gap-u8`` indices),
+  :mod:`~lightning_amortized.diffs.checksum` (weight and payload hashes),
+  :mod:`~lightning_amortized.diffs.budget` (sizes; byte budget -> entries),
+  :mod:`~lightning_amortized.diffs.export`, :mod:`~lightning_amortized.diffs.read`,
+  :mod:`~lightning_amortized.diffs.apply` (apply, chains, merge, unmerge);
+  :mod:`~lightning_amortized.diffs.io` imports them all in one place;
+- :mod:`~lightning_amortized.diffs.checkpoints`: checkpoint files in and out;
 - :mod:`~lightning_amortized.diffs.commands`: the ``diff`` command line.
 """
 
@@ -24,6 +31,7 @@ from lightning_amortized.diffs.io import (
     apply_chain,
     apply_diff,
     apply_to_state_dict,
+    entries_for_bytes,
     estimate_diff_bytes,
     export_diff,
     export_diff_from_weights,
@@ -56,6 +64,7 @@ __all__ = [
     "detach_diffs",
     "diff_modules",
     "effective_tensor",
+    "entries_for_bytes",
     "estimate_diff_bytes",
     "export_diff",
     "export_diff_from_weights",

@@ -1,10 +1,8 @@
 """``lightning-amortized diff inspect|apply|export``: the diff operations on checkpoint files.
 
-Checkpoints may be Lightning ``.ckpt`` files (weights under ``"state_dict"``), plain
-``state_dict`` files saved with ``torch.save`` (``.pt``/``.pth``) or ``.safetensors`` files.
-A checkpoint written while ``NeuralDiff`` was training (keys such as
-``rnn.parametrizations.weight_ih_l0.original``) is folded into plain weights ``W0 + D``
-when read.
+Checkpoints are read and written by :mod:`~lightning_amortized.diffs.checkpoints`
+(Lightning ``.ckpt``, ``torch.save`` state dicts, ``.safetensors``); a byte budget becomes
+entries through :func:`~lightning_amortized.diffs.budget.entries_for_bytes`.
 
 Examples::
 
@@ -16,21 +14,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import re
 import sys
-from collections.abc import Mapping
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
-import safetensors.torch
-import torch
-
-from lightning_amortized.diffs.hashed import hashed_delta
-from lightning_amortized.atomic import write_atomic
+from lightning_amortized.diffs.budget import entries_for_bytes
+from lightning_amortized.diffs.checkpoints import load_checkpoint, save_checkpoint
 from lightning_amortized.diffs.io import (
     VALUE_DTYPES,
     DiffError,
@@ -40,70 +29,7 @@ from lightning_amortized.diffs.io import (
 )
 from lightning_amortized.diffs.targets import select_names
 
-__all__ = ["fold_parametrized", "load_checkpoint", "main", "save_checkpoint"]
-
-_ORIGINAL = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<attr>[^.]+)\.original$")
-
-
-def fold_parametrized(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Turn a state dict of a model with diffs attached into plain weights ``W0 + D``.
-
-    Sparse diffs (``.0.delta`` + ``.0.mask``) give ``where(mask, W0 + delta, W0)``; hashed
-    diffs (``.0.buckets`` + ``.0.hash_seed``) give ``W0 + sign * buckets[h]``, exactly as in
-    the forward pass. Other entries are passed through.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        m = _ORIGINAL.match(key)
-        if m is None:
-            if ".parametrizations." not in f".{key}":
-                out[key] = value
-            continue
-        name = m.group("prefix") + m.group("attr")
-        stem = key[: -len("original")] + "0."
-        if stem + "mask" in state:
-            mask, delta = state[stem + "mask"], state[stem + "delta"]
-            out[name] = torch.where(mask, value + delta, value)
-        elif stem + "buckets" in state:
-            seed = int(state[stem + "hash_seed"])
-            out[name] = value + hashed_delta(name, tuple(value.shape), seed, state[stem + "buckets"])
-        else:
-            raise ValueError(f"Unknown parametrization on {name!r}; cannot fold {key!r}.")
-    return out
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Read weights from a checkpoint.
-
-    Returns:
-        ``(state_dict, container)``: plain (folded) weights on CPU, and the full Lightning
-        checkpoint dict (``None`` for plain state dicts and safetensors files).
-    """
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        return fold_parametrized(safetensors.torch.load_file(p)), None
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:  # Lightning checkpoints may pickle hyper-parameter objects
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return fold_parametrized(obj["state_dict"]), obj
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return fold_parametrized(obj), None
-    raise ValueError(f"{str(p)!r} holds neither a Lightning checkpoint nor a state dict of tensors.")
-
-
-def save_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor], container: dict[str, Any] | None) -> None:
-    """Write weights atomically, as a Lightning checkpoint (when ``container`` is given),
-    a ``.safetensors`` file or a ``torch.save`` state dict, chosen by ``container``/suffix."""
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        data = safetensors.torch.save({k: v.contiguous() for k, v in state.items()})
-    else:
-        buf = io.BytesIO()
-        torch.save({**container, "state_dict": dict(state)} if container is not None else dict(state), buf)
-        data = buf.getvalue()
-    write_atomic(p, data)
+__all__ = ["main"]
 
 
 def _parse_budget(text: str) -> float | int:
@@ -171,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             names = select_names(candidates, args.targets, args.exclude, owner=args.base)
             total = sum(base[n].numel() for n in names)
             if isinstance(args.budget, float):
-                keep = max(1, round(args.budget * total))
+                keep = min(total, max(1, round(args.budget * total)))
             else:
-                keep = args.budget // (4 + VALUE_DTYPES[args.dtype].itemsize)
-            keep = min(keep, total)
+                numels = {n: base[n].numel() for n in names}
+                keep = entries_for_bytes("sparse", args.dtype, numels, args.budget, extra={"budget": args.budget})
+                if keep < 1:
+                    raise ValueError(f"A budget of {args.budget} bytes does not hold one entry with its header.")
             info = export_diff_from_weights(
                 base, tuned, names, args.out, keep=keep, value_dtype=args.dtype, extra_metadata={"budget": args.budget}
             )

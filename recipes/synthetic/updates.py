@@ -60,7 +60,7 @@ from lightning_amortized.diffs import (
     plain_parameters,
     weights_sha256,
 )
-from lightning_amortized.diffs.commands import load_checkpoint
+from lightning_amortized.diffs.checkpoints import load_checkpoint
 from lightning_amortized.module import ASRModule
 from lightning_amortized.nn import RecurrentEncoder
 

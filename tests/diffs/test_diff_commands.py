@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from lightning_amortized.diffs import attach_diffs, effective_tensor, export_diff, inspect_diff, merge
-from lightning_amortized.diffs.commands import fold_parametrized, load_checkpoint, main
+from lightning_amortized.diffs.checkpoints import fold_parametrized, load_checkpoint
+from lightning_amortized.diffs.commands import main
 
 
 def net() -> nn.Module:

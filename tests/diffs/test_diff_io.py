@@ -32,7 +32,8 @@ from lightning_amortized.diffs import (
     weights_sha256,
 )
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
-from lightning_amortized.diffs.io import _payload_sha256, count_large_gaps, decode_gaps, encode_gaps, read_diff
+from lightning_amortized.diffs.checksum import _payload_sha256
+from lightning_amortized.diffs.io import count_large_gaps, decode_gaps, encode_gaps, read_diff
 from lightning_amortized.diffs.sparse import magnitude_keep_masks
 
 

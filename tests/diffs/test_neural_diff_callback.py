@@ -200,16 +200,18 @@ def test_masks_and_schedule_survive_resume(tmp_path: Path) -> None:
 
 def test_hashed_fit_uses_bucket_budget(tmp_path: Path) -> None:
     model = TinyModule()
-    cb = NeuralDiff(method="hashed", budget=200, targets=["rnn.*"], value_dtype="fp16",
-                    export_path=tmp_path / "h.safetensors")  # 200 bytes of fp16 = 100 buckets
+    cb = NeuralDiff(method="hashed", budget=2_000, targets=["rnn.*"], value_dtype="fp16",
+                    export_path=tmp_path / "h.safetensors")  # the file, header included, in 2,000 bytes
     x = torch.randn(4, 5, 6)
     before = model(x).detach()
     trainer(tmp_path, cb, max_epochs=2).fit(model, loader())
-    assert sum(cb.bucket_counts.values()) == 100
-    assert sum(d.buckets.numel() for d in diff_modules(model).values()) == 100
+    buckets = sum(cb.bucket_counts.values())
+    assert 100 < buckets < 1_000 // 2  # the header takes its share of the 2,000 bytes
+    assert sum(d.buckets.numel() for d in diff_modules(model).values()) == buckets
     assert not torch.equal(model(x), before)
     info = inspect_diff(tmp_path / "h.safetensors")
-    assert info.method == "hashed" and info.stored == 100 and info.value_dtype == "fp16"
+    assert info.method == "hashed" and info.stored == buckets and info.value_dtype == "fp16"
+    assert 0.99 * 2_000 <= info.file_bytes <= 2_000  # hashed sizes are known exactly
 
 
 def test_dry_run_lists_targets_and_trains_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -253,3 +255,35 @@ def test_non_finite_loss_or_diff_gradient_stops_training(tmp_path: Path) -> None
     with pytest.raises(NonFiniteError, match=r"gradient of `emb.weight \(diff\)` has \d+ NaN and \d+ Inf .* at step 0"):
         trainer(tmp_path, cb, max_epochs=1).fit(model, loader())
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@pytest.mark.parametrize("budget_bytes", [2_000, 2_600, 4_000])  # 10 % to 80 % of the 1,104 entries
+def test_byte_budget_buys_entries_for_the_real_encoding(tmp_path: Path, budget_bytes: int) -> None:
+    """A byte budget counts ~1 index byte per kept entry (gap-u8), not 4: the fp16 file lands
+    within 5 % under the requested size (before, about half the budget went unused)."""
+    from lightning_amortized.diffs.budget import entries_for_bytes
+
+    model = TinyModule()
+    cb = NeuralDiff(method="sparse", budget=budget_bytes, value_dtype="fp16", targets=["*weight*"],
+                    exclude=["head.*"], export_path=tmp_path / "u1.safetensors")
+    trainer(tmp_path, cb, max_epochs=2).fit(model, loader())
+    info = inspect_diff(tmp_path / "u1.safetensors")
+    assert 0.95 * budget_bytes <= info.file_bytes <= budget_bytes
+    numels = {n: cb_size for n, cb_size in zip(cb.target_names, (96, 576, 432))}
+    int32 = entries_for_bytes("sparse", "fp16", numels, budget_bytes, index_encoding="int32", extra=cb._export_extra())
+    assert info.stored > int32  # more entries than 4-byte indices would allow
+
+
+def test_entries_for_bytes_matches_the_projection_and_the_cli(tmp_path: Path) -> None:
+    from lightning_amortized.diffs.budget import entries_for_bytes, estimate_diff_bytes, split_stored
+
+    numels = {"a": 70_000, "b": 30_000}
+    for dtype in ("fp32", "fp16", "int8"):
+        n = entries_for_bytes("sparse", dtype, numels, 40_000)
+        size = lambda k: estimate_diff_bytes(  # noqa: E731
+            "sparse", dtype, {name: (numels[name], s) for name, s in split_stored(numels, k).items()})
+        assert size(n) <= 40_000 < size(n + 1)
+    assert entries_for_bytes("hashed", "fp32", numels, 4_000) < 1_000
+    assert entries_for_bytes("sparse", "fp32", numels, 10) == 0  # not even the header fits
+    with pytest.raises(ValueError, match="total"):
+        split_stored(numels, 100_001)
