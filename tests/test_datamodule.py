@@ -105,7 +105,7 @@ def test_fit_without_validation_split(fake_layout: Path) -> None:
 
 
 def test_cached_features_equal_fresh_ones_and_are_computed_once(fake_layout: Path, monkeypatch) -> None:
-    from lightning_amortized.data import datamodule as dmod
+    from lightning_amortized.data import dataset as dmod
 
     dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [], cache_features=True, spec_augment=False)
     dm.prepare_data()

@@ -6,6 +6,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from lightning_amortized.functional.masks import lengths_to_mask
+
 __all__ = ["LogMelFilterbank", "SpecAugment", "frame_count"]
 
 
@@ -53,7 +55,7 @@ class LogMelFilterbank(nn.Module):
         feats = torch.log(self.mel(wavs) + 1e-6).transpose(1, 2)  # (B, T, M)
         lengths = frame_count(wav_lengths, self.hop_length).clamp(max=feats.shape[1])
         if self.normalize:
-            mask = (torch.arange(feats.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1).to(feats)
+            mask = lengths_to_mask(lengths, feats.shape[1], device=feats.device).unsqueeze(-1).to(feats)
             n = mask.sum(1, keepdim=True).clamp(min=1)
             mean = (feats * mask).sum(1, keepdim=True) / n
             var = (((feats - mean) * mask) ** 2).sum(1, keepdim=True) / n
