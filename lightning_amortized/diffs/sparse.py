@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lightning_amortized.functional.selection import topk_mask
+
 __all__ = ["SparseDiff", "magnitude_keep_masks", "scheduled_density", "sparse_apply"]
 
 
@@ -161,9 +163,7 @@ def magnitude_keep_masks(
     devices = {c.device for c in candidates}
     dev = next(iter(devices)) if len(devices) == 1 else torch.device("cpu")
     allc = torch.cat([c.to(dev) for c in candidates])
-    chosen = torch.zeros(allc.numel(), dtype=torch.bool, device=dev)
-    chosen[torch.topk(allc, keep, sorted=False).indices] = True
-    chosen &= allc >= 0
+    chosen = topk_mask(allc, keep) & (allc >= 0)
     out = []
     offset = 0
     for m in masks:
@@ -182,8 +182,6 @@ def _capped_candidates(
         flat_m = m.reshape(-1)
         limit = min(int(flat_m.sum()), math.ceil(cap * flat_m.numel()))
         score = torch.where(flat_m, flat_s, torch.full_like(flat_s, -1.0))
-        cand = torch.zeros_like(flat_m)
-        if limit > 0:
-            cand[torch.topk(score, limit, sorted=False).indices] = True
+        cand = topk_mask(score, limit)
         candidates.append(torch.where(cand, score, torch.full_like(score, -1.0)))
     return candidates

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_amortized.backlog_rule import next_backlog
+from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = [
     "backlog",
@@ -64,8 +65,7 @@ def _valid_mask(costs_ms: torch.Tensor, lengths: torch.Tensor | None) -> torch.T
         raise ValueError(
             f"Expected argument `lengths` to have shape ({costs_ms.shape[0]},), but got {tuple(lengths.shape)}."
         )
-    t = torch.arange(costs_ms.shape[1], device=costs_ms.device)
-    return t[None, :] < lengths.to(costs_ms.device)[:, None]
+    return lengths_to_mask(lengths, costs_ms.shape[1], device=costs_ms.device)
 
 
 def backlog_step(

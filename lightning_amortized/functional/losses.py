@@ -37,15 +37,16 @@ from __future__ import annotations
 import torch
 
 from lightning_amortized.functional.backlog import backlog_before
+from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = ["amortization_loss", "expected_cost_penalty"]
 
 
 def _mask(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Valid frames of ``x`` ``(B, T)``: all of them when ``lengths`` is ``None``."""
     if lengths is None:
         return torch.ones_like(x, dtype=torch.bool)
-    t = torch.arange(x.shape[1], device=x.device)
-    return t[None, :] < lengths.to(x.device)[:, None]
+    return lengths_to_mask(lengths, x.shape[1], device=x.device)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

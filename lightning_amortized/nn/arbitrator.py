@@ -21,6 +21,7 @@ from torch import nn
 
 from lightning_amortized.functional.backlog import backlog_step
 from lightning_amortized.functional.flops import linear_flops
+from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = ["Arbitrator"]
 
@@ -189,7 +190,7 @@ class Arbitrator(nn.Module):
         costs = branch_cost_ms.to(x)
         valid = None
         if lengths is not None:
-            valid = torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+            valid = lengths_to_mask(lengths, T, device=x.device)
         b, prev = self.init_state(B)
         b, prev = b.to(x), prev.to(x)
         logits_l, gates_l, cost_l, back_l = [], [], [], []

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from lightning_amortized.functional.flops import attention_flops, conv1d_flops, gru_flops, linear_flops, lstm_flops
+from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = [
     "Encoder",
@@ -58,17 +59,6 @@ class StreamingEncoder(Encoder, Protocol):
     def init_state(self, batch_size: int) -> Any: ...
 
     def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
-
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
-    """Boolean mask ``(B, T)`` that is True on valid frames.
-
-    Example:
-        >>> lengths_to_mask(torch.tensor([2, 3])).int().tolist()
-        [[1, 1, 0], [1, 1, 1]]
-    """
-    max_len = int(lengths.max()) if max_len is None else max_len
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class RecurrentEncoder(nn.Module):
@@ -156,7 +146,7 @@ class RecurrentEncoder(nn.Module):
         # packed sequence (benchmarks/convergence.py profiles it). The states past each
         # length are zeroed before the projection, as a packed sequence leaves them.
         y, _ = self.torch_rnn(x)
-        y = y * lengths_to_mask(lengths.to(y.device), y.shape[1])[..., None].to(y.dtype)
+        y = y * lengths_to_mask(lengths, y.shape[1], device=y.device)[..., None].to(y.dtype)
         if self.proj is not None:
             y = self.proj(y)
         return y, lengths

@@ -1,0 +1,376 @@
+"""The public amortized encoders: :class:`AmortizedEncoder` and :class:`SharedStateAmortizedEncoder`.
+
+Two routing modes (see ``docs/amortized.md``):
+
+* **Shared-state** (:class:`SharedStateAmortizedEncoder`, built by
+  :meth:`AmortizedEncoder.from_recurrent`): one LSTM/GRU state, two weight sets per
+  layer. Branch 0 (fast) is a low-rank, sparse or "small" version of branch 1 (slow,
+  the original weights); see :mod:`~lightning_amortized.nn.amortized.fast` and
+  :mod:`~lightning_amortized.nn.amortized.shared`.
+* **Independent** (:class:`AmortizedEncoder`): any encoders; each keeps its own state
+  and advances only on frames routed to it (see
+  :mod:`~lightning_amortized.nn.amortized.independent`).
+
+In both modes the arbitrator decisions of a batch are computed first (they depend only
+on input frames, backlog and the previous decision), then the branches run with known
+gates. After ``forward`` the routing of the batch is in :attr:`AmortizedEncoder.last_routing`
+and :meth:`AmortizedEncoder.routing_losses` gives the cost and amortization losses.
+
+Example:
+    >>> from lightning_amortized.nn.encoders import RecurrentEncoder
+    >>> enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(40, 32, num_layers=2), fast="lowrank", rank=8)
+    >>> y, n = enc(torch.randn(2, 10, 40), torch.tensor([10, 6]))
+    >>> y.shape, enc.last_routing.gates.shape
+    (torch.Size([2, 10, 32]), torch.Size([2, 10, 2]))
+    >>> sorted(enc.routing_losses(lambda_cost=0.1, lambda_amr=1.0))
+    ['amortization', 'cost', 'total']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_amortized.functional.backlog import DEFAULT_DEVICE_FLOPS_PER_S, SimulatedDevice, backlog, backlog_step
+from lightning_amortized.functional.losses import amortization_loss, expected_cost_penalty
+from lightning_amortized.nn.amortized.independent import _IndependentCore
+from lightning_amortized.nn.amortized.routing import RoutingInfo
+from lightning_amortized.nn.amortized.shared import _SharedRecurrentCore
+from lightning_amortized.nn.arbitrator import Arbitrator
+from lightning_amortized.nn.encoders import RecurrentEncoder
+
+__all__ = ["AmortizedEncoder", "SharedStateAmortizedEncoder"]
+
+
+class AmortizedEncoder(nn.Module):
+    """Independent encoders ``fast, slow[, ...]`` routed frame by frame by an :class:`Arbitrator`.
+
+    Follows the encoder contract (``forward``, ``flops_per_frame``, and ``init_state``/``step``
+    when all branches stream). Branch ``k`` is the ``k``-th positional argument; the most
+    expensive branch is "slow" for the losses.
+
+    Args:
+        fast: Cheap encoder (branch 0).
+        slow: Expensive encoder (branch 1).
+        *others: More branches (``K > 2``).
+        projection: Common output size; every branch gets a ``Linear`` to it. Required
+            when output sizes differ.
+        frame_ms: Audio per input frame in ms.
+        device_flops_per_s: Speed of the simulated device the backlog is computed on.
+        arbitrator_hidden: Hidden units of the arbitrator.
+        temperature: Initial Gumbel-softmax temperature.
+        straight_through: Straight-through hard gates in training.
+        use_prev_decision: Feed the previous gate to the arbitrator.
+        force_branch: Route every frame to this branch: the arbitrator is skipped (and
+            not counted), only that branch computes, ``flops_per_frame()`` is that
+            branch's. Builds single-branch baselines (fast-only, compressed single
+            encoders) from the same class.
+
+    Raises:
+        ValueError: if output sizes differ and ``projection`` is ``None``, or
+            ``force_branch`` is not a branch index.
+
+    Example:
+        >>> from lightning_amortized.nn.encoders import RecurrentEncoder
+        >>> enc = AmortizedEncoder(RecurrentEncoder(40, 16, 1), RecurrentEncoder(40, 64, 2), projection=32)
+        >>> y, n = enc(torch.randn(2, 5, 40), torch.tensor([5, 3]))
+        >>> y.shape, enc.last_routing.decisions.shape
+        (torch.Size([2, 5, 32]), torch.Size([2, 5]))
+    """
+
+    def __init__(
+        self,
+        fast: nn.Module,
+        slow: nn.Module,
+        *others: nn.Module,
+        projection: int | None = None,
+        frame_ms: float = 30.0,
+        device_flops_per_s: float = DEFAULT_DEVICE_FLOPS_PER_S,
+        arbitrator_hidden: int = 16,
+        temperature: float = 1.0,
+        straight_through: bool = False,
+        use_prev_decision: bool = True,
+        force_branch: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._setup(
+            _IndependentCore([fast, slow, *others], projection),
+            frame_ms,
+            device_flops_per_s,
+            arbitrator_hidden,
+            temperature,
+            straight_through,
+            use_prev_decision,
+            force_branch,
+        )
+
+    def _setup(
+        self,
+        core: nn.Module,
+        frame_ms: float,
+        device_flops_per_s: float,
+        arbitrator_hidden: int,
+        temperature: float,
+        straight_through: bool,
+        use_prev_decision: bool,
+        force_branch: int | None = None,
+    ) -> None:
+        if force_branch is not None and not 0 <= int(force_branch) < core.num_branches:
+            raise ValueError(
+                f"Expected argument `force_branch` to be None or in [0, {core.num_branches}), but got {force_branch}."
+            )
+        self.force_branch = None if force_branch is None else int(force_branch)
+        self.core = core
+        self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=float(frame_ms))
+        self.frame_ms = float(frame_ms)
+        self.device_flops_per_s = float(device_flops_per_s)
+        self.input_size = core.input_size
+        self.output_size = core.output_size
+        self.num_branches = core.num_branches
+        self.arbitrator = Arbitrator(
+            core.input_size,
+            core.num_branches,
+            hidden_size=arbitrator_hidden,
+            frame_ms=frame_ms,
+            temperature=temperature,
+            straight_through=straight_through,
+            use_prev_decision=use_prev_decision,
+        )
+        self.last_routing: RoutingInfo | None = None
+        self._stream_costs: tuple[torch.Tensor, int] | None = None
+
+    @classmethod
+    def from_recurrent(
+        cls,
+        encoder: RecurrentEncoder,
+        fast: str = "lowrank",
+        rank: int | None = None,
+        density: float = 0.25,
+        **kwargs: Any,
+    ) -> "SharedStateAmortizedEncoder":
+        """Shared-state AmNet from one LSTM/GRU encoder (see :class:`SharedStateAmortizedEncoder`)."""
+        return SharedStateAmortizedEncoder(encoder, fast=fast, rank=rank, density=density, **kwargs)
+
+    # -- costs ----------------------------------------------------------------------------------
+
+    @property
+    def streaming(self) -> bool:
+        """Whether ``init_state``/``step`` are available."""
+        return bool(getattr(self.core, "streaming", True))
+
+    def branch_flops(self) -> list[int]:
+        """FLOPs per frame of every branch (arbitrator excluded)."""
+        return [int(f) for f in self.core.branch_flops()]
+
+    @property
+    def slow_index(self) -> int:
+        """Index of the most expensive branch."""
+        flops = self.branch_flops()
+        return max(range(len(flops)), key=flops.__getitem__)
+
+    def flops_per_frame(self) -> int:
+        """Worst case FLOPs per frame: the most expensive branch plus the arbitrator.
+
+        With ``force_branch`` it is that branch's FLOPs (no arbitrator runs). The routed
+        average is ``last_routing.expected_flops`` (see ``LatencyMonitor``).
+        """
+        if self.force_branch is not None:
+            return self.branch_flops()[self.force_branch]
+        return max(self.branch_flops()) + self.arbitrator.flops_per_frame()
+
+    def set_device(self, device_flops_per_s: float) -> None:
+        """Swap the simulated device (e.g. to evaluate a trained model on a slower or faster one).
+
+        The backlog the arbitrator sees, the costs and the latencies of the next
+        ``forward``/``step`` are computed on the new device; ``frame_ms`` is unchanged.
+
+        Raises:
+            ValueError: if ``device_flops_per_s`` is not positive.
+        """
+        self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=self.frame_ms)
+        self.device_flops_per_s = float(device_flops_per_s)
+
+    # -- training / batched forward -------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Route and encode a padded batch ``(B, T, F)`` -> ``(B, T, D)``; sets :attr:`last_routing`."""
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"Expected `x` of shape (B, T, {self.input_size}), but got {tuple(x.shape)}.")
+        flops = torch.tensor(self.branch_flops(), dtype=x.dtype, device=x.device)
+        if self.force_branch is None:
+            arb_flops = self.arbitrator.flops_per_frame()
+            logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(
+                x, lengths, self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
+            )
+            y = self.core.forward_gated(x, lengths, gates)
+        else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
+            arb_flops = 0
+            B, T, _ = x.shape
+            k = self.force_branch
+            gates = x.new_zeros(B, T, self.num_branches)
+            gates[..., k] = 1.0
+            logits = gates.log()  # 0 on the forced branch, -inf elsewhere
+            cost_ms = self.device_model.cost_ms(gates @ flops)
+            backlog_ms = backlog(cost_ms, self.frame_ms, lengths)
+            y = self.core.forward_gated(x, lengths, gates, only=k)
+        self.last_routing = RoutingInfo(
+            logits=logits,
+            gates=gates,
+            decisions=gates.detach().argmax(-1),
+            expected_flops=arb_flops + gates @ flops,
+            cost_ms=cost_ms,
+            backlog_ms=backlog_ms,
+            lengths=lengths,
+            branch_flops=tuple(int(f) for f in flops.tolist()),
+            slow_index=self.slow_index,
+            frame_ms=self.frame_ms,
+        )
+        return y, lengths
+
+    def routing_losses(
+        self,
+        lambda_cost: float = 0.0,
+        lambda_amr: float = 0.0,
+        threshold_ms: float | None = None,
+        end_weight: float = 1.0,
+        slack_weight: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """Losses of the last ``forward``: ``{"cost", "amortization", "total"}``.
+
+        ``cost`` is the expected FLOPs per valid frame over the slow branch's FLOPs (in
+        ``[0, 1]``), ``amortization`` is
+        :func:`~lightning_amortized.functional.losses.amortization_loss`, ``total`` is
+        ``lambda_cost * cost + lambda_amr * amortization`` (add it to the ASR loss).
+
+        Raises:
+            RuntimeError: if ``forward`` has not run yet.
+        """
+        r = self.last_routing
+        if r is None:
+            raise RuntimeError("`routing_losses` needs a `forward` first: call the encoder on a batch.")
+        cost = expected_cost_penalty(r.expected_flops, r.lengths, float(max(r.branch_flops)))
+        amr = amortization_loss(
+            r.p_slow, r.backlog_ms, r.lengths, self.frame_ms, threshold_ms, end_weight, slack_weight
+        )
+        return {"cost": cost, "amortization": amr, "total": lambda_cost * cost + lambda_amr * amr}
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def _costs(self, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+        flops = torch.tensor(self.branch_flops(), dtype=like.dtype, device=like.device)
+        return flops, self.arbitrator.flops_per_frame()
+
+    def begin_streaming(self) -> None:
+        """Freeze per-frame inference caches (costs, CSR weights) until :meth:`end_streaming`.
+
+        Optional: ``step`` is correct without it, only slower. :func:`~lightning_amortized.nn.streaming.stream`
+        calls both.
+        """
+        self._stream_costs = self._costs(next(self.parameters()))
+        self.core.begin_streaming()
+
+    def end_streaming(self) -> None:
+        """Drop the caches of :meth:`begin_streaming` (call after changing weights)."""
+        self._stream_costs = None
+        self.core.end_streaming()
+
+    def init_state(self, batch_size: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """``(branch state, backlog_ms (B,), previous gate (B, K))``."""
+        b, prev = self.arbitrator.init_state(batch_size)
+        return self.core.init_state(batch_size), b, prev
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One frame ``(B, F)`` -> ``(B, D)`` with hard decisions (only the chosen branch runs when ``B == 1``)."""
+        y, state, _ = self.step_with_decision(x_t, state)
+        return y, state
+
+    def step_with_decision(
+        self, x_t: torch.Tensor, state: Any, force_branch: int | None = None
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Like :meth:`step`, also returning the decision ``(B,)``.
+
+        Args:
+            force_branch: Route every frame to this branch and skip the arbitrator
+                (single-branch baselines on the same weights).
+        """
+        core_state, b, prev = state
+        flops, arb_flops = self._stream_costs if self._stream_costs is not None else self._costs(x_t)
+        force_branch = self.force_branch if force_branch is None else force_branch
+        if force_branch is None:
+            logits = self.arbitrator.step(x_t, b, prev)
+            choice = logits.argmax(-1)
+            base = arb_flops
+        else:
+            if not 0 <= force_branch < self.num_branches:
+                raise ValueError(f"Expected `force_branch` in [0, {self.num_branches}), but got {force_branch}.")
+            choice = torch.full((x_t.shape[0],), force_branch, dtype=torch.long, device=x_t.device)
+            base = 0
+        g = F.one_hot(choice, self.num_branches).to(x_t.dtype)
+        cost = self.device_model.cost_ms(base + g @ flops)
+        b = backlog_step(b, cost, self.frame_ms)
+        y, core_state = self.core.step(x_t, core_state, choice)
+        return y, (core_state, b, g), choice
+
+    def extra_repr(self) -> str:
+        forced = "" if self.force_branch is None else f", force_branch={self.force_branch}"
+        return f"frame_ms={self.frame_ms}, device_flops_per_s={self.device_flops_per_s:g}{forced}"
+
+
+class SharedStateAmortizedEncoder(AmortizedEncoder):
+    """Shared-state AmNet over one SpeechBrain LSTM/GRU stack: one state, fast and slow weights per layer.
+
+    Branch 1 (slow) uses the wrapped encoder's own weights (shared, not copied: they
+    stay at ``core.encoder.rnn.rnn.weight_*``); branch 0 (fast) is, per layer:
+
+    * ``"lowrank"``: LSTM ``[W_ih W_hh] = U V`` of rank ``rank`` (one factorization,
+      one merged bias); GRU ``W_ih`` and ``W_hh`` factorized separately. Initialised
+      by truncated SVD of the slow weights.
+    * ``"sparse"``: own copies of ``W_ih``, ``W_hh`` with a fixed magnitude-pruned mask
+      keeping a fraction ``density`` of ``[W_ih W_hh]``; FLOPs count the non-zeros.
+    * ``"small"``: own dense ``W_ih`` and a rank-``rank`` ``W_hh = U V`` (only the
+      recurrent matrix is small; initialised from the slow weights).
+
+    Args:
+        encoder: The slow encoder (:class:`RecurrentEncoder`; its projection, if any,
+            is shared by both branches).
+        fast: ``"lowrank"``, ``"sparse"`` or ``"small"``.
+        rank: Rank of the factorized matrices (default ``hidden_size // 4``).
+        density: Kept fraction for ``"sparse"``.
+        **kwargs: ``frame_ms``, ``device_flops_per_s``, ``arbitrator_hidden``,
+            ``temperature``, ``straight_through``, ``use_prev_decision``,
+            ``force_branch`` as in :class:`AmortizedEncoder` (``force_branch=0``: the
+            compressed encoder alone, e.g. a factorized or sparse single encoder).
+
+    Raises:
+        ValueError: for an unknown ``fast`` kind, a bad ``rank`` or ``density``.
+        TypeError: if ``encoder`` is not a :class:`RecurrentEncoder`.
+    """
+
+    def __init__(
+        self,
+        encoder: RecurrentEncoder,
+        fast: str = "lowrank",
+        rank: int | None = None,
+        density: float = 0.25,
+        frame_ms: float = 30.0,
+        device_flops_per_s: float = DEFAULT_DEVICE_FLOPS_PER_S,
+        arbitrator_hidden: int = 16,
+        temperature: float = 1.0,
+        straight_through: bool = False,
+        use_prev_decision: bool = True,
+        force_branch: int | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        self._setup(
+            _SharedRecurrentCore(encoder, fast, rank, density),
+            frame_ms,
+            device_flops_per_s,
+            arbitrator_hidden,
+            temperature,
+            straight_through,
+            use_prev_decision,
+            force_branch,
+        )

@@ -1,0 +1,207 @@
+"""Shared-state core: one LSTM/GRU state, fast and slow weights per layer, one recurrence for all paths.
+
+Branch 0 is fast (a :class:`~lightning_amortized.nn.amortized.fast.FastLayer` per layer),
+branch 1 slow (the wrapped encoder's own weights). The gate ``g_t`` mixes the states
+the two weight sets give::
+
+    h_t = g_t * cell_slow(x_t, h_{t-1}) + (1 - g_t) * cell_fast(x_t, h_{t-1})
+
+:meth:`_SharedRecurrentCore.scan` is the only time loop: the training forward runs it
+layer by layer over all frames (with soft gates, or on one branch only), streaming
+``step`` runs it on one frame per layer (with one-hot gates, or on the chosen branch
+only when ``B == 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_amortized.functional.flops import gru_flops, linear_flops, lstm_flops
+from lightning_amortized.functional.masks import lengths_to_mask
+from lightning_amortized.nn.amortized.cells import gru_cell, lstm_cell
+from lightning_amortized.nn.amortized.fast import FAST_KINDS, FAST_LAYERS, BranchLayer, SlowLayer
+from lightning_amortized.nn.encoders import RecurrentEncoder
+
+__all__ = ["_SharedRecurrentCore"]
+
+
+class _SharedRecurrentCore(nn.Module):
+    """Shared-state branches over one :class:`RecurrentEncoder`: branch 0 fast, branch 1 slow.
+
+    Args:
+        encoder: The slow encoder; its weights are used in place, its projection (if
+            any) is shared by both branches.
+        fast: A kind of :data:`~lightning_amortized.nn.amortized.fast.FAST_KINDS`.
+        rank: Rank of factorized matrices; ``None`` means ``hidden_size // 4``.
+        density: Kept fraction for ``"sparse"``.
+    """
+
+    num_branches = 2
+
+    def __init__(self, encoder: RecurrentEncoder, fast: str, rank: int | None, density: float) -> None:
+        super().__init__()
+        if not isinstance(encoder, RecurrentEncoder):
+            raise TypeError(f"Expected argument `encoder` to be a RecurrentEncoder, but got {type(encoder).__name__}.")
+        if fast not in FAST_KINDS:
+            raise ValueError(f"Expected argument `fast` to be one of {FAST_KINDS}, but got {fast!r}.")
+        H, L = encoder.hidden_size, encoder.num_layers
+        rank = max(1, H // 4) if rank is None else int(rank)
+        if fast in ("lowrank", "small") and not 1 <= rank <= H:
+            raise ValueError(f"Expected argument `rank` to be in [1, {H}] (hidden size), but got {rank}.")
+        if fast == "sparse" and not 0.0 < density <= 1.0:
+            raise ValueError(f"Expected argument `density` to be in (0, 1], but got {density}.")
+        self.encoder = encoder
+        self.rnn_type, self.kind, self.rank, self.density = encoder.rnn_type, fast, rank, density
+        self.input_size, self.hidden_size, self.num_layers = encoder.input_size, H, L
+        self.output_size = encoder.output_size
+        layer_cls = FAST_LAYERS[fast]
+        fast_layers = []
+        for layer in range(L):
+            slow = self._slow(layer)
+            fast_layers.append(layer_cls(self.rnn_type, slow.w_ih, slow.w_hh, slow.b_ih, slow.b_hh, rank, density))
+        self.fast = nn.ModuleList(fast_layers)
+        self._dropout = float(encoder.torch_rnn.dropout)
+        self._stream_cache: list[dict[str, Any]] | None = None
+
+    def _slow(self, layer: int) -> SlowLayer:
+        """The slow weights of ``layer``, read from the wrapped encoder each time (shared, never copied)."""
+        return SlowLayer(self.encoder.torch_rnn, layer, self.rnn_type)
+
+    def _branch(self, layer: int, k: int) -> BranchLayer:
+        return self.fast[layer] if k == 0 else self._slow(layer)
+
+    def branch_flops(self) -> list[int]:
+        """FLOPs per frame of ``[fast, slow]`` (the encoder's projection counted in both)."""
+        proj = self.encoder.proj
+        extra = linear_flops(proj.in_features, proj.out_features) if proj is not None else 0
+        count = lstm_flops if self.rnn_type == "lstm" else gru_flops
+        slow = count(self.input_size, self.hidden_size, self.num_layers, False, self.encoder.torch_rnn.bias)
+        return [sum(f.flops() for f in self.fast) + extra, slow + extra]
+
+    # -- the recurrence -------------------------------------------------------------------------
+
+    def scan(
+        self,
+        branches: Sequence[BranchLayer],
+        weights: Sequence[dict[str, Any]],
+        pre: Sequence[Sequence[torch.Tensor]],
+        h: torch.Tensor,
+        c: torch.Tensor | None,
+        mix: Sequence[torch.Tensor] | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Run one layer over ``T`` frames; the single time loop of this core.
+
+        Args:
+            branches: The layer of each computed branch (one, or ``[fast, slow]``).
+            weights: ``branches[k].weights()`` (or ``stream_weights()``) for each.
+            pre: ``pre[k][t]``: branch ``k``'s input part of frame ``t``, ``(B, G H)``.
+            h: ``(B, H)`` state before the first frame.
+            c: ``(B, H)`` LSTM cell state, ``None`` for a GRU.
+            mix: ``mix[t]``: ``(len(branches), B, 1)`` gates of frame ``t``; ``None``
+                when a single branch takes every frame.
+
+        Returns:
+            The per-frame states ``T x (B, H)`` and the final ``(h, c)``.
+        """
+        lstm = self.rnn_type == "lstm"
+        one = len(branches) == 1
+        outs = []
+        for t in range(len(pre[0])):
+            g = [b.recurrent(p[t], h, w) for b, p, w in zip(branches, pre, weights)]
+            g = g[0] if one else torch.stack(g)
+            if lstm:
+                h_new, c_new = lstm_cell(g, c)
+            else:
+                h_new = gru_cell(pre[0][t] if one else torch.stack([p[t] for p in pre]), g, h)
+            if mix is None:
+                h, c = h_new, (c_new if lstm else None)
+            else:
+                if lstm:
+                    c = (mix[t] * c_new).sum(0)
+                h = (mix[t] * h_new).sum(0)
+            outs.append(h)
+        return outs, h, c
+
+    # -- training / batched forward -------------------------------------------------------------
+
+    def forward_gated(
+        self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor, only: int | None = None
+    ) -> torch.Tensor:
+        """Encode ``(B, T, F)`` with gates ``(B, T, 2)`` (layer-outer, time-inner) -> ``(B, T, D)``.
+
+        ``only=k``: the gates are one-hot on branch ``k`` everywhere; only that branch computes.
+        """
+        B, T, _ = x.shape
+        ks = [0, 1] if only is None else [only]
+        # unbind (not indexing) in time loops: the backward of T selects would be O(T^2)
+        mix = None if only is not None else gates.permute(1, 2, 0).unsqueeze(-1).unbind(0)  # T x (2, B, 1)
+        inp = x
+        for layer in range(self.num_layers):
+            branches = [self._branch(layer, k) for k in ks]
+            weights = [b.weights() for b in branches]
+            pre = [b.precompute(inp, w).unbind(1) for b, w in zip(branches, weights)]  # T x (B, G H) each
+            h = x.new_zeros(B, self.hidden_size)
+            c = x.new_zeros(B, self.hidden_size)
+            outs, _, _ = self.scan(branches, weights, pre, h, c, mix)
+            inp = self._layer_output(outs, x, layer)
+        return self._encoder_output(inp, lengths, T)
+
+    def _layer_output(self, outs: list[torch.Tensor], x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Stack a layer's per-frame states ``(B, H)`` into ``(B, T, H)``, with dropout between layers."""
+        inp = torch.stack(outs, 1) if outs else x.new_zeros(x.shape[0], 0, self.hidden_size)
+        if self._dropout > 0 and self.training and layer < self.num_layers - 1:
+            inp = F.dropout(inp, self._dropout, True)
+        return inp
+
+    def _encoder_output(self, inp: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+        """Zero the padding and apply the wrapped encoder's projection, if any."""
+        y = inp * lengths_to_mask(lengths, T, device=inp.device)[..., None].to(inp.dtype)
+        if self.encoder.proj is not None:
+            y = self.encoder.proj(y)
+        return y
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> Any:
+        """The wrapped encoder's zero state: ``(h, c)`` ``(L, B, H)`` each (LSTM) or ``h`` (GRU)."""
+        return self.encoder.init_state(batch_size)
+
+    def begin_streaming(self) -> None:
+        """Cache per-layer inference tensors (CSR for sparse layers) until :meth:`end_streaming`."""
+        self._stream_cache = [f.stream_weights() for f in self.fast]
+
+    def end_streaming(self) -> None:
+        """Drop the cache of :meth:`begin_streaming`."""
+        self._stream_cache = None
+
+    def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One frame ``(B, F)`` with hard choices ``(B,)`` -> ``(B, D)``; with ``B == 1`` only the chosen branch computes."""
+        lstm = self.rnn_type == "lstm"
+        hs, cs = state if lstm else (state, None)
+        if x_t.shape[0] == 1:
+            ks, mix = [int(choice[0])], None
+        else:
+            ks, mix = [0, 1], (F.one_hot(choice, 2).t().to(x_t.dtype)[..., None],)  # 1 x (2, B, 1)
+        inp = x_t
+        new_h, new_c = [], []
+        for layer in range(self.num_layers):
+            branches = [self._branch(layer, k) for k in ks]
+            weights = [self._stream_weights(layer, k, b) for k, b in zip(ks, branches)]
+            pre = [(b.precompute(inp, w),) for b, w in zip(branches, weights)]  # one frame
+            _, h, c = self.scan(branches, weights, pre, hs[layer], cs[layer] if lstm else None, mix)
+            new_h.append(h)
+            new_c.append(c)
+            inp = h
+        y = inp if self.encoder.proj is None else self.encoder.proj(inp)
+        hs = torch.stack(new_h)
+        return y, ((hs, torch.stack(new_c)) if lstm else hs)
+
+    def _stream_weights(self, layer: int, k: int, branch: BranchLayer) -> dict[str, Any]:
+        if k == 0 and self._stream_cache is not None:
+            return self._stream_cache[layer]
+        return branch.weights()
