@@ -69,13 +69,11 @@ def find_base(root: str | Path, train: bool = True) -> Path:
 
 def sparse10_bytes(base: Path) -> int:
     """Projected file size in bytes of a sparse fp32 diff keeping 10 % of the targets (gap-u8 indices)."""
-    sys.path.insert(0, str(RECIPE.parent))
-    from updates import load_base  # noqa: E402  (the recipe, next to its configs)
-
     from lightning_amortized.diffs import select_targets
     from lightning_amortized.diffs.budget import estimate_diff_bytes, split_stored
+    from lightning_amortized.module import load_asr_module
 
-    model = load_base(base)
+    model = load_asr_module(base)
     params = dict(model.named_parameters())
     numels = {name: params[name].numel() for name in select_targets(model, list(DIFF_TARGETS))}
     kept = split_stored(numels, round(0.1 * sum(numels.values())))

@@ -10,6 +10,7 @@ losses (expected compute and amortization penalty) are added to the ASR loss.
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 from typing import Any
 
@@ -23,7 +24,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from lightning_amortized.data.tokenizer import CharTokenizer
 from lightning_amortized.functional.flops import linear_flops
 
-__all__ = ["ASRModule", "FrameStacker", "ctc_min_frames", "warmup_cosine"]
+__all__ = ["ASRModule", "FrameStacker", "ctc_min_frames", "load_asr_module", "warmup_cosine"]
 
 
 class FrameStacker(nn.Module):
@@ -323,3 +324,54 @@ class ASRModule(pl.LightningModule):
         total = max(2, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
         sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, total_steps=total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
+    """An :class:`ASRModule` with a ``RecurrentEncoder`` from any checkpoint of one.
+
+    The one loader of the benchmarks and the updates recipe. It reads checkpoints written
+    by LightningCLI (``make demo``, ``make base``), by a ``Trainer`` around a module built
+    in Python (whose hyper-parameters leave the encoder out), plain ``state_dict`` files and
+    ``.safetensors``. The encoder's sizes (input, hidden, layers, LSTM/GRU, projection)
+    are read from the weight shapes, so every kind loads the same way and ``dropout`` can
+    be set for fine-tuning; the module's other hyper-parameters come from the Lightning
+    checkpoint when there. Checkpoints saved while a diff was attached are folded into
+    plain weights ``W0 + D``.
+
+    Args:
+        path: The checkpoint file.
+        dropout: Dropout between the encoder's recurrent layers (fine-tuning setting).
+
+    Raises:
+        ValueError: The file holds no ``ASRModule`` with a ``RecurrentEncoder``.
+    """
+    from lightning_amortized.diffs.checkpoints import load_checkpoint
+    from lightning_amortized.nn.encoders import RecurrentEncoder
+
+
+    state, container = load_checkpoint(path)
+    prefix = "encoder.rnn.rnn."
+    if f"{prefix}weight_ih_l0" not in state:
+        raise ValueError(f"{str(path)!r} does not hold an ASRModule with a RecurrentEncoder (no {prefix}weight_ih_l0).")
+    layers = sum(1 for k in state if k.startswith(f"{prefix}weight_ih_l") and not k.endswith("_reverse"))
+    w_hh = state[f"{prefix}weight_hh_l0"]
+    hidden = int(w_hh.shape[1])
+    gates = int(w_hh.shape[0]) // hidden
+    if gates not in (3, 4):
+        raise ValueError(f"Cannot tell LSTM from GRU: weight_hh_l0 has shape {tuple(w_hh.shape)}.")
+    proj = state.get("encoder.proj.weight")
+    encoder = RecurrentEncoder(
+        int(state[f"{prefix}weight_ih_l0"].shape[1]),
+        hidden,
+        num_layers=layers,
+        rnn_type="lstm" if gates == 4 else "gru",
+        dropout=dropout,
+        projection=int(proj.shape[0]) if proj is not None else None,
+    )
+    hparams = dict((container or {}).get("hyper_parameters") or {})
+    # LightningCLI checkpoints also hold the encoder's class_path config: the encoder is
+    # rebuilt above from the weight shapes (with this recipe's dropout), so leave it out.
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_") and k != "encoder"}
+    model = ASRModule(encoder, **kwargs)
+    model.load_state_dict(state, strict=True)
+    return model

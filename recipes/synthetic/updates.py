@@ -60,9 +60,7 @@ from lightning_amortized.diffs import (
     plain_parameters,
     weights_sha256,
 )
-from lightning_amortized.diffs.checkpoints import load_checkpoint
-from lightning_amortized.module import ASRModule
-from lightning_amortized.nn import RecurrentEncoder
+from lightning_amortized.module import load_asr_module
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -155,39 +153,8 @@ class UpdateConfig:
 
 
 def load_base(path: str | Path, dropout: float = 0.1) -> Any:
-    """An :class:`~lightning_amortized.module.ASRModule` with a ``RecurrentEncoder`` from a checkpoint.
-
-    The encoder's sizes (input, hidden, layers, LSTM/GRU, projection) are read from the
-    weight shapes, the module's hyper-parameters from the Lightning checkpoint (when there).
-    Checkpoints saved while a diff was attached are folded into plain weights.
-    """
-
-    state, container = load_checkpoint(path)
-    prefix = "encoder.rnn.rnn."
-    if f"{prefix}weight_ih_l0" not in state:
-        raise ValueError(f"{str(path)!r} does not hold an ASRModule with a RecurrentEncoder (no {prefix}weight_ih_l0).")
-    layers = sum(1 for k in state if k.startswith(f"{prefix}weight_ih_l") and not k.endswith("_reverse"))
-    w_hh = state[f"{prefix}weight_hh_l0"]
-    hidden = int(w_hh.shape[1])
-    gates = int(w_hh.shape[0]) // hidden
-    if gates not in (3, 4):
-        raise ValueError(f"Cannot tell LSTM from GRU: weight_hh_l0 has shape {tuple(w_hh.shape)}.")
-    proj = state.get("encoder.proj.weight")
-    encoder = RecurrentEncoder(
-        int(state[f"{prefix}weight_ih_l0"].shape[1]),
-        hidden,
-        num_layers=layers,
-        rnn_type="lstm" if gates == 4 else "gru",
-        dropout=dropout,
-        projection=int(proj.shape[0]) if proj is not None else None,
-    )
-    hparams = dict((container or {}).get("hyper_parameters") or {})
-    # LightningCLI checkpoints also hold the encoder's class_path config: the encoder is
-    # rebuilt above from the weight shapes (with this recipe's dropout), so leave it out.
-    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_") and k != "encoder"}
-    model = ASRModule(encoder, **kwargs)
-    model.load_state_dict(state, strict=True)
-    return model
+    """The base :class:`~lightning_amortized.module.ASRModule` (see :func:`~lightning_amortized.module.load_asr_module`)."""
+    return load_asr_module(path, dropout=dropout)
 
 
 def state_bytes(model: torch.nn.Module) -> int:
