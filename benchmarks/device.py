@@ -144,53 +144,67 @@ def _peak_rss_mb() -> float:
 
 
 def worker(a: argparse.Namespace) -> int:
-    """Transcribe the files of ``a.files`` with the device runtime; write hypotheses and timings to ``a.out``."""
+    """Transcribe ``a.files`` with each exported model of ``a.model`` (``NAME=DIR``) in the device runtime.
+
+    Models are interleaved per utterance (and their order rotated per repeat), so that a busy
+    CPU slows them alike; per utterance and model the fastest of ``a.repeats`` runs is kept.
+    Writes hypotheses, routes and timings to ``a.out``.
+    """
     _block_torch()
     import numpy as np
 
     from lightning_amortized.device import ExportedModel, StreamingRecognizer, read_audio
 
+    t_import = time.time()
     items = json.loads(Path(a.files).read_text())
-    model = ExportedModel(a.model, num_threads=1)
-    rec = StreamingRecognizer(model, normalize=a.normalize, backlog="simulated")
-    slow = int(model.manifest.get("slow_index", 0))
-    rows, first_done = [], None
+    specs = dict(m.split("=", 1) for m in a.model)
+    models = {n: ExportedModel(d, num_threads=1) for n, d in specs.items()}
+    recs = {n: StreamingRecognizer(m, normalize=a.normalize, backlog="simulated") for n, m in models.items()}
+    names = list(models)
+    rows: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    first_done = None
     for item in items:
-        wav = read_audio(item["path"], model.features.sample_rate)
-        r = rec.transcribe(wav, chunk_ms=a.chunk_ms)
-        if first_done is None:
-            first_done = time.time()
-        for _ in range(a.repeats - 1):  # keep the least disturbed run (the CPU is shared)
-            again = rec.transcribe(wav, chunk_ms=a.chunk_ms)
-            assert again.text == r.text and again.decisions == r.decisions
-            if sum(again.frame_compute_ms) + again.feature_ms < sum(r.frame_compute_ms) + r.feature_ms:
-                r = again
-        rows.append({"id": item["id"], "text": r.text, "frames": len(r.decisions),
-                     "compute_ms": float(np.sum(r.frame_compute_ms)), "feature_ms": r.feature_ms,
-                     "audio_ms": r.audio_ms, "eou_ms": r.eou_ms, "finish_ms": r.finish_ms,
-                     "slow_frames": int(sum(d == slow for d in r.decisions)),
-                     "frame_p50_ms": float(np.median(r.frame_compute_ms)),
-                     "arbitrator_ms": float(np.sum(r.arbitrator_ms))})
+        wav = read_audio(item["path"], 16000)
+        best: dict[str, Any] = {}
+        for rep in range(a.repeats):
+            for n in names[rep % len(names):] + names[: rep % len(names)]:
+                r = recs[n].transcribe(wav, chunk_ms=a.chunk_ms)
+                if first_done is None:
+                    first_done = time.time()
+                old = best.get(n)
+                if old is not None:
+                    assert r.text == old.text and r.decisions == old.decisions
+                if old is None or sum(r.frame_compute_ms) + r.feature_ms < sum(old.frame_compute_ms) + old.feature_ms:
+                    best[n] = r
+        for n, r in best.items():
+            slow = int(models[n].manifest.get("slow_index", 0))
+            rows[n].append({"id": item["id"], "text": r.text, "frames": len(r.decisions),
+                            "routes": "".join(str(d) for d in r.decisions),
+                            "compute_ms": float(np.sum(r.frame_compute_ms)), "feature_ms": r.feature_ms,
+                            "audio_ms": r.audio_ms, "eou_ms": r.eou_ms, "finish_ms": r.finish_ms,
+                            "slow_frames": int(sum(d == slow for d in r.decisions)),
+                            "arbitrator_ms": float(np.sum(r.arbitrator_ms))})
     out = {
         "rows": rows,
         "first_result_time": first_done,
-        "load_seconds": model.load_seconds,
+        "import_done_time": t_import,
+        "load_seconds": {n: m.load_seconds for n, m in models.items()},
         "peak_rss_mb": _peak_rss_mb(),
         "torch_imported": any(m.split(".")[0] in BLOCKED for m in sys.modules),
-        "weights_sha256": model.weights_sha256,
     }
     Path(a.out).write_text(json.dumps(out))
     return 0
 
 
 def run_device(
-    export_dir: Path, items: list[dict[str, Any]], out: Path, normalize: str = "utterance", repeats: int = 1
+    exports: dict[str, Path], items: list[dict[str, Any]], out: Path, normalize: str = "utterance", repeats: int = 1
 ) -> dict[str, Any]:
     """Run :func:`worker` in a fresh process; adds ``cold_start_s`` (launch to first transcript) and ``wall_s``."""
     files = out.with_suffix(".files.json")
     files.write_text(json.dumps(items))
     t0 = time.time()
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--model", str(export_dir),
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
+                    "--model", *[f"{n}={d}" for n, d in exports.items()],
                     "--files", str(files), "--out", str(out), "--normalize", normalize, "--repeats", str(repeats)],
                    check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     res = json.loads(out.read_text())
@@ -208,55 +222,68 @@ def _wer(hyps: list[str], refs: list[str]) -> float:
     return float(WordErrorRate()(hyps, refs))
 
 
-def torch_side(
-    model: Any, feats: list[Any], timing_utts: int, force_branch: int | None = None, transcribe: bool = True,
-    repeats: int = 1,
-) -> dict[str, Any]:
-    """``ASRModule.transcribe`` per utterance (WER), and eager single-frame ``step`` + CTC layer timing."""
+def torch_transcribe(model: Any, feats: list[Any]) -> list[str]:
+    """``ASRModule.transcribe`` of each utterance (features ``(1, T, 80)``)."""
     import torch
 
-    torch.set_num_threads(1)
     model.eval()
-    hyps = []
     with torch.no_grad():
-        for f in feats if transcribe else []:
-            hyps.append(model.transcribe(f, torch.tensor([f.shape[1]]))[0])
-    enc = model.encoder
-    amortized = callable(getattr(enc, "step_with_decision", None))
-    begin, end = getattr(enc, "begin_streaming", None), getattr(enc, "end_streaming", None)
-    if callable(begin):
-        begin()
-    frame_ms, frames, slow_frames = [], 0, 0
-    try:
-        with torch.no_grad():
-            for f in feats[:timing_utts]:
-                x, n = model.stacker(f, torch.tensor([f.shape[1]]))
-                best: list[float] | None = None
-                for _ in range(repeats):  # keep the least disturbed run (the CPU is shared)
-                    state, times, slow = enc.init_state(1), [], 0
-                    for t in range(int(n[0])):
-                        x_t = x[0, t : t + 1]
-                        t0 = time.perf_counter()
-                        if amortized:
-                            y, state, c = enc.step_with_decision(x_t, state, force_branch)
-                        else:
-                            y, state = enc.step(x_t, state)
-                        model.head(y).argmax(-1)
-                        times.append((time.perf_counter() - t0) * 1000.0)
-                        if amortized:
-                            slow += int(int(c[0]) == 1)
-                    if best is None or sum(times) < sum(best):
-                        best = times
-                frame_ms += best
-                frames += int(n[0])
-                slow_frames += slow
-    finally:
-        if callable(end):
-            end()
+        return [model.transcribe(f, torch.tensor([f.shape[1]]))[0] for f in feats]
+
+
+def torch_speed(entries: dict[str, tuple[Any, int | None]], feats: list[Any], repeats: int) -> dict[str, Any]:
+    """Eager single-frame ``step`` + CTC layer per frame, the models interleaved per utterance.
+
+    Per utterance and model the fastest of ``repeats`` runs is kept (order rotated per repeat).
+
+    Returns:
+        ``{name: {"ms_per_frame", "frame_p50_ms", "frames", "routes"}}``.
+    """
     import statistics
 
-    return {"hyps": hyps, "ms_per_frame": sum(frame_ms) / max(1, frames), "frame_p50_ms": statistics.median(frame_ms) if frame_ms else None,
-            "timed_frames": frames, "slow_share_eager": slow_frames / max(1, frames)}
+    import torch
+
+    names = list(entries)
+    out: dict[str, Any] = {n: {"times": [], "routes": []} for n in names}
+    for n in names:
+        entries[n][0].eval()
+        begin = getattr(entries[n][0].encoder, "begin_streaming", None)
+        if callable(begin):
+            begin()
+    try:
+        with torch.no_grad():
+            for f in feats:
+                best: dict[str, tuple[list[float], list[int]]] = {}
+                for rep in range(repeats):
+                    for n in names[rep % len(names):] + names[: rep % len(names)]:
+                        model, force = entries[n]
+                        enc = model.encoder
+                        amortized = callable(getattr(enc, "step_with_decision", None))
+                        x, m = model.stacker(f, torch.tensor([f.shape[1]]))
+                        state, times, routes = enc.init_state(1), [], []
+                        for t in range(int(m[0])):
+                            x_t = x[0, t : t + 1]
+                            t0 = time.perf_counter()
+                            if amortized:
+                                y, state, c = enc.step_with_decision(x_t, state, force)
+                            else:
+                                y, state = enc.step(x_t, state)
+                            model.head(y).argmax(-1)
+                            times.append((time.perf_counter() - t0) * 1000.0)
+                            routes.append(int(c[0]) if amortized else 0)
+                        if n not in best or sum(times) < sum(best[n][0]):
+                            best[n] = (times, routes)
+                for n, (times, routes) in best.items():
+                    out[n]["times"] += times
+                    out[n]["routes"].append("".join(str(r) for r in routes))
+    finally:
+        for n in names:
+            end = getattr(entries[n][0].encoder, "end_streaming", None)
+            if callable(end):
+                end()
+    return {n: {"ms_per_frame": sum(v["times"]) / max(1, len(v["times"])),
+                "frame_p50_ms": statistics.median(v["times"]) if v["times"] else None,
+                "frames": len(v["times"]), "routes": v["routes"]} for n, v in out.items()}
 
 
 def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
@@ -273,6 +300,7 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
     from lightning_amortized.export import export_onnx, load_for_export
 
     t_start = time.time()
+    load_start = os.getloadavg()
     utts = read_manifest(Path(a.root) / "manifests" / "test.jsonl")
     if a.quick:
         utts = utts[:12]
@@ -288,7 +316,6 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
     timing_utts = min(len(utts), a.timing_utts)
 
     exports = WORK / "export"
-    models: dict[str, Any] = {}
     base = load_for_export(a.base_ckpt)
     amnet_ckpt = ckpts["amnet"]
     fast = load_for_export(amnet_ckpt)
@@ -296,62 +323,82 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
     specs = {"slow_only": (base, str(a.base_ckpt), None), "fast_only": (fast, f"{amnet_ckpt} (force_branch=0)", 0)}
     for name, ckpt in ckpts.items():
         specs[name] = (load_for_export(ckpt), str(ckpt), None)
+
+    # 1. export; WER, transcripts, peak memory and cold start: one fresh device process per model
     results: dict[str, Any] = {}
+    manifests: dict[str, Any] = {}
+    acc: dict[str, Any] = {}
     for name, (model, source, force) in specs.items():
         d = exports / name
         if d.exists():
             shutil.rmtree(d)
         t0 = time.time()
-        manifest = export_onnx(model, d, source=source)
+        manifests[name] = export_onnx(model, d, source=source)
         export_s = time.time() - t0
-        print(f"[{name}] exported to {d} in {export_s:.1f} s", flush=True)
-        ts = torch_side(model, feats, timing_utts, force_branch=force, repeats=a.repeats)
-        dev = run_device(d, items, WORK / f"{name}.device.json", repeats=a.repeats)
-        rt = dev["rows"]
-        frames = sum(r["frames"] for r in rt)
-        compute = sum(r["compute_ms"] for r in rt)
-        hyps_rt = [r["text"] for r in rt]
-        same = sum(h1 == h2 for h1, h2 in zip(hyps_rt, ts["hyps"]))
-        eou = sorted(r["eou_ms"] for r in rt)
-        rec: dict[str, Any] = {
-            "ms_per_frame_torch": ts["ms_per_frame"],
-            "ms_per_frame_runtime": compute / frames,
-            "rtf_runtime": (compute + sum(r["feature_ms"] for r in rt)) / sum(r["audio_ms"] for r in rt),
-            "wer_torch": _wer(ts["hyps"], refs),
+        hyps_torch = torch_transcribe(model, feats)
+        dev = run_device({name: d}, items, WORK / f"{name}.device.json")
+        rows = dev["rows"][name]
+        hyps_rt = [r["text"] for r in rows]
+        acc[name] = rows
+        results[name] = {
+            "wer_torch": _wer(hyps_torch, refs),
             "wer_runtime": _wer(hyps_rt, refs),
             "peak_rss_mb": dev["peak_rss_mb"],
             "cold_start_s": dev["cold_start_s"],
-            "frame_p50_ms_torch": ts["frame_p50_ms"],
-            "frame_p50_ms_runtime": sorted(r["frame_p50_ms"] for r in rt)[len(rt) // 2],
-            "rtf_torch_encoder": ts["ms_per_frame"] / manifest["frame_ms"],
+            "same_transcripts": sum(x == y for x, y in zip(hyps_rt, hyps_torch)),
+            "utterances": len(rows),
+            "export_seconds": round(export_s, 2),
+            "device_load_seconds": dev["load_seconds"][name],
+            "torch_imported_on_device": dev["torch_imported"],
+            "kind": manifests[name]["kind"],
+            "source": source,
+            "flops_per_frame_branches": [manifests[name]["graphs"][b]["flops_per_frame"]
+                                         for b in manifests[name]["branches"]],
+            "arbitrator_flops": (manifests[name]["arbitrator"] or {}).get("flops_per_frame", 0),
+        }
+        if name != "fast_only" and not a.quick:  # causal feature statistics: true streaming
+            run = run_device({name: d}, items, WORK / f"{name}.running.json", normalize="running")
+            results[name]["wer_runtime_running_norm"] = _wer([r["text"] for r in run["rows"][name]], refs)
+        print(f"[{name}] exported in {export_s:.1f} s; WER torch {results[name]['wer_torch']:.4f}, runtime "
+              f"{results[name]['wer_runtime']:.4f}; {results[name]['same_transcripts']}/{len(rows)} identical",
+              flush=True)
+
+    # 2. speed: all models interleaved, fastest of `repeats` per utterance, on both sides
+    entries = {n: (m, f) for n, (m, _, f) in specs.items()}
+    entries["amnet_forced_slow"] = (specs["amnet"][0], 1)  # the slow branch through the AmNet's eager code path
+    ts = torch_speed(entries, feats[:timing_utts], a.repeats)
+    speed = run_device({n: exports / n for n in specs}, items[:timing_utts], WORK / "speed.device.json",
+                       repeats=a.repeats)
+    for name in specs:
+        rt = speed["rows"][name]
+        frames = sum(r["frames"] for r in rt)
+        compute = sum(r["compute_ms"] for r in rt)
+        eou = sorted(r["eou_ms"] for r in rt)
+        fin = sorted(r["finish_ms"] for r in rt)
+        routes_torch = ts[name]["routes"]
+        routes_rt = [r["routes"] for r in acc[name][:timing_utts]]
+        same_frames = sum(sum(p == q for p, q in zip(x, y)) for x, y in zip(routes_torch, routes_rt))
+        amnet = manifests[name]["kind"] == "amnet"
+        results[name].update({
+            "ms_per_frame_torch": ts[name]["ms_per_frame"],
+            "ms_per_frame_runtime": compute / frames,
+            "rtf_runtime": (compute + sum(r["feature_ms"] for r in rt)) / sum(r["audio_ms"] for r in rt),
+            "rtf_torch_encoder": ts[name]["ms_per_frame"] / manifests[name]["frame_ms"],
+            "frame_p50_ms_torch": ts[name]["frame_p50_ms"],
             "arbitrator_ms_per_frame_runtime": sum(r["arbitrator_ms"] for r in rt) / frames,
-            "same_transcripts": same,
-            "utterances": len(rt),
-            "runtime_frames": frames,
-            "torch_timed_frames": ts["timed_frames"],
-            "slow_share_runtime": sum(r["slow_frames"] for r in rt) / frames if manifest["kind"] == "amnet" else None,
-            "slow_share_torch_step": ts["slow_share_eager"] if manifest["kind"] == "amnet" else None,
-            "flops_per_frame_branches": [manifest["graphs"][b]["flops_per_frame"] for b in manifest["branches"]],
-            "arbitrator_flops": (manifest["arbitrator"] or {}).get("flops_per_frame", 0),
+            "timed_frames": frames,
+            "slow_share_runtime": sum(r["slow_frames"] for r in rt) / frames if amnet else None,
+            "routes_identical_frames": same_frames if amnet else None,
+            "routes_compared_frames": sum(len(x) for x in routes_torch) if amnet else None,
             "eou_ms_runtime_p50": eou[len(eou) // 2],
             "eou_ms_runtime_p90": eou[int(0.9 * (len(eou) - 1))],
-            "finish_ms_runtime_p50": sorted(r["finish_ms"] for r in rt)[len(rt) // 2],
-            "finish_ms_runtime_p90": sorted(r["finish_ms"] for r in rt)[int(0.9 * (len(rt) - 1))],
-            "export_seconds": round(export_s, 2),
-            "device_load_seconds": dev["load_seconds"],
-            "torch_imported_on_device": dev["torch_imported"],
-            "kind": manifest["kind"],
-            "source": source,
-        }
-        if name.startswith("amnet"):  # the slow branch alone through the same eager code path (addmm, not nn.LSTM)
-            rec["ms_per_frame_torch_forced_slow_branch"] = torch_side(
-                model, feats, timing_utts, force_branch=1, transcribe=False, repeats=a.repeats)["ms_per_frame"]
-        if name != "fast_only" and not a.quick:  # causal feature statistics: true streaming
-            run = run_device(d, items, WORK / f"{name}.running.json", normalize="running")
-            rec["wer_runtime_running_norm"] = _wer([r["text"] for r in run["rows"]], refs)
-        results[name] = rec
+            "finish_ms_runtime_p50": fin[len(fin) // 2],
+            "finish_ms_runtime_p90": fin[int(0.9 * (len(fin) - 1))],
+        })
+        if name.startswith("amnet"):
+            results[name]["ms_per_frame_torch_forced_slow_branch"] = ts["amnet_forced_slow"]["ms_per_frame"]
         print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in rec.items() if k not in ("source",)), flush=True)
+                                       for k, v in results[name].items() if k != "source"), flush=True)
 
     # -- a diff made by the NeuralDiff callback, applied on the device --------------------------------
     diff_file = Path(a.diff)
@@ -360,7 +407,8 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
                         "--root", str(a.root), "--method", "sparse", "--budget", "0.1", "--value-dtype", "fp32",
                         "--updates", "1", "--epochs", "1", "--out", str(diff_file.parent), "--threads", "1",
                         "--test-utterances", "40", "--no-progress"], check=True, cwd=REPO)
-    diff_rec: dict[str, Any] = {"file": str(diff_file.relative_to(REPO)) if diff_file.is_relative_to(REPO) else str(diff_file)}
+    shown = diff_file.relative_to(REPO) if diff_file.is_relative_to(REPO) else diff_file
+    diff_rec: dict[str, Any] = {"file": str(shown)}
     d = exports / "slow_only_updated"
     if d.exists():
         shutil.rmtree(d)
@@ -370,9 +418,9 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
     diff_rec["apply_seconds"] = round(time.time() - t0, 3)
     merged = load_for_export(a.base_ckpt)
     merge(merged, diff_file)
-    hyps_torch = torch_side(merged, feats, 0)["hyps"]
-    dev = run_device(d, items, WORK / "slow_only_updated.device.json")
-    hyps_rt = [r["text"] for r in dev["rows"]]
+    hyps_torch = torch_transcribe(merged, feats)
+    dev = run_device({"updated": d}, items, WORK / "slow_only_updated.device.json")
+    hyps_rt = [r["text"] for r in dev["rows"]["updated"]]
     before = (d / "weights.safetensors").read_bytes()
     try:
         apply_diff(d, diff_file)  # the same update again: its base is no longer what the device holds
@@ -392,7 +440,8 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
         "weights_untouched_after_refusal": (d / "weights.safetensors").read_bytes() == before,
         "method": info.method,
         "targets": len(info.targets),
-        "made_by": "NeuralDiff callback (recipes/synthetic/updates.py --method sparse --budget 0.1 --updates 1 --epochs 1)",
+        "made_by": "NeuralDiff callback (recipes/synthetic/updates.py --method sparse --budget 0.1 --updates 1 "
+                   "--epochs 1)",
     })
     try:
         apply_diff(exports / "amnet", diff_file)  # a diff for another model
@@ -422,9 +471,11 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
         "amnet_training": train_info,
         "test_utterances": len(utts),
         "test_audio_seconds": round(audio_s, 1),
-        "timing_utterances_torch": timing_utts,
+        "timing_utterances": timing_utts,
+        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "threads": 1,
-        "timing": f"per utterance, the fastest of {a.repeats} runs (torch and runtime alike)",
+        "timing": f"all models interleaved per utterance, the fastest of {a.repeats} runs per utterance and model "
+                  "(torch and runtime alike)",
         "chunk_ms": 100.0,
         "normalize": "utterance",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -450,19 +501,22 @@ def render_markdown(s: dict[str, Any]) -> str:
         f"one thread on both sides; {s['machine']['cores']} shared CPU cores ({s['machine']['cpu']}), torch "
         f"{s['machine']['torch']}, onnxruntime {s['machine']['onnxruntime']}. Per encoder frame (30 ms of audio): "
         "arbitrator (AmNet) + chosen branch + CTC layer. The device runtime runs in its own process with "
-        f"`import torch` blocked. Timing: {s['timing']}.",
+        f"`import torch` blocked. Timing: {s['timing']}, over {s['timing_utterances']} utterances; load average "
+        f"at start and end {s['load_average_start_end']} (other jobs shared the 2 cores).",
         "",
         "| model | ms/frame torch | ms/frame runtime | RTF runtime | WER torch | WER runtime | identical transcripts "
-        "| slow share | peak RSS MB | cold start s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| slow share | routes as torch | peak RSS MB | cold start s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label in rows:
         r = s[key]
         share = "" if r["slow_share_runtime"] is None else f"{100 * r['slow_share_runtime']:.1f}%"
+        routes = "" if r["routes_compared_frames"] is None else \
+            f"{r['routes_identical_frames']}/{r['routes_compared_frames']} frames"
         out.append(
             f"| {label} | {r['ms_per_frame_torch']:.3f} | {r['ms_per_frame_runtime']:.3f} | {r['rtf_runtime']:.4f} | "
             f"{100 * r['wer_torch']:.2f}% | {100 * r['wer_runtime']:.2f}% | {r['same_transcripts']}/{r['utterances']} | "
-            f"{share} | {r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |"
+            f"{share} | {routes} | {r['peak_rss_mb']:.0f} | {r['cold_start_s']:.2f} |"
         )
     out += [
         "",
@@ -527,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     # the device worker (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--model", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--files", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--normalize", default="utterance", help=argparse.SUPPRESS)
