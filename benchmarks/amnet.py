@@ -26,7 +26,8 @@ time). Every model is then evaluated on devices with ``rho`` in ``{0.5, 1, 1.5, 
 backlog). Per variant: test WER/CER, encoder FLOPs/frame (mean over valid test frames,
 as routed), reduction versus slow-only, slow share, simulated end-of-utterance latency
 p50/p90/max, real single-thread streaming RTF (``nn.streaming.stream``), decision
-sharpness. All costs, backlogs and latencies come from ``lightning_amortized.functional``.
+sharpness. All costs, backlogs and latencies come from ``lightning_amortized.functional`` (FLOPs per
+frame, slow share and latency quantiles from ``functional.latency``, as in ``LatencyMonitor``).
 
 Writes ``docs/results/amnet.{json,md}``, ``amnet_trace.png`` (backlog and decisions over
 one test utterance) and ``amnet_latency_vs_rho.png``.
@@ -160,18 +161,6 @@ def _test_loader(dm: Any, quick: bool) -> Any:
     return ds, DataLoader(ds, batch_sampler=sampler, collate_fn=SpeechCollator(dm.features, None))
 
 
-def _quantiles(x: Any) -> dict[str, float]:
-    import torch
-
-    x = torch.as_tensor(x, dtype=torch.float64)
-    return {
-        "p50": float(torch.quantile(x, 0.5)),
-        "p90": float(torch.quantile(x, 0.9)),
-        "max": float(x.max()),
-        "mean": float(x.mean()),
-    }
-
-
 def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune and evaluate one variant; returns the JSON-able record."""
     import torch
@@ -182,9 +171,9 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
 
     from lightning_amortized.callbacks import ArbitratorTemperature
     from lightning_amortized.cli import ASRLightningCLI
-    from lightning_amortized.functional.backlog import SimulatedDevice, backlog, eou_latency
+    from lightning_amortized.functional import SimulatedDevice, backlog, lengths_to_mask
+    from lightning_amortized.functional.latency import LatencyStats, latency_compute, latency_update
     from lightning_amortized.nn import AmortizedEncoder, stream
-    from lightning_amortized.nn.encoders import lengths_to_mask
 
     name = a.job
     label, config, _, overrides = VARIANTS[name]
@@ -251,9 +240,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     enc_flops = int(enc.flops_per_frame())
     per_rho: dict[str, Any] = {}
     metrics = {rho: (WordErrorRate(), CharErrorRate()) for rho in RHOS}
-    eou: dict[float, list[torch.Tensor]] = {rho: [] for rho in RHOS}
-    flops_sum = {rho: 0.0 for rho in RHOS}
-    slow_frames = {rho: 0 for rho in RHOS}
+    stats = {rho: LatencyStats() for rho in RHOS}  # FLOPs, slow frames, EOU latencies (functional.latency)
     confidence = {rho: 0.0 for rho in RHOS}
     frames = 0
     trace: dict[str, Any] = {}
@@ -270,23 +257,21 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
                     enc.set_device(dev)
                     y, _ = enc(x, n)
                     r = enc.last_routing
-                    lat = r.eou_latency_ms()
-                    flops_sum[rho] += float(r.expected_flops[mask].sum())
-                    slow_frames[rho] += int((r.decisions[mask] == r.slow_index).sum())
+                    batch_stats = latency_update(r.cost_ms, r.expected_flops, n, FRAME_MS, r.decisions, r.slow_index)
                     confidence[rho] += float(r.probs.max(-1).values[mask].sum())
                     cost, back, dec = r.cost_ms, r.backlog_ms, r.decisions
-                else:  # a plain encoder: the same cost on every frame
+                else:  # a plain encoder: the same cost on every frame, every frame "slow"
                     if y_fixed is None:
                         y_fixed, _ = enc(x, n)
                     y = y_fixed
-                    cost = SimulatedDevice(dev, FRAME_MS).cost_ms(torch.full(x.shape[:2], float(enc_flops)))
-                    lat = eou_latency(cost, FRAME_MS, n)
+                    flops = torch.full(x.shape[:2], float(enc_flops))
+                    cost = SimulatedDevice(dev, FRAME_MS).cost_ms(flops)
+                    batch_stats = latency_update(cost, flops.double(), n, FRAME_MS)  # float64: exact FLOP sums
                     back = backlog(cost, FRAME_MS, n)
                     dec = torch.ones(x.shape[:2], dtype=torch.long)
-                    flops_sum[rho] += float(enc_flops) * int(n.sum())
-                    slow_frames[rho] += int(n.sum())
                     confidence[rho] += float(n.sum())
-                eou[rho].append(lat.cpu())
+                stats[rho] = stats[rho] + batch_stats
+                lat = batch_stats.eou_ms
                 hyps = model.decode(y, n)
                 metrics[rho][0].update(hyps, batch["texts"])
                 metrics[rho][1].update(hyps, batch["texts"])
@@ -302,15 +287,15 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     if amortized:
         enc.set_device(dev_train)
     for rho in RHOS:
-        lat = torch.cat(eou[rho])
+        lat_metrics = latency_compute(stats[rho])
         per_rho[str(rho)] = {
             "device_flops_per_s": device_for(rho, slow_flops),
             "wer": float(metrics[rho][0].compute()),
             "cer": float(metrics[rho][1].compute()),
-            "flops_per_frame": flops_sum[rho] / frames,
-            "slow_share": slow_frames[rho] / frames,
+            "flops_per_frame": lat_metrics["flops_per_frame"],
+            "slow_share": lat_metrics["slow_share"],
             "decision_confidence": confidence[rho] / frames,
-            "eou_ms": _quantiles(lat),
+            "eou_ms": lat_metrics["eou_ms"],
         }
     eval_s = time.time() - t1
 

@@ -4,6 +4,10 @@ Latency monitor
 
 Measures, on every validation epoch, what an amortized (or plain) encoder costs on a
 simulated device and in real single-thread streaming, and logs it under ``latency/*``.
+A thin stateful class over :mod:`lightning_amortized.functional.latency` (the same
+functions ``benchmarks/amnet.py`` calls): every validation batch is reduced by
+:func:`~lightning_amortized.functional.latency.latency_update`, the epoch's statistics
+(gathered over processes) by :func:`~lightning_amortized.functional.latency.latency_compute`.
 
 """
 
@@ -20,7 +24,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_amortized.functional.backlog import DEFAULT_DEVICE_FLOPS_PER_S, backlog, eou_latency, flops_to_ms
+from lightning_amortized.functional.backlog import DEFAULT_DEVICE_FLOPS_PER_S, SimulatedDevice, backlog, flops_to_ms
+from lightning_amortized.functional.latency import LatencyStats, latency_compute, latency_update
 from lightning_amortized.nn.amortized import AmortizedEncoder
 from lightning_amortized.nn.streaming import stream
 
@@ -60,7 +65,7 @@ class LatencyMonitor(Callback):
     * ``latency/rho``: load factor of the slow branch alone, ``slow cost / frame_ms``;
     * ``latency/eou_p50_ms``, ``latency/eou_p90_ms``, ``latency/eou_max_ms``: simulated
       end-of-utterance latency ``b_{L-1} + cost_L`` over the validation utterances
-      (:func:`~lightning_amortized.functional.backlog.eou_latency`);
+      (:func:`~lightning_amortized.functional.latency.latency_compute`);
     * ``latency/rtf``: real single-thread real-time factor of streaming inference on
       ``rtf_samples`` validation utterances (:func:`~lightning_amortized.nn.streaming.stream`),
       measured on the module's device;
@@ -117,10 +122,7 @@ class LatencyMonitor(Callback):
 
     def _reset(self) -> None:
         self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._flops_sum = 0.0
-        self._frames = 0
-        self._slow = 0
-        self._latencies: list[torch.Tensor] = []
+        self._stats = LatencyStats()
         self._plot_data: dict[str, torch.Tensor] | None = None
         self._samples: list[torch.Tensor] = []
 
@@ -180,21 +182,18 @@ class LatencyMonitor(Callback):
         self._captured = None
         frame_ms = self._frame(pl_module)
         lengths = lengths.to(x.device).long()
-        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         enc = self._encoder
         routing = enc.last_routing if isinstance(enc, AmortizedEncoder) else None
         if routing is not None:
             flops = routing.expected_flops.detach().float()
             decisions = routing.decisions
-            self._slow += int((decisions[valid] == routing.slow_index).sum())
-        else:
+            routed, slow_index = decisions, routing.slow_index
+        else:  # a plain encoder: the same cost on every frame, every frame "slow"
             flops = torch.full(x.shape[:2], float(enc.flops_per_frame()), device=x.device)
             decisions = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
-            self._slow += int(valid.sum())
+            routed, slow_index = None, 0
         costs = flops_to_ms(flops, self._device_speed())
-        self._flops_sum += float(flops[valid].sum())
-        self._frames += int(valid.sum())
-        self._latencies.append(eou_latency(costs, frame_ms, lengths).cpu())
+        self._stats = self._stats + latency_update(costs, flops, lengths, frame_ms, routed, slow_index)
         if self._plot_data is None and x.shape[0] > 0:
             n = int(lengths[0])
             self._plot_data = {
@@ -214,26 +213,19 @@ class LatencyMonitor(Callback):
             return
         enc = self._encoder
         frame_ms = self._frame(pl_module)
-        device = pl_module.device
-        totals = torch.tensor([self._flops_sum, self._frames, self._slow], dtype=torch.float64, device=device)
-        lat = torch.cat(self._latencies).to(device=device, dtype=torch.float64) if self._latencies else None
-        if trainer.world_size > 1:
-            totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0)
-            if lat is None:
-                lat = torch.zeros(0, device=device, dtype=torch.float64)
-            lat = self._gather_variable(pl_module, lat)
-        flops_sum, frames, slow = (float(v) for v in totals)
-        if frames == 0 or lat is None or lat.numel() == 0:
+        stats = self._gather(trainer, pl_module, self._stats)
+        if stats.frames == 0 or stats.eou_ms.numel() == 0:
             rank_zero_warn("LatencyMonitor: the encoder saw no validation frames; nothing logged.")
             return
+        result = latency_compute(stats)
         slow_flops = max(enc.branch_flops()) if isinstance(enc, AmortizedEncoder) else enc.flops_per_frame()
         metrics = {
-            "latency/flops_per_frame": flops_sum / frames,
-            "latency/slow_share": slow / frames,
-            "latency/rho": float(flops_to_ms(float(slow_flops), self._device_speed())) / frame_ms,
-            "latency/eou_p50_ms": float(torch.quantile(lat, 0.5)),
-            "latency/eou_p90_ms": float(torch.quantile(lat, 0.9)),
-            "latency/eou_max_ms": float(lat.max()),
+            "latency/flops_per_frame": result["flops_per_frame"],
+            "latency/slow_share": result["slow_share"],
+            "latency/rho": SimulatedDevice(self._device_speed(), frame_ms).load_factor(float(slow_flops)),
+            "latency/eou_p50_ms": result["eou_ms"]["p50"],
+            "latency/eou_p90_ms": result["eou_ms"]["p90"],
+            "latency/eou_max_ms": result["eou_ms"]["max"],
         }
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True)
@@ -260,6 +252,16 @@ class LatencyMonitor(Callback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+
+    def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: LatencyStats) -> LatencyStats:
+        """The statistics of all processes (the sums all-reduced, the latencies concatenated)."""
+        if trainer.world_size <= 1:
+            return stats
+        device = pl_module.device
+        totals = torch.tensor([stats.flops_sum, stats.frames, stats.slow_frames], dtype=torch.float64, device=device)
+        totals = pl_module.all_gather(totals).reshape(-1, 3).sum(0)
+        lat = self._gather_variable(pl_module, stats.eou_ms.to(device))
+        return LatencyStats(float(totals[0]), int(totals[1]), int(totals[2]), lat.cpu())
 
     @staticmethod
     def _gather_variable(pl_module: pl.LightningModule, values: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightning_amortized.functional.latency import real_time_factor
+
 __all__ = ["StreamResult", "stream", "compare_wall_clock"]
 
 
@@ -51,8 +53,8 @@ class StreamResult:
 
     @property
     def rtf(self) -> float:
-        """Real-time factor: compute time over audio duration."""
-        return self.total_ms / (len(self.wall_ms) * self.frame_ms) if len(self.wall_ms) else 0.0
+        """Real-time factor: compute time over audio duration (``functional.latency.real_time_factor``)."""
+        return real_time_factor(self.wall_ms, self.frame_ms)
 
 
 def _frame_ms(encoder: nn.Module, frame_ms: float | None) -> float:

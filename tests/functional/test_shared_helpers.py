@@ -63,7 +63,7 @@ def test_topk_mask_equals_the_former_kthvalue_threshold_on_distinct_magnitudes()
     """The sparse fast branch used ``|w| >= kthvalue``; for distinct magnitudes it is the same set."""
     w = torch.randn(64, 40, generator=torch.Generator().manual_seed(0))
     both = w.abs()
-    keep = int(round(0.3 * both.numel()))
+    keep = round(0.3 * both.numel())
     old = both >= both.flatten().kthvalue(both.numel() - keep + 1).values
     assert torch.equal(topk_mask(both, keep), old)
 

@@ -150,7 +150,7 @@ class AmortizedEncoder(nn.Module):
         rank: int | None = None,
         density: float = 0.25,
         **kwargs: Any,
-    ) -> "SharedStateAmortizedEncoder":
+    ) -> SharedStateAmortizedEncoder:
         """Shared-state AmNet from one LSTM/GRU encoder (see :class:`SharedStateAmortizedEncoder`)."""
         return SharedStateAmortizedEncoder(encoder, fast=fast, rank=rank, density=density, **kwargs)
 

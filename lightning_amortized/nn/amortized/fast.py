@@ -207,7 +207,7 @@ class SparseLayer(FastLayer):
     ) -> None:
         super().__init__(rnn_type, w_ih, w_hh, b_ih, b_hh, rank, density)
         both = torch.cat([w_ih, w_hh], 1).detach().abs()
-        mask = topk_mask(both, max(1, int(round(density * both.numel()))))
+        mask = topk_mask(both, max(1, round(density * both.numel())))
         self.register_buffer("mask_ih", mask[:, : self.input_size].clone())
         self.register_buffer("mask_hh", mask[:, self.input_size :].clone())
         self.w_ih = nn.Parameter(w_ih.detach() * self.mask_ih)

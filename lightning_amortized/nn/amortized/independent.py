@@ -10,7 +10,8 @@ mixed on full-sequence outputs instead (compute is then saved per chunk, not per
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,7 @@ class _IndependentCore(nn.Module):
         if not self.streaming:  # full-sequence outputs mixed per frame (compute saved only per chunk)
             y = 0
             for k, (b, p) in enumerate(zip(self.branches, self.projections)):
-                yk, nk = b(x, lengths)
+                yk, _ = b(x, lengths)
                 if yk.shape[1] != T:
                     raise ValueError(
                         f"Branch {k} ({type(b).__name__}) changes the frame rate ({T} -> {yk.shape[1]} frames); "

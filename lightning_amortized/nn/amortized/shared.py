@@ -180,7 +180,10 @@ class _SharedRecurrentCore(nn.Module):
         self._stream_cache = None
 
     def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """One frame ``(B, F)`` with hard choices ``(B,)`` -> ``(B, D)``; with ``B == 1`` only the chosen branch computes."""
+        """One frame ``(B, F)`` with hard choices ``(B,)`` -> ``(B, D)``.
+
+        With ``B == 1`` only the chosen branch computes; otherwise both, mixed one-hot.
+        """
         lstm = self.rnn_type == "lstm"
         hs, cs = state if lstm else (state, None)
         if x_t.shape[0] == 1:
