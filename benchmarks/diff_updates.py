@@ -33,27 +33,28 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_amortized.atomic import write_atomic
+from lightning_amortized.experiment import write_results
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results" / "diff_updates"
 RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
 DIFF_TARGETS = ("encoder.*weight*", "head.*")
 
-# name -> (label, recipe arguments); "{sparse10_bytes}" is filled in from the base model
-CONFIGS: dict[str, tuple[str, list[str]]] = {
-    "sparse-10": ("sparse 10 %, fp16", ["--method", "sparse", "--budget", "0.1", "--value-dtype", "fp16",
-                                         "--also-export", "fp32", "int8"]),
-    "sparse-2-int8": ("sparse 2 %, int8", ["--method", "sparse", "--budget", "0.02", "--value-dtype", "int8"]),
-    "hashed": ("hashed, fp32 (bytes of sparse 10 %)", ["--method", "hashed", "--budget", "{sparse10_bytes}",
-                                                       "--value-dtype", "fp32"]),
-    "bias": ("bias only, fp32", ["--method", "bias", "--value-dtype", "fp32"]),
-    "full": ("full fine-tuning", ["--method", "full"]),
+CONF = REPO / "recipes" / "synthetic" / "conf" / "updates"
+# name -> (label, recipe config, extra arguments); "{sparse10_bytes}" is filled in from the base model
+CONFIGS: dict[str, tuple[str, Path, list[str]]] = {
+    "sparse-10": ("sparse 10 %, fp16", CONF / "sparse10.yaml", []),
+    "sparse-2-int8": ("sparse 2 %, int8", CONF / "sparse2_int8.yaml", []),
+    "hashed": ("hashed, fp32 (bytes of sparse 10 %)", CONF / "hashed.yaml", ["--budget", "{sparse10_bytes}"]),
+    "bias": ("bias only, fp32", CONF / "bias.yaml", []),
+    "full": ("full fine-tuning", CONF / "full.yaml", []),
 }
 DEFAULT_METHODS = ("sparse-10", "sparse-2-int8", "hashed", "full")
 TARGET_REL = 0.01  # WER within 1 % relative of full fine-tuning
@@ -86,48 +87,18 @@ def sparse10_bytes(base: Path) -> int:
 def launch(
     names: Sequence[str], common: list[str], work: Path, jobs: int, fill: Mapping[str, str], show_progress: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Run one recipe process per configuration, ``jobs`` at a time; returns ``{name: results}``."""
-    from tqdm import tqdm
+    """Run one recipe process per configuration, ``jobs`` at a time (one thread each); returns ``{name: results}``."""
+    from lightning_amortized.experiment import Job, run_jobs
 
-    pending = list(names)
-    running: dict[str, tuple[subprocess.Popen, Any]] = {}
     updates = int(common[common.index("--updates") + 1])
-    bar = tqdm(total=len(names) * updates, desc="updates", unit="update", disable=not show_progress)
-    done_counts: dict[str, int] = {}
-    failed = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    while pending or running:
-        while pending and len(running) < jobs:
-            name = pending.pop(0)
-            out = work / name
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "progress.jsonl").write_text("")
-            args = [a.format(**fill) for a in CONFIGS[name][1]]
-            cmd = [sys.executable, str(RECIPE), *common, *args, "--out", str(out), "--no-progress", "--threads", "1"]
-            log = (work / f"{name}.log").open("w")
-            log.write("$ " + shlex.join(cmd) + "\n")
-            log.flush()
-            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log)
-            bar.write(f"started {name}: log {work / f'{name}.log'}")
-        time.sleep(2.0)
-        for name in list(running):
-            proc, log = running[name]
-            progress = work / name / "progress.jsonl"
-            count = sum(1 for line in progress.read_text().splitlines() if line.strip()) if progress.exists() else 0
-            bar.update(count - done_counts.get(name, 0))
-            done_counts[name] = count
-            if proc.poll() is not None:
-                log.close()
-                del running[name]
-                if proc.returncode != 0:
-                    failed.append(name)
-                    bar.write(f"{name} FAILED (exit {proc.returncode}); see {work / f'{name}.log'}")
-                else:
-                    bar.write(f"finished {name}")
-    bar.close()
-    if failed:
-        raise SystemExit(f"Recipe runs failed: {failed}")
-    return {name: json.loads((work / name / "results.json").read_text()) for name in names}
+    runs = []
+    for name in names:
+        _, config, extra = CONFIGS[name]
+        out = work / name
+        cmd = [sys.executable, str(RECIPE), "--config", str(config), *common, *[a.format(**fill) for a in extra],
+               "--out", str(out), "--progress", "false", "--threads", "1"]
+        runs.append(Job(name, cmd, out / "results.json", progress=out / "progress.jsonl", units=updates))
+    return run_jobs(runs, jobs, work, cwd=REPO, desc="updates", show_progress=show_progress)
 
 
 def eval_words(root: Path, sizes: Mapping[str, int]) -> dict[str, int]:
@@ -389,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_json:
         data = json.loads(Path(a.from_json).read_text())
         stem = Path(a.results) if a.results else Path(a.from_json).with_suffix("")
-        stem.with_suffix(".md").write_text(markdown(data, data["meta"]))
+        write_atomic(stem.with_suffix(".md"), markdown(data, data["meta"]))
         plot(data, data["meta"], stem.with_suffix(".png"))
         return 0
     if a.quick:
@@ -406,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     stem = Path(a.results) if a.results else (work / "diff_updates" if a.quick else RESULTS)
     common = ["--base", str(base), "--root", str(root), "--updates", str(a.updates), "--epochs", str(a.epochs),
-              "--update-utterances", str(a.update_utterances), "--replay-utterances", str(a.replay_utterances)]
+              "--update_utterances", str(a.update_utterances), "--replay_utterances", str(a.replay_utterances)]
     if a.test_utterances:
-        common += ["--test-utterances", str(a.test_utterances)]
+        common += ["--test_utterances", str(a.test_utterances)]
     load0 = os.getloadavg()[0]
     runs = launch(a.methods, common, work, a.jobs, {"sparse10_bytes": str(sparse10_bytes(base))})
     summary = summarize(runs)
@@ -434,9 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, **summary, "runs": runs}, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(summary, meta))
+    write_results(stem, {"meta": meta, **summary, "runs": runs}, markdown(summary, meta))
     plot(summary, meta, stem.with_suffix(".png"))
     print(markdown(summary, meta))
     print(f"\nwrote {stem.with_suffix('.json')}, .md, .png in {meta['seconds'] / 60:.1f} min")

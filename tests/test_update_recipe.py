@@ -145,3 +145,25 @@ def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: 
     assert res["lr"] == 1e-2 and recipe.UpdateConfig(base="b", root="r", out="o", method="full").learning_rate == 1e-3
     with pytest.raises(ValueError, match="`method`"):
         recipe.UpdateConfig(base="b", root="r", out="o", method="lora")
+
+
+def test_every_method_config_parses_and_the_benchmark_builds_valid_commands(recipe, base_ckpt: Path, tmp_path) -> None:
+    """The recipe reads its options from YAML (conf/updates/*.yaml) like the other recipes, and
+    benchmarks/diff_updates.py runs it with those files: every command it builds must parse."""
+    bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", "bench_diff_updates")
+    parser = recipe.build_parser()
+    common = RECIPE.parent / "conf" / "updates" / "common.yaml"
+    seen = set()
+    for name, (_, config, extra) in bench.CONFIGS.items():
+        args = ["--config", str(common), "--config", str(config), "--base", str(base_ckpt), "--out", str(tmp_path),
+                *[e.format(sparse10_bytes="123456") for e in extra], "--progress", "false"]
+        a = parser.parse_args(args)
+        cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
+        seen.add(cfg.method)
+        if name == "hashed":
+            assert cfg.budget == 123456 and isinstance(cfg.budget, int)  # bytes stay an int
+        if name == "sparse-10":
+            assert (cfg.budget, cfg.value_dtype, cfg.also_export) == (0.1, "fp16", ("fp32", "int8"))
+    assert seen == set(recipe.METHODS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--base", str(base_ckpt), "--method", "nope"])

@@ -16,11 +16,13 @@ After each update the shipped model is evaluated (greedy CTC, WER/CER) on
 the end a fresh base gets ``apply_chain(diff-1 .. diff-K)`` and is compared with the
 trained model (bit-exact for fp32 values; the max abs error is reported for fp16/int8).
 
-Usage::
+Usage (every option of :class:`UpdateConfig` from a YAML file or a flag; the configs of
+``benchmarks/diff_updates.py`` are in ``recipes/synthetic/conf/updates/``)::
 
-    python recipes/synthetic/updates.py --base runs/synthetic/lstm_ctc/.../best.ckpt \\
-        --method sparse --budget 0.1 --value-dtype fp32 --out runs/synthetic/updates/sparse10
-    python recipes/synthetic/updates.py --base BASE.ckpt --method full --out runs/synthetic/updates/full
+    python recipes/synthetic/updates.py --config recipes/synthetic/conf/updates/sparse10.yaml \\
+        --base runs/synthetic/lstm_ctc/.../best.ckpt --out runs/synthetic/updates/sparse10
+    python recipes/synthetic/updates.py --base BASE.ckpt --method full --epochs 8
+    python recipes/synthetic/updates.py --help
 
 Writes ``<out>/results.json`` (and the diff files / shipped models). Default peak learning
 rates (picked by a check on update 1, see ``DEFAULT_LR``): ``3e-3`` for diffs, ``1e-3`` for
@@ -29,7 +31,6 @@ full fine-tuning.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -38,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import safetensors.torch
@@ -84,7 +85,8 @@ class UpdateConfig:
     Attributes:
         base: base checkpoint (Lightning ``.ckpt`` of an ``ASRModule``, or a state dict).
         root: corpus root (LibriSpeech layout with ``update-k`` / ``update-k-test`` splits).
-        out: output folder (diff files, shipped models, ``results.json``).
+        out: output folder (diff files, shipped models, ``results.json``); ``None``:
+            ``runs/synthetic/updates/<method>``.
         method: ``"sparse"``, ``"hashed"``, ``"bias"`` or ``"full"``.
         budget: NeuralDiff budget: fraction of the targeted entries (float) or bytes (int).
         value_dtype: stored diff values: ``"fp32"``, ``"fp16"`` or ``"int8"``.
@@ -108,11 +110,11 @@ class UpdateConfig:
     """
 
     base: str
-    root: str
-    out: str
-    method: str = "sparse"
-    budget: float | int = 0.1
-    value_dtype: str = "fp32"
+    root: str = str(REPO / "data" / "synthetic")
+    out: str | None = None
+    method: Literal["sparse", "hashed", "bias", "full"] = "sparse"
+    budget: int | float = 0.1
+    value_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
     also_export: tuple[str, ...] = ()
     targets: tuple[str, ...] | None = None
     updates: int = 5
@@ -131,6 +133,8 @@ class UpdateConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.out is None:
+            self.out = str(REPO / "runs" / "synthetic" / "updates" / self.method)
         if self.method not in METHODS:
             raise ValueError(f"Expected argument `method` to be one of {list(METHODS)}, but got {self.method!r}.")
         if self.updates < 1 or self.epochs < 1:
@@ -505,44 +509,27 @@ def run(cfg: UpdateConfig, log: Any = print) -> dict[str, Any]:
     return result
 
 
-def _budget(text: str) -> float | int:
-    return float(text) if any(c in text for c in ".eE") else int(text)
+def build_parser() -> Any:
+    """The recipe's command line: every :class:`UpdateConfig` field, from YAML (``--config``) and flags."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog="recipes/synthetic/updates.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML file of the options (recipes/synthetic/conf/updates/)")
+    p.add_argument("--corpus_utterances", type=int, default=6000, help="corpus size if it must be generated")
+    p.add_class_arguments(UpdateConfig, fail_untyped=True, sub_configs=False)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base checkpoint (.ckpt of the demo model)")
-    p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="corpus root (generated if missing)")
-    p.add_argument("--corpus-utterances", type=int, default=6000, help="corpus size if it must be generated")
-    p.add_argument("--out", default=None, help="output folder (default runs/synthetic/updates/<method>)")
-    p.add_argument("--method", choices=METHODS, default="sparse")
-    p.add_argument("--budget", type=_budget, default=0.1, help="fraction of targeted entries (0.1) or bytes (20000)")
-    p.add_argument("--value-dtype", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--also-export", nargs="*", default=[], choices=("fp32", "fp16", "int8"))
-    p.add_argument("--targets", nargs="+", default=None)
-    p.add_argument("--updates", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_LR})")
-    p.add_argument("--update-utterances", type=int, default=150)
-    p.add_argument("--replay-utterances", type=int, default=150)
-    p.add_argument("--test-utterances", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-progress", action="store_true")
+    """Run the recipe (``python recipes/synthetic/updates.py --config conf/updates/sparse10.yaml --base B.ckpt``)."""
+    p = build_parser()
     a = p.parse_args(argv)
-
     root = Path(a.root)
     if not (root / "corpus.json").exists():
         from lightning_amortized.data.synthetic import make_corpus
 
         make_corpus(root, utterances=a.corpus_utterances, seed=0)
-    cfg = UpdateConfig(
-        base=a.base, root=str(root), out=a.out or str(REPO / "runs" / "synthetic" / "updates" / a.method),
-        method=a.method, budget=a.budget, value_dtype=a.value_dtype, also_export=tuple(a.also_export),
-        targets=tuple(a.targets) if a.targets else None, updates=a.updates, epochs=a.epochs, lr=a.lr,
-        update_utterances=a.update_utterances, replay_utterances=a.replay_utterances,
-        test_utterances=a.test_utterances, seed=a.seed, threads=a.threads, progress=not a.no_progress,
-    )
+    cfg = UpdateConfig(**{f: getattr(a, f) for f in UpdateConfig.__dataclass_fields__})
     result = run(cfg)
     print(json.dumps({"out": cfg.out, "chain": result["chain"], "total_seconds": result["total_seconds"]}, indent=2))
     return 0

@@ -1,0 +1,52 @@
+"""The experiment runner: worker pool order, dependencies, results passed on, failures reported."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lightning_amortized.experiment import Job, JobFailed, run_jobs, write_results
+
+WRITE = "import json, sys; json.dump({'x': int(sys.argv[2])}, open(sys.argv[1], 'w'))"
+
+
+def _job(work: Path, name: str, x: int, **kw) -> Job:
+    return Job(name, [sys.executable, "-c", WRITE, str(work / f"{name}.json"), str(x)], work / f"{name}.json", **kw)
+
+
+def test_dependencies_known_results_and_callbacks(tmp_path: Path) -> None:
+    seen = []
+    jobs = [
+        Job("late", lambda done: [sys.executable, "-c", WRITE, str(tmp_path / "late.json"), str(done["a"]["x"] * 10)],
+            tmp_path / "late.json", after=("a",)),
+        _job(tmp_path, "a", 4),
+        _job(tmp_path, "known", 0),
+    ]
+    out = run_jobs(jobs, workers=2, log_dir=tmp_path / "logs", done={"known": {"x": 7}}, show_progress=False,
+                   poll_s=0.02, on_finish=lambda name, result, s: seen.append(name) or f"{name} done")
+    assert out == {"late": {"x": 40}, "a": {"x": 4}, "known": {"x": 7}}  # in the order of `jobs`
+    assert seen == ["a", "late"] and not (tmp_path / "known.json").exists()  # a known result is not rerun
+    assert (tmp_path / "logs" / "late.log").read_text().startswith("$ ")
+
+
+def test_a_failing_job_names_itself_and_stops_the_others(tmp_path: Path) -> None:
+    slow = Job("slow", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "slow.json")
+    bad = Job("bad", [sys.executable, "-c", "print('something broke'); raise SystemExit(3)"], tmp_path / "bad.json")
+    t0 = time.time()
+    with pytest.raises(JobFailed, match=r"(?s)'bad' failed \(exit code 3.*something broke"):
+        run_jobs([slow, bad], workers=2, log_dir=tmp_path, show_progress=False, poll_s=0.05)
+    assert time.time() - t0 < 30  # the slow job was terminated, not waited for
+    silent = Job("silent", [sys.executable, "-c", "pass"], tmp_path / "silent.json")
+    with pytest.raises(JobFailed, match="no .*silent.json"):
+        run_jobs([silent], workers=1, log_dir=tmp_path, show_progress=False, poll_s=0.02)
+    with pytest.raises(ValueError, match="waits for"):
+        run_jobs([_job(tmp_path, "x", 1, after=("nope",))], workers=1, log_dir=tmp_path)
+
+
+def test_write_results_writes_both_files(tmp_path: Path) -> None:
+    js, md = write_results(tmp_path / "sub" / "r", {"a": 1}, "# r")
+    assert json.loads(js.read_text()) == {"a": 1} and md.read_text() == "# r\n"
