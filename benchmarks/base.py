@@ -43,6 +43,9 @@ DEFAULT_ROOT = REPO / "data" / "synthetic"
 CACHE = REPO / "runs" / "base"
 RESULTS = REPO / "docs" / "results"
 
+
+from lightning_amortized.atomic import write_atomic  # noqa: E402
+from lightning_amortized.experiment import write_results  # noqa: E402
 __all__ = ["corpus_fingerprint", "base_key", "ensure_base"]
 
 
@@ -217,14 +220,11 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
         "command": "python benchmarks/base.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "val_curve": run["val_curve"],
     }
-    tmp_json = folder / ".base.json.tmp"
-    tmp_json.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp_json, folder / "base.json")  # written last: its presence marks a finished base
+    write_atomic(folder / "base.json", json.dumps(info, indent=2) + "\n")  # written last: marks a finished base
     if results is not None:
-        out = Path(results)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
-        out.with_suffix(".md").write_text(
+        write_results(
+            results,
+            info,
             "# Shared base model\n\n"
             f"Command: `{info['command']}` (also `make base`).  \n"
             f"Config: `{info['config']}` {' '.join(info['overrides'])}; corpus `{root.name}` "

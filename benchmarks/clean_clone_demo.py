@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lightning_amortized.experiment import write_results  # noqa: E402
+
 RESULTS = REPO / "docs" / "results"
 
 
@@ -57,14 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("checkpoint", "log_dir", "config"):  # paths inside the (temporary) clone
         if isinstance(info.get(key), str):
             info[key] = info[key].replace(str(clone) + "/", "")
-    out = Path(a.results)
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     md = src.with_suffix(".md").read_text().replace(str(clone) + "/", "")
     md += (
         f"\nFrom a clean clone of commit `{commit[:10]}` (`python benchmarks/clean_clone_demo.py`): "
         f"`make install` {install_s:.0f} s, `make demo` {demo_s:.0f} s, **{(install_s + demo_s) / 60:.1f} minutes in all**.\n"
     )
-    out.with_suffix(".md").write_text(md)
+    write_results(a.results, info, md)
     print(md)
     if a.keep:
         print(f"clone kept at {clone}")

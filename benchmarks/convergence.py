@@ -55,6 +55,7 @@ CONF = REPO / "recipes" / "synthetic" / "conf"
 RESULTS = REPO / "docs" / "results"
 sys.path.insert(0, str(REPO))
 
+from lightning_amortized.atomic import write_atomic  # noqa: E402
 from lightning_amortized.nn.encoders import RecurrentEncoder  # noqa: E402
 
 
@@ -226,16 +227,10 @@ def _at(v: dict[str, Any], sec: float) -> str:
     return f"{100 * min(w):.1f}" if w and v["seconds"][-1] >= 0.95 * sec else "–"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write(results: dict[str, Any], out: Path) -> None:
     """Write ``<out>.json``, ``<out>.md`` and ``<out>.png`` (each replaced atomically)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     lines = [
         "# Convergence study: validation WER against wall-clock time and steps",
         "",
@@ -280,7 +275,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds if c), ""]
     if results.get("notes"):
         lines += ["## Reading", "", results["notes"], ""]
-    _atomic_write(out.with_suffix(".md"), "\n".join(lines) + f"\n![validation WER vs time and steps]({out.stem}.png)\n")
+    write_atomic(out.with_suffix(".md"), "\n".join(lines) + f"\n![validation WER vs time and steps]({out.stem}.png)\n")
     import matplotlib
 
     matplotlib.use("Agg")

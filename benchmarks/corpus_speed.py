@@ -74,8 +74,6 @@ def run(utterances: int = 2000, seed: int = 0, workers: int | None = None) -> di
 
 def write(result: dict, out_dir: Path = RESULTS) -> None:
     """Write ``corpus_speed.json`` and ``corpus_speed.md`` into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "corpus_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         "# Synthetic corpus generation speed",
         "",
@@ -92,7 +90,9 @@ def write(result: dict, out_dir: Path = RESULTS) -> None:
         f"{result['audio_seconds_per_wall_second']} | {result['cpu_ms_per_utterance']} |",
         "",
     ]
-    (out_dir / "corpus_speed.md").write_text("\n".join(md))
+    from lightning_amortized.experiment import write_results
+
+    write_results(Path(out_dir) / "corpus_speed", result, "\n".join(md))
 
 
 def main() -> None:

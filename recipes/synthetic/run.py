@@ -11,7 +11,6 @@ numbers to ``docs/results/demo_synthetic.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lightning_amortized.cli import ASRLightningCLI
     from lightning_amortized.evaluation import count_parameters, fit_and_test, realtime_factor
+    from lightning_amortized.experiment import write_results
 
     t_start = time.time()
     minutes = int(a.max_minutes)
@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(a.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = [
         ("test WER (%)", f"{100 * summary['wer']:.2f}"),
         ("test CER (%)", f"{100 * summary['cer']:.2f}"),
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f" (`make demo` runs it without arguments).\n"
         f"Test split `{split}` (speakers unseen in training).\n\n{table}"
     )
-    out.with_suffix(".md").write_text(md)
+    write_results(out, summary, md)
     print("\n" + table)
     print(f"checkpoint: {ckpt}\nlogs:       {trainer.log_dir}\nresults:    {out.with_suffix('.json')}")
     return 0
