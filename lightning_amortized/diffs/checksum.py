@@ -11,6 +11,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,13 +64,17 @@ def weights_sha256(state_or_model: StateOrModel, names: Iterable[str]) -> str:
     """
     h = hashlib.sha256(b"lightning_amortized.weights.v1\0")
     for name in sorted(set(names)):
-        t = _lookup(state_or_model, name)
-        head = json.dumps([name, _dtype_name(t.dtype), list(t.shape)]).encode("utf-8")
-        h.update(struct.pack("<Q", len(head)) + head)
-        data = _tensor_bytes(t)
-        h.update(struct.pack("<Q", data.nbytes))
-        h.update(data)
+        _update(h, name, _lookup(state_or_model, name))
     return h.hexdigest()
+
+
+def _update(h: Any, name: str, t: torch.Tensor) -> None:
+    """Add one named tensor to a running hash: name, dtype and shape (JSON), then its bytes, each length-prefixed."""
+    head = json.dumps([name, _dtype_name(t.dtype), list(t.shape)]).encode("utf-8")
+    h.update(struct.pack("<Q", len(head)) + head)
+    data = _tensor_bytes(t)
+    h.update(struct.pack("<Q", data.nbytes))
+    h.update(data)
 
 
 def _payload_sha256(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
@@ -78,10 +83,5 @@ def _payload_sha256(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, 
     blob = json.dumps(meta, sort_keys=True).encode("utf-8")
     h.update(struct.pack("<Q", len(blob)) + blob)
     for name in sorted(tensors):
-        t = tensors[name]
-        head = json.dumps([name, _dtype_name(t.dtype), list(t.shape)]).encode("utf-8")
-        h.update(struct.pack("<Q", len(head)) + head)
-        data = _tensor_bytes(t)
-        h.update(struct.pack("<Q", data.nbytes))
-        h.update(data)
+        _update(h, name, tensors[name])
     return h.hexdigest()
