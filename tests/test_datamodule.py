@@ -130,12 +130,17 @@ def test_cached_features_equal_fresh_ones_and_are_computed_once(fake_layout: Pat
         assert not batch["feats"][j, n:].any()
 
 
-def test_cache_needs_features(fake_layout: Path) -> None:
+def test_cache_without_features_keeps_the_exact_audio(fake_layout: Path) -> None:
+    from lightning_amortized.data import load_audio
+
     dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [])
     dm.prepare_data()
     utts = read_manifest(fake_layout / "manifests" / "train.jsonl")
-    with pytest.raises(ValueError, match="`features`"):
-        SpeechDataset(utts, dm.tokenizer, cache=True)
+    ds = SpeechDataset(utts, dm.tokenizer, cache=True)
+    ds.precompute(show_progress=False)
+    assert all(t is not None and t.dtype == torch.int16 for t in ds._feats)  # 2 bytes per sample
+    for i, u in enumerate(utts):
+        assert torch.equal(ds[i]["wav"], load_audio(u.path))  # 16-bit FLAC: stored exactly
 
 
 def test_collator_still_accepts_waveforms(fake_layout: Path) -> None:

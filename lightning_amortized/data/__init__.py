@@ -1,5 +1,6 @@
-"""LibriSpeech-layout data: manifests, datamodule, features, tokenizer, synthetic corpus."""
+"""LibriSpeech-layout data: manifests, datamodule, features, augmentation, tokenizer, synthetic corpus."""
 
+from lightning_amortized.data.augment import WaveAugment
 from lightning_amortized.data.datamodule import (
     DurationBatchSampler,
     LibriSpeechDataModule,
@@ -27,6 +28,7 @@ __all__ = [
     "SpeechDataset",
     "SyntheticDataModule",
     "Utterance",
+    "WaveAugment",
     "load_audio",
     "prepare_librispeech",
     "read_manifest",

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from lightning_amortized.data.augment import WaveAugment
 from lightning_amortized.data.features import LogMelFilterbank, SpecAugment
 from lightning_amortized.seeding import derive_seed
 
@@ -208,17 +209,38 @@ class SpeechCollator:
     SpecAugment when training, and pads tokens.
 
     Items holding ``"feats"`` ``(T, n_mels)`` are padded as they are; items holding
-    ``"wav"`` get features from ``features`` computed on the padded batch. SpecAugment
-    draws from the batch's ``"batch_seed"`` (set by :class:`SeededBatch`) when the items
-    carry one, else from torch's global generator.
+    ``"wav"`` get features from ``features`` computed on the padded batch, after
+    ``augment`` (waveform augmentation, training only). Augmentation and SpecAugment draw
+    from the batch's ``"batch_seed"`` (set by :class:`SeededBatch`) when the items carry
+    one, else from torch's global generator.
+
+    Raises:
+        ValueError: ``augment`` is set but the items hold features (cached features cannot
+            be augmented: build the training set without ``features``).
     """
 
-    def __init__(self, features: LogMelFilterbank | None = None, spec_augment: SpecAugment | None = None) -> None:
+    def __init__(
+        self,
+        features: LogMelFilterbank | None = None,
+        spec_augment: SpecAugment | None = None,
+        augment: WaveAugment | None = None,
+    ) -> None:
         self.features = features
         self.spec_augment = spec_augment
+        self.augment = augment
+
+    @staticmethod
+    def _generator(items: list[dict[str, Any]], stream: int) -> torch.Generator | None:
+        seed = items[0].get("batch_seed")
+        return None if seed is None else torch.Generator().manual_seed(derive_seed(seed, stream))
 
     def _features(self, items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         if "feats" in items[0]:
+            if self.augment is not None:
+                raise ValueError(
+                    "Waveform augmentation needs waveforms, but the items hold features: build the training "
+                    "SpeechDataset without `features` (LibriSpeechDataModule does so when `augment` is set)."
+                )
             feat_lengths = torch.tensor([it["feats"].shape[0] for it in items])
             feats = torch.zeros(len(items), int(feat_lengths.max()), items[0]["feats"].shape[1])
             for i, it in enumerate(items):
@@ -230,14 +252,14 @@ class SpeechCollator:
         wavs = torch.zeros(len(items), int(wav_lengths.max()))
         for i, it in enumerate(items):
             wavs[i, : len(it["wav"])] = it["wav"]
+        if self.augment is not None:
+            wavs, wav_lengths = self.augment(wavs, wav_lengths, generator=self._generator(items, 1))
         return self.features(wavs, wav_lengths)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         feats, feat_lengths = self._features(items)
         if self.spec_augment is not None:
-            seed = items[0].get("batch_seed")
-            generator = None if seed is None else torch.Generator().manual_seed(seed)
-            feats = self.spec_augment(feats, feat_lengths, generator=generator)
+            feats = self.spec_augment(feats, feat_lengths, generator=self._generator(items, 0))
         token_lengths = torch.tensor([len(it["tokens"]) for it in items])
         tokens = torch.zeros(len(items), max(1, int(token_lengths.max())), dtype=torch.long)
         for i, it in enumerate(items):

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from lightning_amortized.data.augment import WaveAugment
 from lightning_amortized.data.batching import DurationBatchSampler, ResumableDataLoader, SeededBatch, SpeechCollator
 from lightning_amortized.data.dataset import SpeechDataset, load_audio
 from lightning_amortized.data.features import LogMelFilterbank, SpecAugment
@@ -48,13 +49,20 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         n_mels: Mel bands.
         sample_rate: Expected sample rate in Hz.
         on_wrong_rate: ``"error"`` or ``"resample"`` (see :func:`prepare_librispeech`).
-        seed: Seed for the batch order and SpecAugment.
+        seed: Seed for the batch order, SpecAugment and waveform augmentation.
         sortagrad_epochs: Training epochs that visit batches shortest first before shuffling.
         max_train_utterances: Optional cap (first N after sorting ids) for quick runs.
         cache_features: Compute each utterance's log-mel features once, in :meth:`setup`
             (with a progress bar), and keep them in memory; SpecAugment still draws new
             masks every epoch. Costs 115 MB per hour of audio at 80 mels; worth it for
-            corpora of a few hours trained for many epochs (the synthetic recipes).
+            corpora of a few hours trained for many epochs (the synthetic recipes). With
+            ``augment``, the training split keeps its decoded audio instead (16-bit, the
+            same 115 MB per hour) and its features are computed per batch, after the
+            augmentation; validation and test keep cached features.
+        augment: Waveform augmentation of training batches
+            (:class:`~lightning_amortized.data.augment.WaveAugment`: speed, reverberation,
+            noise including babble, telephone band), seeded per batch; ``None``: off. In a
+            LightningCLI config: ``augment: {class_path: lightning_amortized.data.WaveAugment}``.
 
     Example::
 
@@ -80,9 +88,11 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         sortagrad_epochs: int = 1,
         max_train_utterances: int | None = None,
         cache_features: bool = False,
+        augment: WaveAugment | None = None,
     ) -> None:
         super().__init__()
         self.cache_features = cache_features
+        self.augment = augment
         self.sortagrad_epochs = sortagrad_epochs
         self.root = Path(root)
         self.train_splits, self.val_splits, self.test_splits = list(train_splits), list(val_splits), list(test_splits)
@@ -109,7 +119,7 @@ class LibriSpeechDataModule(pl.LightningDataModule):
             self.root, self.all_splits, self.manifest_dir, sample_rate=self.sample_rate, on_wrong_rate=self.on_wrong_rate
         )
 
-    def _dataset(self, splits: list[str], cap: int | None = None) -> SpeechDataset:
+    def _dataset(self, splits: list[str], cap: int | None = None, waveforms: bool = False) -> SpeechDataset:
         utts: list[Utterance] = []
         for split in splits:
             manifest = self.manifest_dir / f"{split}.jsonl"
@@ -120,14 +130,17 @@ class LibriSpeechDataModule(pl.LightningDataModule):
             utts.extend(read_manifest(manifest))
         if cap is not None:
             utts = sorted(utts, key=lambda u: u.id)[:cap]
-        ds = SpeechDataset(utts, self.tokenizer, self.sample_rate, features=self.features, cache=self.cache_features)
-        ds.precompute(desc=f"features {'+'.join(splits)}")
+        features = None if waveforms else self.features  # augmentation happens before the features
+        ds = SpeechDataset(utts, self.tokenizer, self.sample_rate, features=features, cache=self.cache_features)
+        ds.precompute(desc=f"{'audio' if waveforms else 'features'} {'+'.join(splits)}")
         return ds
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets needed for ``stage``."""
         if stage in (None, "fit") and "train" not in self.datasets:
-            self.datasets["train"] = self._dataset(self.train_splits, self.max_train_utterances)
+            self.datasets["train"] = self._dataset(
+                self.train_splits, self.max_train_utterances, waveforms=self.augment is not None
+            )
         if stage in (None, "fit", "validate") and "val" not in self.datasets and self.val_splits:
             self.datasets["val"] = self._dataset(self.val_splits)
         if stage in (None, "test", "predict"):
@@ -144,7 +157,11 @@ class LibriSpeechDataModule(pl.LightningDataModule):
             sortagrad_epochs=self.sortagrad_epochs if train else 0,
         )
         # features only serve datasets holding waveforms (a subclass's own SpeechDataset)
-        collate = SpeechCollator(self.features, SpecAugment() if (train and self.use_spec_augment) else None)
+        collate = SpeechCollator(
+            self.features,
+            SpecAugment() if (train and self.use_spec_augment) else None,
+            augment=self.augment if train else None,
+        )
         return ResumableDataLoader(
             ds,
             batch_sampler=sampler,

@@ -41,18 +41,20 @@ class SpeechDataset(Dataset):
 
     Items are ``{"id", "wav" (S,), "tokens", "text"}``; with ``features`` given they carry
     ``"feats"`` ``(T, n_mels)`` (computed per utterance, so independent of batching)
-    instead of the waveform. With ``cache=True`` each utterance's features are computed
-    once and kept in memory (``4 * n_mels`` bytes per 10 ms frame: 115 MB per hour of
-    audio at 80 mels); call :meth:`precompute` before a DataLoader starts its workers, or
-    each worker builds (and keeps) its own copy. Cached tensors are returned as they are:
-    do not modify them in place.
+    instead of the waveform. With ``cache=True`` what the items hold is computed once and
+    kept in memory: the features (``4 * n_mels`` bytes per 10 ms frame: 115 MB per hour
+    of audio at 80 mels), or, without ``features``, the waveform as 16-bit samples (also
+    115 MB per hour at 16 kHz; what a training set with waveform augmentation needs). Call
+    :meth:`precompute` before a DataLoader starts its workers, or each worker builds (and
+    keeps) its own copy. Cached feature tensors are returned as they are: do not modify
+    them in place.
 
     Args:
         utterances: Manifest entries.
         tokenizer: Maps transcripts to ids.
         sample_rate: Expected sample rate in Hz.
         features: Optional feature extractor applied per utterance.
-        cache: Keep computed features in memory (needs ``features``).
+        cache: Keep the features (or, without ``features``, the decoded audio) in memory.
 
     Example:
         >>> import tempfile, soundfile as sf, numpy as np
@@ -75,14 +77,12 @@ class SpeechDataset(Dataset):
     ) -> None:
         if not utterances:
             raise CorpusError("Expected at least one utterance in the manifest, but got none.")
-        if cache and features is None:
-            raise ValueError("Expected argument `features` when `cache=True` (only features are cached), but got None.")
         self.utterances = list(utterances)
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
         self.features = features
         self.cache = cache
-        self._feats: list[torch.Tensor | None] = [None] * len(self.utterances)
+        self._feats: list[torch.Tensor | None] = [None] * len(self.utterances)  # features, or int16 audio
         self.tokens = [tokenizer.encode(u.words, where=u.path) for u in self.utterances]
 
     def __len__(self) -> int:
@@ -92,6 +92,15 @@ class SpeechDataset(Dataset):
     def durations(self) -> list[float]:
         """Durations in seconds, in dataset order."""
         return [u.duration for u in self.utterances]
+
+    def _audio(self, i: int) -> torch.Tensor:
+        cached = self._feats[i]
+        if cached is not None:
+            return cached.float() / 32768.0
+        wav = load_audio(self.utterances[i].path, self.sample_rate)
+        if self.cache:  # 16-bit FLAC decodes to k / 32768: stored exactly
+            self._feats[i] = (wav * 32768.0).round().clamp(-32768, 32767).to(torch.int16)
+        return wav
 
     def _features(self, i: int) -> torch.Tensor:
         cached = self._feats[i]
@@ -106,7 +115,7 @@ class SpeechDataset(Dataset):
         return out
 
     def precompute(self, show_progress: bool = True, desc: str = "features") -> None:
-        """Compute and cache every utterance's features now (no-op without ``cache``).
+        """Compute and cache every utterance's features (or audio) now (no-op without ``cache``).
 
         Args:
             show_progress: Show a tqdm progress bar.
@@ -117,7 +126,7 @@ class SpeechDataset(Dataset):
         from tqdm.auto import tqdm
 
         for i in tqdm(range(len(self)), desc=desc, unit="utt", disable=not show_progress, leave=False):
-            self._features(i)
+            self._features(i) if self.features is not None else self._audio(i)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items of a batch; a :class:`SeededBatch` passes its seed on as ``"batch_seed"``."""
@@ -132,7 +141,7 @@ class SpeechDataset(Dataset):
         u = self.utterances[i]
         item: dict[str, Any] = {"id": u.id, "tokens": self.tokens[i], "text": u.words}
         if self.features is None:
-            item["wav"] = load_audio(u.path, self.sample_rate)
+            item["wav"] = self._audio(i)
         else:
             item["feats"] = self._features(i)
         return item
