@@ -34,6 +34,7 @@ from lightning_amortized.diffs.hashed import HashedDiff
 from lightning_amortized.diffs.read import inspect_diff
 from lightning_amortized.diffs.sparse import SparseDiff
 from lightning_amortized.diffs.targets import resolve
+from lightning_amortized.functional.selection import topk_mask
 
 __all__ = ["export_diff", "export_diff_from_weights"]
 
@@ -235,9 +236,7 @@ def export_diff_from_weights(
     total = sum(d.numel() for d in deltas.values())
     if not 1 <= keep <= total:
         raise ValueError(f"Expected argument `keep` to be between 1 and {total}, but got {keep}.")
-    scores = torch.cat([d.float().abs() for d in deltas.values()])
-    chosen = torch.zeros(total, dtype=torch.bool)
-    chosen[torch.topk(scores, keep, sorted=False).indices] = True
+    chosen = topk_mask(torch.cat([d.float().abs() for d in deltas.values()]), keep)
     entries = {}
     offset = 0
     for n, d in deltas.items():
