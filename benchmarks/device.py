@@ -395,7 +395,7 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
             "finish_ms_runtime_p50": fin[len(fin) // 2],
             "finish_ms_runtime_p90": fin[int(0.9 * (len(fin) - 1))],
         })
-        if name.startswith("amnet"):
+        if name == "amnet":
             results[name]["ms_per_frame_torch_forced_slow_branch"] = ts["amnet_forced_slow"]["ms_per_frame"]
         print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in results[name].items() if k != "source"), flush=True)
