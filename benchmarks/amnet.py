@@ -45,7 +45,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -380,7 +379,7 @@ def _job_cmd(a: argparse.Namespace, name: str, base: str | None, extra: list[str
 
 
 def drive(a: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from lightning_amortized.experiment import Job, JobFailed, run_jobs, write_results
 
     base = _resolve_base(a)
     work = Path(a.work)
@@ -391,53 +390,41 @@ def drive(a: argparse.Namespace) -> int:
         f = work / f"{n}.json"
         if a.resume and f.exists():
             done[n] = json.loads(f.read_text())
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
-    pending = [n for n in names if n not in done]
-    ran = list(pending)
-    t0 = time.time()
-    bar = tqdm(total=len(names), initial=len(done), desc="variants", unit="variant", dynamic_ncols=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    while pending or running:
-        for n, (p, started) in list(running.items()):
-            if p.poll() is None:
-                continue
-            del running[n]
-            f = work / f"{n}.json"
-            if p.returncode != 0 or not f.exists():
-                bar.close()
-                print(f"variant {n} failed (exit {p.returncode}); log: {work / (n + '.log')}")
-                print((work / f"{n}.log").read_text()[-3000:])
-                for q, _ in running.values():
-                    q.terminate()
-                return 1
-            done[n] = json.loads(f.read_text())
-            r = done[n]["per_rho"][str(RHO_TRAIN)]
-            bar.write(f"{n}: WER {100 * r['wer']:.2f}%, {r['flops_per_frame'] / 1e6:.3f} MFLOPs/frame, "
-                      f"slow share {r['slow_share']:.3f}, EOU p90 {r['eou_ms']['p90']:.1f} ms at rho={RHO_TRAIN} "
-                      f"({time.time() - started:.0f} s)")
-            bar.update(1)
-        for n in list(pending):
-            if len(running) >= a.workers:
-                break
-            dep = VARIANTS[n][2]
-            if dep is not None and dep in names and dep not in done:
-                continue
+    ran = [n for n in names if n not in done]
+
+    def command(name: str) -> Any:
+        dep = VARIANTS[name][2]
+
+        def build(finished: dict[str, dict[str, Any]]) -> list[str]:
             extra: list[str] = []
-            if dep is not None and dep in done:
-                target = done[dep]["per_rho"][str(RHO_TRAIN)]["flops_per_frame"]
+            if dep is not None and dep in finished:  # FLOPs-matched to the variant it depends on
+                target = finished[dep]["per_rho"][str(RHO_TRAIN)]["flops_per_frame"]
                 if VARIANTS[dep][1].startswith("amnet_sparse"):
                     extra = ["--density", str(matched_density(target))]
                 else:
                     extra = ["--rank", str(matched_rank(target))]
-            log = open(work / f"{n}.log", "w")
-            p = subprocess.Popen(_job_cmd(a, n, base, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                 cwd=str(REPO))
-            running[n] = (p, time.time())
-            pending.remove(n)
-            bar.write(f"started {n} {' '.join(extra)}")
-        bar.set_postfix_str(", ".join(running) or "-")
-        time.sleep(2)
-    bar.close()
+            return _job_cmd(a, name, base, extra)
+
+        return build
+
+    def report(name: str, result: dict[str, Any], seconds: float) -> str:
+        r = result["per_rho"][str(RHO_TRAIN)]
+        return (f"{name}: WER {100 * r['wer']:.2f}%, {r['flops_per_frame'] / 1e6:.3f} MFLOPs/frame, "
+                f"slow share {r['slow_share']:.3f}, EOU p90 {r['eou_ms']['p90']:.1f} ms at rho={RHO_TRAIN} "
+                f"({seconds:.0f} s)")
+
+    jobs = [
+        Job(n, command(n), work / f"{n}.json",
+            after=(VARIANTS[n][2],) if VARIANTS[n][2] in names else ())
+        for n in names
+    ]
+    t0 = time.time()
+    try:
+        done = run_jobs(jobs, a.workers, work, cwd=REPO, env={"PYTHONWARNINGS": "ignore"}, done=done,
+                        on_finish=report, desc="variants")
+    except JobFailed as err:
+        print(err)
+        return 1
     wall = time.time() - t0
     runs_file = work / "runs.json"  # every driver run that trained something, for the total run time
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
@@ -447,10 +434,8 @@ def drive(a: argparse.Namespace) -> int:
         runs_file.write_text(json.dumps(runs, indent=2) + "\n")
     summary = summarize(done, base, a, wall, runs)
     out = Path(a.results) if a.results else (work / "amnet" if a.quick else RESULTS / "amnet")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     md = render_markdown(summary)
-    out.with_suffix(".md").write_text(md)
+    write_results(out, summary, md)
     plot(summary, out.parent / f"{out.name}_trace.png", out.parent / f"{out.name}_latency_vs_rho.png")
     print("\n" + md)
     print(f"results: {out.with_suffix('.json')}  ({wall / 60:.1f} min)")

@@ -78,6 +78,7 @@ def run_jobs(
     *,
     cwd: str | os.PathLike | None = None,
     threads_per_job: int = 1,
+    env: Mapping[str, str] | None = None,
     done: Mapping[str, dict[str, Any]] | None = None,
     on_finish: Callable[[str, dict[str, Any], float], str | None] | None = None,
     desc: str = "jobs",
@@ -96,6 +97,7 @@ def run_jobs(
         log_dir: Folder for the logs (created).
         cwd: Working directory of the processes.
         threads_per_job: Intra-op threads per process.
+        env: Extra environment variables for the processes.
         done: Results already known (``{name: result}``, e.g. from an earlier run): those
             jobs are not run, and their results are passed to ``command`` functions.
         on_finish: Called as ``on_finish(name, result, seconds)`` when a job succeeds; a
@@ -128,7 +130,7 @@ def run_jobs(
     logs = Path(log_dir)
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job), "MKL_NUM_THREADS": str(threads_per_job),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **dict(env or {})}
     pending = [j for j in jobs if j.name not in finished]
     running: dict[str, tuple[Job, subprocess.Popen, Any, float]] = {}
     counted: dict[str, int] = {}
