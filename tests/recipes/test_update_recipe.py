@@ -13,7 +13,7 @@ from conftest import load_script
 from lightning_amortized.module import ASRModule
 from lightning_amortized.nn import RecurrentEncoder
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "updates.py"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "synthetic" / "updates.py"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from conftest import load_script
 from lightning_amortized.module import ASRModule
 
-BASE = Path(__file__).resolve().parents[1] / "benchmarks" / "base.py"
+BASE = Path(__file__).resolve().parents[2] / "benchmarks" / "base.py"
 
 TINY = """
 seed_everything: 0

@@ -17,7 +17,7 @@ from lightning_amortized.cli import ASRLightningCLI
 from lightning_amortized.functional.flops import lowrank_rnn_flops, lstm_flops
 from lightning_amortized.nn import RecurrentEncoder, SharedStateAmortizedEncoder
 
-CONF = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "conf"
+CONF = Path(__file__).resolve().parents[2] / "recipes" / "synthetic" / "conf"
 CONFIGS = sorted(CONF.glob("*.yaml"))
 SLOW = lstm_flops(240, 256, num_layers=3)
 
