@@ -128,7 +128,10 @@ def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
                 "label": CONFIGS[name][0],
                 "update": k,
                 "wer_update_test": rec["eval"][f"update-{k}-test"]["wer"],
+                "wer_update_test_ci95": rec["eval"][f"update-{k}-test"].get("wer_ci95"),
+                "new_entity_accuracy_update_test": rec["eval"][f"update-{k}-test"].get("new_entity_accuracy"),
                 "wer_base_test": rec["eval"][test]["wer"],
+                "wer_base_test_ci95": rec["eval"][test].get("wer_ci95"),
                 "wer_earlier_update_tests": {s: m["wer"] for s, m in rec["eval"].items() if s.startswith("update-")},
                 "bytes": rec["file_bytes"],
                 "full_checkpoint_bytes": full,
@@ -213,6 +216,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _pct_ci(x: float, ci: Sequence[float] | None) -> str:
+    return _pct(x) if not ci else f"{_pct(x)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
 def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     rows, final = summary["rows"], summary["after_last_update"]
     lines = [
@@ -232,10 +239,12 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "",
         "## Per update",
         "",
-        "WER in %. Size: the shipped update file in bytes; reduction versus the fp32 full checkpoint.",
+        "WER in % with its 95 % bootstrap interval over utterances; new entities: share of the entity mentions of "
+        "`update-k-test` requests naming entities new in update k that the transcript holds word for word. Size: the "
+        "shipped update file in bytes; reduction versus the fp32 full checkpoint.",
         "",
-        "| method | update | WER update-k-test | WER test | bytes | % of full | reduction % | fit s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | update | WER update-k-test | new entities | WER test | bytes | % of full | reduction % | fit s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         size = f"{r['bytes']:,}"
@@ -243,9 +252,11 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         if "bytes_int8" in r:
             size += f" (int8: {r['bytes_int8']:,})"
             red += f" (int8: {r['size_reduction_pct_int8']:.2f})"
+        entities = r.get("new_entity_accuracy_update_test")
         lines.append(
-            f"| {r['label']} | {r['update']} | {_pct(r['wer_update_test'])} | {_pct(r['wer_base_test'])} | {size} | "
-            f"{100 * r['size_fraction']:.2f} | {red} | {r['fit_seconds']:.0f} |"
+            f"| {r['label']} | {r['update']} | {_pct_ci(r['wer_update_test'], r.get('wer_update_test_ci95'))} | "
+            f"{'–' if entities is None else _pct(entities)} | {_pct_ci(r['wer_base_test'], r.get('wer_base_test_ci95'))} | "
+            f"{size} | {100 * r['size_fraction']:.2f} | {red} | {r['fit_seconds']:.0f} |"
         )
     splits = list(next(iter(final.values()))["wer"])
     lines += [

@@ -49,6 +49,7 @@ __all__ = [
     "SPLITS",
     "main",
     "make_corpus",
+    "read_slu",
     "split_sizes",
 ]
 
@@ -134,6 +135,23 @@ def _write_text_files(root: Path, jobs: Sequence[_Job], labels: dict[str, dict[s
     for split, ids in per_split.items():
         lines = [json.dumps(labels[i], sort_keys=True) + "\n" for i in sorted(ids)]
         (root / split / "slu.jsonl").write_text("".join(lines))
+
+
+def read_slu(root: str | Path, split: str) -> dict[str, dict[str, Any]]:
+    """The ``slu.jsonl`` labels of a split: ``{utterance id: {"intent", "slots", "entities_new", "text"}}``.
+
+    Raises:
+        FileNotFoundError: the split has no ``slu.jsonl`` (not a synthetic corpus).
+    """
+    path = Path(root) / split / "slu.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: SLU labels come with the synthetic corpus (make-corpus).")
+    labels = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            item = json.loads(line)
+            labels[item["id"]] = item
+    return labels
 
 
 def _iter_rendered(

@@ -45,7 +45,7 @@ import lightning.pytorch as pl
 import safetensors.torch
 import torch
 from lightning.pytorch import Trainer
-from torchmetrics.text import CharErrorRate, WordErrorRate
+from torchmetrics.text import CharErrorRate
 
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
 from lightning_amortized.data.datamodule import DurationBatchSampler, LibriSpeechDataModule, SpeechCollator, SpeechDataset
@@ -61,7 +61,9 @@ from lightning_amortized.diffs import (
     plain_parameters,
     weights_sha256,
 )
+from lightning_amortized.data.synthetic import read_slu
 from lightning_amortized.module import load_asr_module
+from lightning_amortized.scoring import bootstrap_wer, entity_accuracy, slot_values, utterance_errors
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -272,6 +274,7 @@ class EvalSets:
         collate = SpeechCollator(None, None)
         self.batches: dict[str, list[dict[str, Any]]] = {}
         self.sizes: dict[str, int] = {}
+        self.labels: dict[str, dict[str, dict[str, Any]]] = {}
         for split in splits:
             utts = sorted(read_manifest(dm.manifest_dir / f"{split}.jsonl"), key=lambda u: u.id)
             cap = (caps or {}).get(split)
@@ -281,21 +284,53 @@ class EvalSets:
             sampler = DurationBatchSampler(ds.durations, max_batch_seconds, shuffle=False)
             self.batches[split] = [collate([ds[i] for i in b]) for b in sampler]
             self.sizes[split] = len(ds)
+            try:
+                labels = read_slu(root, split)
+            except FileNotFoundError:
+                labels = {}
+            self.labels[split] = labels
 
     @torch.no_grad()
-    def evaluate(self, model: Any, splits: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-        """``{split: {"wer": ..., "cer": ...}}`` of greedy decoding (fractions, not %)."""
+    def evaluate(self, model: Any, splits: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Greedy decoding scores per split (fractions, not %).
+
+        ``{split: {"wer", "cer", "wer_ci95": [low, high], "words", "entity_accuracy",
+        "new_entity_accuracy", "entity_mentions", "new_entity_mentions"}}``: the interval is a
+        bootstrap over utterances (:func:`~lightning_amortized.scoring.bootstrap_wer`); entity
+        accuracy is the share of slot values (``slu.jsonl``) transcribed word for word, over
+        all requests and over those naming entities new in their update (``None`` when the
+        split has none).
+        """
 
         was_training = model.training
         model.eval()
         out = {}
         for split in splits if splits is not None else list(self.batches):
-            wer, cer = WordErrorRate(), CharErrorRate()
+            cer = CharErrorRate()
+            hyps, refs, ids = [], [], []
             for b in self.batches[split]:
-                hyps = model.transcribe(b["feats"], b["feat_lengths"])
-                wer.update(hyps, b["texts"])
-                cer.update(hyps, b["texts"])
-            out[split] = {"wer": float(wer.compute()), "cer": float(cer.compute())}
+                h = model.transcribe(b["feats"], b["feat_lengths"])
+                cer.update(h, b["texts"])
+                hyps += h
+                refs += b["texts"]
+                ids += b["ids"]
+            errors, words = utterance_errors(hyps, refs)
+            wer, low, high = bootstrap_wer(errors, words, seed=0)
+            labels = self.labels.get(split, {})
+            entities = [slot_values(labels[i]["slots"]) if i in labels else [] for i in ids]
+            hits, mentions = entity_accuracy(hyps, entities)
+            new = [e if labels.get(i, {}).get("entities_new") else [] for i, e in zip(ids, entities)]
+            new_hits, new_mentions = entity_accuracy(hyps, new)
+            out[split] = {
+                "wer": wer,
+                "cer": float(cer.compute()),
+                "wer_ci95": [low, high],
+                "words": int(sum(words)),
+                "entity_accuracy": hits / mentions if mentions else None,
+                "entity_mentions": mentions,
+                "new_entity_accuracy": new_hits / new_mentions if new_mentions else None,
+                "new_entity_mentions": new_mentions,
+            }
         model.train(was_training)
         return out
 

@@ -102,6 +102,10 @@ def test_sparse_chain_is_bit_exact_and_links_hashes(recipe, base_ckpt: Path, tin
         assert r["max_abs_error"] == 0.0
         assert r["extra_exports"]["int8"]["file_bytes"] < r["file_bytes"]
         assert set(r["eval"]) == {"test"} | {f"update-{j}-test" for j in range(1, r["update"] + 1)}
+        for split, m in r["eval"].items():  # WER with its interval, entity accuracy from slu.jsonl
+            assert m["wer_ci95"][0] <= m["wer"] <= m["wer_ci95"][1] and m["words"] > 0
+            if split.startswith("update-"):
+                assert m["new_entity_mentions"] > 0 and 0.0 <= m["new_entity_accuracy"] <= 1.0
     info1, info2 = inspect_diff(recs[0]["file"]), inspect_diff(recs[1]["file"])
     assert info2.base_sha256 == info1.result_sha256 == recs[0]["result_sha256"]
     chain = res["chain"]
