@@ -74,17 +74,28 @@ def corpus_fingerprint(root: str | Path, splits: Sequence[str], manifest_dir: st
 BASE_FORMAT = "1"
 #: Settings that say where things go, not what is trained: left out of the cache key.
 _PLACE_KEYS = (("data", "init_args", "root"), ("data", "init_args", "manifest_dir"), ("trainer", "default_root_dir"))
+#: Options added to the library after cached bases were trained, with the default that reproduces what
+#: those bases were trained with. While an option holds that value it is left out of the key, so adding an
+#: option does not orphan every cached base; any other value is part of the key as usual.
+_ADDED_DEFAULTS: dict[tuple[str, ...], object] = {
+    ("data", "init_args", "augment"): None,
+    ("model", "amr_threshold_ms"): None,
+    ("model", "amr_end_weight"): 1.0,
+    ("model", "amr_slack_weight"): 1.0,
+}
 
 
 def resolved_config(cli: Any) -> dict[str, Any]:
     """The parsed LightningCLI config (YAML + overrides, defaults filled in) without its paths."""
     cfg = json.loads(cli.parser.dump(cli.config, format="json", skip_none=False))
-    for path in _PLACE_KEYS:
+    for path in (*_PLACE_KEYS, *_ADDED_DEFAULTS):
         node = cfg
         for part in path[:-1]:
             node = node.get(part) or {}
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
+        if isinstance(node, dict) and path[-1] in node:
+            if path in _ADDED_DEFAULTS and node[path[-1]] != _ADDED_DEFAULTS[path]:
+                continue  # set to something else: part of the key
+            node.pop(path[-1])
     return cfg
 
 

@@ -116,6 +116,11 @@ class ASRModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         lambda_cost: Weight of the expected-compute penalty (amortized encoders only).
         lambda_amr: Weight of the amortization penalty (amortized encoders only).
+        amr_threshold_ms: Backlog (ms) below which a frame counts as idle in the penalty's
+            "fast while idle" term; ``None``: one frame
+            (:func:`~lightning_amortized.functional.losses.amortization_loss`).
+        amr_end_weight: Weight of the end-of-utterance backlog term of the penalty.
+        amr_slack_weight: Weight of the "fast while idle" term of the penalty.
         rnnt_pred_size: RNN-T prediction network size.
         rnnt_joint_size: RNN-T joint network size.
 
@@ -137,12 +142,20 @@ class ASRModule(pl.LightningModule):
         weight_decay: float = 1e-2,
         lambda_cost: float = 0.0,
         lambda_amr: float = 0.0,
+        amr_threshold_ms: float | None = None,
+        amr_end_weight: float = 1.0,
+        amr_slack_weight: float = 1.0,
         rnnt_pred_size: int = 128,
         rnnt_joint_size: int = 192,
     ) -> None:
         super().__init__()
         if loss not in ("ctc", "rnnt"):
             raise ValueError(f"Expected argument `loss` to be 'ctc' or 'rnnt', but got {loss!r}.")
+        for name, value in (("amr_end_weight", amr_end_weight), ("amr_slack_weight", amr_slack_weight)):
+            if not value >= 0:
+                raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}.")
+        if amr_threshold_ms is not None and not amr_threshold_ms > 0:
+            raise ValueError(f"Expected argument `amr_threshold_ms` to be positive or None, but got {amr_threshold_ms}.")
         in_size = getattr(encoder, "input_size", None)
         if in_size is not None and in_size != n_mels * stack:
             raise ValueError(
@@ -239,7 +252,14 @@ class ASRModule(pl.LightningModule):
         fn = getattr(self.encoder, "routing_losses", None)
         if fn is None or (self.hparams.lambda_cost == 0 and self.hparams.lambda_amr == 0):
             return {}
-        return fn(lambda_cost=self.hparams.lambda_cost, lambda_amr=self.hparams.lambda_amr)
+        hp = self.hparams
+        return fn(
+            lambda_cost=hp.lambda_cost,
+            lambda_amr=hp.lambda_amr,
+            threshold_ms=hp.get("amr_threshold_ms"),
+            end_weight=hp.get("amr_end_weight", 1.0),
+            slack_weight=hp.get("amr_slack_weight", 1.0),
+        )
 
     def _check_ctc_feasible(self, batch: dict[str, Any], frames: torch.Tensor) -> None:
         """Count utterances too short for their transcript (CTC gives them zero loss: nothing learned)."""

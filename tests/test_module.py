@@ -187,3 +187,22 @@ def test_utterances_too_short_for_ctc_are_counted_and_warned() -> None:
         m.training_step(batch, 0)
     m.training_step(batch, 1)  # warned once, counted every time
     assert m._ctc_infeasible == 2
+
+
+def test_amortization_penalty_settings_reach_the_encoder() -> None:
+    from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder
+
+    torch.manual_seed(0)
+    enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(240, 16, 1), fast="lowrank", rank=4, frame_ms=30.0)
+    seen = {}
+    real = enc.routing_losses
+    enc.routing_losses = lambda **kw: seen.update(kw) or real(**kw)
+    m = ASRModule(enc, lambda_cost=0.1, lambda_amr=1.0, amr_threshold_ms=45.0, amr_end_weight=2.0, amr_slack_weight=0.5)
+    m.encode(torch.randn(2, 30, 80), torch.tensor([30, 21]))
+    losses = m._routing_losses()
+    assert seen == {"lambda_cost": 0.1, "lambda_amr": 1.0, "threshold_ms": 45.0, "end_weight": 2.0, "slack_weight": 0.5}
+    assert torch.isfinite(losses["total"])
+    with pytest.raises(ValueError, match="amr_end_weight"):
+        ASRModule(RecurrentEncoder(240, 16, 1), amr_end_weight=-1.0)
+    with pytest.raises(ValueError, match="amr_threshold_ms"):
+        ASRModule(RecurrentEncoder(240, 16, 1), amr_threshold_ms=0.0)

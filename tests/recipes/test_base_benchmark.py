@@ -83,3 +83,17 @@ def test_fingerprint_without_corpus_json_uses_manifests(base, fake_layout: Path)
     prepare_librispeech(fake_layout, ["train"], fake_layout / "manifests")
     a = base.corpus_fingerprint(fake_layout, ["train"])
     assert a == base.corpus_fingerprint(fake_layout, ["train"]) and len(a) == 64
+
+
+def test_options_added_later_do_not_orphan_cached_bases(base, tmp_path: Path) -> None:
+    """An option added to the library after a base was trained (e.g. `augment`, the penalty's
+    weights) stays out of the key while it holds the value that reproduces the old training."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    key = lambda *over: base.resolved_config(base._cli(config, tmp_path, list(over), None))  # noqa: E731
+    plain = key()
+    assert "augment" not in plain["data"]["init_args"] and "amr_end_weight" not in plain["model"]
+    assert key("--model.amr_end_weight", "1.0") == plain  # the default, spelled out
+    assert key("--model.amr_end_weight", "2.0")["model"]["amr_end_weight"] == 2.0  # anything else counts
+    augmented = key("--data.init_args.augment", "lightning_amortized.data.WaveAugment")
+    assert augmented["data"]["init_args"]["augment"]["class_path"].endswith("WaveAugment")
