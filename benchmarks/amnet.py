@@ -68,12 +68,16 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
                              ["--model.lambda_cost", "1.0", "--model.lambda_amr", "0.5"]),
     "amnet_factorized_lc1_no_amr": ("factorized AmNet, lambda_cost 1, no amortization penalty",
                                     "amnet_factorized_no_amr.yaml", None, ["--model.lambda_cost", "1.0"]),
+    # one model for every device: trained over rho in 0.5-2.5, the arbitrator sees log(rho)
+    "amnet_factorized_load_aware": ("factorized AmNet, load-aware (trained over rho 0.5-2.5)",
+                                    "amnet_factorized_load_aware.yaml", None, []),
 }
 # start order: the matched single encoders wait for their AmNet
 ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
-         "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr"]
+         "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
+         "amnet_factorized_load_aware"]
 ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr")]
-RHOS = (0.5, 1.0, 1.5, 2.0)
+RHOS = (0.5, 1.0, 1.5, 2.0, 2.5)
 RHO_TRAIN = 1.5
 FRAME_MS = 30.0
 TARGET_REDUCTION = 0.45  # >= 45 % fewer encoder FLOPs/frame than slow-only
@@ -142,6 +146,7 @@ def _warm_start(model: Any, base_ckpt: str | None, device_flops: float) -> None:
             inner, fast=core.kind, rank=core.rank, density=core.density, frame_ms=enc.frame_ms,
             device_flops_per_s=device_flops, arbitrator_hidden=arb.hidden_size, temperature=arb.temperature,
             use_prev_decision=arb.use_prev_decision, force_branch=enc.force_branch,
+            load_aware=arb.load_aware, train_rho_range=enc.train_rho_range,
         )
     elif isinstance(enc, AmortizedEncoder):
         enc.set_device(device_flops)
@@ -323,6 +328,13 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         "routed": routed,
         "branch_flops": enc.branch_flops() if amortized else [enc_flops],
         "arbitrator_flops": enc.arbitrator.flops_per_frame() if routed else 0,
+        "load_aware": bool(routed and enc.arbitrator.load_aware),
+        # the physical floor of end-of-utterance latency: one fast-branch frame plus the arbitrator
+        "floor_ms": {
+            str(rho): 1000.0 * ((min(enc.branch_flops()) if amortized else enc_flops)
+                                + (enc.arbitrator.flops_per_frame() if routed else 0)) / device_for(rho, slow_flops)
+            for rho in RHOS
+        },
         "worst_case_flops_per_frame": enc_flops,
         "lambda_cost": float(model.hparams.lambda_cost),
         "lambda_amr": float(model.hparams.lambda_amr),

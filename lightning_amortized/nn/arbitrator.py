@@ -1,7 +1,9 @@
 """The arbitrator: a tiny network choosing, frame by frame, which branch processes the frame.
 
 Inputs at frame ``t``: the input features ``x_t``, the normalised backlog
-``log1p(b_{t-1} / frame_ms)`` and (optionally) the previous gate ``g_{t-1}`` (``K``
+``log1p(b_{t-1} / frame_ms)``, optionally the device load ``log(rho)`` (``rho`` = the slow
+branch's cost per frame over ``frame_ms`` on the device; a *load-aware* arbitrator serves
+every device with one set of weights) and optionally the previous gate ``g_{t-1}`` (``K``
 values). It never sees encoder hidden states, so the decisions of a whole utterance
 are computed first, in one cheap loop that also runs the backlog recursion, and the
 encoders then run with known gates.
@@ -14,6 +16,7 @@ decisions without noise.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +30,7 @@ __all__ = ["Arbitrator"]
 
 
 class Arbitrator(nn.Module):
-    """``Linear(F + 1 + K -> hidden) -> tanh -> Linear(hidden -> K)`` over frame, backlog and previous gate.
+    """``Linear(F + 1 [+ 1] + K -> hidden) -> tanh -> Linear(hidden -> K)`` over frame, backlog, [load,] previous gate.
 
     Args:
         input_size: Features per input frame ``F``.
@@ -41,6 +44,9 @@ class Arbitrator(nn.Module):
         use_prev_decision: Feed the previous gate back as an input.
         gumbel_noise: Add Gumbel noise in training (turn off for deterministic training
             forwards, e.g. to compare training and inference).
+        load_aware: Take the device load ``log(rho)`` as an input (one more column of
+            the first layer); :meth:`decide` reads it from the branch costs, :meth:`step`
+            needs ``load``.
 
     Example:
         >>> arb = Arbitrator(input_size=40, num_branches=2).eval()
@@ -60,6 +66,7 @@ class Arbitrator(nn.Module):
         straight_through: bool = False,
         use_prev_decision: bool = True,
         gumbel_noise: bool = True,
+        load_aware: bool = False,
     ) -> None:
         super().__init__()
         if num_branches < 2:
@@ -75,7 +82,8 @@ class Arbitrator(nn.Module):
         self.use_prev_decision = use_prev_decision
         self.straight_through = straight_through
         self.gumbel_noise = gumbel_noise
-        extra = 1 + (num_branches if use_prev_decision else 0)
+        self.load_aware = load_aware
+        extra = self._extra_inputs()
         self.hidden = nn.Linear(input_size + extra, hidden_size)
         self.out = nn.Linear(hidden_size, num_branches)
         nn.init.zeros_(self.out.bias)
@@ -93,15 +101,32 @@ class Arbitrator(nn.Module):
             raise ValueError(f"Expected argument `temperature` to be a positive finite number, but got {value}.")
         self._temperature = float(value)
 
+    def _extra_inputs(self) -> int:
+        """Inputs besides the frame: backlog, load (load-aware), previous gate (``use_prev_decision``)."""
+        return 1 + int(self.load_aware) + (self.num_branches if self.use_prev_decision else 0)
+
     def extra_repr(self) -> str:
         return (
             f"temperature={self._temperature}, straight_through={self.straight_through}, "
             f"frame_ms={self.frame_ms}, use_prev_decision={self.use_prev_decision}"
+            + (", load_aware=True" if self.load_aware else "")
         )
 
+    def load_feature(self, branch_cost_ms: torch.Tensor) -> torch.Tensor:
+        """The load input ``log(rho)`` from branch costs ``(K,)`` or ``(B, K)`` in ms.
+
+        ``rho`` is the slow branch's cost per frame over ``frame_ms``: 1 on a device that
+        runs the slow branch exactly in real time.
+        """
+        return torch.log(branch_cost_ms.max(-1).values / self.frame_ms)
+
     def flops_per_frame(self) -> int:
-        """Counted FLOPs per frame: both linear layers, tanh, backlog normalisation (2) and argmax (K)."""
-        extra = 1 + (self.num_branches if self.use_prev_decision else 0)
+        """Counted FLOPs per frame: both linear layers, tanh, backlog normalisation (2) and argmax (K).
+
+        A load-aware arbitrator's load input is constant over an utterance: only its column
+        of the first layer is counted.
+        """
+        extra = self._extra_inputs()
         return (
             linear_flops(self.input_size + extra, self.hidden_size)
             + self.hidden_size
@@ -112,11 +137,13 @@ class Arbitrator(nn.Module):
 
     # -- pieces ---------------------------------------------------------------------------------
 
-    def _split_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _split_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Columns of the first layer: ``(frame, backlog, load or None, previous gate or None)``."""
         w = self.hidden.weight
         F_ = self.input_size
-        w_prev = w[:, F_ + 1 :] if self.use_prev_decision else None
-        return w[:, :F_], w[:, F_], w_prev
+        w_load = w[:, F_ + 1] if self.load_aware else None
+        w_prev = w[:, F_ + 1 + int(self.load_aware) :] if self.use_prev_decision else None
+        return w[:, :F_], w[:, F_], w_load, w_prev
 
     def _logits(
         self,
@@ -127,7 +154,7 @@ class Arbitrator(nn.Module):
         w_prev: torch.Tensor | None,
     ) -> torch.Tensor:
         feat = torch.log1p(backlog_ms / self.frame_ms)
-        pre = ax_t + feat[:, None] * w_b
+        pre = ax_t + feat[:, None] * w_b  # ax_t holds the frame's and the (constant) load's terms
         if w_prev is not None:
             pre = pre + prev @ w_prev.t()
         return self.out(torch.tanh(pre))
@@ -151,10 +178,25 @@ class Arbitrator(nn.Module):
         p = self.out.weight
         return p.new_zeros(batch_size), p.new_zeros(batch_size, self.num_branches)
 
-    def step(self, x_t: torch.Tensor, backlog_ms: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, K)`` for one frame ``x_t`` ``(B, F)`` given the backlog before it and the previous gate."""
-        w_x, w_b, w_prev = self._split_weights()
-        ax = F.linear(x_t, w_x, self.hidden.bias)
+    def _load_term(self, w_load: torch.Tensor | None, load: torch.Tensor | float | None, like: torch.Tensor) -> Any:
+        if w_load is None:
+            return 0.0
+        if load is None:
+            raise ValueError("A load-aware arbitrator needs the device load: pass `load` (log rho, (B,) or a float).")
+        load = torch.as_tensor(load, dtype=like.dtype, device=like.device)
+        return load.reshape(-1, *([1] * (like.dim() - 1))) * w_load if load.dim() else load * w_load
+
+    def step(
+        self, x_t: torch.Tensor, backlog_ms: torch.Tensor, prev: torch.Tensor, load: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
+        """Logits ``(B, K)`` for one frame ``x_t`` ``(B, F)`` given the backlog before it and the previous gate.
+
+        Args:
+            load: ``log(rho)`` of the device, ``(B,)`` or a float (load-aware arbitrators only;
+                see :meth:`load_feature`).
+        """
+        w_x, w_b, w_load, w_prev = self._split_weights()
+        ax = F.linear(x_t, w_x, self.hidden.bias) + self._load_term(w_load, load, x_t)
         return self._logits(ax, backlog_ms, prev, w_b, w_prev)
 
     # -- whole utterance ----------------------------------------------------------------------
@@ -171,8 +213,10 @@ class Arbitrator(nn.Module):
         Args:
             x: ``(B, T, F)`` input frames.
             lengths: ``(B,)`` valid frames, or ``None``.
-            branch_cost_ms: ``(K,)`` cost of each branch on the simulated device (ms).
-            base_cost_ms: Cost paid on every frame whatever the choice (the arbitrator itself).
+            branch_cost_ms: ``(K,)`` cost of each branch on the simulated device (ms), or
+                ``(B, K)``: a device per utterance (load-aware training over a range of devices).
+            base_cost_ms: Cost paid on every frame whatever the choice (the arbitrator
+                itself), a float or ``(B,)``.
 
         Returns:
             ``logits (B, T, K)``, ``gates (B, T, K)`` (relaxed in training, one-hot in
@@ -180,14 +224,15 @@ class Arbitrator(nn.Module):
             ``backlog_ms (B, T)`` after every frame (frozen past the length).
         """
         B, T, _ = x.shape
-        if branch_cost_ms.shape != (self.num_branches,):
+        if branch_cost_ms.shape not in ((self.num_branches,), (B, self.num_branches)):
             raise ValueError(
-                f"Expected argument `branch_cost_ms` to have shape ({self.num_branches},), "
-                f"but got {tuple(branch_cost_ms.shape)}."
+                f"Expected argument `branch_cost_ms` to have shape ({self.num_branches},) or "
+                f"({B}, {self.num_branches}), but got {tuple(branch_cost_ms.shape)}."
             )
-        w_x, w_b, w_prev = self._split_weights()
-        ax = F.linear(x, w_x, self.hidden.bias)  # (B, T, hidden), all frames at once
+        w_x, w_b, w_load, w_prev = self._split_weights()
         costs = branch_cost_ms.to(x)
+        load = self.load_feature(costs) if self.load_aware else None
+        ax = F.linear(x, w_x, self.hidden.bias) + self._load_term(w_load, load, x)  # (B, T, hidden), all frames
         valid = None
         if lengths is not None:
             valid = lengths_to_mask(lengths, T, device=x.device)
@@ -198,7 +243,7 @@ class Arbitrator(nn.Module):
         for t in range(T):
             logits = self._logits(ax_t[t], b, prev, w_b, w_prev)
             g = self.gates_from_logits(logits)
-            cost = base_cost_ms + g @ costs
+            cost = base_cost_ms + (g * costs).sum(-1)
             b = backlog_step(b, cost, self.frame_ms, None if valid is None else valid[:, t])
             prev = g
             logits_l.append(logits)

@@ -68,10 +68,17 @@ class AmortizedEncoder(nn.Module):
             not counted), only that branch computes, ``flops_per_frame()`` is that
             branch's. Builds single-branch baselines (fast-only, compressed single
             encoders) from the same class.
+        load_aware: The arbitrator also sees the device load ``log(rho)`` (``rho``: the
+            slow branch's cost per frame over ``frame_ms``), so one model can serve
+            devices of different speeds (:meth:`set_device` picks the device at inference).
+        train_rho_range: ``(low, high)``: in training, each utterance runs on a device
+            drawn with ``rho`` log-uniform in this range (needs ``load_aware``); ``None``
+            trains on ``device_flops_per_s`` only.
 
     Raises:
-        ValueError: if output sizes differ and ``projection`` is ``None``, or
-            ``force_branch`` is not a branch index.
+        ValueError: if output sizes differ and ``projection`` is ``None``,
+            ``force_branch`` is not a branch index, or ``train_rho_range`` is given
+            without ``load_aware`` or is not ``0 < low <= high``.
 
     Example:
         >>> from lightning_amortized.nn.encoders import RecurrentEncoder
@@ -94,6 +101,8 @@ class AmortizedEncoder(nn.Module):
         straight_through: bool = False,
         use_prev_decision: bool = True,
         force_branch: int | None = None,
+        load_aware: bool = False,
+        train_rho_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self._setup(
@@ -105,6 +114,8 @@ class AmortizedEncoder(nn.Module):
             straight_through,
             use_prev_decision,
             force_branch,
+            load_aware,
+            train_rho_range,
         )
 
     def _setup(
@@ -117,7 +128,22 @@ class AmortizedEncoder(nn.Module):
         straight_through: bool,
         use_prev_decision: bool,
         force_branch: int | None = None,
+        load_aware: bool = False,
+        train_rho_range: tuple[float, float] | None = None,
     ) -> None:
+        if train_rho_range is not None:
+            low, high = (float(v) for v in train_rho_range)
+            if not load_aware:
+                raise ValueError(
+                    "Expected `load_aware=True` with `train_rho_range`: the arbitrator must see the device."
+                )
+            if not 0 < low <= high:
+                raise ValueError(
+                    f"Expected argument `train_rho_range` to be (low, high) with 0 < low <= high, "
+                    f"but got {train_rho_range}."
+                )
+            train_rho_range = (low, high)
+        self.train_rho_range = train_rho_range
         if force_branch is not None and not 0 <= int(force_branch) < core.num_branches:
             raise ValueError(
                 f"Expected argument `force_branch` to be None or in [0, {core.num_branches}), but got {force_branch}."
@@ -138,6 +164,7 @@ class AmortizedEncoder(nn.Module):
             temperature=temperature,
             straight_through=straight_through,
             use_prev_decision=use_prev_decision,
+            load_aware=load_aware,
         )
         self.last_routing: RoutingInfo | None = None
         self._stream_costs: tuple[torch.Tensor, int] | None = None
@@ -193,6 +220,14 @@ class AmortizedEncoder(nn.Module):
         self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=self.frame_ms)
         self.device_flops_per_s = float(device_flops_per_s)
 
+    def _sample_devices(self, batch_size: int, slow_flops: float, like: torch.Tensor) -> torch.Tensor:
+        """Device speeds ``(B,)`` in FLOP/s with ``rho = slow cost / frame_ms`` log-uniform in ``train_rho_range``."""
+        assert self.train_rho_range is not None
+        low, high = self.train_rho_range
+        u = torch.rand(batch_size, device=like.device, dtype=like.dtype)
+        rho = low * (high / low) ** u
+        return slow_flops / (rho * self.frame_ms / 1000.0)
+
     # -- training / batched forward -------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,9 +237,12 @@ class AmortizedEncoder(nn.Module):
         flops = torch.tensor(self.branch_flops(), dtype=x.dtype, device=x.device)
         if self.force_branch is None:
             arb_flops = self.arbitrator.flops_per_frame()
-            logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(
-                x, lengths, self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
-            )
+            if self.training and self.train_rho_range is not None:
+                speed = self._sample_devices(x.shape[0], float(flops.max()), x)  # FLOP/s per utterance
+                branch_ms, base_ms = 1000.0 * flops[None, :] / speed[:, None], 1000.0 * arb_flops / speed
+            else:
+                branch_ms, base_ms = self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
+            logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(x, lengths, branch_ms, base_ms)
             y = self.core.forward_gated(x, lengths, gates)
         else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
             arb_flops = 0
@@ -300,7 +338,10 @@ class AmortizedEncoder(nn.Module):
         flops, arb_flops = self._stream_costs if self._stream_costs is not None else self._costs(x_t)
         force_branch = self.force_branch if force_branch is None else force_branch
         if force_branch is None:
-            logits = self.arbitrator.step(x_t, b, prev)
+            load = None
+            if self.arbitrator.load_aware:
+                load = float(self.arbitrator.load_feature(self.device_model.cost_ms(flops)))
+            logits = self.arbitrator.step(x_t, b, prev, load)
             choice = logits.argmax(-1)
             base = arb_flops
         else:
@@ -316,7 +357,8 @@ class AmortizedEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         forced = "" if self.force_branch is None else f", force_branch={self.force_branch}"
-        return f"frame_ms={self.frame_ms}, device_flops_per_s={self.device_flops_per_s:g}{forced}"
+        rho = "" if self.train_rho_range is None else f", train_rho_range={self.train_rho_range}"
+        return f"frame_ms={self.frame_ms}, device_flops_per_s={self.device_flops_per_s:g}{forced}{rho}"
 
 
 class SharedStateAmortizedEncoder(AmortizedEncoder):
@@ -341,8 +383,9 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
         density: Kept fraction for ``"sparse"``.
         **kwargs: ``frame_ms``, ``device_flops_per_s``, ``arbitrator_hidden``,
             ``temperature``, ``straight_through``, ``use_prev_decision``,
-            ``force_branch`` as in :class:`AmortizedEncoder` (``force_branch=0``: the
-            compressed encoder alone, e.g. a factorized or sparse single encoder).
+            ``force_branch``, ``load_aware``, ``train_rho_range`` as in
+            :class:`AmortizedEncoder` (``force_branch=0``: the compressed encoder alone,
+            e.g. a factorized or sparse single encoder).
 
     Raises:
         ValueError: for an unknown ``fast`` kind, a bad ``rank`` or ``density``.
@@ -362,6 +405,8 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
         straight_through: bool = False,
         use_prev_decision: bool = True,
         force_branch: int | None = None,
+        load_aware: bool = False,
+        train_rho_range: tuple[float, float] | None = None,
     ) -> None:
         nn.Module.__init__(self)
         self._setup(
@@ -373,4 +418,6 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
             straight_through,
             use_prev_decision,
             force_branch,
+            load_aware,
+            train_rho_range,
         )
