@@ -9,6 +9,13 @@ from lightning_amortized.nn.encoders import (
     StreamingEncoder,
     lengths_to_mask,
 )
+from lightning_amortized.nn.speechbrain_encoders import (
+    ChunkStreamingEncoder,
+    SpeechBrainEncoder,
+    chunks_to_frames,
+    frames_to_chunks,
+    measured_flops,
+)
 from lightning_amortized.nn.streaming import StreamResult, compare_wall_clock, stream
 
 __all__ = [
@@ -24,4 +31,9 @@ __all__ = [
     "RecurrentEncoder",
     "StreamingEncoder",
     "lengths_to_mask",
+    "ChunkStreamingEncoder",
+    "SpeechBrainEncoder",
+    "chunks_to_frames",
+    "frames_to_chunks",
+    "measured_flops",
 ]
