@@ -495,6 +495,11 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
             )
         self.native_streaming = _is_conformer(module)
         if self.native_streaming:
+            if d != 1:
+                raise ValueError(
+                    f"A chunk-streamed ConformerEncoder needs a per-frame `input_module`, but this one changes the "
+                    f"frame rate by {d}; downsample the features before chunking them."
+                )
             self._check_conformer()
         self.frames_per_chunk = self.chunk_size // d
         self.input_size = self.chunk_size * self.feature_size

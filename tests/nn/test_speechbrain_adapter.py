@@ -208,3 +208,26 @@ def test_amnet_of_crdnn_and_chunk_conformer_trains_and_streams_per_chunk():
     slow_only = stream(am, chunks[1, : int(n[1])], force_branch=1)
     ref, _ = slow(chunks[1:2, : int(n[1])], n[1:2])
     torch.testing.assert_close(slow_only.outputs, ref[0], atol=1e-5, rtol=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import lightning_amortized.nn.speechbrain_encoders as mod
+
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0
+
+
+def test_docs_example_runs(capsys):
+    """The example of docs/amortized.md ("Wrapping your SpeechBrain encoders") runs as printed."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "amortized.md").read_text()
+    section = text.split("## Wrapping your SpeechBrain encoders", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    torch.manual_seed(0)
+    exec(compile(code, "docs/amortized.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    fast, slow = eval(printed[0])
+    assert fast < slow and "RTF" in printed[1]
