@@ -10,8 +10,9 @@ What is written to ``out_dir`` (layout and state conventions in ``docs/device.md
   outputs: for a single encoder ``step.onnx``; for an AmNet ``arbitrator.onnx``,
   ``fast.onnx`` and ``slow.onnx``. Each branch graph includes the CTC output layer:
   ``(x (1, F), state...) -> (y (1, D), logits (1, V), state_out...)``. The arbitrator graph
-  is ``(x (1, F), backlog_ms (1,), prev_gate (1, K)) -> logits (1, K)``; the backlog lives on
-  the host, which runs the same rule as :mod:`lightning_amortized.functional`.
+  is ``(x (1, F), backlog_ms (1,), prev_gate (1, K)[, load (1,)]) -> logits (1, K)`` (``load``:
+  ``log rho`` of the device, load-aware arbitrators only); the backlog lives on the host,
+  which runs the same rule as :mod:`lightning_amortized.functional`.
 * ``weights.safetensors``: every trained tensor the graphs read, under its
   ``ASRModule`` parameter name (``encoder.rnn.rnn.weight_ih_l0``, ``head.weight``, ...).
   The graphs hold no copy: their initializers are ONNX *external data* pointing into this
@@ -74,7 +75,8 @@ class ExportError(ValueError):
 
 def _recurrent_step(enc: nn.Module, x: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, list]:
     """One frame of a :class:`RecurrentEncoder` written as matrix products (``x (1, F)``, states ``(L, 1, H)``)."""
-    from lightning_amortized.nn.amortized import _gru_cell, _lstm_cell
+    from lightning_amortized.nn.amortized.cells import gru_cell as _gru_cell
+    from lightning_amortized.nn.amortized.cells import lstm_cell as _lstm_cell
 
     rnn = enc.torch_rnn
     lstm = enc.rnn_type == "lstm"
@@ -126,14 +128,19 @@ class _BranchStep(nn.Module):
 
 
 class _ArbitratorStep(nn.Module):
-    """``(x, backlog_ms, prev_gate) -> logits``: :meth:`Arbitrator.step` of ``m.encoder.arbitrator``."""
+    """``(x, backlog_ms, prev_gate[, load]) -> logits``: :meth:`Arbitrator.step` of ``m.encoder.arbitrator``.
+
+    ``load`` (``log rho`` of the device, ``(1,)``) is an input of load-aware arbitrators only.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.m = model
 
-    def forward(self, x: torch.Tensor, backlog_ms: torch.Tensor, prev_gate: torch.Tensor) -> torch.Tensor:
-        return self.m.encoder.arbitrator.step(x, backlog_ms, prev_gate)
+    def forward(
+        self, x: torch.Tensor, backlog_ms: torch.Tensor, prev_gate: torch.Tensor, load: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.m.encoder.arbitrator.step(x, backlog_ms, prev_gate, load)
 
 
 # --------------------------------------------------------------------------- model inspection
@@ -141,7 +148,8 @@ class _ArbitratorStep(nn.Module):
 
 def _plan(model: nn.Module) -> dict[str, Any]:
     """What to export for ``model``: kind, branches (name, mode, index, flops, state names), arbitrator."""
-    from lightning_amortized.nn.amortized import AmortizedEncoder, SharedStateAmortizedEncoder, _IndependentCore
+    from lightning_amortized.nn.amortized import AmortizedEncoder, SharedStateAmortizedEncoder
+    from lightning_amortized.nn.amortized.independent import _IndependentCore
     from lightning_amortized.nn.encoders import RecurrentEncoder
 
     if getattr(model, "loss_kind", "ctc") != "ctc":
@@ -342,16 +350,20 @@ def export_onnx(
         if plan["kind"] == "amnet":
             arb = model.encoder.arbitrator
             K = len(plan["branches"])
-            proto = _trace(_ArbitratorStep(model), (x, torch.zeros(1), torch.zeros(1, K)),
-                           ["x", "backlog_ms", "prev_gate"], ["logits"])
+            load_aware = bool(getattr(arb, "load_aware", False))
+            args = (x, torch.zeros(1), torch.zeros(1, K)) + ((torch.zeros(1),) if load_aware else ())
+            names = ["x", "backlog_ms", "prev_gate"] + (["load"] if load_aware else [])
+            proto = _trace(_ArbitratorStep(model), args, names, ["logits"])
             weights.update(_collect(proto, state))
             protos["arbitrator"] = proto
             arbitrator = {
                 "file": "arbitrator.onnx",
-                "inputs": {"x": [1, in_size], "backlog_ms": [1], "prev_gate": [1, K]},
+                "inputs": {"x": [1, in_size], "backlog_ms": [1], "prev_gate": [1, K],
+                           **({"load": [1]} if load_aware else {})},
                 "outputs": {"logits": [1, K]},
                 "flops_per_frame": int(arb.flops_per_frame()),
                 "uses_prev_gate": bool(arb.use_prev_decision),
+                "load_aware": load_aware,
             }
         sha = weights_sha256(weights, weights)
         meta = {"format": WEIGHTS_FORMAT, "format_version": "1", "weights_sha256": sha}

@@ -27,6 +27,9 @@ def tiny(kind: str, rnn_type: str = "lstm", seed: int = 0) -> ASRModule:
     F_ = N_MELS * STACK
     if kind == "single":
         enc = RecurrentEncoder(F_, 16, num_layers=2, rnn_type=rnn_type)
+    elif kind == "loadaware":  # the arbitrator also sees log(rho) of the device
+        enc = SharedStateAmortizedEncoder(RecurrentEncoder(F_, 16, 2, rnn_type=rnn_type), fast="lowrank", rank=4,
+                                          frame_ms=20.0, device_flops_per_s=4e5, load_aware=True)
     elif kind == "independent":
         enc = AmortizedEncoder(RecurrentEncoder(F_, 8, 1), RecurrentEncoder(F_, 16, 2), projection=12,
                                frame_ms=20.0, device_flops_per_s=1e6)
@@ -58,7 +61,7 @@ def eager(model: ASRModule, x: torch.Tensor, force_branch: int | None = None):
 @pytest.mark.parametrize(
     "kind,rnn_type",
     [("single", "lstm"), ("single", "gru"), ("lowrank", "lstm"), ("sparse", "lstm"), ("small", "lstm"),
-     ("lowrank", "gru"), ("independent", "lstm")],
+     ("lowrank", "gru"), ("independent", "lstm"), ("loadaware", "lstm")],
 )
 def test_exported_steps_equal_eager_steps_and_routes(tmp_path: Path, kind: str, rnn_type: str) -> None:
     model = tiny(kind, rnn_type)
@@ -177,3 +180,26 @@ def test_export_command_on_a_lightningcli_checkpoint(tmp_path: Path, capsys: pyt
     assert main(["export", str(plain), "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lightning-amortized export: error: ") and "encoder" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "loadaware"])
+def test_another_device_speed_routes_like_set_device(tmp_path: Path, kind: str) -> None:
+    model = tiny(kind)
+    with torch.no_grad():  # make the backlog, load and previous-gate inputs dominate the frame's
+        model.encoder.arbitrator.hidden.weight[:, N_MELS * STACK :] *= 50.0
+    m = export_onnx(model, tmp_path)
+    assert m["arbitrator"]["load_aware"] == (kind == "loadaware") and ("load" in m["arbitrator"]["inputs"]) == (
+        kind == "loadaware")
+    x = torch.randn(60, N_MELS * STACK, generator=torch.Generator().manual_seed(4))
+    runtime = ExportedModel(tmp_path)
+    routes = {}
+    for dev in (4e5, 2e6):
+        model.encoder.set_device(dev)
+        _, logits_ref, routes_ref = eager(model, x)
+        r = StreamingRecognizer(runtime, device_flops_per_s=dev).run_frames(x.numpy())
+        assert r.decisions == routes_ref and np.abs(r.logits - logits_ref).max() < TOL
+        routes[dev] = routes_ref
+    if kind == "loadaware":
+        assert routes[4e5] != routes[2e6]  # the arbitrator sees the device's load
+    with pytest.raises(ValueError, match="`device_flops_per_s`"):
+        StreamingRecognizer(runtime, device_flops_per_s=0.0)

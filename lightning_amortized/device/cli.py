@@ -39,6 +39,8 @@ def _transcribe(argv: list[str]) -> int:
                    help="feature normalisation: as in training (default) or causal running statistics")
     p.add_argument("--backlog", choices=["simulated", "measured"], default="simulated",
                    help="backlog the arbitrator sees: the manifest's device (default) or measured compute time")
+    p.add_argument("--device-flops", type=float, default=None,
+                   help="simulated device speed in FLOP/s (default: the manifest's device; load-aware arbitrators adapt)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--stats", action="store_true", help="add measured timing columns")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
@@ -47,7 +49,7 @@ def _transcribe(argv: list[str]) -> int:
         return _fail("transcribe", ValueError(f"--chunk-ms must be positive, got {a.chunk_ms}"))
     try:
         model = ExportedModel(a.model, num_threads=a.threads)
-        rec = StreamingRecognizer(model, normalize=a.normalize, backlog=a.backlog)
+        rec = StreamingRecognizer(model, normalize=a.normalize, backlog=a.backlog, device_flops_per_s=a.device_flops)
         wavs = [read_audio(f, model.features.sample_rate) for f in a.files]
     except (ValueError, OSError) as err:
         return _fail("transcribe", err)

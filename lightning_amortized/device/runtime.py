@@ -134,6 +134,7 @@ class ExportedModel:
         self.device_flops_per_s = float(dev["flops_per_s"])
         self.branch_flops = [int(s["flops_per_frame"]) for s in self.branch_specs]
         self.arbitrator_flops = int(arb["flops_per_frame"]) if arb else 0
+        self.load_aware = bool(arb.get("load_aware", False)) if arb else False
         self.vocabulary: list[str] = list(manifest["vocabulary"])
         self.blank = int(manifest.get("blank", 0))
         self.features = LogMel(manifest["features"])
@@ -148,11 +149,24 @@ class ExportedModel:
         """Zero recurrent states ``{name: (L, 1, H) float32}`` for a new utterance."""
         return {n: np.zeros(s["shape"], dtype=np.float32) for n, s in self.manifest["states"].items()}
 
-    def arbitrate(self, x: np.ndarray, backlog_ms: np.float32, prev_gate: np.ndarray) -> np.ndarray:
-        """Arbitrator logits ``(K,)`` of frame ``x`` ``(F,)``, the backlog before it (ms), previous gate ``(K,)``."""
+    def arbitrate(
+        self, x: np.ndarray, backlog_ms: np.float32, prev_gate: np.ndarray, load: np.float32 | None = None
+    ) -> np.ndarray:
+        """Arbitrator logits ``(K,)`` of frame ``x`` ``(F,)``, the backlog before it (ms), previous gate ``(K,)``.
+
+        ``load`` is ``log rho`` of the device (load-aware arbitrators; see :meth:`load_feature`).
+        """
         feed = {"x": x.reshape(1, -1), "backlog_ms": np.asarray([backlog_ms], dtype=np.float32),
                 "prev_gate": prev_gate.reshape(1, -1)}
+        if self.load_aware:
+            feed["load"] = np.asarray([load], dtype=np.float32)
         return self.arbitrator.run(None, {k: v for k, v in feed.items() if k in self._arb_inputs})[0][0]
+
+    def load_feature(self, device_flops_per_s: float) -> np.float32:
+        """``log(rho)``: the slow branch's cost on a device of ``device_flops_per_s`` over ``frame_ms`` (float32,
+        as :meth:`Arbitrator.load_feature` computes it)."""
+        cost = np.float32(max(self.branch_flops)) * np.float32(1000.0 / device_flops_per_s)
+        return np.log(cost / np.float32(self.frame_ms))
 
     def step(self, branch: int, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Run branch ``branch`` on frame ``x`` ``(F,)``: ``(y (D,), logits (V,))``; updates ``states`` in place.
@@ -231,9 +245,12 @@ class StreamingRecognizer:
         backlog: ``"simulated"`` (the device of the manifest, routes identical to
             PyTorch) or ``"measured"`` (compute time measured here).
         force_branch: Route every frame to this branch (no arbitrator): single-branch baselines.
+        device_flops_per_s: Speed of the simulated device in FLOP/s (default: the manifest's, the
+            device the arbitrator was trained for). It sets the simulated costs and, for a
+            load-aware arbitrator, its load input ``log rho``; like ``AmortizedEncoder.set_device``.
 
     Raises:
-        ValueError: for an unknown mode or branch.
+        ValueError: for an unknown mode or branch, or a non-positive device speed.
     """
 
     def __init__(
@@ -242,6 +259,7 @@ class StreamingRecognizer:
         normalize: str = "utterance",
         backlog: str = "simulated",
         force_branch: int | None = None,
+        device_flops_per_s: float | None = None,
     ) -> None:
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"Expected argument `normalize` to be one of {NORMALIZE_MODES}, but got {normalize!r}.")
@@ -251,8 +269,13 @@ class StreamingRecognizer:
             raise ValueError(
                 f"Expected argument `force_branch` to be None or in [0, {model.num_branches}), but got {force_branch}."
             )
+        dev = model.device_flops_per_s if device_flops_per_s is None else float(device_flops_per_s)
+        if not dev > 0:
+            raise ValueError(f"Expected argument `device_flops_per_s` to be positive, but got {device_flops_per_s}.")
         self.model, self.normalize, self.backlog_mode, self.force_branch = model, normalize, backlog, force_branch
-        self._ms_per_flop = np.float32(1000.0 / model.device_flops_per_s)
+        self.device_flops_per_s = dev
+        self._ms_per_flop = np.float32(1000.0 / dev)
+        self._load = model.load_feature(dev) if model.load_aware else None
         self.reset()
 
     def reset(self) -> None:
@@ -283,7 +306,7 @@ class StreamingRecognizer:
         elif m.arbitrator is None:
             choice, flops = 0, m.branch_flops[0]
         else:
-            logits = m.arbitrate(x, self._backlog, self._prev)
+            logits = m.arbitrate(x, self._backlog, self._prev, self._load)
             choice = int(np.argmax(logits))
             flops = m.arbitrator_flops + m.branch_flops[choice]
         t_arb = time.perf_counter()
