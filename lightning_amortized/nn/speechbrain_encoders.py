@@ -69,11 +69,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = [
-    "SpeechBrainEncoder",
     "ChunkStreamingEncoder",
-    "measured_flops",
-    "frames_to_chunks",
+    "SpeechBrainEncoder",
     "chunks_to_frames",
+    "frames_to_chunks",
+    "measured_flops",
 ]
 
 _LENGTH_ARGS = ("lengths", "lens", "wav_lens", "length")
@@ -286,7 +286,8 @@ class _WrappedSpeechBrain(nn.Module):
         was = self.training
         self.eval()
         try:
-            y = self._encode(torch.zeros(1, frames, self.input_size), torch.tensor([frames]))
+            dev = _device_of(self)
+            y = self._encode(torch.zeros(1, frames, self.input_size, device=dev), torch.tensor([frames], device=dev))
         except Exception as err:  # a user-facing explanation of a mismatched wrapper
             raise ValueError(
                 f"A dummy forward of {type(self.module).__name__} on (1, {frames}, {self.input_size}) failed "
@@ -424,7 +425,9 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
     The state is a dict of tensors with the batch first, so a gated AmNet can blend
     it: ``{"window": (B, W, F)}``, or for a Conformer ``{"mha": [(B, W, d)] * layers,
     "conv": [(B, P, d)] * layers, "valid": (B, W)}`` with ``W = left_context_chunks * C``
-    frames and ``P`` the convolution's left padding.
+    frames and ``P`` the convolution's left padding. With soft gates in training the
+    validity mask is blended like the rest; a cached frame counts as seen where it is
+    at least 0.5.
 
     Args:
         module: The SpeechBrain module (see :class:`SpeechBrainEncoder`).
@@ -507,19 +510,18 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         self._flops: int | None = None
 
     def _check_conformer(self) -> None:
-        from speechbrain.nnet.attention import RelPosMHAXL
-
+        attention = getattr(self.module, "attention_type", None)
+        if attention != "RelPosMHAXL":
+            raise ValueError(
+                f"This ConformerEncoder uses attention_type={attention!r}; chunked streaming here supports "
+                "'RelPosMHAXL' only (SpeechBrain's streaming Conformer)."
+            )
         for i, layer in enumerate(self.module.layers):
             conv = layer.convolution_module
             if conv.causal or conv.dilation != 1:
                 raise ValueError(
                     f"ConformerEncoder layer {i} has a causal or dilated convolution; chunked streaming "
                     "(Dynamic Chunk Convolution) needs `causal=False` and dilation 1, as in SpeechBrain."
-                )
-            if not isinstance(layer.mha_layer, RelPosMHAXL):
-                raise ValueError(
-                    f"ConformerEncoder layer {i} uses {type(layer.mha_layer).__name__}; chunked streaming here "
-                    "supports `attention_type='RelPosMHAXL'` only (SpeechBrain's streaming Conformer)."
                 )
 
     @property
@@ -548,9 +550,8 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
             from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask
 
             cfg = self.dynchunktrain_config
-            h = frames if self.input_module is None else self.input_module(frames)
-            src_mask = make_transformer_src_mask(h, dynchunktrain_config=cfg)
-            y = self._encode_module(h, lengths * C, src_mask, cfg)
+            src_mask = make_transformer_src_mask(frames, dynchunktrain_config=cfg)  # (N*C, N*C) from shapes only
+            y = self._encode(frames, lengths * C, src_mask, cfg)
         else:  # every window of W + C frames ending at a chunk boundary, encoded as one batch
             padded = F.pad(frames, (0, 0, W, 0))
             windows = padded.unfold(1, W + C, C).permute(0, 1, 3, 2).reshape(B * N, W + C, self.feature_size)
@@ -558,11 +559,6 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
             y = self._encode(windows, full)[:, -self.frames_per_chunk :]
         y = self._project(y).reshape(B, N, self.output_size)
         return y * lengths_to_mask(lengths, N, device=y.device)[..., None].to(y.dtype), lengths
-
-    def _encode_module(self, h: torch.Tensor, lengths: torch.Tensor, src_mask: torch.Tensor, cfg: Any) -> torch.Tensor:
-        pad = ~lengths_to_mask(lengths, h.shape[1], device=h.device)
-        y, _ = self.module(h, src_mask=src_mask, src_key_padding_mask=pad, pos_embs=self.pos(h), dynchunktrain_config=cfg)
-        return y
 
     # -- streaming --------------------------------------------------------------------------------
 

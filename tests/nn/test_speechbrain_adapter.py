@@ -157,6 +157,9 @@ def test_adapter_errors_name_the_problem():
     causal = ConformerEncoder(num_layers=1, d_model=16, d_ffn=32, nhead=2, kernel_size=3, causal=True)
     with pytest.raises(ValueError, match="causal or dilated"):
         ChunkStreamingEncoder(causal, input_size=16, chunk_size=4)
+    regular = ConformerEncoder(num_layers=1, d_model=16, d_ffn=32, nhead=2, kernel_size=3, attention_type="regularMHA")
+    with pytest.raises(ValueError, match="attention_type='regularMHA'"):
+        ChunkStreamingEncoder(regular, input_size=16, chunk_size=4)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         SpeechBrainEncoder("crdnn", input_size=F_IN)  # type: ignore[arg-type]
 
@@ -219,15 +222,17 @@ def test_docstring_examples_run():
     assert result.attempted >= 8 and result.failed == 0
 
 
-def test_docs_example_runs(capsys):
+def test_docs_example_runs(capsys, tmp_path):
     """The example of docs/amortized.md ("Wrapping your SpeechBrain encoders") runs as printed."""
+    import runpy
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "amortized.md").read_text()
     section = text.split("## Wrapping your SpeechBrain encoders", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
     torch.manual_seed(0)
-    exec(compile(code, "docs/amortized.md", "exec"), {})
+    runpy.run_path(str(script))
     printed = capsys.readouterr().out.splitlines()
-    fast, slow = eval(printed[0])
+    fast, slow = (int(v) for v in printed[0].strip("[]").split(","))
     assert fast < slow and "RTF" in printed[1]
