@@ -15,9 +15,11 @@ SpeechBrain's *relative* lengths) wraps the instance it has, weights and all:
   one chunk** of ``chunk_size`` feature frames, so an AmNet routes chunk by chunk.
   A ``ConformerEncoder`` streams the SpeechBrain way (Dynamic Chunk Training: chunked
   attention with ``left_context_chunks`` chunks of cached left context, Dynamic Chunk
-  Convolution); any other module streams by *windowed recomputation* (each chunk is
-  encoded together with the ``left_context_chunks`` chunks of input before it). In both
-  cases ``forward`` computes exactly what ``step`` computes chunk after chunk.
+  Convolution); a ``CRDNN`` with a unidirectional RNN carries its RNN state and gives
+  its CNN its receptive field of left context; any other module streams by *windowed
+  recomputation* (each chunk is encoded together with the ``left_context_chunks``
+  chunks of input before it). In every case ``forward`` computes exactly what ``step``
+  computes chunk after chunk, so what is trained is what streams.
 
 **FLOPs.** These modules have no analytic count in
 :mod:`lightning_amortized.functional.flops`, so ``flops_per_frame()`` is *measured*
@@ -41,8 +43,10 @@ mask, and the convolution's left context after its pointwise bottleneck (zeros s
 for "no context", exactly the zero padding SpeechBrain uses). Only ``RelPosMHAXL``
 attention (SpeechBrain's default and what its streaming recipes use) is supported;
 ``CRDNN``, ``TransformerEncoder`` and recurrent stacks have no streaming in
-SpeechBrain 1.1.2, hence the windowed recomputation (exact for the window, but a
-recurrent layer inside forgets everything older than the window).
+SpeechBrain 1.1.2: a ``CRDNN`` whose RNN is unidirectional is streamed here part by
+part (CNN windows, carried RNN state, per-frame DNN); the others by windowed
+recomputation (exact for the window, but a recurrent layer inside forgets everything
+older than the window, and a bidirectional one sees no further than the chunk end).
 
 Example:
     >>> from speechbrain.lobes.models.CRDNN import CRDNN
@@ -417,17 +421,24 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
     ``ConformerEncoder.forward`` with the chunk attention mask
     (``make_transformer_src_mask``) and Dynamic Chunk Convolution; ``step`` is the
     layer computation of ``ConformerEncoder.forward_streaming`` on tensor state.
-    *Any other module*: ``step`` encodes the window of the last ``left_context_chunks``
-    chunks of input plus the new chunk and keeps the new chunk's outputs; ``forward``
-    encodes every such window of the utterance at once (zeros before the first chunk,
-    in both). The cost is the whole window's, per chunk.
+    *CRDNN with a unidirectional RNN* (``mode == "recurrent"``): the CNN blocks see the
+    chunk plus their receptive field of left context (``R`` cached input frames; the
+    chunk's right edge is padded, as Dynamic Chunk Convolution does), the RNN carries
+    its state from chunk to chunk (its memory is the whole past), the DNN is per frame.
+    ``forward`` runs the CNN on every chunk's window and the RNN over the whole
+    sequence, which is the same computation. ``left_context_chunks`` is not used.
+    *Any other module* (``mode == "window"``, or ``windowed=True``): ``step`` encodes the
+    window of the last ``left_context_chunks`` chunks of input plus the new chunk and
+    keeps the new chunk's outputs; ``forward`` encodes every such window of the
+    utterance at once (zeros before the first chunk, in both). The cost is the whole
+    window's, per chunk, and a recurrent layer inside forgets what is older than it.
 
-    The state is a dict of tensors with the batch first, so a gated AmNet can blend
-    it: ``{"window": (B, W, F)}``, or for a Conformer ``{"mha": [(B, W, d)] * layers,
-    "conv": [(B, P, d)] * layers, "valid": (B, W)}`` with ``W = left_context_chunks * C``
-    frames and ``P`` the convolution's left padding. With soft gates in training the
-    validity mask is blended like the rest; a cached frame counts as seen where it is
-    at least 0.5.
+    The state is a dict of tensors, so a gated AmNet can blend it:
+    ``{"window": (B, W, F)}``; for a CRDNN ``{"cnn": (B, R, F), "rnn": the RNN's hidden
+    state}``; for a Conformer ``{"mha": [(B, W, d)] * layers, "conv": [(B, P, d)] * layers,
+    "valid": (B, W)}`` with ``W = left_context_chunks * C`` frames and ``P`` the
+    convolution's left padding. With soft gates in training the validity mask is
+    blended like the rest; a cached frame counts as seen where it is at least 0.5.
 
     Args:
         module: The SpeechBrain module (see :class:`SpeechBrainEncoder`).
@@ -440,13 +451,15 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         input_module: Optional per-frame module run first (e.g. ``nn.Linear(F, d_model)``).
         output_size: Optional output size per output frame (a ``Linear``).
         takes_lengths: As in :class:`SpeechBrainEncoder` (windows are always full).
+        windowed: Use windowed recomputation even where the module streams another way.
 
     Attributes:
         input_size: ``C * F``.
         output_size: ``C' * D``.
         frame_output_size: ``D``, per output frame.
         frames_per_chunk: ``C'``, output frames per chunk.
-        native_streaming: ``True`` for the ``ConformerEncoder`` path.
+        mode: ``"dynamic_chunk"`` (``ConformerEncoder``), ``"recurrent"`` (``CRDNN`` with a
+            unidirectional RNN) or ``"window"``.
 
     Raises:
         ValueError: for a bad ``chunk_size`` or ``left_context_chunks``, a chunk size
@@ -478,6 +491,7 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         input_module: nn.Module | None = None,
         output_size: int | None = None,
         takes_lengths: bool | None = None,
+        windowed: bool = False,
     ) -> None:
         if int(chunk_size) <= 0:
             raise ValueError(f"Expected argument `chunk_size` to be a positive integer, but got {chunk_size}.")
@@ -496,14 +510,18 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
                 f"Expected argument `chunk_size` to be a multiple of the module's time downsampling {d}, "
                 f"but got {chunk_size}."
             )
-        self.native_streaming = _is_conformer(module)
-        if self.native_streaming:
+        self.mode = "window"
+        if _is_conformer(module) and not windowed:
+            self.mode = "dynamic_chunk"
             if d != 1:
                 raise ValueError(
                     f"A chunk-streamed ConformerEncoder needs a per-frame `input_module`, but this one changes the "
                     f"frame rate by {d}; downsample the features before chunking them."
                 )
             self._check_conformer()
+        elif _streams_recurrently(module) and not windowed:
+            self.mode = "recurrent"
+        self.cnn_context = _cnn_left_context(module) if self.mode == "recurrent" else 0
         self.frames_per_chunk = self.chunk_size // d
         self.input_size = self.chunk_size * self.feature_size
         self.output_size = self.frames_per_chunk * self.frame_output_size
@@ -523,6 +541,11 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
                     f"ConformerEncoder layer {i} has a causal or dilated convolution; chunked streaming "
                     "(Dynamic Chunk Convolution) needs `causal=False` and dilation 1, as in SpeechBrain."
                 )
+
+    @property
+    def native_streaming(self) -> bool:
+        """Whether the module streams with its own state (Conformer or CRDNN), not by windowed recomputation."""
+        return self.mode != "window"
 
     @property
     def left_frames(self) -> int:
@@ -546,19 +569,41 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         B, N, _ = x.shape
         C, W = self.chunk_size, self.left_frames
         frames = x.reshape(B, N * C, self.feature_size)
-        if self.native_streaming:
+        if self.mode == "dynamic_chunk":
             from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask
 
             cfg = self.dynchunktrain_config
             src_mask = make_transformer_src_mask(frames, dynchunktrain_config=cfg)  # (N*C, N*C) from shapes only
             y = self._encode(frames, lengths * C, src_mask, cfg)
+        elif self.mode == "recurrent":  # the CNN on every chunk's window, the RNN over the whole sequence
+            R = self.cnn_context
+            h = self._cnn(_windows(frames, R, C), R)
+            h, _ = self.module.RNN(self._after_cnn(h.reshape(B, N * C, *h.shape[2:])))
+            y = self._after_rnn(h)
         else:  # every window of W + C frames ending at a chunk boundary, encoded as one batch
-            padded = F.pad(frames, (0, 0, W, 0))
-            windows = padded.unfold(1, W + C, C).permute(0, 1, 3, 2).reshape(B * N, W + C, self.feature_size)
+            windows = _windows(frames, W, C)
             full = torch.full((B * N,), W + C, dtype=torch.long, device=x.device)
             y = self._encode(windows, full)[:, -self.frames_per_chunk :]
         y = self._project(y).reshape(B, N, self.output_size)
         return y * lengths_to_mask(lengths, N, device=y.device)[..., None].to(y.dtype), lengths
+
+    def _cnn(self, windows: torch.Tensor, context: int) -> torch.Tensor:
+        """CRDNN's input module and CNN on windows ``(M, R + C, F)`` -> the chunk frames' outputs ``(M, C, ...)``."""
+        h = windows if self.input_module is None else self.input_module(windows)
+        if "CNN" in self.module._modules:
+            h = self.module.CNN(h)
+        return h[:, context:]
+
+    def _after_cnn(self, h: torch.Tensor) -> torch.Tensor:
+        for name in ("time_pooling", "projection"):
+            if name in self.module._modules:
+                h = self.module._modules[name](h)
+        return h
+
+    def _after_rnn(self, h: torch.Tensor) -> torch.Tensor:
+        if "DNN" in self.module._modules:
+            h = self.module.DNN(h)
+        return h
 
     # -- streaming --------------------------------------------------------------------------------
 
@@ -566,8 +611,14 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         """Empty left context for ``batch_size`` streams (a dict of zero tensors, batch first)."""
         p = next(self.parameters())
         W = self.left_frames
-        if not self.native_streaming:
+        if self.mode == "window":
             return {"window": p.new_zeros(batch_size, W, self.feature_size)}
+        if self.mode == "recurrent":  # the RNN's own zero state, shaped by one frame through it
+            with torch.no_grad():
+                probe = self._after_cnn(self._cnn(p.new_zeros(batch_size, self.chunk_size, self.feature_size), 0))
+                _, hidden = self.module.RNN(probe[:, :1])
+            zero = _tree_zeros(hidden)
+            return {"cnn": p.new_zeros(batch_size, self.cnn_context, self.feature_size), "rnn": zero}
         d = self.pos.emb_dim
         return {
             "mha": [p.new_zeros(batch_size, W, d) for _ in self.module.layers],
@@ -579,7 +630,12 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         """Advance one chunk: ``x_t`` ``(B, C * F)`` -> ``y_t`` ``(B, C' * D)`` and the new state."""
         B = x_t.shape[0]
         chunk = x_t.reshape(B, self.chunk_size, self.feature_size)
-        if not self.native_streaming:
+        if self.mode == "recurrent":
+            window = torch.cat([state["cnn"], chunk], 1)
+            h, hidden = self.module.RNN(self._after_cnn(self._cnn(window, self.cnn_context)), hx=state["rnn"])
+            y = self._after_rnn(h)
+            new_state = {"cnn": window[:, window.shape[1] - self.cnn_context :], "rnn": hidden}
+        elif self.mode == "window":
             window = torch.cat([state["window"], chunk], 1)
             full = torch.full((B,), window.shape[1], dtype=torch.long, device=x_t.device)
             y = self._encode(window, full)[:, -self.frames_per_chunk :]
@@ -617,10 +673,67 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
             was = self.training
             self.eval()
             try:
-                self._flops = measured_flops(lambda: self.step(x, self.init_state(1)), self)
+                state = self.init_state(1)
+                self._flops = measured_flops(lambda: self.step(x, state), self)
             finally:
                 self.train(was)
         return self._flops
+
+
+def _windows(frames: torch.Tensor, context: int, chunk_size: int) -> torch.Tensor:
+    """``(B, N * C, F)`` -> ``(B * N, context + C, F)``: each chunk with the ``context`` frames before it (zeros first)."""
+    Fdim = frames.shape[-1]
+    padded = F.pad(frames, (0, 0, context, 0))
+    return padded.unfold(1, context + chunk_size, chunk_size).permute(0, 1, 3, 2).reshape(-1, context + chunk_size, Fdim)
+
+
+def _tree_zeros(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return torch.zeros_like(tree)
+    return type(tree)(_tree_zeros(t) for t in tree)
+
+
+_CRDNN_PARTS = ("CNN", "time_pooling", "projection", "RNN", "DNN")
+
+
+def _streams_recurrently(module: nn.Module) -> bool:
+    """A ``CRDNN`` whose one RNN is unidirectional (not ``use_rnnp``) and whose CNN keeps the frame rate."""
+    from speechbrain.lobes.models.CRDNN import CRDNN
+    from speechbrain.nnet.containers import Sequential
+
+    if not isinstance(module, CRDNN):
+        return False
+    names = list(module._modules)
+    if "RNN" not in names or names != [n for n in _CRDNN_PARTS if n in names]:
+        return False
+    rnn = module.RNN
+    if isinstance(rnn, Sequential):  # use_rnnp: RNN layers interleaved with linear layers
+        return False
+    bidirectional = getattr(rnn, "bidirectional", None)
+    if bidirectional is None:
+        bidirectional = getattr(getattr(rnn, "rnn", None), "bidirectional", True)
+    if bidirectional:
+        return False
+    cnn = module._modules.get("CNN")
+    pools_time = any(
+        isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and _pair(m.kernel_size)[0] > 1 for m in (cnn.modules() if cnn else ())
+    )
+    return not pools_time
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _cnn_left_context(module: nn.Module) -> int:
+    """Left receptive field in frames of a CRDNN's CNN: ``sum ceil((k_t - 1) * dilation_t / 2)`` over its convolutions."""
+    cnn = module._modules.get("CNN")
+    total = 0
+    for m in cnn.modules() if cnn is not None else ():
+        if isinstance(m, nn.Conv2d):
+            span = (m.kernel_size[0] - 1) * m.dilation[0]
+            total += (span + 1) // 2
+    return total
 
 
 def _conformer_layer_step(

@@ -123,8 +123,8 @@ def test_conformer_chunk_step_equals_speechbrain_streaming_and_chunk_masked_forw
 def test_windowed_crdnn_chunks_equal_the_module_on_each_window():
     torch.manual_seed(0)
     crdnn = tiny_crdnn(time_pooling=True).eval()
-    enc = ChunkStreamingEncoder(crdnn, input_size=F_IN, chunk_size=4, left_context_chunks=1, output_size=6).eval()
-    assert not enc.native_streaming and (enc.frames_per_chunk, enc.input_size, enc.output_size) == (2, 48, 12)
+    enc = ChunkStreamingEncoder(crdnn, F_IN, chunk_size=4, left_context_chunks=1, output_size=6, windowed=True).eval()
+    assert enc.mode == "window" and (enc.frames_per_chunk, enc.input_size, enc.output_size) == (2, 48, 12)
     x = torch.randn(2, 11, F_IN)
     lengths = torch.tensor([11, 6])
     chunks, n = frames_to_chunks(x, lengths, 4)
@@ -144,6 +144,31 @@ def test_windowed_crdnn_chunks_equal_the_module_on_each_window():
     assert f.shape == (2, 6, 6) and fl.tolist() == [6, 3]
     # FLOPs per chunk: the whole 8-frame window is encoded for every chunk
     assert enc.flops_per_frame() > SpeechBrainEncoder(crdnn, F_IN, output_size=6, probe_frames=8).flops_per_frame() * 2
+
+
+def test_crdnn_streams_with_its_rnn_state_and_a_cnn_receptive_field_of_context():
+    torch.manual_seed(0)
+    crdnn = tiny_crdnn(time_pooling=True).eval()
+    enc = ChunkStreamingEncoder(crdnn, input_size=F_IN, chunk_size=4).eval()
+    assert enc.mode == "recurrent" and enc.cnn_context == 2  # two 3-frame convolutions: 1 + 1 frames
+    x = torch.randn(2, 24, F_IN)
+    chunks, n = frames_to_chunks(x, torch.tensor([24, 13]), 4)
+    y, _ = enc(chunks, n)
+    state, steps = enc.init_state(2), []
+    for i in range(6):
+        y_t, state = enc.step(chunks[:, i], state)
+        steps.append(y_t)
+    steps = torch.stack(steps, 1) * (torch.arange(6)[None, :, None] < n[:, None, None])
+    torch.testing.assert_close(steps, y, atol=1e-5, rtol=0)
+    assert [t.shape for t in [state["cnn"], state["rnn"]]] == [torch.Size([2, 2, F_IN]), torch.Size([1, 2, 8])]
+    # the RNN remembers the first chunk five chunks later; a 1-chunk window forgets it
+    changed = chunks.clone()
+    changed[:, 0] += 1.0
+    windowed = ChunkStreamingEncoder(crdnn, input_size=F_IN, chunk_size=4, windowed=True).eval()
+    assert not torch.allclose(enc(changed, n)[0][0, 5], y[0, 5])
+    torch.testing.assert_close(windowed(changed, n)[0][0, 5], windowed(chunks, n)[0][0, 5])
+    # and costs one chunk plus 2 frames of CNN context, where the window costs two chunks
+    assert enc.flops_per_frame() < windowed.flops_per_frame()
 
 
 def test_adapter_errors_name_the_problem():
