@@ -285,7 +285,7 @@ class _WrappedSpeechBrain(nn.Module):
         return y
 
     @torch.no_grad()
-    def _probe(self, frames: int = 48) -> tuple[int, int]:
+    def _probe(self, frames: int = 120) -> tuple[int, int]:
         """Output size and time downsampling from a dummy forward (module put in eval mode for it)."""
         was = self.training
         self.eval()
