@@ -95,12 +95,15 @@ def exported(tmp_path: Path) -> tuple[ASRModule, Path]:
     return model, tmp_path / "exp"
 
 
-def test_format_constants_match_the_pytorch_side() -> None:
-    assert device_diffs.FORMAT_NAME == io.FORMAT_NAME
-    assert device_diffs.SUPPORTED_VERSIONS == io.SUPPORTED_VERSIONS
-    assert device_diffs.GAP_ESCAPE == io.GAP_ESCAPE
-    assert device_diffs.INDEX_ENCODINGS == io.INDEX_ENCODINGS
-    assert {k: np.dtype(v).name for k, v in device_diffs.VALUE_DTYPES.items()} == {
+def test_one_reader_of_the_format_for_both_sides() -> None:
+    """The device runtime and the PyTorch side read files through lightning_amortized.diff_format:
+    the same constants, the same error classes, the same value dtypes."""
+    from lightning_amortized import diff_format
+
+    for name in ("DiffError", "DiffFormatError", "DiffIntegrityError", "BaseMismatchError"):
+        assert getattr(device_diffs, name) is getattr(io, name) is getattr(diff_format, name)
+    assert io.FORMAT_NAME == diff_format.FORMAT_NAME and io.GAP_ESCAPE == diff_format.GAP_ESCAPE
+    assert {k: np.dtype(v).name for k, v in device_diffs.VALUE_DTYPES.items()} == diff_format.VALUE_DTYPE_NAMES == {
         k: str(v).removeprefix("torch.") for k, v in io.VALUE_DTYPES.items()
     }
 

@@ -1,10 +1,10 @@
 """Apply neural diff files to an exported model with numpy and safetensors only.
 
-Reads the file format of :mod:`lightning_amortized.diffs.io` (its docstring is the
-specification: ``gap-u8`` or ``int32`` sparse indices, fp32/fp16/int8 values with a scale,
-hashed diffs, ``base_sha256``/``result_sha256`` over the targets, ``payload_sha256`` over
-everything). The constants below duplicate that module's (it imports PyTorch); a test
-checks that they are equal.
+Reads the file format specified in :mod:`lightning_amortized.diffs.format` (``gap-u8`` or
+``int32`` sparse indices, fp32/fp16/int8 values with a scale, hashed diffs,
+``base_sha256``/``result_sha256`` over the targets, ``payload_sha256`` over everything)
+through :mod:`lightning_amortized.diff_format`, the framework-free reader the PyTorch side
+uses too: the same checks, the same hashes, the same error classes.
 
 :func:`apply_chain` (and :func:`apply_diff` for one file), before writing anything:
 verifies each file (format, version, payload hash, tensor consistency), checks that its
@@ -22,10 +22,7 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,15 @@ from typing import Any
 import numpy as np
 
 from lightning_amortized.atomic import write_atomic
+from lightning_amortized.diff_format import (
+    BaseMismatchError,
+    DiffError,
+    DiffFormatError,
+    DiffIntegrityError,
+    check_arrays,
+    decode_gaps,
+    read_verified,
+)
 from lightning_amortized.device.hashing import hash_indices
 from lightning_amortized.device.weights import read_weights, weights_sha256, write_weights
 
@@ -49,30 +55,8 @@ __all__ = [
     "read_diff",
 ]
 
-# the format constants of lightning_amortized.diffs.io (tests/test_device_diffs.py checks them)
-FORMAT_NAME = "lightning_amortized.diff"
-SUPPORTED_VERSIONS = (1, 2)
-GAP_ESCAPE = 255
-INDEX_ENCODINGS = ("gap-u8", "int32")
 VALUE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
-_VERSION_OF_ENCODING = {"int32": 1, "gap-u8": 2}
 UPDATES_FILE = "updates.json"
-
-
-class DiffError(ValueError):
-    """A diff operation was refused; the exported weights were not modified."""
-
-
-class DiffFormatError(DiffError):
-    """The file is not a readable diff (truncated, corrupted, unknown format version)."""
-
-
-class DiffIntegrityError(DiffError):
-    """The file reads but its payload hash does not match (edited or damaged)."""
-
-
-class BaseMismatchError(DiffError):
-    """The exported weights are not the base the diff applies to (hash, names, shapes or dtypes)."""
 
 
 @dataclass(frozen=True)
@@ -111,58 +95,6 @@ class DeviceDiffInfo:
         return [t["name"] for t in self.targets]
 
 
-def _payload_sha256(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> str:
-    h = hashlib.sha256(b"lightning_amortized.payload.v1\0")
-    meta = {k: v for k, v in metadata.items() if k != "payload_sha256"}
-    blob = json.dumps(meta, sort_keys=True).encode("utf-8")
-    h.update(struct.pack("<Q", len(blob)) + blob)
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        head = json.dumps([name, a.dtype.name, list(a.shape)]).encode("utf-8")
-        h.update(struct.pack("<Q", len(head)) + head)
-        data = a.reshape(-1).view(np.uint8)
-        h.update(struct.pack("<Q", data.nbytes))
-        h.update(data.tobytes())
-    return h.hexdigest()
-
-
-def _large_dtype(numel: int) -> type:
-    return np.int32 if numel < 2**31 else np.int64
-
-
-def decode_gaps(gaps: np.ndarray, large_gaps: np.ndarray, numel: int) -> np.ndarray:
-    """Flat int64 indices from a ``gap-u8`` stream (``i_k = k + s_0 + ... + s_k``), checked against ``numel``.
-
-    Raises:
-        DiffFormatError: escape count differs from ``large_gaps``, a large gap outside
-            ``[255, numel)``, or an index ``>= numel``.
-    """
-    if gaps.dtype != np.uint8 or gaps.ndim != 1 or large_gaps.ndim != 1 or large_gaps.dtype.kind not in "iu":
-        raise DiffFormatError(
-            f"Expected uint8 gaps (n,) and integer large gaps (e,), but got {gaps.dtype} {gaps.shape} "
-            f"and {large_gaps.dtype} {large_gaps.shape}."
-        )
-    escape = gaps == GAP_ESCAPE
-    if int(escape.sum()) != large_gaps.size:
-        raise DiffFormatError(
-            f"Gap stream has {int(escape.sum())} escape byte(s) (255) but {large_gaps.size} large gap(s); "
-            "the index data is corrupt."
-        )
-    large = large_gaps.astype(np.int64)
-    if large.size and (int(large.min()) < GAP_ESCAPE or int(large.max()) >= numel):
-        raise DiffFormatError(f"Large gaps must lie in [{GAP_ESCAPE}, {numel}); the index data is corrupt.")
-    n = gaps.size
-    approx_last = n - 1 + float(gaps[~escape].astype(np.float64).sum()) + float(large.astype(np.float64).sum())
-    if n and approx_last >= numel + 1024:
-        raise DiffFormatError(f"Gap stream decodes to indices beyond the tensor ({numel} entries); corrupt.")
-    skips = gaps.astype(np.int64)
-    skips[escape] = large
-    idx = np.cumsum(skips) + np.arange(n, dtype=np.int64)
-    if n and int(idx[-1]) >= numel:
-        raise DiffFormatError(f"Gap stream decodes to index {int(idx[-1])}, outside [0, {numel}); corrupt.")
-    return idx
-
-
 def read_diff(path: str | Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
     """Read and fully verify a diff file: its :class:`DeviceDiffInfo` and stored arrays.
 
@@ -170,40 +102,10 @@ def read_diff(path: str | Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
         DiffFormatError: missing, truncated, not a diff, unknown version, inconsistent tensors.
         DiffIntegrityError: payload hash mismatch (the file was edited or damaged).
     """
-    import safetensors.numpy
-
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as err:
-        raise DiffFormatError(f"Cannot read diff file {str(p)!r}: {err}.") from err
-    try:
-        tensors = safetensors.numpy.load(data)
-        (hlen,) = struct.unpack("<Q", data[:8])
-        meta = json.loads(data[8 : 8 + hlen]).get("__metadata__") or {}
-    except Exception as err:  # safetensors raises its own error types
-        raise DiffFormatError(
-            f"{str(p)!r} is not a readable safetensors file ({len(data)} bytes; truncated or corrupted?): {err}"
-        ) from err
-    if meta.get("format") != FORMAT_NAME:
-        raise DiffFormatError(
-            f"{str(p)!r} is a safetensors file but not a {FORMAT_NAME} file (format={meta.get('format')!r})."
-        )
-    try:
-        version = int(meta["format_version"])
-    except (KeyError, ValueError) as err:
-        raise DiffFormatError(f"{str(p)!r} has no valid format_version ({meta.get('format_version')!r}).") from err
-    if version not in SUPPORTED_VERSIONS:
-        raise DiffFormatError(
-            f"{str(p)!r} has format version {version}; this device runtime reads version(s) "
-            f"{list(SUPPORTED_VERSIONS)}. Update the runtime to apply it."
-        )
-    expected, found = meta.get("payload_sha256"), _payload_sha256(tensors, meta)
-    if expected != found:
-        raise DiffIntegrityError(
-            f"{str(p)!r} failed its integrity check: payload sha256 expected {expected}, found {found}. "
-            "The file was edited or damaged; fetch it again."
-        )
+    meta, tensors, file_bytes = read_verified(p, reader="device runtime")
+    expected = meta["payload_sha256"]
+    version = int(meta["format_version"])
     try:
         targets = tuple(
             {"name": t["name"], "shape": tuple(int(s) for s in t["shape"]), "dtype": t["dtype"],
@@ -216,47 +118,13 @@ def read_diff(path: str | Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
             value_dtype=meta["value_dtype"],
             index_encoding=meta.get("index_encoding", "int32") if method == "sparse" else "hash",
             targets=targets, base_sha256=meta["base_sha256"], result_sha256=meta["result_sha256"],
-            payload_sha256=expected, file_bytes=len(data), extra=json.loads(meta.get("extra", "{}")),
+            payload_sha256=expected, file_bytes=file_bytes, extra=json.loads(meta.get("extra", "{}")),
         )
     except (KeyError, ValueError, TypeError) as err:
         raise DiffFormatError(f"{str(p)!r} has malformed metadata: {err!r}.") from err
-    _check_tensors(info, tensors)
+    check_arrays(info.path, info.method, info.value_dtype, info.index_encoding, info.format_version,
+                 info.targets, tensors)
     return info, tensors
-
-
-def _check_tensors(info: DeviceDiffInfo, tensors: Mapping[str, np.ndarray]) -> None:
-    if info.method not in ("sparse", "hashed") or info.value_dtype not in VALUE_DTYPES:
-        raise DiffFormatError(f"{info.path!r}: unknown method {info.method!r} or value dtype {info.value_dtype!r}.")
-    if info.method == "sparse" and (
-        info.index_encoding not in INDEX_ENCODINGS or _VERSION_OF_ENCODING[info.index_encoding] > info.format_version
-    ):
-        raise DiffFormatError(f"{info.path!r}: index encoding {info.index_encoding!r} is unknown or not allowed.")
-    for t in info.targets:
-        name, stored, numel = t["name"], t["stored"], t["numel"]
-        key = f"{name}::values" if info.method == "sparse" else f"{name}::buckets"
-        values = tensors.get(key)
-        if values is None or values.shape != (stored,) or values.dtype != VALUE_DTYPES[info.value_dtype]:
-            raise DiffFormatError(f"{info.path!r}: tensor {key!r} missing or not ({stored},) {info.value_dtype}.")
-        if info.value_dtype == "int8" and f"{name}::scale" not in tensors:
-            raise DiffFormatError(f"{info.path!r}: int8 target {name!r} has no scale tensor.")
-        if info.method != "sparse":
-            continue
-        if math.prod(t["shape"]) != numel:
-            raise DiffFormatError(f"{info.path!r}: target {name!r} shape and numel disagree.")
-        if info.index_encoding == "int32":
-            idx = tensors.get(f"{name}::indices")
-            if idx is None or idx.shape != (stored,) or idx.dtype.kind not in "iu":
-                raise DiffFormatError(f"{info.path!r}: indices of {name!r} missing or of the wrong length.")
-            if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= numel):
-                raise DiffFormatError(f"{info.path!r}: indices of {name!r} fall outside [0, {numel}).")
-            continue
-        gaps, large = tensors.get(f"{name}::gaps"), tensors.get(f"{name}::large_gaps")
-        if gaps is None or large is None or gaps.shape != (stored,) or large.dtype != _large_dtype(numel):
-            raise DiffFormatError(f"{info.path!r}: gap-u8 indices of {name!r} missing or malformed.")
-        try:
-            decode_gaps(gaps, large, numel)
-        except DiffFormatError as err:
-            raise DiffFormatError(f"{info.path!r}: indices of {name!r}: {err}") from err
 
 
 def _values(tensors: Mapping[str, np.ndarray], key: str, name: str) -> np.ndarray:

@@ -10,7 +10,6 @@ the header, and with it every offset, stays byte-identical.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Iterable, Mapping
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_amortized.atomic import write_atomic
+from lightning_amortized.diff_format import weights_sha256 as _weights_sha256
 
 __all__ = ["WEIGHTS_FORMAT", "WeightsError", "read_weights", "weights_sha256", "write_weights"]
 
@@ -45,17 +45,7 @@ def weights_sha256(arrays: Mapping[str, np.ndarray], names: Iterable[str]) -> st
     Raises:
         KeyError: if a name is missing.
     """
-    h = hashlib.sha256(b"lightning_amortized.weights.v1\0")
-    for name in sorted(set(names)):
-        a = np.ascontiguousarray(arrays[name])
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        head = json.dumps([name, a.dtype.name, list(a.shape)]).encode("utf-8")
-        h.update(struct.pack("<Q", len(head)) + head)
-        data = a.reshape(-1).view(np.uint8)
-        h.update(struct.pack("<Q", data.nbytes))
-        h.update(data.tobytes())
-    return h.hexdigest()
+    return _weights_sha256(arrays, names)
 
 
 def _header(blob: bytes, where: str) -> dict:

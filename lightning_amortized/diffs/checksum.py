@@ -7,15 +7,12 @@ layout.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import struct
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
+from lightning_amortized.diff_format import PAYLOAD_DOMAIN, WEIGHTS_DOMAIN, metadata_prefix, named_sha256
 from lightning_amortized.diffs.attach import base_tensor
 from lightning_amortized.diffs.format import StateOrModel, _dtype_name
 
@@ -62,26 +59,15 @@ def weights_sha256(state_or_model: StateOrModel, names: Iterable[str]) -> str:
         >>> weights_sha256(lin, ["weight"]) == weights_sha256(lin.state_dict(), ["weight"])
         True
     """
-    h = hashlib.sha256(b"lightning_amortized.weights.v1\0")
-    for name in sorted(set(names)):
-        _update(h, name, _lookup(state_or_model, name))
-    return h.hexdigest()
+    return named_sha256(WEIGHTS_DOMAIN, (_item(name, _lookup(state_or_model, name)) for name in sorted(set(names))))
 
 
-def _update(h: Any, name: str, t: torch.Tensor) -> None:
-    """Add one named tensor to a running hash: name, dtype and shape (JSON), then its bytes, each length-prefixed."""
-    head = json.dumps([name, _dtype_name(t.dtype), list(t.shape)]).encode("utf-8")
-    h.update(struct.pack("<Q", len(head)) + head)
-    data = _tensor_bytes(t)
-    h.update(struct.pack("<Q", data.nbytes))
-    h.update(data)
+def _item(name: str, t: torch.Tensor) -> tuple[str, str, tuple[int, ...], memoryview]:
+    """``(name, dtype, shape, bytes)`` of a tensor for :func:`~lightning_amortized.diff_format.named_sha256`."""
+    return name, _dtype_name(t.dtype), tuple(t.shape), _tensor_bytes(t)
 
 
 def _payload_sha256(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
-    h = hashlib.sha256(b"lightning_amortized.payload.v1\0")
-    meta = {k: v for k, v in metadata.items() if k != "payload_sha256"}
-    blob = json.dumps(meta, sort_keys=True).encode("utf-8")
-    h.update(struct.pack("<Q", len(blob)) + blob)
-    for name in sorted(tensors):
-        _update(h, name, tensors[name])
-    return h.hexdigest()
+    """:func:`~lightning_amortized.diff_format.payload_sha256` of tensors (any dtype, any device)."""
+    items = (_item(name, tensors[name]) for name in sorted(tensors))
+    return named_sha256(PAYLOAD_DOMAIN, items, metadata_prefix(metadata))

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from lightning_amortized.diff_format import decode_gaps as _decode_gaps
 from lightning_amortized.diffs.format import (
     GAP_ESCAPE,
     INDEX_ENCODINGS,
@@ -86,8 +87,8 @@ def encode_gaps(indices: torch.Tensor, numel: int) -> tuple[torch.Tensor, torch.
 def decode_gaps(gaps: torch.Tensor, large_gaps: torch.Tensor, numel: int) -> torch.Tensor:
     """Flat int64 indices ``(n,)`` from :func:`encode_gaps` output, checked against ``numel``.
 
-    ``i_k = k + s_0 + ... + s_k``: one cumulative sum, no loop. The result is strictly
-    ascending by construction.
+    The decoding and its checks are :func:`lightning_amortized.diff_format.decode_gaps`
+    (the one implementation, shared with the device runtime), on the CPU.
 
     Raises:
         DiffFormatError: the number of 255 bytes differs from ``large_gaps.numel()``, a large
@@ -98,39 +99,12 @@ def decode_gaps(gaps: torch.Tensor, large_gaps: torch.Tensor, numel: int) -> tor
         >>> decode_gaps(torch.tensor([0, 0, 3, 255], dtype=torch.uint8), torch.tensor([994]), 1200).tolist()
         [0, 1, 5, 1000]
     """
-    if gaps.dtype != torch.uint8 or gaps.dim() != 1 or large_gaps.dim() != 1 or large_gaps.is_floating_point():
+    if large_gaps.is_floating_point():
         raise DiffFormatError(
             f"Expected uint8 gaps (n,) and integer large gaps (e,), but got {gaps.dtype} {tuple(gaps.shape)} "
             f"and {large_gaps.dtype} {tuple(large_gaps.shape)}."
         )
-    escape = gaps == GAP_ESCAPE
-    n_escape = int(escape.sum())
-    if n_escape != large_gaps.numel():
-        raise DiffFormatError(
-            f"Gap stream has {n_escape} escape byte(s) (255) but {large_gaps.numel()} large gap(s); "
-            "the index data is corrupt."
-        )
-    large = large_gaps.to(torch.int64)
-    if large.numel() and (int(large.min()) < GAP_ESCAPE or int(large.max()) >= numel):
-        raise DiffFormatError(
-            f"Large gaps must lie in [{GAP_ESCAPE}, {numel}), found [{int(large.min())}, {int(large.max())}]; "
-            "the index data is corrupt."
-        )
-    n = gaps.numel()
-    # the last index is n - 1 + sum(skips); a float64 bound first, so the int64 cumsum cannot overflow
-    approx_last = n - 1 + float(gaps[~escape].to(torch.float64).sum()) + float(large.to(torch.float64).sum())
-    if n and approx_last >= numel + 1024:
-        raise DiffFormatError(
-            f"Gap stream decodes to indices beyond the tensor ({numel} entries); the index data is corrupt."
-        )
-    skips = gaps.to(torch.int64)
-    skips[escape] = large
-    idx = torch.cumsum(skips, 0) + torch.arange(n, dtype=torch.int64)
-    if n and int(idx[-1]) >= numel:
-        raise DiffFormatError(
-            f"Gap stream decodes to index {int(idx[-1])}, outside [0, {numel}); the index data is corrupt."
-        )
-    return idx
+    return torch.from_numpy(_decode_gaps(gaps.detach().cpu().numpy(), large_gaps.detach().cpu().numpy(), numel))
 
 
 def count_large_gaps(indices: torch.Tensor) -> int:

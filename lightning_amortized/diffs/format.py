@@ -42,6 +42,20 @@ from typing import Any, Literal, Union
 import torch
 from torch import nn
 
+# the constants and errors live in the framework-free core, shared with the device runtime
+from lightning_amortized.diff_format import (
+    _VERSION_OF_ENCODING,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GAP_ESCAPE,
+    INDEX_ENCODINGS,
+    SUPPORTED_VERSIONS,
+    BaseMismatchError,
+    DiffError,
+    DiffFormatError,
+    DiffIntegrityError,
+)
+
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -58,33 +72,11 @@ __all__ = [
 ]
 
 
-FORMAT_NAME = "lightning_amortized.diff"
-FORMAT_VERSION = 2  # the newest version written; version 1 is still written when it suffices
-SUPPORTED_VERSIONS = (1, 2)
 ValueDtype = Literal["fp32", "fp16", "int8"]
 IndexEncoding = Literal["gap-u8", "int32"]
-INDEX_ENCODINGS = ("gap-u8", "int32")
-GAP_ESCAPE = 255  # a gap byte of 255 means "the skip is the next entry of large_gaps"
-_VERSION_OF_ENCODING = {"int32": 1, "gap-u8": 2}
 VALUE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
 StateOrModel = Union[nn.Module, Mapping[str, torch.Tensor]]
 PathLike = Union[str, os.PathLike]
-
-
-class DiffError(ValueError):
-    """A diff operation was refused; the model was not modified."""
-
-
-class DiffFormatError(DiffError):
-    """The file is not a readable diff (truncated, corrupted, unknown format version)."""
-
-
-class DiffIntegrityError(DiffError):
-    """The file reads but its payload hash does not match (edited or damaged)."""
-
-
-class BaseMismatchError(DiffError):
-    """The model is not the base the diff applies to (hash, shape or names differ)."""
 
 
 @dataclass(frozen=True)
