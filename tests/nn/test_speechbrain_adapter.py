@@ -185,6 +185,7 @@ def test_adapter_errors_name_the_problem():
     regular = ConformerEncoder(num_layers=1, d_model=16, d_ffn=32, nhead=2, kernel_size=3, attention_type="regularMHA")
     with pytest.raises(ValueError, match="attention_type='regularMHA'"):
         ChunkStreamingEncoder(regular, input_size=16, chunk_size=4)
+    assert ChunkStreamingEncoder(regular, input_size=16, chunk_size=4, windowed=True).mode == "window"
     with pytest.raises(TypeError, match="torch.nn.Module"):
         SpeechBrainEncoder("crdnn", input_size=F_IN)  # type: ignore[arg-type]
 
