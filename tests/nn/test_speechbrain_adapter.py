@@ -242,10 +242,15 @@ def test_amnet_of_crdnn_and_chunk_conformer_trains_and_streams_per_chunk():
 def test_docstring_examples_run():
     import doctest
 
-    import lightning_amortized.nn.speechbrain_encoders as mod
+    import importlib
 
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 8 and result.failed == 0
+    attempted = 0
+    for name in ("", ".chunks", ".flops", ".streaming", ".wrapped"):
+        mod = importlib.import_module(f"lightning_amortized.nn.speechbrain_encoders{name}")
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, name
+        attempted += result.attempted
+    assert attempted >= 8
 
 
 def test_docs_example_runs(capsys, tmp_path):
