@@ -159,8 +159,8 @@ def _test_loader(dm: Any, quick: bool) -> Any:
 
     dm.setup("test")
     ds = dm.datasets[f"test:{dm.test_splits[0]}"]
-    if quick:
-        ds = SpeechDataset(ds.utterances[:24], ds.tokenizer, ds.sample_rate)
+    if quick:  # the same kind of dataset (features per utterance), fewer utterances
+        ds = SpeechDataset(ds.utterances[:24], ds.tokenizer, ds.sample_rate, features=dm.features)
     sampler = DurationBatchSampler(ds.durations, 40.0, shuffle=False, seed=0, max_batch_size=24)
     return ds, DataLoader(ds, batch_sampler=sampler, collate_fn=SpeechCollator(dm.features, None))
 
@@ -307,7 +307,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     rtfs, rtf_ms = [], []
     for i in range(min(a.rtf_utts, len(ds))):
         item = ds[i]
-        f, fl = dm.features(item["wav"][None], torch.tensor([len(item["wav"])]))
+        f, fl = item["feats"][None], torch.tensor([item["feats"].shape[0]])
         x, n = model.stacker(f, fl)
         best = min((stream(enc, x[0, : int(n[0])], frame_ms=FRAME_MS) for _ in range(2)), key=lambda s: s.total_ms)
         rtfs.append(best.rtf)
