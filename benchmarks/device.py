@@ -222,6 +222,23 @@ def _wer(hyps: list[str], refs: list[str]) -> float:
     return float(WordErrorRate()(hyps, refs))
 
 
+def load_test_split(root: str, limit: int | None = None) -> tuple[list[Any], list[dict[str, str]], list[str], list[Any]]:
+    """The ``test`` manifest's utterances, device items ``{id, path}``, references and features ``(1, T, 80)``."""
+    import torch
+
+    from lightning_amortized.data.datamodule import load_audio
+    from lightning_amortized.data.features import LogMelFilterbank
+    from lightning_amortized.data.prepare import read_manifest
+
+    utts = read_manifest(Path(root) / "manifests" / "test.jsonl")[:limit]
+    fb = LogMelFilterbank()
+    feats = []
+    for u in utts:
+        wav = load_audio(u.path)
+        feats.append(fb(wav[None], torch.tensor([wav.shape[0]]))[0])
+    return utts, [{"id": u.id, "path": u.path} for u in utts], [u.words for u in utts], feats
+
+
 def torch_transcribe(model: Any, feats: list[Any]) -> list[str]:
     """``ASRModule.transcribe`` of each utterance (features ``(1, T, 80)``)."""
     import torch
@@ -292,26 +309,13 @@ def measure(a: argparse.Namespace, ckpts: dict[str, Path]) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from lightning_amortized.data.datamodule import load_audio
-    from lightning_amortized.data.features import LogMelFilterbank
-    from lightning_amortized.data.prepare import read_manifest
     from lightning_amortized.device.diffs import DiffError, apply_diff
     from lightning_amortized.diffs.io import merge
     from lightning_amortized.export import export_onnx, load_for_export
 
     t_start = time.time()
     load_start = os.getloadavg()
-    utts = read_manifest(Path(a.root) / "manifests" / "test.jsonl")
-    if a.quick:
-        utts = utts[:12]
-    items = [{"id": u.id, "path": u.path} for u in utts]
-    refs = [u.words for u in utts]
-    fb = LogMelFilterbank()
-    feats = []
-    for u in utts:
-        wav = load_audio(u.path)
-        f, _ = fb(wav[None], torch.tensor([wav.shape[0]]))
-        feats.append(f)
+    utts, items, refs, feats = load_test_split(a.root, 12 if a.quick else None)
     audio_s = sum(u.duration for u in utts)
     timing_utts = min(len(utts), a.timing_utts)
 
@@ -497,22 +501,12 @@ def check_checkpoint(a: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from lightning_amortized.data.datamodule import load_audio
-    from lightning_amortized.data.features import LogMelFilterbank
-    from lightning_amortized.data.prepare import read_manifest
     from lightning_amortized.export import load_for_export
 
     out_dir = WORK / "export" / "demo"
     cmd = [sys.executable, "-m", "lightning_amortized.cli", "export", str(a.demo_ckpt), "--out", str(out_dir)]
     subprocess.run(cmd, check=True, cwd=REPO)
-    utts = read_manifest(Path(a.root) / "manifests" / "test.jsonl")
-    items = [{"id": u.id, "path": u.path} for u in utts]
-    refs = [u.words for u in utts]
-    fb = LogMelFilterbank()
-    feats = []
-    for u in utts:
-        wav = load_audio(u.path)
-        feats.append(fb(wav[None], torch.tensor([wav.shape[0]]))[0])
+    utts, items, refs, feats = load_test_split(a.root)
     hyps_torch = torch_transcribe(load_for_export(a.demo_ckpt), feats)
     dev = run_device({"demo": out_dir}, items, WORK / "demo.device.json")
     hyps_rt = [r["text"] for r in dev["rows"]["demo"]]
