@@ -633,18 +633,23 @@ def plot(s: dict[str, Any], trace_png: Path, rho_png: Path) -> None:
         fig.tight_layout()
         fig.savefig(trace_png, dpi=110)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, (ax, ax_wer, ax_slow) = plt.subplots(1, 3, figsize=(15, 4.4))
     for i, (n, r) in enumerate(v.items()):
-        ys = [max(r["per_rho"][str(rho)]["eou_ms"]["p90"], 0.1) for rho in s["rhos"]]
-        ax.plot(s["rhos"], ys, marker="o", label=r["label"], color=f"C{i}",
-                linestyle="-" if r["routed"] else "--")
+        style = {"marker": "o", "color": f"C{i}", "linestyle": "-" if r["routed"] else "--"}
+        per = [r["per_rho"][str(rho)] for rho in s["rhos"]]
+        ax.plot(s["rhos"], [max(p["eou_ms"]["p90"], 0.1) for p in per], label=r["label"], **style)
+        ax_wer.plot(s["rhos"], [100 * p["wer"] for p in per], **style)
+        ax_slow.plot(s["rhos"], [p["slow_share"] for p in per], **style)
     ax.axhline(TARGET_P90_MS, color="grey", linewidth=0.8, linestyle=":")
     ax.set_yscale("log")
-    ax.set_xlabel("rho (slow-only load factor on the device)")
     ax.set_ylabel("p90 end-of-utterance latency (ms)")
-    ax.set_xticks(list(s["rhos"]))
+    ax_wer.set_ylabel("test WER (%)")
+    ax_slow.set_ylabel("share of frames on the slow branch")
+    for a in (ax, ax_wer, ax_slow):
+        a.set_xlabel("rho (slow-only load factor on the device)")
+        a.set_xticks(list(s["rhos"]))
+        a.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(rho_png, dpi=110)
     plt.close(fig)
@@ -669,19 +674,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="results path stem (default docs/results/amnet)")
     p.add_argument("--resume", action="store_true", help="reuse finished variants found in --work")
     p.add_argument("--quick", action="store_true", help="smoke run: 48 utterances, 2 epochs, 24 test utterances")
+    p.add_argument("--from-json", default=None, help="only redraw the plots of an earlier results .json (beside it)")
     # internal: one variant in this process
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)
     p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--density", type=float, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.from_json:
+        stem = Path(a.from_json).with_suffix("")
+        plot(json.loads(Path(a.from_json).read_text()), stem.parent / f"{stem.name}_trace.png",
+             stem.parent / f"{stem.name}_latency_vs_rho.png")
+        return 0
     if a.quick:
         a.train_utts, a.epochs, a.rtf_utts = min(a.train_utts, 48), min(a.epochs, 2), min(a.rtf_utts, 1)
     if a.job:
         rec = run_variant(a)
-        out = Path(a.work) / f"{a.job}.json"
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=2) + "\n")
-        os.replace(tmp, out)
+        from lightning_amortized.atomic import write_atomic
+
+        write_atomic(Path(a.work) / f"{a.job}.json", json.dumps(rec, indent=2) + "\n")
         return 0
     return drive(a)
 
