@@ -600,7 +600,7 @@ def render_markdown(s: dict[str, Any]) -> str:
                            f"({'met' if p['met'] else 'missed'})")
             lines.append(f"- {ab['target']}: **{'met' if ab['met'] else 'missed'}** ({'; '.join(per)}).")
     lines += ["", "Plots: `amnet_trace.png` (backlog and decisions over the longest test utterance at "
-              f"rho = {s['rho_train']}), `amnet_latency_vs_rho.png`.", ""]
+              f"rho = {s['rho_train']}), `amnet_latency_vs_rho.png` (p90 latency, WER and slow share against rho).", ""]
     return "\n".join(lines)
 
 
