@@ -178,6 +178,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     from lightning_amortized.functional import SimulatedDevice, backlog, lengths_to_mask
     from lightning_amortized.functional.latency import LatencyStats, latency_compute, latency_update
     from lightning_amortized.nn import AmortizedEncoder, stream
+    from lightning_amortized.scoring import utterance_errors
 
     name = a.job
     label, config, _, overrides = VARIANTS[name]
@@ -246,6 +247,9 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     metrics = {rho: (WordErrorRate(), CharErrorRate()) for rho in RHOS}
     stats = {rho: LatencyStats() for rho in RHOS}  # FLOPs, slow frames, EOU latencies (functional.latency)
     confidence = {rho: 0.0 for rho in RHOS}
+    utt_errors: dict[float, list[int]] = {rho: [] for rho in RHOS}  # per test utterance, for paired intervals
+    utt_words: list[int] = []
+    utt_ids: list[str] = []
     frames = 0
     trace: dict[str, Any] = {}
     t1 = time.time()
@@ -279,6 +283,11 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
                 hyps = model.decode(y, n)
                 metrics[rho][0].update(hyps, batch["texts"])
                 metrics[rho][1].update(hyps, batch["texts"])
+                errors, words = utterance_errors(hyps, batch["texts"])
+                utt_errors[rho] += errors
+                if rho == RHOS[0]:
+                    utt_words += words
+                    utt_ids += batch["ids"]
                 if trace_id in batch["ids"]:
                     i = batch["ids"].index(trace_id)
                     L = int(n[i])
@@ -298,6 +307,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
             "cer": float(metrics[rho][1].compute()),
             "flops_per_frame": lat_metrics["flops_per_frame"],
             "slow_share": lat_metrics["slow_share"],
+            "utt_errors": utt_errors[rho],
             "decision_confidence": confidence[rho] / frames,
             "eou_ms": lat_metrics["eou_ms"],
         }
@@ -349,6 +359,8 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         "trace_utterance": trace_id,
         "trace": trace,
         "test_utterances": len(ds),
+        "utt_ids": utt_ids,
+        "utt_words": utt_words,
         "test_frames": frames,
         "fit_seconds": round(fit_s, 1),
         "eval_seconds": round(eval_s, 1),
@@ -454,6 +466,26 @@ def drive(a: argparse.Namespace) -> int:
     return 0
 
 
+def _paired_intervals(r: dict[str, Any], slow: dict[str, Any] | None) -> None:
+    """95 % paired-bootstrap interval of the WER relative to slow-only, per rho (``ci95_wer_rel``).
+
+    Both are scored on the same resampled test utterances (:func:`lightning_amortized.scoring.bootstrap_wer_difference`);
+    left out when either run lacks per-utterance errors (results of older runs).
+    """
+    from lightning_amortized.scoring import bootstrap_wer_difference
+
+    if not slow or r.get("utt_ids") is None or r.get("utt_ids") != slow.get("utt_ids"):
+        return
+    words = r["utt_words"]
+    for rho, p in r["per_rho"].items():
+        ref = slow["per_rho"][rho]
+        if "utt_errors" not in p or "utt_errors" not in ref or not ref["wer"] > 0:
+            continue
+        _, low, high = bootstrap_wer_difference(p["utt_errors"], ref["utt_errors"], words, seed=0)
+        p["ci95_wer_rel"] = [low / ref["wer"], high / ref["wer"]]
+    r["ci95_wer_rel"] = r["per_rho"][str(RHO_TRAIN)].get("ci95_wer_rel")
+
+
 def summarize(
     done: dict[str, dict[str, Any]], base: str | None, a: argparse.Namespace, wall: float, runs: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -465,6 +497,7 @@ def summarize(
         p = r["per_rho"][key]
         r["reduction_vs_slow"] = 1.0 - p["flops_per_frame"] / slow_flops
         r["wer_rel_vs_slow"] = p["wer"] / slow_wer - 1.0 if slow_wer == slow_wer and slow_wer > 0 else float("nan")
+        _paired_intervals(r, slow)
     targets: dict[str, Any] = {}
     amnets = [n for n in done if n.startswith("amnet") and "no_amr" not in n]
     if slow and amnets:
@@ -525,6 +558,10 @@ def summarize(
     }
 
 
+def _fmt_ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{_fmt_pct(ci[0])}, {_fmt_pct(ci[1])}]"
+
+
 def _fmt_pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:+.1f}%"
 
@@ -561,7 +598,8 @@ def render_markdown(s: dict[str, Any]) -> str:
         sharp = f"{r['train_sharpness']:.3f} / {p['decision_confidence']:.3f}" if r["routed"] else "-"
         lam = f"{r['lambda_cost']:g} / {r['lambda_amr']:g}" if r["routed"] else "-"
         lines.append(
-            f"| {r['label']}{extra} | {100 * p['wer']:.2f}% | {100 * p['cer']:.2f}% | {_fmt_pct(r['wer_rel_vs_slow'])} "
+            f"| {r['label']}{extra} | {100 * p['wer']:.2f}% | {100 * p['cer']:.2f}% | {_fmt_pct(r['wer_rel_vs_slow'])}"
+            f"{_fmt_ci(r.get('ci95_wer_rel'))} "
             f"| {p['flops_per_frame'] / 1e6:.3f} M | {100 * r['reduction_vs_slow']:.1f}% | {p['slow_share']:.3f} "
             f"| {e['p50']:.1f} / {e['p90']:.1f} / {e['max']:.1f} | {r['rtf']:.4f} | {sharp} | {lam} |"
         )
