@@ -497,7 +497,15 @@ def summarize(
         p = r["per_rho"][key]
         r["reduction_vs_slow"] = 1.0 - p["flops_per_frame"] / slow_flops
         r["wer_rel_vs_slow"] = p["wer"] / slow_wer - 1.0 if slow_wer == slow_wer and slow_wer > 0 else float("nan")
+        # single-thread streaming wall clock, measured in the same run as slow-only
+        r["wallclock_speedup_vs_slow"] = (
+            slow["ms_per_frame_streaming"] / r["ms_per_frame_streaming"]
+            if slow and r.get("ms_per_frame_streaming") else float("nan")
+        )
         _paired_intervals(r, slow)
+    for on, off in ABLATIONS:
+        if off in done:
+            done[off]["ablation_of"] = on
     targets: dict[str, Any] = {}
     amnets = [n for n in done if n.startswith("amnet") and "no_amr" not in n]
     if slow and amnets:
@@ -549,7 +557,7 @@ def summarize(
         "lr": a.lr,
         "quick": a.quick,
         "workers": a.workers,
-        "wall_minutes": round(wall / 60, 1),
+        "wall_minutes": round(wall / 60, 1),  # this invocation; the training runs behind the results are in "runs"
         "runs": runs,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "
         "1 thread per variant",
