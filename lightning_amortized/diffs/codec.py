@@ -16,7 +16,6 @@ from lightning_amortized.diffs.format import (
     GAP_ESCAPE,
     INDEX_ENCODINGS,
     VALUE_DTYPES,
-    DiffFormatError,
     DiffTarget,
     _dtype_name,
 )
@@ -99,11 +98,6 @@ def decode_gaps(gaps: torch.Tensor, large_gaps: torch.Tensor, numel: int) -> tor
         >>> decode_gaps(torch.tensor([0, 0, 3, 255], dtype=torch.uint8), torch.tensor([994]), 1200).tolist()
         [0, 1, 5, 1000]
     """
-    if large_gaps.is_floating_point():
-        raise DiffFormatError(
-            f"Expected uint8 gaps (n,) and integer large gaps (e,), but got {gaps.dtype} {tuple(gaps.shape)} "
-            f"and {large_gaps.dtype} {tuple(large_gaps.shape)}."
-        )
     return torch.from_numpy(_decode_gaps(gaps.detach().cpu().numpy(), large_gaps.detach().cpu().numpy(), numel))
 
 
