@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from lightning_amortized.nn.streaming import stream
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-__all__ = ["count_parameters", "fit_and_test", "single_thread", "realtime_factor"]
+__all__ = ["count_parameters", "fit_and_test", "single_thread", "realtime_factor", "split_fields", "split_keys"]
 
 
 def fit_and_test(
@@ -59,6 +59,63 @@ def fit_and_test(
         "test": {k: float(v) for k, v in results.items()},
         "val_curve": {k: [r[k] for r in clock.rows] for k in ("seconds", "step", "epoch", "value")},
     }
+
+
+def split_keys(splits: Sequence[str]) -> list[str]:
+    """The field prefix of each test split in results files.
+
+    The first split is the headline test set and is ``test`` whatever its name (as in results
+    written before there were several); every further split is its name with ``-`` and ``.``
+    as ``_``.
+
+    Raises:
+        ValueError: no splits, or two splits with the same prefix.
+
+    Example:
+        >>> split_keys(["test", "test-other"]), split_keys(["test-clean", "test-other"])
+        (['test', 'test_other'], ['test', 'test_other'])
+    """
+    if not splits:
+        raise ValueError("Expected argument `splits` to name at least one test split, but got none.")
+    keys = ["test"] + [s.replace("-", "_").replace(".", "_") for s in splits[1:]]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            f"Expected test splits with distinct field names, but got {list(splits)} (fields {keys}); "
+            "list the headline test split first and no split named like it after it."
+        )
+    return keys
+
+
+def split_fields(results: Mapping[str, float], splits: Sequence[str]) -> dict[str, float]:
+    """WER and CER of each test split as flat results fields, from what ``ASRModule.test_step`` logged.
+
+    Fields are ``<prefix>_wer`` and ``<prefix>_cer`` with the prefixes of :func:`split_keys`:
+    ``[test, test-other]`` gives ``test_wer``, ``test_cer``, ``test_other_wer``, ``test_other_cer``.
+    Values are fractions, not percentages.
+
+    Args:
+        results: Logged test metrics (``fit_and_test(...)["test"]``), keyed ``test/<split>/wer|cer``.
+        splits: The datamodule's ``test_splits``, in order.
+
+    Raises:
+        ValueError: see :func:`split_keys`; or a split without logged metrics.
+
+    Example:
+        >>> split_fields({"test/test/wer": 0.1, "test/test/cer": 0.05, "test/test-other/wer": 0.2,
+        ...               "test/test-other/cer": 0.08}, ["test", "test-other"])
+        {'test_wer': 0.1, 'test_cer': 0.05, 'test_other_wer': 0.2, 'test_other_cer': 0.08}
+    """
+    out: dict[str, float] = {}
+    for split, key in zip(splits, split_keys(splits)):
+        for kind in ("wer", "cer"):
+            name = f"test/{split}/{kind}"
+            if name not in results:
+                raise ValueError(
+                    f"No logged metric {name!r} (logged: {sorted(results)}); was {split!r} among the "
+                    "datamodule's `test_splits` when `trainer.test` ran?"
+                )
+            out[f"{key}_{kind}"] = float(results[name])
+    return out
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -198,7 +198,15 @@ def prepare_librispeech(
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
-            raise CorpusError(f"Split folder {split_dir} does not exist (root={root}, split={split!r}).")
+            hint = ""
+            if (root / "corpus.json").is_file():  # a synthetic corpus of an older generator lacks newer splits
+                hint = (
+                    f" {root} is a synthetic corpus without that split (corpora generated before `test-other` "
+                    f"existed lack it): regenerate it (`lightning-amortized make-corpus {root} --utterances N "
+                    f"--overwrite`) or leave {split!r} out of the splits you ask for (e.g. "
+                    "`--data.init_args.test_splits '[test]'`)."
+                )
+            raise CorpusError(f"Split folder {split_dir} does not exist (root={root}, split={split!r}).{hint}")
         audio, trans = _split_files(split_dir)
         fp = _fingerprint(split_dir, audio + trans, sample_rate, on_wrong_rate)
         manifest = manifest_dir / f"{split}.jsonl"
