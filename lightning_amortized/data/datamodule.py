@@ -209,10 +209,12 @@ class SyntheticDataModule(LibriSpeechDataModule):
         root: Where the corpus is (or will be) generated.
         utterances: Corpus size passed to :func:`~lightning_amortized.data.synthetic.make_corpus`.
         corpus_seed: Generation seed.
-        **kwargs: Everything else goes to :class:`LibriSpeechDataModule`.
+        **kwargs: Everything else goes to :class:`LibriSpeechDataModule`; ``test_splits``
+            defaults to ``["test", "test-other"]`` here.
     """
 
-    def __init__(self, root: str, utterances: int = 4000, corpus_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, root: str, utterances: int = 8000, corpus_seed: int = 0, **kwargs: Any) -> None:
+        kwargs.setdefault("test_splits", ("test", "test-other"))
         super().__init__(root, **kwargs)
         self.utterances, self.corpus_seed = utterances, corpus_seed
 

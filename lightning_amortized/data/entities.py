@@ -10,6 +10,8 @@ from typing import Mapping
 
 from types import MappingProxyType
 
+from lightning_amortized.data.lexicon import lexicon
+
 #: Number of model updates with their own new entities.
 NUM_UPDATES = 5
 
@@ -174,12 +176,30 @@ _UPDATES: tuple[dict[str, tuple[str, ...]], ...] = (
 )
 
 
+def _with_library_lists(base: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Add the names, places and companies drawn from libraries (see :mod:`.lexicon`).
+
+    Contacts gain 220 given names and 70 full names, athletes 90 full names (pairs of
+    a given and a family name in a fixed order), cities 130 places from eleven locales,
+    and a new ``company`` slot holds 90 company names.
+    """
+    lex = lexicon()
+    first, last = lex.first_names, lex.last_names
+    full = tuple(f"{first[(7 * i) % len(first)]} {last[(3 * i) % len(last)]}" for i in range(160))
+    out = dict(base)
+    out["contact"] = base["contact"] + first + full[:70]
+    out["athlete"] = base["athlete"] + full[70:]
+    out["city"] = base["city"] + lex.cities
+    out["company"] = lex.companies
+    return {slot: tuple(dict.fromkeys(values)) for slot, values in out.items()}
+
+
 def _freeze(d: Mapping[str, tuple[str, ...]]) -> Mapping[str, tuple[str, ...]]:
     return MappingProxyType({k: tuple(v) for k, v in d.items()})
 
 
 #: Base entities by slot type (read-only).
-BASE_ENTITIES: Mapping[str, tuple[str, ...]] = _freeze(_BASE)
+BASE_ENTITIES: Mapping[str, tuple[str, ...]] = _freeze(_with_library_lists(_BASE))
 #: New entities of updates 1..5 (index 0 is update 1), by slot type (read-only).
 UPDATE_ENTITIES: tuple[Mapping[str, tuple[str, ...]], ...] = tuple(_freeze(u) for u in _UPDATES)
 

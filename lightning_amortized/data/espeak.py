@@ -32,6 +32,7 @@ from __future__ import annotations
 import _ctypes
 import atexit
 import ctypes
+import functools
 import os
 import shutil
 import tempfile
@@ -86,6 +87,12 @@ def _loader_paths() -> tuple[str, str]:
     except RuntimeError as err:
         raise EspeakError(f"eSpeak NG data directory is missing: {err}") from err
     return espeakng_loader.get_library_path(), data_path
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    """The process's C library (for ``srand``)."""
+    return ctypes.CDLL(None)
 
 
 def _private_copy(lib_path: Path) -> str:
@@ -331,6 +338,10 @@ class EspeakSynthesizer:
             lib.espeak_SetParameter(_PARAM_RANGE, int(pitch_range), 0)
             lib.espeak_SetParameter(_PARAM_VOLUME, 100, 0)
             lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
+            # The Klatt synthesiser's breath noise ("klatt 6" with "breath", e.g. the
+            # Reed and caleb variants) draws from the C library's rand(), not from
+            # eSpeak's own generator: seed it too, or those voices differ run to run.
+            _libc().srand(int(seed) & 0x7FFFFFFF)
             data = text.encode("utf-8") + b"\0"
             buf = ctypes.create_string_buffer(data, len(data))
             self._chunks = []

@@ -98,6 +98,31 @@ def _count(rng: np.random.Generator) -> str:
     return spell_number(int(rng.integers(2, 13)))
 
 
+_MONTHS = ("JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST",
+           "SEPTEMBER", "OCTOBER", "NOVEMBER", "DECEMBER")
+
+
+def _words(text: str) -> str:
+    """num2words output in the transcript alphabet (``"twenty-first"`` -> ``"TWENTY FIRST"``)."""
+    return " ".join(text.replace("-", " ").replace(",", " ").upper().split())
+
+
+def _date(rng: np.random.Generator) -> str:
+    """A calendar date, ``"THE TWENTY FIRST OF MARCH"`` or ``"MARCH TWENTY FIRST"``."""
+    from num2words import num2words
+
+    day = _words(num2words(int(rng.integers(1, 29)), to="ordinal"))
+    month = _choice(rng, _MONTHS)
+    return f"THE {day} OF {month}" if rng.random() < 0.5 else f"{month} {day}"
+
+
+def _year(rng: np.random.Generator) -> str:
+    """A year from 1950 to 2029 read as years are (``"NINETEEN EIGHTY FOUR"``, ``"TWENTY TWENTY"``)."""
+    from num2words import num2words
+
+    return _words(num2words(int(rng.integers(1950, 2030)), to="year"))
+
+
 _GENERATED = MappingProxyType(
     {
         "duration": _duration,
@@ -105,5 +130,7 @@ _GENERATED = MappingProxyType(
         "temperature": _temperature,
         "volume": _volume,
         "count": _count,
+        "date": _date,
+        "year": _year,
     }
 )

@@ -23,23 +23,36 @@ MIN_UTTERANCES = 50
 _UPDATE_SPLITS = tuple(f"update-{k}" for k in range(1, templates.NUM_UPDATES + 1))
 _UPDATE_TEST_SPLITS = tuple(f"{s}-test" for s in _UPDATE_SPLITS)
 #: All split names, in generation order.
-SPLITS: tuple[str, ...] = ("train", "dev", "test", *_UPDATE_SPLITS, *_UPDATE_TEST_SPLITS)
+SPLITS: tuple[str, ...] = ("train", "dev", "test", "test-other", *_UPDATE_SPLITS, *_UPDATE_TEST_SPLITS)
 
-# Fractions of ``utterances``: dev, test, and each update (train + test part); the rest
-# goes to train. With 4,000 utterances: train 2,560, dev 200, test 240 and per update
-# 150 training + 50 test utterances.
-_DEV_FRACTION = 0.05
-_TEST_FRACTION = 0.06
-_UPDATE_FRACTION = 0.05
-_UPDATE_TRAIN_SHARE = 0.75
+# Fractions of ``utterances``: dev, test, test-other, and each update's training and test
+# part; the rest goes to train. With 8,000 utterances: train 3,800, dev 320, test and
+# test-other 640 each, and per update 240 training + 280 test utterances (about 1,850
+# words per update test split).
+_DEV_FRACTION = 0.04
+_TEST_FRACTION = 0.08
+_TEST_OTHER_FRACTION = 0.08
+_UPDATE_TRAIN_FRACTION = 0.03
+_UPDATE_TEST_FRACTION = 0.035
 _NEW_ENTITY_PATTERN = (True, True, False, True, False)  # 60 % new-entity requests
 
-_VOICES = (
-    "en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
-    "en-gb-x-gbclan", "en-gb-x-gbcwmd",
+#: eSpeak NG English voices (accents) of train, dev and test speakers.
+VOICES: tuple[str, ...] = (
+    "en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
 )
-_VARIANTS = tuple(f"m{i}" for i in range(1, 9)) + tuple(f"f{i}" for i in range(1, 6))
-
+#: Accents heard only in ``test-other`` (with the :data:`VOICES` there too).
+OTHER_VOICES: tuple[str, ...] = ("en-029",)
+#: Variants (timbres) heard only in ``test-other``: three of the six Klatt-synthesiser
+#: variants and a dozen named ones. Every other variant of the wheel's data is in the
+#: train/dev/test pool.
+OTHER_VARIANTS: tuple[str, ...] = (
+    "klatt4", "klatt5", "klatt6", "Andrea", "Gene2", "Storm", "aunty", "belinda", "edward2",
+    "iven4", "kaukovalta", "mike2", "robosoft7", "steph3", "zac",
+)
+# Per-speaker frequency warp (vocal-tract length): the 22,050 Hz synthesis is resampled to
+# 16 kHz as if it had been recorded at one of these rates, which scales every frequency
+# (formants and pitch) by rate / 22,050, from 0.86 to 1.13, and the duration inversely.
+_WARP_RATES = (19000, 19500, 20000, 20500, 21000, 21500, 22050, 22500, 23000, 23500, 24000, 24500, 25000)
 
 @dataclass(frozen=True)
 class _Speaker:
@@ -49,6 +62,7 @@ class _Speaker:
     pitch: int
     rate: int
     pitch_range: int
+    warp_rate: int
     split: str
 
 
@@ -67,13 +81,14 @@ class _Job:
     pitch_range: int
     seed: int
     snr_db: tuple[float, float] | None
+    warp_rate: int = 22050
 
 
 def split_sizes(utterances: int) -> dict[str, int]:
     """Number of utterances per split for a corpus of ``utterances`` utterances.
 
-    Dev gets about 5 %, test about 6 %, each update about 5 % (three quarters in
-    ``update-k``, one quarter in ``update-k-test``, at least 3 and 2) and train the rest.
+    Dev gets 4 %, test and test-other 8 % each, each update 3 % in ``update-k`` and
+    3.5 % in ``update-k-test`` (at least 3 and 2) and train the rest (47.5 %).
 
     Args:
         utterances: total number of utterances, at least :data:`MIN_UTTERANCES`.
@@ -86,9 +101,9 @@ def split_sizes(utterances: int) -> dict[str, int]:
 
     Example::
 
-        >>> sizes = split_sizes(4000)
-        >>> sizes["train"], sizes["dev"], sizes["test"], sizes["update-1"], sizes["update-1-test"]
-        (2560, 200, 240, 150, 50)
+        >>> sizes = split_sizes(8000)
+        >>> sizes["train"], sizes["dev"], sizes["test"], sizes["test-other"], sizes["update-1"], sizes["update-1-test"]
+        (3800, 320, 640, 640, 240, 280)
     """
     if isinstance(utterances, bool) or not isinstance(utterances, (int, np.integer)):
         raise ValueError(f"Expected argument `utterances` to be an int, but got {utterances!r}.")
@@ -98,10 +113,13 @@ def split_sizes(utterances: int) -> dict[str, int]:
             f"{len(SPLITS)} splits needs a few utterances), but got {utterances}."
         )
     n = int(utterances)
-    sizes = {"dev": max(2, round(_DEV_FRACTION * n)), "test": max(2, round(_TEST_FRACTION * n))}
-    per_update = max(5, round(_UPDATE_FRACTION * n))
-    upd_train = max(3, round(_UPDATE_TRAIN_SHARE * per_update))
-    upd_test = max(2, per_update - upd_train)
+    sizes = {
+        "dev": max(2, round(_DEV_FRACTION * n)),
+        "test": max(2, round(_TEST_FRACTION * n)),
+        "test-other": max(2, round(_TEST_OTHER_FRACTION * n)),
+    }
+    upd_train = max(3, round(_UPDATE_TRAIN_FRACTION * n))
+    upd_test = max(2, round(_UPDATE_TEST_FRACTION * n))
     for train_split, test_split in zip(_UPDATE_SPLITS, _UPDATE_TEST_SPLITS):
         sizes[train_split] = upd_train
         sizes[test_split] = upd_test
@@ -112,10 +130,29 @@ def split_sizes(utterances: int) -> dict[str, int]:
 
 def _speaker_counts(utterances: int) -> dict[str, int]:
     return {
-        "train": int(np.clip(round(utterances / 80), 4, 80)),
-        "dev": int(np.clip(round(utterances / 600), 2, 10)),
-        "test": int(np.clip(round(utterances / 500), 2, 12)),
+        "train": int(np.clip(round(utterances / 40), 4, 200)),
+        "dev": int(np.clip(round(utterances / 400), 2, 20)),
+        "test": int(np.clip(round(utterances / 250), 2, 32)),
+        "test-other": int(np.clip(round(utterances / 250), 2, 32)),
     }
+
+
+def variant_pool(held_out: bool) -> tuple[str, ...]:
+    """The eSpeak NG variants of train/dev/test speakers, or of ``test-other`` speakers.
+
+    Args:
+        held_out: ``True`` for :data:`OTHER_VARIANTS`, ``False`` for every other variant
+            shipped in ``espeakng-loader``'s data (about 90: ``m1``..``m8``, ``f1``..``f5``,
+            ``klatt``..``klatt3``, named, robotic and whispering ones).
+
+    Returns:
+        Variant names, sorted.
+    """
+    from lightning_amortized.data.espeak import available_variants
+
+    if held_out:
+        return tuple(sorted(OTHER_VARIANTS))
+    return tuple(v for v in sorted(available_variants()) if v not in OTHER_VARIANTS and " " not in v)
 
 
 def _split_code(split: str) -> int:
@@ -123,29 +160,40 @@ def _split_code(split: str) -> int:
 
 
 def _make_speakers(utterances: int, seed: int) -> dict[str, list[_Speaker]]:
-    """Speakers per home split; every speaker has its own (voice, variant) pair."""
+    """Speakers per home split; every speaker has its own (voice, variant) pair.
+
+    Train, dev and test draw disjoint pairs from :data:`VOICES` x :func:`variant_pool`;
+    test-other from (:data:`VOICES` + :data:`OTHER_VOICES`) x :data:`OTHER_VARIANTS`,
+    so none of its variants (and not its extra accent) is heard in training.
+    """
     rng = np.random.default_rng([seed, _split_code("speakers")])
     counts = _speaker_counts(utterances)
-    combos = [(v, var) for v in _VOICES for var in _VARIANTS]
+    combos = [(v, var) for v in VOICES for var in variant_pool(False)]
+    other_combos = [(v, var) for v in VOICES + OTHER_VOICES for var in variant_pool(True)]
     order = rng.permutation(len(combos))
+    other_order = rng.permutation(len(other_combos))
     total = sum(counts.values())
-    assert total <= len(combos)
+    assert total - counts["test-other"] <= len(combos) and counts["test-other"] <= len(other_combos)
     ids = np.sort(rng.choice(np.arange(10, 10000), size=total, replace=False))
     ids = ids[rng.permutation(total)]
     speakers: dict[str, list[_Speaker]] = {}
     k = 0
-    for split in ("train", "dev", "test"):
+    for split in ("train", "dev", "test", "test-other"):
         group = []
-        for _ in range(counts[split]):
-            voice, variant = combos[order[k]]
+        for j in range(counts[split]):
+            if split == "test-other":
+                voice, variant = other_combos[other_order[j]]
+            else:
+                voice, variant = combos[order[k]]
             group.append(
                 _Speaker(
                     id=int(ids[k]),
                     voice=voice,
                     variant=variant,
-                    pitch=int(rng.integers(30, 71)),
-                    rate=int(rng.integers(140, 196)),
-                    pitch_range=int(rng.integers(25, 81)),
+                    pitch=int(rng.integers(15, 86)),
+                    rate=int(rng.integers(130, 221)),
+                    pitch_range=int(rng.integers(10, 91)),
+                    warp_rate=int(rng.choice(_WARP_RATES)),
                     split=split,
                 )
             )
@@ -160,7 +208,7 @@ def _plan(
     """Texts, speakers and paths of every utterance (cheap; no audio)."""
     speakers = _make_speakers(utterances, seed)
     sizes = split_sizes(utterances)
-    homes = {s: "train" if s == "train" or s in _UPDATE_SPLITS else s for s in SPLITS}
+    homes = {s: "train" if s == "train" or s in _UPDATE_SPLITS else s for s in SPLITS}  # test-other: its own
     homes.update({s: "test" for s in _UPDATE_TEST_SPLITS})
     # One chapter per (speaker, split), unique over the corpus so ids never collide.
     n_chapters = sum(len(speakers[homes[s]]) for s in SPLITS)
@@ -179,7 +227,9 @@ def _plan(
         for index in range(sizes[split]):
             rng = np.random.default_rng([seed, code, index, 0])
             is_new = update is not None and _NEW_ENTITY_PATTERN[index % 5]
-            request = templates.sample_request(rng, update if is_new else None)
+            request = templates.sample_request(
+                rng, update if is_new else None, held_out=split == "test-other"
+            )
             g = index % len(group)
             spk, chapter = group[g], int(chapters[g])
             utt_id = f"{spk.id}-{chapter}-{next_utt[g]:04d}"
@@ -194,11 +244,13 @@ def _plan(
                     path=str(path),
                     text=request.text,
                     voice=f"{spk.voice}+{spk.variant}",
-                    rate=int(np.clip(round(spk.rate * jitter), 80, 450)),
+                    # the warp changes the duration by 22,050 / warp_rate: compensated here
+                    rate=int(np.clip(round(spk.rate * jitter * 22050 / spk.warp_rate), 80, 450)),
                     pitch=int(np.clip(spk.pitch + rng.integers(-3, 4), 0, 100)),
                     pitch_range=spk.pitch_range,
                     seed=int(rng.integers(2**31 - 1)),
                     snr_db=snr_db,
+                    warp_rate=spk.warp_rate,
                 )
             )
             labels[utt_id] = {

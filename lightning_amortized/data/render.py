@@ -1,6 +1,7 @@
 """Rendering one utterance of the synthetic corpus (runs in worker processes).
 
-eSpeak NG at 22,050 Hz -> polyphase resampling to 16 kHz -> leading and trailing silence,
+eSpeak NG at 22,050 Hz, read as the speaker's warp rate (19-25 kHz) -> polyphase
+resampling to 16 kHz -> leading and trailing silence,
 a random peak level and, optionally, white or brownish noise at a random SNR -> 16-bit FLAC.
 """
 
@@ -12,21 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_amortized.data.espeak import ESPEAK_SAMPLE_RATE, EspeakSynthesizer
+from lightning_amortized.data.espeak import EspeakSynthesizer
 from lightning_amortized.data.plan import SAMPLE_RATE, _Job
 
 _TTS: EspeakSynthesizer | None = None
-_GCD = math.gcd(SAMPLE_RATE, ESPEAK_SAMPLE_RATE)
-_UP, _DOWN = SAMPLE_RATE // _GCD, ESPEAK_SAMPLE_RATE // _GCD  # 320 / 441
 
 
-@functools.lru_cache(maxsize=1)
-def _resampling_filter() -> np.ndarray:
-    """scipy's default ``resample_poly`` low-pass (Kaiser, beta 5), designed once."""
+@functools.lru_cache(maxsize=32)
+def _resampling(source_rate: int) -> tuple[int, int, np.ndarray]:
+    """``(up, down, filter)`` taking ``source_rate`` to 16 kHz: scipy's default
+    ``resample_poly`` low-pass (Kaiser, beta 5), designed once per rate."""
     from scipy.signal import firwin
 
-    half_len = 10 * max(_UP, _DOWN)
-    return firwin(2 * half_len + 1, 1.0 / max(_UP, _DOWN), window=("kaiser", 5.0))
+    gcd = math.gcd(SAMPLE_RATE, source_rate)
+    up, down = SAMPLE_RATE // gcd, source_rate // gcd
+    half_len = 10 * max(up, down)
+    return up, down, firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0))
 
 
 def _init_worker() -> None:
@@ -46,7 +48,10 @@ def _render(job: _Job) -> tuple[str, str, float]:
         job.text.lower(), job.voice, rate=job.rate, pitch=job.pitch, pitch_range=job.pitch_range,
         seed=job.seed,
     ).astype(np.float64)
-    speech = resample_poly(speech, _UP, _DOWN, window=_resampling_filter())
+    # Read eSpeak's 22,050 Hz samples as if recorded at the speaker's warp rate: every
+    # frequency (formants, pitch) scales by warp_rate / 22,050 (vocal-tract length).
+    up, down, window = _resampling(job.warp_rate)
+    speech = resample_poly(speech, up, down, window=window)
     lead = int(rng.uniform(0.05, 0.35) * SAMPLE_RATE)
     trail = int(rng.uniform(0.05, 0.35) * SAMPLE_RATE)
     speech = np.concatenate([np.zeros(lead), speech, np.zeros(trail)])

@@ -9,7 +9,8 @@ to 16 kHz, given light noise, gain and silence, and written as::
     <root>/<split>/<spk>/<chapter>/<spk>-<chapter>.trans.txt
     <root>/<split>/<spk>/<chapter>/<spk>-<chapter>-<utt:04d>.flac
 
-Splits are ``train``, ``dev``, ``test`` (three disjoint speaker sets), ``update-1`` ...
+Splits are ``train``, ``dev``, ``test`` (three disjoint speaker sets), ``test-other``
+(voices, accents and sentence templates never heard in training), ``update-1`` ...
 ``update-5`` (train speakers; about 60 % requests with that update's NEW entities, 40 %
 replayed base requests) and ``update-1-test`` ... ``update-5-test`` (test speakers, same
 mixture). Every random choice comes from a generator seeded by ``(seed, split, index)``,
@@ -31,6 +32,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -38,7 +40,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lightning_amortized.data import templates
-from lightning_amortized.data.plan import MIN_UTTERANCES, SAMPLE_RATE, SPLITS, _Job, _plan, split_sizes
+from lightning_amortized.data.plan import (
+    MIN_UTTERANCES,
+    OTHER_VARIANTS,
+    OTHER_VOICES,
+    SAMPLE_RATE,
+    SPLITS,
+    _Job,
+    _plan,
+    split_sizes,
+)
 from lightning_amortized.data.render import _init_worker, _render
 
 __all__ = [
@@ -56,7 +67,7 @@ __all__ = [
 #: Version of the ``corpus.json`` / directory format.
 FORMAT_VERSION = 1
 #: Version of the generator; a change means different audio or texts for the same seed.
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 
 _IN_PROGRESS = ".make-corpus-in-progress"  # lets a rerun clean up after an interruption
 
@@ -122,6 +133,30 @@ def _existing(root: Path, utterances: int, seed: int, snr: tuple[float, float] |
     return info
 
 
+def _older_generator(root: Path) -> bool:
+    """Whether ``root`` holds a corpus of an older version of this generator.
+
+    Such a corpus is replaced without ``overwrite`` (with a warning): it is generated
+    data the recipes' configs can no longer use, not someone's own files.
+    """
+    try:
+        info = json.loads((root / "corpus.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    older = (
+        info.get("generator") == "lightning_amortized.data.synthetic"
+        and info.get("generator_version") != GENERATOR_VERSION
+    )
+    if older:
+        warnings.warn(
+            f"{root} holds a corpus of generator version {info.get('generator_version')}; "
+            f"replacing it with version {GENERATOR_VERSION} (texts, voices and splits changed; "
+            "see docs/corpus.md).",
+            stacklevel=3,
+        )
+    return older
+
+
 def _write_text_files(root: Path, jobs: Sequence[_Job], labels: dict[str, dict[str, Any]]) -> None:
     chapters: dict[Path, list[str]] = {}
     per_split: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -172,7 +207,7 @@ def _iter_rendered(
 
 def make_corpus(
     root: str | Path,
-    utterances: int = 4000,
+    utterances: int = 8000,
     seed: int = 0,
     *,
     num_workers: int | None = None,
@@ -203,8 +238,10 @@ def make_corpus(
         ``utterances``, ``sample_rate`` (Hz), ``splits`` (per split ``utterances``,
         ``speakers`` ids, ``hours`` of audio, ``new_entity_utterances``), ``speakers``
         (per id ``voice``, ``variant``, ``pitch``, ``rate`` in words/min,
-        ``pitch_range``, ``split``), ``entities`` (``base`` and ``update-k`` lists by
-        slot type) and ``generator_version``.
+        ``pitch_range``, ``warp_rate`` in Hz, ``split``), ``entities`` (``base`` and
+        ``update-k`` lists by slot type), ``held_out`` (what only ``test-other`` hears:
+        ``voices``, ``variants``, ``templates``), ``vocabulary_size`` and
+        ``generator_version``.
 
     Raises:
         ValueError: on bad arguments, or if ``root`` holds a different corpus (or
@@ -219,7 +256,7 @@ def make_corpus(
     try:
         info = _existing(root, utterances, seed, snr)
     except ValueError:
-        if not overwrite:
+        if not overwrite and not _older_generator(root):
             raise
         info = None
     if info is not None and all(Path(j.path).is_file() for j in jobs):
@@ -280,6 +317,12 @@ def make_corpus(
         "update_themes": {
             f"update-{k + 1}": theme for k, theme in enumerate(templates.UPDATE_THEMES)
         },
+        "held_out": {
+            "voices": list(OTHER_VOICES),
+            "variants": list(OTHER_VARIANTS),
+            "templates": [t.pattern for t in templates.OTHER_TEMPLATES],
+        },
+        "vocabulary_size": len(templates.vocabulary()),
     }
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -306,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate a synthetic LibriSpeech-layout speech corpus with eSpeak NG.",
     )
     parser.add_argument("root", type=Path, help="output directory")
-    parser.add_argument("--utterances", type=int, default=4000, help="total utterances (default 4000)")
+    parser.add_argument("--utterances", type=int, default=8000, help="total utterances (default 8000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default min(2, CPU count))")

@@ -14,8 +14,10 @@ There are three kinds of text:
   one of :data:`NUM_UPDATES` updates (new athletes, places, products, artists, teams),
   which never occur in the base data, the way a news event brings new names.
 
-The vocabulary is kept to roughly a thousand words so that a small character CTC model
-can learn it in minutes.
+Names, places, companies and the words of generated sentences are drawn from libraries
+(:mod:`~lightning_amortized.data.lexicon`); with them the vocabulary is about 2,800 words,
+while most words of a test utterance still occur in training. :data:`OTHER_TEMPLATES`
+and a second set of sentence patterns are heard only in the ``test-other`` split.
 
 Example::
 
@@ -40,17 +42,18 @@ from lightning_amortized.data.entities import (
     NUM_UPDATES,
     UPDATE_ENTITIES,
     UPDATE_THEMES,
-    _BASE,
     _check_update,
     base_entities,
     update_entities,
 )
-from lightning_amortized.data.numbers import _GENERATED, _ONES, _TENS, _choice, spell_number
+from lightning_amortized.data.lexicon import lexicon
+from lightning_amortized.data.numbers import _GENERATED, _MONTHS, _ONES, _TENS, _choice, spell_number
 
 __all__ = [
     "BASE_ENTITIES",
     "GENERAL_SENTENCES",
     "NUM_UPDATES",
+    "OTHER_TEMPLATES",
     "TEMPLATES",
     "UPDATE_ENTITIES",
     "UPDATE_THEMES",
@@ -105,7 +108,7 @@ class Template:
         if len(set(slots)) != len(slots):
             raise ValueError(f"Template {self.pattern!r} repeats a slot.")
         for slot in slots:
-            if slot not in _BASE and slot not in _GENERATED:
+            if slot not in BASE_ENTITIES and slot not in _GENERATED:
                 raise ValueError(f"Template {self.pattern!r} uses unknown slot {slot!r}.")
         object.__setattr__(self, "slots", slots)
 
@@ -118,7 +121,9 @@ class Template:
         Returns:
             The transcript.
         """
-        return _SLOT.sub(lambda m: values[m.group(1)], self.pattern)
+        text = _SLOT.sub(lambda m: values[m.group(1)], self.pattern)
+        # "THE {team} GAME" with team "THE DATA DRAGONS" reads "THE DATA DRAGONS GAME".
+        return re.sub(r"\bTHE THE\b", "THE", text)
 
 
 def _t(intent: str, *patterns: str) -> list[Template]:
@@ -167,8 +172,77 @@ TEMPLATES: tuple[Template, ...] = tuple(
          "ANY NEWS ABOUT {athlete}", "WHAT'S HAPPENING IN {city} TODAY",
          "GIVE ME THE {topic} NEWS")
     + _t("general_query", "WHAT TIME IS IT", "WHAT'S THE DATE TODAY", "TELL ME A JOKE",
-         "HOW DO YOU SPELL {city}", "WHAT TIME IS IT IN {city}", "CONVERT {count} MILES TO KILOMETRES")
+         "HOW DO YOU SPELL {city}", "WHAT TIME IS IT IN {city}", "CONVERT {count} MILES TO KILOMETRES",
+         "WHAT DAY OF THE WEEK IS {date}", "WHAT HAPPENED IN {year}", "HOW MANY DAYS UNTIL {date}")
+    + _t("business", "WHAT'S THE SHARE PRICE OF {company}", "CALL {company} CUSTOMER SERVICE",
+         "WHEN DOES {company} OPEN {day}", "FIND THE NEAREST {company} OFFICE",
+         "HOW DID {company} DO IN {year}")
+    + _t("calendar", "BOOK A DENTIST APPOINTMENT ON {date}", "WHAT DID I DO ON {date}")
+    + _t("reminder", "REMIND ME ON {date} TO {task}")
+    + _t("sports", "WHO WON THE CHAMPIONSHIP IN {year}")
+    + _t("play_music", "PLAY THE BIGGEST HITS OF {year}")
 )
+
+#: Request templates that only the ``test-other`` split uses: other wordings of the same
+#: intents and slots, never heard in training (LibriSpeech's ``test-other`` spirit).
+OTHER_TEMPLATES: tuple[Template, ...] = tuple(
+    _t("set_timer", "COULD YOU SET A TIMER FOR {duration}", "I NEED A TIMER FOR {duration}")
+    + _t("set_alarm", "PLEASE WAKE ME AT {time} ON {day}", "AT {time} PLEASE WAKE ME UP")
+    + _t("weather", "WILL IT BE COLD IN {city} {day}", "TELL ME THE WEATHER IN {city}")
+    + _t("play_music", "PUT ON SOME {genre}", "CAN YOU PLAY SOMETHING BY {artist} IN {room}")
+    + _t("call", "GIVE {contact} A CALL", "CAN YOU CALL {contact}")
+    + _t("message", "SEND {contact} A MESSAGE SAYING {message}")
+    + _t("sports", "WHAT WAS THE {team} SCORE {day}", "WHAT WERE THE RESULTS FOR {athlete} IN {event}")
+    + _t("shopping_list", "WE ARE OUT OF {item}", "PLEASE ADD {item} TO THE LIST")
+    + _t("order", "I WANT TO BUY {product}", "FIND {product} FOR ME")
+    + _t("reminder", "{day} REMIND ME TO {task}")
+    + _t("calendar", "WHAT IS ON MY CALENDAR FOR {date}")
+    + _t("navigation", "HOW LONG IS THE DRIVE TO {place}", "HOW DO I GET TO {city}")
+    + _t("smart_home", "TURN THE {device} OFF IN {room}", "IS IT COLD IN {room}")
+    + _t("news", "ANY {topic} NEWS {day}")
+    + _t("business", "IS {company} OPEN ON {day}")
+    + _t("general_query", "WHAT DAY WAS {date} IN {year}")
+)
+
+# Generated read-speech sentences: patterns over the library-drawn nouns, adjectives and
+# verbs (:mod:`.lexicon`), given names, cities and days. ``{a_adj}`` is the adjective with
+# its article ("A CALM" / "AN ABSURD"). The second set is heard only in ``test-other``.
+_SENTENCE_PATTERNS = (
+    "THE {adj} {noun} CAN {verb} THE {other_noun}",
+    "I WANT TO {verb} {a_adj} {noun}",
+    "THEY {verb} THE {noun} BEFORE THE {other_noun}",
+    "{first} WILL {verb} THE {adj} {noun} {day}",
+    "DID YOU {verb} THE {noun} IN {city}",
+    "MY {noun} IS VERY {adj}",
+    "PLEASE DON'T {verb} THE {adj} {noun}",
+    "WE FOUND {a_adj} {noun} NEAR THE {other_noun}",
+)
+_OTHER_SENTENCE_PATTERNS = (
+    "CAN ANYONE {verb} {a_adj} {noun}",
+    "THE {noun} WAS {adj} SAID {first}",
+    "NOBODY CAN {verb} THE {noun} AND THE {other_noun}",
+    "IT IS {adj} TO {verb} THE {noun} {day}",
+)
+
+
+def _article(word: str) -> str:
+    return "AN" if word[0] in "AEIOU" else "A"
+
+
+def _generated_sentence(rng: np.random.Generator, patterns: tuple[str, ...]) -> str:
+    lex = lexicon()
+    adj = _choice(rng, lex.adjectives)
+    values = {
+        "adj": adj,
+        "a_adj": f"{_article(adj)} {adj}",
+        "noun": _choice(rng, lex.nouns),
+        "other_noun": _choice(rng, lex.nouns),
+        "verb": _choice(rng, lex.verbs),
+        "first": _choice(rng, lex.first_names),
+        "city": _choice(rng, BASE_ENTITIES["city"]),
+        "day": _choice(rng, BASE_ENTITIES["day"]),
+    }
+    return _choice(rng, patterns).format(**values)
 
 #: Read-speech sentences spoken as they are (intent ``"general"``).
 GENERAL_SENTENCES: tuple[str, ...] = (
@@ -256,32 +330,47 @@ def sample_request(
     rng: np.random.Generator,
     update: int | None = None,
     *,
-    general_fraction: float = 0.2,
+    general_fraction: float = 0.25,
+    held_out: bool = False,
 ) -> Request:
     """Sample one utterance text.
 
     Args:
         rng: random generator (the only source of randomness).
         update: ``None`` for base data (a request, or with probability
-            ``general_fraction`` a general sentence); ``1``..``5`` for a request whose
-            entity slots (athlete, city, product, artist, team) hold that update's NEW
-            entities, at least one per request.
+            ``general_fraction`` a general sentence: 40 % of them from
+            :data:`GENERAL_SENTENCES`, 60 % generated from library word lists);
+            ``1``..``5`` for a request whose entity slots (athlete, city, product,
+            artist, team) hold that update's NEW entities, at least one per request.
         general_fraction: probability of a general sentence for base data, in ``[0, 1]``.
+        held_out: draw from the ``test-other`` texts instead: :data:`OTHER_TEMPLATES`
+            and generated sentences of patterns training never uses (base entities).
 
     Returns:
         The :class:`Request`.
 
     Raises:
-        ValueError: if ``update`` or ``general_fraction`` is out of range.
+        ValueError: if ``update`` or ``general_fraction`` is out of range, or
+            ``held_out`` is combined with an update.
     """
     if not 0.0 <= general_fraction <= 1.0:
         raise ValueError(
             f"Expected argument `general_fraction` to be in [0, 1], but got {general_fraction!r}."
         )
+    if held_out and update is not None:
+        raise ValueError(
+            f"Expected argument `update` to be None with `held_out=True` (test-other texts use "
+            f"base entities only), but got {update!r}."
+        )
     if update is None:
         if rng.random() < general_fraction:
-            return Request("general", _choice(rng, GENERAL_SENTENCES), {}, False)
-        template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+            if held_out:
+                return Request("general", _generated_sentence(rng, _OTHER_SENTENCE_PATTERNS), {}, False)
+            if rng.random() < 0.4:
+                return Request("general", _choice(rng, GENERAL_SENTENCES), {}, False)
+            return Request("general", _generated_sentence(rng, _SENTENCE_PATTERNS), {}, False)
+        pool = OTHER_TEMPLATES if held_out else TEMPLATES
+        template = pool[int(rng.integers(len(pool)))]
         new: Mapping[str, tuple[str, ...]] = {}
     else:
         _check_update(update)
@@ -312,7 +401,11 @@ def vocabulary() -> set[str]:
         Set of upper-case words.
     """
     words: set[str] = set()
-    texts = [t.pattern for t in TEMPLATES] + list(GENERAL_SENTENCES)
+    lex = lexicon()
+    texts = [t.pattern for t in TEMPLATES + OTHER_TEMPLATES] + list(GENERAL_SENTENCES)
+    texts += list(_SENTENCE_PATTERNS + _OTHER_SENTENCE_PATTERNS)
+    texts += list(lex.nouns + lex.adjectives + lex.verbs + lex.first_names)
+    words.update(("AN", "A"))
     for ents in (BASE_ENTITIES, *UPDATE_ENTITIES):
         for values in ents.values():
             texts.extend(values)
@@ -324,5 +417,10 @@ def vocabulary() -> set[str]:
                   "HALF", "AN", "AND", "A", "QUARTER", "OF", "O'CLOCK", "PAST", "TO", "OH",
                   "NOON", "MIDNIGHT", "SUNRISE", "IN", "THE", "MORNING", "EVENING",
                   "TONIGHT", "AFTERNOON", "DEGREES", "PERCENT"))
+    words.update(_MONTHS)
+    words.update(("FIRST", "SECOND", "THIRD", "FIFTH", "EIGHTH", "NINTH", "TWELFTH"))
+    words.update(w + "TH" for w in ("FOUR", "SIX", "SEVEN", "TEN", "ELEVEN", "THIRTEEN", "FOURTEEN",
+                                     "FIFTEEN", "SIXTEEN", "SEVENTEEN", "EIGHTEEN", "NINETEEN"))
+    words.update(("TWENTIETH", "THIRTIETH"))
     assert all(set(w) <= set(string.ascii_uppercase + "'") for w in words)
     return words

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lightning_amortized.data import templates
+from lightning_amortized.data import lexicon, plan, templates
 from lightning_amortized.data.espeak import EspeakError, EspeakSynthesizer
 from lightning_amortized.data.synthetic import SPLITS, main, make_corpus, split_sizes
 
@@ -51,10 +51,11 @@ def _has_phrase(text: str, phrase: str) -> bool:
 
 # --------------------------------------------------------------------------- splits
 def test_split_sizes_hand_computed() -> None:
-    sizes = split_sizes(4000)
-    assert (sizes["train"], sizes["dev"], sizes["test"]) == (2560, 200, 240)
+    sizes = split_sizes(8000)
+    # 4 % dev, 8 % test and test-other, 3 % + 3.5 % per update, the rest (47.5 %) train
+    assert (sizes["train"], sizes["dev"], sizes["test"], sizes["test-other"]) == (3800, 320, 640, 640)
     for k in UPDATES:
-        assert (sizes[f"update-{k}"], sizes[f"update-{k}-test"]) == (150, 50)
+        assert (sizes[f"update-{k}"], sizes[f"update-{k}-test"]) == (240, 280)
     small = split_sizes(N)
     assert sum(small.values()) == N and list(small) == list(SPLITS)
     assert min(small[f"update-{k}"] for k in UPDATES) >= 3
@@ -143,14 +144,24 @@ def test_synthesis_does_not_depend_on_previous_calls() -> None:
     np.testing.assert_array_equal(first, again)
 
 
+def test_every_variant_is_deterministic() -> None:
+    # Klatt variants with breath noise (Reed, caleb) draw from libc's rand(): seeded per call
+    tts = EspeakSynthesizer()
+    variants = list(plan.variant_pool(False) + plan.variant_pool(True))
+    first = {v: tts.synthesize("call my sister", f"en-us+{v}", seed=5) for v in variants}
+    for v in reversed(variants):
+        np.testing.assert_array_equal(tts.synthesize("call my sister", f"en-us+{v}", seed=5), first[v], err_msg=v)
+
+
 # --------------------------------------------------------------------------- speakers
 def test_speaker_sets(corpus: tuple[Path, dict]) -> None:
     root, info = corpus
     spk = {s: set(info["splits"][s]["speakers"]) for s in SPLITS}
-    assert spk["train"] and spk["dev"] and spk["test"]
-    assert not spk["train"] & spk["dev"]
-    assert not spk["train"] & spk["test"]
-    assert not spk["dev"] & spk["test"]
+    homes = ("train", "dev", "test", "test-other")
+    assert all(spk[h] for h in homes)
+    for i, a in enumerate(homes):
+        for b in homes[i + 1:]:
+            assert not spk[a] & spk[b], (a, b)
     for k in UPDATES:
         assert spk[f"update-{k}"] <= spk["train"]
         assert spk[f"update-{k}-test"] <= spk["test"]
@@ -160,10 +171,27 @@ def test_speaker_sets(corpus: tuple[Path, dict]) -> None:
     # each speaker is a distinct eSpeak voice+variant, so test voices are unseen in train
     voices = {sid: (s["voice"], s["variant"]) for sid, s in info["speakers"].items()}
     assert len(set(voices.values())) == len(voices)
-    assert {int(i) for i in info["speakers"]} == spk["train"] | spk["dev"] | spk["test"]
+    assert {int(i) for i in info["speakers"]} == spk["train"] | spk["dev"] | spk["test"] | spk["test-other"]
     for sid, s in info["speakers"].items():
         assert int(sid) in spk[s["split"]]
         assert 0 <= s["pitch"] <= 100 and 80 <= s["rate"] <= 450
+        assert 19000 <= s["warp_rate"] <= 25000
+        # test-other's variants (and its extra accent) are never heard elsewhere
+        held_out = s["split"] == "test-other"
+        assert (s["variant"] in plan.OTHER_VARIANTS) == held_out
+        if not held_out:
+            assert s["voice"] in plan.VOICES and s["voice"] not in plan.OTHER_VOICES
+    assert info["held_out"]["variants"] == list(plan.OTHER_VARIANTS)
+
+
+def test_variant_pools_cover_the_wheel_and_are_disjoint() -> None:
+    from lightning_amortized.data.espeak import available_variants
+
+    seen, held = set(plan.variant_pool(False)), set(plan.variant_pool(True))
+    assert not seen & held and {"klatt4", "klatt5", "klatt6"} <= held
+    assert {"klatt", "klatt2", "klatt3", "m1", "f5", "whisper"} <= seen
+    assert seen | held == {v for v in available_variants() if " " not in v}
+    assert len(seen) >= 80
 
 
 # --------------------------------------------------------------------------- entities
@@ -198,7 +226,7 @@ def test_update_splits_hold_new_entities(corpus: tuple[Path, dict]) -> None:
                 assert has_new == row["entities_new"], row
 
 
-def test_templates_spell_numbers_and_keep_vocabulary_small() -> None:
+def test_templates_spell_numbers_and_keep_vocabulary_learnable() -> None:
     spelled = [templates.spell_number(n) for n in (0, 13, 40, 99, 105, 1000, 21021)]
     assert spelled == [
         "ZERO", "THIRTEEN", "FORTY", "NINETY NINE", "ONE HUNDRED FIVE", "ONE THOUSAND",
@@ -207,7 +235,7 @@ def test_templates_spell_numbers_and_keep_vocabulary_small() -> None:
     with pytest.raises(ValueError, match="`n`"):
         templates.spell_number(-1)
     vocab = templates.vocabulary()
-    assert 300 <= len(vocab) <= 1500
+    assert 2000 <= len(vocab) <= 4000  # 883 words before the library-drawn lists
     rng = np.random.default_rng(0)
     for update in (None, *UPDATES):
         for _ in range(200):
@@ -218,6 +246,53 @@ def test_templates_spell_numbers_and_keep_vocabulary_small() -> None:
             assert req.entities_new == (update is not None)
     with pytest.raises(ValueError, match="`update`"):
         templates.sample_request(rng, 6)
+    with pytest.raises(ValueError, match="held_out"):
+        templates.sample_request(rng, 1, held_out=True)
+
+
+def _template_regex(pattern: str) -> re.Pattern[str]:
+    parts = re.split(r"\{[a-z_]+\}", pattern)
+    return re.compile("^" + "(.+)".join(re.escape(p) for p in parts) + "$")
+
+
+def test_held_out_texts_use_templates_training_never_uses() -> None:
+    base = [_template_regex(t.pattern) for t in templates.TEMPLATES]
+    base += [_template_regex(p) for p in templates._SENTENCE_PATTERNS]
+    other = [_template_regex(t.pattern) for t in templates.OTHER_TEMPLATES]
+    other += [_template_regex(p) for p in templates._OTHER_SENTENCE_PATTERNS]
+    assert {t.intent for t in templates.OTHER_TEMPLATES} <= {t.intent for t in templates.TEMPLATES}
+    for i in range(400):
+        req = templates.sample_request(np.random.default_rng([1, i]), held_out=True)
+        assert any(r.match(req.text) for r in other), req.text
+        assert req.text not in templates.GENERAL_SENTENCES
+        train = templates.sample_request(np.random.default_rng([2, i]))
+        assert not any(r.match(train.text) for r in other), train.text
+        if train.text not in templates.GENERAL_SENTENCES:
+            assert any(r.match(train.text) for r in base), train.text
+
+
+def test_dates_years_and_duplicate_articles() -> None:
+    from lightning_amortized.data.numbers import _GENERATED
+
+    rng = np.random.default_rng(0)
+    dates = [_GENERATED["date"](rng) for _ in range(50)]
+    years = [_GENERATED["year"](rng) for _ in range(50)]
+    assert all(templates.is_valid_transcript(t) for t in dates + years)
+    assert any(re.fullmatch(r"THE [A-Z ]+ OF [A-Z]+", d) for d in dates)
+    assert all(re.fullmatch(r"(NINETEEN|TWENTY|TWO THOUSAND)( [A-Z]+)*", y) for y in years), years
+    team = templates.Template("sports", "WHAT WAS THE SCORE OF THE {team} GAME")
+    assert team.fill({"team": "THE DATA DRAGONS"}) == "WHAT WAS THE SCORE OF THE DATA DRAGONS GAME"
+
+
+def test_lexicon_file_matches_the_libraries() -> None:
+    shipped, drawn = lexicon.lexicon(), lexicon.draw_lexicon()
+    assert shipped == drawn
+    assert len(shipped.first_names) == len(set(shipped.first_names)) == 220
+    update_words = {w for u in templates.UPDATE_ENTITIES for vs in u.values() for v in vs for w in v.split()}
+    for field in ("first_names", "last_names", "nouns", "verbs", "adjectives"):
+        assert not update_words & set(getattr(shipped, field)), field
+    assert lexicon.clean_phrase("Søren Kierkegaard") == "SOREN KIERKEGAARD"
+    assert lexicon.clean_phrase("a b") is None and lexicon.clean_phrase("one two three four") is None
 
 
 # --------------------------------------------------------------------------- manifests
@@ -225,6 +300,7 @@ def test_corpus_json_and_slu_jsonl_match_files(corpus: tuple[Path, dict]) -> Non
     root, info = corpus
     assert json.loads((root / "corpus.json").read_text()) == info
     assert info["format_version"] == 1 and info["seed"] == 0 and info["utterances"] == N
+    assert info["generator_version"] == "2.0.0" and info["vocabulary_size"] == len(templates.vocabulary())
     assert set(info["splits"]) == set(SPLITS)
     assert set(info["entities"]) == {"base", *(f"update-{k}" for k in UPDATES)}
     for split in SPLITS:
@@ -239,7 +315,7 @@ def test_corpus_json_and_slu_jsonl_match_files(corpus: tuple[Path, dict]) -> Non
             assert row["text"] == transcripts[row["id"]]
             assert all(_has_phrase(row["text"], v) for v in row["slots"].values())
             if row["intent"] == "general":
-                assert row["slots"] == {} and row["text"] in templates.GENERAL_SENTENCES
+                assert row["slots"] == {}
 
 
 # --------------------------------------------------------------------------- idempotence
@@ -259,6 +335,32 @@ def test_other_corpus_in_root_is_refused(corpus: tuple[Path, dict]) -> None:
     root, _ = corpus
     with pytest.raises(ValueError, match="different corpus"):
         make_corpus(root, N, seed=5, show_progress=False)
+
+
+def test_corpus_of_an_older_generator_is_replaced_with_a_warning(tmp_path: Path) -> None:
+    old = tmp_path / "dev" / "1" / "2" / "1-2-0000.flac"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"generator 1.0.0")
+    (tmp_path / "corpus.json").write_text(json.dumps(
+        {"format_version": 1, "generator": "lightning_amortized.data.synthetic",
+         "generator_version": "1.0.0", "seed": 0, "utterances": 50, "noise_snr_db": [20.0, 40.0]}))
+    with pytest.warns(UserWarning, match="generator version 1.0.0"):
+        info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
+    assert info["generator_version"] == "2.0.0" and not old.exists()
+
+
+def test_frequency_warp_scales_duration(tmp_path: Path) -> None:
+    from lightning_amortized.data.render import _render
+
+    seconds = {}
+    for warp in (19000, 22050, 25000):
+        job = plan._Job(id=f"w{warp}", split="test", index=0, path=str(tmp_path / f"{warp}.flac"),
+                        text="SET A TIMER FOR TEN MINUTES", voice="en-us+m3", rate=170, pitch=50,
+                        pitch_range=50, seed=1, snr_db=None, warp_rate=warp)
+        seconds[warp] = _render(job)[2]
+    # same silence margins (same seed); the speech part scales by 22,050 / warp
+    assert seconds[19000] > seconds[22050] > seconds[25000]
+    assert (seconds[19000] - seconds[25000]) / seconds[22050] == pytest.approx(22050 / 19000 - 22050 / 25000, abs=0.08)
 
 
 def test_missing_file_is_regenerated(tmp_path: Path) -> None:
