@@ -28,7 +28,7 @@ from lightning_amortized.experiment import write_results  # noqa: E402
 
 
 def measure(root: str, augment: WaveAugment | None) -> dict[str, float]:
-    dm = SyntheticDataModule(root, utterances=6000, max_batch_seconds=20.0, max_batch_size=12,
+    dm = SyntheticDataModule(root, utterances=8000, max_batch_seconds=20.0, max_batch_size=12,
                              cache_features=True, augment=augment)
     t0 = time.perf_counter()
     dm.setup("fit")

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"))
-    p.add_argument("--utterances", type=int, default=6000)
+    p.add_argument("--utterances", type=int, default=8000)
     p.add_argument("--minutes", type=float, default=11.0, help="wall-clock cap per variant")
     p.add_argument("--val-every", type=float, default=1.0, help="validate every this fraction of an epoch")
     p.add_argument("--protocol", default="Full schedules, 2 threads, one run at a time",
