@@ -39,8 +39,9 @@ def fit_and_test(
 
     Returns:
         ``{"fit_seconds", "best_checkpoint" ("" without a checkpoint callback), "test" (the
-        logged test metrics, ``{}`` when ``test`` is False), "val_curve" ({"seconds", "step",
-        "epoch", "value"}: lists of equal length)}``.
+        logged test metrics of every test dataloader, e.g. ``test/test/wer`` and
+        ``test/test-other/wer``; ``{}`` when ``test`` is False), "val_curve" ({"seconds",
+        "step", "epoch", "value"}: lists of equal length)}``.
     """
     from lightning_amortized.callbacks.validation_clock import ValidationClock
 
@@ -52,7 +53,10 @@ def fit_and_test(
     trainer.fit(model, datamodule=datamodule)
     fit_s = time.perf_counter() - t0
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0] if test else {}
+    results: dict[str, Any] = {}
+    if test:  # one dict per test dataloader, each with its own split's metrics
+        for per_loader in trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False):
+            results.update(per_loader)
     return {
         "fit_seconds": round(fit_s, 1),
         "best_checkpoint": best,

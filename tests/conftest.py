@@ -23,6 +23,27 @@ def load_script(path: Path, name: str):
     return mod
 
 
+def split_error_rates(model, root: Path, split: str) -> tuple[float, float]:
+    """WER and CER of ``model.transcribe`` over every utterance of ``split``, one utterance at a time,
+    counted by jiwer: an independent count of the scores the recipes and benchmarks report."""
+    import jiwer
+
+    from lightning_amortized.data import LibriSpeechDataModule
+
+    dm = LibriSpeechDataModule(str(root), train_splits=[], val_splits=[], test_splits=[split])
+    dm.prepare_data()
+    dm.setup("test")
+    ds = dm.datasets[f"test:{split}"]
+    model.eval()
+    refs, hyps = [], []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            item = ds[i]
+            hyps += model.transcribe(item["feats"][None], torch.tensor([item["feats"].shape[0]]))
+            refs.append(item["text"])
+    return jiwer.wer(refs, hyps), jiwer.cer(refs, hyps)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op thread per test: tiny tensors only lose to thread contention on 2 shared cores."""

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from lightning_amortized.data import CharTokenizer, SyntheticDataModule
+from conftest import split_error_rates
+from lightning_amortized.data import CharTokenizer, CorpusError, LibriSpeechDataModule, SyntheticDataModule
 from lightning_amortized.evaluation import realtime_factor
 from lightning_amortized.module import ASRModule, FrameStacker
 from lightning_amortized.nn import ConformerEncoderAdapter, RecurrentEncoder
@@ -98,7 +99,7 @@ def test_conformer_adapter_in_module() -> None:
 
 def _datamodule(root: Path) -> SyntheticDataModule:
     return SyntheticDataModule(
-        str(root), utterances=120, train_splits=["train"], val_splits=["dev"], test_splits=["test", "update-1-test"],
+        str(root), utterances=120, train_splits=["train"], val_splits=["dev"], test_splits=["test", "test-other"],
         max_batch_seconds=40.0, max_train_utterances=24,
     )
 
@@ -124,7 +125,7 @@ def test_fit_reduces_loss_then_test_and_resume(tiny_corpus: Path, tmp_path: Path
     assert after < before
     assert "val/wer" in trainer.callback_metrics and "train/asr_loss" in trainer.callback_metrics
     res = {k: v for d in trainer.test(model, datamodule=dm, verbose=False) for k, v in d.items()}
-    assert {"test/test/wer", "test/update-1-test/wer", "test/update-1-test/cer"} <= set(res)
+    assert {"test/test/wer", "test/test/cer", "test/test-other/wer", "test/test-other/cer"} <= set(res)
     assert 0.0 <= res["test/test/wer"]
 
     # resume from the last checkpoint: one more epoch continues from epoch 2 with the same weights
@@ -138,6 +139,33 @@ def test_fit_reduces_loss_then_test_and_resume(tiny_corpus: Path, tmp_path: Path
     )
     t2.fit(resumed, datamodule=dm, ckpt_path=str(last))
     assert t2.current_epoch == 3 and t2.global_step == 3 * trainer.global_step // 2
+
+
+def test_each_test_split_is_scored_on_its_own_utterances(tiny_corpus: Path) -> None:
+    """Two test dataloaders (test, test-other) log `test/test/*` and `test/test-other/*`, each the
+    WER/CER of its own split: checked against jiwer, one utterance at a time."""
+    torch.manual_seed(0)
+    model = ASRModule(RecurrentEncoder(240, 16, num_layers=1))
+    with torch.no_grad():  # untrained, and never blank: emits characters, so each split scores its own errors
+        model.head.bias[0] = -100.0
+    dm = _datamodule(tiny_corpus)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    per_loader = trainer.test(model, datamodule=dm, verbose=False)  # one dict per dataloader: its split's scores
+    assert [set(d) for d in per_loader] == [{"test/test/wer", "test/test/cer"},
+                                            {"test/test-other/wer", "test/test-other/cer"}]
+    res = {k: v for d in per_loader for k, v in d.items()}
+    for split in ("test", "test-other"):
+        wer, cer = split_error_rates(model, tiny_corpus, split)
+        assert res[f"test/{split}/wer"] == pytest.approx(wer, abs=1e-6)
+        assert res[f"test/{split}/cer"] == pytest.approx(cer, abs=1e-6)
+    assert res["test/test/cer"] != res["test/test-other/cer"]  # (WER is 1.0 on both: one long word per utterance)
+
+
+def test_a_test_split_the_corpus_lacks_is_refused_before_training(tiny_corpus: Path, tmp_path: Path) -> None:
+    """An older synthetic corpus has no `test-other`: preparing the data (the start of `fit`) stops with what to do."""
+    dm = LibriSpeechDataModule(str(tiny_corpus), test_splits=["test", "test-gone"], manifest_dir=str(tmp_path))
+    with pytest.raises(CorpusError, match=r"test-gone.* does not exist.*make-corpus .* --overwrite.*test_splits"):
+        dm.prepare_data()
 
 
 def test_realtime_factor_reports_numbers() -> None:
