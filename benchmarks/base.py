@@ -2,22 +2,28 @@
 
 ``python benchmarks/base.py`` (or ``make base``) trains ``recipes/synthetic/conf/base.yaml``
 on the synthetic corpus (generated first if missing), tests the best checkpoint on the
-unseen-speaker ``test`` split and stores it under a cache folder named by the
+config's test splits (``test``: speakers unseen in training; ``test-other``: voices and
+sentence templates unseen in training) and stores it under a cache folder named by the
 configuration and the corpus::
 
     runs/base/<sha256(resolved config + corpus fingerprint)[:16]>/
         base.ckpt    state_dict + hyper_parameters (ASRModule.load_from_checkpoint works)
-        base.json    test WER/CER, fit seconds, epochs, device, config, fingerprint, sha256
+        base.json    test_wer/test_cer, test_other_wer/test_other_cer (fractions), fit seconds,
+                     epochs, device, config, fingerprint, sha256
 
 A second call with the same configuration and corpus finds the folder and trains
 nothing. The configuration is the resolved LightningCLI config (YAML plus overrides, with
 defaults filled in and paths left out), so comments and spelling do not matter; library
-code changes are not part of the key (``--force`` retrains). ``benchmarks/amnet.py`` and ``benchmarks/diff_updates.py`` call
+code changes are not part of the key (``--force`` retrains). What a base is tested on
+(``data.init_args.test_splits``) is not part of the key either: a cached base whose
+``base.json`` lacks a test split of the config is tested on it (a test pass, no training)
+and the scores are added to ``base.json``. ``benchmarks/amnet.py`` and ``benchmarks/diff_updates.py`` call
 :func:`ensure_base` when no base is given. The numbers also go to
 ``docs/results/base.{json,md}``.
 
 The corpus fingerprint is the SHA-256 of ``corpus.json`` (generator version, seed, sizes,
-speakers) when the corpus has one, else of the manifests' fingerprints of the splits used.
+speakers) when the corpus has one, else of the manifests' fingerprints of the training and
+validation splits.
 
 Usage::
 
@@ -40,11 +46,14 @@ from typing import Any, Sequence
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "recipes" / "synthetic" / "conf" / "base.yaml"
 DEFAULT_ROOT = REPO / "data" / "synthetic"
+#: What each test split of the synthetic corpus holds out from training (shown in the results table).
+HELD_OUT = {"test": "unseen speakers", "test-other": "unseen voices and sentence templates"}
 CACHE = REPO / "runs" / "base"
 RESULTS = REPO / "docs" / "results"
 
 
 from lightning_amortized.atomic import write_atomic  # noqa: E402
+from lightning_amortized.evaluation import split_fields, split_keys  # noqa: E402
 from lightning_amortized.experiment import write_results  # noqa: E402
 __all__ = ["corpus_fingerprint", "base_key", "ensure_base"]
 
@@ -74,6 +83,13 @@ def corpus_fingerprint(root: str | Path, splits: Sequence[str], manifest_dir: st
 BASE_FORMAT = "1"
 #: Settings that say where things go, not what is trained: left out of the cache key.
 _PLACE_KEYS = (("data", "init_args", "root"), ("data", "init_args", "manifest_dir"), ("trainer", "default_root_dir"))
+#: Settings that say what a trained base is tested on, not what is trained. The key is computed as if
+#: each held the value every cached base was keyed with before it was exempted, so changing one never
+#: changes the key (and no cached base is orphaned by the exemption); scores for a test split a cached
+#: base was not tested on are added by a test pass (see :func:`ensure_base`).
+_EVAL_KEYS: dict[tuple[str, ...], object] = {
+    ("data", "init_args", "test_splits"): ["test"],
+}
 #: Options added to the library after cached bases were trained, with the default that reproduces what
 #: those bases were trained with. While an option holds that value it is left out of the key, so adding an
 #: option does not orphan every cached base; any other value is part of the key as usual.
@@ -86,8 +102,15 @@ _ADDED_DEFAULTS: dict[tuple[str, ...], object] = {
 
 
 def resolved_config(cli: Any) -> dict[str, Any]:
-    """The parsed LightningCLI config (YAML + overrides, defaults filled in) without its paths."""
+    """The parsed LightningCLI config (YAML + overrides, defaults filled in) without its paths, and with
+    the test splits of every base (:data:`_EVAL_KEYS`)."""
     cfg = json.loads(cli.parser.dump(cli.config, format="json", skip_none=False))
+    for path, value in _EVAL_KEYS.items():
+        node = cfg
+        for part in path[:-1]:
+            node = node.get(part) or {}
+        if isinstance(node, dict) and path[-1] in node:
+            node[path[-1]] = value
     for path in (*_PLACE_KEYS, *_ADDED_DEFAULTS):
         node = cfg
         for part in path[:-1]:
@@ -148,7 +171,10 @@ def ensure_base(
     """Path of the cached base checkpoint for ``config`` on the corpus at ``root``; trains it if missing.
 
     Concurrent callers (two benchmarks started together) wait on a lock file
-    ``<cache>/<key>.lock``: one trains, the other then finds the result.
+    ``<cache>/<key>.lock``: one trains, the other then finds the result. A cached base whose
+    ``base.json`` lacks scores for one of the config's test splits (say ``test-other``, added
+    to the config after the base was trained) is tested on those splits and ``base.json`` (and
+    ``results``) gain their fields; with ``train=False`` it is returned as it is.
 
     Args:
         config: LightningCLI YAML of the base recipe.
@@ -171,7 +197,8 @@ def ensure_base(
     cli = _cli(config, root, overrides, None)
     dm = cli.datamodule
     dm.prepare_data()  # generates the synthetic corpus if missing; writes manifests
-    fingerprint = corpus_fingerprint(root, dm.all_splits, dm.manifest_dir)
+    # training and validation data only: what a base is tested on does not name it
+    fingerprint = corpus_fingerprint(root, dm.train_splits + dm.val_splits, dm.manifest_dir)
     key = base_key(resolved_config(cli), fingerprint)
     folder = cache / key
     ckpt = folder / "base.ckpt"
@@ -179,7 +206,10 @@ def ensure_base(
     def cached() -> bool:
         return not force and ckpt.exists() and (folder / "base.json").exists()
 
-    if cached():
+    def untested() -> list[str]:
+        return _untested_splits(folder / "base.json", dm.test_splits)
+
+    if cached() and (not train or not untested()):
         return ckpt
     if not train:
         raise FileNotFoundError(
@@ -188,9 +218,70 @@ def ensure_base(
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        if cached():  # trained by another process while we waited
+        if cached():  # trained (or tested) by another process while we waited
+            missing = untested()
+            if missing:
+                _test_cached(config, root, overrides, folder, missing, results)
             return ckpt
         return _train(config, root, overrides, folder, fingerprint, results)
+
+
+def _untested_splits(base_json: Path, splits: Sequence[str]) -> list[str]:
+    """The splits of ``splits`` without scores in ``base_json`` (older files name one ``test_split``)."""
+    info = json.loads(base_json.read_text())
+    tested = info.get("test_splits") or [info["test_split"]]
+    return [s for s in splits if s not in tested]
+
+
+def _markdown(info: dict[str, Any]) -> str:
+    splits = info.get("test_splits") or [info["test_split"]]
+    scores = "".join(
+        f"| {split} {kind.upper()}{f' ({HELD_OUT[split]})' if split in HELD_OUT and kind == 'wer' else ''} "
+        f"| {100 * info[f'{key}_{kind}']:.2f} % |\n"
+        for split, key in zip(splits, split_keys(splits))
+        for kind in ("wer", "cer")
+    )
+    added = info.get("tested_after_training")
+    note = ""
+    if added:
+        note = f"Tested on {', '.join(f'`{s}`' for s in added)} later, on the cached checkpoint.\n\n"
+    return (
+        "# Shared base model\n\n"
+        f"Command: `{info['command']}` (also `make base`).  \n"
+        f"Config: `{info['config']}` {' '.join(info['overrides'])}; corpus `{Path(info['corpus_root']).name}` "
+        f"(fingerprint `{info['corpus_fingerprint'][:16]}`).  \nTrained on {info['device']}.\n\n{note}"
+        "| metric | value |\n|---|---|\n"
+        f"{scores}"
+        f"| epochs (best) | {info['epochs']} ({info['best_epoch']}) |\n"
+        f"| fit time | {info['fit_seconds']:.0f} s |\n"
+        f"| parameters | {info['params']:,} |\n"
+        f"| checkpoint | `{info['checkpoint']}` (sha256 `{info['checkpoint_sha256'][:16]}`) |\n"
+    )
+
+
+def _test_cached(
+    config: Path, root: Path, overrides: Sequence[str], folder: Path, splits: Sequence[str], results: str | Path | None
+) -> None:
+    """Test the cached ``<folder>/base.ckpt`` on ``splits`` and add their scores to ``base.json`` (and ``results``)."""
+    import torch
+
+    info = json.loads((folder / "base.json").read_text())
+    tested = info.get("test_splits") or [info["test_split"]]
+    keys = split_keys([*tested, *splits])[len(tested):]  # checked before the test pass
+    cli = _cli(config, root, overrides, folder / "run")
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    dm.test_splits = list(splits)
+    model.load_state_dict(torch.load(folder / "base.ckpt", map_location="cpu", weights_only=False)["state_dict"])
+    res = trainer.test(model, datamodule=dm, verbose=False)[0]
+    scores = split_fields(res, splits)  # headline first: rename to the keys of the added splits
+    for split, key, old in zip(splits, keys, split_keys(splits)):
+        for kind in ("wer", "cer"):
+            info[f"{key}_{kind}"] = scores[f"{old}_{kind}"]
+    info["test_splits"] = [*tested, *splits]
+    info["tested_after_training"] = [*info.get("tested_after_training", []), *splits]
+    write_atomic(folder / "base.json", json.dumps(info, indent=2) + "\n")
+    if results is not None:
+        write_results(results, info, _markdown(info))
 
 
 def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fingerprint: str, results: str | Path | None) -> Path:
@@ -205,7 +296,8 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
     best, res, fit_s = run["best_checkpoint"], run["test"], run["fit_seconds"]
     if not best:
         raise RuntimeError("The base recipe saved no checkpoint; keep a ModelCheckpoint monitoring val/wer in its config.")
-    split = dm.test_splits[0]
+    splits = list(dm.test_splits)
+    scores = split_fields(res, splits)  # test_wer, test_cer, test_other_wer, test_other_cer
     full = torch.load(best, map_location="cpu", weights_only=False)
     slim = {k: full[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in full}
     ckpt = folder / "base.ckpt"
@@ -214,9 +306,9 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
     torch.save(slim, tmp)
     os.replace(tmp, ckpt)
     info = {
-        "test_split": split,
-        "test_wer": float(res[f"test/{split}/wer"]),
-        "test_cer": float(res[f"test/{split}/cer"]),
+        "test_split": splits[0],
+        "test_splits": splits,
+        **scores,
         "fit_seconds": fit_s,
         "epochs": int(trainer.current_epoch),
         "best_epoch": int(full.get("epoch", -1)),
@@ -233,21 +325,7 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
     }
     write_atomic(folder / "base.json", json.dumps(info, indent=2) + "\n")  # written last: marks a finished base
     if results is not None:
-        write_results(
-            results,
-            info,
-            "# Shared base model\n\n"
-            f"Command: `{info['command']}` (also `make base`).  \n"
-            f"Config: `{info['config']}` {' '.join(info['overrides'])}; corpus `{root.name}` "
-            f"(fingerprint `{fingerprint[:16]}`).  \nTrained on {info['device']}.\n\n"
-            "| metric | value |\n|---|---|\n"
-            f"| test WER (unseen speakers) | {100 * info['test_wer']:.2f} % |\n"
-            f"| test CER | {100 * info['test_cer']:.2f} % |\n"
-            f"| epochs (best) | {info['epochs']} ({info['best_epoch']}) |\n"
-            f"| fit time | {info['fit_seconds']:.0f} s |\n"
-            f"| parameters | {info['params']:,} |\n"
-            f"| checkpoint | `{info['checkpoint']}` (sha256 `{info['checkpoint_sha256'][:16]}`) |\n"
-        )
+        write_results(results, info, _markdown(info))
     return ckpt
 
 
@@ -264,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         print(ckpt)
         return 0
     info = json.loads((ckpt.parent / "base.json").read_text())
-    print(f"base: {ckpt}\ntest WER {100 * info['test_wer']:.2f} %, CER {100 * info['test_cer']:.2f} % ({info['device']})")
+    splits = info.get("test_splits") or [info["test_split"]]
+    scores = "; ".join(f"{s} WER {100 * info[f'{k}_wer']:.2f} %, CER {100 * info[f'{k}_cer']:.2f} %"
+                       for s, k in zip(splits, split_keys(splits)))
+    print(f"base: {ckpt}\n{scores} ({info['device']})")
     return 0
 
 

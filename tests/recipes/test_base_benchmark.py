@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import load_script, split_error_rates
 from lightning_amortized.module import ASRModule
 
 BASE = Path(__file__).resolve().parents[2] / "benchmarks" / "base.py"
@@ -97,3 +97,43 @@ def test_options_added_later_do_not_orphan_cached_bases(base, tmp_path: Path) ->
     assert key("--model.amr_end_weight", "2.0")["model"]["amr_end_weight"] == 2.0  # anything else counts
     augmented = key("--data.init_args.augment", "lightning_amortized.data.WaveAugment")
     assert augmented["data"]["init_args"]["augment"]["class_path"].endswith("WaveAugment")
+
+
+def test_test_splits_are_not_in_the_key_and_a_cached_base_is_tested_on_new_ones(
+    base, tiny_corpus: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Adding `test-other` to the config's test splits reuses the cached base (no training) and adds
+    `test_other_wer`/`test_other_cer` to base.json and the results, scored on the cached checkpoint."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("    cache_features: true\n", "    cache_features: true\n    test_splits: [test]\n"))
+    both = ["--data.init_args.test_splits", "[test, test-other]"]
+    key = lambda *over: base.resolved_config(base._cli(config, tmp_path, list(over), None))  # noqa: E731
+    assert key(*both) == key() and key()["data"]["init_args"]["test_splits"] == ["test"]  # the key of older bases
+    kw = dict(root=tiny_corpus, cache=tmp_path / "cache", results=tmp_path / "results" / "base")
+    ckpt = base.ensure_base(config, **kw)  # trained and tested on `test` only
+    first = json.loads((ckpt.parent / "base.json").read_text())
+    assert first["test_splits"] == ["test"] and "test_other_wer" not in first
+
+    assert base.ensure_base(config, overrides=both, train=False, **kw) == ckpt  # --print-path: no test pass
+    assert "test_other_wer" not in json.loads((ckpt.parent / "base.json").read_text())
+    monkeypatch.setattr(base, "_train", lambda *a, **k: pytest.fail("retrained a cached base"))
+    assert base.ensure_base(config, overrides=both, **kw) == ckpt
+    info = json.loads((ckpt.parent / "base.json").read_text())
+    assert info["test_splits"] == ["test", "test-other"] and info["tested_after_training"] == ["test-other"]
+    first.pop("test_splits")
+    assert {k: info[k] for k in first} == first  # everything else stays, the checkpoint's hash included
+    assert info["checkpoint_sha256"] == base._sha256(ckpt)
+    wer, cer = split_error_rates(ASRModule.load_from_checkpoint(ckpt, map_location="cpu"), tiny_corpus, "test-other")
+    assert info["test_other_wer"] == pytest.approx(wer, abs=1e-6) and info["test_other_cer"] == pytest.approx(cer, abs=1e-6)
+    assert json.loads((tmp_path / "results" / "base.json").read_text()) == info
+    md = (tmp_path / "results" / "base.md").read_text()
+    assert f"| test-other WER (unseen voices and sentence templates) | {100 * wer:.2f} % |" in md
+    assert base.ensure_base(config, overrides=both, **kw) == ckpt  # nothing left to test
+    assert json.loads((ckpt.parent / "base.json").read_text()) == info
+
+    monkeypatch.undo()
+    fresh = base.ensure_base(config, overrides=both, force=True, **kw)  # trained and tested on both at once
+    again = json.loads((fresh.parent / "base.json").read_text())
+    assert fresh == ckpt and again["test_splits"] == ["test", "test-other"] and "tested_after_training" not in again
+    wer, cer = split_error_rates(ASRModule.load_from_checkpoint(fresh, map_location="cpu"), tiny_corpus, "test-other")
+    assert again["test_other_wer"] == pytest.approx(wer, abs=1e-6) and again["test_other_cer"] == pytest.approx(cer, abs=1e-6)
