@@ -26,7 +26,10 @@ time). Every model is then evaluated on devices with ``rho`` in ``{0.5, 1, 1.5, 
 backlog). Per variant: test WER/CER, encoder FLOPs/frame (mean over valid test frames,
 as routed), reduction versus slow-only, slow share, simulated end-of-utterance latency
 p50/p90/max, real single-thread streaming RTF (``nn.streaming.stream``), decision
-sharpness. All costs, backlogs and latencies come from ``lightning_amortized.functional`` (FLOPs per
+sharpness; and, once per variant on the device it was trained for (``rho = 1.5``), WER/CER
+on every further test split of its config (``test-other``: voices and sentence templates
+unseen in training) as ``test_other_wer``/``test_other_cer`` (results of older runs lack
+them). All costs, backlogs and latencies come from ``lightning_amortized.functional`` (FLOPs per
 frame, slow share and latency quantiles from ``functional.latency``, as in ``LatencyMonitor``).
 
 Writes ``docs/results/amnet.{json,md}``, ``amnet_trace.png`` (backlog and decisions over
@@ -152,17 +155,50 @@ def _warm_start(model: Any, base_ckpt: str | None, device_flops: float) -> None:
         enc.set_device(device_flops)
 
 
-def _test_loader(dm: Any, quick: bool) -> Any:
+def _test_loader(dm: Any, quick: bool, split: str | None = None) -> Any:
+    """``(dataset, loader)`` of test split ``split`` (default: the first of ``dm.test_splits``)."""
     from torch.utils.data import DataLoader
 
     from lightning_amortized.data import DurationBatchSampler, SpeechCollator, SpeechDataset
 
     dm.setup("test")
-    ds = dm.datasets[f"test:{dm.test_splits[0]}"]
+    ds = dm.datasets[f"test:{split or dm.test_splits[0]}"]
     if quick:  # the same kind of dataset (features per utterance), fewer utterances
         ds = SpeechDataset(ds.utterances[:24], ds.tokenizer, ds.sample_rate, features=dm.features)
     sampler = DurationBatchSampler(ds.durations, 40.0, shuffle=False, seed=0, max_batch_size=24)
     return ds, DataLoader(ds, batch_sampler=sampler, collate_fn=SpeechCollator(dm.features, None))
+
+
+def score_other_splits(model: Any, dm: Any, quick: bool) -> dict[str, float | int]:
+    """WER/CER of ``model`` on every test split of ``dm`` after the first, as its encoder is set now.
+
+    One pass per split (not one per rho: the test split's sweep answers the latency questions);
+    an AmortizedEncoder routes for the device it was last given (``set_device``).
+
+    Returns:
+        ``{"<key>_wer", "<key>_cer" (fractions), "<key>_utterances"}`` per split, ``<key>`` as in
+        :func:`lightning_amortized.evaluation.split_keys` (``test-other`` -> ``test_other``); ``{}``
+        when ``dm`` has one test split.
+    """
+    import torch
+    from torchmetrics.text import CharErrorRate, WordErrorRate
+
+    from lightning_amortized.evaluation import split_keys
+
+    model.eval()
+    out: dict[str, float | int] = {}
+    with torch.no_grad():
+        for split, key in list(zip(dm.test_splits, split_keys(dm.test_splits)))[1:]:
+            ds, loader = _test_loader(dm, quick, split)
+            wer, cer = WordErrorRate(), CharErrorRate()
+            for batch in loader:
+                x, n = model.stacker(batch["feats"], batch["feat_lengths"])
+                hyps = model.decode(model.encoder(x, n)[0], n)
+                wer.update(hyps, batch["texts"])
+                cer.update(hyps, batch["texts"])
+            out.update({f"{key}_wer": float(wer.compute()), f"{key}_cer": float(cer.compute()),
+                        f"{key}_utterances": len(ds)})
+    return out
 
 
 def run_variant(a: argparse.Namespace) -> dict[str, Any]:
@@ -299,6 +335,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
                     }
     if amortized:
         enc.set_device(dev_train)
+    others = score_other_splits(model, dm, a.quick)  # test-other, once, on the device the model was trained for
     for rho in RHOS:
         lat_metrics = latency_compute(stats[rho])
         per_rho[str(rho)] = {
@@ -359,6 +396,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         "trace_utterance": trace_id,
         "trace": trace,
         "test_utterances": len(ds),
+        **others,  # test_other_wer, test_other_cer (at rho_train), test_other_utterances
         "utt_ids": utt_ids,
         "utt_words": utt_words,
         "test_frames": frames,
@@ -433,7 +471,8 @@ def drive(a: argparse.Namespace) -> int:
 
     def report(name: str, result: dict[str, Any], seconds: float) -> str:
         r = result["per_rho"][str(RHO_TRAIN)]
-        return (f"{name}: WER {100 * r['wer']:.2f}%, {r['flops_per_frame'] / 1e6:.3f} MFLOPs/frame, "
+        other = f" (test-other {_fmt_wer(result.get('test_other_wer'))})"
+        return (f"{name}: WER {100 * r['wer']:.2f}%{other}, {r['flops_per_frame'] / 1e6:.3f} MFLOPs/frame, "
                 f"slow share {r['slow_share']:.3f}, EOU p90 {r['eou_ms']['p90']:.1f} ms at rho={RHO_TRAIN} "
                 f"({seconds:.0f} s)")
 
@@ -574,6 +613,11 @@ def _fmt_pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:+.1f}%"
 
 
+def _fmt_wer(x: float | None) -> str:
+    """A WER or CER in % (``n/a`` for results of runs before ``test-other``)."""
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
 def render_markdown(s: dict[str, Any]) -> str:
     key = str(s["rho_train"])
     v = s["variants"]
@@ -585,15 +629,17 @@ def render_markdown(s: dict[str, Any]) -> str:
                      for r in s.get("runs", [])) or f"{s['wall_minutes']} min wall") + ".",
         f"Every variant warm-started from the same slow-only checkpoint and fine-tuned "
         f"{s['epochs']} epochs on {s['train_utterances']} training utterances (lr {s['lr']:g}); test split "
-        "`test` (speakers unseen in training). Encoder FLOPs/frame are counted by "
+        "`test` (speakers unseen in training); `test-other` (voices and sentence templates unseen in training) "
+        f"is scored once per variant, at rho = {s['rho_train']} (n/a: a run from before it existed). "
+        "Encoder FLOPs/frame are counted by "
         "`lightning_amortized/functional/flops.py` and averaged over the valid test frames as routed "
         "(arbitrator included). AmNets trained for a device on which slow-only runs at "
         f"rho = {s['rho_train']} ({s['train_device_flops_per_s'] / 1e6:.1f} MFLOP/s, frame {s['frame_ms']:.0f} ms). "
         f"Table at rho = {s['rho_train']}; EOU = simulated end-of-utterance latency (ms).",
         "",
-        "| variant | test WER | CER | WER vs slow | FLOPs/frame | reduction | slow share | "
+        "| variant | test WER | CER | WER vs slow | test-other WER / CER | FLOPs/frame | reduction | slow share | "
         "EOU p50 / p90 / max (ms) | RTF (1 thread) | sharpness (train / eval conf.) | lambda_cost / lambda_amr |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, r in v.items():
         p = r["per_rho"][key]
@@ -608,6 +654,7 @@ def render_markdown(s: dict[str, Any]) -> str:
         lines.append(
             f"| {r['label']}{extra} | {100 * p['wer']:.2f}% | {100 * p['cer']:.2f}% | {_fmt_pct(r['wer_rel_vs_slow'])}"
             f"{_fmt_ci(r.get('ci95_wer_rel'))} "
+            f"| {_fmt_wer(r.get('test_other_wer'))} / {_fmt_wer(r.get('test_other_cer'))} "
             f"| {p['flops_per_frame'] / 1e6:.3f} M | {100 * r['reduction_vs_slow']:.1f}% | {p['slow_share']:.3f} "
             f"| {e['p50']:.1f} / {e['p90']:.1f} / {e['max']:.1f} | {r['rtf']:.4f} | {sharp} | {lam} |"
         )

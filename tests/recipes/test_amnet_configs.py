@@ -1,4 +1,5 @@
-"""Every recipe config in ``recipes/synthetic/conf`` parses with the LightningCLI parser and builds its model.
+"""Every recipe config in ``recipes/synthetic/conf`` parses with the LightningCLI parser, builds its model and
+tests on ``test`` and ``test-other``.
 
 The AmNet configs must carry the ``ArbitratorTemperature`` and ``LatencyMonitor`` callbacks
 and a simulated device on which the slow branch runs at rho = 1.5; the single-encoder
@@ -41,6 +42,7 @@ def test_config_parses_and_builds_model(config, tmp_path):
     model, trainer = cli.model, cli.trainer
     enc = model.encoder
     assert enc.input_size == 240 and model.frame_ms == 30.0
+    assert cli.datamodule.test_splits == ["test", "test-other"]  # every recipe reports both
     # a forward pass through the built model (features -> stacked frames -> encoder -> head)
     feats, lengths = torch.randn(2, 30, 80), torch.tensor([30, 17])
     out, n = model.encode(feats, lengths)
