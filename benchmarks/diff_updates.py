@@ -12,7 +12,9 @@ one thread each) on the same base checkpoint and corpus:
 ``full``           full-parameter fine-tuning; each update ships the whole model
 =================  ==========================================================================
 
-Per update it reports WER on ``update-k-test`` and on the base ``test`` split, the update's
+Per update it reports WER on ``update-k-test``, on the base ``test`` split and on ``test-other``
+(voices and sentence templates unseen in training: ``test_other_wer`` per update and after the
+last one; results of older runs lack it), the update's
 file size in bytes next to the fp32 size of the model's ``state_dict`` (the "full
 checkpoint"), the size reduction, and, at the end, whether ``apply_chain`` of the five
 files on a fresh base reproduces the trained model. Writes
@@ -121,6 +123,7 @@ def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     for name, res in runs.items():
         full = res["full_checkpoint_bytes"]
         test = res["config"]["test_split"]
+        other = res["config"].get("test_other_split")  # None: not evaluated, or a run from before test-other
         for rec in res["updates"]:
             k = rec["update"]
             row = {
@@ -132,6 +135,8 @@ def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
                 "new_entity_accuracy_update_test": rec["eval"][f"update-{k}-test"].get("new_entity_accuracy"),
                 "wer_base_test": rec["eval"][test]["wer"],
                 "wer_base_test_ci95": rec["eval"][test].get("wer_ci95"),
+                "test_other_wer": rec["eval"][other]["wer"] if other else None,
+                "test_other_wer_ci95": rec["eval"][other].get("wer_ci95") if other else None,
                 "wer_earlier_update_tests": {s: m["wer"] for s, m in rec["eval"].items() if s.startswith("update-")},
                 "bytes": rec["file_bytes"],
                 "full_checkpoint_bytes": full,
@@ -149,9 +154,12 @@ def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     final = {}
     for name, res in runs.items():
         last = res["updates"][-1]
+        other = res["config"].get("test_other_split")
         final[name] = {
             "wer": {s: m["wer"] for s, m in last["eval"].items()},
             "cer": {s: m["cer"] for s, m in last["eval"].items()},
+            "test_other_wer": last["eval"][other]["wer"] if other else None,
+            "test_other_cer": last["eval"][other]["cer"] if other else None,
             "mean_update_test_wer": _mean([m["wer"] for s, m in last["eval"].items() if s.startswith("update-")]),
             "mean_bytes_per_update": _mean([r["file_bytes"] for r in res["updates"]]),
             "chain": res["chain"],
@@ -243,8 +251,9 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "`update-k-test` requests naming entities new in update k that the transcript holds word for word. Size: the "
         "shipped update file in bytes; reduction versus the fp32 full checkpoint.",
         "",
-        "| method | update | WER update-k-test | new entities | WER test | bytes | % of full | reduction % | fit s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | update | WER update-k-test | new entities | WER test | WER test-other | bytes | % of full | "
+        "reduction % | fit s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         size = f"{r['bytes']:,}"
@@ -253,9 +262,11 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             size += f" (int8: {r['bytes_int8']:,})"
             red += f" (int8: {r['size_reduction_pct_int8']:.2f})"
         entities = r.get("new_entity_accuracy_update_test")
+        other = r.get("test_other_wer")  # None: not evaluated, or a run from before test-other
         lines.append(
             f"| {r['label']} | {r['update']} | {_pct_ci(r['wer_update_test'], r.get('wer_update_test_ci95'))} | "
             f"{'–' if entities is None else _pct(entities)} | {_pct_ci(r['wer_base_test'], r.get('wer_base_test_ci95'))} | "
+            f"{'–' if other is None else _pct_ci(other, r.get('test_other_wer_ci95'))} | "
             f"{size} | {100 * r['size_fraction']:.2f} | {red} | {r['fit_seconds']:.0f} |"
         )
     splits = list(next(iter(final.values()))["wer"])
@@ -324,6 +335,8 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
         ks = [r["update"] for r in rs]
         line = a.plot(ks, [100 * r["wer_update_test"] for r in rs], marker="o", label=CONFIGS[name][0])[0]
         b.plot(ks, [100 * r["wer_base_test"] for r in rs], marker="o", color=line.get_color(), label=CONFIGS[name][0])
+        if all(r.get("test_other_wer") is not None for r in rs):
+            b.plot(ks, [100 * r["test_other_wer"] for r in rs], marker="s", ls="--", color=line.get_color())
         f = summary["after_last_update"][name]
         c.scatter([f["mean_bytes_per_update"]], [100 * f["mean_update_test_wer"]], color=line.get_color(), s=60, marker="o")
         c.scatter([f["mean_bytes_per_update"]], [100 * f["wer"][meta["test_split"]]], color=line.get_color(), s=60, marker="x")
@@ -334,7 +347,7 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
            lw=1, label="base model")
     b.axhline(100 * meta["base_wer"][meta["test_split"]], color="grey", ls=":", lw=1, label="base")
     a.set(xlabel="update k", ylabel="WER % on update-k-test (right after update k)", title="New data (unseen speakers)")
-    b.set(xlabel="update k", ylabel="WER % on base test", title="Base test (forgetting)")
+    b.set(xlabel="update k", ylabel="WER % on base test (dashed: test-other)", title="Base test (forgetting)")
     c.set(xscale="log", xlabel="bytes per update (log)", ylabel="WER % after the last update",
           title="WER vs update size (o: mean update tests, x: base test)")
     c.axvline(meta["full_checkpoint_bytes"], color="grey", ls=":", lw=1)
@@ -361,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--update-utterances", type=int, default=150)
     p.add_argument("--replay-utterances", type=int, default=150)
-    p.add_argument("--test-utterances", type=int, default=None, help="cap on the base test split")
+    p.add_argument("--test-utterances", type=int, default=None, help="cap on each base test split")
+    p.add_argument("--test-other-split", default="test-other",
+                   help="base split of unseen voices and sentence templates ('none': not evaluated)")
     p.add_argument("--jobs", type=int, default=2, help="recipe processes at a time (1 thread each)")
     p.add_argument("--work", default=str(REPO / "runs" / "benchmarks" / "diff_updates"), help="diff files and logs")
     p.add_argument("--results", default=None, help="output stem (default docs/results/diff_updates; --quick: <work>/quick)")
@@ -391,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
               "--update_utterances", str(a.update_utterances), "--replay_utterances", str(a.replay_utterances)]
     if a.test_utterances:
         common += ["--test_utterances", str(a.test_utterances)]
+    common += ["--test_other_split", "null" if a.test_other_split.lower() == "none" else a.test_other_split]
     load0 = os.getloadavg()[0]
     runs = launch(a.methods, common, work, a.jobs, {"sparse10_bytes": str(sparse10_bytes(base))})
     summary = summarize(runs)
@@ -405,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "update_utterances": a.update_utterances,
         "replay_utterances": a.replay_utterances,
         "test_split": first["config"]["test_split"],
+        "test_other_split": first["config"].get("test_other_split"),
         "eval_sizes": first["eval_sizes"],
         "eval_words": eval_words(root, first["eval_sizes"]),
         "full_checkpoint_bytes": first["full_checkpoint_bytes"],

@@ -12,7 +12,8 @@ fine-tunes on split ``update-k`` (new named entities) plus an equal number of re
 - ``full``: full-parameter fine-tuning of the previous model; ships the whole model.
 
 After each update the shipped model is evaluated (greedy CTC, WER/CER) on
-``update-1-test .. update-k-test`` (unseen speakers) and on the base ``test`` split. At
+``update-1-test .. update-k-test`` (unseen speakers), on the base ``test`` split and on
+``test-other`` (voices and sentence templates unseen in training; ``test_other_split``). At
 the end a fresh base gets ``apply_chain(diff-1 .. diff-K)`` and is compared with the
 trained model (bit-exact for fp32 values; the max abs error is reported for fp16/int8).
 
@@ -49,7 +50,7 @@ from torchmetrics.text import CharErrorRate
 
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
 from lightning_amortized.data.datamodule import DurationBatchSampler, LibriSpeechDataModule, SpeechCollator, SpeechDataset
-from lightning_amortized.data.prepare import Utterance, read_manifest
+from lightning_amortized.data.prepare import CorpusError, Utterance, read_manifest
 from lightning_amortized.diffs import (
     DiffError,
     apply_chain,
@@ -102,7 +103,9 @@ class UpdateConfig:
         replay_utterances: utterances sampled from ``replay_split`` per update.
         replay_split: base data replayed against forgetting.
         test_split: the base test split.
-        test_utterances: cap on the base test split (first N by id; ``None``: all).
+        test_other_split: the base split of voices and sentence templates unseen in training,
+            evaluated like ``test_split`` (``None``: not evaluated, e.g. on a corpus without it).
+        test_utterances: cap on each base test split (first N by id; ``None``: all).
         max_batch_seconds: audio seconds per training batch (padded; as in ``conf/lstm_ctc.yaml``).
         max_batch_size: utterances per training batch.
         dropout: encoder dropout while fine-tuning.
@@ -126,6 +129,7 @@ class UpdateConfig:
     replay_utterances: int = 150
     replay_split: str = "train"
     test_split: str = "test"
+    test_other_split: str | None = "test-other"
     test_utterances: int | None = None
     max_batch_seconds: float = 40.0
     max_batch_size: int = 24
@@ -143,6 +147,11 @@ class UpdateConfig:
             raise ValueError(f"Expected `updates` and `epochs` >= 1, but got {self.updates} and {self.epochs}.")
         if self.value_dtype not in ("fp32", "fp16", "int8"):
             raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
+
+    @property
+    def base_test_splits(self) -> list[str]:
+        """The base test splits evaluated before and after every update: ``test`` (and ``test-other``)."""
+        return [self.test_split] + ([self.test_other_split] if self.test_other_split else [])
 
     @property
     def learning_rate(self) -> float:
@@ -502,7 +511,16 @@ def run(cfg: UpdateConfig, log: Any = print) -> dict[str, Any]:
     model = load_base(cfg.base, dropout=cfg.dropout)
     full_bytes = state_bytes(model)
     update_tests = [f"update-{k}-test" for k in range(1, cfg.updates + 1)]
-    evals = EvalSets(cfg.root, [cfg.test_split, *update_tests], caps={cfg.test_split: cfg.test_utterances})
+    base_tests = cfg.base_test_splits
+    for split in base_tests:  # before any training: a corpus from before test-other lacks it
+        if not (Path(cfg.root) / split).is_dir():
+            raise CorpusError(
+                f"The corpus at {cfg.root} has no base test split {split!r} (no folder {Path(cfg.root) / split}). "
+                "Synthetic corpora generated before `test-other` existed lack it: regenerate the corpus "
+                f"(`lightning-amortized make-corpus {cfg.root} --utterances N --overwrite`), or pass "
+                "`--test_other_split null` to evaluate without it."
+            )
+    evals = EvalSets(cfg.root, [*base_tests, *update_tests], caps=dict.fromkeys(base_tests, cfg.test_utterances))
     log(f"[{cfg.method}] base checkpoint {cfg.base}: {full_bytes:,} bytes of fp32 weights; eval sets {evals.sizes}")
     base_eval = evals.evaluate(model)
     log(f"[{cfg.method}] base: " + ", ".join(f"{s} WER {100 * m['wer']:.2f}%" for s, m in base_eval.items()))
@@ -513,7 +531,7 @@ def run(cfg: UpdateConfig, log: Any = print) -> dict[str, Any]:
         trained = rec.pop("_trained")
         rec["size_fraction"] = rec["file_bytes"] / full_bytes
         rec["size_reduction_pct"] = 100.0 * (1.0 - rec["file_bytes"] / full_bytes)
-        splits = [cfg.test_split] + [f"update-{j}-test" for j in range(1, k + 1)]
+        splits = base_tests + [f"update-{j}-test" for j in range(1, k + 1)]
         rec["eval"] = evals.evaluate(model, splits)
         records.append(rec)
         wers = ", ".join(f"{s} {100 * m['wer']:.2f}%" for s, m in rec["eval"].items())

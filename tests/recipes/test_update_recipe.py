@@ -1,15 +1,20 @@
 """The chained-updates recipe (recipes/synthetic/updates.py) on the tiny corpus: data sampling,
-diff chains (bit-exact fp32, bounded int8 error), refusal of a wrong base, full fine-tuning."""
+diff chains (bit-exact fp32, bounded int8 error), refusal of a wrong base, full fine-tuning,
+scores on test and test-other after every update (and in benchmarks/diff_updates.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import shutil
+
 import pytest
 import torch
 
+from lightning_amortized.data import CorpusError
 from lightning_amortized.diffs import BaseMismatchError, apply_diff, inspect_diff, read_diff
-from conftest import load_script
+from conftest import load_script, split_error_rates
 from lightning_amortized.module import ASRModule
 from lightning_amortized.nn import RecurrentEncoder
 
@@ -101,11 +106,31 @@ def test_sparse_chain_is_bit_exact_and_links_hashes(recipe, base_ckpt: Path, tin
         assert r["size_reduction_pct"] == pytest.approx(100 * (1 - r["file_bytes"] / res["full_checkpoint_bytes"]))
         assert r["max_abs_error"] == 0.0
         assert r["extra_exports"]["int8"]["file_bytes"] < r["file_bytes"]
-        assert set(r["eval"]) == {"test"} | {f"update-{j}-test" for j in range(1, r["update"] + 1)}
+        assert set(r["eval"]) == {"test", "test-other"} | {f"update-{j}-test" for j in range(1, r["update"] + 1)}
         for split, m in r["eval"].items():  # WER with its interval, entity accuracy from slu.jsonl
             assert m["wer_ci95"][0] <= m["wer"] <= m["wer_ci95"][1] and m["words"] > 0
             if split.startswith("update-"):
                 assert m["new_entity_mentions"] > 0 and 0.0 <= m["new_entity_accuracy"] <= 1.0
+    assert set(res["base_eval"]) == {"test", "test-other", "update-1-test", "update-2-test"}
+    assert res["eval_sizes"]["test-other"] > 0
+    shipped = recipe.load_base(base_ckpt)  # the shipped model after update 2 scores as reported on test-other
+    for f in (recs[0]["file"], recs[1]["file"]):
+        apply_diff(shipped, f)
+    wer, _ = split_error_rates(shipped, tiny_corpus, "test-other")
+    assert recs[1]["eval"]["test-other"]["wer"] == pytest.approx(wer, abs=1e-6)
+    # benchmarks/diff_updates.py reports it per update and after the last one
+    bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", "bench_diff_updates_other")
+    summary = bench.summarize({"sparse-10": res})
+    assert [r["test_other_wer"] for r in summary["rows"]] == [r["eval"]["test-other"]["wer"] for r in recs]
+    final = summary["after_last_update"]["sparse-10"]
+    assert (final["test_other_wer"], final["test_other_cer"]) == (recs[1]["eval"]["test-other"]["wer"],
+                                                                  recs[1]["eval"]["test-other"]["cer"])
+    meta = {"command": "c", "base": "b", "root": "r", "full_checkpoint_bytes": res["full_checkpoint_bytes"], "updates": 2,
+            "epochs": 2, "update_utterances": 3, "replay_utterances": 4, "seconds": 1.0, "cpu_count": 2, "jobs": 1,
+            "base_wer": {s: m["wer"] for s, m in res["base_eval"].items()}, "eval_sizes": res["eval_sizes"]}
+    row = next(line for line in bench.markdown(summary, meta).splitlines() if line.startswith("| sparse 10 %, fp16 | 2 |"))
+    ci = recs[1]["eval"]["test-other"]["wer_ci95"]
+    assert f"| {bench._pct_ci(recs[1]['eval']['test-other']['wer'], ci)} |" in row
     info1, info2 = inspect_diff(recs[0]["file"]), inspect_diff(recs[1]["file"])
     assert info2.base_sha256 == info1.result_sha256 == recs[0]["result_sha256"]
     chain = res["chain"]
@@ -140,15 +165,38 @@ def test_int8_chain_error_is_bounded_by_the_last_quantization(
 
 
 def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path) -> None:
-    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="full", updates=1, epochs=1)
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="full", updates=1, epochs=1, test_other_split=None)
     res = recipe.run(cfg, log=lambda *_: None)
     (rec,) = res["updates"]
+    assert set(rec["eval"]) == {"test", "update-1-test"}  # test_other_split None: not evaluated
     assert rec["payload_bytes"] == res["full_checkpoint_bytes"]
     assert rec["file_bytes"] > res["full_checkpoint_bytes"]  # the safetensors header comes on top
     assert res["chain"]["links"] == 0
     assert res["lr"] == 1e-2 and recipe.UpdateConfig(base="b", root="r", out="o", method="full").learning_rate == 1e-3
     with pytest.raises(ValueError, match="`method`"):
         recipe.UpdateConfig(base="b", root="r", out="o", method="lora")
+
+
+def test_a_corpus_without_the_test_other_split_is_refused_before_training(
+    recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path / "out", method="full", test_other_split="test-gone")
+    with pytest.raises(CorpusError, match=r"no base test split 'test-gone'.*make-corpus.*--test_other_split null"):
+        recipe.run(cfg, log=lambda *_: None)
+    assert not list((tmp_path / "out").glob("model-*"))  # nothing trained
+
+
+def test_diff_updates_results_from_before_test_other_still_render(tmp_path: Path) -> None:
+    bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", "bench_diff_updates_old")
+    old = tmp_path / "diff_updates.json"
+    shutil.copy(RECIPE.parents[2] / "docs" / "results" / "diff_updates.json", old)
+    data = json.loads(old.read_text())
+    summary = bench.summarize(data["runs"])  # runs without test_other_split in their config
+    assert all(r["test_other_wer"] is None for r in summary["rows"])
+    assert all(f["test_other_wer"] is None for f in summary["after_last_update"].values())
+    assert bench.main(["--from-json", str(old)]) == 0
+    rows = [line for line in old.with_suffix(".md").read_text().splitlines() if line.startswith("| sparse 10 %, fp16 |")]
+    assert rows and all(r.split(" | ")[5] == "–" for r in rows[: data["meta"]["updates"]])
 
 
 def test_every_method_config_parses_and_the_benchmark_builds_valid_commands(recipe, base_ckpt: Path, tmp_path) -> None:
