@@ -38,8 +38,8 @@ one test utterance) and ``amnet_latency_vs_rho.png``.
 Usage::
 
     python benchmarks/amnet.py                      # shared base of benchmarks/base.py (trained if missing)
-    python benchmarks/amnet.py --base-ckpt BASE.ckpt --root /tmp/corp/s6000 --workers 2
-    python benchmarks/amnet.py --base-ckpt none --root /tmp/corp/s6000 --quick   # smoke run (random base)
+    python benchmarks/amnet.py --base-ckpt BASE.ckpt --root /tmp/corp/s8000 --workers 2
+    python benchmarks/amnet.py --base-ckpt none --root /tmp/corp/s8000 --quick   # smoke run (random base)
 """
 
 from __future__ import annotations

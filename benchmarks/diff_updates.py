@@ -23,7 +23,7 @@ files on a fresh base reproduces the trained model. Writes
 Usage::
 
     python benchmarks/diff_updates.py                       # the shared base of benchmarks/base.py
-    python benchmarks/diff_updates.py --base BASE.ckpt --root /tmp/corp/s6000 --jobs 2
+    python benchmarks/diff_updates.py --base BASE.ckpt --root /tmp/corp/s8000 --jobs 2
     python benchmarks/diff_updates.py --base BASE.ckpt --quick     # smoke run, results under --work
 """
 
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (root / "corpus.json").exists():
         from lightning_amortized.data.synthetic import make_corpus
 
-        make_corpus(root, utterances=6000, seed=0)
+        make_corpus(root, utterances=8000, seed=0)
     work = Path(a.work) / ("quick" if a.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     stem = Path(a.results) if a.results else (work / "diff_updates" if a.quick else RESULTS)

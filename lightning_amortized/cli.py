@@ -1,9 +1,11 @@
-"""Command line: ``lightning-amortized {fit,validate,test,make-corpus,prepare,diff,export} ...``.
+"""Command line: ``lightning-amortized {fit,validate,test,make-corpus,prepare,train-tokenizer,diff,export} ...``.
 
 * ``fit``/``validate``/``test``/``predict``: LightningCLI over :class:`ASRModule` and any
   LibriSpeech-layout datamodule (``--config recipes/synthetic/conf/lstm_ctc.yaml``).
 * ``make-corpus ROOT --utterances N --seed S``: generate the synthetic corpus.
 * ``prepare ROOT --splits train-clean-100 dev-clean --manifests DIR``: write manifests.
+* ``train-tokenizer ROOT --splits train --vocab-size 256 --out M``: a SentencePiece model
+  for subword output units (``tokenizer: M`` in the model and data config).
 * ``diff inspect|apply|export``: neural diff files.
 * ``export CKPT --out DIR``: ONNX step graphs + manifest for the device runtime
   (``lightning-amortized-device``, see ``docs/device.md``).
@@ -67,6 +69,41 @@ def _export_main(argv: list[str]) -> int:
     return 0
 
 
+def _train_tokenizer_main(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from lightning_amortized.data.prepare import CorpusError, _read_transcripts, _split_files
+    from lightning_amortized.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+    p = argparse.ArgumentParser(
+        prog="lightning-amortized train-tokenizer",
+        description="Train a SentencePiece model (subword units) on the transcripts of LibriSpeech-layout splits.",
+    )
+    p.add_argument("root", help="corpus root with one folder per split")
+    p.add_argument("--splits", nargs="+", default=["train"], help="splits whose transcripts to learn from (default: train)")
+    p.add_argument("--vocab-size", type=int, default=256, help="number of pieces (default 256)")
+    p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
+    p.add_argument("--out", required=True, help="the .model file to write")
+    a = p.parse_args(argv)
+    try:
+        texts = []
+        for split in a.splits:
+            folder = Path(a.root) / split
+            if not folder.is_dir():
+                raise CorpusError(f"Split folder {str(folder)!r} does not exist; pass --splits with folders of {a.root!r}.")
+            texts += [t for t, _ in _read_transcripts(_split_files(folder)[1]).values()]
+        if not texts:
+            raise CorpusError(f"No transcripts (*.trans.txt) under {a.root!r} for splits {a.splits}.")
+        out = train_sentencepiece(texts, a.out, vocab_size=a.vocab_size, model_type=a.model_type)
+    except (CorpusError, ValueError) as err:
+        return _fail("train-tokenizer", err)
+    tok = SentencePieceTokenizer(out)
+    pieces = sum(len(tok.encode(t)) for t in texts)
+    chars = sum(len(t) for t in texts)
+    print(f"{out}: {len(tok) - 1} pieces from {len(texts)} transcripts; {chars / pieces:.2f} characters per piece")
+    return 0
+
+
 def _fail(command: str, err: BaseException) -> int:
     """The one way every subcommand reports bad input: one line on stderr, exit status 2."""
     print(f"lightning-amortized {command}: error: {err}", file=sys.stderr)
@@ -79,6 +116,7 @@ commands:
   fit | validate | test | predict   LightningCLI over ASRModule (--config recipes/.../*.yaml; --help for its options)
   make-corpus ROOT                  generate the synthetic LibriSpeech-layout corpus
   prepare ROOT --splits ...         write manifests of a LibriSpeech-layout corpus
+  train-tokenizer ROOT --out M      train a SentencePiece model (subword output units) on its transcripts
   diff inspect|apply|export         neural diff files
   export CKPT --out DIR             ONNX step graphs + manifest for lightning-amortized-device
 
@@ -125,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(corpus_main(argv[1:]) or 0)
     if argv and argv[0] == "prepare":
         return _prepare_main(argv[1:])
+    if argv and argv[0] == "train-tokenizer":
+        return _train_tokenizer_main(argv[1:])
     if argv and argv[0] == "diff":
         from lightning_amortized.diffs.commands import main as diff_main
 

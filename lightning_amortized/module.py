@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from lightning_amortized.data.tokenizer import CharTokenizer
+from lightning_amortized.data.tokenizer import make_tokenizer
 from lightning_amortized.functional.flops import linear_flops
 
 __all__ = ["ASRModule", "FrameStacker", "ctc_min_frames", "load_asr_module", "warmup_cosine"]
@@ -110,7 +110,9 @@ class ASRModule(pl.LightningModule):
             ``n_mels * stack``.
         n_mels: Feature size per 10 ms frame.
         stack: Frames stacked per encoder frame (encoder frame = ``10 * stack`` ms).
-        vocab_size: Output symbols including blank (29 for LibriSpeech characters).
+        vocab_size: Output symbols including blank (29 for LibriSpeech characters). With
+            ``tokenizer`` it is taken from the tokenizer; another value than 29 or the
+            tokenizer's size is an error.
         loss: ``"ctc"`` or ``"rnnt"``.
         lr: Peak learning rate (warm-up then cosine decay over the whole fit, see :func:`warmup_cosine`).
         weight_decay: AdamW weight decay.
@@ -123,6 +125,11 @@ class ASRModule(pl.LightningModule):
         amr_slack_weight: Weight of the "fast while idle" term of the penalty.
         rnnt_pred_size: RNN-T prediction network size.
         rnnt_joint_size: RNN-T joint network size.
+        tokenizer: Path of a SentencePiece model (subword output units, as SpeechBrain's
+            LibriSpeech recipes use; train one with ``lightning-amortized
+            train-tokenizer``), or ``None`` for characters. Give the DataModule the same
+            path; a mismatch is refused when fitting starts. Checkpoints carry the model's
+            bytes, so :func:`load_asr_module` works without the file.
 
     Example:
         >>> from lightning_amortized.nn import RecurrentEncoder
@@ -147,6 +154,7 @@ class ASRModule(pl.LightningModule):
         amr_slack_weight: float = 1.0,
         rnnt_pred_size: int = 128,
         rnnt_joint_size: int = 192,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         if loss not in ("ctc", "rnnt"):
@@ -168,7 +176,14 @@ class ASRModule(pl.LightningModule):
         self.save_hyperparameters(ignore=[] if _config_given() else ["encoder"])
         self.encoder = encoder
         self.stacker = FrameStacker(stack)
-        self.tokenizer = CharTokenizer()
+        self.tokenizer = make_tokenizer(tokenizer)
+        if tokenizer is not None:
+            if vocab_size not in (29, len(self.tokenizer)):
+                raise ValueError(
+                    f"Expected argument `vocab_size` to match the tokenizer {tokenizer!r} ({len(self.tokenizer)} "
+                    f"symbols with blank), but got {vocab_size}; leave vocab_size out."
+                )
+            vocab_size = len(self.tokenizer)
         out = int(encoder.output_size)
         self.loss_kind = loss
         if loss == "ctc":
@@ -183,6 +198,21 @@ class ASRModule(pl.LightningModule):
         self._ctc_infeasible, self._warned_infeasible = 0, False
         self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
         self.test_metrics = nn.ModuleDict()
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        theirs = getattr(dm, "tokenizer", None)
+        if theirs is not None and list(theirs.vocabulary) != list(self.tokenizer.vocabulary):
+            raise ValueError(
+                f"The DataModule's tokenizer ({type(theirs).__name__}, {len(theirs)} symbols) differs from the "
+                f"model's ({type(self.tokenizer).__name__}, {len(self.tokenizer)} symbols): give both the same "
+                "`tokenizer` (in a LightningCLI config: data.init_args.tokenizer and model.init_args.tokenizer)."
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        model_bytes = getattr(self.tokenizer, "model_bytes", None)
+        if model_bytes is not None:
+            checkpoint["tokenizer_model"] = model_bytes
 
     # ------------------------------------------------------------------ model
     def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,6 +376,25 @@ class ASRModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def _restore_tokenizer(container: dict[str, Any] | None, missing: str, path: str | os.PathLike) -> str:
+    """Write the SentencePiece model a checkpoint carries to a cache file; return its path."""
+    import hashlib
+    import tempfile
+
+    from lightning_amortized.atomic import write_atomic
+
+    data = (container or {}).get("tokenizer_model")
+    if not data:
+        raise FileNotFoundError(
+            f"{str(path)!r} was trained with the SentencePiece model {missing!r}, which does not exist here, "
+            "and the checkpoint does not carry it (written before checkpoints did): copy the model file there."
+        )
+    cached = os.path.join(tempfile.gettempdir(), f"lightning-amortized-sp-{hashlib.sha256(data).hexdigest()[:16]}.model")
+    if not os.path.isfile(cached):
+        write_atomic(cached, data)
+    return cached
+
+
 def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
     """An :class:`ASRModule` with a ``RecurrentEncoder`` from any checkpoint of one.
 
@@ -392,6 +441,8 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
     # LightningCLI checkpoints also hold the encoder's class_path config: the encoder is
     # rebuilt above from the weight shapes (with this recipe's dropout), so leave it out.
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_") and k != "encoder"}
+    if kwargs.get("tokenizer") and not os.path.isfile(kwargs["tokenizer"]):
+        kwargs["tokenizer"] = _restore_tokenizer(container, kwargs["tokenizer"], path)
     model = ASRModule(encoder, **kwargs)
     model.load_state_dict(state, strict=True)
     return model

@@ -19,7 +19,7 @@ from lightning_amortized.data.batching import DurationBatchSampler, ResumableDat
 from lightning_amortized.data.dataset import SpeechDataset, load_audio
 from lightning_amortized.data.features import LogMelFilterbank, SpecAugment
 from lightning_amortized.data.prepare import Utterance, prepare_librispeech, read_manifest
-from lightning_amortized.data.tokenizer import CharTokenizer
+from lightning_amortized.data.tokenizer import make_tokenizer
 
 __all__ = [
     "DurationBatchSampler",
@@ -63,6 +63,8 @@ class LibriSpeechDataModule(pl.LightningDataModule):
             (:class:`~lightning_amortized.data.augment.WaveAugment`: speed, reverberation,
             noise including babble, telephone band), seeded per batch; ``None``: off. In a
             LightningCLI config: ``augment: {class_path: lightning_amortized.data.WaveAugment}``.
+        tokenizer: Path of a SentencePiece model for subword targets (give the
+            ``ASRModule`` the same path), or ``None`` for characters.
 
     Example::
 
@@ -89,6 +91,7 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         max_train_utterances: int | None = None,
         cache_features: bool = False,
         augment: WaveAugment | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         self.cache_features = cache_features
@@ -101,7 +104,7 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         self.num_workers, self.use_spec_augment = num_workers, spec_augment
         self.sample_rate, self.on_wrong_rate, self.seed = sample_rate, on_wrong_rate, seed
         self.max_train_utterances = max_train_utterances
-        self.tokenizer = CharTokenizer()
+        self.tokenizer = make_tokenizer(tokenizer)
         self.features = LogMelFilterbank(sample_rate=sample_rate, n_mels=n_mels)
         self.n_mels = n_mels
         self.datasets: dict[str, SpeechDataset] = {}

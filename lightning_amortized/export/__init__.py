@@ -166,7 +166,7 @@ def export_onnx(
                 "log_offset": 1e-6, "normalize": "utterance", "norm_eps": 1e-5, "stack": int(model.stacker.stack),
             },
             "frame_ms": frame_ms,
-            "vocabulary": ["<blank>", *model.tokenizer.alphabet],
+            "vocabulary": ["<blank>", *model.tokenizer.vocabulary],
             "blank": 0,
             "states": {s: {"shape": shp, "dtype": "float32", "init": "zeros"} for s, shp in state_shapes.items()},
             "branches": [b["name"] for b in plan["branches"]],

@@ -568,7 +568,7 @@ def build_parser() -> Any:
 
     p = ArgumentParser(prog="recipes/synthetic/updates.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file of the options (recipes/synthetic/conf/updates/)")
-    p.add_argument("--corpus_utterances", type=int, default=6000, help="corpus size if it must be generated")
+    p.add_argument("--corpus_utterances", type=int, default=8000, help="corpus size if it must be generated")
     p.add_class_arguments(UpdateConfig, fail_untyped=True, sub_configs=False)
     return p
 
