@@ -67,7 +67,7 @@ __all__ = [
 #: Version of the ``corpus.json`` / directory format.
 FORMAT_VERSION = 1
 #: Version of the generator; a change means different audio or texts for the same seed.
-GENERATOR_VERSION = "2.0.0"
+GENERATOR_VERSION = "2.1.0"
 
 _IN_PROGRESS = ".make-corpus-in-progress"  # lets a rerun clean up after an interruption
 

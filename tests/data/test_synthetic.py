@@ -175,7 +175,7 @@ def test_speaker_sets(corpus: tuple[Path, dict]) -> None:
     for sid, s in info["speakers"].items():
         assert int(sid) in spk[s["split"]]
         assert 0 <= s["pitch"] <= 100 and 80 <= s["rate"] <= 450
-        assert 19000 <= s["warp_rate"] <= 25000
+        assert 20500 <= s["warp_rate"] <= 23500
         # test-other's variants (and its extra accent) are never heard elsewhere
         held_out = s["split"] == "test-other"
         assert (s["variant"] in plan.OTHER_VARIANTS) == held_out
@@ -189,9 +189,11 @@ def test_variant_pools_cover_the_wheel_and_are_disjoint() -> None:
 
     seen, held = set(plan.variant_pool(False)), set(plan.variant_pool(True))
     assert not seen & held and {"klatt4", "klatt5", "klatt6"} <= held
-    assert {"klatt", "klatt2", "klatt3", "m1", "f5", "whisper"} <= seen
-    assert seen | held == {v for v in available_variants() if " " not in v}
-    assert len(seen) >= 80
+    assert {"klatt", "klatt2", "klatt3", "m1", "f5", "Reed"} <= seen
+    effects = set(plan.EFFECT_VARIANTS)
+    assert not effects & (seen | held) and {"whisper", "robosoft", "croak"} <= effects
+    assert seen | held | effects == {v for v in available_variants() if " " not in v}
+    assert len(seen) >= 60
 
 
 # --------------------------------------------------------------------------- entities
@@ -300,7 +302,7 @@ def test_corpus_json_and_slu_jsonl_match_files(corpus: tuple[Path, dict]) -> Non
     root, info = corpus
     assert json.loads((root / "corpus.json").read_text()) == info
     assert info["format_version"] == 1 and info["seed"] == 0 and info["utterances"] == N
-    assert info["generator_version"] == "2.0.0" and info["vocabulary_size"] == len(templates.vocabulary())
+    assert info["generator_version"] == "2.1.0" and info["vocabulary_size"] == len(templates.vocabulary())
     assert set(info["splits"]) == set(SPLITS)
     assert set(info["entities"]) == {"base", *(f"update-{k}" for k in UPDATES)}
     for split in SPLITS:
@@ -346,7 +348,7 @@ def test_corpus_of_an_older_generator_is_replaced_with_a_warning(tmp_path: Path)
          "generator_version": "1.0.0", "seed": 0, "utterances": 50, "noise_snr_db": [20.0, 40.0]}))
     with pytest.warns(UserWarning, match="generator version 1.0.0"):
         info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
-    assert info["generator_version"] == "2.0.0" and not old.exists()
+    assert info["generator_version"] == "2.1.0" and not old.exists()
 
 
 def test_frequency_warp_scales_duration(tmp_path: Path) -> None:
