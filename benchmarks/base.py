@@ -100,6 +100,7 @@ _ADDED_DEFAULTS: dict[tuple[str, ...], object] = {
     ("model", "amr_slack_weight"): 1.0,
     ("model", "tokenizer"): None,
     ("data", "init_args", "tokenizer"): None,
+    ("data", "init_args", "voices"): "core",
 }
 
 

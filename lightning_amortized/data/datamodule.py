@@ -212,17 +212,21 @@ class SyntheticDataModule(LibriSpeechDataModule):
         root: Where the corpus is (or will be) generated.
         utterances: Corpus size passed to :func:`~lightning_amortized.data.synthetic.make_corpus`.
         corpus_seed: Generation seed.
+        voices: Voice set of train/dev/test speakers, ``"core"`` or ``"wide"`` (see
+            :data:`~lightning_amortized.data.plan.VOICE_SETS`).
         **kwargs: Everything else goes to :class:`LibriSpeechDataModule`; ``test_splits``
             defaults to ``["test", "test-other"]`` here.
     """
 
-    def __init__(self, root: str, utterances: int = 8000, corpus_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, root: str, utterances: int = 8000, corpus_seed: int = 0, voices: str = "core", **kwargs: Any
+    ) -> None:
         kwargs.setdefault("test_splits", ("test", "test-other"))
         super().__init__(root, **kwargs)
-        self.utterances, self.corpus_seed = utterances, corpus_seed
+        self.utterances, self.corpus_seed, self.voices = utterances, corpus_seed, voices
 
     def prepare_data(self) -> None:
         from lightning_amortized.data.synthetic import make_corpus
 
-        make_corpus(self.root, utterances=self.utterances, seed=self.corpus_seed)
+        make_corpus(self.root, utterances=self.utterances, seed=self.corpus_seed, voices=self.voices)
         super().prepare_data()

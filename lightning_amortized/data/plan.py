@@ -58,10 +58,66 @@ EFFECT_VARIANTS: tuple[str, ...] = (
     "UniRobot", "anikaRobot", "croak", "kaukovalta", "robosoft", "robosoft2", "robosoft3",
     "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8", "whisper", "whisperf",
 )
-# Per-speaker frequency warp (vocal-tract length): the 22,050 Hz synthesis is resampled to
-# 16 kHz as if it had been recorded at one of these rates, which scales every frequency
-# (formants and pitch) by rate / 22,050, from 0.93 to 1.07, and the duration inversely.
-_WARP_RATES = (20500, 21000, 21500, 22050, 22500, 23000, 23500)
+
+
+@dataclass(frozen=True)
+class VoiceSet:
+    """Who speaks train, dev and test: variants, prosody ranges, frequency warps, speaker counts.
+
+    Attributes:
+        name: ``"core"`` or ``"wide"``.
+        variants: ``None`` for every human-sounding variant (:func:`variant_pool`), else
+            these (never any of :data:`OTHER_VARIANTS`).
+        pitch, pitch_range, rate: inclusive ranges of the per-speaker base pitch (0-100),
+            pitch range (0-100) and speaking rate (words/min).
+        warp_rates: per-speaker frequency warp: the 22,050 Hz synthesis is resampled to
+            16 kHz as if recorded at one of these rates, which scales every frequency
+            (formants and pitch) by rate / 22,050 (vocal-tract length); the speaking rate
+            is corrected so the tempo stays.
+        speakers_per: utterances per train, dev, test and test-other speaker (before the caps).
+        max_speakers: caps on the four speaker counts.
+    """
+
+    name: str
+    variants: tuple[str, ...] | None
+    pitch: tuple[int, int]
+    pitch_range: tuple[int, int]
+    rate: tuple[int, int]
+    warp_rates: tuple[int, ...]
+    speakers_per: tuple[int, int, int, int]
+    max_speakers: tuple[int, int, int, int]
+
+
+#: The voice sets a corpus can be generated with. ``core`` (the recipes' default): the 13
+#: numbered variants and the three first Klatt ones over seven accents, the prosody ranges
+#: of generator 1.0.0 and a +-2.5 % warp; a 1.6 M-parameter LSTM learns it within the base
+#: recipe's 45 CPU-minutes. ``wide``: all 67 human-sounding variants, wider prosody and a
+#: +-7 % warp, for models that can take it (the base recipe's stood at 36 % dev WER after
+#: 28 of 60 epochs). Both keep :data:`OTHER_VARIANTS` and :data:`OTHER_VOICES` for
+#: ``test-other``.
+VOICE_SETS: dict[str, VoiceSet] = {
+    "core": VoiceSet(
+        "core", tuple(f"m{i}" for i in range(1, 9)) + tuple(f"f{i}" for i in range(1, 6)) + ("klatt", "klatt2", "klatt3"),
+        pitch=(30, 70), pitch_range=(25, 80), rate=(140, 195), warp_rates=(21500, 22050, 22500),
+        speakers_per=(100, 800, 500, 500), max_speakers=(80, 10, 16, 16),
+    ),
+    "wide": VoiceSet(
+        "wide", None, pitch=(20, 80), pitch_range=(15, 85), rate=(135, 210),
+        warp_rates=(20500, 21000, 21500, 22050, 22500, 23000, 23500),
+        speakers_per=(40, 400, 250, 250), max_speakers=(200, 20, 32, 32),
+    ),
+}
+
+
+def voice_set(name: str) -> VoiceSet:
+    """The :class:`VoiceSet` called ``name``.
+
+    Raises:
+        ValueError: ``name`` is not a key of :data:`VOICE_SETS`.
+    """
+    if name not in VOICE_SETS:
+        raise ValueError(f"Expected argument `voices` to be one of {sorted(VOICE_SETS)}, but got {name!r}.")
+    return VOICE_SETS[name]
 
 @dataclass(frozen=True)
 class _Speaker:
@@ -137,12 +193,12 @@ def split_sizes(utterances: int) -> dict[str, int]:
     return {s: sizes[s] for s in SPLITS}
 
 
-def _speaker_counts(utterances: int) -> dict[str, int]:
+def _speaker_counts(utterances: int, voices: VoiceSet) -> dict[str, int]:
+    homes = ("train", "dev", "test", "test-other")
+    lows = (4, 2, 2, 2)
     return {
-        "train": int(np.clip(round(utterances / 40), 4, 200)),
-        "dev": int(np.clip(round(utterances / 400), 2, 20)),
-        "test": int(np.clip(round(utterances / 250), 2, 32)),
-        "test-other": int(np.clip(round(utterances / 250), 2, 32)),
+        h: int(np.clip(round(utterances / per), low, cap))
+        for h, per, low, cap in zip(homes, voices.speakers_per, lows, voices.max_speakers)
     }
 
 
@@ -170,16 +226,18 @@ def _split_code(split: str) -> int:
     return zlib.crc32(split.encode("ascii"))
 
 
-def _make_speakers(utterances: int, seed: int) -> dict[str, list[_Speaker]]:
+def _make_speakers(utterances: int, seed: int, voices: VoiceSet) -> dict[str, list[_Speaker]]:
     """Speakers per home split; every speaker has its own (voice, variant) pair.
 
-    Train, dev and test draw disjoint pairs from :data:`VOICES` x :func:`variant_pool`;
-    test-other from (:data:`VOICES` + :data:`OTHER_VOICES`) x :data:`OTHER_VARIANTS`,
-    so none of its variants (and not its extra accent) is heard in training.
+    Train, dev and test draw disjoint pairs from :data:`VOICES` x the voice set's
+    variants; test-other from (:data:`VOICES` + :data:`OTHER_VOICES`) x
+    :data:`OTHER_VARIANTS`, so none of its variants (and not its extra accent) is heard in
+    training.
     """
     rng = np.random.default_rng([seed, _split_code("speakers")])
-    counts = _speaker_counts(utterances)
-    combos = [(v, var) for v in VOICES for var in variant_pool(False)]
+    counts = _speaker_counts(utterances, voices)
+    pool = voices.variants if voices.variants is not None else variant_pool(False)
+    combos = [(v, var) for v in VOICES for var in pool]
     other_combos = [(v, var) for v in VOICES + OTHER_VOICES for var in variant_pool(True)]
     order = rng.permutation(len(combos))
     other_order = rng.permutation(len(other_combos))
@@ -201,10 +259,10 @@ def _make_speakers(utterances: int, seed: int) -> dict[str, list[_Speaker]]:
                     id=int(ids[k]),
                     voice=voice,
                     variant=variant,
-                    pitch=int(rng.integers(20, 81)),
-                    rate=int(rng.integers(135, 211)),
-                    pitch_range=int(rng.integers(15, 86)),
-                    warp_rate=int(rng.choice(_WARP_RATES)),
+                    pitch=int(rng.integers(voices.pitch[0], voices.pitch[1] + 1)),
+                    rate=int(rng.integers(voices.rate[0], voices.rate[1] + 1)),
+                    pitch_range=int(rng.integers(voices.pitch_range[0], voices.pitch_range[1] + 1)),
+                    warp_rate=int(rng.choice(voices.warp_rates)),
                     split=split,
                 )
             )
@@ -214,10 +272,10 @@ def _make_speakers(utterances: int, seed: int) -> dict[str, list[_Speaker]]:
 
 
 def _plan(
-    root: Path, utterances: int, seed: int, snr_db: tuple[float, float] | None
+    root: Path, utterances: int, seed: int, snr_db: tuple[float, float] | None, voices: str = "core"
 ) -> tuple[dict[str, list[_Speaker]], list[_Job], dict[str, dict[str, Any]]]:
     """Texts, speakers and paths of every utterance (cheap; no audio)."""
-    speakers = _make_speakers(utterances, seed)
+    speakers = _make_speakers(utterances, seed, voice_set(voices))
     sizes = split_sizes(utterances)
     homes = {s: "train" if s == "train" or s in _UPDATE_SPLITS else s for s in SPLITS}  # test-other: its own
     homes.update({s: "test" for s in _UPDATE_TEST_SPLITS})

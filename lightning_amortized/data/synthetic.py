@@ -49,6 +49,7 @@ from lightning_amortized.data.plan import (
     _Job,
     _plan,
     split_sizes,
+    voice_set,
 )
 from lightning_amortized.data.render import _init_worker, _render
 
@@ -67,7 +68,7 @@ __all__ = [
 #: Version of the ``corpus.json`` / directory format.
 FORMAT_VERSION = 1
 #: Version of the generator; a change means different audio or texts for the same seed.
-GENERATOR_VERSION = "2.1.0"
+GENERATOR_VERSION = "2.2.0"
 
 _IN_PROGRESS = ".make-corpus-in-progress"  # lets a rerun clean up after an interruption
 
@@ -103,7 +104,9 @@ def _check_args(
     return num_workers, snr
 
 
-def _existing(root: Path, utterances: int, seed: int, snr: tuple[float, float] | None) -> dict | None:
+def _existing(
+    root: Path, utterances: int, seed: int, snr: tuple[float, float] | None, voices: str = "core"
+) -> dict | None:
     """The manifest of a finished identical corpus under ``root``, else ``None``."""
     manifest = root / "corpus.json"
     if not manifest.is_file():
@@ -121,14 +124,16 @@ def _existing(root: Path, utterances: int, seed: int, snr: tuple[float, float] |
         and info.get("seed") == seed
         and info.get("utterances") == utterances
         and info.get("noise_snr_db") == (list(snr) if snr is not None else None)
+        and info.get("voices") == voices
     )
     if not same:
         raise ValueError(
             f"{manifest} describes a different corpus (seed={info.get('seed')}, "
             f"utterances={info.get('utterances')}, noise_snr_db={info.get('noise_snr_db')}, "
-            f"generator_version={info.get('generator_version')}) than requested (seed={seed}, "
-            f"utterances={utterances}, noise_snr_db={list(snr) if snr else None}, generator_version="
-            f"{GENERATOR_VERSION}). Use another root or pass `overwrite=True` (`--overwrite`)."
+            f"voices={info.get('voices')}, generator_version={info.get('generator_version')}) than "
+            f"requested (seed={seed}, utterances={utterances}, noise_snr_db={list(snr) if snr else None}, "
+            f"voices={voices}, generator_version={GENERATOR_VERSION}). Use another root or pass "
+            "`overwrite=True` (`--overwrite`)."
         )
     return info
 
@@ -214,6 +219,7 @@ def make_corpus(
     noise_snr_db: tuple[float, float] | None = (20.0, 40.0),
     show_progress: bool = True,
     overwrite: bool = False,
+    voices: str = "core",
 ) -> dict:
     """Generate (or reuse) a synthetic LibriSpeech-layout corpus under ``root``.
 
@@ -232,6 +238,9 @@ def make_corpus(
             ratio in dB, drawn uniformly per utterance; ``None`` for no noise.
         show_progress: show a tqdm progress bar.
         overwrite: replace a different corpus found in ``root`` instead of raising.
+        voices: the :data:`~lightning_amortized.data.plan.VOICE_SETS` entry train, dev and
+            test speakers come from: ``"core"`` (16 variants, learnable by the recipes'
+            models on CPU) or ``"wide"`` (67 variants, wider prosody and warp).
 
     Returns:
         The manifest written to ``root/corpus.json``: ``format_version``, ``seed``,
@@ -249,12 +258,13 @@ def make_corpus(
         EspeakError: if eSpeak NG cannot be loaded.
     """
     num_workers, snr = _check_args(utterances, seed, num_workers, noise_snr_db)
+    voice_set(voices)  # validates `voices`
     root = Path(root)
     utterances, seed = int(utterances), int(seed)
     manifest_path = root / "corpus.json"
-    speakers, jobs, labels = _plan(root, utterances, seed, snr)
+    speakers, jobs, labels = _plan(root, utterances, seed, snr, voices)
     try:
-        info = _existing(root, utterances, seed, snr)
+        info = _existing(root, utterances, seed, snr, voices)
     except ValueError:
         if not overwrite and not _older_generator(root):
             raise
@@ -306,6 +316,7 @@ def make_corpus(
         "utterances": utterances,
         "sample_rate": SAMPLE_RATE,
         "noise_snr_db": list(snr) if snr is not None else None,
+        "voices": voices,
         "hours": round(sum(seconds.values()) / 3600.0, 6),
         "splits": splits,
         "speakers": {
@@ -357,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different corpus already in ROOT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--voices", choices=["core", "wide"], default="core",
+                        help="voice set of train/dev/test speakers (default core; see docs/corpus.md)")
     args = parser.parse_args(args_in)
     try:
         info = make_corpus(
@@ -367,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             noise_snr_db=None if args.no_noise else (20.0, 40.0),
             show_progress=not args.quiet,
             overwrite=args.overwrite,
+            voices=args.voices,
         )
     except ValueError as err:
         print(f"lightning-amortized make-corpus: error: {err}", file=sys.stderr)

@@ -182,6 +182,20 @@ def test_speaker_sets(corpus: tuple[Path, dict]) -> None:
         if not held_out:
             assert s["voice"] in plan.VOICES and s["voice"] not in plan.OTHER_VOICES
     assert info["held_out"]["variants"] == list(plan.OTHER_VARIANTS)
+    assert info["voices"] == "core"
+    core = plan.VOICE_SETS["core"]
+    assert {s["variant"] for s in info["speakers"].values() if s["split"] != "test-other"} <= set(core.variants)
+
+
+def test_wide_voice_set_and_bad_voice_set(tmp_path: Path) -> None:
+    speakers = plan._make_speakers(8000, 0, plan.voice_set("wide"))
+    variants = {s.variant for group in speakers.values() for s in group if s.split != "test-other"}
+    assert len(variants) > 40 and not variants & set(plan.OTHER_VARIANTS)
+    assert len(speakers["train"]) == 200
+    core = plan._make_speakers(8000, 0, plan.voice_set("core"))
+    assert [len(core[h]) for h in ("train", "dev", "test", "test-other")] == [80, 10, 16, 16]
+    with pytest.raises(ValueError, match="`voices` to be one of"):
+        make_corpus(tmp_path, N, voices="loud", show_progress=False)
 
 
 def test_variant_pools_cover_the_wheel_and_are_disjoint() -> None:
@@ -302,7 +316,7 @@ def test_corpus_json_and_slu_jsonl_match_files(corpus: tuple[Path, dict]) -> Non
     root, info = corpus
     assert json.loads((root / "corpus.json").read_text()) == info
     assert info["format_version"] == 1 and info["seed"] == 0 and info["utterances"] == N
-    assert info["generator_version"] == "2.1.0" and info["vocabulary_size"] == len(templates.vocabulary())
+    assert info["generator_version"] == "2.2.0" and info["vocabulary_size"] == len(templates.vocabulary())
     assert set(info["splits"]) == set(SPLITS)
     assert set(info["entities"]) == {"base", *(f"update-{k}" for k in UPDATES)}
     for split in SPLITS:
@@ -348,7 +362,7 @@ def test_corpus_of_an_older_generator_is_replaced_with_a_warning(tmp_path: Path)
          "generator_version": "1.0.0", "seed": 0, "utterances": 50, "noise_snr_db": [20.0, 40.0]}))
     with pytest.warns(UserWarning, match="generator version 1.0.0"):
         info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
-    assert info["generator_version"] == "2.1.0" and not old.exists()
+    assert info["generator_version"] == "2.2.0" and not old.exists()
 
 
 def test_frequency_warp_scales_duration(tmp_path: Path) -> None:
