@@ -86,3 +86,38 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     make_corpus(root, utterances=120, seed=0, show_progress=False)
     return root
+
+
+def tiny_recipe_yaml(hidden_size: int, accelerator: str = "auto", lr: float | None = None,
+                     test_splits: str | None = None) -> str:
+    """A one-epoch LightningCLI recipe on a tiny synthetic corpus (`root` is set by the caller)."""
+    lr_line = f"  lr: {lr}\n" if lr is not None else ""
+    splits_line = f"    test_splits: {test_splits}\n" if test_splits is not None else ""
+    return f"""
+seed_everything: 0
+trainer:
+  accelerator: {accelerator}
+  max_epochs: 1
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  use_distributed_sampler: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{monitor: val/wer, mode: min, filename: "best-{{epoch}}"}}
+model:
+  encoder:
+    class_path: lightning_amortized.nn.RecurrentEncoder
+    init_args: {{input_size: 240, hidden_size: {hidden_size}, num_layers: 1}}
+{lr_line}data:
+  class_path: lightning_amortized.data.SyntheticDataModule
+  init_args:
+    root: unused
+    utterances: 120
+    corpus_seed: 0
+    train_splits: [train]
+    val_splits: [dev]
+{splits_line}    max_batch_seconds: 20.0
+    max_train_utterances: 16
+    cache_features: true
+"""

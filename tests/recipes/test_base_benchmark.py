@@ -8,37 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_script, split_error_rates
+from conftest import load_script, split_error_rates, tiny_recipe_yaml
 from lightning_amortized.module import ASRModule
 
 BASE = Path(__file__).resolve().parents[2] / "benchmarks" / "base.py"
 
-TINY = """
-seed_everything: 0
-trainer:
-  accelerator: auto
-  max_epochs: 1
-  logger: false
-  enable_progress_bar: false
-  enable_model_summary: false
-  use_distributed_sampler: false
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {monitor: val/wer, mode: min, filename: "best-{epoch}"}
-model:
-  encoder:
-    class_path: lightning_amortized.nn.RecurrentEncoder
-    init_args: {input_size: 240, hidden_size: 8, num_layers: 1}
-data:
-  class_path: lightning_amortized.data.SyntheticDataModule
-  init_args:
-    root: unused
-    utterances: 120
-    corpus_seed: 0
-    max_batch_seconds: 20.0
-    max_train_utterances: 16
-    cache_features: true
-"""
+TINY = tiny_recipe_yaml(hidden_size=8)
 
 
 @pytest.fixture(scope="module")
