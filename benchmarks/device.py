@@ -52,7 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 WORK = REPO / "runs" / "device"
 CONF = REPO / "recipes" / "synthetic" / "conf"
-BASE_CKPT = REPO / "runs" / "base" / "9ef2e920fd3a222d" / "base.ckpt"
 DEVICE_FLOPS = 69.54e6  # the recipe's device: slow-only at rho = 1.5
 
 
@@ -616,7 +615,8 @@ def render_markdown(s: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base-ckpt", default=str(BASE_CKPT))
+    p.add_argument("--base-ckpt", default=None,
+                   help="slow-only checkpoint (default: the shared base of benchmarks/base.py; `make base` trains it)")
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"))
     p.add_argument("--train-utts", type=int, default=3000)
     p.add_argument("--epochs", type=int, default=6)
@@ -642,6 +642,11 @@ def main(argv: list[str] | None = None) -> int:
         return worker(a)
     if a.demo_ckpt:
         return check_checkpoint(a)
+    if a.base_ckpt is None:  # the shared base of the current corpus and config, never trained here
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from base import ensure_base
+
+        a.base_ckpt = str(ensure_base(root=a.root, train=False))
     names = ["amnet"] if a.quick else list(AMNETS)
     ckpts = {n: train_amnet(a, n) for n in names}
     print(f"AmNet checkpoints: {ckpts}", flush=True)
