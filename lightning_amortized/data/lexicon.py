@@ -117,6 +117,17 @@ def _draw_unique(draw: Callable[[], str], n: int, banned: set[str], max_words: i
     return list(seen)
 
 
+def _interleave(per_locale: list[list[str]], n: int) -> tuple[str, ...]:
+    """The first ``n`` distinct values taking one from each locale in turn."""
+    out: dict[str, None] = {}
+    for rank in range(max(map(len, per_locale))):
+        for values in per_locale:
+            if rank < len(values):
+                out.setdefault(values[rank], None)
+    assert len(out) >= n, len(out)
+    return tuple(list(out)[:n])
+
+
 def _from_locales(locales: Iterable[str], method: str, n: int, banned: set[str], max_words: int) -> tuple[str, ...]:
     """``n`` distinct values of ``Faker(locale).<method>()``, round-robin over locales."""
     from faker import Faker
@@ -128,13 +139,7 @@ def _from_locales(locales: Iterable[str], method: str, n: int, banned: set[str],
         fake = Faker(locale)
         fake.seed_instance(LEXICON_SEED + i)
         per_locale.append(_draw_unique(getattr(fake, method), quota, banned, max_words, tries=8 * quota))
-    out: dict[str, None] = {}
-    for rank in range(n):
-        for values in per_locale:
-            if rank < len(values):
-                out.setdefault(values[rank], None)
-    assert len(out) >= n, (method, len(out))
-    return tuple(list(out)[:n])
+    return _interleave(per_locale, n)
 
 
 def _cities(n: int, banned: set[str]) -> tuple[str, ...]:
@@ -152,13 +157,7 @@ def _cities(n: int, banned: set[str]) -> tuple[str, ...]:
         rng = np.random.default_rng([LEXICON_SEED, 100 + i])
         order = iter(rng.permutation(len(names)))
         per_locale.append(_draw_unique(lambda: names[next(order)], quota, banned, 3, tries=min(8 * quota, len(names))))
-    out: dict[str, None] = {}
-    for rank in range(quota):
-        for values in per_locale:
-            if rank < len(values):
-                out.setdefault(values[rank], None)
-    assert len(out) >= n, len(out)
-    return tuple(list(out)[:n])
+    return _interleave(per_locale, n)
 
 
 def _word_list(name: str, n: int, banned: set[str], seed: int) -> tuple[str, ...]:

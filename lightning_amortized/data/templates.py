@@ -15,7 +15,7 @@ There are three kinds of text:
   which never occur in the base data, the way a news event brings new names.
 
 Names, places, companies and the words of generated sentences are drawn from libraries
-(:mod:`~lightning_amortized.data.lexicon`); with them the vocabulary is about 2,800 words,
+(:mod:`~lightning_amortized.data.lexicon`); with them the vocabulary is 2,237 words,
 while most words of a test utterance still occur in training. :data:`OTHER_TEMPLATES`
 and a second set of sentence patterns are heard only in the ``test-other`` split.
 
