@@ -101,6 +101,7 @@ _ADDED_DEFAULTS: dict[tuple[str, ...], object] = {
     ("model", "tokenizer"): None,
     ("data", "init_args", "tokenizer"): None,
     ("data", "init_args", "voices"): "core",
+    ("data", "init_args", "train_utterances"): None,
 }
 
 

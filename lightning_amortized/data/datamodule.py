@@ -214,19 +214,34 @@ class SyntheticDataModule(LibriSpeechDataModule):
         corpus_seed: Generation seed.
         voices: Voice set of train/dev/test speakers, ``"core"`` or ``"wide"`` (see
             :data:`~lightning_amortized.data.plan.VOICE_SETS`).
+        train_utterances: Size of the ``train`` split, ``None`` for what ``utterances``
+            leaves (see :func:`~lightning_amortized.data.plan.split_sizes`).
         **kwargs: Everything else goes to :class:`LibriSpeechDataModule`; ``test_splits``
             defaults to ``["test", "test-other"]`` here.
     """
 
     def __init__(
-        self, root: str, utterances: int = 8000, corpus_seed: int = 0, voices: str = "core", **kwargs: Any
+        self,
+        root: str,
+        utterances: int = 8000,
+        corpus_seed: int = 0,
+        voices: str = "core",
+        train_utterances: int | None = None,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("test_splits", ("test", "test-other"))
         super().__init__(root, **kwargs)
         self.utterances, self.corpus_seed, self.voices = utterances, corpus_seed, voices
+        self.train_utterances = train_utterances
 
     def prepare_data(self) -> None:
         from lightning_amortized.data.synthetic import make_corpus
 
-        make_corpus(self.root, utterances=self.utterances, seed=self.corpus_seed, voices=self.voices)
+        make_corpus(
+            self.root,
+            utterances=self.utterances,
+            seed=self.corpus_seed,
+            voices=self.voices,
+            train_utterances=self.train_utterances,
+        )
         super().prepare_data()

@@ -149,20 +149,26 @@ class _Job:
     warp_rate: int = 22050
 
 
-def split_sizes(utterances: int) -> dict[str, int]:
+def split_sizes(utterances: int, train_utterances: int | None = None) -> dict[str, int]:
     """Number of utterances per split for a corpus of ``utterances`` utterances.
 
     Dev gets 4 %, test and test-other 8 % each, each update 3 % in ``update-k`` and
-    3.5 % in ``update-k-test`` (at least 3 and 2) and train the rest (47.5 %).
+    3.5 % in ``update-k-test`` (at least 3 and 2) and train the rest (47.5 %), or
+    ``train_utterances`` where given: a larger training set with the same evaluation and
+    update splits (its first utterances are those of the default-sized train split).
 
     Args:
         utterances: total number of utterances, at least :data:`MIN_UTTERANCES`.
+        train_utterances: size of ``train`` instead of the remainder (at least 10), or
+            ``None``.
 
     Returns:
-        ``{split: count}`` over :data:`SPLITS`, summing to ``utterances``.
+        ``{split: count}`` over :data:`SPLITS`, summing to ``utterances`` (to
+        ``utterances`` minus the remainder plus ``train_utterances`` where that is given).
 
     Raises:
-        ValueError: if ``utterances`` is not an integer of at least :data:`MIN_UTTERANCES`.
+        ValueError: if ``utterances`` is not an integer of at least :data:`MIN_UTTERANCES`,
+            or ``train_utterances`` is neither ``None`` nor an integer of at least 10.
 
     Example::
 
@@ -190,6 +196,17 @@ def split_sizes(utterances: int) -> dict[str, int]:
         sizes[test_split] = upd_test
     sizes["train"] = n - sum(sizes.values())
     assert sizes["train"] >= 10, sizes
+    if train_utterances is not None:
+        if (
+            isinstance(train_utterances, bool)
+            or not isinstance(train_utterances, (int, np.integer))
+            or train_utterances < 10
+        ):
+            raise ValueError(
+                f"Expected argument `train_utterances` to be None or an int of at least 10, but got "
+                f"{train_utterances!r}."
+            )
+        sizes["train"] = int(train_utterances)
     return {s: sizes[s] for s in SPLITS}
 
 
@@ -272,11 +289,16 @@ def _make_speakers(utterances: int, seed: int, voices: VoiceSet) -> dict[str, li
 
 
 def _plan(
-    root: Path, utterances: int, seed: int, snr_db: tuple[float, float] | None, voices: str = "core"
+    root: Path,
+    utterances: int,
+    seed: int,
+    snr_db: tuple[float, float] | None,
+    voices: str = "core",
+    train_utterances: int | None = None,
 ) -> tuple[dict[str, list[_Speaker]], list[_Job], dict[str, dict[str, Any]]]:
     """Texts, speakers and paths of every utterance (cheap; no audio)."""
     speakers = _make_speakers(utterances, seed, voice_set(voices))
-    sizes = split_sizes(utterances)
+    sizes = split_sizes(utterances, train_utterances)
     homes = {s: "train" if s == "train" or s in _UPDATE_SPLITS else s for s in SPLITS}  # test-other: its own
     homes.update({s: "test" for s in _UPDATE_TEST_SPLITS})
     # One chapter per (speaker, split), unique over the corpus so ids never collide.

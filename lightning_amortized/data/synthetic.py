@@ -76,9 +76,9 @@ _IN_PROGRESS = ".make-corpus-in-progress"  # lets a rerun clean up after an inte
 # Public API.
 # ---------------------------------------------------------------------------------
 def _check_args(
-    utterances: int, seed: int, num_workers: int | None, noise_snr_db: Any
+    utterances: int, seed: int, num_workers: int | None, noise_snr_db: Any, train_utterances: int | None = None
 ) -> tuple[int, tuple[float, float] | None]:
-    split_sizes(utterances)  # validates `utterances`
+    split_sizes(utterances, train_utterances)  # validates `utterances` and `train_utterances`
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"Expected argument `seed` to be a non-negative int, but got {seed!r}.")
     if num_workers is None:
@@ -105,7 +105,12 @@ def _check_args(
 
 
 def _existing(
-    root: Path, utterances: int, seed: int, snr: tuple[float, float] | None, voices: str = "core"
+    root: Path,
+    utterances: int,
+    seed: int,
+    snr: tuple[float, float] | None,
+    voices: str = "core",
+    train_utterances: int | None = None,
 ) -> dict | None:
     """The manifest of a finished identical corpus under ``root``, else ``None``."""
     manifest = root / "corpus.json"
@@ -125,14 +130,16 @@ def _existing(
         and info.get("utterances") == utterances
         and info.get("noise_snr_db") == (list(snr) if snr is not None else None)
         and info.get("voices") == voices
+        and info.get("train_utterances") == train_utterances
     )
     if not same:
         raise ValueError(
             f"{manifest} describes a different corpus (seed={info.get('seed')}, "
             f"utterances={info.get('utterances')}, noise_snr_db={info.get('noise_snr_db')}, "
-            f"voices={info.get('voices')}, generator_version={info.get('generator_version')}) than "
-            f"requested (seed={seed}, utterances={utterances}, noise_snr_db={list(snr) if snr else None}, "
-            f"voices={voices}, generator_version={GENERATOR_VERSION}). Use another root or pass "
+            f"voices={info.get('voices')}, train_utterances={info.get('train_utterances')}, "
+            f"generator_version={info.get('generator_version')}) than requested (seed={seed}, "
+            f"utterances={utterances}, noise_snr_db={list(snr) if snr else None}, voices={voices}, "
+            f"train_utterances={train_utterances}, generator_version={GENERATOR_VERSION}). Use another root or pass "
             "`overwrite=True` (`--overwrite`)."
         )
     return info
@@ -220,6 +227,7 @@ def make_corpus(
     show_progress: bool = True,
     overwrite: bool = False,
     voices: str = "core",
+    train_utterances: int | None = None,
 ) -> dict:
     """Generate (or reuse) a synthetic LibriSpeech-layout corpus under ``root``.
 
@@ -241,10 +249,14 @@ def make_corpus(
         voices: the :data:`~lightning_amortized.data.plan.VOICE_SETS` entry train, dev and
             test speakers come from: ``"core"`` (16 variants, learnable by the recipes'
             models on CPU) or ``"wide"`` (67 variants, wider prosody and warp).
+        train_utterances: size of the ``train`` split, ``None`` for what ``utterances``
+            leaves (47.5 %). Dev, test, test-other and the update splits are sized from
+            ``utterances`` either way, and a larger train split starts with the utterances
+            of the default one (same texts, speakers and audio).
 
     Returns:
         The manifest written to ``root/corpus.json``: ``format_version``, ``seed``,
-        ``utterances``, ``sample_rate`` (Hz), ``splits`` (per split ``utterances``,
+        ``utterances``, ``train_utterances``, ``sample_rate`` (Hz), ``splits`` (per split ``utterances``,
         ``speakers`` ids, ``hours`` of audio, ``new_entity_utterances``), ``speakers``
         (per id ``voice``, ``variant``, ``pitch``, ``rate`` in words/min,
         ``pitch_range``, ``warp_rate`` in Hz, ``split``), ``entities`` (``base`` and
@@ -257,14 +269,15 @@ def make_corpus(
             split folders this function did not write) and ``overwrite`` is false.
         EspeakError: if eSpeak NG cannot be loaded.
     """
-    num_workers, snr = _check_args(utterances, seed, num_workers, noise_snr_db)
+    num_workers, snr = _check_args(utterances, seed, num_workers, noise_snr_db, train_utterances)
     voice_set(voices)  # validates `voices`
     root = Path(root)
     utterances, seed = int(utterances), int(seed)
+    train_utterances = None if train_utterances is None else int(train_utterances)
     manifest_path = root / "corpus.json"
-    speakers, jobs, labels = _plan(root, utterances, seed, snr, voices)
+    speakers, jobs, labels = _plan(root, utterances, seed, snr, voices, train_utterances)
     try:
-        info = _existing(root, utterances, seed, snr, voices)
+        info = _existing(root, utterances, seed, snr, voices, train_utterances)
     except ValueError:
         if not overwrite and not _older_generator(root):
             raise
@@ -317,6 +330,7 @@ def make_corpus(
         "sample_rate": SAMPLE_RATE,
         "noise_snr_db": list(snr) if snr is not None else None,
         "voices": voices,
+        "train_utterances": train_utterances,
         "hours": round(sum(seconds.values()) / 3600.0, 6),
         "splits": splits,
         "speakers": {
@@ -370,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--voices", choices=["core", "wide"], default="core",
                         help="voice set of train/dev/test speakers (default core; see docs/corpus.md)")
+    parser.add_argument("--train-utterances", type=int, default=None,
+                        help="size of the train split (default: what --utterances leaves, 47.5 %%)")
     args = parser.parse_args(args_in)
     try:
         info = make_corpus(
@@ -381,12 +397,14 @@ def main(argv: list[str] | None = None) -> int:
             show_progress=not args.quiet,
             overwrite=args.overwrite,
             voices=args.voices,
+            train_utterances=args.train_utterances,
         )
     except ValueError as err:
         print(f"lightning-amortized make-corpus: error: {err}", file=sys.stderr)
         return 2
+    total = sum(split["utterances"] for split in info["splits"].values())
     print(
-        f"{info['utterances']} utterances, {info['hours']:.2f} h of audio in "
+        f"{total} utterances, {info['hours']:.2f} h of audio in "
         f"{len(info['splits'])} splits under {args.root}"
     )
     return 0

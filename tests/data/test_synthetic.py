@@ -62,6 +62,31 @@ def test_split_sizes_hand_computed() -> None:
     assert min(small[f"update-{k}-test"] for k in UPDATES) >= 2
 
 
+def test_train_utterances_enlarges_train_only_and_keeps_its_first_utterances(tmp_path: Path) -> None:
+    sizes, larger = split_sizes(8000), split_sizes(8000, train_utterances=16000)
+    assert larger["train"] == 16000 and {s: n for s, n in larger.items() if s != "train"} == {
+        s: n for s, n in sizes.items() if s != "train"
+    }
+    _, jobs, labels = plan._plan(tmp_path, N, 0, None)
+    _, more_jobs, more_labels = plan._plan(tmp_path, N, 0, None, train_utterances=3 * split_sizes(N)["train"])
+    train, more_train = ([j for j in js if j.split == "train"] for js in (jobs, more_jobs))
+    assert len(more_train) == 3 * len(train) and more_train[: len(train)] == train
+    assert [j for j in more_jobs if j.split != "train"] == [j for j in jobs if j.split != "train"]
+    assert {j.voice for j in more_train} == {j.voice for j in train}  # same speakers, more of each
+    assert len({labels[j.id]["text"] for j in train}) < len({more_labels[j.id]["text"] for j in more_train})
+    for bad in (5, 2.5, True):
+        with pytest.raises(ValueError, match="`train_utterances`"):
+            split_sizes(N, train_utterances=bad)  # type: ignore[arg-type]
+
+
+def test_train_utterances_is_part_of_the_corpus(tmp_path: Path) -> None:
+    info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False, train_utterances=30)
+    assert info["train_utterances"] == 30 and info["splits"]["train"]["utterances"] == 30
+    assert len(list(tmp_path.glob("train/*/*/*.flac"))) == 30
+    with pytest.raises(ValueError, match="train_utterances=30"):
+        make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
+
+
 # --------------------------------------------------------------------------- layout
 def test_layout_is_librispeech(corpus: tuple[Path, dict]) -> None:
     root, info = corpus
