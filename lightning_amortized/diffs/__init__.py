@@ -13,6 +13,8 @@ See ``docs/neural_diff.md``. The pieces:
   :mod:`~lightning_amortized.diffs.export`, :mod:`~lightning_amortized.diffs.read`,
   :mod:`~lightning_amortized.diffs.apply` (apply, chains, merge, unmerge);
   :mod:`~lightning_amortized.diffs.io` imports them all in one place;
+- :mod:`~lightning_amortized.diffs.lowrank`: the low-rank (LoRA) peer ``W0 + B @ A * alpha / r``:
+  parametrization, its fp16-factor file, apply and merge;
 - :mod:`~lightning_amortized.diffs.checkpoints`: checkpoint files in and out;
 - :mod:`~lightning_amortized.diffs.commands`: the ``diff`` command line.
 """
@@ -41,6 +43,21 @@ from lightning_amortized.diffs.io import (
     unmerge,
     weights_sha256,
 )
+from lightning_amortized.diffs.lowrank import (
+    DenseDelta,
+    LowRankDelta,
+    LowRankInfo,
+    apply_lowrank,
+    attach_lowrank,
+    detach_lowrank,
+    export_lowrank,
+    inspect_lowrank,
+    lowrank_file_bytes,
+    lowrank_modules,
+    merge_lowrank,
+    rank_for_bytes,
+    read_lowrank,
+)
 from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density, sparse_apply
 from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_names, select_targets
 
@@ -52,29 +69,42 @@ __all__ = [
     "DiffInfo",
     "DiffIntegrityError",
     "DiffTarget",
+    "DenseDelta",
     "HashedDiff",
+    "LowRankDelta",
+    "LowRankInfo",
     "SparseDiff",
     "allocate_buckets",
     "apply_chain",
     "apply_diff",
+    "apply_lowrank",
     "apply_to_state_dict",
     "attach_diffs",
+    "attach_lowrank",
     "base_tensor",
     "describe_targets",
     "detach_diffs",
+    "detach_lowrank",
     "diff_modules",
     "effective_tensor",
     "entries_for_bytes",
     "estimate_diff_bytes",
     "export_diff",
     "export_diff_from_weights",
+    "export_lowrank",
     "hash_indices",
     "hashed_delta",
     "inspect_diff",
+    "inspect_lowrank",
+    "lowrank_file_bytes",
+    "lowrank_modules",
     "magnitude_keep_masks",
     "merge",
+    "merge_lowrank",
     "plain_parameters",
+    "rank_for_bytes",
     "read_diff",
+    "read_lowrank",
     "scheduled_density",
     "select_names",
     "select_targets",
