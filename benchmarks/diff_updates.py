@@ -1,4 +1,4 @@
-"""Five chained updates: neural diffs versus full fine-tuning, side by side on one base model.
+"""Five chained updates: neural diffs, their peers at equal bytes and full fine-tuning, on one base model.
 
 Runs ``recipes/synthetic/updates.py`` once per configuration (in parallel worker processes,
 one thread each) on the same base checkpoint and corpus:
@@ -10,7 +10,17 @@ one thread each) on the same base checkpoint and corpus:
 ``hashed``         hashed diff with as many stored bytes as ``sparse-10`` (fp32 buckets)
 ``bias``           bias-only tuning (optional: ``--methods ... bias``)
 ``full``           full-parameter fine-tuning; each update ships the whole model
+``lora-B``         LoRA ``W0 + B @ A * alpha / r`` on the diff targets, fp16 factors; ``r`` the
+                   largest rank whose file fits B % of the fp32 checkpoint's bytes (B = 1, 2,
+                   5, 10; optional: ``--methods ... lora-5``)
+``compressed-B``   the published baseline: full fine-tuning, then the whole model compressed
+                   to B % of the checkpoint's bytes (targets magnitude-pruned, int8; other
+                   parameters fp16; both files in the diff format) and shipped whole (optional)
 =================  ==========================================================================
+
+The byte budgets of ``lora-B`` and ``compressed-B`` cover the whole shipped file(s), header
+included; each row reports the real file bytes (``bytes``; ``compressed``: both files) next to
+its budget (``budget_bytes``), and a target checks that every update honoured it.
 
 Per update it reports WER on ``update-k-test``, on the base ``test`` split and on ``test-other``
 (voices and sentence templates unseen in training: ``test_other_wer`` per update and after the
@@ -58,6 +68,11 @@ CONFIGS: dict[str, tuple[str, Path, list[str]]] = {
     "bias": ("bias only, fp32", CONF / "bias.yaml", []),
     "full": ("full fine-tuning", CONF / "full.yaml", []),
 }
+PEER_BUDGETS = (1, 2, 5, 10)  # % of the fp32 full checkpoint's bytes
+CONFIGS.update({f"lora-{b}": (f"LoRA {b} % of the checkpoint, fp16 factors", CONF / "lora.yaml", ["--budget", str(b / 100)])
+                for b in PEER_BUDGETS})
+CONFIGS.update({f"compressed-{b}": (f"compressed model {b} % (pruned, int8)", CONF / "compressed.yaml",
+                                    ["--budget", str(b / 100)]) for b in PEER_BUDGETS})
 DEFAULT_METHODS = ("sparse-10", "sparse-2-int8", "hashed", "full")
 TARGET_REL = 0.01  # WER within 1 % relative of full fine-tuning
 
@@ -145,6 +160,9 @@ def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
                 "stored_entries": rec["stored_entries"],
                 "fit_seconds": rec["fit_seconds"],
                 "max_abs_error_vs_trained": rec.get("max_abs_error"),
+                "budget_bytes": rec.get("budget_bytes"),  # lora / compressed: the whole file(s) must fit
+                "rank": rec.get("rank"),  # lora
+                "files": rec.get("files", [rec.get("file")]),
             }
             for dtype, ex in (rec.get("extra_exports") or {}).items():
                 row[f"bytes_{dtype}"] = ex["file_bytes"]
@@ -162,6 +180,8 @@ def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
             "test_other_cer": last["eval"][other]["cer"] if other else None,
             "mean_update_test_wer": _mean([m["wer"] for s, m in last["eval"].items() if s.startswith("update-")]),
             "mean_bytes_per_update": _mean([r["file_bytes"] for r in res["updates"]]),
+            "max_bytes_per_update": max(r["file_bytes"] for r in res["updates"]),
+            "budget_bytes": res["updates"][-1].get("budget_bytes"),
             "chain": res["chain"],
             "lr": res["lr"],
             "seconds": res["total_seconds"],
@@ -209,11 +229,25 @@ def targets(runs: Mapping[str, dict[str, Any]], final: Mapping[str, dict[str, An
                 out.append({"target": f"{name}: WER on {split} after the last update within 1% relative of full FT",
                             "measured": f"{100 * wer:.2f}% vs {100 * ref[split]:.2f}% ({100 * rel:+.1f}% relative)",
                             "value": rel, "met": rel <= TARGET_REL})
+    for name, res in runs.items():
+        budgets = [(r["file_bytes"], r["budget_bytes"]) for r in res["updates"] if r.get("budget_bytes") is not None]
+        if budgets:
+            worst = max(b / budget for b, budget in budgets)
+            out.append({"target": f"{name}: every update's shipped file(s) within the byte budget",
+                        "measured": f"largest {max(b for b, _ in budgets):,} bytes, {100 * worst:.1f}% of its budget "
+                        f"({budgets[0][1]:,} bytes)", "value": worst, "met": worst <= 1.0})
     for name, f in final.items():
         chain = f["chain"]
-        if chain.get("links"):
+        if chain.get("kind") == "compressed":
+            out.append({"target": f"{name}: the files of each of {chain['links']} updates, applied to zeros, rebuild "
+                        "the evaluated model",
+                        "measured": f"equals the shipped model: {chain['equals_shipped']}; max abs error vs the fine-tuned "
+                        f"model {chain['max_abs_error_vs_trained']:.3g} (the compression)",
+                        "value": chain["max_abs_error_vs_trained"], "met": bool(chain["equals_shipped"])})
+        elif chain.get("links"):
             exact = chain["bit_exact_vs_trained"]
-            out.append({"target": f"{name}: apply_chain of {chain['links']} diffs on a fresh base reproduces the trained model",
+            what = "lora files" if chain.get("kind") == "lora" else "diffs"
+            out.append({"target": f"{name}: apply_chain of {chain['links']} {what} on a fresh base reproduces the trained model",
                         "measured": ("bit-exact" if exact else f"max abs error {chain['max_abs_error_vs_trained']:.3g}")
                         + f"; equals the shipped model: {chain['equals_shipped']}; links ok: {chain['hash_links_ok']}",
                         "value": chain["max_abs_error_vs_trained"], "met": bool(chain["equals_shipped"] and chain["hash_links_ok"])})
@@ -279,7 +313,11 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     ]
     for name, f in final.items():
         chain = f["chain"]
-        if chain.get("links"):
+        if chain.get("kind") == "compressed":
+            c = f"ships the model: files -> zeros = shipped: {'yes' if chain['equals_shipped'] else '**no**'}; " \
+                f"max abs err vs fine-tuned {chain['max_abs_error_vs_trained']:.2g}"
+            c += "; wrong base refused" if chain.get("wrong_base_refused") else ""
+        elif chain.get("links"):
             c = "bit-exact" if chain["bit_exact_vs_trained"] else f"max abs err {chain['max_abs_error_vs_trained']:.2g}"
             c += "; = shipped" if chain["equals_shipped"] else "; differs from shipped"
             c += "; wrong base refused" if chain.get("wrong_base_refused") else ""
@@ -304,6 +342,16 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "1.25*b* (fp32), 0.75*b* (fp16) or 0.5*b* (int8) of the targeted bytes, plus a header of about 1 kB per "
         "diff. With fp32 values a 10 % diff cannot be 90 % smaller: the values alone are 10 %.",
     ]
+    peers = {r["method"]: r for r in rows if r.get("budget_bytes") is not None}
+    if peers:
+        lines.append(
+            "- Peers at equal bytes (`lora-B`, `compressed-B`): the budget is B % of the fp32 checkpoint's bytes and covers "
+            "the whole shipped file(s), header included. LoRA ships fp16 factors `B` (m x r) and `A` (r x n) per targeted "
+            "matrix plus the fp16 `head.bias`, with r the largest rank that fits ("
+            + ", ".join(f"`{m}` r = {r['rank']}" for m, r in peers.items() if r.get("rank") is not None)
+            + "); the compressed model ships the targeted weights pruned to the entries that fit, int8 values with gap-u8 "
+            "indices, plus every other parameter in fp16 (two files in the diff format, applied to zeros)."
+        )
     if words and ref:
         step = 1 / min(words)
         lines.append(

@@ -9,13 +9,27 @@ fine-tunes on split ``update-k`` (new named entities) plus an equal number of re
   shipped file (quantization included) is merged before update ``k + 1`` trains, so each
   diff names the hash of the weights devices hold after diffs ``1..k-1``;
 - ``bias``: bias-only tuning, shipped as a dense diff of the biases (``sparse`` with budget 1);
-- ``full``: full-parameter fine-tuning of the previous model; ships the whole model.
+- ``full``: full-parameter fine-tuning of the previous model; ships the whole model;
+- ``lora``: a low-rank update ``W0 + B @ A * alpha / r`` on the diff targets
+  (:mod:`lightning_amortized.diffs.lowrank`; 1-D targets such as ``head.bias`` get a dense
+  delta), shipped as ``lora-k.safetensors`` with fp16 factors; ``r`` is the largest rank
+  whose file fits ``budget`` (a fraction of the fp32 full checkpoint's bytes, or bytes), and
+  the shipped (fp16) product is folded in before update ``k + 1`` trains;
+- ``compressed`` (the published baseline): full fine-tuning of the previous shipped model,
+  then the whole model compressed to ``budget`` (same units as ``lora``) and shipped whole:
+  the targeted weights magnitude-pruned to the entries that fit, int8 values, written in the
+  diff format against an all-zero base (``compressed-k.safetensors``), and every other
+  parameter dense in fp16 (``compressed-k.dense.safetensors``, also in the diff format); the
+  bytes of both files count. The device builds the model from zeros; update ``k + 1``
+  fine-tunes that compressed model.
 
 After each update the shipped model is evaluated (greedy CTC, WER/CER) on
 ``update-1-test .. update-k-test`` (unseen speakers), on the base ``test`` split and on
 ``test-other`` (voices and sentence templates unseen in training; ``test_other_split``). At
-the end a fresh base gets ``apply_chain(diff-1 .. diff-K)`` and is compared with the
-trained model (bit-exact for fp32 values; the max abs error is reported for fp16/int8).
+the end a fresh base gets ``apply_chain(diff-1 .. diff-K)`` (``lora``: ``apply_lowrank`` of
+``lora-1 .. lora-K``; ``compressed``: the last update's files applied to zeros) and is
+compared with the shipped and the trained model (bit-exact for fp32 values; the max abs
+error is reported for fp16/int8, the fp16 factors and the compression).
 
 Usage (every option of :class:`UpdateConfig` from a YAML file or a flag; the configs of
 ``benchmarks/diff_updates.py`` are in ``recipes/synthetic/conf/updates/``)::
@@ -27,7 +41,8 @@ Usage (every option of :class:`UpdateConfig` from a YAML file or a flag; the con
 
 Writes ``<out>/results.json`` (and the diff files / shipped models). Default peak learning
 rates (picked by a check on update 1, see ``DEFAULT_LR``): ``3e-3`` for diffs, ``1e-3`` for
-full fine-tuning.
+full fine-tuning (``lora`` and ``compressed`` take those of the diffs and of full
+fine-tuning, unchecked).
 """
 
 from __future__ import annotations
@@ -55,11 +70,21 @@ from lightning_amortized.diffs import (
     DiffError,
     apply_chain,
     apply_diff,
+    apply_lowrank,
+    apply_to_state_dict,
+    attach_lowrank,
+    base_tensor,
     effective_tensor,
+    entries_for_bytes,
     export_diff,
+    export_diff_from_weights,
+    export_lowrank,
     inspect_diff,
     merge,
+    merge_lowrank,
     plain_parameters,
+    rank_for_bytes,
+    select_targets,
     weights_sha256,
 )
 from lightning_amortized.data.synthetic import read_slu
@@ -69,13 +94,16 @@ from lightning_amortized.scoring import bootstrap_wer, entity_accuracy, slot_val
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
-METHODS = ("sparse", "hashed", "bias", "full")
+METHODS = ("sparse", "hashed", "bias", "full", "lora", "compressed")
 DIFF_TARGETS = ("encoder.*weight*", "head.*")
 BIAS_TARGETS = ("*bias*",)
 # Peak learning rates, from a check on update 1 (3 epochs, 150 + 150 utterances, demo base at
 # 56.6 % test WER): sparse 10 % 1e-3 -> 59.9 % / 3e-3 -> 59.5 % WER on update-1-test; full
-# fine-tuning 3e-4 -> 60.9 % / 1e-3 -> 57.7 %. Bias-only was not checked.
-DEFAULT_LR = {"sparse": 3e-3, "hashed": 3e-3, "bias": 3e-3, "full": 1e-3}
+# fine-tuning 3e-4 -> 60.9 % / 1e-3 -> 57.7 %. Bias-only, LoRA (the diffs' rate) and the compressed
+# baseline (full fine-tuning's rate) were not checked.
+DEFAULT_LR = {"sparse": 3e-3, "hashed": 3e-3, "bias": 3e-3, "full": 1e-3, "lora": 3e-3, "compressed": 1e-3}
+# Tensor kind recorded in the files of the compressed baseline (entries_for_bytes sizes the header with it).
+COMPRESSED_EXTRA = {"shipped": "compressed model, applied to zeros"}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -90,12 +118,17 @@ class UpdateConfig:
         root: corpus root (LibriSpeech layout with ``update-k`` / ``update-k-test`` splits).
         out: output folder (diff files, shipped models, ``results.json``); ``None``:
             ``runs/synthetic/updates/<method>``.
-        method: ``"sparse"``, ``"hashed"``, ``"bias"`` or ``"full"``.
-        budget: NeuralDiff budget: fraction of the targeted entries (float) or bytes (int).
+        method: ``"sparse"``, ``"hashed"``, ``"bias"``, ``"full"``, ``"lora"`` or ``"compressed"``.
+        budget: ``sparse`` / ``hashed``: the NeuralDiff budget, a fraction of the targeted
+            entries (float) or bytes (int); ``lora`` / ``compressed``: a fraction of the fp32
+            full checkpoint's bytes (float; ``floor(budget * bytes)``) or bytes (int), the
+            whole shipped file(s) included.
         value_dtype: stored diff values: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         also_export: extra value dtypes exported from the same trained diff, for their sizes
             and errors only (the chain uses ``value_dtype``).
-        targets: NeuralDiff target patterns (default: encoder weights and the output layer).
+        targets: NeuralDiff target patterns (default: encoder weights and the output layer);
+            also the LoRA targets and the pruned, int8 part of the compressed model.
+        lora_alpha: LoRA scale numerator, ``scale = alpha / r`` (``None``: ``alpha = r``, scale 1).
         updates: number of consecutive updates (``update-1 .. update-K``).
         epochs: training epochs per update.
         lr: peak learning rate (warm-up + cosine over the update); ``None``: the method default.
@@ -117,11 +150,12 @@ class UpdateConfig:
     base: str
     root: str = str(REPO / "data" / "synthetic")
     out: str | None = None
-    method: Literal["sparse", "hashed", "bias", "full"] = "sparse"
+    method: Literal["sparse", "hashed", "bias", "full", "lora", "compressed"] = "sparse"
     budget: int | float = 0.1
     value_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
     also_export: tuple[str, ...] = ()
     targets: tuple[str, ...] | None = None
+    lora_alpha: float | None = None
     updates: int = 5
     epochs: int = 3
     lr: float | None = None
@@ -147,6 +181,12 @@ class UpdateConfig:
             raise ValueError(f"Expected `updates` and `epochs` >= 1, but got {self.updates} and {self.epochs}.")
         if self.value_dtype not in ("fp32", "fp16", "int8"):
             raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
+
+    def budget_bytes(self, full_bytes: int) -> int:
+        """The byte budget of one ``lora`` / ``compressed`` update: ``budget`` in bytes, or that fraction of ``full_bytes``."""
+        if isinstance(self.budget, int):
+            return self.budget
+        return math.floor(float(self.budget) * full_bytes)
 
     @property
     def base_test_splits(self) -> list[str]:
@@ -378,8 +418,9 @@ def _diff_callback(cfg: UpdateConfig, path: Path) -> Any:
 def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
     """Train update ``k`` on ``model`` in place and ship it; returns the update's record.
 
-    For diffs, ``model`` ends holding the shipped weights (the file merged in); the
-    trained (in-memory) weights are returned under ``"_trained"``.
+    For diffs and ``lora``, ``model`` ends holding the shipped weights (the file merged in);
+    for ``compressed``, the model rebuilt from its files. The trained (in-memory) weights are
+    returned under ``"_trained"``.
     """
 
 
@@ -401,6 +442,10 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
     model.hparams.lr = cfg.learning_rate
     rec: dict[str, Any] = {"update": k, "train_update_utterances": len(new), "train_replay_utterances": len(old)}
     t0 = time.perf_counter()
+    if cfg.method == "lora":
+        return _lora_update(cfg, model, k, dm, rec, t0)
+    if cfg.method == "compressed":
+        return _compressed_update(cfg, model, k, dm, rec, t0)
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -453,6 +498,135 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
     return rec
 
 
+def _lora_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Update ``k`` as a low-rank delta of the largest rank that fits the byte budget; ships ``lora-k.safetensors``.
+
+    The rank: :func:`~lightning_amortized.diffs.rank_for_bytes` over the targets' shapes, i.e. the
+    largest ``r`` with ``8 + header + 2 * (sum_j min(r, m_j, n_j) * (m_j + n_j) + sum of 1-D
+    target sizes) <= budget`` bytes (fp16 factors; the header is computed exactly).
+    """
+    path = Path(cfg.out) / f"lora-{k}.safetensors"
+    full_bytes = state_bytes(model)
+    budget = cfg.budget_bytes(full_bytes)
+    names = select_targets(model, list(cfg.target_patterns))
+    shapes = {n: tuple(base_tensor(model, n).shape) for n in names}
+    rank = rank_for_bytes(shapes, budget, cfg.lora_alpha)
+    model.requires_grad_(False)
+    attach_lowrank(model, names, rank, cfg.lora_alpha, seed=cfg.seed * 1000 + k)
+    trainer = _trainer(cfg, [])
+    trainer.fit(model, datamodule=dm)
+    rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
+    trained = plain_state(model)
+    info = export_lowrank(model, path)
+    merge_lowrank(model, path)  # ship: the model holds what devices hold (fp16 factors, their arithmetic)
+    shipped = plain_state(model)
+    rec.update(
+        file=str(path),
+        file_bytes=info.file_bytes,
+        payload_bytes=info.payload_bytes,
+        stored_entries=info.stored_entries,
+        target_entries=sum(math.prod(s) for s in shapes.values()),
+        targets=len(names),
+        rank=rank,
+        alpha=info.alpha,
+        budget_bytes=budget,
+        base_sha256=info.base_sha256,
+        result_sha256=info.result_sha256,
+        max_abs_error=max_abs_error(shipped, trained),
+    )
+    rec["_trained"] = trained
+    return rec
+
+
+def dense_companion(path: str | Path) -> Path:
+    """The fp16 file of the untargeted parameters next to a compressed model's ``compressed-k.safetensors``."""
+    p = Path(path)
+    return p.with_name(p.name.removesuffix(".safetensors") + ".dense.safetensors")
+
+
+def load_compressed(model: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights a device builds from a compressed update: zeros, plus ``path`` and its dense companion.
+
+    Both files are diffs against an all-zero base (:func:`~lightning_amortized.diffs.apply_to_state_dict`
+    checks their base and result hashes). ``model`` only gives the names, shapes and dtypes; it
+    is not modified.
+
+    Returns:
+        ``{plain name: tensor}`` of every parameter.
+    """
+    zeros = {n: torch.zeros_like(t) for n, t in plain_parameters(model).items()}
+    files = [path] + ([dense_companion(path)] if dense_companion(path).exists() else [])
+    state, _ = apply_to_state_dict(zeros, files)
+    return {n: t.detach().clone() for n, t in state.items()}
+
+
+def _compressed_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Update ``k`` as the published baseline: full fine-tuning, then the model compressed to the budget.
+
+    ``compressed-k.dense.safetensors``: every untargeted parameter, all entries, fp16 (a diff
+    against zeros). ``compressed-k.safetensors``: the targets' largest-magnitude weights, int8
+    with one scale per tensor, as many as fit in ``budget - dense file bytes``
+    (:func:`~lightning_amortized.diffs.entries_for_bytes`; re-exported with fewer entries while
+    the real file is over). ``model`` ends holding the weights rebuilt from both files.
+    """
+    out = Path(cfg.out)
+    path, dense_path = out / f"compressed-{k}.safetensors", dense_companion(out / f"compressed-{k}.safetensors")
+    full_bytes = state_bytes(model)
+    budget = cfg.budget_bytes(full_bytes)
+    names = select_targets(model, list(cfg.target_patterns))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    trainer = _trainer(cfg, [])
+    trainer.fit(model, datamodule=dm)
+    rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
+    trained = plain_state(model)
+    zeros = {n: torch.zeros_like(t) for n, t in trained.items()}
+    others = [n for n in trained if n not in names]
+    dense_bytes, dense_entries, dense_payload = 0, 0, 0
+    if others:
+        n_others = sum(trained[n].numel() for n in others)
+        dense = export_diff_from_weights(zeros, trained, others, dense_path, keep=n_others, value_dtype="fp16",
+                                         extra_metadata=COMPRESSED_EXTRA)
+        dense_bytes, dense_entries, dense_payload = dense.file_bytes, dense.stored, dense.payload_bytes
+    elif dense_path.exists():
+        dense_path.unlink()
+    numels = {n: trained[n].numel() for n in names}
+    room = budget - dense_bytes
+    keep = entries_for_bytes("sparse", "int8", numels, room, extra=COMPRESSED_EXTRA)
+    if keep < 1:
+        raise ValueError(
+            f"The compressed model does not fit the budget of {budget:,} bytes: the fp16 untargeted parameters "
+            f"alone take {dense_bytes:,} bytes. Raise `budget` or target more parameters."
+        )
+    info = export_diff_from_weights(zeros, trained, names, path, keep=keep, value_dtype="int8", extra_metadata=COMPRESSED_EXTRA)
+    while info.file_bytes > room and keep > 1:  # more 4-byte index escapes than projected: keep fewer entries
+        keep = max(1, keep - max(1, (info.file_bytes - room + 1) // 2))
+        info = export_diff_from_weights(zeros, trained, names, path, keep=keep, value_dtype="int8",
+                                        extra_metadata=COMPRESSED_EXTRA)
+    if info.file_bytes > room:
+        raise ValueError(f"The compressed model does not fit the budget of {budget:,} bytes, even with one entry kept.")
+    shipped = load_compressed(model, path)
+    with torch.no_grad():  # the device's model; update k + 1 fine-tunes it
+        for n, t in shipped.items():
+            base_tensor(model, n).copy_(t)
+    rec.update(
+        file=str(path),
+        files=[str(path)] + ([str(dense_path)] if others else []),
+        file_bytes=info.file_bytes + dense_bytes,
+        payload_bytes=info.payload_bytes + dense_payload,
+        stored_entries=info.stored + dense_entries,
+        target_entries=sum(numels.values()),
+        kept_fraction=info.stored / sum(numels.values()),
+        dense_file_bytes=dense_bytes,
+        targets=len(names),
+        budget_bytes=budget,
+        result_sha256=weights_sha256(shipped, shipped),
+        max_abs_error=max_abs_error(shipped, trained),
+    )
+    rec["_trained"] = trained
+    return rec
+
+
 # --------------------------------------------------------------------------- chain
 
 
@@ -467,8 +641,12 @@ def verify_chain(
         ``bit_exact_vs_trained`` and ``max_abs_error_vs_trained`` (the in-memory model
         after the last update's training, before its file was quantized), and
         ``wrong_base_refused`` (diff ``K`` applied to the fresh base is refused, ``K > 1``).
+        ``lora`` and ``compressed`` runs: see :func:`verify_lora_chain` and :func:`verify_compressed`.
     """
-
+    if cfg.method == "lora":
+        return verify_lora_chain(cfg, files, shipped, trained)
+    if cfg.method == "compressed":
+        return verify_compressed(cfg, files, shipped, trained)
     t0 = time.perf_counter()
     model = load_base(cfg.base, dropout=cfg.dropout)
     refused = None
@@ -488,6 +666,77 @@ def verify_chain(
         "links": len(infos),
         "hash_links_ok": links_ok,
         "files_verified": all(inspect_diff(f).payload_sha256 for f in files),
+        "equals_shipped": bit_equal(final, shipped),
+        "bit_exact_vs_trained": bit_equal(final, trained),
+        "max_abs_error_vs_trained": max_abs_error(final, trained),
+        "wrong_base_refused": refused,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def verify_lora_chain(
+    cfg: UpdateConfig, files: Sequence[str | Path], shipped: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """A fresh base gets :func:`~lightning_amortized.diffs.apply_lowrank` of ``lora-1 .. lora-K``, in order.
+
+    Returns the keys of :func:`verify_chain`: ``links``, ``hash_links_ok`` (each file's base
+    hash is the previous one's result hash), ``files_verified``, ``equals_shipped``,
+    ``bit_exact_vs_trained``, ``max_abs_error_vs_trained`` (the fp16 rounding of the last
+    factors), ``wrong_base_refused`` (file ``K`` on the fresh base, ``K > 1``), plus ``kind``.
+    """
+    t0 = time.perf_counter()
+    refused = None
+    if len(files) > 1:
+        probe = load_base(cfg.base, dropout=cfg.dropout)
+        before = plain_state(probe)
+        try:
+            apply_lowrank(probe, files[-1])
+            refused = False
+        except DiffError:
+            refused = bit_equal(plain_state(probe), before)  # refused, and the model untouched
+    model = load_base(cfg.base, dropout=cfg.dropout)
+    infos = [apply_lowrank(model, f) for f in files]  # each file read, verified and hash-checked
+    final = plain_state(model)
+    return {
+        "kind": "lora",
+        "links": len(infos),
+        "hash_links_ok": all(b.base_sha256 == a.result_sha256 for a, b in zip(infos, infos[1:])),
+        "files_verified": True,
+        "equals_shipped": bit_equal(final, shipped),
+        "bit_exact_vs_trained": bit_equal(final, trained),
+        "max_abs_error_vs_trained": max_abs_error(final, trained),
+        "wrong_base_refused": refused,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def verify_compressed(
+    cfg: UpdateConfig, files: Sequence[str | Path], shipped: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Each update's files rebuild a model from zeros (:func:`load_compressed`); the last one must be the shipped model.
+
+    Every update ships a whole model, so there is no chain of bases: ``links`` counts the
+    updates whose files were read, verified and applied to zeros with their hash checks
+    (``hash_links_ok``); ``equals_shipped`` compares the last one with the final evaluated
+    model, ``max_abs_error_vs_trained`` with the fine-tuned model before compression;
+    ``wrong_base_refused``: the last file applied to the real base (not zeros) is refused.
+    """
+    t0 = time.perf_counter()
+    model = load_base(cfg.base, dropout=cfg.dropout)
+    before = plain_state(model)
+    try:
+        apply_diff(model, files[-1])
+        refused = False
+    except DiffError:
+        refused = bit_equal(plain_state(model), before)
+    final: dict[str, torch.Tensor] = {}
+    for f in files:
+        final = load_compressed(model, f)
+    return {
+        "kind": "compressed",
+        "links": len(files),
+        "hash_links_ok": True,
+        "files_verified": True,
         "equals_shipped": bit_equal(final, shipped),
         "bit_exact_vs_trained": bit_equal(final, trained),
         "max_abs_error_vs_trained": max_abs_error(final, trained),

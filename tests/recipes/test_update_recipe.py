@@ -174,7 +174,7 @@ def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: 
     assert res["chain"]["links"] == 0
     assert res["lr"] == 1e-2 and recipe.UpdateConfig(base="b", root="r", out="o", method="full").learning_rate == 1e-3
     with pytest.raises(ValueError, match="`method`"):
-        recipe.UpdateConfig(base="b", root="r", out="o", method="lora")
+        recipe.UpdateConfig(base="b", root="r", out="o", method="qlora")
 
 
 def test_a_corpus_without_the_test_other_split_is_refused_before_training(
@@ -219,3 +219,104 @@ def test_every_method_config_parses_and_the_benchmark_builds_valid_commands(reci
     assert seen == set(recipe.METHODS)
     with pytest.raises(SystemExit):
         parser.parse_args(["--base", str(base_ckpt), "--method", "nope"])
+
+
+def test_lora_updates_fit_the_byte_budget_and_chain_on_a_fresh_base(
+    recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path
+) -> None:
+    from lightning_amortized.diffs import apply_lowrank, inspect_lowrank, lowrank_file_bytes, select_targets
+
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="lora", budget=7000, updates=2, epochs=1,
+               test_other_split=None)
+    assert cfg.budget_bytes(76_724) == 7000 and cfg.learning_rate == 1e-2  # an int budget is bytes
+    assert recipe.UpdateConfig(base="b", root="r", out="o", method="lora", budget=0.05).budget_bytes(76_724) == 3836
+    res = recipe.run(cfg, log=lambda *_: None)
+    base = recipe.load_base(base_ckpt)
+    names = select_targets(base, list(recipe.DIFF_TARGETS))
+    shapes = {n: tuple(base.get_parameter(n).shape) for n in names}
+    for r in res["updates"]:
+        # the real file is the predicted size, within the budget; one more rank would not fit
+        assert r["file_bytes"] == Path(r["file"]).stat().st_size == lowrank_file_bytes(shapes, r["rank"]) <= 7000
+        assert lowrank_file_bytes(shapes, r["rank"] + 1) > 7000 and r["budget_bytes"] == 7000
+        # fp16 factors: r * (m + n) per matrix, plus the dense head.bias (29)
+        assert r["stored_entries"] == sum(r["rank"] * (s[0] + s[1]) for s in shapes.values() if len(s) == 2) + 29
+        assert 0 < r["max_abs_error"] < 1e-4  # the shipped model is the trained one up to the fp16 factors
+    f1, f2 = (r["file"] for r in res["updates"])
+    assert inspect_lowrank(f2).base_sha256 == inspect_lowrank(f1).result_sha256 == res["updates"][0]["result_sha256"]
+    chain = res["chain"]
+    assert chain["kind"] == "lora" and chain["links"] == 2 and chain["hash_links_ok"] and chain["wrong_base_refused"]
+    assert chain["equals_shipped"] and not chain["bit_exact_vs_trained"]
+    assert chain["max_abs_error_vs_trained"] == pytest.approx(res["updates"][-1]["max_abs_error"])
+    fresh = recipe.load_base(base_ckpt)
+    before = recipe.plain_state(fresh)
+    with pytest.raises(BaseMismatchError, match="applies to a different base"):
+        apply_lowrank(fresh, f2)
+    assert recipe.bit_equal(recipe.plain_state(fresh), before)  # refused and untouched
+    apply_lowrank(fresh, f1)
+    apply_lowrank(fresh, f2)
+    after = recipe.plain_state(fresh)
+    assert torch.equal(after["encoder.rnn.rnn.bias_ih_l0"], before["encoder.rnn.rnn.bias_ih_l0"])  # not a target
+    assert not torch.equal(after["head.bias"], before["head.bias"])  # a 1-D target: dense fp16 delta
+    delta = after["encoder.rnn.rnn.weight_ih_l0"] - before["encoder.rnn.rnn.weight_ih_l0"]
+    rank = res["updates"][0]["rank"]
+    assert 0 < int(torch.linalg.matrix_rank(delta.double(), atol=1e-6)) <= 2 * rank  # two low-rank updates
+
+
+@pytest.mark.parametrize("method", ["lora", "compressed"])
+def test_peer_methods_run_from_the_command_line(
+    recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path, method: str
+) -> None:
+    from lightning_amortized.diffs import apply_lowrank, inspect_diff, select_targets
+
+    out = tmp_path / method
+    conf = RECIPE.parent / "conf" / "updates" / f"{method}.yaml"
+    assert recipe.main(["--config", str(conf), "--base", str(base_ckpt), "--root", str(tiny_corpus), "--out", str(out),
+                        "--updates", "1", "--epochs", "1", "--replay_utterances", "4", "--lr", "0.01",
+                        "--budget", "0.1", "--test_other_split", "null", "--progress", "false"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (rec,) = res["updates"]
+    assert res["config"]["method"] == method and rec["budget_bytes"] == int(0.1 * res["full_checkpoint_bytes"])
+    files = rec.get("files", [rec["file"]])
+    assert rec["file_bytes"] == sum(Path(f).stat().st_size for f in files) <= rec["budget_bytes"]
+    assert res["chain"]["links"] == 1 and res["chain"]["equals_shipped"] and res["chain"]["wrong_base_refused"] is not False
+    fresh = recipe.load_base(base_ckpt)
+    if method == "lora":
+        apply_lowrank(fresh, rec["file"])
+        assert rec["rank"] >= 1 and Path(rec["file"]).name == "lora-1.safetensors"
+    else:
+        assert [Path(f).name for f in files] == ["compressed-1.safetensors", "compressed-1.dense.safetensors"]
+        main, dense = inspect_diff(files[0]), inspect_diff(files[1])
+        assert (main.value_dtype, dense.value_dtype) == ("int8", "fp16")
+        names = select_targets(fresh, list(recipe.DIFF_TARGETS))
+        assert sorted(main.names) == sorted(names) and not set(dense.names) & set(names)
+        assert main.stored == round(rec["kept_fraction"] * rec["target_entries"]) < rec["target_entries"] // 5
+        assert dense.stored == sum(p.numel() for n, p in fresh.named_parameters() if n not in names)
+        state = recipe.load_compressed(fresh, files[0])  # the device: zeros + the two files
+        for n in names:  # pruned to the kept entries, int8 values (at most 255 levels per tensor)
+            assert int((state[n] != 0).sum()) <= next(t.stored for t in main.targets if t.name == n)
+            assert state[n].unique().numel() <= 255
+        with torch.no_grad():
+            for n, t in state.items():
+                fresh.get_parameter(n).copy_(t)
+        assert rec["result_sha256"] == recipe.weights_sha256(recipe.plain_state(fresh), state)
+    # the reloaded model scores as reported (an independent count, one utterance at a time)
+    wer, cer = split_error_rates(fresh, tiny_corpus, "update-1-test")
+    assert rec["eval"]["update-1-test"]["wer"] == pytest.approx(wer, abs=1e-6)
+    assert rec["eval"]["update-1-test"]["cer"] == pytest.approx(cer, abs=1e-6)
+    # benchmarks/diff_updates.py: the row carries the real bytes and the budget, a target checks it
+    bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", f"bench_diff_updates_{method}")
+    name = f"{method}-10"
+    assert bench.CONFIGS[name][2] == ["--budget", "0.1"] and name not in bench.DEFAULT_METHODS
+    summary = bench.summarize({name: res})
+    (row,) = summary["rows"]
+    assert (row["bytes"], row["budget_bytes"], row["files"]) == (rec["file_bytes"], rec["budget_bytes"], files)
+    budget_target = next(t for t in summary["targets"] if "byte budget" in t["target"])
+    assert budget_target["met"] and budget_target["value"] == pytest.approx(rec["file_bytes"] / rec["budget_bytes"])
+    chain_target = next(t for t in summary["targets"] if "rebuild" in t["target"] or "apply_chain" in t["target"])
+    assert chain_target["met"]
+    meta = {"command": "c", "base": "b", "root": "r", "full_checkpoint_bytes": res["full_checkpoint_bytes"], "updates": 1,
+            "epochs": 1, "update_utterances": 3, "replay_utterances": 4, "seconds": 1.0, "cpu_count": 2, "jobs": 1,
+            "base_wer": {s: m["wer"] for s, m in res["base_eval"].items()}, "eval_sizes": res["eval_sizes"]}
+    text = bench.markdown(summary, meta)
+    assert f"| {bench.CONFIGS[name][0]} | 1 |" in text and f"{rec['file_bytes']:,}" in text
+    assert "Peers at equal bytes" in text
