@@ -35,6 +35,8 @@ Usage::
     python benchmarks/diff_updates.py                       # the shared base of benchmarks/base.py
     python benchmarks/diff_updates.py --base BASE.ckpt --root /tmp/corp/s8000 --jobs 2
     python benchmarks/diff_updates.py --base BASE.ckpt --quick     # smoke run, results under --work
+    python benchmarks/diff_updates.py --methods sparse-10 full lora-1 lora-2 lora-5 lora-10 \
+        compressed-1 compressed-2 compressed-5 compressed-10         # the peers at equal bytes
 """
 
 from __future__ import annotations

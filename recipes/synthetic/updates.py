@@ -76,6 +76,7 @@ from lightning_amortized.diffs import (
     base_tensor,
     effective_tensor,
     entries_for_bytes,
+    estimate_diff_bytes,
     export_diff,
     export_diff_from_weights,
     export_lowrank,
@@ -538,6 +539,33 @@ def _lora_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict[str, 
     return rec
 
 
+def check_budget(cfg: UpdateConfig, model: Any) -> None:
+    """Refuse a ``lora`` / ``compressed`` budget too small for the smallest update, before anything trains.
+
+    ``lora``: rank 1 must fit; ``compressed``: the fp16 file of the untargeted parameters
+    (projected by :func:`~lightning_amortized.diffs.estimate_diff_bytes`) plus one int8 entry.
+
+    Raises:
+        ValueError: naming the budget and what the smallest update takes.
+    """
+    if cfg.method not in ("lora", "compressed"):
+        return
+    budget = cfg.budget_bytes(state_bytes(model))
+    names = select_targets(model, list(cfg.target_patterns))
+    params = plain_parameters(model)
+    if cfg.method == "lora":
+        rank_for_bytes({n: tuple(params[n].shape) for n in names}, budget, cfg.lora_alpha)
+        return
+    others = {n: p.numel() for n, p in params.items() if n not in names}
+    dense = estimate_diff_bytes("sparse", "fp16", {n: (k, k) for n, k in others.items()}, large_gaps=dict.fromkeys(others, 0),
+                                extra=COMPRESSED_EXTRA) if others else 0
+    if entries_for_bytes("sparse", "int8", {n: params[n].numel() for n in names}, budget - dense, extra=COMPRESSED_EXTRA) < 1:
+        raise ValueError(
+            f"The compressed model does not fit the budget of {budget:,} bytes (budget={cfg.budget!r}): the fp16 "
+            f"untargeted parameters alone take about {dense:,} bytes. Raise `budget` or target more parameters."
+        )
+
+
 def dense_companion(path: str | Path) -> Path:
     """The fp16 file of the untargeted parameters next to a compressed model's ``compressed-k.safetensors``."""
     p = Path(path)
@@ -759,6 +787,7 @@ def run(cfg: UpdateConfig, log: Any = print) -> dict[str, Any]:
     progress_file.write_text("")
     model = load_base(cfg.base, dropout=cfg.dropout)
     full_bytes = state_bytes(model)
+    check_budget(cfg, model)  # before the evaluation sets are built
     update_tests = [f"update-{k}-test" for k in range(1, cfg.updates + 1)]
     base_tests = cfg.base_test_splits
     for split in base_tests:  # before any training: a corpus from before test-other lacks it

@@ -320,3 +320,14 @@ def test_peer_methods_run_from_the_command_line(
     text = bench.markdown(summary, meta)
     assert f"| {bench.CONFIGS[name][0]} | 1 |" in text and f"{rec['file_bytes']:,}" in text
     assert "Peers at equal bytes" in text
+
+
+@pytest.mark.parametrize(("method", "match"), [("lora", "rank-1 update .* over the budget of 767 bytes"),
+                                               ("compressed", "does not fit the budget of 767 bytes")])
+def test_a_peer_budget_too_small_for_any_update_is_refused_before_training(
+    recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path, method: str, match: str
+) -> None:
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path / "out", method=method, budget=0.01)  # 1 % of 76,724 bytes
+    with pytest.raises(ValueError, match=match):
+        recipe.run(cfg, log=lambda *_: None)
+    assert not list((tmp_path / "out").glob("*.safetensors"))
