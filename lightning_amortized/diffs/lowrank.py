@@ -606,7 +606,10 @@ def apply_lowrank(model: nn.Module, path: PathLike, *, strict: bool = True) -> L
     """
     info, tensors = read_lowrank(path)
     for name in info.names:
-        module, attr = resolve(model, name)
+        try:
+            module, attr = resolve(model, name)
+        except KeyError:
+            continue  # reported with every missing name by lowrank_weights
         if parametrize.is_parametrized(module, attr):
             raise DiffError(f"Parameter {name!r} carries a parametrization; use merge_lowrank() on a training model.")
     new = lowrank_weights(info, tensors, model, strict=strict)

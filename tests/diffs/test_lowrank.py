@@ -15,7 +15,9 @@ from lightning_amortized.diffs import (
     DiffIntegrityError,
     LowRankDelta,
     apply_lowrank,
+    attach_diffs,
     attach_lowrank,
+    export_diff,
     export_lowrank,
     inspect_lowrank,
     lowrank_file_bytes,
@@ -163,6 +165,19 @@ def test_wrong_base_and_edited_files_are_refused_and_the_model_is_untouched(tmp_
         inspect_lowrank(edited)
     with pytest.raises(BaseMismatchError, match="Shape mismatch"):
         apply_lowrank(_Wide(), path)
+    with pytest.raises(BaseMismatchError, match=r"changes parameters the model does not have: \['head.weight', 'head.bias'\]"):
+        apply_lowrank(_NoHead(), path)
+    sparse = nn.Linear(2, 2)
+    attach_diffs(sparse, ["weight"], "sparse")
+    export_diff(sparse, tmp_path / "diff-1.safetensors")
+    with pytest.raises(DiffFormatError, match="not a lightning_amortized.lowrank file"):
+        apply_lowrank(sparse, tmp_path / "diff-1.safetensors")  # a sparse diff is not a low-rank file
+
+
+class _NoHead(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        del self.head
 
 
 class _Wide(Tiny):
