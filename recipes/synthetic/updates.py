@@ -27,7 +27,7 @@ After each update the shipped model is evaluated (greedy CTC, WER/CER) on
 ``update-1-test .. update-k-test`` (unseen speakers), on the base ``test`` split and on
 ``test-other`` (voices and sentence templates unseen in training; ``test_other_split``). At
 the end a fresh base gets ``apply_chain(diff-1 .. diff-K)`` (``lora``: ``apply_lowrank`` of
-``lora-1 .. lora-K``; ``compressed``: the last update's files applied to zeros) and is
+``lora-1 .. lora-K``; ``compressed``: each update's files applied to zeros) and is
 compared with the shipped and the trained model (bit-exact for fp32 values; the max abs
 error is reported for fp16/int8, the fp16 factors and the compression).
 
@@ -103,7 +103,7 @@ BIAS_TARGETS = ("*bias*",)
 # fine-tuning 3e-4 -> 60.9 % / 1e-3 -> 57.7 %. Bias-only, LoRA (the diffs' rate) and the compressed
 # baseline (full fine-tuning's rate) were not checked.
 DEFAULT_LR = {"sparse": 3e-3, "hashed": 3e-3, "bias": 3e-3, "full": 1e-3, "lora": 3e-3, "compressed": 1e-3}
-# Tensor kind recorded in the files of the compressed baseline (entries_for_bytes sizes the header with it).
+# `extra` metadata of both files of the compressed baseline (entries_for_bytes sizes the header with it).
 COMPRESSED_EXTRA = {"shipped": "compressed model, applied to zeros"}
 
 
