@@ -145,28 +145,50 @@ def _existing(
     return info
 
 
-def _older_generator(root: Path) -> bool:
-    """Whether ``root`` holds a corpus of an older version of this generator.
+def _replaceable(
+    root: Path,
+    utterances: int,
+    seed: int,
+    snr: tuple[float, float] | None,
+    voices: str,
+    train_utterances: int | None,
+) -> bool:
+    """Whether ``root`` holds a corpus of an older version of this generator, or one that
+    differs from the request only in the size of its train split.
 
     Such a corpus is replaced without ``overwrite`` (with a warning): it is generated
-    data the recipes' configs can no longer use, not someone's own files.
+    data the recipes' configs can no longer use, not someone's own files (the recipes'
+    configs moved to a larger train split in one release, and an older checkout's corpus
+    must not stop ``make demo``).
     """
     try:
         info = json.loads((root / "corpus.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    older = (
-        info.get("generator") == "lightning_amortized.data.synthetic"
-        and info.get("generator_version") != GENERATOR_VERSION
-    )
-    if older:
+    if info.get("generator") != "lightning_amortized.data.synthetic":
+        return False
+    if info.get("generator_version") != GENERATOR_VERSION:
         warnings.warn(
             f"{root} holds a corpus of generator version {info.get('generator_version')}; "
             f"replacing it with version {GENERATOR_VERSION} (texts, voices and splits changed; "
             "see docs/corpus.md).",
             stacklevel=3,
         )
-    return older
+        return True
+    same_otherwise = (
+        info.get("seed") == seed
+        and info.get("utterances") == utterances
+        and info.get("noise_snr_db") == (list(snr) if snr is not None else None)
+        and info.get("voices") == voices
+    )
+    if same_otherwise and info.get("train_utterances") != train_utterances:
+        warnings.warn(
+            f"{root} holds this generator's corpus with train_utterances={info.get('train_utterances')}; "
+            f"regenerating it with train_utterances={train_utterances} (the other splits stay the same).",
+            stacklevel=3,
+        )
+        return True
+    return False
 
 
 def _write_text_files(root: Path, jobs: Sequence[_Job], labels: dict[str, dict[str, Any]]) -> None:
@@ -279,7 +301,7 @@ def make_corpus(
     try:
         info = _existing(root, utterances, seed, snr, voices, train_utterances)
     except ValueError:
-        if not overwrite and not _older_generator(root):
+        if not overwrite and not _replaceable(root, utterances, seed, snr, voices, train_utterances):
             raise
         info = None
     if info is not None and all(Path(j.path).is_file() for j in jobs):

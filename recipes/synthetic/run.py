@@ -2,7 +2,10 @@
 
 Usage:
     python recipes/synthetic/run.py [--config recipes/synthetic/conf/lstm_ctc.yaml]
-        [--root data/synthetic] [--utterances 8000] [--max-epochs N] [--max-minutes M]
+        [--root data/synthetic] [--utterances 8000] [--train-utterances N] [--max-epochs N] [--max-minutes M]
+
+``--utterances N`` sizes the corpus as ``make-corpus --utterances N`` does (train 47.5 %),
+replacing the config's ``train_utterances``, unless ``--train-utterances`` is given too.
 
 Writes the checkpoint and logs under the config's ``trainer.default_root_dir`` and the
 numbers to ``docs/results/demo_synthetic.{json,md}``: WER and CER of every test split of the
@@ -29,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(HERE / "conf" / "lstm_ctc.yaml"))
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="corpus folder (generated if missing)")
     p.add_argument("--utterances", type=int, default=None, help="corpus size (default: the config's)")
+    p.add_argument("--train-utterances", type=int, default=None,
+                   help="train split size (default: the config's; with --utterances alone: 47.5 %% of it)")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=12.0, help="training wall-clock cap (safety net)")
     p.add_argument("--rtf-utterances", type=int, default=10)
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if a.utterances is not None:
         args += ["--data.init_args.utterances", str(a.utterances)]
+        if a.train_utterances is None:
+            args += ["--data.init_args.train_utterances", "null"]
+    if a.train_utterances is not None:
+        args += ["--data.init_args.train_utterances", str(a.train_utterances)]
     if a.max_epochs is not None:
         args += ["--trainer.max_epochs", str(a.max_epochs)]
     cli = ASRLightningCLI(args=args, run=False)

@@ -84,7 +84,11 @@ def test_train_utterances_is_part_of_the_corpus(tmp_path: Path) -> None:
     assert info["train_utterances"] == 30 and info["splits"]["train"]["utterances"] == 30
     assert len(list(tmp_path.glob("train/*/*/*.flac"))) == 30
     with pytest.raises(ValueError, match="train_utterances=30"):
-        make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
+        make_corpus(tmp_path, 50, seed=1, num_workers=1, show_progress=False, train_utterances=30)  # another seed
+    with pytest.warns(UserWarning, match="regenerating it with train_utterances=None"):
+        info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
+    assert info["train_utterances"] is None
+    assert len(list(tmp_path.glob("train/*/*/*.flac"))) == info["splits"]["train"]["utterances"] == split_sizes(50)["train"]
 
 
 # --------------------------------------------------------------------------- layout
