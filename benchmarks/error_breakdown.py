@@ -140,8 +140,16 @@ def breakdown(ckpt: str, root: str, splits: Sequence[str]) -> dict[str, Any]:
     return result
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return path
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -149,7 +157,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "# Where the recognizer fails: voices and unseen words",
         "",
         f"Command: `{command}`  ",
-        f"Checkpoint `{result['checkpoint']}`; corpus `{result['root']}` (training vocabulary "
+        f"Checkpoint `{_shown(result['checkpoint'])}`; corpus `{_shown(result['root'])}` (training vocabulary "
         f"{result['training_vocabulary']:,} words). Greedy CTC decoding. Word recall: share of reference "
         "words the transcript of the same utterance contains.",
         "",
@@ -158,7 +166,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     ]
     for split, r in result["splits"].items():
         lines.append(f"| {split} | {r['utterances']} | {_pct(r['wer'])} | {_pct(r['cer'])} | "
-                     f"{_pct(r['unseen_word_share'])} | {_pct(r['recall_seen_words'])} | "
+                     f"{_pct(r['unseen_word_share'], 2)} | {_pct(r['recall_seen_words'])} | "
                      f"{_pct(r['recall_unseen_words'])} |")
     for split, r in result["splits"].items():
         for group in ("by_variant", "by_accent"):
