@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python recipes/synthetic/run.py
 
-# The shared base model of the benchmarks (about 30 minutes on 2 CPU cores; cached in runs/base/).
+# The shared base model of the benchmarks (about 45 minutes on 2 CPU cores; cached in runs/base/).
 base: $(STAMP)
 	$(BIN)/python benchmarks/base.py
 
