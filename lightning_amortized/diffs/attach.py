@@ -87,16 +87,21 @@ def attach_diffs(
     return out
 
 
-def diff_modules(model: nn.Module) -> dict[str, DiffModule]:
-    """``{plain name: diff module}`` for every parameter carrying a diff, in model order."""
-    out: dict[str, DiffModule] = {}
+def parametrizations_of(model: nn.Module, kinds: tuple[type, ...]) -> dict[str, nn.Module]:
+    """``{plain name: parametrization}`` for every parameter carrying one of type ``kinds``, in model order."""
+    out: dict[str, nn.Module] = {}
     for name in plain_parameters(model):
         module, attr = resolve(model, name)
         if parametrize.is_parametrized(module, attr):
             for p in module.parametrizations[attr]:
-                if isinstance(p, (SparseDiff, HashedDiff)):
+                if isinstance(p, kinds):
                     out[name] = p
     return out
+
+
+def diff_modules(model: nn.Module) -> dict[str, DiffModule]:
+    """``{plain name: diff module}`` for every parameter carrying a diff, in model order."""
+    return parametrizations_of(model, (SparseDiff, HashedDiff))  # type: ignore[return-value]
 
 
 def base_tensor(model: nn.Module, name: str) -> torch.Tensor:

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_amortized.atomic import write_atomic
-from lightning_amortized.diffs.attach import base_tensor
+from lightning_amortized.diffs.attach import base_tensor, parametrizations_of
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
 from lightning_amortized.diffs.export import _sorted_metadata
 from lightning_amortized.diffs.format import (
@@ -54,7 +54,7 @@ from lightning_amortized.diffs.format import (
     StateOrModel,
     _dtype_name,
 )
-from lightning_amortized.diffs.targets import plain_parameters, resolve
+from lightning_amortized.diffs.targets import resolve
 
 __all__ = [
     "LOWRANK_FORMAT",
@@ -233,14 +233,7 @@ def attach_lowrank(
 
 def lowrank_modules(model: nn.Module) -> dict[str, LowRankModule]:
     """``{plain name: parametrization}`` for every parameter carrying a low-rank (or dense) delta."""
-    out: dict[str, LowRankModule] = {}
-    for name in plain_parameters(model):
-        module, attr = resolve(model, name)
-        if parametrize.is_parametrized(module, attr):
-            for p in module.parametrizations[attr]:
-                if isinstance(p, (LowRankDelta, DenseDelta)):
-                    out[name] = p
-    return out
+    return parametrizations_of(model, (LowRankDelta, DenseDelta))  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -490,9 +483,11 @@ def export_lowrank(model: nn.Module, path: PathLike) -> LowRankInfo:
         >>> lin = nn.Linear(6, 4)
         >>> _ = lin.requires_grad_(False)
         >>> d = attach_lowrank(lin, ["weight", "bias"], rank=2, seed=0)
-        >>> info = export_lowrank(lin, os.path.join(tempfile.mkdtemp(), "lora-1.safetensors"))
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> info = export_lowrank(lin, os.path.join(tmp.name, "lora-1.safetensors"))
         >>> info.rank, info.stored_entries, info.file_bytes == lowrank_file_bytes({"weight": (4, 6), "bias": (4,)}, 2)
         (2, 24, True)
+        >>> tmp.cleanup()
     """
     mods = lowrank_modules(model)
     if not mods:

@@ -658,6 +658,22 @@ def _compressed_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict
 # --------------------------------------------------------------------------- chain
 
 
+def wrong_base_refused(cfg: UpdateConfig, apply: Any, files: Sequence[str | Path]) -> bool | None:
+    """Whether ``apply(model, files[-1])`` on a fresh base is refused and leaves the model untouched.
+
+    ``None`` for a single file (its base is the fresh base).
+    """
+    if len(files) < 2:
+        return None
+    probe = load_base(cfg.base, dropout=cfg.dropout)
+    before = plain_state(probe)
+    try:
+        apply(probe, files[-1])
+    except DiffError:
+        return bit_equal(plain_state(probe), before)
+    return False
+
+
 def verify_chain(
     cfg: UpdateConfig, files: Sequence[str | Path], shipped: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor]
 ) -> dict[str, Any]:
@@ -677,14 +693,7 @@ def verify_chain(
         return verify_compressed(cfg, files, shipped, trained)
     t0 = time.perf_counter()
     model = load_base(cfg.base, dropout=cfg.dropout)
-    refused = None
-    if len(files) > 1:
-        probe = load_base(cfg.base, dropout=cfg.dropout)
-        try:
-            apply_diff(probe, files[-1])
-            refused = False
-        except DiffError:
-            refused = True
+    refused = wrong_base_refused(cfg, apply_diff, files)
     infos = apply_chain(model, list(files))
     final = plain_state(model)
     links_ok = all(
@@ -713,15 +722,7 @@ def verify_lora_chain(
     factors), ``wrong_base_refused`` (file ``K`` on the fresh base, ``K > 1``), plus ``kind``.
     """
     t0 = time.perf_counter()
-    refused = None
-    if len(files) > 1:
-        probe = load_base(cfg.base, dropout=cfg.dropout)
-        before = plain_state(probe)
-        try:
-            apply_lowrank(probe, files[-1])
-            refused = False
-        except DiffError:
-            refused = bit_equal(plain_state(probe), before)  # refused, and the model untouched
+    refused = wrong_base_refused(cfg, apply_lowrank, files)
     model = load_base(cfg.base, dropout=cfg.dropout)
     infos = [apply_lowrank(model, f) for f in files]  # each file read, verified and hash-checked
     final = plain_state(model)
