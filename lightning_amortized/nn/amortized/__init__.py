@@ -5,6 +5,7 @@
 ``routing``        :class:`RoutingInfo`, the routing of the last batch
 ``fast``           the fast-branch kinds (low-rank, sparse, small) behind one layer interface
 ``shared``         the shared-state core (one state, two weight sets, one time loop)
+``scan``           the fused training scan of shared-state LSTM layers (one autograd node per layer)
 ``independent``    the independent-encoders core (one state per encoder)
 ``cells``          the LSTM/GRU cell equations
 =================  ==========================================================================

@@ -15,7 +15,10 @@ the input (``precompute``, batched over all frames in training) and the recurren
 (``recurrent``); ``weights()``/``stream_weights()`` give the tensors to reuse over the
 frames of one forward or one stream. For an LSTM ``recurrent`` returns the gate
 pre-activations ``(B, 4H)``; for a GRU the hidden part ``W_hh h + b_hh`` ``(B, 3H)``
-(the input part being ``precompute``'s).
+(the input part being ``precompute``'s). For the fused LSTM training scan
+(:func:`~lightning_amortized.nn.amortized.scan.lstm_scan`) ``lstm_parts`` gives the
+same step as ``gates_t = P_t + h A^T`` or, factorized, ``P_t + (R_t + h A^T) U^T``,
+with the input parts ``P``, ``R`` of all frames computed at once.
 
 Example:
     >>> lstm = torch.nn.LSTM(6, 8)
@@ -66,6 +69,21 @@ class BranchLayer:
         """LSTM: gate pre-activations ``(B, 4H)``; GRU: hidden part ``(B, 3H)``, from ``pre_t`` and ``h`` ``(B, H)``."""
         raise NotImplementedError
 
+    def lstm_parts(
+        self, x: torch.Tensor, w: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """LSTM only: ``(P, A, U, R)``, the gate pre-activations of all frames of ``x`` ``(..., I)`` (fused scan).
+
+        The gates are ``P + h A^T`` (``U`` None) or ``P + (R + h A^T) U^T``: ``P``
+        ``(..., 4H)`` (biases included) or a ``(4H,)`` bias, ``A`` ``(N, H)``, ``U``
+        ``(4H, N)``, ``R`` ``(..., N)`` or ``None``. Equal to :meth:`recurrent` after
+        :meth:`precompute` up to float rounding.
+        """
+        return self.precompute(x, w), *self._recurrent_factors(w), None
+
+    def _recurrent_factors(self, w: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
     def _finish(self, pre_t: torch.Tensor, hidden: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
         """LSTM: ``pre_t + hidden`` (biases are in ``pre_t``); GRU: ``hidden + b_hh``."""
         return pre_t + hidden if self.rnn_type == "lstm" else hidden + b_hh
@@ -94,6 +112,9 @@ class SlowLayer(BranchLayer):
 
     def recurrent(self, pre_t: torch.Tensor, h: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
         return torch.addmm(pre_t if self.rnn_type == "lstm" else self.b_hh, h, w["w_hh_t"])
+
+    def _recurrent_factors(self, w: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.w_hh, None
 
 
 class FastLayer(nn.Module, BranchLayer):
@@ -178,6 +199,14 @@ class LowRankLayer(FastLayer):
             return torch.addmm(self.bias, pre_t + h @ self.v_hh.t(), self.u.t())
         return (h @ self.v_hh.t()) @ self.u_hh.t() + self.b_hh
 
+    def lstm_parts(
+        self, x: torch.Tensor, w: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self.rnn_type != "lstm":
+            raise NotImplementedError("`lstm_parts` is for LSTM layers")
+        # as `recurrent`: U (V_ih x + V_hh h) + bias, with V_ih x of all frames at once
+        return self.bias, self.v_hh, self.u, F.linear(x, self.v_ih)
+
 
 def _csr_matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x @ w.T`` for a CSR ``w`` (a matrix-vector product when ``x`` is one row: fastest on CPU)."""
@@ -243,6 +272,11 @@ class SparseLayer(FastLayer):
         hidden = _csr_matmul(w["w_hh"], h) if w.get("csr") else h @ w["w_hh"].t()
         return self._finish(pre_t, hidden, self.b_hh)
 
+    def _recurrent_factors(self, w: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if w.get("csr"):
+            raise NotImplementedError("the fused scan needs the dense masked weights of `weights()`")
+        return w["w_hh"], None
+
 
 class SmallLayer(FastLayer):
     """``"small"``: own dense ``W_ih`` and a rank-``rank`` recurrent matrix ``W_hh = U V``."""
@@ -273,6 +307,9 @@ class SmallLayer(FastLayer):
 
     def recurrent(self, pre_t: torch.Tensor, h: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
         return self._finish(pre_t, (h @ self.v_hh.t()) @ self.u_hh.t(), self.b_hh)
+
+    def _recurrent_factors(self, w: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.v_hh, self.u_hh
 
 
 FAST_LAYERS: dict[str, type[FastLayer]] = {c.kind: c for c in (LowRankLayer, SparseLayer, SmallLayer)}

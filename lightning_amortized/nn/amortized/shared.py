@@ -9,7 +9,15 @@ the two weight sets give::
 :meth:`_SharedRecurrentCore.scan` is the only time loop: the training forward runs it
 layer by layer over all frames (with soft gates, or on one branch only), streaming
 ``step`` runs it on one frame per layer (with one-hot gates, or on the chosen branch
-only when ``B == 1``).
+only when ``B == 1``). The gates never depend on encoder states (the arbitrator sees
+input frames, backlog and its previous gate), so every layer runs over the whole
+sequence before the next: each layer's input parts are one product over all ``B T``
+frames, and only the recurrent products and the cell stay in the loop. For an LSTM
+over several frames ``scan`` runs the fused
+:class:`~lightning_amortized.nn.amortized.scan.LSTMScan` (one autograd node per layer,
+a hand-written backward batched over frames where the recurrence allows); otherwise
+(GRU, one frame, autocast), and with ``fused_lstm_scan = False``, the reference loop
+with autograd on every frame.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from lightning_amortized.functional.flops import gru_flops, linear_flops, lstm_f
 from lightning_amortized.functional.masks import lengths_to_mask
 from lightning_amortized.nn.amortized.cells import gru_cell, lstm_cell
 from lightning_amortized.nn.amortized.fast import FAST_KINDS, FAST_LAYERS, BranchLayer, SlowLayer
+from lightning_amortized.nn.amortized.scan import lstm_scan
 from lightning_amortized.nn.encoders import RecurrentEncoder
 
 __all__ = ["_SharedRecurrentCore"]
@@ -42,6 +51,8 @@ class _SharedRecurrentCore(nn.Module):
     """
 
     num_branches = 2
+    fused_lstm_scan = True
+    """Run full-sequence LSTM layers with the fused scan (``False``: the per-frame autograd reference)."""
 
     def __init__(self, encoder: RecurrentEncoder, fast: str, rank: int | None, density: float) -> None:
         super().__init__()
@@ -89,43 +100,51 @@ class _SharedRecurrentCore(nn.Module):
         self,
         branches: Sequence[BranchLayer],
         weights: Sequence[dict[str, Any]],
-        pre: Sequence[Sequence[torch.Tensor]],
+        inp: torch.Tensor,
         h: torch.Tensor,
         c: torch.Tensor | None,
-        mix: Sequence[torch.Tensor] | None,
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        mix: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Run one layer over ``T`` frames; the single time loop of this core.
 
         Args:
             branches: The layer of each computed branch (one, or ``[fast, slow]``).
             weights: ``branches[k].weights()`` (or ``stream_weights()``) for each.
-            pre: ``pre[k][t]``: branch ``k``'s input part of frame ``t``, ``(B, G H)``.
+            inp: ``(T, B, I)`` the layer's input, time-major.
             h: ``(B, H)`` state before the first frame.
             c: ``(B, H)`` LSTM cell state, ``None`` for a GRU.
-            mix: ``mix[t]``: ``(len(branches), B, 1)`` gates of frame ``t``; ``None``
-                when a single branch takes every frame.
+            mix: ``(T, len(branches), B, 1)`` gates; ``None`` when a single branch takes
+                every frame.
 
         Returns:
-            The per-frame states ``T x (B, H)`` and the final ``(h, c)``.
+            The states of every frame ``(T, B, H)`` and the final ``(h, c)``.
         """
         lstm = self.rnn_type == "lstm"
+        T = inp.shape[0]
+        if lstm and T > 1 and self.fused_lstm_scan and not torch.is_autocast_enabled(inp.device.type):
+            return lstm_scan([b.lstm_parts(inp, w) for b, w in zip(branches, weights)], mix, h, c)
         one = len(branches) == 1
+        # unbind (not indexing) in time loops: the backward of T selects would be O(T^2)
+        flat = inp.reshape(-1, inp.shape[-1])  # (T B, I): CSR stream weights take matrices only
+        pre = [b.precompute(flat, w).view(T, inp.shape[1], -1).unbind(0) for b, w in zip(branches, weights)]
+        mixes = None if mix is None else mix.unbind(0)  # T x (K, B, 1)
         outs = []
-        for t in range(len(pre[0])):
+        for t in range(T):
             g = [b.recurrent(p[t], h, w) for b, p, w in zip(branches, pre, weights)]
             g = g[0] if one else torch.stack(g)
             if lstm:
                 h_new, c_new = lstm_cell(g, c)
             else:
                 h_new = gru_cell(pre[0][t] if one else torch.stack([p[t] for p in pre]), g, h)
-            if mix is None:
+            if mixes is None:
                 h, c = h_new, (c_new if lstm else None)
             else:
                 if lstm:
-                    c = (mix[t] * c_new).sum(0)
-                h = (mix[t] * h_new).sum(0)
+                    c = (mixes[t] * c_new).sum(0)
+                h = (mixes[t] * h_new).sum(0)
             outs.append(h)
-        return outs, h, c
+        ys = torch.stack(outs) if outs else inp.new_zeros(0, inp.shape[1], self.hidden_size)
+        return ys, h, c
 
     # -- training / batched forward -------------------------------------------------------------
 
@@ -138,25 +157,22 @@ class _SharedRecurrentCore(nn.Module):
         """
         B, T, _ = x.shape
         ks = [0, 1] if only is None else [only]
-        # unbind (not indexing) in time loops: the backward of T selects would be O(T^2)
-        mix = None if only is not None else gates.permute(1, 2, 0).unsqueeze(-1).unbind(0)  # T x (2, B, 1)
-        inp = x
+        mix = None if only is not None else gates.permute(1, 2, 0).unsqueeze(-1)  # (T, 2, B, 1)
+        inp = x.transpose(0, 1).contiguous()  # time-major (T, B, F)
         for layer in range(self.num_layers):
             branches = [self._branch(layer, k) for k in ks]
             weights = [b.weights() for b in branches]
-            pre = [b.precompute(inp, w).unbind(1) for b, w in zip(branches, weights)]  # T x (B, G H) each
             h = x.new_zeros(B, self.hidden_size)
             c = x.new_zeros(B, self.hidden_size)
-            outs, _, _ = self.scan(branches, weights, pre, h, c, mix)
-            inp = self._layer_output(outs, x, layer)
-        return self._encoder_output(inp, lengths, T)
+            ys, _, _ = self.scan(branches, weights, inp, h, c, mix)
+            inp = self._layer_output(ys, layer)
+        return self._encoder_output(inp.transpose(0, 1), lengths, T)
 
-    def _layer_output(self, outs: list[torch.Tensor], x: torch.Tensor, layer: int) -> torch.Tensor:
-        """Stack a layer's per-frame states ``(B, H)`` into ``(B, T, H)``, with dropout between layers."""
-        inp = torch.stack(outs, 1) if outs else x.new_zeros(x.shape[0], 0, self.hidden_size)
+    def _layer_output(self, ys: torch.Tensor, layer: int) -> torch.Tensor:
+        """A layer's states ``(T, B, H)``, with dropout between layers."""
         if self._dropout > 0 and self.training and layer < self.num_layers - 1:
-            inp = F.dropout(inp, self._dropout, True)
-        return inp
+            ys = F.dropout(ys, self._dropout, True)
+        return ys
 
     def _encoder_output(self, inp: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
         """Zero the padding and apply the wrapped encoder's projection, if any."""
@@ -189,14 +205,13 @@ class _SharedRecurrentCore(nn.Module):
         if x_t.shape[0] == 1:
             ks, mix = [int(choice[0])], None
         else:
-            ks, mix = [0, 1], (F.one_hot(choice, 2).t().to(x_t.dtype)[..., None],)  # 1 x (2, B, 1)
+            ks, mix = [0, 1], F.one_hot(choice, 2).t().to(x_t.dtype)[None, ..., None]  # (1, 2, B, 1)
         inp = x_t
         new_h, new_c = [], []
         for layer in range(self.num_layers):
             branches = [self._branch(layer, k) for k in ks]
             weights = [self._stream_weights(layer, k, b) for k, b in zip(ks, branches)]
-            pre = [(b.precompute(inp, w),) for b, w in zip(branches, weights)]  # one frame
-            _, h, c = self.scan(branches, weights, pre, hs[layer], cs[layer] if lstm else None, mix)
+            _, h, c = self.scan(branches, weights, inp[None], hs[layer], cs[layer] if lstm else None, mix)
             new_h.append(h)
             new_c.append(c)
             inp = h
