@@ -135,11 +135,21 @@ def detach_diffs(model: nn.Module, *, merge: bool, names: Sequence[str] | None =
     Returns:
         The names whose diff was removed.
     """
+    return remove_parametrizations(model, diff_modules(model), merge, names, "diff")
+
+
+def remove_parametrizations(
+    model: nn.Module, carried: Mapping[str, nn.Module], merge: bool, names: Sequence[str] | None, what: str
+) -> list[str]:
+    """Remove the parametrizations ``carried`` (``{plain name: module}``) from ``model``, merged or discarded.
+
+    Raises:
+        KeyError: a name of ``names`` is not in ``carried`` (the message says it carries no ``what``).
+    """
     removed = []
-    diffs = diff_modules(model)
-    for name in names if names is not None else list(diffs):
-        if name not in diffs:
-            raise KeyError(f"Parameter {name!r} carries no diff.")
+    for name in names if names is not None else list(carried):
+        if name not in carried:
+            raise KeyError(f"Parameter {name!r} carries no {what}.")
         module, attr = resolve(model, name)
         merged = getattr(module, attr).detach().clone() if merge else None
         original = module.parametrizations[attr].original

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_amortized.atomic import write_atomic
-from lightning_amortized.diffs.attach import base_tensor, parametrizations_of
+from lightning_amortized.diffs.attach import base_tensor, parametrizations_of, remove_parametrizations
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
 from lightning_amortized.diffs.export import _sorted_metadata
 from lightning_amortized.diffs.format import (
@@ -246,19 +246,7 @@ def detach_lowrank(model: nn.Module, *, merge: bool, names: Sequence[str] | None
     Returns:
         The names whose delta was removed.
     """
-    mods = lowrank_modules(model)
-    removed = []
-    for name in names if names is not None else list(mods):
-        if name not in mods:
-            raise KeyError(f"Parameter {name!r} carries no low-rank delta.")
-        module, attr = resolve(model, name)
-        merged = getattr(module, attr).detach().clone() if merge else None
-        original = module.parametrizations[attr].original
-        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-        if merged is not None:
-            original.copy_(merged)
-        removed.append(name)
-    return removed
+    return remove_parametrizations(model, lowrank_modules(model), merge, names, "low-rank delta")
 
 
 # --------------------------------------------------------------------------- the file

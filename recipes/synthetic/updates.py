@@ -674,6 +674,29 @@ def wrong_base_refused(cfg: UpdateConfig, apply: Any, files: Sequence[str | Path
     return False
 
 
+def _chain_record(
+    infos: Sequence[Any],
+    links_ok: bool,
+    files_verified: bool,
+    final: Mapping[str, torch.Tensor],
+    shipped: Mapping[str, torch.Tensor],
+    trained: Mapping[str, torch.Tensor],
+    refused: bool | None,
+    t0: float,
+) -> dict[str, Any]:
+    """The keys :func:`verify_chain` returns, from the applied files and the rebuilt weights ``final``."""
+    return {
+        "links": len(infos),
+        "hash_links_ok": links_ok,
+        "files_verified": files_verified,
+        "equals_shipped": bit_equal(final, shipped),
+        "bit_exact_vs_trained": bit_equal(final, trained),
+        "max_abs_error_vs_trained": max_abs_error(final, trained),
+        "wrong_base_refused": refused,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
 def verify_chain(
     cfg: UpdateConfig, files: Sequence[str | Path], shipped: Mapping[str, torch.Tensor], trained: Mapping[str, torch.Tensor]
 ) -> dict[str, Any]:
@@ -699,16 +722,8 @@ def verify_chain(
     links_ok = all(
         b.base_sha256 == a.result_sha256 for a, b in zip(infos, infos[1:]) if sorted(a.names) == sorted(b.names)
     )
-    return {
-        "links": len(infos),
-        "hash_links_ok": links_ok,
-        "files_verified": all(inspect_diff(f).payload_sha256 for f in files),
-        "equals_shipped": bit_equal(final, shipped),
-        "bit_exact_vs_trained": bit_equal(final, trained),
-        "max_abs_error_vs_trained": max_abs_error(final, trained),
-        "wrong_base_refused": refused,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    return _chain_record(infos, links_ok, all(inspect_diff(f).payload_sha256 for f in files), final, shipped, trained,
+                         refused, t0)
 
 
 def verify_lora_chain(
@@ -726,17 +741,8 @@ def verify_lora_chain(
     model = load_base(cfg.base, dropout=cfg.dropout)
     infos = [apply_lowrank(model, f) for f in files]  # each file read, verified and hash-checked
     final = plain_state(model)
-    return {
-        "kind": "lora",
-        "links": len(infos),
-        "hash_links_ok": all(b.base_sha256 == a.result_sha256 for a, b in zip(infos, infos[1:])),
-        "files_verified": True,
-        "equals_shipped": bit_equal(final, shipped),
-        "bit_exact_vs_trained": bit_equal(final, trained),
-        "max_abs_error_vs_trained": max_abs_error(final, trained),
-        "wrong_base_refused": refused,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    links_ok = all(b.base_sha256 == a.result_sha256 for a, b in zip(infos, infos[1:]))
+    return {"kind": "lora", **_chain_record(infos, links_ok, True, final, shipped, trained, refused, t0)}
 
 
 def verify_compressed(
