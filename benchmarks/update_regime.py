@@ -1,0 +1,152 @@
+"""Does an update teach? Full fine-tuning on one update split, over a grid of learning rates, epochs and replay.
+
+Issue 10 asks for an update regime in which full fine-tuning clearly learns each update:
+WER on ``update-k-test`` (60 % of its requests name entities new in update ``k``) at least
+halved relative to the base, while the base ``test`` WER rises by at most 10 % relative
+(after all five updates; this script checks one update, a necessary condition). It runs
+``recipes/synthetic/updates.py --method full --updates 1`` once per grid point (worker
+processes, one thread each) from the shared base and tabulates, per point: WER on
+``update-1-test`` before and after with its 95 % bootstrap interval, the new-entity
+accuracy (share of new entity mentions transcribed word for word, from ``slu.jsonl``), and
+the base ``test`` WER before and after.
+
+Usage::
+
+    python benchmarks/update_regime.py                               # the shared base, the default grid
+    python benchmarks/update_regime.py --grid 0.001:16:480 0.002:12:720 --jobs 2
+
+A grid point is ``LR:EPOCHS:REPLAY`` (peak learning rate, epochs, replayed ``train``
+utterances; every ``update-k`` utterance is used). Writes
+``docs/results/update_regime.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from lightning_amortized.experiment import Job, run_jobs, write_results  # noqa: E402
+
+RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
+DEFAULT_GRID = ("0.001:8:240", "0.003:8:240", "0.001:16:480", "0.002:12:720", "0.0005:16:720", "0.001:16:960")
+LEARN = 0.5  # update-k-test WER at most half the base's
+FORGET = 0.10  # base test WER at most 10 % relative above the base's
+
+
+def parse_point(text: str) -> tuple[float, int, int]:
+    """``"LR:EPOCHS:REPLAY"`` -> ``(lr, epochs, replay)``."""
+    try:
+        lr, epochs, replay = text.split(":")
+        return float(lr), int(epochs), int(replay)
+    except ValueError:
+        raise ValueError(f"Expected a grid point LR:EPOCHS:REPLAY such as 0.001:16:480, but got {text!r}.") from None
+
+
+def summarize(results: dict[str, dict[str, Any]], update: int) -> list[dict[str, Any]]:
+    """One row per grid point from the recipe's ``results.json`` files."""
+    split = f"update-{update}-test"
+    rows = []
+    for name, res in results.items():
+        before, after = res["base_eval"], res["updates"][0]["eval"]
+        row = {
+            "point": name,
+            "lr": res["lr"],
+            "epochs": res["config"]["epochs"],
+            "replay_utterances": res["config"]["replay_utterances"],
+            "update_utterances": res["updates"][0]["train_update_utterances"],
+            "update_test_wer_before": before[split]["wer"],
+            "update_test_wer_after": after[split]["wer"],
+            "update_test_wer_after_ci95": after[split]["wer_ci95"],
+            "new_entity_accuracy_before": before[split]["new_entity_accuracy"],
+            "new_entity_accuracy_after": after[split]["new_entity_accuracy"],
+            "test_wer_before": before["test"]["wer"],
+            "test_wer_after": after["test"]["wer"],
+            "test_wer_after_ci95": after["test"]["wer_ci95"],
+            "fit_seconds": res["updates"][0]["fit_seconds"],
+        }
+        row["update_test_wer_rel"] = row["update_test_wer_after"] / row["update_test_wer_before"] - 1
+        row["test_wer_rel"] = row["test_wer_after"] / row["test_wer_before"] - 1
+        row["learns"] = row["update_test_wer_after"] <= LEARN * row["update_test_wer_before"]
+        row["forgets_at_most_10pct"] = row["test_wer_rel"] <= FORGET
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    def pct(x: float) -> str:
+        return f"{100 * x:.2f} %"
+
+    lines = [
+        f"# Update regime: full fine-tuning on `update-{meta['update']}`",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Base `{meta['base']}` (test WER {pct(rows[0]['test_wer_before'])}); corpus `{meta['root']}`. Each point "
+        f"fine-tunes every parameter on all {rows[0]['update_utterances']} `update-{meta['update']}` utterances plus "
+        "the replayed `train` utterances, warm-up + cosine learning rate, one thread. Targets of issue 10: "
+        f"`update-{meta['update']}-test` WER at most half the base's; base `test` WER at most 10 % relative higher.",
+        "",
+        f"| lr | epochs | replayed | update-{meta['update']}-test WER (95 % CI) | change | new-entity accuracy | "
+        "test WER (95 % CI) | change | learns | forgets ≤ 10 % | fit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for r in rows:
+        lo, hi = r["update_test_wer_after_ci95"]
+        tlo, thi = r["test_wer_after_ci95"]
+        lines.append(
+            f"| {r['lr']:g} | {r['epochs']} | {r['replay_utterances']} | {pct(r['update_test_wer_before'])} → "
+            f"{pct(r['update_test_wer_after'])} ({100 * lo:.1f}-{100 * hi:.1f}) | {100 * r['update_test_wer_rel']:+.0f} % | "
+            f"{r['new_entity_accuracy_before']:.2f} → {r['new_entity_accuracy_after']:.2f} | "
+            f"{pct(r['test_wer_after'])} ({100 * tlo:.1f}-{100 * thi:.1f}) | {100 * r['test_wer_rel']:+.1f} % | "
+            f"{'yes' if r['learns'] else 'no'} | {'yes' if r['forgets_at_most_10pct'] else 'no'} | {r['fit_seconds']:.0f} s |"
+        )
+    both = [r for r in rows if r["learns"] and r["forgets_at_most_10pct"]]
+    lines += ["", "Points meeting both targets on this update: "
+              + (", ".join(f"lr {r['lr']:g}, {r['epochs']} epochs, {r['replay_utterances']} replayed" for r in both)
+                 if both else "none.")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", default=None, help="base checkpoint (default: the shared base of benchmarks/base.py)")
+    p.add_argument("--root", default=str(REPO / "data" / "synthetic"))
+    p.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), help="points LR:EPOCHS:REPLAY")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default=str(REPO / "runs" / "update_regime"))
+    p.add_argument("--results", default=str(REPO / "docs" / "results" / "update_regime"))
+    a = p.parse_args(argv)
+    points = [parse_point(g) for g in a.grid]
+    if a.base is None:
+        from diff_updates import find_base
+
+        a.base = str(find_base(a.root, train=False))
+    work = Path(a.work)
+    jobs = []
+    for lr, epochs, replay in points:
+        name = f"lr{lr:g}-ep{epochs}-replay{replay}"
+        out = work / name
+        cmd = [sys.executable, str(RECIPE), "--base", a.base, "--root", a.root, "--method", "full",
+               "--updates", "1", "--epochs", str(epochs), "--lr", str(lr), "--update_utterances", "null",
+               "--replay_utterances", str(replay), "--test_other_split", "null", "--seed", str(a.seed),
+               "--out", str(out), "--progress", "false", "--threads", "1"]
+        jobs.append(Job(name, cmd, out / "results.json"))
+    results = run_jobs(jobs, a.jobs, work, cwd=REPO, desc="regime")
+    rows = summarize(results, 1)
+    meta = {"base": a.base, "root": a.root, "update": 1, "seed": a.seed,
+            "command": "python benchmarks/update_regime.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "targets": {"update_test_wer_at_most": LEARN, "test_wer_rel_at_most": FORGET}}
+    text = markdown(rows, meta)
+    write_results(a.results, {"meta": meta, "rows": rows}, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
