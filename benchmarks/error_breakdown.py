@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_amortized.experiment import write_results  # noqa: E402
+from lightning_amortized.experiment import shown_path, write_results  # noqa: E402
 from lightning_amortized.scoring import utterance_errors  # noqa: E402
 
 
@@ -144,20 +144,13 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f} %"
 
 
-def _shown(path: str) -> str:
-    """``path`` relative to the repository when it lies inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return path
-
 
 def markdown(result: dict[str, Any], command: str) -> str:
     lines = [
         "# Where the recognizer fails: voices and unseen words",
         "",
         f"Command: `{command}`  ",
-        f"Checkpoint `{_shown(result['checkpoint'])}`; corpus `{_shown(result['root'])}` (training vocabulary "
+        f"Checkpoint `{shown_path(result['checkpoint'], REPO)}`; corpus `{shown_path(result['root'], REPO)}` (training vocabulary "
         f"{result['training_vocabulary']:,} words). Greedy CTC decoding. Word recall: share of reference "
         "words the transcript of the same utterance contains.",
         "",

@@ -23,6 +23,7 @@ utterances; every ``update-k`` utterance is used). Writes
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from lightning_amortized.experiment import Job, run_jobs, write_results  # noqa: E402
+from lightning_amortized.experiment import Job, run_jobs, shown_path, write_results  # noqa: E402
 
 RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
 DEFAULT_GRID = ("0.001:8:240", "0.003:8:240", "0.001:16:480", "0.002:12:720", "0.0005:16:720", "0.001:16:960")
@@ -86,7 +87,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"# Update regime: full fine-tuning on `update-{meta['update']}`",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Base `{meta['base']}` (test WER {pct(rows[0]['test_wer_before'])}); corpus `{meta['root']}`. Each point "
+        f"Base `{shown_path(meta['base'], REPO)}` (test WER {pct(rows[0]['test_wer_before'])}); corpus "
+        f"`{shown_path(meta['root'], REPO)}`. Each point "
         f"fine-tunes every parameter on all {rows[0]['update_utterances']} `update-{meta['update']}` utterances plus "
         "the replayed `train` utterances, warm-up + cosine learning rate, one thread. Targets of issue 10: "
         f"`update-{meta['update']}-test` WER at most half the base's; base `test` WER at most 10 % relative higher.",
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(REPO / "runs" / "update_regime"))
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "update_regime"))
+    p.add_argument("--reuse", action="store_true",
+                   help="take the results of points already run in --work instead of running them again")
     a = p.parse_args(argv)
     points = [parse_point(g) for g in a.grid]
     if a.base is None:
@@ -137,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                "--replay_utterances", str(replay), "--test_other_split", "null", "--seed", str(a.seed),
                "--out", str(out), "--progress", "false", "--threads", "1"]
         jobs.append(Job(name, cmd, out / "results.json"))
-    results = run_jobs(jobs, a.jobs, work, cwd=REPO, desc="regime")
+    done = {j.name: json.loads(j.result.read_text()) for j in jobs if a.reuse and j.result.is_file()}
+    results = run_jobs(jobs, a.jobs, work, cwd=REPO, desc="regime", done=done)
     rows = summarize(results, 1)
     meta = {"base": a.base, "root": a.root, "update": 1, "seed": a.seed,
-            "command": "python benchmarks/update_regime.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": " ".join(["python benchmarks/update_regime.py", *(sys.argv[1:] if argv is None else argv)]),
             "targets": {"update_test_wer_at_most": LEARN, "test_wer_rel_at_most": FORGET}}
     text = markdown(rows, meta)
     write_results(a.results, {"meta": meta, "rows": rows}, text)

@@ -32,7 +32,7 @@ from typing import Any, Union
 
 from lightning_amortized.atomic import write_atomic
 
-__all__ = ["Job", "JobFailed", "run_jobs", "write_results"]
+__all__ = ["Job", "JobFailed", "run_jobs", "shown_path", "write_results"]
 
 Command = Union[Sequence[str], Callable[[Mapping[str, dict[str, Any]]], Sequence[str]]]
 
@@ -191,6 +191,19 @@ def run_jobs(
             log.close()
         bar.close()
     return {n: finished[n] for n in names}
+
+
+def shown_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` when it lies inside it (for results tables), else as given.
+
+    Example:
+        >>> shown_path("/repo/runs/base/x/base.ckpt", "/repo"), shown_path("/tmp/c.ckpt", "/repo")
+        ('runs/base/x/base.ckpt', '/tmp/c.ckpt')
+    """
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(os.path.abspath(root)))
+    except ValueError:
+        return str(path)
 
 
 def write_results(stem: str | os.PathLike, summary: Mapping[str, Any], markdown: str) -> tuple[Path, Path]:
