@@ -15,8 +15,10 @@ Usage::
     python benchmarks/update_regime.py                               # the shared base, the default grid
     python benchmarks/update_regime.py --grid 0.001:16:480 0.002:12:720 --jobs 2
 
-A grid point is ``LR:EPOCHS:REPLAY`` (peak learning rate, epochs, replayed ``train``
-utterances; every ``update-k`` utterance is used). Writes
+A grid point is ``LR:EPOCHS:REPLAY[:ANCHOR]`` (peak learning rate, epochs, replayed
+``train`` utterances, and the strength of an L2-SP penalty towards the base weights,
+:class:`~lightning_amortized.callbacks.AnchorToStart`, 0 when left out; every ``update-1``
+utterance is used). Writes
 ``docs/results/update_regime.{json,md}``.
 """
 
@@ -35,18 +37,23 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from lightning_amortized.experiment import Job, run_jobs, shown_path, write_results  # noqa: E402
 
 RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
-DEFAULT_GRID = ("0.001:8:240", "0.003:8:240", "0.001:16:480", "0.002:12:720", "0.0005:16:720", "0.001:16:960")
+DEFAULT_GRID = ("0.001:8:240", "0.003:8:240", "0.001:16:480", "0.002:12:720", "0.0005:16:720", "0.001:16:960",
+                "0.002:12:720:0.1", "0.002:12:720:1")
 LEARN = 0.5  # update-k-test WER at most half the base's
 FORGET = 0.10  # base test WER at most 10 % relative above the base's
 
 
-def parse_point(text: str) -> tuple[float, int, int]:
-    """``"LR:EPOCHS:REPLAY"`` -> ``(lr, epochs, replay)``."""
+def parse_point(text: str) -> tuple[float, int, int, float]:
+    """``"LR:EPOCHS:REPLAY[:ANCHOR]"`` -> ``(lr, epochs, replay, anchor)`` (``anchor`` 0 when left out)."""
     try:
-        lr, epochs, replay = text.split(":")
-        return float(lr), int(epochs), int(replay)
+        lr, epochs, replay, *rest = text.split(":")
+        if len(rest) > 1:
+            raise ValueError
+        return float(lr), int(epochs), int(replay), float(rest[0]) if rest else 0.0
     except ValueError:
-        raise ValueError(f"Expected a grid point LR:EPOCHS:REPLAY such as 0.001:16:480, but got {text!r}.") from None
+        raise ValueError(
+            f"Expected a grid point LR:EPOCHS:REPLAY[:ANCHOR] such as 0.001:16:480 or 0.002:12:720:0.01, but got {text!r}."
+        ) from None
 
 
 def summarize(results: dict[str, dict[str, Any]], update: int) -> list[dict[str, Any]]:
@@ -60,6 +67,7 @@ def summarize(results: dict[str, dict[str, Any]], update: int) -> list[dict[str,
             "lr": res["lr"],
             "epochs": res["config"]["epochs"],
             "replay_utterances": res["config"]["replay_utterances"],
+            "anchor": res["config"].get("anchor", 0.0),
             "update_utterances": res["updates"][0]["train_update_utterances"],
             "update_test_wer_before": before[split]["wer"],
             "update_test_wer_after": after[split]["wer"],
@@ -93,15 +101,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "the replayed `train` utterances, warm-up + cosine learning rate, one thread. Targets of issue 10: "
         f"`update-{meta['update']}-test` WER at most half the base's; base `test` WER at most 10 % relative higher.",
         "",
-        f"| lr | epochs | replayed | update-{meta['update']}-test WER (95 % CI) | change | new-entity accuracy | "
-        "test WER (95 % CI) | change | learns | forgets ≤ 10 % | fit |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
+        f"| lr | epochs | replayed | L2-SP anchor | update-{meta['update']}-test WER (95 % CI) | change | "
+        "new-entity accuracy | test WER (95 % CI) | change | learns | forgets ≤ 10 % | fit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in rows:
         lo, hi = r["update_test_wer_after_ci95"]
         tlo, thi = r["test_wer_after_ci95"]
         lines.append(
-            f"| {r['lr']:g} | {r['epochs']} | {r['replay_utterances']} | {pct(r['update_test_wer_before'])} → "
+            f"| {r['lr']:g} | {r['epochs']} | {r['replay_utterances']} | {r['anchor']:g} | {pct(r['update_test_wer_before'])} → "
             f"{pct(r['update_test_wer_after'])} ({100 * lo:.1f}-{100 * hi:.1f}) | {100 * r['update_test_wer_rel']:+.0f} % | "
             f"{r['new_entity_accuracy_before']:.2f} → {r['new_entity_accuracy_after']:.2f} | "
             f"{pct(r['test_wer_after'])} ({100 * tlo:.1f}-{100 * thi:.1f}) | {100 * r['test_wer_rel']:+.1f} % | "
@@ -109,7 +117,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         )
     both = [r for r in rows if r["learns"] and r["forgets_at_most_10pct"]]
     lines += ["", "Points meeting both targets on this update: "
-              + (", ".join(f"lr {r['lr']:g}, {r['epochs']} epochs, {r['replay_utterances']} replayed" for r in both)
+              + (", ".join(f"lr {r['lr']:g}, {r['epochs']} epochs, {r['replay_utterances']} replayed"
+                            + (f", anchor {r['anchor']:g}" if r["anchor"] else "") for r in both)
                  if both else "none.")]
     return "\n".join(lines) + "\n"
 
@@ -133,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         a.base = str(find_base(a.root, train=False))
     work = Path(a.work)
     jobs = []
-    for lr, epochs, replay in points:
-        name = f"lr{lr:g}-ep{epochs}-replay{replay}"
+    for lr, epochs, replay, anchor in points:
+        name = f"lr{lr:g}-ep{epochs}-replay{replay}" + (f"-anchor{anchor:g}" if anchor else "")
         out = work / name
         cmd = [sys.executable, str(RECIPE), "--base", a.base, "--root", a.root, "--method", "full",
                "--updates", "1", "--epochs", str(epochs), "--lr", str(lr), "--update_utterances", "null",
                "--replay_utterances", str(replay), "--test_other_split", "null", "--seed", str(a.seed),
-               "--out", str(out), "--progress", "false", "--threads", "1"]
+               "--anchor", str(anchor), "--out", str(out), "--progress", "false", "--threads", "1"]
         jobs.append(Job(name, cmd, out / "results.json"))
     done = {j.name: json.loads(j.result.read_text()) for j in jobs if a.reuse and j.result.is_file()}
     results = run_jobs(jobs, a.jobs, work, cwd=REPO, desc="regime", done=done)

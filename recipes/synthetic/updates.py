@@ -63,6 +63,7 @@ import torch
 from lightning.pytorch import Trainer
 from torchmetrics.text import CharErrorRate
 
+from lightning_amortized.callbacks.anchor import AnchorToStart
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
 from lightning_amortized.data.datamodule import DurationBatchSampler, LibriSpeechDataModule, SpeechCollator, SpeechDataset
 from lightning_amortized.data.prepare import CorpusError, Utterance, read_manifest
@@ -130,6 +131,9 @@ class UpdateConfig:
         targets: NeuralDiff target patterns (default: encoder weights and the output layer);
             also the LoRA targets and the pruned, int8 part of the compressed model.
         lora_alpha: LoRA scale numerator, ``scale = alpha / r`` (``None``: ``alpha = r``, scale 1).
+        anchor: ``full`` and ``compressed``: strength of the L2-SP penalty pulling the weights
+            back to those the update started from
+            (:class:`~lightning_amortized.callbacks.AnchorToStart`; 0: off).
         updates: number of consecutive updates (``update-1 .. update-K``).
         epochs: training epochs per update.
         lr: peak learning rate (warm-up + cosine over the update); ``None``: the method default.
@@ -157,6 +161,7 @@ class UpdateConfig:
     also_export: tuple[str, ...] = ()
     targets: tuple[str, ...] | None = None
     lora_alpha: float | None = None
+    anchor: float = 0.0
     updates: int = 5
     epochs: int = 3
     lr: float | None = None
@@ -182,6 +187,11 @@ class UpdateConfig:
             raise ValueError(f"Expected `updates` and `epochs` >= 1, but got {self.updates} and {self.epochs}.")
         if self.value_dtype not in ("fp32", "fp16", "int8"):
             raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
+        if self.anchor < 0 or (self.anchor and self.method not in ("full", "compressed")):
+            raise ValueError(
+                f"Expected argument `anchor` to be >= 0 and used with method full or compressed (diffs start at zero "
+                f"and are bounded by their budget), but got anchor={self.anchor!r} with method={self.method!r}."
+            )
 
     def budget_bytes(self, full_bytes: int) -> int:
         """The byte budget of one ``lora`` / ``compressed`` update: ``budget`` in bytes, or that fraction of ``full_bytes``."""
@@ -407,6 +417,11 @@ def _trainer(cfg: UpdateConfig, callbacks: list[Any]) -> Any:
     )
 
 
+def _anchor(cfg: UpdateConfig) -> list[Any]:
+    """The L2-SP callback of a full fine-tuning update (none when ``cfg.anchor`` is 0)."""
+    return [AnchorToStart(cfg.anchor)] if cfg.anchor else []
+
+
 def _diff_callback(cfg: UpdateConfig, path: Path) -> Any:
 
     if cfg.method == "bias":
@@ -450,7 +465,7 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-        trainer = _trainer(cfg, [])
+        trainer = _trainer(cfg, _anchor(cfg))
         trainer.fit(model, datamodule=dm)
         rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
         trained = plain_state(model)
@@ -604,7 +619,7 @@ def _compressed_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict
     names = select_targets(model, list(cfg.target_patterns))
     for p in model.parameters():
         p.requires_grad_(True)
-    trainer = _trainer(cfg, [])
+    trainer = _trainer(cfg, _anchor(cfg))
     trainer.fit(model, datamodule=dm)
     rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
     trained = plain_state(model)

@@ -175,6 +175,12 @@ def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: 
     assert res["lr"] == 1e-2 and recipe.UpdateConfig(base="b", root="r", out="o", method="full").learning_rate == 1e-3
     with pytest.raises(ValueError, match="`method`"):
         recipe.UpdateConfig(base="b", root="r", out="o", method="qlora")
+    with pytest.raises(ValueError, match="`anchor`"):
+        recipe.UpdateConfig(base="b", root="r", out="o", method="sparse", anchor=0.1)
+    with pytest.raises(ValueError, match="`anchor`"):
+        recipe.UpdateConfig(base="b", root="r", out="o", method="full", anchor=-1.0)
+    assert [type(c).__name__ for c in recipe._anchor(recipe.UpdateConfig(base="b", root="r", out="o", method="full",
+                                                                          anchor=0.1))] == ["AnchorToStart"]
 
 
 def test_a_corpus_without_the_test_other_split_is_refused_before_training(

@@ -17,7 +17,7 @@ def _result(lr: float, upd_before: float, upd_after: float, test_before: float, 
 
     return {
         "lr": lr,
-        "config": {"epochs": 8, "replay_utterances": 240},
+        "config": {"epochs": 8, "replay_utterances": 240, "anchor": 0.0},
         "base_eval": {"update-1-test": scores(upd_before, 0.2), "test": scores(test_before, None)},
         "updates": [{"train_update_utterances": 240, "fit_seconds": 50.0,
                      "eval": {"update-1-test": scores(upd_after, 0.6), "test": scores(test_after, None)}}],
@@ -26,7 +26,8 @@ def _result(lr: float, upd_before: float, upd_after: float, test_before: float, 
 
 def test_parse_point_and_bad_point() -> None:
     bench = load_script(SCRIPT, "bench_update_regime")
-    assert bench.parse_point("0.001:16:480") == (0.001, 16, 480)
+    assert bench.parse_point("0.001:16:480") == (0.001, 16, 480, 0.0)
+    assert bench.parse_point("0.002:12:720:0.01") == (0.002, 12, 720, 0.01)
     with pytest.raises(ValueError, match="LR:EPOCHS:REPLAY"):
         bench.parse_point("0.001-16")
 

@@ -1,0 +1,71 @@
+"""AnchorToStart: the L2-SP penalty's gradient, added after backward, equals adding the penalty to the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+from lightning_amortized.callbacks import AnchorToStart
+
+
+class _Linear(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(3, 2)
+        self.lin.bias.requires_grad_(False)  # frozen parameters are not anchored
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self.lin(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):  # noqa: ANN201
+        g = torch.Generator().manual_seed(1)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3, generator=g)), batch_size=4)
+
+
+def _fit(callbacks: list) -> _Linear:
+    model = _Linear()
+    Trainer(max_epochs=2, callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu").fit(model)
+    return model
+
+
+def test_gradient_equals_penalty_in_the_loss() -> None:
+    strength = 0.5
+    anchored = _fit([AnchorToStart(strength)])
+    # the same SGD steps by hand, with the penalty inside the loss
+    ref = _Linear()
+    w0 = ref.lin.weight.detach().clone()
+    opt = torch.optim.SGD([ref.lin.weight], lr=0.1)
+    for _ in range(2):
+        for (x,) in ref.train_dataloader():
+            opt.zero_grad()
+            loss = ref.lin(x).pow(2).mean() + strength * (ref.lin.weight - w0).pow(2).sum()
+            loss.backward()
+            opt.step()
+    torch.testing.assert_close(anchored.lin.weight, ref.lin.weight)
+    plain = _fit([])
+    assert not torch.allclose(plain.lin.weight, anchored.lin.weight)
+    # pulled towards the start: closer to w0 than without the anchor
+    assert (anchored.lin.weight - w0).norm() < (plain.lin.weight - w0).norm()
+
+
+def test_zero_strength_is_plain_training_and_bad_strength_raises() -> None:
+    torch.testing.assert_close(_fit([AnchorToStart(0.0)]).lin.weight, _fit([]).lin.weight)
+    for bad in (-1.0, "strong", True):
+        with pytest.raises(ValueError, match="`strength`"):
+            AnchorToStart(bad)  # type: ignore[arg-type]
+
+
+def test_state_dict_keeps_the_anchor() -> None:
+    cb = AnchorToStart(0.1)
+    model = _fit([cb])
+    state = cb.state_dict()
+    again = AnchorToStart(0.0)
+    again.load_state_dict(state)
+    assert again.strength == 0.1 and set(again._start) == {"lin.weight"}
+    assert again.penalty(model) == pytest.approx(cb.penalty(model)) and cb.penalty(model) > 0
