@@ -417,6 +417,16 @@ def _trainer(cfg: UpdateConfig, callbacks: list[Any]) -> Any:
     )
 
 
+def _fine_tune_all(cfg: UpdateConfig, model: Any, dm: Any, rec: dict[str, Any], t0: float) -> dict[str, torch.Tensor]:
+    """Full fine-tuning of every parameter (L2-SP anchored when ``cfg.anchor``); records ``fit_seconds``."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    trainer = _trainer(cfg, _anchor(cfg))
+    trainer.fit(model, datamodule=dm)
+    rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
+    return plain_state(model)
+
+
 def _anchor(cfg: UpdateConfig) -> list[Any]:
     """The L2-SP callback of a full fine-tuning update (none when ``cfg.anchor`` is 0)."""
     return [AnchorToStart(cfg.anchor)] if cfg.anchor else []
@@ -463,12 +473,7 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
     if cfg.method == "compressed":
         return _compressed_update(cfg, model, k, dm, rec, t0)
     if cfg.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        trainer = _trainer(cfg, _anchor(cfg))
-        trainer.fit(model, datamodule=dm)
-        rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
-        trained = plain_state(model)
+        trained = _fine_tune_all(cfg, model, dm, rec, t0)
         path = out / f"model-{k}.safetensors"
 
 
@@ -617,12 +622,7 @@ def _compressed_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict
     full_bytes = state_bytes(model)
     budget = cfg.budget_bytes(full_bytes)
     names = select_targets(model, list(cfg.target_patterns))
-    for p in model.parameters():
-        p.requires_grad_(True)
-    trainer = _trainer(cfg, _anchor(cfg))
-    trainer.fit(model, datamodule=dm)
-    rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
-    trained = plain_state(model)
+    trained = _fine_tune_all(cfg, model, dm, rec, t0)
     zeros = {n: torch.zeros_like(t) for n, t in trained.items()}
     others = [n for n in trained if n not in names]
     dense_bytes, dense_entries, dense_payload = 0, 0, 0
