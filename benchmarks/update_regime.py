@@ -39,7 +39,8 @@ from lightning_amortized.experiment import Job, run_jobs, shown_path, write_resu
 RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
 DEFAULT_GRID = (
     "0.001:8:240", "0.003:8:240", "0.001:16:480", "0.002:12:720", "0.0005:16:720", "0.001:16:960",
-    "0.002:12:720:0.0001", "0.002:12:720:0.001", "0.002:12:720:0.01", "0.002:12:720:0.1", "0.002:12:720:1",
+    "0.002:12:720:0.0001", "0.002:12:720:0.0003", "0.002:12:720:0.001", "0.002:12:720:0.01", "0.002:12:720:0.1",
+    "0.002:12:720:1", "0.003:16:720:0.0003", "0.003:16:720:0.001",
 )
 LEARN = 0.5  # update-k-test WER at most half the base's
 FORGET = 0.10  # base test WER at most 10 % relative above the base's
