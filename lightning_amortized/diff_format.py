@@ -196,13 +196,20 @@ def decode_gaps(gaps: np.ndarray, large_gaps: np.ndarray, numel: int) -> np.ndar
 
 
 def read_verified(
-    path: PathLike, reader: str = "lightning_amortized"
+    path: PathLike,
+    reader: str = "lightning_amortized",
+    *,
+    format_name: str = FORMAT_NAME,
+    versions: Sequence[int] = SUPPORTED_VERSIONS,
 ) -> tuple[dict[str, str], dict[str, np.ndarray], int]:
     """Read a diff file and check its format, version and payload hash.
 
     Args:
         path: The file.
         reader: Who reads (named in the message for a version it cannot read).
+        format_name: The ``format`` its metadata must name (another file of the same
+            safetensors + metadata + payload-hash layout, e.g. the low-rank peer's).
+        versions: The format versions this reader accepts.
 
     Returns:
         ``(metadata, {name: array}, file size in bytes)``.
@@ -226,18 +233,18 @@ def read_verified(
         raise DiffFormatError(
             f"{str(p)!r} is not a readable safetensors file ({len(data)} bytes; truncated or corrupted?): {err}"
         ) from err
-    if meta.get("format") != FORMAT_NAME:
+    if meta.get("format") != format_name:
         raise DiffFormatError(
-            f"{str(p)!r} is a safetensors file but not a {FORMAT_NAME} file (format={meta.get('format')!r})."
+            f"{str(p)!r} is a safetensors file but not a {format_name} file (format={meta.get('format')!r})."
         )
     try:
         version = int(meta["format_version"])
     except (KeyError, ValueError) as err:
         raise DiffFormatError(f"{str(p)!r} has no valid format_version ({meta.get('format_version')!r}).") from err
-    if version not in SUPPORTED_VERSIONS:
+    if version not in versions:
         raise DiffFormatError(
             f"{str(p)!r} has format version {version}; this {reader} reads version(s) "
-            f"{list(SUPPORTED_VERSIONS)}. Upgrade {reader} to apply it."
+            f"{list(versions)}. Upgrade {reader} to apply it."
         )
     expected, found = meta.get("payload_sha256"), payload_sha256(arrays, meta)
     if expected != found:

@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_amortized.atomic import write_atomic
+from lightning_amortized.diff_format import read_verified
 from lightning_amortized.diffs.attach import base_tensor, parametrizations_of, remove_parametrizations
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
 from lightning_amortized.diffs.export import _sorted_metadata
@@ -49,7 +50,6 @@ from lightning_amortized.diffs.format import (
     BaseMismatchError,
     DiffError,
     DiffFormatError,
-    DiffIntegrityError,
     PathLike,
     StateOrModel,
     _dtype_name,
@@ -510,28 +510,8 @@ def read_lowrank(path: PathLike) -> tuple[LowRankInfo, dict[str, torch.Tensor]]:
         DiffIntegrityError: payload hash mismatch (the file was edited or damaged).
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as err:
-        raise DiffFormatError(f"Cannot read low-rank file {str(p)!r}: {err}.") from err
-    try:
-        tensors = safetensors.torch.load(data)
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        meta = header.get("__metadata__") or {}
-    except Exception as err:  # safetensors raises its own error types
-        raise DiffFormatError(f"{str(p)!r} is not a readable safetensors file ({len(data)} bytes): {err}") from err
-    if meta.get("format") != LOWRANK_FORMAT:
-        raise DiffFormatError(f"{str(p)!r} is not a {LOWRANK_FORMAT} file (format={meta.get('format')!r}).")
-    if meta.get("format_version") != str(LOWRANK_VERSION):
-        raise DiffFormatError(
-            f"{str(p)!r} has format version {meta.get('format_version')!r}; this release reads version {LOWRANK_VERSION}."
-        )
-    found = _payload_sha256(tensors, {k: v for k, v in meta.items() if k != "payload_sha256"})
-    if found != meta.get("payload_sha256"):
-        raise DiffIntegrityError(
-            f"{str(p)!r} failed its integrity check: payload sha256 expected {meta.get('payload_sha256')}, found "
-            f"{found}. The file was edited or damaged; fetch it again."
-        )
+    meta, arrays, file_bytes = read_verified(p, format_name=LOWRANK_FORMAT, versions=(LOWRANK_VERSION,))
+    tensors = {name: torch.from_numpy(a.copy()) for name, a in arrays.items()}
     try:
         targets = tuple(
             LowRankTarget(t["name"], tuple(int(s) for s in t["shape"]), t["dtype"], int(t["rank"]))
@@ -545,7 +525,7 @@ def read_lowrank(path: PathLike) -> tuple[LowRankInfo, dict[str, torch.Tensor]]:
             base_sha256=meta["base_sha256"],
             result_sha256=meta["result_sha256"],
             payload_sha256=meta["payload_sha256"],
-            file_bytes=len(data),
+            file_bytes=file_bytes,
             payload_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
             stored_entries=sum(t.numel() for t in tensors.values()),
         )
