@@ -104,6 +104,27 @@ def _check_args(
     return num_workers, snr
 
 
+def _differing(
+    info: dict,
+    utterances: int,
+    seed: int,
+    snr: tuple[float, float] | None,
+    voices: str,
+    train_utterances: int | None,
+) -> set[str]:
+    """The keys of ``corpus.json`` (``info``) that differ from the requested corpus."""
+    requested = {
+        "format_version": FORMAT_VERSION,
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "utterances": utterances,
+        "noise_snr_db": list(snr) if snr is not None else None,
+        "voices": voices,
+        "train_utterances": train_utterances,
+    }
+    return {key for key, value in requested.items() if info.get(key) != value}
+
+
 def _existing(
     root: Path,
     utterances: int,
@@ -123,16 +144,7 @@ def _existing(
             f"{manifest} is not valid JSON ({err}); it describes a different corpus or a "
             "damaged one. Use another root or pass `overwrite=True` (`--overwrite`)."
         ) from None
-    same = (
-        info.get("format_version") == FORMAT_VERSION
-        and info.get("generator_version") == GENERATOR_VERSION
-        and info.get("seed") == seed
-        and info.get("utterances") == utterances
-        and info.get("noise_snr_db") == (list(snr) if snr is not None else None)
-        and info.get("voices") == voices
-        and info.get("train_utterances") == train_utterances
-    )
-    if not same:
+    if _differing(info, utterances, seed, snr, voices, train_utterances):
         raise ValueError(
             f"{manifest} describes a different corpus (seed={info.get('seed')}, "
             f"utterances={info.get('utterances')}, noise_snr_db={info.get('noise_snr_db')}, "
@@ -175,13 +187,7 @@ def _replaceable(
             stacklevel=3,
         )
         return True
-    same_otherwise = (
-        info.get("seed") == seed
-        and info.get("utterances") == utterances
-        and info.get("noise_snr_db") == (list(snr) if snr is not None else None)
-        and info.get("voices") == voices
-    )
-    if same_otherwise and info.get("train_utterances") != train_utterances:
+    if _differing(info, utterances, seed, snr, voices, train_utterances) == {"train_utterances"}:
         warnings.warn(
             f"{root} holds this generator's corpus with train_utterances={info.get('train_utterances')}; "
             f"regenerating it with train_utterances={train_utterances} (the other splits stay the same).",
