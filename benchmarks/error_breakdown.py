@@ -116,7 +116,13 @@ def _grouped(rows: Sequence[tuple[str, str, str]], key_of: dict[str, str], known
 
 def breakdown(ckpt: str, root: str, splits: Sequence[str]) -> dict[str, Any]:
     """Scores of ``ckpt`` on ``splits`` of the synthetic corpus at ``root``, grouped as the module says."""
-    corpus = json.loads((Path(root) / "corpus.json").read_text())
+    manifest = Path(root) / "corpus.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"{manifest} does not exist: the breakdown needs the speakers of a synthetic corpus "
+            "(make-corpus writes corpus.json). Pass --root of such a corpus."
+        )
+    corpus = json.loads(manifest.read_text())
     speakers = corpus["speakers"]
     variant_of = {sid: s["variant"] for sid, s in speakers.items()}
     accent_of = {sid: s["voice"] for sid, s in speakers.items()}
@@ -179,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "error_breakdown"))
     a = p.parse_args(argv)
     torch.set_num_threads(2)
-    result = breakdown(a.ckpt, a.root, a.splits)
+    try:
+        result = breakdown(a.ckpt, a.root, a.splits)
+    except FileNotFoundError as err:
+        print(f"error_breakdown: error: {err}", file=sys.stderr)
+        return 2
     command = "python benchmarks/error_breakdown.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(result, command)
     write_results(a.results, result, text)

@@ -48,3 +48,10 @@ def test_breakdown_on_a_tiny_corpus(tiny_corpus: Path, tmp_path: Path) -> None:
     # test speakers' variants are heard in training; test-other's never are
     assert all(not g["in_training"] for g in result["splits"]["test-other"]["by_variant"])
     assert (tmp_path / "eb.md").read_text().startswith("# Where the recognizer fails")
+
+
+def test_a_root_without_corpus_json_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_script(SCRIPT, "bench_error_breakdown")
+    assert bench.main(["--ckpt", str(tmp_path / "m.pt"), "--root", str(tmp_path), "--results", str(tmp_path / "eb")]) == 2
+    assert "corpus.json does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "eb.json").exists()
