@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Base-recipe variants trained side by side on one GPU (issue 13: test WER <= 8 %, test-other
+# CER <= 2x test CER). Each variant is `python benchmarks/base.py` with LightningCLI overrides,
+# so every result is also reproducible alone (the overrides are in its base.json).
+#
+#   core        core voices, 3x256 LSTM (the shared base's model), GPU-sized batches
+#   core384     core voices, 3x384 LSTM
+#   wide        wide voices (67 variants, +-7 % warp), 3x256
+#   wide_aug    wide voices, 3x256, WaveAugment (speed, reverb, noise/babble, telephone band)
+#   wide384     wide voices, 3x384
+#
+# Usage (repository root, GPU machine, ~8 minutes on one H100 with 16 cores):
+#   bash benchmarks/base_sweep.sh            # results under $OUT (default runs/base_sweep)
+# Environment knobs (defaults are the GPU run): ACCEL=gpu DATA=data UTTS=8000 TRAIN=16000
+# GEN_WORKERS=8 EPOCHS=30 MAX_TIME=00:00:05:30 JOBS="core core384 wide wide_aug wide384".
+set -u
+OUT=${OUT:-runs/base_sweep}
+ACCEL=${ACCEL:-gpu}
+DATA=${DATA:-data}
+UTTS=${UTTS:-8000}
+TRAIN=${TRAIN:-16000}
+GEN_WORKERS=${GEN_WORKERS:-8}
+EPOCHS=${EPOCHS:-30}
+MAX_TIME=${MAX_TIME:-00:00:05:30}
+JOBS=${JOBS:-"core core384 wide wide_aug wide384"}
+PY=${PY:-python3}
+mkdir -p "$OUT/logs"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+T0=$(date +%s)
+log() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/logs/driver.log"; }
+
+gen() {  # ROOT VOICES
+  $PY -c "import sys; from lightning_amortized.data.synthetic import main; sys.exit(main(sys.argv[1:]))" \
+    "$1" --utterances "$UTTS" --train-utterances "$TRAIN" --seed 0 --workers "$GEN_WORKERS" --voices "$2" --quiet
+}
+log "generating corpora"
+gen "$DATA/synthetic" core >"$OUT/logs/gen_core.log" 2>&1 &
+gen "$DATA/synthetic-wide-t16k" wide >"$OUT/logs/gen_wide.log" 2>&1 &
+wait
+log "corpora: $(tail -n1 "$OUT/logs/gen_core.log") | $(tail -n1 "$OUT/logs/gen_wide.log")"
+
+COMMON=(--trainer.accelerator "$ACCEL" --trainer.max_time "$MAX_TIME" --trainer.max_epochs "$EPOCHS"
+        --data.init_args.utterances "$UTTS" --data.init_args.train_utterances "$TRAIN"
+        --data.init_args.max_batch_seconds 100 --data.init_args.max_batch_size 48)
+WIDE=(--data.init_args.voices wide)
+BIG=(--model.encoder.init_args.hidden_size 384)
+job() {  # NAME ROOT OVERRIDES...
+  local name=$1 root=$2; shift 2
+  log "start $name"
+  $PY benchmarks/base.py --root "$root" --extra "${COMMON[@]}" "$@" >"$OUT/logs/$name.log" 2>&1
+  log "end $name (rc $?): $(tail -n1 "$OUT/logs/$name.log")"
+}
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 20 >"$OUT/logs/smi.log" 2>&1 &
+  SMI=$!
+fi
+PIDS=()
+for j in $JOBS; do
+  case $j in
+    core) job core "$DATA/synthetic" --data.init_args.num_workers 2 & ;;
+    core384) job core384 "$DATA/synthetic" --data.init_args.num_workers 2 "${BIG[@]}" & ;;
+    wide) job wide "$DATA/synthetic-wide-t16k" "${WIDE[@]}" --data.init_args.num_workers 2 & ;;
+    wide_aug) job wide_aug "$DATA/synthetic-wide-t16k" "${WIDE[@]}" --data.init_args.num_workers 5 \
+                --data.init_args.augment lightning_amortized.data.WaveAugment & ;;
+    wide384) job wide384 "$DATA/synthetic-wide-t16k" "${WIDE[@]}" --data.init_args.num_workers 2 "${BIG[@]}" & ;;
+  esac
+  PIDS+=($!)
+done
+wait "${PIDS[@]}"
+[ -n "${SMI:-}" ] && kill "$SMI" 2>/dev/null
+log "all jobs ended"
+# one checkpoint per trained base (named by its cache key) plus one archive of every log and base.json
+for f in $(find runs/base -name base.json -newermt "@$T0"); do
+  d=$(dirname "$f"); k=$(basename "$d")
+  cp "$d/base.ckpt" "$OUT/$k.ckpt"
+  mkdir -p "$OUT/logs/$k" && cp "$d/base.json" "$OUT/logs/$k/" && find "$d/run" -name metrics.csv -exec cp {} "$OUT/logs/$k/" \;
+done
+log "archiving"
+cp "$OUT/logs/driver.log" "$OUT/driver.log"
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"  # at most 8 files come back from a device run
