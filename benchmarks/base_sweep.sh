@@ -12,7 +12,8 @@
 # Usage (repository root, GPU machine, ~8 minutes on one H100 with 16 cores):
 #   bash benchmarks/base_sweep.sh            # results under $OUT (default runs/base_sweep)
 # Environment knobs (defaults are the GPU run): ACCEL=gpu DATA=data UTTS=8000 TRAIN=16000
-# GEN_WORKERS=8 EPOCHS=30 MAX_TIME=00:00:05:30 JOBS="core core384 wide wide_aug wide384".
+# GEN_WORKERS=8 EPOCHS=30 MAX_TIME=00:00:05:30 JOBS="core core384 wide wide_aug wide384"
+# CORPORA="core wide". One job alone: CORPORA=core JOBS=core384 GEN_WORKERS=16 MAX_TIME=00:00:03:00.
 set -u
 OUT=${OUT:-runs/base_sweep}
 ACCEL=${ACCEL:-gpu}
@@ -23,6 +24,7 @@ GEN_WORKERS=${GEN_WORKERS:-8}
 EPOCHS=${EPOCHS:-30}
 MAX_TIME=${MAX_TIME:-00:00:05:30}
 JOBS=${JOBS:-"core core384 wide wide_aug wide384"}
+CORPORA=${CORPORA:-"core wide"}
 PY=${PY:-python3}
 mkdir -p "$OUT/logs"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -34,10 +36,13 @@ gen() {  # ROOT VOICES
     "$1" --utterances "$UTTS" --train-utterances "$TRAIN" --seed 0 --workers "$GEN_WORKERS" --voices "$2" --quiet
 }
 log "generating corpora"
-gen "$DATA/synthetic" core >"$OUT/logs/gen_core.log" 2>&1 &
-gen "$DATA/synthetic-wide-t16k" wide >"$OUT/logs/gen_wide.log" 2>&1 &
+for c in $CORPORA; do
+  if [ "$c" = core ]; then gen "$DATA/synthetic" core >"$OUT/logs/gen_core.log" 2>&1 &
+  else gen "$DATA/synthetic-wide-t16k" wide >"$OUT/logs/gen_wide.log" 2>&1 &
+  fi
+done
 wait
-log "corpora: $(tail -n1 "$OUT/logs/gen_core.log") | $(tail -n1 "$OUT/logs/gen_wide.log")"
+log "corpora: $(tail -qn1 "$OUT"/logs/gen_*.log | tr '\n' '|')"
 
 COMMON=(--trainer.accelerator "$ACCEL" --trainer.max_time "$MAX_TIME" --trainer.max_epochs "$EPOCHS"
         --data.init_args.utterances "$UTTS" --data.init_args.train_utterances "$TRAIN"
