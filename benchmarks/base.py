@@ -155,12 +155,14 @@ def _device_name(trainer: Any) -> str:
 
 
 def _cli(config: Path, root: Path, overrides: Sequence[str], run_dir: Path | None) -> Any:
+    """The recipe's LightningCLI; without ``run_dir`` (looking a base up) no Trainer is built, so a base
+    trained on an accelerator this machine lacks (``--trainer.accelerator gpu``) is still found."""
     from lightning_amortized.cli import ASRLightningCLI
 
     args = ["--config", str(config), "--data.init_args.root", str(root)]
     if run_dir is not None:
         args += ["--trainer.default_root_dir", str(run_dir)]
-    return ASRLightningCLI(args=[*args, *overrides], run=False)
+    return ASRLightningCLI(args=[*args, *overrides], run=False, build_trainer=run_dir is not None)
 
 
 def ensure_base(

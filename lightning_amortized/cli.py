@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 __all__ = ["main", "ASRLightningCLI"]
 
@@ -124,12 +125,33 @@ Each command takes --help. Errors in the input print one line and exit with stat
 """
 
 
-def ASRLightningCLI(args: list[str] | None = None, run: bool = True, **kwargs):  # noqa: N802 - mirrors LightningCLI
-    """LightningCLI over :class:`~lightning_amortized.module.ASRModule` and any LightningDataModule."""
+def ASRLightningCLI(  # noqa: N802 - mirrors LightningCLI
+    args: list[str] | None = None, run: bool = True, build_trainer: bool = True, **kwargs
+):
+    """LightningCLI over :class:`~lightning_amortized.module.ASRModule` and any LightningDataModule.
+
+    Args:
+        args: Command-line arguments (``None`` reads ``sys.argv``).
+        run: Run the subcommand (``fit``, ``test``...) as LightningCLI does.
+        build_trainer: With ``False`` (only with ``run=False``) the model and datamodule are
+            built but no Trainer (``cli.trainer`` is ``None``): a config that names an
+            accelerator this machine lacks (``--trainer.accelerator gpu``) can still be read.
+        **kwargs: Passed to ``LightningCLI``.
+    """
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
     from lightning_amortized.module import ASRModule
+
+    if not build_trainer:
+        if run:
+            raise ValueError("Expected `run=False` with `build_trainer=False`: a subcommand needs a Trainer.")
+
+        class _NoTrainerCLI(LightningCLI):
+            def instantiate_trainer(self, **_: Any) -> Any:  # type: ignore[override]
+                return None
+
+        LightningCLI = _NoTrainerCLI  # noqa: N806
 
     # With `args` given, the script's own command line (sys.argv) is not LightningCLI's: hide
     # it for the duration of the call, or LightningCLI warns that both were given.

@@ -50,3 +50,21 @@ def test_cli_with_args_ignores_the_scripts_own_argv(tmp_path: Path, monkeypatch)
         )
     assert not [w for w in caught if "args" in str(w.message) and "command line" in str(w.message)]
     assert sys.argv == ["run.py", "--max-minutes", "3"]  # restored
+
+
+def test_a_config_for_an_absent_accelerator_can_be_read_without_a_trainer(tmp_path: Path) -> None:
+    """benchmarks/base.py looks up bases trained on a GPU from machines without one (issue 13)."""
+    args = ["--model.encoder", "lightning_amortized.nn.RecurrentEncoder",
+            "--model.encoder.init_args.input_size", "240", "--model.encoder.init_args.hidden_size", "8",
+            "--data", "lightning_amortized.data.LibriSpeechDataModule", "--data.init_args.root", str(tmp_path),
+            "--trainer.logger", "false", "--trainer.accelerator", "gpu"]
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="gpu"):
+            ASRLightningCLI(args=args, run=False)
+    cli = ASRLightningCLI(args=args, run=False, build_trainer=False)
+    assert cli.trainer is None and cli.model.encoder.hidden_size == 8
+    assert cli.config["trainer"]["accelerator"] == "gpu"
+    with pytest.raises(ValueError, match="run=False"):
+        ASRLightningCLI(args=["fit", *args], build_trainer=False)
