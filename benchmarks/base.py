@@ -30,6 +30,7 @@ Usage::
     python benchmarks/base.py                                  # train or reuse
     python benchmarks/base.py --print-path                     # only print the cached checkpoint path
     python benchmarks/base.py --extra --trainer.accelerator gpu    # any LightningCLI override (part of the key)
+    python benchmarks/base.py --no-results --extra ...        # a variant: docs/results/base.* left alone
 """
 
 from __future__ import annotations
@@ -341,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="corpus root (generated if missing)")
     p.add_argument("--print-path", action="store_true", help="print the cached checkpoint path; fail if not trained")
     p.add_argument("--force", action="store_true", help="retrain even if a cached base exists")
+    p.add_argument("--no-results", action="store_true",
+                   help="do not write docs/results/base.{json,md} (for variants that are not the shared base)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="LightningCLI overrides (part of the cache key)")
     a = p.parse_args(argv)
-    ckpt = ensure_base(a.config, a.root, a.extra, train=not a.print_path, force=a.force)
+    results = None if a.no_results else RESULTS / "base"
+    ckpt = ensure_base(a.config, a.root, a.extra, train=not a.print_path, force=a.force, results=results)
     if a.print_path:  # only the path on stdout, for $(python benchmarks/base.py --print-path)
         print(ckpt)
         return 0

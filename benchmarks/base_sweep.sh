@@ -11,6 +11,12 @@
 #
 # Usage (repository root, GPU machine, ~8 minutes on one H100 with 16 cores):
 #   bash benchmarks/base_sweep.sh            # results under $OUT (default runs/base_sweep)
+# Brings back one checkpoint per base (<key>.ckpt; put it at runs/base/<key>/base.ckpt with its
+# base.json from logs.tgz and `benchmarks/base.py --extra OVERRIDES` finds it) and logs.tgz
+# (logs, base.json and metrics.csv per base, the base_sweep_report.py table and plot).
+# Measured 2026-11-26 on one H100: the five side by side at ~98 % GPU use, ~17 s per epoch
+# each, all stopped by the 5.5-minute guard at epoch 15-21 of 30 (docs/results/base_sweep.md).
+# One job alone used ~37 % of the GPU: the jobs are bound by their Python loops, so run several.
 # Environment knobs (defaults are the GPU run): ACCEL=gpu DATA=data UTTS=8000 TRAIN=16000
 # GEN_WORKERS=8 EPOCHS=30 MAX_TIME=00:00:05:30 JOBS="core core384 wide wide_aug wide384"
 # CORPORA="core wide". One job alone: CORPORA=core JOBS=core384 GEN_WORKERS=16 MAX_TIME=00:00:03:00.
@@ -52,7 +58,7 @@ BIG=(--model.encoder.init_args.hidden_size 384)
 job() {  # NAME ROOT OVERRIDES...
   local name=$1 root=$2; shift 2
   log "start $name"
-  $PY benchmarks/base.py --root "$root" --extra "${COMMON[@]}" "$@" >"$OUT/logs/$name.log" 2>&1
+  $PY benchmarks/base.py --root "$root" --no-results --extra "${COMMON[@]}" "$@" >"$OUT/logs/$name.log" 2>&1
   log "end $name (rc $?): $(tail -n1 "$OUT/logs/$name.log")"
 }
 if command -v nvidia-smi >/dev/null; then
@@ -75,6 +81,9 @@ wait "${PIDS[@]}"
 [ -n "${SMI:-}" ] && kill "$SMI" 2>/dev/null
 log "all jobs ended"
 # one checkpoint per trained base (named by its cache key) plus one archive of every log and base.json
+TRAINED=$(find runs/base -name base.json -newermt "@$T0" -exec dirname {} \;)
+# the comparison table and validation curves (docs/results/base_sweep.* in the repository)
+[ -n "$TRAINED" ] && $PY benchmarks/base_sweep_report.py $TRAINED --results "$OUT/logs/base_sweep" >/dev/null
 for f in $(find runs/base -name base.json -newermt "@$T0"); do
   d=$(dirname "$f"); k=$(basename "$d")
   cp "$d/base.ckpt" "$OUT/$k.ckpt"
