@@ -103,6 +103,7 @@ _ADDED_DEFAULTS: dict[tuple[str, ...], object] = {
     ("data", "init_args", "tokenizer"): None,
     ("data", "init_args", "voices"): "core",
     ("data", "init_args", "train_utterances"): None,
+    ("data", "init_args", "free_text"): 0.0,
 }
 
 

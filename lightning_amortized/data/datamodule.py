@@ -216,6 +216,8 @@ class SyntheticDataModule(LibriSpeechDataModule):
             :data:`~lightning_amortized.data.plan.VOICE_SETS`).
         train_utterances: Size of the ``train`` split, ``None`` for what ``utterances``
             leaves (see :func:`~lightning_amortized.data.plan.split_sizes`).
+        free_text: Share of ``train`` utterances speaking template-free word sequences
+            (see :func:`~lightning_amortized.data.synthetic.make_corpus`).
         **kwargs: Everything else goes to :class:`LibriSpeechDataModule`; ``test_splits``
             defaults to ``["test", "test-other"]`` here.
     """
@@ -227,12 +229,13 @@ class SyntheticDataModule(LibriSpeechDataModule):
         corpus_seed: int = 0,
         voices: str = "core",
         train_utterances: int | None = None,
+        free_text: float = 0.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("test_splits", ("test", "test-other"))
         super().__init__(root, **kwargs)
         self.utterances, self.corpus_seed, self.voices = utterances, corpus_seed, voices
-        self.train_utterances = train_utterances
+        self.train_utterances, self.free_text = train_utterances, free_text
 
     def prepare_data(self) -> None:
         from lightning_amortized.data.synthetic import make_corpus
@@ -243,5 +246,6 @@ class SyntheticDataModule(LibriSpeechDataModule):
             seed=self.corpus_seed,
             voices=self.voices,
             train_utterances=self.train_utterances,
+            free_text=self.free_text,
         )
         super().prepare_data()

@@ -295,8 +295,14 @@ def _plan(
     snr_db: tuple[float, float] | None,
     voices: str = "core",
     train_utterances: int | None = None,
+    free_text: float = 0.0,
 ) -> tuple[dict[str, list[_Speaker]], list[_Job], dict[str, dict[str, Any]]]:
-    """Texts, speakers and paths of every utterance (cheap; no audio)."""
+    """Texts, speakers and paths of every utterance (cheap; no audio).
+
+    ``free_text`` is the probability that a ``train`` utterance speaks a
+    :func:`~lightning_amortized.data.templates.free_sentence` instead of its request; the
+    draw has its own random stream, so every other utterance is the same for any value.
+    """
     speakers = _make_speakers(utterances, seed, voice_set(voices))
     sizes = split_sizes(utterances, train_utterances)
     homes = {s: "train" if s == "train" or s in _UPDATE_SPLITS else s for s in SPLITS}  # test-other: its own
@@ -321,6 +327,10 @@ def _plan(
             request = templates.sample_request(
                 rng, update if is_new else None, held_out=split == "test-other"
             )
+            if free_text and split == "train":
+                free_rng = np.random.default_rng([seed, code, index, 1])
+                if free_rng.random() < free_text:
+                    request = templates.Request("general", templates.free_sentence(free_rng), {}, False)
             g = index % len(group)
             spk, chapter = group[g], int(chapters[g])
             utt_id = f"{spk.id}-{chapter}-{next_utt[g]:04d}"

@@ -76,9 +76,16 @@ _IN_PROGRESS = ".make-corpus-in-progress"  # lets a rerun clean up after an inte
 # Public API.
 # ---------------------------------------------------------------------------------
 def _check_args(
-    utterances: int, seed: int, num_workers: int | None, noise_snr_db: Any, train_utterances: int | None = None
+    utterances: int,
+    seed: int,
+    num_workers: int | None,
+    noise_snr_db: Any,
+    train_utterances: int | None = None,
+    free_text: float = 0.0,
 ) -> tuple[int, tuple[float, float] | None]:
     split_sizes(utterances, train_utterances)  # validates `utterances` and `train_utterances`
+    if isinstance(free_text, bool) or not isinstance(free_text, (int, float)) or not 0.0 <= free_text <= 1.0:
+        raise ValueError(f"Expected argument `free_text` to be a probability in [0, 1], but got {free_text!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"Expected argument `seed` to be a non-negative int, but got {seed!r}.")
     if num_workers is None:
@@ -111,8 +118,10 @@ def _differing(
     snr: tuple[float, float] | None,
     voices: str,
     train_utterances: int | None,
+    free_text: float = 0.0,
 ) -> set[str]:
-    """The keys of ``corpus.json`` (``info``) that differ from the requested corpus."""
+    """The keys of ``corpus.json`` (``info``) that differ from the requested corpus (a corpus.json
+    without ``free_text`` was made without free sentences)."""
     requested = {
         "format_version": FORMAT_VERSION,
         "generator_version": GENERATOR_VERSION,
@@ -122,7 +131,10 @@ def _differing(
         "voices": voices,
         "train_utterances": train_utterances,
     }
-    return {key for key, value in requested.items() if info.get(key) != value}
+    differing = {key for key, value in requested.items() if info.get(key) != value}
+    if float(info.get("free_text", 0.0)) != float(free_text):
+        differing.add("free_text")
+    return differing
 
 
 def _existing(
@@ -132,6 +144,7 @@ def _existing(
     snr: tuple[float, float] | None,
     voices: str = "core",
     train_utterances: int | None = None,
+    free_text: float = 0.0,
 ) -> dict | None:
     """The manifest of a finished identical corpus under ``root``, else ``None``."""
     manifest = root / "corpus.json"
@@ -144,15 +157,16 @@ def _existing(
             f"{manifest} is not valid JSON ({err}); it describes a different corpus or a "
             "damaged one. Use another root or pass `overwrite=True` (`--overwrite`)."
         ) from None
-    if _differing(info, utterances, seed, snr, voices, train_utterances):
+    if _differing(info, utterances, seed, snr, voices, train_utterances, free_text):
         raise ValueError(
             f"{manifest} describes a different corpus (seed={info.get('seed')}, "
             f"utterances={info.get('utterances')}, noise_snr_db={info.get('noise_snr_db')}, "
             f"voices={info.get('voices')}, train_utterances={info.get('train_utterances')}, "
+            f"free_text={info.get('free_text', 0.0)}, "
             f"generator_version={info.get('generator_version')}) than requested (seed={seed}, "
             f"utterances={utterances}, noise_snr_db={list(snr) if snr else None}, voices={voices}, "
-            f"train_utterances={train_utterances}, generator_version={GENERATOR_VERSION}). Use another root or pass "
-            "`overwrite=True` (`--overwrite`)."
+            f"train_utterances={train_utterances}, free_text={free_text}, generator_version={GENERATOR_VERSION}). "
+            "Use another root or pass `overwrite=True` (`--overwrite`)."
         )
     return info
 
@@ -164,6 +178,7 @@ def _replaceable(
     snr: tuple[float, float] | None,
     voices: str,
     train_utterances: int | None,
+    free_text: float = 0.0,
 ) -> bool:
     """Whether ``root`` holds a corpus of an older version of this generator, or one that
     differs from the request only in the size of its train split.
@@ -187,7 +202,7 @@ def _replaceable(
             stacklevel=3,
         )
         return True
-    if _differing(info, utterances, seed, snr, voices, train_utterances) == {"train_utterances"}:
+    if _differing(info, utterances, seed, snr, voices, train_utterances, free_text) == {"train_utterances"}:
         warnings.warn(
             f"{root} holds this generator's corpus with train_utterances={info.get('train_utterances')}; "
             f"regenerating it with train_utterances={train_utterances} (the other splits stay the same).",
@@ -256,6 +271,7 @@ def make_corpus(
     overwrite: bool = False,
     voices: str = "core",
     train_utterances: int | None = None,
+    free_text: float = 0.0,
 ) -> dict:
     """Generate (or reuse) a synthetic LibriSpeech-layout corpus under ``root``.
 
@@ -281,6 +297,10 @@ def make_corpus(
             leaves (47.5 %). Dev, test, test-other and the update splits are sized from
             ``utterances`` either way, and a larger train split starts with the utterances
             of the default one (same texts, speakers and audio).
+        free_text: probability that a ``train`` utterance speaks a free sentence (words
+            drawn uniformly from the base vocabulary, no template:
+            :func:`~lightning_amortized.data.templates.free_sentence`) instead of its
+            request; 0 (the default) leaves every text as it was. Other splits never change.
 
     Returns:
         The manifest written to ``root/corpus.json``: ``format_version``, ``seed``,
@@ -297,17 +317,18 @@ def make_corpus(
             split folders this function did not write) and ``overwrite`` is false.
         EspeakError: if eSpeak NG cannot be loaded.
     """
-    num_workers, snr = _check_args(utterances, seed, num_workers, noise_snr_db, train_utterances)
+    num_workers, snr = _check_args(utterances, seed, num_workers, noise_snr_db, train_utterances, free_text)
+    free_text = float(free_text)
     voice_set(voices)  # validates `voices`
     root = Path(root)
     utterances, seed = int(utterances), int(seed)
     train_utterances = None if train_utterances is None else int(train_utterances)
     manifest_path = root / "corpus.json"
-    speakers, jobs, labels = _plan(root, utterances, seed, snr, voices, train_utterances)
+    speakers, jobs, labels = _plan(root, utterances, seed, snr, voices, train_utterances, free_text)
     try:
-        info = _existing(root, utterances, seed, snr, voices, train_utterances)
+        info = _existing(root, utterances, seed, snr, voices, train_utterances, free_text)
     except ValueError:
-        if not overwrite and not _replaceable(root, utterances, seed, snr, voices, train_utterances):
+        if not overwrite and not _replaceable(root, utterances, seed, snr, voices, train_utterances, free_text):
             raise
         info = None
     if info is not None and all(Path(j.path).is_file() for j in jobs):
@@ -359,6 +380,7 @@ def make_corpus(
         "noise_snr_db": list(snr) if snr is not None else None,
         "voices": voices,
         "train_utterances": train_utterances,
+        **({"free_text": free_text} if free_text else {}),  # absent: none (older corpora read the same)
         "hours": round(sum(seconds.values()) / 3600.0, 6),
         "splits": splits,
         "speakers": {
@@ -414,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="voice set of train/dev/test speakers (default core; see docs/corpus.md)")
     parser.add_argument("--train-utterances", type=int, default=None,
                         help="size of the train split (default: what --utterances leaves, 47.5 %%)")
+    parser.add_argument("--free-text", type=float, default=0.0,
+                        help="share of train utterances speaking template-free word sequences (default 0)")
     args = parser.parse_args(args_in)
     try:
         info = make_corpus(
@@ -426,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             voices=args.voices,
             train_utterances=args.train_utterances,
+            free_text=args.free_text,
         )
     except ValueError as err:
         print(f"lightning-amortized make-corpus: error: {err}", file=sys.stderr)

@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ __all__ = [
     "OTHER_TEMPLATES",
     "TEMPLATES",
     "UPDATE_ENTITIES",
+    "free_sentence",
+    "free_text_words",
     "UPDATE_THEMES",
     "Request",
     "Template",
@@ -394,8 +397,50 @@ def sample_request(
     return Request(template.intent, text, values, is_new)
 
 
-def vocabulary() -> set[str]:
-    """Every word that sampled texts can contain (base, general and all updates).
+def free_sentence(rng: np.random.Generator, min_words: int = 3, max_words: int = 10) -> str:
+    """A sequence of words drawn uniformly from :func:`free_text_words` (no grammar, no template).
+
+    Training on some of these keeps a recognizer from leaning on the templates' word order
+    (``make_corpus(free_text=...)``): the words must be heard, not guessed.
+
+    Args:
+        rng: random generator (the only source of randomness).
+        min_words, max_words: inclusive range of the number of words.
+
+    Returns:
+        The transcript, e.g. ``"TIMER CALM OSLO FIFTEEN"``.
+
+    Example:
+        >>> is_valid_transcript(free_sentence(np.random.default_rng(0)))
+        True
+    """
+    words = free_text_words()
+    while True:
+        n = int(rng.integers(min_words, max_words + 1))
+        text = " ".join(words[int(i)] for i in rng.integers(len(words), size=n))
+        padded = f" {text} "
+        # words of the base vocabulary can still line up into an update's new multi-word name
+        if not any(phrase in padded for phrase in _update_phrases()):
+            return text
+
+
+@functools.lru_cache(maxsize=1)
+def free_text_words() -> tuple[str, ...]:
+    """The words free sentences draw from: the base vocabulary (no update's new entity words), sorted."""
+    return tuple(sorted(vocabulary(updates=False)))
+
+
+@functools.lru_cache(maxsize=1)
+def _update_phrases() -> tuple[str, ...]:
+    """Every update's new entity names, padded with spaces for whole-word matching."""
+    return tuple(f" {v} " for ents in UPDATE_ENTITIES for values in ents.values() for v in values)
+
+
+def vocabulary(updates: bool = True) -> set[str]:
+    """Every word that sampled texts can contain (base, general and, with ``updates``, all updates).
+
+    Args:
+        updates: include the words of the updates' new entities.
 
     Returns:
         Set of upper-case words.
@@ -406,7 +451,7 @@ def vocabulary() -> set[str]:
     texts += list(_SENTENCE_PATTERNS + _OTHER_SENTENCE_PATTERNS)
     texts += list(lex.nouns + lex.adjectives + lex.verbs + lex.first_names)
     words.update(("AN", "A"))
-    for ents in (BASE_ENTITIES, *UPDATE_ENTITIES):
+    for ents in (BASE_ENTITIES, *(UPDATE_ENTITIES if updates else ())):
         for values in ents.values():
             texts.extend(values)
     for text in texts:

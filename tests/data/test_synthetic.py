@@ -473,3 +473,46 @@ def test_unknown_voice_raises() -> None:
         tts.synthesize("   ", "en-us")
     with pytest.raises(ValueError, match="`rate`"):
         tts.synthesize("hello", "en-us", rate=10)
+
+
+# --------------------------------------------------------------------------- free text
+def test_free_text_replaces_a_share_of_train_texts_only(tmp_path: Path) -> None:
+    _, jobs, labels = plan._plan(tmp_path, 2000, 0, None)
+    _, free_jobs, free_labels = plan._plan(tmp_path, 2000, 0, None, free_text=0.3)
+    changed = [(a, b) for a, b in zip(jobs, free_jobs) if a != b]
+    assert {b.split for _, b in changed} == {"train"}
+    assert all(a.voice == b.voice and a.path == b.path and a.seed == b.seed for a, b in changed)  # only the words
+    share = len(changed) / sum(j.split == "train" for j in jobs)
+    assert 0.25 < share < 0.35
+    words = set(templates.free_text_words())
+    for _, job in changed:
+        label = free_labels[job.id]
+        assert label["intent"] == "general" and label["slots"] == {} and not label["entities_new"]
+        assert templates.is_valid_transcript(job.text) and set(job.text.split()) <= words
+    assert len(words) > 2000 and words <= templates.vocabulary()
+
+
+def test_free_sentences_never_hold_an_update_entity() -> None:
+    new_words = {w for k in UPDATES for vs in templates.update_entities(k).values() for v in vs for w in v.split()}
+    assert new_words - templates.vocabulary(updates=False)  # some new names are made of new words only...
+    assert not (new_words - templates.vocabulary(updates=False)) & set(templates.free_text_words())  # ...never drawn
+    rng = np.random.default_rng(0)
+    phrases = [v for k in UPDATES for vs in templates.update_entities(k).values() for v in vs]
+    for _ in range(2000):
+        text = templates.free_sentence(rng)
+        assert 3 <= len(text.split()) <= 10
+        assert not any(_has_phrase(text, p) for p in phrases)
+
+
+def test_free_text_is_part_of_the_corpus(tmp_path: Path) -> None:
+    info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False, free_text=0.5)
+    assert info["free_text"] == 0.5
+    trans = _transcripts(tmp_path, "train")
+    slu = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "train" / "slu.jsonl").read_text().splitlines()}
+    assert trans.keys() == slu.keys() and all(slu[u]["text"] == t for u, t in trans.items())
+    with pytest.raises(ValueError, match="free_text=0.5.*free_text=0.0"):
+        make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
+    for bad in (1.5, -0.1, True, "half"):
+        with pytest.raises(ValueError, match="`free_text`"):
+            make_corpus(tmp_path / "bad", 50, seed=0, show_progress=False, free_text=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad").exists()
