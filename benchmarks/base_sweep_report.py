@@ -27,7 +27,7 @@ from typing import Any, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_amortized.experiment import shown_path, write_results  # noqa: E402
+from lightning_amortized.experiment import percent as pct, shown_path, write_results  # noqa: E402
 
 #: Overrides that name a base's variant, with the short label each value gets in the table.
 _DEFAULTS = {"voices": "core", "hidden_size": "256", "augment": None, "max_batch_seconds": "20",
@@ -99,9 +99,6 @@ def label(row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    def pct(x: float) -> str:
-        return f"{100 * x:.2f} %"
-
     lines = [
         "# Base recipe variants side by side",
         "",

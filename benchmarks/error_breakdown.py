@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_amortized.experiment import shown_path, write_results  # noqa: E402
+from lightning_amortized.experiment import percent, shown_path, write_results  # noqa: E402
 from lightning_amortized.scoring import utterance_errors  # noqa: E402
 
 
@@ -147,7 +147,7 @@ def breakdown(ckpt: str, root: str, splits: Sequence[str]) -> dict[str, Any]:
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f} %"
+    return percent(x, digits)
 
 
 

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # error_breakdown's decoding
 
-from lightning_amortized.experiment import shown_path, write_results  # noqa: E402
+from lightning_amortized.experiment import percent as pct, shown_path, write_results  # noqa: E402
 
 CELLS = {"tt": ("test", "test"), "ot": ("test-other", "test"), "to": ("test", "test-other"), "oo": ("test-other", "test-other")}
 """Cell name -> (split whose texts are spoken, split whose voices speak them)."""
@@ -120,9 +120,6 @@ def score_cells(ckpt: str, work: Path, accents: dict[str, str]) -> list[dict[str
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    def pct(x: float) -> str:
-        return f"{100 * x:.2f} %"
-
     lines = [
         "# Why test-other is hard: voices and sentence templates apart",
         "",

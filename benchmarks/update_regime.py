@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from lightning_amortized.experiment import Job, run_jobs, shown_path, write_results  # noqa: E402
+from lightning_amortized.experiment import Job, percent as pct, run_jobs, shown_path, write_results  # noqa: E402
 
 RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
 DEFAULT_GRID = (
@@ -91,9 +91,6 @@ def summarize(results: dict[str, dict[str, Any]], update: int) -> list[dict[str,
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    def pct(x: float) -> str:
-        return f"{100 * x:.2f} %"
-
     lines = [
         f"# Update regime: full fine-tuning on `update-{meta['update']}`",
         "",

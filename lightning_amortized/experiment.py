@@ -32,7 +32,7 @@ from typing import Any, Union
 
 from lightning_amortized.atomic import write_atomic
 
-__all__ = ["Job", "JobFailed", "run_jobs", "shown_path", "write_results"]
+__all__ = ["Job", "JobFailed", "percent", "run_jobs", "shown_path", "write_results"]
 
 Command = Union[Sequence[str], Callable[[Mapping[str, dict[str, Any]]], Sequence[str]]]
 
@@ -191,6 +191,16 @@ def run_jobs(
             log.close()
         bar.close()
     return {n: finished[n] for n in names}
+
+
+def percent(x: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage for results tables; ``None`` (not measured) as a dash.
+
+    Example:
+        >>> percent(0.0855), percent(0.19267, 1), percent(None)
+        ('8.55 %', '19.3 %', '–')
+    """
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
 
 
 def shown_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
