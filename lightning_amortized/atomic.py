@@ -9,10 +9,12 @@ target.
 
 Example:
     >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> p = pathlib.Path(tmp.name) / "out.txt"
     >>> write_atomic(p, "hello\\n")
     >>> p.read_text()
     'hello\\n'
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

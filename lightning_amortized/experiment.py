@@ -9,13 +9,15 @@ and ``.md`` side by side, atomically. Fitting and testing one model is
 Example:
     >>> import sys, tempfile
     >>> from pathlib import Path
-    >>> work = Path(tempfile.mkdtemp())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> work = Path(tmp.name)
     >>> code = "import json, sys; json.dump({'x': int(sys.argv[2])}, open(sys.argv[1], 'w'))"
     >>> jobs = [Job("a", [sys.executable, "-c", code, str(work / "a.json"), "1"], work / "a.json"),
     ...         Job("b", lambda done: [sys.executable, "-c", code, str(work / "b.json"), str(done["a"]["x"] + 1)],
     ...             work / "b.json", after=("a",))]
     >>> run_jobs(jobs, workers=2, log_dir=work, show_progress=False, poll_s=0.05)
     {'a': {'x': 1}, 'b': {'x': 2}}
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -21,12 +21,14 @@ which case the manifest keeps the file's own rate and the dataset resamples with
 
 Example:
     >>> import tempfile, pathlib
-    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = pathlib.Path(tmp.name)
     >>> (root / "dev").mkdir()
     >>> prepare_librispeech(root, ["dev"], root / "manifests")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     lightning_amortized.data.prepare.CorpusError: No '*.flac' files under .../dev ...
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

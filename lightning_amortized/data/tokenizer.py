@@ -105,13 +105,15 @@ class SentencePieceTokenizer:
     Example::
 
         >>> import tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "sp.model")
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "sp.model")
         >>> _ = train_sentencepiece(["SET A TIMER", "SET AN ALARM", "CALL MOM"] * 20, path, vocab_size=30)
         >>> tok = SentencePieceTokenizer(path)
         >>> tok.decode(tok.encode("SET A TIMER"))
         'SET A TIMER'
         >>> len(tok) <= 31  # pieces + blank; on tiny texts fewer pieces than vocab_size
         True
+        >>> tmp.cleanup()
     """
 
     blank_id: int = 0

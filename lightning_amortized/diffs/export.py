@@ -134,9 +134,11 @@ def export_diff(
         >>> d = attach_diffs(lin, ["weight"], "sparse")
         >>> with torch.no_grad():
         ...     _ = d["weight"].delta.fill_(0.1); d["weight"].mask[1:] = False
-        >>> info = export_diff(lin, os.path.join(tempfile.mkdtemp(), "u1.safetensors"))
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> info = export_diff(lin, os.path.join(tmp.name, "u1.safetensors"))
         >>> info.method, info.stored
         ('sparse', 4)
+        >>> tmp.cleanup()
     """
     diffs = diff_modules(model)
     if not diffs:
