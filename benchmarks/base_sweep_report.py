@@ -31,7 +31,7 @@ from lightning_amortized.experiment import percent as pct, shown_path, write_res
 
 #: Overrides that name a base's variant, with the short label each value gets in the table.
 _DEFAULTS = {"voices": "core", "hidden_size": "256", "augment": None, "max_batch_seconds": "20",
-             "max_epochs": "16", "accelerator": "auto"}
+             "max_epochs": "16", "accelerator": "auto", "free_text": "0"}
 
 
 def _override(overrides: Sequence[str], key: str) -> str | None:
@@ -51,6 +51,7 @@ def describe(info: dict[str, Any]) -> dict[str, Any]:
     aug = got["augment"]
     return {
         "voices": got["voices"],
+        "free_text": float(got["free_text"]),
         "hidden_size": int(got["hidden_size"]),
         "augment": aug.rsplit(".", 1)[-1] if aug and aug.lower() not in ("null", "none") else None,
         "max_batch_seconds": float(got["max_batch_seconds"]),
@@ -95,7 +96,8 @@ def row_of(folder: str | Path) -> dict[str, Any]:
 
 def label(row: dict[str, Any]) -> str:
     aug = f" + {row['augment']}" if row["augment"] else ""
-    return f"{row['voices']}, 3x{row['hidden_size']}{aug}"
+    free = f" + {row['free_text']:.0%} free text" if row.get("free_text") else ""
+    return f"{row['voices']}{free}, 3x{row['hidden_size']}{aug}"
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:

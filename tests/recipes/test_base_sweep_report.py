@@ -23,7 +23,7 @@ def _base(folder: Path, overrides: list[str], epochs: int, test_cer: float, othe
 
 def test_rows_name_each_variant_and_mark_time_guard_cuts(tmp_path: Path) -> None:
     bench = load_script(SCRIPT, "bench_base_sweep_report")
-    plain = _base(tmp_path / "a", ["--trainer.max_epochs", "3"], 3, 0.02, 0.08)
+    plain = _base(tmp_path / "a", ["--trainer.max_epochs", "3", "--data.init_args.free_text", "0.25"], 3, 0.02, 0.08)
     wide = _base(tmp_path / "b", ["--trainer.max_epochs=30", "--data.init_args.voices", "wide",
                                   "--model.encoder.init_args.hidden_size", "384",
                                   "--data.init_args.augment", "lightning_amortized.data.WaveAugment",
@@ -37,6 +37,7 @@ def test_rows_name_each_variant_and_mark_time_guard_cuts(tmp_path: Path) -> None
     assert abs(rows[0]["cer_ratio"] - 4.0) < 1e-9 and abs(rows[1]["cer_ratio"] - 1.5) < 1e-9
     md = results.with_suffix(".md").read_text()
     assert "wide, 3x384 + WaveAugment" in md and md.count("(time guard)") == 1
+    assert "core + 25% free text, 3x256" in md and rows[0]["free_text"] == 0.25 and rows[1]["free_text"] == 0.0
     assert results.with_suffix(".png").stat().st_size > 0
 
 
