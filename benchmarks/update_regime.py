@@ -14,6 +14,7 @@ Usage::
 
     python benchmarks/update_regime.py                               # the shared base, the default grid
     python benchmarks/update_regime.py --grid 0.001:16:480 0.002:12:720 --jobs 2
+    python benchmarks/update_regime.py --chain runs/chain/results.json --results docs/results/X  # a finished chain
 
 A grid point is ``LR:EPOCHS:REPLAY[:ANCHOR]`` (peak learning rate, epochs, replayed
 ``train`` utterances, and the strength of an L2-SP penalty towards the base weights,
@@ -123,7 +124,95 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chain_rows(result: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The regime over a whole chain, from one ``results.json`` of ``recipes/synthetic/updates.py``.
+
+    Returns:
+        One row per update ``k`` (``update_test_wer_before``/``_after`` on its own
+        ``update-k-test`` right after it, their relative change, new-entity accuracy before
+        and after, base ``test`` WER after it) and the verdict: ``learns_every_update``
+        (each update at most halves its own split's WER) and ``test_wer_rel_after_last``
+        with ``forgets_at_most_10pct``.
+    """
+    before = result["base_eval"]
+    rows = []
+    for k, update in enumerate(result["updates"], start=1):
+        split, after = f"update-{k}-test", update["eval"]
+        row = {
+            "update": k,
+            "update_test_wer_before": before[split]["wer"],
+            "update_test_wer_after": after[split]["wer"],
+            "update_test_wer_after_ci95": after[split].get("wer_ci95"),
+            "new_entity_accuracy_before": before[split].get("new_entity_accuracy"),
+            "new_entity_accuracy_after": after[split].get("new_entity_accuracy"),
+            "test_wer_after": after["test"]["wer"],
+        }
+        row["update_test_wer_rel"] = row["update_test_wer_after"] / row["update_test_wer_before"] - 1
+        row["learns"] = row["update_test_wer_after"] <= LEARN * row["update_test_wer_before"]
+        rows.append(row)
+    rel = rows[-1]["test_wer_after"] / before["test"]["wer"] - 1
+    verdict = {"test_wer_before": before["test"]["wer"], "test_wer_rel_after_last": rel,
+               "learns_every_update": all(r["learns"] for r in rows), "forgets_at_most_10pct": rel <= FORGET}
+    return rows, verdict
+
+
+def chain_markdown(rows: list[dict[str, Any]], verdict: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        f"# Update regime over {len(rows)} chained updates: {meta['method']}",
+        "",
+        f"Recipe run: `{meta['run']}`  ",
+        f"Table: `{meta['command']}`  ",
+        f"Base `{meta['base']}` (test WER {pct(verdict['test_wer_before'])}); lr {meta['lr']:g}, {meta['epochs']} epochs, "
+        f"{meta['replay_utterances']} replayed `train` utterances per update. Targets of issue 10: each update at most "
+        "halves the WER of its own `update-k-test`; base `test` WER at most 10 % relative higher after the last.",
+        "",
+        "| update | own `update-k-test` WER: base → after (95 % CI) | change | new-entity accuracy | test WER after |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ci = r["update_test_wer_after_ci95"]
+        ci_text = f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})" if ci else ""
+        acc_b, acc_a = r["new_entity_accuracy_before"], r["new_entity_accuracy_after"]
+        acc = f"{acc_b:.2f} → {acc_a:.2f}" if acc_b is not None and acc_a is not None else "–"
+        lines.append(f"| {r['update']} | {pct(r['update_test_wer_before'])} → {pct(r['update_test_wer_after'])}{ci_text} "
+                     f"| {100 * r['update_test_wer_rel']:+.0f} % | {acc} | {pct(r['test_wer_after'])} |")
+    lines += ["", f"Every update halves its own split: {'yes' if verdict['learns_every_update'] else 'no'}. "
+              f"Base `test` after the last update: {100 * verdict['test_wer_rel_after_last']:+.1f} % relative "
+              f"({'within' if verdict['forgets_at_most_10pct'] else 'above'} the 10 % bound)."]
+    return "\n".join(lines) + "\n"
+
+
+def main_chain(argv: list[str]) -> int:
+    """``--chain RESULTS.json``: the regime table of a finished chain (no training)."""
+    p = argparse.ArgumentParser(prog="update_regime.py --chain")
+    p.add_argument("--chain", required=True, help="results.json of recipes/synthetic/updates.py")
+    p.add_argument("--results", required=True, help="stem of the .json/.md to write")
+    a = p.parse_args(argv)
+    path = Path(a.chain)
+    if not path.is_file():
+        print(f"update_regime: error: {path} does not exist: pass the results.json of a finished "
+              "recipes/synthetic/updates.py run.", file=sys.stderr)
+        return 2
+    result = json.loads(path.read_text())
+    rows, verdict = chain_rows(result)
+    cfg = result["config"]
+    run = ("python recipes/synthetic/updates.py " + " ".join(
+        f"--{k} {'null' if v is None else v}" for k, v in cfg.items()
+        if k in ("base", "root", "method", "updates", "epochs", "lr", "update_utterances", "replay_utterances",
+                 "anchor", "seed", "out", "test_other_split") or (k == "budget" and cfg["method"] != "full")))
+    meta = {"method": cfg["method"], "base": shown_path(cfg["base"], REPO), "lr": result["lr"],
+            "epochs": cfg["epochs"], "replay_utterances": cfg["replay_utterances"], "run": run,
+            "command": "python benchmarks/update_regime.py " + " ".join(argv)}
+    text = chain_markdown(rows, verdict, meta)
+    write_results(a.results, {"meta": meta, "rows": rows, "verdict": verdict}, text)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--chain" or arg.startswith("--chain=") for arg in argv):
+        return main_chain(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default=None, help="base checkpoint (default: the shared base of benchmarks/base.py)")
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"))

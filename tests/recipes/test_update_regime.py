@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,35 @@ def test_targets_are_judged_per_point() -> None:
     assert rows[0]["update_test_wer_rel"] == pytest.approx(-0.5) and rows[1]["test_wer_rel"] == pytest.approx(0.2)
     text = bench.markdown(rows, {"command": "python benchmarks/update_regime.py", "base": "b.ckpt", "root": "r", "update": 1})
     assert text.rstrip().endswith("lr 0.001, 8 epochs, 240 replayed")
+
+
+def test_chain_regime_judges_every_update_and_forgetting_after_the_last(tmp_path: Path, capsys) -> None:
+    bench = load_script(SCRIPT, "bench_update_regime")
+
+    def scores(wer: float, acc: float | None = 0.2) -> dict:
+        return {"wer": wer, "wer_ci95": [wer - 0.01, wer + 0.01], "new_entity_accuracy": acc}
+
+    result = {
+        "lr": 5e-4,
+        "config": {"base": "b.ckpt", "root": "data/synthetic", "method": "full", "updates": 2, "epochs": 16,
+                   "lr": 5e-4, "update_utterances": None, "replay_utterances": 720, "anchor": 0.0, "seed": 0,
+                   "out": "runs/x", "test_other_split": None, "budget": 0.1},
+        "base_eval": {"test": scores(0.10, None), "update-1-test": scores(0.30), "update-2-test": scores(0.20)},
+        "updates": [
+            {"eval": {"test": scores(0.104, None), "update-1-test": scores(0.14, 0.6)}},
+            {"eval": {"test": scores(0.112, None), "update-1-test": scores(0.18, 0.5), "update-2-test": scores(0.11, 0.7)}},
+        ],
+    }
+    rows, verdict = bench.chain_rows(result)
+    assert [r["learns"] for r in rows] == [True, False]  # 0.11 > 0.5 x 0.20
+    assert abs(rows[1]["update_test_wer_rel"] - (0.11 / 0.20 - 1)) < 1e-12
+    assert not verdict["learns_every_update"] and not verdict["forgets_at_most_10pct"]  # +12 %
+    assert abs(verdict["test_wer_rel_after_last"] - 0.12) < 1e-9
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(result))
+    assert bench.main(["--chain", str(path), "--results", str(tmp_path / "chain")]) == 0
+    md = (tmp_path / "chain.md").read_text()
+    assert "| 2 | 20.00 % → 11.00 %" in md and "halves its own split: no" in md and "+12.0 %" in md
+    assert "--test_other_split null" in md and "--budget" not in md
+    assert bench.main(["--chain", str(tmp_path / "missing.json"), "--results", str(tmp_path / "m")]) == 2
+    assert "does not exist" in capsys.readouterr().err
