@@ -111,18 +111,16 @@ def _check_args(
     return num_workers, snr
 
 
-def _differing(
-    info: dict,
+def _requested(
     utterances: int,
     seed: int,
     snr: tuple[float, float] | None,
     voices: str,
     train_utterances: int | None,
-    free_text: float = 0.0,
-) -> set[str]:
-    """The keys of ``corpus.json`` (``info``) that differ from the requested corpus (a corpus.json
-    without ``free_text`` was made without free sentences)."""
-    requested = {
+    free_text: float,
+) -> dict[str, Any]:
+    """The ``corpus.json`` fields that name a corpus, as requested (compared by :func:`_differing`)."""
+    return {
         "format_version": FORMAT_VERSION,
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
@@ -130,22 +128,21 @@ def _differing(
         "noise_snr_db": list(snr) if snr is not None else None,
         "voices": voices,
         "train_utterances": train_utterances,
+        "free_text": free_text,
     }
-    differing = {key for key, value in requested.items() if info.get(key) != value}
-    if float(info.get("free_text", 0.0)) != float(free_text):
-        differing.add("free_text")
-    return differing
 
 
-def _existing(
-    root: Path,
-    utterances: int,
-    seed: int,
-    snr: tuple[float, float] | None,
-    voices: str = "core",
-    train_utterances: int | None = None,
-    free_text: float = 0.0,
-) -> dict | None:
+#: Values of naming fields that older ``corpus.json`` files leave out.
+_ABSENT = {"free_text": 0.0}
+
+
+def _differing(info: dict, requested: dict[str, Any]) -> set[str]:
+    """The keys of ``corpus.json`` (``info``) that differ from the :func:`_requested` corpus (a corpus.json
+    without ``free_text`` was made without free sentences)."""
+    return {key for key, value in requested.items() if info.get(key, _ABSENT.get(key)) != value}
+
+
+def _existing(root: Path, requested: dict[str, Any]) -> dict | None:
     """The manifest of a finished identical corpus under ``root``, else ``None``."""
     manifest = root / "corpus.json"
     if not manifest.is_file():
@@ -157,29 +154,18 @@ def _existing(
             f"{manifest} is not valid JSON ({err}); it describes a different corpus or a "
             "damaged one. Use another root or pass `overwrite=True` (`--overwrite`)."
         ) from None
-    if _differing(info, utterances, seed, snr, voices, train_utterances, free_text):
+    if _differing(info, requested):
+        names = [k for k in requested if k != "format_version"]
+        found = ", ".join(f"{k}={info.get(k, _ABSENT.get(k))}" for k in names)
+        wanted = ", ".join(f"{k}={requested[k]}" for k in names)
         raise ValueError(
-            f"{manifest} describes a different corpus (seed={info.get('seed')}, "
-            f"utterances={info.get('utterances')}, noise_snr_db={info.get('noise_snr_db')}, "
-            f"voices={info.get('voices')}, train_utterances={info.get('train_utterances')}, "
-            f"free_text={info.get('free_text', 0.0)}, "
-            f"generator_version={info.get('generator_version')}) than requested (seed={seed}, "
-            f"utterances={utterances}, noise_snr_db={list(snr) if snr else None}, voices={voices}, "
-            f"train_utterances={train_utterances}, free_text={free_text}, generator_version={GENERATOR_VERSION}). "
+            f"{manifest} describes a different corpus ({found}) than requested ({wanted}). "
             "Use another root or pass `overwrite=True` (`--overwrite`)."
         )
     return info
 
 
-def _replaceable(
-    root: Path,
-    utterances: int,
-    seed: int,
-    snr: tuple[float, float] | None,
-    voices: str,
-    train_utterances: int | None,
-    free_text: float = 0.0,
-) -> bool:
+def _replaceable(root: Path, requested: dict[str, Any]) -> bool:
     """Whether ``root`` holds a corpus of an older version of this generator, or one that
     differs from the request only in the size of its train split.
 
@@ -202,10 +188,10 @@ def _replaceable(
             stacklevel=3,
         )
         return True
-    if _differing(info, utterances, seed, snr, voices, train_utterances, free_text) == {"train_utterances"}:
+    if _differing(info, requested) == {"train_utterances"}:
         warnings.warn(
             f"{root} holds this generator's corpus with train_utterances={info.get('train_utterances')}; "
-            f"regenerating it with train_utterances={train_utterances} (the other splits stay the same).",
+            f"regenerating it with train_utterances={requested['train_utterances']} (the other splits stay the same).",
             stacklevel=3,
         )
         return True
@@ -325,10 +311,11 @@ def make_corpus(
     train_utterances = None if train_utterances is None else int(train_utterances)
     manifest_path = root / "corpus.json"
     speakers, jobs, labels = _plan(root, utterances, seed, snr, voices, train_utterances, free_text)
+    requested = _requested(utterances, seed, snr, voices, train_utterances, free_text)
     try:
-        info = _existing(root, utterances, seed, snr, voices, train_utterances, free_text)
+        info = _existing(root, requested)
     except ValueError:
-        if not overwrite and not _replaceable(root, utterances, seed, snr, voices, train_utterances, free_text):
+        if not overwrite and not _replaceable(root, requested):
             raise
         info = None
     if info is not None and all(Path(j.path).is_file() for j in jobs):
