@@ -60,7 +60,7 @@ RESULTS = REPO / "docs" / "results"
 # name -> (label, config file, variant whose measured FLOPs/frame this one matches, CLI overrides)
 VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
     "slow_only": ("slow-only (3x256 LSTM)", "slow_only.yaml", None, []),
-    "fast_only": ("fast-only (rank-48 branch)", "fast_only.yaml", None, []),
+    "fast_only": ("fast-only (the factorized AmNet's fast branch)", "fast_only.yaml", None, []),
     "factorized_single": ("factorized single", "factorized_single.yaml", "amnet_factorized", []),
     "sparse_single": ("sparse single", "sparse_single.yaml", "amnet_sparse", []),
     "amnet_factorized": ("factorized AmNet", "amnet_factorized.yaml", None, []),
@@ -79,6 +79,9 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
 ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
          "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
          "amnet_factorized_load_aware"]
+# variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
+LOWRANK_FAST = ("fast_only", "amnet_factorized", "amnet_factorized_no_amr", "amnet_factorized_lc1",
+                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware")
 ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr")]
 RHOS = (0.5, 1.0, 1.5, 2.0, 2.5)
 RHO_TRAIN = 1.5
@@ -242,7 +245,12 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         args += ["--model.lambda_cost", str(a.lambda_cost)]
     if a.lambda_amr is not None and name.startswith("amnet") and "no_amr" not in name and not overrides:
         args += ["--model.lambda_amr", str(a.lambda_amr)]
-    pl.seed_everything(0, workers=True)
+    if a.branch_loss_weight is not None and name.startswith("amnet"):
+        args += ["--model.branch_loss_weight", str(a.branch_loss_weight)]
+    if a.fast_rank is not None and name in LOWRANK_FAST:
+        args += ["--model.encoder.init_args.rank", str(a.fast_rank)]
+    args += ["--seed_everything", str(a.seed), "--data.init_args.seed", str(a.seed)]
+    pl.seed_everything(a.seed, workers=True)
     cli = ASRLightningCLI(args=args, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     for cb in trainer.callbacks:  # the temperature schedule spans this run's epochs
@@ -435,6 +443,11 @@ def _job_cmd(a: argparse.Namespace, name: str, base: str | None, extra: list[str
         cmd.append("--quick")
     if a.lambda_cost is not None:
         cmd += ["--lambda-cost", str(a.lambda_cost)]
+    if a.fast_rank is not None:
+        cmd += ["--fast-rank", str(a.fast_rank)]
+    if a.branch_loss_weight is not None:
+        cmd += ["--branch-loss-weight", str(a.branch_loss_weight)]
+    cmd += ["--seed", str(a.seed)]
     if a.lambda_amr is not None:
         cmd += ["--lambda-amr", str(a.lambda_amr)]
     return cmd + extra
@@ -594,6 +607,9 @@ def summarize(
         "train_utterances": a.train_utts,
         "epochs": a.epochs,
         "lr": a.lr,
+        "seed": a.seed,
+        "fast_rank": a.fast_rank,
+        "branch_loss_weight": a.branch_loss_weight,
         "quick": a.quick,
         "workers": a.workers,
         "wall_minutes": round(wall / 60, 1),  # this invocation; the training runs behind the results are in "runs"
@@ -760,6 +776,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lambda-cost", type=float, default=None, help="override the AmNet configs' lambda_cost")
     p.add_argument("--lambda-amr", type=float, default=None, help="override the AmNet configs' lambda_amr")
+    p.add_argument("--fast-rank", type=int, default=None,
+                   help="rank of the low-rank fast branch of every factorized AmNet and of fast-only (configs: 48)")
+    p.add_argument("--branch-loss-weight", type=float, default=None,
+                   help="every AmNet also trains each branch alone with this weight (ASRModule.branch_loss_weight)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every variant's training (shuffling, dropout, noise)")
     p.add_argument("--rtf-utts", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="variants trained in parallel (one thread each)")
     p.add_argument("--variants", nargs="+", default=ORDER, choices=ORDER)

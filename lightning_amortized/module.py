@@ -123,6 +123,13 @@ class ASRModule(pl.LightningModule):
             (:func:`~lightning_amortized.functional.losses.amortization_loss`).
         amr_end_weight: Weight of the end-of-utterance backlog term of the penalty.
         amr_slack_weight: Weight of the "fast while idle" term of the penalty.
+        branch_loss_weight: Weight of every branch's own ASR loss (amortized encoders
+            only): each training step also encodes the batch with every frame on one
+            branch (``force_branch``), once per branch, and adds ``branch_loss_weight``
+            times each of those losses (the "sandwich rule" of slimmable networks), so
+            that each branch stays a recognizer on its own and the routed mixture is
+            trained from both ends. Costs one more forward/backward per branch; ``0``
+            (default) trains the routed model only.
         rnnt_pred_size: RNN-T prediction network size.
         rnnt_joint_size: RNN-T joint network size.
         tokenizer: Path of a SentencePiece model (subword output units, as SpeechBrain's
@@ -152,6 +159,7 @@ class ASRModule(pl.LightningModule):
         amr_threshold_ms: float | None = None,
         amr_end_weight: float = 1.0,
         amr_slack_weight: float = 1.0,
+        branch_loss_weight: float = 0.0,
         rnnt_pred_size: int = 128,
         rnnt_joint_size: int = 192,
         tokenizer: str | None = None,
@@ -162,6 +170,8 @@ class ASRModule(pl.LightningModule):
         for name, value in (("amr_end_weight", amr_end_weight), ("amr_slack_weight", amr_slack_weight)):
             if not value >= 0:
                 raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}.")
+        if not branch_loss_weight >= 0:
+            raise ValueError(f"Expected argument `branch_loss_weight` to be >= 0, but got {branch_loss_weight}.")
         if amr_threshold_ms is not None and not amr_threshold_ms > 0:
             raise ValueError(f"Expected argument `amr_threshold_ms` to be positive or None, but got {amr_threshold_ms}.")
         in_size = getattr(encoder, "input_size", None)
@@ -235,6 +245,10 @@ class ASRModule(pl.LightningModule):
     def asr_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ASR loss (mean per utterance) plus encoder outputs and lengths."""
         enc, n = self.encode(batch["feats"], batch["feat_lengths"])
+        return self._loss_of(enc, n, batch), enc, n
+
+    def _loss_of(self, enc: torch.Tensor, n: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """ASR loss (mean per utterance) of encoder outputs ``(B, T, D)`` with lengths ``n``."""
         if self.loss_kind == "ctc":
             logp = self.head(enc).log_softmax(-1).transpose(0, 1)
             loss = F.ctc_loss(
@@ -247,7 +261,29 @@ class ASRModule(pl.LightningModule):
             loss = AF.rnnt_loss(
                 logits, batch["tokens"].int(), n.int(), batch["token_lengths"].int(), blank=0, reduction="mean"
             )
-        return loss, enc, n
+        return loss
+
+    def _branch_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"branch_<k>": loss}``: the batch encoded with every frame on branch ``k``, per branch.
+
+        Empty unless ``branch_loss_weight > 0`` and the encoder has branches
+        (``force_branch``). The routed forward's ``last_routing`` is kept (the routing
+        losses and callbacks read it).
+        """
+        enc = self.encoder
+        w = self.hparams.get("branch_loss_weight", 0.0)
+        if not w or not hasattr(enc, "force_branch") or enc.force_branch is not None:
+            return {}
+        routing, out = enc.last_routing, {}
+        x, n = self.stacker(batch["feats"], batch["feat_lengths"])
+        try:
+            for k in range(enc.num_branches):
+                enc.force_branch = k
+                y, m = enc(x, n)
+                out[f"branch_{k}"] = self._loss_of(y, m, batch)
+        finally:
+            enc.force_branch, enc.last_routing = None, routing
+        return out
 
     @torch.no_grad()
     def decode(self, enc: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -323,6 +359,9 @@ class ASRModule(pl.LightningModule):
             total = total + routing["total"]
             for name, value in routing.items():
                 self.log(f"train/routing_{name}", value, batch_size=bs)
+        for name, value in self._branch_losses(batch).items():
+            total = total + self.hparams.branch_loss_weight * value
+            self.log(f"train/{name}_loss", value, batch_size=bs)
         info = getattr(self.encoder, "last_routing", None)
         if info is not None:
             self.log("train/slow_share", info.slow_share(), batch_size=bs)

@@ -234,3 +234,36 @@ def test_amortization_penalty_settings_reach_the_encoder() -> None:
         ASRModule(RecurrentEncoder(240, 16, 1), amr_end_weight=-1.0)
     with pytest.raises(ValueError, match="amr_threshold_ms"):
         ASRModule(RecurrentEncoder(240, 16, 1), amr_threshold_ms=0.0)
+
+
+def test_branch_losses_train_each_branch_alone_and_keep_the_routing() -> None:
+    from lightning_amortized.nn import SharedStateAmortizedEncoder
+
+    torch.manual_seed(0)
+    enc = SharedStateAmortizedEncoder(RecurrentEncoder(240, 16, 2), fast="lowrank", rank=4, frame_ms=30.0,
+                                      device_flops_per_s=1e6)
+    batch = {"feats": torch.randn(2, 60, 80), "feat_lengths": torch.tensor([60, 45]),
+             "tokens": torch.randint(1, 29, (2, 5)), "token_lengths": torch.tensor([5, 3]), "ids": ["a", "b"]}
+    logged: dict[str, float] = {}
+
+    def step(weight: float) -> torch.Tensor:
+        torch.manual_seed(1)  # the same output layer and Gumbel noise for both weights
+        m = ASRModule(enc, lambda_cost=0.3, lambda_amr=1.0, branch_loss_weight=weight)
+        m.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+        return m.training_step(batch, 0)
+
+    plain = step(0.0)
+    assert "train/branch_0_loss" not in logged
+    routed = enc.last_routing
+    with_branches = step(0.5)
+    assert {"train/branch_0_loss", "train/branch_1_loss"} <= logged.keys()
+    expected = float(plain) + 0.5 * (logged["train/branch_0_loss"] + logged["train/branch_1_loss"])
+    assert float(with_branches) == pytest.approx(expected, rel=1e-5)
+    # the routed forward stays what callbacks and routing losses read; the encoder routes again
+    assert enc.force_branch is None and enc.last_routing is not None
+    assert enc.last_routing.decisions.shape == routed.decisions.shape
+    with_branches.backward()
+    fast = [p for n, p in enc.named_parameters() if n.startswith("core.fast.")]
+    assert fast and all(p.grad is not None for p in fast)
+    with pytest.raises(ValueError, match="branch_loss_weight"):
+        ASRModule(RecurrentEncoder(240, 16, 1), branch_loss_weight=-1.0)
