@@ -17,11 +17,19 @@ evaluated on the test split (speakers unseen in training):
 ``amnet_factorized_no_amr``    the factorized AmNet with ``lambda_amr = 0`` (ablation)
 ``amnet_factorized_lc1``       a second operating point: ``lambda_cost = 1``, ``lambda_amr = 0.5``
 ``amnet_factorized_lc1_no_amr``  the same with ``lambda_amr = 0`` (second ablation pair)
+``amnet_factorized_load_aware``  one model for every device: trained over rho 0.5-2.5, the
+                               arbitrator sees ``log(rho)``
+``amnet_factorized_bl``        the factorized AmNet with branch losses (each branch also
+                               trained alone, ``ASRModule(branch_loss_weight=0.5)``)
+``factorized_single_bl``       factorized single matched to ``amnet_factorized_bl``'s FLOPs
 =============================  =======================================================
+
+``--fast-rank`` sets the rank of every low-rank fast branch (and of fast-only), ``--seed``
+the training seed of every variant.
 
 The AmNets are trained for a simulated device on which the slow-only model runs at
 ``rho = slow FLOPs per frame / (device FLOP/s * frame_s) = 1.5`` (it falls behind real
-time). Every model is then evaluated on devices with ``rho`` in ``{0.5, 1, 1.5, 2}``
+time). Every model is then evaluated on devices with ``rho`` in ``{0.5, 1, 1.5, 2, 2.5}``
 (for AmNets the device is swapped with ``set_device``, so the arbitrator sees the new
 backlog). Per variant: test WER/CER, encoder FLOPs/frame (mean over valid test frames,
 as routed), reduction versus slow-only, slow share, simulated end-of-utterance latency
@@ -74,14 +82,19 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
     # one model for every device: trained over rho in 0.5-2.5, the arbitrator sees log(rho)
     "amnet_factorized_load_aware": ("factorized AmNet, load-aware (trained over rho 0.5-2.5)",
                                     "amnet_factorized_load_aware.yaml", None, []),
+    # each branch also trained alone beside the routed model (ASRModule.branch_loss_weight)
+    "amnet_factorized_bl": ("factorized AmNet, branch losses 0.5", "amnet_factorized.yaml", None,
+                            ["--model.branch_loss_weight", "0.5"]),
+    "factorized_single_bl": ("factorized single (FLOPs of the branch-loss AmNet)", "factorized_single.yaml",
+                             "amnet_factorized_bl", []),
 }
 # start order: the matched single encoders wait for their AmNet
 ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
          "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
-         "amnet_factorized_load_aware"]
+         "amnet_factorized_load_aware", "amnet_factorized_bl", "factorized_single_bl"]
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
 LOWRANK_FAST = ("fast_only", "amnet_factorized", "amnet_factorized_no_amr", "amnet_factorized_lc1",
-                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware")
+                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware", "amnet_factorized_bl")
 ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr")]
 RHOS = (0.5, 1.0, 1.5, 2.0, 2.5)
 RHO_TRAIN = 1.5
@@ -241,11 +254,12 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         args += ["--model.encoder.init_args.rank", str(a.rank)]
     if a.density is not None:
         args += ["--model.encoder.init_args.density", str(a.density)]
-    if a.lambda_cost is not None and name.startswith("amnet") and not overrides:
+    if a.lambda_cost is not None and name.startswith("amnet") and "--model.lambda_cost" not in overrides:
         args += ["--model.lambda_cost", str(a.lambda_cost)]
-    if a.lambda_amr is not None and name.startswith("amnet") and "no_amr" not in name and not overrides:
+    if (a.lambda_amr is not None and name.startswith("amnet") and "no_amr" not in name
+            and "--model.lambda_amr" not in overrides):
         args += ["--model.lambda_amr", str(a.lambda_amr)]
-    if a.branch_loss_weight is not None and name.startswith("amnet"):
+    if a.branch_loss_weight is not None and name.startswith("amnet") and "--model.branch_loss_weight" not in overrides:
         args += ["--model.branch_loss_weight", str(a.branch_loss_weight)]
     if a.fast_rank is not None and name in LOWRANK_FAST:
         args += ["--model.encoder.init_args.rank", str(a.fast_rank)]

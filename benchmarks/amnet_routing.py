@@ -16,6 +16,7 @@ are placed on the same WER-versus-FLOPs plane:
                          disagree on the best symbol, widened by ``k`` frames
 ``oracle_blank``         the complement of ``oracle_emission`` at ``k = 0`` (control)
 ``learned``              the AmNet's own arbitrator on the device it was trained for
+                         (``rho = 1.5`` exactly, as in ``benchmarks/amnet.py``)
 ``branch``               every frame on one branch (``fast``, ``slow``): the ends of the curve
 =======================  ===========================================================
 
@@ -45,6 +46,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/amnet.py: test loader, devices
 SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 WIDEN = (0, 1, 2, 3)
 
@@ -67,7 +69,6 @@ def _gates(slow: torch.Tensor) -> torch.Tensor:
 
 def test_batches(root: str, limit: int | None) -> list[dict[str, Any]]:
     """The ``test`` split as padded batches (features computed once)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from amnet import _test_loader
 
     from lightning_amortized.data import LibriSpeechDataModule
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = test_batches(a.root, a.limit_batches)
     model = ASRModule.load_from_checkpoint(a.amnet, map_location="cpu").eval()  # LightningCLI checkpoints
     fast_flops, slow_flops = model.encoder.branch_flops()
+    from amnet import RHO_TRAIN, device_for  # the device benchmarks/amnet.py scores the learned routing on
+
+    model.encoder.set_device(device_for(RHO_TRAIN, slow_flops))
     arb_flops = model.encoder.arbitrator.flops_per_frame()
     rows = evaluate(model, batches, policies_for(a.seed))
     for name, r in rows.items():
