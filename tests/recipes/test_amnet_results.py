@@ -1,4 +1,4 @@
-"""benchmarks/amnet.py: test-other is scored once per variant, and results from before it still render."""
+"""benchmarks/amnet.py: test-other scored once per variant, old results still render, the issue's checks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lightning_amortized.module import ASRModule
 from lightning_amortized.nn import RecurrentEncoder
 
 REPO = Path(__file__).resolve().parents[2]
-OLD_RESULTS = [REPO / "docs" / "results" / "amnet.json", REPO / "docs" / "results" / "amnet_load_aware.json"]
+OLD_RESULTS = [REPO / "docs" / "results" / "amnet_load_aware.json"]  # a run from before test-other
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,89 @@ def test_results_without_test_other_still_redraw_and_render(amnet, path: Path, t
     name = next(iter(summary["variants"]))
     summary["variants"][name].update(test_other_wer=0.1234, test_other_cer=0.05)
     assert "| 12.34% / 5.00% |" in amnet.render_markdown(summary)
+
+
+RHOS = ("0.5", "1.0", "1.5", "2.0", "2.5")
+
+
+def _record(name: str, errors: list[int], p90: list[float], share: float, flops: float, ms: float,
+            **extra) -> dict:
+    words = [10] * len(errors)
+    wer = sum(errors) / sum(words)
+    per_rho = {rho: {"wer": wer, "cer": wer / 3, "flops_per_frame": flops, "slow_share": share,
+                     "utt_errors": list(errors), "decision_confidence": 1.0,
+                     "eou_ms": {"p50": v, "p90": v, "max": v}} for rho, v in zip(RHOS, p90)}
+    return {"name": name, "label": name, "routed": name.startswith("amnet"), "per_rho": per_rho,
+            "utt_ids": [f"u{i}" for i in range(len(errors))], "utt_words": words, "ms_per_frame_streaming": ms,
+            "rtf": ms / 30, "train_sharpness": 1.0, "lambda_cost": 0.3, "lambda_amr": 1.0, "rank": None,
+            "density": None, "trace": {}, "trace_utterance": "u0", **extra}
+
+
+def _done() -> dict:
+    slow = [1] * 20
+    return {
+        "slow_only": _record("slow_only", slow, [15, 30, 1700, 3400, 5100], 1.0, 3e6, 1.0),
+        "amnet_factorized": _record("amnet_factorized", [1] * 18 + [2, 2], [6, 11, 17, 420, 900], 0.35, 1.8e6,
+                                    0.4, load_aware=False),
+        "factorized_single": _record("factorized_single", [2] * 20, [9, 18, 27, 700, 1700], 0.0, 1.8e6, 0.5),
+        "amnet_factorized_no_amr": _record("amnet_factorized_no_amr", [1] * 20, [6, 11, 500, 900, 1400], 0.5,
+                                           2.2e6, 0.45),
+    }
+
+
+def _summary(amnet, done: dict) -> dict:
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(train_utts=4000, epochs=8, lr=1e-3, seed=0, fast_rank=128, branch_loss_weight=None,
+                        quick=False, workers=2)
+    return amnet.summarize(done, "base.ckpt", a, 0.0, [])
+
+
+def test_amnet_is_checked_against_its_flops_matched_single_on_every_device(amnet) -> None:
+    s = _summary(amnet, _done())
+    net = s["variants"]["amnet_factorized"]
+    assert net["matched_single"] == "factorized_single"
+    for rho in RHOS:
+        p = net["per_rho"][rho]
+        assert p["wer_rel_vs_single"] == pytest.approx(0.11 / 0.2 - 1.0)
+        low, high = p["ci95_wer_rel_vs_single"]
+        assert low <= p["wer_rel_vs_single"] <= high < 0  # resolved: fewer errors on every utterance but two
+    t = s["targets"]
+    assert t["dominance"]["met"] and t["dominance"]["per_variant"]["amnet_factorized"]["single"] == "factorized_single"
+    assert t["ablation"]["met"]  # 50 % slow frames, p90 500 ms against 17 ms with the penalty
+    assert set(t["latency"]["p90_ms"]["amnet_factorized"]) == {"1.5", "2.0", "2.5"}  # where slow-only lags > 1 s
+    assert not t["latency"]["met"]["amnet_factorized"]  # 17 ms at rho = 1.5
+    assert t["wallclock"]["speedup"]["amnet_factorized"] == pytest.approx(2.5) and t["wallclock"]["met"]
+    assert "each variant timed at the end of its own training job" in t["wallclock"]["target"]
+    md = amnet.render_markdown(s)
+    assert "## AmNet against the single encoder of the same mean FLOPs/frame" in md
+    assert "-45.0% [" in md and "; 420.0 / 700.0 |" in md
+
+    done = _done()  # slower than the single encoder at rho = 2: not dominant, and the row says where
+    done["amnet_factorized"]["per_rho"]["2.0"]["eou_ms"]["p90"] = 800.0
+    done["amnet_factorized_no_amr"]["per_rho"]["1.5"]["slow_share"] = 0.1  # the ablation must keep 20 % slow
+    t = _summary(amnet, done)["targets"]
+    assert not t["dominance"]["met"] and not t["ablation"]["met"]
+    assert "rho 2.0: WER -45.0%, p90 800.0 vs 700.0 ms" in amnet.render_markdown(_summary(amnet, done))
+
+
+def test_load_aware_check_uses_the_floor_and_the_wer_ordering(amnet) -> None:
+    done = _done()
+    la = _record("amnet_factorized_load_aware", [1] * 20, [2.2, 4.4, 6.6, 8.8, 11.0], 0.4, 1.6e6, 0.4,
+                 load_aware=True, floor_ms={rho: 2.2 * float(rho) / 0.5 for rho in RHOS})
+    la["per_rho"]["0.5"]["wer"], la["per_rho"]["2.5"]["wer"] = 0.05, 0.09
+    done["amnet_factorized_load_aware"] = la
+    t = _summary(amnet, done)["targets"]["load_aware"]
+    assert t["met"] and t["per_variant"]["amnet_factorized_load_aware"]["p90_over_floor"]["2.5"] == pytest.approx(1.0)
+    la["per_rho"]["2.5"]["eou_ms"]["p90"] = 30.0  # 2.7x the floor
+    assert not _summary(amnet, done)["targets"]["load_aware"]["met"]
+
+
+def test_final_checkpoint_is_the_one_with_most_steps(amnet, tmp_path: Path) -> None:
+    d = tmp_path / "v" / "checkpoints"
+    d.mkdir(parents=True)
+    for name, step in (("last.ckpt", 2200), ("last-v1.ckpt", 2304), ("best-epoch=6.ckpt", 2016)):
+        torch.save({"global_step": step}, d / name)
+    assert amnet.final_checkpoint(tmp_path / "v").name == "last-v1.ckpt"
+    with pytest.raises(FileNotFoundError, match="this --work folder"):
+        amnet.final_checkpoint(tmp_path / "missing")
