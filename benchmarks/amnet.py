@@ -83,8 +83,7 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
     "amnet_factorized_load_aware": ("factorized AmNet, load-aware (trained over rho 0.5-2.5)",
                                     "amnet_factorized_load_aware.yaml", None, []),
     # each branch also trained alone beside the routed model (ASRModule.branch_loss_weight)
-    "amnet_factorized_bl": ("factorized AmNet, branch losses 0.5", "amnet_factorized.yaml", None,
-                            ["--model.branch_loss_weight", "0.5"]),
+    "amnet_factorized_bl": ("factorized AmNet, branch losses 0.5", "amnet_factorized_branch_losses.yaml", None, []),
     "factorized_single_bl": ("factorized single (FLOPs of the branch-loss AmNet)", "factorized_single.yaml",
                              "amnet_factorized_bl", []),
 }
