@@ -298,6 +298,8 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     trainer.fit(model, datamodule=dm)
     fit_s = time.time() - t0
+    # the weights scored below (the configs' two `save_last` callbacks may leave `last*.ckpt` a few steps earlier)
+    trainer.save_checkpoint(run_dir / "final.ckpt")
     train_sharpness = float(trainer.callback_metrics.get("arbitrator/sharpness", float("nan")))
 
     # -- evaluation: test split, every device ------------------------------------------------------
@@ -540,9 +542,14 @@ def drive(a: argparse.Namespace) -> int:
 
 
 def final_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint with the most training steps under ``run_dir`` (the weights a job evaluated)."""
+    """The weights a job evaluated: ``run_dir/final.ckpt``, else the checkpoint with the most training steps.
+
+    (Runs from before ``final.ckpt`` was written: their ``last*.ckpt`` may be a few steps before the end.)
+    """
     import torch
 
+    if (run_dir / "final.ckpt").exists():
+        return run_dir / "final.ckpt"
     ckpts = list(run_dir.rglob("*.ckpt"))
     if not ckpts:
         raise FileNotFoundError(f"No checkpoint under {run_dir}: was the variant trained in this --work folder?")

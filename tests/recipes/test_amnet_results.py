@@ -137,5 +137,7 @@ def test_final_checkpoint_is_the_one_with_most_steps(amnet, tmp_path: Path) -> N
     for name, step in (("last.ckpt", 2200), ("last-v1.ckpt", 2304), ("best-epoch=6.ckpt", 2016)):
         torch.save({"global_step": step}, d / name)
     assert amnet.final_checkpoint(tmp_path / "v").name == "last-v1.ckpt"
+    torch.save({"global_step": 2310}, tmp_path / "v" / "final.ckpt")  # written after fit: the weights scored
+    assert amnet.final_checkpoint(tmp_path / "v") == tmp_path / "v" / "final.ckpt"
     with pytest.raises(FileNotFoundError, match="this --work folder"):
         amnet.final_checkpoint(tmp_path / "missing")
