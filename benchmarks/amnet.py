@@ -532,6 +532,7 @@ def drive(a: argparse.Namespace) -> int:
     if a.wallclock_side_by_side:
         side_by_side_wallclock(done, work, a.root, a.rtf_utts)
     summary = summarize(done, base, a, wall, runs)
+    summary["seeds"] = seed_table(summary, [Path(w) for w in a.seed_work])
     out = Path(a.results) if a.results else (work / "amnet" if a.quick else RESULTS / "amnet")
     md = render_markdown(summary)
     write_results(out, summary, md)
@@ -539,6 +540,39 @@ def drive(a: argparse.Namespace) -> int:
     print("\n" + md)
     print(f"results: {out.with_suffix('.json')}  ({wall / 60:.1f} min)")
     return 0
+
+
+def seed_table(summary: dict[str, Any], other_work: list[Path]) -> dict[str, Any]:
+    """Per variant, test WER at ``rho_train`` for this run's seed and for the runs in ``other_work``.
+
+    Each folder in ``other_work`` is the ``--work`` of the same benchmark with another ``--seed``
+    (its driver's ``amnet.json`` names the seed). Returns ``{"seeds": [...], "variants": {name:
+    {"wer": {seed: wer}, "reduction": {seed: r}, "wer_rel_vs_single": {seed: x}}}}``; the
+    last only for AmNets with their FLOPs-matched single encoder in the same run.
+    """
+    key = str(summary["rho_train"])
+    runs = {str(summary["seed"]): summary["variants"]}
+    for work in other_work:
+        info = json.loads((work / "amnet.json").read_text())
+        if str(info["seed"]) in runs:
+            raise ValueError(f"{work} repeats seed {info['seed']}; give folders of runs with other --seed values.")
+        runs[str(info["seed"])] = {n: json.loads((work / f"{n}.json").read_text())
+                                   for n in summary["variants"] if (work / f"{n}.json").exists()}
+    slow_flops = summary["slow_flops_per_frame"]
+    out: dict[str, Any] = {}
+    for name in summary["variants"]:
+        row: dict[str, Any] = {"wer": {}, "reduction": {}, "wer_rel_vs_single": {}}
+        for seed, variants in runs.items():
+            if name not in variants:
+                continue
+            p = variants[name]["per_rho"][key]
+            row["wer"][seed] = p["wer"]
+            row["reduction"][seed] = 1.0 - p["flops_per_frame"] / slow_flops
+            single = next((s for s, v in VARIANTS.items() if v[2] == name and s in variants), None)
+            if single is not None:
+                row["wer_rel_vs_single"][seed] = p["wer"] / variants[single]["per_rho"][key]["wer"] - 1.0
+        out[name] = row
+    return {"seeds": list(runs), "variants": out}
 
 
 def final_checkpoint(run_dir: Path) -> Path:
@@ -861,6 +895,23 @@ def render_markdown(s: dict[str, Any]) -> str:
                 cells.append(f"{_fmt_pct(p['wer_rel_vs_single'])}{_fmt_ci(p.get('ci95_wer_rel_vs_single'))}; "
                              f"{p['eou_ms']['p90']:.1f} / {q['eou_ms']['p90']:.1f}")
             lines.append(f"| {v[n]['label']} ({v[single]['label']}) | " + " | ".join(cells) + " |")
+    seeds = s.get("seeds") or {}
+    if len(seeds.get("seeds", [])) > 1:
+        cols = seeds["seeds"]
+        lines += ["", f"## Seeds (test WER at rho = {s['rho_train']}; WER relative to the FLOPs-matched single "
+                  "encoder of the same seed in brackets)", "",
+                  "| variant | " + " | ".join(f"seed {c}" for c in cols) + " | mean |",
+                  "|---|" + "---|" * (len(cols) + 1)]
+        for n, row in seeds["variants"].items():
+            cells = []
+            for c in cols:
+                if c not in row["wer"]:
+                    cells.append("-")
+                    continue
+                rel = row["wer_rel_vs_single"].get(c)
+                cells.append(f"{100 * row['wer'][c]:.2f}%" + (f" ({_fmt_pct(rel)})" if rel is not None else ""))
+            mean = sum(row["wer"].values()) / len(row["wer"])
+            lines.append(f"| {v[n]['label']} | " + " | ".join(cells) + f" | {100 * mean:.2f}% |")
     lines += _render_targets(s.get("targets", {}))
     lines += ["", "Plots: `amnet_trace.png` (backlog and decisions over the longest test utterance at "
               f"rho = {s['rho_train']}), `amnet_latency_vs_rho.png` (p90 latency, WER and slow share against rho).", ""]
@@ -989,6 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="results path stem (default docs/results/amnet)")
     p.add_argument("--resume", action="store_true", help="reuse finished variants found in --work")
     p.add_argument("--quick", action="store_true", help="smoke run: 48 utterances, 2 epochs, 24 test utterances")
+    p.add_argument("--seed-work", action="append", default=[], metavar="DIR",
+                   help="--work folder of the same benchmark run with another --seed (repeatable): the results gain "
+                   "a per-seed table of every variant found there")
     p.add_argument("--wallclock-side-by-side", action="store_true",
                    help="re-time every variant's final checkpoint in this process, taken in turn (single thread), "
                    "instead of the timings each training job took alone")

@@ -141,3 +141,24 @@ def test_final_checkpoint_is_the_one_with_most_steps(amnet, tmp_path: Path) -> N
     assert amnet.final_checkpoint(tmp_path / "v") == tmp_path / "v" / "final.ckpt"
     with pytest.raises(FileNotFoundError, match="this --work folder"):
         amnet.final_checkpoint(tmp_path / "missing")
+
+
+def test_seed_table_gathers_the_same_variants_from_other_seeds(amnet, tmp_path: Path) -> None:
+    s = _summary(amnet, _done())
+    other = _done()  # seed 1: the AmNet one error worse on two utterances
+    other["amnet_factorized"]["per_rho"]["1.5"]["wer"] = 0.12
+    (tmp_path / "amnet.json").write_text(json.dumps({"seed": 1}))
+    for name in ("amnet_factorized", "factorized_single", "slow_only"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(other[name]))
+    t = amnet.seed_table(s, [tmp_path])
+    assert t["seeds"] == ["0", "1"]
+    row = t["variants"]["amnet_factorized"]
+    assert row["wer"] == {"0": pytest.approx(0.11), "1": pytest.approx(0.12)}
+    assert row["wer_rel_vs_single"]["1"] == pytest.approx(0.12 / 0.2 - 1)
+    assert t["variants"]["amnet_factorized_no_amr"]["wer"].keys() == {"0"}  # not run with seed 1
+    s["seeds"] = t
+    md = amnet.render_markdown(s)
+    assert "| amnet_factorized | 11.00% (-45.0%) | 12.00% (-40.0%) | 11.50% |" in md
+    with pytest.raises(ValueError, match="repeats seed 0"):
+        (tmp_path / "amnet.json").write_text(json.dumps({"seed": 0}))
+        amnet.seed_table(s, [tmp_path])
