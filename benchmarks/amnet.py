@@ -82,6 +82,9 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
     # one model for every device: trained over rho in 0.5-2.5, the arbitrator sees log(rho)
     "amnet_factorized_load_aware": ("factorized AmNet, load-aware (trained over rho 0.5-2.5)",
                                     "amnet_factorized_load_aware.yaml", None, []),
+    # the ablation at about the penalty-on model's slow share: a larger cost weight instead of the penalty
+    "amnet_factorized_no_amr_lc06": ("factorized AmNet, no amortization penalty, lambda_cost 0.6",
+                                     "amnet_factorized_no_amr.yaml", None, ["--model.lambda_cost", "0.6"]),
     # each branch also trained alone beside the routed model (ASRModule.branch_loss_weight)
     "amnet_factorized_bl": ("factorized AmNet, branch losses 0.5", "amnet_factorized_branch_losses.yaml", None, []),
     "factorized_single_bl": ("factorized single (FLOPs of the branch-loss AmNet)", "factorized_single.yaml",
@@ -90,11 +93,13 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
 # start order: the matched single encoders wait for their AmNet
 ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
          "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
-         "amnet_factorized_load_aware", "amnet_factorized_bl", "factorized_single_bl"]
+         "amnet_factorized_load_aware", "amnet_factorized_bl", "factorized_single_bl", "amnet_factorized_no_amr_lc06"]
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
 LOWRANK_FAST = ("fast_only", "amnet_factorized", "amnet_factorized_no_amr", "amnet_factorized_lc1",
-                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware", "amnet_factorized_bl")
-ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr")]
+                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware", "amnet_factorized_bl",
+                "amnet_factorized_no_amr_lc06")
+ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr"),
+             ("amnet_factorized", "amnet_factorized_no_amr_lc06")]
 RHOS = (0.5, 1.0, 1.5, 2.0, 2.5)
 RHO_TRAIN = 1.5
 FRAME_MS = 30.0
@@ -727,8 +732,8 @@ def _targets(done: dict[str, dict[str, Any]], slow: dict[str, Any] | None) -> di
             on = {str(r): done[on_name]["per_rho"][str(r)]["eou_ms"]["p90"] for r in RHOS}
             off = {str(r): done[off_name]["per_rho"][str(r)]["eou_ms"]["p90"] for r in RHOS}
             share = done[off_name]["per_rho"][key]["slow_share"]
-            per_pair[on_name] = {
-                "off": off_name, "penalty_on_p90_ms": on, "penalty_off_p90_ms": off,
+            per_pair[off_name] = {  # keyed by the ablation: one AmNet may have several
+                "on": on_name, "off": off_name, "penalty_on_p90_ms": on, "penalty_off_p90_ms": off,
                 "penalty_on_slow_share": done[on_name]["per_rho"][key]["slow_share"], "penalty_off_slow_share": share,
                 "met": share >= TARGET_ABLATION_SHARE and off[key] >= TARGET_ABLATION_RATIO * on[key],
             }
@@ -948,9 +953,9 @@ def _render_targets(t: dict[str, Any]) -> list[str]:
         lines.append(f"- {d['target']}: **{verdict(d['met'])}** ({'; '.join(per)}).")
     if "ablation" in t:
         ab = t["ablation"]
-        per = [f"{on} vs {p['off']}: slow share {p['penalty_on_slow_share']:.2f} / {p['penalty_off_slow_share']:.2f}, "
+        per = [f"{p['on']} vs {p['off']}: slow share {p['penalty_on_slow_share']:.2f} / {p['penalty_off_slow_share']:.2f}, "
                f"p90 {p['penalty_on_p90_ms'][str(RHO_TRAIN)]:.1f} / {p['penalty_off_p90_ms'][str(RHO_TRAIN)]:.1f} ms "
-               f"({verdict(p['met'])})" for on, p in ab["pairs"].items()]
+               f"({verdict(p['met'])})" for p in ab["pairs"].values()]
         lines.append(f"- {ab['target']}: **{verdict(ab['met'])}** ({'; '.join(per)}).")
     if "load_aware" in t:
         la = t["load_aware"]
