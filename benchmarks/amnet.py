@@ -195,6 +195,15 @@ def _test_loader(dm: Any, quick: bool, split: str | None = None) -> Any:
     return ds, DataLoader(ds, batch_sampler=sampler, collate_fn=SpeechCollator(dm.features, None))
 
 
+def corpus_test_split(root: str) -> Any:
+    """``(dataset, loader)`` of ``root``'s ``test`` split, read as a LibriSpeech-layout corpus (no config needed)."""
+    from lightning_amortized.data import LibriSpeechDataModule
+
+    dm = LibriSpeechDataModule(root, train_splits=[], val_splits=[], test_splits=["test"])
+    dm.prepare_data()
+    return _test_loader(dm, quick=False)
+
+
 def score_other_splits(model: Any, dm: Any, quick: bool) -> dict[str, float | int]:
     """WER/CER of ``model`` on every test split of ``dm`` after the first, as its encoder is set now.
 
@@ -558,6 +567,9 @@ def seed_table(summary: dict[str, Any], other_work: list[Path]) -> dict[str, Any
     key = str(summary["rho_train"])
     runs = {str(summary["seed"]): summary["variants"]}
     for work in other_work:
+        if not (work / "amnet.json").exists():
+            raise FileNotFoundError(f"--seed-work {work} has no amnet.json: pass the --work folder of a finished "
+                                    "benchmarks/amnet.py run (its driver writes amnet.json there).")
         info = json.loads((work / "amnet.json").read_text())
         if str(info["seed"]) in runs:
             raise ValueError(f"{work} repeats seed {info['seed']}; give folders of runs with other --seed values.")
@@ -573,7 +585,7 @@ def seed_table(summary: dict[str, Any], other_work: list[Path]) -> dict[str, Any
             p = variants[name]["per_rho"][key]
             row["wer"][seed] = p["wer"]
             row["reduction"][seed] = 1.0 - p["flops_per_frame"] / slow_flops
-            single = next((s for s, v in VARIANTS.items() if v[2] == name and s in variants), None)
+            single = matched_singles(variants).get(name)
             if single is not None:
                 row["wer_rel_vs_single"][seed] = p["wer"] / variants[single]["per_rho"][key]["wer"] - 1.0
         out[name] = row
@@ -605,18 +617,16 @@ def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: st
     """
     import torch
 
-    from lightning_amortized.data import LibriSpeechDataModule
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import AmortizedEncoder, stream
 
-    dm = LibriSpeechDataModule(root, train_splits=[], val_splits=[], test_splits=["test"])
-    dm.prepare_data()
-    ds, _ = _test_loader(dm, quick=False)
+    ds, _ = corpus_test_split(root)
     models = {}
+    device = device_for(RHO_TRAIN, slow_encoder_flops())
     for name in done:
         m = ASRModule.load_from_checkpoint(final_checkpoint(work / name), map_location="cpu").eval()
         if isinstance(m.encoder, AmortizedEncoder):
-            m.encoder.set_device(device_for(RHO_TRAIN, slow_encoder_flops()))
+            m.encoder.set_device(device)
         models[name] = m
     inputs = []
     with torch.no_grad():
@@ -657,6 +667,12 @@ def _paired_intervals(r: dict[str, Any], slow: dict[str, Any] | None) -> None:
     r["ci95_wer_rel"] = r["per_rho"][str(RHO_TRAIN)].get("ci95_wer_rel")
 
 
+def matched_singles(present: Any) -> dict[str, str]:
+    """``{amnet: single}`` for every FLOPs-matched single encoder in ``present`` whose AmNet is there too."""
+    return {dep: single for single, (_, _, dep, _) in VARIANTS.items()
+            if dep is not None and dep in present and single in present}
+
+
 def _matched_single_intervals(done: dict[str, dict[str, Any]]) -> None:
     """Per AmNet with a FLOPs-matched single encoder in ``done``: WER relative to it, with intervals.
 
@@ -666,9 +682,7 @@ def _matched_single_intervals(done: dict[str, dict[str, Any]]) -> None:
     """
     from lightning_amortized.scoring import bootstrap_wer_difference
 
-    for single, (_, _, dep, _) in VARIANTS.items():
-        if dep is None or dep not in done or single not in done:
-            continue
+    for dep, single in matched_singles(done).items():
         amnet, ref = done[dep], done[single]
         amnet["matched_single"] = single
         same = amnet.get("utt_ids") is not None and amnet.get("utt_ids") == ref.get("utt_ids")

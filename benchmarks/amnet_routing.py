@@ -69,13 +69,9 @@ def _gates(slow: torch.Tensor) -> torch.Tensor:
 
 def test_batches(root: str, limit: int | None) -> list[dict[str, Any]]:
     """The ``test`` split as padded batches (features computed once)."""
-    from amnet import _test_loader
+    from amnet import corpus_test_split
 
-    from lightning_amortized.data import LibriSpeechDataModule
-
-    dm = LibriSpeechDataModule(root, train_splits=[], val_splits=[], test_splits=["test"])
-    dm.prepare_data()
-    _, loader = _test_loader(dm, quick=False)
+    _, loader = corpus_test_split(root)
     batches = list(loader)
     if limit:
         batches = batches[:limit]
@@ -163,7 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     batches = test_batches(a.root, a.limit_batches)
+    singles_spec = [spec.partition("=") for spec in a.single]
+    for label, sep, ckpt in singles_spec:
+        if not (sep and label and ckpt):
+            p.error(f"--single expects LABEL=CHECKPOINT, got {label + sep + ckpt!r}.")
     model = ASRModule.load_from_checkpoint(a.amnet, map_location="cpu").eval()  # LightningCLI checkpoints
+    from lightning_amortized.nn import SharedStateAmortizedEncoder
+
+    if not isinstance(model.encoder, SharedStateAmortizedEncoder):
+        p.error(f"--amnet {a.amnet} holds a {type(model.encoder).__name__}, not a shared-state AmNet "
+                "(SharedStateAmortizedEncoder); pass the checkpoint of an AmNet run.")
     fast_flops, slow_flops = model.encoder.branch_flops()
     from amnet import RHO_TRAIN, device_for  # the device benchmarks/amnet.py scores the learned routing on
 
@@ -177,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             r["flops_per_frame"] += arb_flops
         print(f"{name}: WER {100 * r['wer']:.2f} %, slow share {r['slow_share']:.3f}", flush=True)
     singles = {}
-    for spec in a.single:
-        label, _, ckpt = spec.partition("=")
+    for label, _, ckpt in singles_spec:
         m = ASRModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
         from torchmetrics.text import CharErrorRate, WordErrorRate
 

@@ -162,3 +162,8 @@ def test_seed_table_gathers_the_same_variants_from_other_seeds(amnet, tmp_path: 
     with pytest.raises(ValueError, match="repeats seed 0"):
         (tmp_path / "amnet.json").write_text(json.dumps({"seed": 0}))
         amnet.seed_table(s, [tmp_path])
+
+
+def test_seed_work_without_a_finished_run_is_explained(amnet, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="has no amnet.json: pass the --work folder"):
+        amnet.seed_table(_summary(amnet, _done()), [tmp_path])

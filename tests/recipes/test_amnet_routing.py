@@ -47,3 +47,14 @@ def test_policies_route_as_named_and_ends_equal_single_branches(tiny_corpus: Pat
                 wer.update(model.decode(enc(x, n)[0], n), b["texts"])
         enc.force_branch = None
         assert rows[name]["wer"] == pytest.approx(float(wer.compute()), abs=1e-6)
+
+
+def test_bad_arguments_are_refused_with_what_to_pass(tmp_path: Path) -> None:
+    bench = load_script(SCRIPT, "bench_amnet_routing_args")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "plain.ckpt"
+    model = ASRModule(RecurrentEncoder(240, 16, 1))
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {}}, ckpt)
+    with pytest.raises(SystemExit):  # argparse error: LABEL=CHECKPOINT
+        bench.main(["--amnet", str(ckpt), "--single", "no-equals-sign", "--results", str(tmp_path / "r")])
+    assert not (tmp_path / "r.json").exists()
