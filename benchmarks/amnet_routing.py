@@ -153,22 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "amnet_routing"))
     a = p.parse_args(argv)
 
+    singles_spec = [spec.partition("=") for spec in a.single]
+    for label, sep, ckpt in singles_spec:  # refused before any work
+        if not (sep and label and ckpt):
+            p.error(f"--single expects LABEL=CHECKPOINT, got {label + sep + ckpt!r}.")
+
     from lightning_amortized.experiment import write_results
     from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import SharedStateAmortizedEncoder
 
     torch.set_num_threads(1)
     t0 = time.time()
-    batches = test_batches(a.root, a.limit_batches)
-    singles_spec = [spec.partition("=") for spec in a.single]
-    for label, sep, ckpt in singles_spec:
-        if not (sep and label and ckpt):
-            p.error(f"--single expects LABEL=CHECKPOINT, got {label + sep + ckpt!r}.")
     model = ASRModule.load_from_checkpoint(a.amnet, map_location="cpu").eval()  # LightningCLI checkpoints
-    from lightning_amortized.nn import SharedStateAmortizedEncoder
-
     if not isinstance(model.encoder, SharedStateAmortizedEncoder):
         p.error(f"--amnet {a.amnet} holds a {type(model.encoder).__name__}, not a shared-state AmNet "
                 "(SharedStateAmortizedEncoder); pass the checkpoint of an AmNet run.")
+    batches = test_batches(a.root, a.limit_batches)
     fast_flops, slow_flops = model.encoder.branch_flops()
     from amnet import RHO_TRAIN, device_for  # the device benchmarks/amnet.py scores the learned routing on
 
