@@ -4,8 +4,8 @@ Runs ``recipes/synthetic/updates.py`` once per configuration (in parallel worker
 one thread each) on the same base checkpoint and corpus:
 
 =================  ==========================================================================
-``sparse-10``      sparse diff, 10 % of the targeted entries, fp32 values (the chain); the
-                   same trained diffs are also exported with int8 values, for their size
+``sparse-10``      sparse diff, 10 % of the targeted entries, fp16 values (the chain); the
+                   same trained diffs are also exported with fp32 and int8 values, for their size
 ``sparse-2-int8``  sparse diff, 2 % of the targeted entries, int8 values (the chain)
 ``hashed``         hashed diff with as many stored bytes as ``sparse-10`` (fp32 buckets)
 ``bias``           bias-only tuning (optional: ``--methods ... bias``)
@@ -16,10 +16,12 @@ one thread each) on the same base checkpoint and corpus:
 ``compressed-B``   the published baseline: full fine-tuning, then the whole model compressed
                    to B % of the checkpoint's bytes (targets magnitude-pruned, int8; other
                    parameters fp16; both files in the diff format) and shipped whole (optional)
+``sparse-bB``      sparse diff, fp16 values, its file at most B % of the checkpoint's bytes
+``hashed-bB``      hashed diff, fp32 buckets, its file at most B % of the checkpoint's bytes
 =================  ==========================================================================
 
-The byte budgets of ``lora-B`` and ``compressed-B`` cover the whole shipped file(s), header
-included; each row reports the real file bytes (``bytes``; ``compressed``: both files) next to
+The byte budgets of ``lora-B``, ``compressed-B``, ``sparse-bB`` and ``hashed-bB`` cover the whole
+shipped file(s), header included; each row reports the real file bytes (``bytes``; ``compressed``: both files) next to
 its budget (``budget_bytes``), and a target checks that every update honoured it.
 
 Per update it reports WER on ``update-k-test``, on the base ``test`` split and on ``test-other``
@@ -30,13 +32,21 @@ checkpoint"), the size reduction, and, at the end, whether ``apply_chain`` of th
 files on a fresh base reproduces the trained model. Writes
 ``docs/results/diff_updates.{json,md,png}``.
 
+With ``--seeds 0 1`` every configuration runs once per seed: the results after the last update
+are means over seeds, with 95 % bootstrap intervals over utterances of the seed mean and, against
+full fine-tuning, paired intervals of the relative difference (the recipe records per-utterance
+errors). ``regime`` checks that full fine-tuning really teaches each update (its own
+``update-k-test`` WER at most halved) while keeping the base (``test`` at most 10 % relative worse).
+
 Usage::
 
     python benchmarks/diff_updates.py                       # the shared base of benchmarks/base.py
     python benchmarks/diff_updates.py --base BASE.ckpt --root /tmp/corp/s8000 --jobs 2
     python benchmarks/diff_updates.py --base BASE.ckpt --quick     # smoke run, results under --work
-    python benchmarks/diff_updates.py --methods sparse-10 full lora-1 lora-2 lora-5 lora-10 \
-        compressed-1 compressed-2 compressed-5 compressed-10         # the peers at equal bytes
+    # issue 10's regime and peers at equal bytes, two seeds (long: about 35 min per run of 5 updates on one core)
+    python benchmarks/diff_updates.py --base runs/base/d2f5edc2b51d0dfc/base.ckpt --epochs 16 \
+        --update-utterances all --replay-utterances 720 --lr full=5e-4 sparse=1e-3 --seeds 0 1 --reuse \
+        --methods full sparse-b10 sparse-2-int8 sparse-b1 sparse-b2 sparse-b5 hashed-b10 lora-10 compressed-10 bias
 """
 
 from __future__ import annotations
@@ -62,7 +72,8 @@ RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
 DIFF_TARGETS = ("encoder.*weight*", "head.*")
 
 CONF = REPO / "recipes" / "synthetic" / "conf" / "updates"
-# name -> (label, recipe config, extra arguments); "{sparse10_bytes}" is filled in from the base model
+# name -> (label, recipe config, extra arguments); "{sparse10_bytes}" and "{bytes_B}" (B % of the fp32
+# full checkpoint's bytes) are filled in from the base model
 CONFIGS: dict[str, tuple[str, Path, list[str]]] = {
     "sparse-10": ("sparse 10 %, fp16", CONF / "sparse10.yaml", []),
     "sparse-2-int8": ("sparse 2 %, int8", CONF / "sparse2_int8.yaml", []),
@@ -71,12 +82,22 @@ CONFIGS: dict[str, tuple[str, Path, list[str]]] = {
     "full": ("full fine-tuning", CONF / "full.yaml", []),
 }
 PEER_BUDGETS = (1, 2, 5, 10)  # % of the fp32 full checkpoint's bytes
+# The peers at equal bytes, one family per method: B % of the checkpoint's bytes for the whole shipped file.
+FAMILIES = {"sparse-b": "sparse diff, fp16", "hashed-b": "hashed diff, fp32", "lora-": "LoRA, fp16 factors",
+            "compressed-": "compressed model (pruned, int8)"}
+CONFIGS.update({f"sparse-b{b}": (f"sparse diff {b} % of the checkpoint, fp16", CONF / "sparse10.yaml",
+                                 ["--budget", f"{{bytes_{b}}}", "--also_export", "[]"]) for b in PEER_BUDGETS})
+CONFIGS.update({f"hashed-b{b}": (f"hashed diff {b} % of the checkpoint, fp32", CONF / "hashed.yaml",
+                                 ["--budget", f"{{bytes_{b}}}"]) for b in PEER_BUDGETS})
 CONFIGS.update({f"lora-{b}": (f"LoRA {b} % of the checkpoint, fp16 factors", CONF / "lora.yaml", ["--budget", str(b / 100)])
                 for b in PEER_BUDGETS})
 CONFIGS.update({f"compressed-{b}": (f"compressed model {b} % (pruned, int8)", CONF / "compressed.yaml",
                                     ["--budget", str(b / 100)]) for b in PEER_BUDGETS})
 DEFAULT_METHODS = ("sparse-10", "sparse-2-int8", "hashed", "full")
 TARGET_REL = 0.01  # WER within 1 % relative of full fine-tuning
+INT8_REL = 0.02  # the int8 sparse diff: within 2 % relative
+REGIME_HALVES = 0.5  # full fine-tuning: each update at most halves the WER of its own update-k-test
+REGIME_FORGETS = 0.10  # ... while base test WER rises by at most 10 % relative after the last update
 
 
 def find_base(root: str | Path, train: bool = True) -> Path:
@@ -85,6 +106,26 @@ def find_base(root: str | Path, train: bool = True) -> Path:
     from base import ensure_base
 
     return ensure_base(root=root, train=train)
+
+
+def _recipe() -> Any:
+    """The recipe module (``recipes/synthetic/updates.py``): one definition of the model's bytes and loading."""
+    import importlib.util
+
+    if "synthetic_updates_recipe" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("synthetic_updates_recipe", RECIPE)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["synthetic_updates_recipe"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["synthetic_updates_recipe"]
+
+
+def budget_fill(base: Path) -> dict[str, str]:
+    """The placeholders of ``CONFIGS``: ``sparse10_bytes`` and ``bytes_B`` for every peer budget B."""
+    recipe = _recipe()
+    full = recipe.state_bytes(recipe.load_base(base))
+    return {"sparse10_bytes": str(sparse10_bytes(base)), **{f"bytes_{b}": str(math.floor(b / 100 * full))
+                                                            for b in PEER_BUDGETS}}
 
 
 def sparse10_bytes(base: Path) -> int:
@@ -100,24 +141,99 @@ def sparse10_bytes(base: Path) -> int:
     return estimate_diff_bytes("sparse", "fp32", {name: (numels[name], kept[name]) for name in numels})
 
 
+def parse_lr(items: Sequence[str]) -> dict[str, float]:
+    """``["full=5e-4", "sparse=1e-3"]`` -> ``{"full": 5e-4, "sparse": 1e-3}`` (recipe methods: every config of that method).
+
+    Raises:
+        ValueError: an item without ``=``, an unknown method, or a rate that is not a positive number.
+    """
+    methods = ("sparse", "hashed", "bias", "full", "lora", "compressed")
+    out = {}
+    for item in items:
+        method, sep, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not sep or method not in methods or not rate > 0:
+            raise ValueError(f"Expected --lr items METHOD=RATE with METHOD one of {list(methods)} and RATE > 0, "
+                             f"but got {item!r}.")
+        out[method] = rate
+    return out
+
+
+def method_of(name: str) -> str:
+    """The recipe method of a configuration, read from its YAML (``sparse``, ``hashed``, ``lora``, ...)."""
+    import yaml
+
+    return yaml.safe_load(CONFIGS[name][1].read_text())["method"]
+
+
 # --------------------------------------------------------------------------- running
 
 
+def job_name(name: str, seed: int) -> str:
+    """The job (and log file) name of one configuration and seed."""
+    return f"{name}.seed{seed}"
+
+
+def recipe_command(name: str, seed: int, common: list[str], out: Path, fill: Mapping[str, str],
+                   lrs: Mapping[str, float]) -> list[str]:
+    """The recipe command line of configuration ``name`` with ``seed`` (``lrs``: peak rates by recipe method)."""
+    _, config, extra = CONFIGS[name]
+    lr = lrs.get(method_of(name))
+    return [sys.executable, str(RECIPE), "--config", str(config), *common, *[a.format(**fill) for a in extra],
+            *(["--lr", repr(lr)] if lr is not None else []), "--seed", str(seed),
+            "--out", str(out), "--progress", "false", "--threads", "1"]
+
+
+def reusable(command: list[str], result: Path) -> dict[str, Any] | None:
+    """The results at ``result`` if they were written by a run with the options of ``command``, else ``None``."""
+    import dataclasses
+
+    if not result.exists():
+        return None
+    res = json.loads(result.read_text())
+    recipe = _recipe()
+    a = recipe.build_parser().parse_args([str(c) for c in command[2:]])
+    cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    have = res.get("config", {})
+    ignore = {"out", "progress", "threads"}
+    same = all(have.get(k) == v for k, v in want.items() if k not in ignore)
+    return res if same and "chain" in res else None
+
+
 def launch(
-    names: Sequence[str], common: list[str], work: Path, jobs: int, fill: Mapping[str, str], show_progress: bool = True
-) -> dict[str, dict[str, Any]]:
-    """Run one recipe process per configuration, ``jobs`` at a time (one thread each); returns ``{name: results}``."""
+    names: Sequence[str],
+    common: list[str],
+    work: Path,
+    jobs: int,
+    fill: Mapping[str, str],
+    show_progress: bool = True,
+    seeds: Sequence[int] = (0,),
+    lrs: Mapping[str, float] | None = None,
+    reuse: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run one recipe process per configuration and seed, ``jobs`` at a time (one thread each).
+
+    Returns ``{name: [results of each seed]}``; with ``reuse``, a seed whose ``results.json`` came
+    from the same options is not run again (runs end to end are long on a CPU).
+    """
     from lightning_amortized.experiment import Job, run_jobs
 
     updates = int(common[common.index("--updates") + 1])
-    runs = []
+    runs, done = [], {}
     for name in names:
-        _, config, extra = CONFIGS[name]
-        out = work / name
-        cmd = [sys.executable, str(RECIPE), "--config", str(config), *common, *[a.format(**fill) for a in extra],
-               "--out", str(out), "--progress", "false", "--threads", "1"]
-        runs.append(Job(name, cmd, out / "results.json", progress=out / "progress.jsonl", units=updates))
-    return run_jobs(runs, jobs, work, cwd=REPO, desc="updates", show_progress=show_progress)
+        for seed in seeds:
+            out = work / name / f"seed-{seed}"
+            cmd = recipe_command(name, seed, common, out, fill, lrs or {})
+            if reuse and (res := reusable(cmd, out / "results.json")) is not None:
+                done[job_name(name, seed)] = res
+            runs.append(Job(job_name(name, seed), cmd, out / "results.json", progress=out / "progress.jsonl",
+                            units=updates))
+    results = run_jobs(runs, jobs, work, cwd=REPO, desc="updates", show_progress=show_progress, done=done)
+    return {name: [results[job_name(name, seed)] for seed in seeds] for name in names}
 
 
 def eval_words(root: Path, sizes: Mapping[str, int]) -> dict[str, int]:
@@ -134,61 +250,177 @@ def eval_words(root: Path, sizes: Mapping[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------- summarising
 
 
-def summarize(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per-update rows, the state after the last update, and the targets of the issue."""
+def _seeds(group: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The runs of one configuration: a list over seeds (one results dict: one seed)."""
+    return [group] if isinstance(group, Mapping) else list(group)
+
+
+def _pooled(evals: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> tuple[float, list[float] | None, Any]:
+    """WER over ``splits`` together (errors / words), mean over seeds, with a bootstrap interval over utterances.
+
+    ``evals``: one ``eval`` dict per seed. With per-utterance errors (``utterance_errors``) the
+    seeds' errors are averaged utterance by utterance and resampled together, so the interval
+    is that of the seed mean; returns ``(wer, [low, high], (errors, words))``. Runs from before
+    per-utterance errors: the mean of the seeds' pooled WERs, the recipe's own interval when
+    there is one seed and one split, and ``None`` for the per-utterance arrays.
+    """
+    import numpy as np
+
+    from lightning_amortized.scoring import bootstrap_wer
+
+    if all("utterance_errors" in ev[s] for ev in evals for s in splits):
+        errors = np.mean([np.concatenate([ev[s]["utterance_errors"] for s in splits]) for ev in evals], axis=0)
+        words = np.concatenate([evals[0][s]["utterance_words"] for s in splits])
+        wer, low, high = bootstrap_wer(errors, words, seed=0)
+        return wer, [low, high], (errors, words)
+    if all("words" in ev[s] for ev in evals for s in splits):
+        wers = [sum(ev[s]["wer"] * ev[s]["words"] for s in splits) / sum(ev[s]["words"] for s in splits) for ev in evals]
+    else:  # older results without word counts: the mean over splits
+        wers = [_mean([ev[s]["wer"] for s in splits]) for ev in evals]
+    ci = evals[0][splits[0]].get("wer_ci95") if len(evals) == 1 and len(splits) == 1 else None
+    return _mean(wers), ci, None
+
+
+def _rel_ci(mine: Any, ref: Any) -> tuple[float, list[float] | None] | None:
+    """Relative WER difference of two pooled results on the same utterances, with a paired bootstrap interval."""
+    from lightning_amortized.scoring import bootstrap_wer_difference
+
+    if mine is None or ref is None or len(mine[0]) != len(ref[0]):
+        return None
+    ref_wer = float(ref[0].sum() / max(ref[1].sum(), 1))
+    if ref_wer == 0:
+        return None
+    diff, low, high = bootstrap_wer_difference(mine[0], ref[0], ref[1], seed=0)
+    return diff / ref_wer, [low / ref_wer, high / ref_wer]
+
+
+def _budget_bytes(res: Mapping[str, Any]) -> int | None:
+    """The byte budget of every update of a run: LoRA / compressed record it; diffs given bytes (an int budget)."""
+    last = res["updates"][-1]
+    if last.get("budget_bytes") is not None:
+        return int(last["budget_bytes"])
+    budget = res["config"].get("budget")
+    return budget if isinstance(budget, int) and res["config"].get("method") in ("sparse", "hashed") else None
+
+
+def summarize(runs: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-update rows, the state after the last update (means over seeds), the regime check and the targets.
+
+    Args:
+        runs: ``{name: results}`` or ``{name: [results of each seed]}`` (recipe ``results.json``).
+    """
     rows = []
-    for name, res in runs.items():
-        full = res["full_checkpoint_bytes"]
-        test = res["config"]["test_split"]
-        other = res["config"].get("test_other_split")  # None: not evaluated, or a run from before test-other
-        for rec in res["updates"]:
-            k = rec["update"]
-            row = {
-                "method": name,
-                "label": CONFIGS[name][0],
-                "update": k,
-                "wer_update_test": rec["eval"][f"update-{k}-test"]["wer"],
-                "wer_update_test_ci95": rec["eval"][f"update-{k}-test"].get("wer_ci95"),
-                "new_entity_accuracy_update_test": rec["eval"][f"update-{k}-test"].get("new_entity_accuracy"),
-                "wer_base_test": rec["eval"][test]["wer"],
-                "wer_base_test_ci95": rec["eval"][test].get("wer_ci95"),
-                "test_other_wer": rec["eval"][other]["wer"] if other else None,
-                "test_other_wer_ci95": rec["eval"][other].get("wer_ci95") if other else None,
-                "wer_earlier_update_tests": {s: m["wer"] for s, m in rec["eval"].items() if s.startswith("update-")},
-                "bytes": rec["file_bytes"],
-                "full_checkpoint_bytes": full,
-                "size_fraction": rec["file_bytes"] / full,
-                "size_reduction_pct": 100.0 * (1 - rec["file_bytes"] / full),
-                "stored_entries": rec["stored_entries"],
-                "fit_seconds": rec["fit_seconds"],
-                "max_abs_error_vs_trained": rec.get("max_abs_error"),
-                "budget_bytes": rec.get("budget_bytes"),  # lora / compressed: the whole file(s) must fit
-                "rank": rec.get("rank"),  # lora
-                "files": rec.get("files", [rec.get("file")]),
-            }
-            for dtype, ex in (rec.get("extra_exports") or {}).items():
-                row[f"bytes_{dtype}"] = ex["file_bytes"]
-                row[f"size_reduction_pct_{dtype}"] = 100.0 * (1 - ex["file_bytes"] / full)
-                row[f"max_abs_error_{dtype}"] = ex["max_abs_error"]
-            rows.append(row)
-    final = {}
-    for name, res in runs.items():
-        last = res["updates"][-1]
-        other = res["config"].get("test_other_split")
+    for name, group in runs.items():
+        for res in _seeds(group):
+            full = res["full_checkpoint_bytes"]
+            test = res["config"]["test_split"]
+            other = res["config"].get("test_other_split")  # None: not evaluated, or a run from before test-other
+            for rec in res["updates"]:
+                k = rec["update"]
+                row = {
+                    "method": name,
+                    "label": CONFIGS[name][0],
+                    "seed": res["config"].get("seed", 0),
+                    "update": k,
+                    "wer_update_test": rec["eval"][f"update-{k}-test"]["wer"],
+                    "wer_update_test_ci95": rec["eval"][f"update-{k}-test"].get("wer_ci95"),
+                    "new_entity_accuracy_update_test": rec["eval"][f"update-{k}-test"].get("new_entity_accuracy"),
+                    "wer_base_test": rec["eval"][test]["wer"],
+                    "wer_base_test_ci95": rec["eval"][test].get("wer_ci95"),
+                    "test_other_wer": rec["eval"][other]["wer"] if other else None,
+                    "test_other_wer_ci95": rec["eval"][other].get("wer_ci95") if other else None,
+                    "wer_earlier_update_tests": {s: m["wer"] for s, m in rec["eval"].items() if s.startswith("update-")},
+                    "bytes": rec["file_bytes"],
+                    "full_checkpoint_bytes": full,
+                    "size_fraction": rec["file_bytes"] / full,
+                    "size_reduction_pct": 100.0 * (1 - rec["file_bytes"] / full),
+                    "stored_entries": rec["stored_entries"],
+                    "fit_seconds": rec["fit_seconds"],
+                    "max_abs_error_vs_trained": rec.get("max_abs_error"),
+                    "budget_bytes": _budget_bytes(res),  # the whole file(s) must fit
+                    "rank": rec.get("rank"),  # lora
+                    "files": rec.get("files", [rec.get("file")]),
+                }
+                for dtype, ex in (rec.get("extra_exports") or {}).items():
+                    row[f"bytes_{dtype}"] = ex["file_bytes"]
+                    row[f"size_reduction_pct_{dtype}"] = 100.0 * (1 - ex["file_bytes"] / full)
+                    row[f"max_abs_error_{dtype}"] = ex["max_abs_error"]
+                rows.append(row)
+    final, pooled = {}, {}
+    for name, group in runs.items():
+        group = _seeds(group)
+        lasts = [res["updates"][-1]["eval"] for res in group]
+        test, other = group[0]["config"]["test_split"], group[0]["config"].get("test_other_split")
+        updates = sorted((s for s in lasts[0] if s.startswith("update-")), key=lambda s: int(s.split("-")[1]))
+        new_wer, new_ci, new_utts = _pooled(lasts, updates)
+        test_wer, test_ci, test_utts = _pooled(lasts, [test])
+        pooled[name] = {"new_entity_wer": new_utts, "base_test_wer": test_utts}
+        sizes = [r["file_bytes"] for res in group for r in res["updates"]]
         final[name] = {
-            "wer": {s: m["wer"] for s, m in last["eval"].items()},
-            "cer": {s: m["cer"] for s, m in last["eval"].items()},
-            "test_other_wer": last["eval"][other]["wer"] if other else None,
-            "test_other_cer": last["eval"][other]["cer"] if other else None,
-            "mean_update_test_wer": _mean([m["wer"] for s, m in last["eval"].items() if s.startswith("update-")]),
-            "mean_bytes_per_update": _mean([r["file_bytes"] for r in res["updates"]]),
-            "max_bytes_per_update": max(r["file_bytes"] for r in res["updates"]),
-            "budget_bytes": res["updates"][-1].get("budget_bytes"),
-            "chain": res["chain"],
-            "lr": res["lr"],
-            "seconds": res["total_seconds"],
+            "seeds": [res["config"].get("seed", 0) for res in group],
+            "bytes": _mean(sizes),
+            "new_entity_wer": new_wer,
+            "base_test_wer": test_wer,
+            "ci95": {"new_entity_wer": new_ci, "base_test_wer": test_ci},
+            "wer": {s: _mean([ev[s]["wer"] for ev in lasts]) for s in lasts[0]},
+            "cer": {s: _mean([ev[s]["cer"] for ev in lasts]) for s in lasts[0]},
+            "test_other_wer": _mean([ev[other]["wer"] for ev in lasts]) if other else None,
+            "test_other_cer": _mean([ev[other]["cer"] for ev in lasts]) if other else None,
+            "mean_bytes_per_update": _mean(sizes),
+            "max_bytes_per_update": max(sizes),
+            "budget_bytes": _budget_bytes(group[0]),
+            "chain": group[0]["chain"],
+            "chains": [res["chain"] for res in group],
+            "lr": group[0]["lr"],
+            "seconds": sum(res["total_seconds"] for res in group),
         }
-    return {"rows": rows, "after_last_update": final, "targets": targets(runs, final)}
+    if "full" in final:
+        for name, f in final.items():
+            if name != "full":
+                f["rel_vs_full"] = {}
+                for key in ("new_entity_wer", "base_test_wer"):
+                    paired = _rel_ci(pooled[name][key], pooled["full"][key])
+                    if paired is None:  # no per-utterance errors: the point estimate only
+                        paired = (_rel(f[key], final["full"][key]), None)
+                    f["rel_vs_full"][key] = {"value": paired[0], "ci95": paired[1]}
+    reg = regime(runs)
+    return {"rows": rows, "after_last_update": final, "regime": reg, "targets": targets(runs, final, reg)}
+
+
+def regime(runs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Whether full fine-tuning learns each update and keeps the base (``None`` without a ``full`` run).
+
+    Fractions, means over seeds: ``new_entity_wer_base`` (the base model on ``update-k-test``,
+    mean over k), ``new_entity_wer_full_after`` (after update k on its own ``update-k-test``, mean
+    over k), ``base_test_wer_full_after`` (base ``test`` after the last update), and per update
+    the ratio after / before; ``halves_every_update`` and ``forgetting_rel`` against the
+    issue's bounds.
+    """
+    if "full" not in runs:
+        return None
+    group = _seeds(runs["full"])
+    test = group[0]["config"]["test_split"]
+    per_update = []
+    for i, rec in enumerate(group[0]["updates"]):
+        split = f"update-{rec['update']}-test"
+        before = _mean([res["base_eval"][split]["wer"] for res in group])
+        after = _mean([res["updates"][i]["eval"][split]["wer"] for res in group])
+        per_update.append({"update": rec["update"], "before": before, "after": after, "ratio": after / before})
+    base_test = _mean([res["base_eval"][test]["wer"] for res in group])
+    after_test = _mean([res["updates"][-1]["eval"][test]["wer"] for res in group])
+    forgetting = _rel(after_test, base_test)
+    halves = all(u["ratio"] <= REGIME_HALVES for u in per_update)
+    return {
+        "new_entity_wer_base": _mean([u["before"] for u in per_update]),
+        "new_entity_wer_full_after": _mean([u["after"] for u in per_update]),
+        "base_test_wer_base": base_test,
+        "base_test_wer_full_after": after_test,
+        "per_update": per_update,
+        "halves_every_update": halves,
+        "forgetting_rel": forgetting,
+        "met": halves and forgetting <= REGIME_FORGETS,
+        "seeds": [res["config"].get("seed", 0) for res in group],
+    }
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -202,57 +434,89 @@ def _rel(a: float, b: float) -> float:
     return (a - b) / b
 
 
-def targets(runs: Mapping[str, dict[str, Any]], final: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured value and ``met`` (``None`` if not measured)."""
+def _rel_text(rel: Mapping[str, Any]) -> str:
+    ci = rel.get("ci95")
+    return f"{100 * rel['value']:+.1f}%" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+
+
+def targets(runs: Mapping[str, Any], final: Mapping[str, dict[str, Any]],
+            reg: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and ``met``, on means over seeds."""
     out = []
 
     def size_target(name: str, key: str, what: str, threshold: float) -> None:
         if name not in runs:
             return
-        full = runs[name]["full_checkpoint_bytes"]
-        sizes = [r["file_bytes"] if key == "file" else r["extra_exports"][key]["file_bytes"] for r in runs[name]["updates"]]
+        group = _seeds(runs[name])
+        full = group[0]["full_checkpoint_bytes"]
+        sizes = [r["file_bytes"] if key == "file" else r["extra_exports"][key]["file_bytes"]
+                 for res in group for r in res["updates"]]
         worst = 100.0 * (1 - max(sizes) / full)
         out.append({"target": f"{what} >= {threshold:g}% smaller than the fp32 full checkpoint",
                     "measured": f"{worst:.2f}% smaller (largest of {len(sizes)} updates: {max(sizes):,} of {full:,} bytes)",
                     "value": worst, "met": worst >= threshold})
 
+    if reg is not None:
+        worst = max(u["ratio"] for u in reg["per_update"])
+        out.append({"target": "regime: full fine-tuning at least halves the WER of each update's own update-k-test, "
+                    "and base test WER rises by at most 10% relative after the last update",
+                    "measured": f"update-k-test {_pct(reg['new_entity_wer_base'])}% -> "
+                    f"{_pct(reg['new_entity_wer_full_after'])}% (mean over updates; worst update x{worst:.2f}); "
+                    f"base test {_pct(reg['base_test_wer_base'])}% -> {_pct(reg['base_test_wer_full_after'])}% "
+                    f"({100 * reg['forgetting_rel']:+.1f}% relative)", "value": reg["forgetting_rel"], "met": reg["met"]})
     size_target("sparse-10", "file", "sparse diff, 10 % budget, fp16 values,", 90.0)
+    first = _seeds(runs["sparse-10"])[0] if "sparse-10" in runs else None
     for dtype in ("fp32", "int8"):
-        if "sparse-10" in runs and dtype in (runs["sparse-10"]["updates"][0].get("extra_exports") or {}):
+        if first is not None and dtype in (first["updates"][0].get("extra_exports") or {}):
             size_target("sparse-10", dtype, f"sparse diff, 10 % budget, {dtype} values,", 90.0)
     size_target("sparse-2-int8", "file", "sparse diff, 2 % budget, int8 values,", 98.0)
     if "full" in final:
-        ref = final["full"]["wer"]
-        for name in ("sparse-10", "sparse-2-int8"):
+        for name, bound in (("sparse-10", TARGET_REL), ("sparse-b10", TARGET_REL), ("sparse-2-int8", INT8_REL)):
             if name not in final:
                 continue
-            for split, wer in final[name]["wer"].items():
-                rel = _rel(wer, ref[split])
-                out.append({"target": f"{name}: WER on {split} after the last update within 1% relative of full FT",
-                            "measured": f"{100 * wer:.2f}% vs {100 * ref[split]:.2f}% ({100 * rel:+.1f}% relative)",
-                            "value": rel, "met": rel <= TARGET_REL})
-    for name, res in runs.items():
-        budgets = [(r["file_bytes"], r["budget_bytes"]) for r in res["updates"] if r.get("budget_bytes") is not None]
+            for key, what in (("new_entity_wer", "new-entity WER (update-k-test splits)"), ("base_test_wer", "base test WER")):
+                rel = final[name]["rel_vs_full"][key]
+                out.append({"target": f"{name}: {what} after the last update within {100 * bound:g}% relative of full FT",
+                            "measured": f"{_pct(final[name][key])}% vs {_pct(final['full'][key])}% ({_rel_text(rel)} "
+                            "relative)", "value": rel["value"], "met": rel["value"] <= bound})
+    for b in PEER_BUDGETS:
+        mine = final.get(f"sparse-b{b}")
+        for peer in (f"lora-{b}", f"hashed-b{b}"):
+            if mine is None or peer not in final:
+                continue
+            theirs = final[peer]
+            better = all(mine[k] <= theirs[k] for k in ("new_entity_wer", "base_test_wer"))
+            out.append({"target": f"sparse diff better than {peer} at {b}% of the checkpoint's bytes after the last update",
+                        "measured": f"new entities {_pct(mine['new_entity_wer'])}% vs {_pct(theirs['new_entity_wer'])}%, "
+                        f"base test {_pct(mine['base_test_wer'])}% vs {_pct(theirs['base_test_wer'])}%",
+                        "value": mine["new_entity_wer"] - theirs["new_entity_wer"], "met": better})
+    for name, group in runs.items():
+        budgets = [(r["file_bytes"], _budget_bytes(res)) for res in _seeds(group) for r in res["updates"]
+                   if _budget_bytes(res) is not None]
         if budgets:
             worst = max(b / budget for b, budget in budgets)
             out.append({"target": f"{name}: every update's shipped file(s) within the byte budget",
                         "measured": f"largest {max(b for b, _ in budgets):,} bytes, {100 * worst:.1f}% of its budget "
                         f"({budgets[0][1]:,} bytes)", "value": worst, "met": worst <= 1.0})
     for name, f in final.items():
-        chain = f["chain"]
+        chains = f.get("chains", [f["chain"]])
+        chain = chains[0]
         if chain.get("kind") == "compressed":
+            err = max(c["max_abs_error_vs_trained"] for c in chains)
             out.append({"target": f"{name}: the files of each of {chain['links']} updates, applied to zeros, rebuild "
                         "the evaluated model",
-                        "measured": f"equals the shipped model: {chain['equals_shipped']}; max abs error vs the fine-tuned "
-                        f"model {chain['max_abs_error_vs_trained']:.3g} (the compression)",
-                        "value": chain["max_abs_error_vs_trained"], "met": bool(chain["equals_shipped"])})
+                        "measured": f"equals the shipped model: {all(c['equals_shipped'] for c in chains)}; max abs "
+                        f"error vs the fine-tuned model {err:.3g} (the compression)",
+                        "value": err, "met": all(bool(c["equals_shipped"]) for c in chains)})
         elif chain.get("links"):
-            exact = chain["bit_exact_vs_trained"]
+            exact = all(c["bit_exact_vs_trained"] for c in chains)
+            err = max(c["max_abs_error_vs_trained"] for c in chains)
             what = "lora files" if chain.get("kind") == "lora" else "diffs"
             out.append({"target": f"{name}: apply_chain of {chain['links']} {what} on a fresh base reproduces the trained model",
-                        "measured": ("bit-exact" if exact else f"max abs error {chain['max_abs_error_vs_trained']:.3g}")
-                        + f"; equals the shipped model: {chain['equals_shipped']}; links ok: {chain['hash_links_ok']}",
-                        "value": chain["max_abs_error_vs_trained"], "met": bool(chain["equals_shipped"] and chain["hash_links_ok"])})
+                        "measured": ("bit-exact" if exact else f"max abs error {err:.3g}")
+                        + f"; equals the shipped model: {all(c['equals_shipped'] for c in chains)}; links ok: "
+                        f"{all(c['hash_links_ok'] for c in chains)}",
+                        "value": err, "met": all(bool(c["equals_shipped"] and c["hash_links_ok"]) for c in chains)})
     return out
 
 
@@ -264,22 +528,88 @@ def _pct_ci(x: float, ci: Sequence[float] | None) -> str:
     return _pct(x) if not ci else f"{_pct(x)} [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+def _base_by_split(meta: Mapping[str, Any]) -> dict[str, float]:
+    """The base model's WER per split (``meta.base_wer`` was that dict in results from before seeds)."""
+    by = meta.get("base_wer_by_split", meta.get("base_wer"))
+    return by if isinstance(by, Mapping) else {meta.get("test_split", "test"): by}
+
+
 def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     rows, final = summary["rows"], summary["after_last_update"]
+    seeds = meta.get("seeds", [0])
+    many = len(seeds) > 1
+    lrs = ", ".join(f"{m} {r:g}" for m, r in (meta.get("lr") or {}).items())
     lines = [
-        "# Chained updates: neural diffs vs full fine-tuning",
+        "# Chained updates: neural diffs vs their peers at equal bytes and full fine-tuning",
         "",
         f"Command: `{meta['command']}`  ",
         f"Base: `{meta['base']}` ({meta['full_checkpoint_bytes']:,} bytes of fp32 weights); corpus `{meta['root']}`; "
-        f"{meta['updates']} updates, {meta['epochs']} epochs each on {meta['update_utterances']} `update-k` + "
-        f"{meta['replay_utterances']} replayed `train` utterances; diff targets {', '.join(f'`{t}`' for t in DIFF_TARGETS)}. "
+        f"{meta['updates']} updates, {meta['epochs']} epochs each on {meta['update_utterances'] or 'all'} `update-k` + "
+        f"{meta['replay_utterances']} replayed `train` utterances; diff targets {', '.join(f'`{t}`' for t in DIFF_TARGETS)}; "
+        f"seeds {', '.join(map(str, seeds))}" + (f"; peak learning rates {lrs}" if lrs else "") + ". "
         f"Wall time {meta['seconds'] / 60:.1f} min on {meta['cpu_count']} shared CPU cores ({meta['jobs']} worker "
         f"processes, 1 thread each).",
         "",
-        "Base model WER: " + ", ".join(f"`{s}` {_pct(w)}%" for s, w in meta["base_wer"].items()) + ". "
+        "Base model WER: " + ", ".join(f"`{s}` {_pct(w)}%" for s, w in _base_by_split(meta).items()) + ". "
         "Evaluation sets (unseen speakers): " + ", ".join(
             f"`{s}` {n} utterances / {meta.get('eval_words', {}).get(s, '?')} words" for s, n in meta["eval_sizes"].items()
         ) + ".",
+    ]
+    reg = summary.get("regime")
+    if reg:
+        lines += [
+            "",
+            "## Regime check: does full fine-tuning learn each update?",
+            "",
+            f"Issue 10's bounds: every update at most halves the WER of its own `update-k-test` (x{REGIME_HALVES:g}), "
+            f"and base `test` WER rises by at most {100 * REGIME_FORGETS:g} % relative after the last update.",
+            "",
+            "| update | `update-k-test` WER: base -> full FT | ratio |",
+            "|---:|---:|---:|",
+            *[f"| {u['update']} | {_pct(u['before'])} % -> {_pct(u['after'])} % | x{u['ratio']:.2f} |"
+              for u in reg["per_update"]],
+            "",
+            f"Base `test`: {_pct(reg['base_test_wer_base'])} % -> {_pct(reg['base_test_wer_full_after'])} % after the "
+            f"last update ({100 * reg['forgetting_rel']:+.1f} % relative). Regime met: "
+            f"{'yes' if reg['met'] else '**no**'}.",
+        ]
+    lines += [
+        "",
+        "## After the last update",
+        "",
+        "Means over seeds. New-entity WER: all five `update-k-test` splits together (the entities of every update, "
+        "after the last one); intervals: 95 % bootstrap over utterances of the seed mean; versus full fine-tuning: "
+        "relative difference with a paired bootstrap interval on the same utterances. Bytes: the shipped file(s) "
+        "per update, mean.",
+        "",
+        "| method | lr | bytes / update | % of full | new-entity WER | vs full | base test WER | vs full | "
+        "test-other WER | chain (fresh base + files 1..K) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, f in final.items():
+        chain = f["chain"]
+        if chain.get("kind") == "compressed":
+            c = f"ships the model: files -> zeros = shipped: {'yes' if chain['equals_shipped'] else '**no**'}; " \
+                f"max abs err vs fine-tuned {chain['max_abs_error_vs_trained']:.2g}"
+        elif chain.get("links"):
+            c = "bit-exact" if chain["bit_exact_vs_trained"] else f"max abs err {chain['max_abs_error_vs_trained']:.2g}"
+            c += "; = shipped" if chain["equals_shipped"] else "; differs from shipped"
+            c += "; wrong base refused" if chain.get("wrong_base_refused") else ""
+        else:
+            c = "n/a (ships the model)"
+        rel = f.get("rel_vs_full", {})
+        ci = f.get("ci95", {})
+        lines.append(
+            f"| {CONFIGS[name][0]} | {f['lr']:g} | {f['bytes']:,.0f} | {100 * f['bytes'] / meta['full_checkpoint_bytes']:.2f} | "
+            f"{_pct_ci(f['new_entity_wer'], ci.get('new_entity_wer'))} | "
+            f"{_rel_text(rel['new_entity_wer']) if rel else '–'} | "
+            f"{_pct_ci(f['base_test_wer'], ci.get('base_test_wer'))} | {_rel_text(rel['base_test_wer']) if rel else '–'} | "
+            f"{'–' if f.get('test_other_wer') is None else _pct(f['test_other_wer'])} | {c} |"
+        )
+    lines += ["", "## Targets (issue 10)", "", "| target | measured | met |", "|---|---|---|"]
+    for t in summary["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
+    lines += [
         "",
         "## Per update",
         "",
@@ -287,9 +617,9 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "`update-k-test` requests naming entities new in update k that the transcript holds word for word. Size: the "
         "shipped update file in bytes; reduction versus the fp32 full checkpoint.",
         "",
-        "| method | update | WER update-k-test | new entities | WER test | WER test-other | bytes | % of full | "
-        "reduction % | fit s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | " + ("seed | " if many else "") + "update | WER update-k-test | new entities | WER test | "
+        "WER test-other | bytes | % of full | reduction % | fit s |",
+        "|---|" + ("---:|" if many else "") + "---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         size = f"{r['bytes']:,}"
@@ -300,40 +630,14 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         entities = r.get("new_entity_accuracy_update_test")
         other = r.get("test_other_wer")  # None: not evaluated, or a run from before test-other
         lines.append(
-            f"| {r['label']} | {r['update']} | {_pct_ci(r['wer_update_test'], r.get('wer_update_test_ci95'))} | "
+            f"| {r['label']} | " + (f"{r.get('seed', 0)} | " if many else "") + f"{r['update']} | "
+            f"{_pct_ci(r['wer_update_test'], r.get('wer_update_test_ci95'))} | "
             f"{'–' if entities is None else _pct(entities)} | {_pct_ci(r['wer_base_test'], r.get('wer_base_test_ci95'))} | "
             f"{'–' if other is None else _pct_ci(other, r.get('test_other_wer_ci95'))} | "
             f"{size} | {100 * r['size_fraction']:.2f} | {red} | {r['fit_seconds']:.0f} |"
         )
-    splits = list(next(iter(final.values()))["wer"])
-    lines += [
-        "",
-        "## After the last update",
-        "",
-        "| method | lr | " + " | ".join(f"WER {s}" for s in splits) + " | mean update-k-test | chain (fresh base + diffs 1..K) |",
-        "|---|---:|" + "---:|" * len(splits) + "---:|---|",
-    ]
-    for name, f in final.items():
-        chain = f["chain"]
-        if chain.get("kind") == "compressed":
-            c = f"ships the model: files -> zeros = shipped: {'yes' if chain['equals_shipped'] else '**no**'}; " \
-                f"max abs err vs fine-tuned {chain['max_abs_error_vs_trained']:.2g}"
-            c += "; wrong base refused" if chain.get("wrong_base_refused") else ""
-        elif chain.get("links"):
-            c = "bit-exact" if chain["bit_exact_vs_trained"] else f"max abs err {chain['max_abs_error_vs_trained']:.2g}"
-            c += "; = shipped" if chain["equals_shipped"] else "; differs from shipped"
-            c += "; wrong base refused" if chain.get("wrong_base_refused") else ""
-        else:
-            c = "n/a (ships the model)"
-        lines.append(
-            f"| {CONFIGS[name][0]} | {f['lr']:g} | " + " | ".join(_pct(f["wer"][s]) for s in splits)
-            + f" | {_pct(f['mean_update_test_wer'])} | {c} |"
-        )
-    lines += ["", "## Targets (issue #5)", "", "| target | measured | met |", "|---|---|---|"]
-    for t in summary["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
     words = [w for sp, w in meta.get("eval_words", {}).items() if sp.startswith("update-")]
-    ref = final.get("full", {}).get("mean_update_test_wer")
+    ref = final.get("full", {}).get("new_entity_wer")
     lines += [
         "",
         "## Notes",
@@ -342,32 +646,42 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "`gap-u8`; gaps of 255 or more cost 4 more bytes) plus the value (4 bytes fp32, 2 fp16, 1 int8) where the "
         "checkpoint stores 4 bytes per weight, so a budget of a fraction *b* of the targeted entries costs about "
         "1.25*b* (fp32), 0.75*b* (fp16) or 0.5*b* (int8) of the targeted bytes, plus a header of about 1 kB per "
-        "diff. With fp32 values a 10 % diff cannot be 90 % smaller: the values alone are 10 %.",
+        "diff. With fp32 values a 10 % diff cannot be 90 % smaller: the values alone are 10 %. `sparse-10`, "
+        "`sparse-2-int8` and `hashed` are sized in entries (10 % / 2 % of the targeted weights); the peers at equal "
+        "bytes (`sparse-bB`, `hashed-bB`, `lora-B`, `compressed-B`) in B % of the fp32 checkpoint's bytes.",
     ]
-    peers = {r["method"]: r for r in rows if r.get("budget_bytes") is not None}
-    if peers:
+    peers = {r["method"]: r for r in rows if r.get("budget_bytes") is not None and r.get("rank") is not None}
+    if any(r["method"].startswith(("lora-", "compressed-")) for r in rows):
         lines.append(
-            "- Peers at equal bytes (`lora-B`, `compressed-B`): the budget is B % of the fp32 checkpoint's bytes and covers "
-            "the whole shipped file(s), header included. LoRA ships fp16 factors `B` (m x r) and `A` (r x n) per targeted "
-            "matrix plus the fp16 `head.bias`, with r the largest rank that fits ("
-            + ", ".join(f"`{m}` r = {r['rank']}" for m, r in peers.items() if r.get("rank") is not None)
-            + "); the compressed model ships the targeted weights pruned to the entries that fit, int8 values with gap-u8 "
-            "indices, plus every other parameter in fp16 (two files in the diff format, applied to zeros)."
+            "- Peers at equal bytes: the budget covers the whole shipped file(s), header included. LoRA ships fp16 "
+            "factors `B` (m x r) and `A` (r x n) per targeted matrix plus the fp16 `head.bias`, with r the largest "
+            "rank that fits (" + ", ".join(f"`{m}` r = {r['rank']}" for m, r in peers.items())
+            + "); the compressed model ships the targeted weights pruned to the entries that fit, int8 values with "
+            "gap-u8 indices, plus every other parameter in fp16 (two files in the diff format, applied to zeros)."
         )
     if words and ref:
         step = 1 / min(words)
         lines.append(
             f"- Resolution: one word error on an `update-k-test` split ({min(words)}-{max(words)} words) moves its WER "
             f"by {100 * step:.2f} points, {100 * step / ref:.1f} % relative at the {_pct(ref)} % of full "
-            "fine-tuning; the 1 %-relative target is about two words per split. Each configuration ran once (one seed)."
+            f"fine-tuning. Seeds per configuration: {len(seeds)}."
         )
     lines.append(
-        f"- Learning rates (peak, warm-up + cosine per update) as in the recipe's `DEFAULT_LR`, picked on update 1. "
+        f"- Learning rates: peak, warm-up + cosine per update; the recipe's `DEFAULT_LR` unless `--lr` set them. "
         f"Load average before / after the run: {meta.get('load_average_before')} / {meta.get('load_average_after')} "
         "(the machine was shared)."
     )
-    lines += ["", "![WER over updates and WER vs update size](diff_updates.png)", ""]
+    lines += ["", "![WER over updates and WER vs update bytes](diff_updates.png)", ""]
     return "\n".join(lines)
+
+
+def _family(name: str) -> str | None:
+    """The equal-bytes family of a configuration name (``sparse-b5`` -> ``sparse-b``), or ``None``."""
+    for prefix in FAMILIES:
+        rest = name[len(prefix):]
+        if name.startswith(prefix) and rest.isdigit():
+            return prefix
+    return None
 
 
 def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
@@ -377,29 +691,42 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.6))
-    by: dict[str, list[dict[str, Any]]] = {}
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 5))
+    by: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for r in summary["rows"]:
-        by.setdefault(r["method"], []).append(r)
-    for name, rs in by.items():
-        ks = [r["update"] for r in rs]
-        line = a.plot(ks, [100 * r["wer_update_test"] for r in rs], marker="o", label=CONFIGS[name][0])[0]
-        b.plot(ks, [100 * r["wer_base_test"] for r in rs], marker="o", color=line.get_color(), label=CONFIGS[name][0])
-        if all(r.get("test_other_wer") is not None for r in rs):
-            b.plot(ks, [100 * r["test_other_wer"] for r in rs], marker="s", ls="--", color=line.get_color())
-        f = summary["after_last_update"][name]
-        c.scatter([f["mean_bytes_per_update"]], [100 * f["mean_update_test_wer"]], color=line.get_color(), s=60, marker="o")
-        c.scatter([f["mean_bytes_per_update"]], [100 * f["wer"][meta["test_split"]]], color=line.get_color(), s=60, marker="x")
-        c.annotate(CONFIGS[name][0], (f["mean_bytes_per_update"], 100 * f["mean_update_test_wer"]), fontsize=7,
-                   xytext=(4, 4), textcoords="offset points")
+        by.setdefault(r["method"], {}).setdefault(r["update"], []).append(r)
+    colors: dict[str, Any] = {}
+    for name, per in by.items():
+        ks = sorted(per)
+        label = CONFIGS[name][0]
+        line = a.plot(ks, [100 * _mean([r["wer_update_test"] for r in per[k]]) for k in ks], marker="o", label=label)[0]
+        colors[name] = line.get_color()
+        b.plot(ks, [100 * _mean([r["wer_base_test"] for r in per[k]]) for k in ks], marker="o", color=colors[name])
+    base = _base_by_split(meta)
     ks = list(range(1, meta["updates"] + 1))
-    a.plot(ks, [100 * meta["base_wer"].get(f"update-{k}-test", math.nan) for k in ks], color="grey", ls=":", marker=".",
-           lw=1, label="base model")
-    b.axhline(100 * meta["base_wer"][meta["test_split"]], color="grey", ls=":", lw=1, label="base")
-    a.set(xlabel="update k", ylabel="WER % on update-k-test (right after update k)", title="New data (unseen speakers)")
-    b.set(xlabel="update k", ylabel="WER % on base test (dashed: test-other)", title="Base test (forgetting)")
+    a.plot(ks, [100 * base.get(f"update-{k}-test", math.nan) for k in ks], color="grey", ls=":", marker=".", lw=1,
+           label="base model")
+    b.axhline(100 * base[meta["test_split"]], color="grey", ls=":", lw=1)
+    final = summary["after_last_update"]
+    families: dict[str, list[str]] = {}
+    for name in final:
+        families.setdefault(_family(name) or name, []).append(name)
+    for fam, names in families.items():
+        names = sorted(names, key=lambda n: final[n]["bytes"])
+        xs = [final[n]["bytes"] for n in names]
+        color = colors.get(names[0]) if len(names) == 1 else None
+        label = FAMILIES.get(fam, CONFIGS[names[0]][0])
+        for key, style in (("new_entity_wer", "-"), ("base_test_wer", "--")):
+            ys = [100 * final[n][key] for n in names]
+            err = [[100 * (final[n][key] - (final[n]["ci95"].get(key) or [final[n][key]] * 2)[0]) for n in names],
+                   [100 * ((final[n]["ci95"].get(key) or [final[n][key]] * 2)[1] - final[n][key]) for n in names]]
+            h = c.errorbar(xs, ys, yerr=err, marker="o" if key == "new_entity_wer" else "x", ls=style, capsize=2,
+                           color=color, label=label if key == "new_entity_wer" else None)
+            color = h[0].get_color()
+    a.set(xlabel="update k", ylabel="WER % on update-k-test (right after update k)", title="New entities, right after")
+    b.set(xlabel="update k", ylabel="WER % on base test", title="Base test (forgetting)")
     c.set(xscale="log", xlabel="bytes per update (log)", ylabel="WER % after the last update",
-          title="WER vs update size (o: mean update tests, x: base test)")
+          title="After the last update: o/solid new entities, x/dashed base test")
     c.axvline(meta["full_checkpoint_bytes"], color="grey", ls=":", lw=1)
     for ax in (a, b):
         ax.set_xticks(ks)
@@ -407,9 +734,23 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
     for ax in (a, b, c):
         ax.grid(alpha=0.3)
     a.legend(fontsize=7)
+    c.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _slim(runs: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The runs without their per-utterance arrays (kept in the work folder; the results file stays small)."""
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {k: strip(v) for k, v in x.items() if k not in ("utterance_errors", "utterance_words")}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return {name: [strip(res) for res in _seeds(group)] for name, group in runs.items()}
 
 
 # --------------------------------------------------------------------------- main
@@ -420,27 +761,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default=None, help="base checkpoint (default: the shared base of benchmarks/base.py)")
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="corpus (generated if missing)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(CONFIGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of every configuration (means over them)")
+    p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=RATE",
+                   help="peak learning rate per recipe method, e.g. full=5e-4 sparse=1e-3 (default: the recipe's)")
     p.add_argument("--updates", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--update-utterances", type=int, default=150)
+    p.add_argument("--update-utterances", default="150", help="utterances of each update-k split ('all': every one)")
     p.add_argument("--replay-utterances", type=int, default=150)
     p.add_argument("--test-utterances", type=int, default=None, help="cap on each base test split")
     p.add_argument("--test-other-split", default="test-other",
                    help="base split of unseen voices and sentence templates ('none': not evaluated)")
     p.add_argument("--jobs", type=int, default=2, help="recipe processes at a time (1 thread each)")
     p.add_argument("--work", default=str(REPO / "runs" / "benchmarks" / "diff_updates"), help="diff files and logs")
+    p.add_argument("--reuse", action="store_true", help="keep the results of runs with the same options in --work")
     p.add_argument("--results", default=None, help="output stem (default docs/results/diff_updates; --quick: <work>/quick)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 updates, 1 epoch, 30+30 utterances, 60 test")
     p.add_argument("--from-json", default=None, help="only rewrite the .md and .png from an earlier .json")
     a = p.parse_args(argv)
+    try:
+        lrs = parse_lr(a.lr)
+    except ValueError as err:
+        p.error(str(err))
+    if a.update_utterances != "all" and not a.update_utterances.isdigit():
+        p.error(f"Expected --update-utterances to be a count or 'all', but got {a.update_utterances!r}.")
     if a.from_json:
         data = json.loads(Path(a.from_json).read_text())
         stem = Path(a.results) if a.results else Path(a.from_json).with_suffix("")
-        write_atomic(stem.with_suffix(".md"), markdown(data, data["meta"]))
-        plot(data, data["meta"], stem.with_suffix(".png"))
+        summary = data if "regime" in data else summarize(data["runs"])  # results from before seeds: summarized anew
+        write_atomic(stem.with_suffix(".md"), markdown(summary, data["meta"]))
+        plot(summary, data["meta"], stem.with_suffix(".png"))
         return 0
     if a.quick:
-        a.updates, a.epochs, a.update_utterances, a.replay_utterances = 2, 1, 30, 30
+        a.updates, a.epochs, a.update_utterances, a.replay_utterances = 2, 1, "30", 30
         a.test_utterances = a.test_utterances or 60
     t0 = time.perf_counter()
     base = Path(a.base) if a.base else find_base(a.root, train=not a.quick)
@@ -453,29 +805,34 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     stem = Path(a.results) if a.results else (work / "diff_updates" if a.quick else RESULTS)
     common = ["--base", str(base), "--root", str(root), "--updates", str(a.updates), "--epochs", str(a.epochs),
-              "--update_utterances", str(a.update_utterances), "--replay_utterances", str(a.replay_utterances)]
+              "--update_utterances", "null" if a.update_utterances == "all" else a.update_utterances,
+              "--replay_utterances", str(a.replay_utterances)]
     if a.test_utterances:
         common += ["--test_utterances", str(a.test_utterances)]
     common += ["--test_other_split", "null" if a.test_other_split.lower() == "none" else a.test_other_split]
     load0 = os.getloadavg()[0]
-    runs = launch(a.methods, common, work, a.jobs, {"sparse10_bytes": str(sparse10_bytes(base))})
+    runs = launch(a.methods, common, work, a.jobs, budget_fill(base), seeds=a.seeds, lrs=lrs, reuse=a.reuse)
     summary = summarize(runs)
-    first = next(iter(runs.values()))
+    first = runs[a.methods[0]][0]
+    base_wer = {s: m["wer"] for s, m in first["base_eval"].items()}
     meta = {
         "command": "python benchmarks/diff_updates.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "base": str(base),
         "root": str(root),
         "methods": a.methods,
+        "seeds": a.seeds,
+        "lr": {m: _seeds(runs[n])[0]["lr"] for n in a.methods for m in [method_of(n)]},
         "updates": a.updates,
         "epochs": a.epochs,
-        "update_utterances": a.update_utterances,
+        "update_utterances": None if a.update_utterances == "all" else int(a.update_utterances),
         "replay_utterances": a.replay_utterances,
         "test_split": first["config"]["test_split"],
         "test_other_split": first["config"].get("test_other_split"),
         "eval_sizes": first["eval_sizes"],
         "eval_words": eval_words(root, first["eval_sizes"]),
         "full_checkpoint_bytes": first["full_checkpoint_bytes"],
-        "base_wer": {s: m["wer"] for s, m in first["base_eval"].items()},
+        "base_wer": base_wer[first["config"]["test_split"]],
+        "base_wer_by_split": base_wer,
         "jobs": a.jobs,
         "cpu_count": os.cpu_count(),
         "load_average_before": round(load0, 2),
@@ -483,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    write_results(stem, {"meta": meta, **summary, "runs": runs}, markdown(summary, meta))
+    write_results(stem, {"meta": meta, **summary, "runs": _slim(runs)}, markdown(summary, meta))
     plot(summary, meta, stem.with_suffix(".png"))
     print(markdown(summary, meta))
     print(f"\nwrote {stem.with_suffix('.json')}, .md, .png in {meta['seconds'] / 60:.1f} min")

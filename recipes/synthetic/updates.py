@@ -355,8 +355,11 @@ class EvalSets:
         """Greedy decoding scores per split (fractions, not %).
 
         ``{split: {"wer", "cer", "wer_ci95": [low, high], "words", "entity_accuracy",
-        "new_entity_accuracy", "entity_mentions", "new_entity_mentions"}}``: the interval is a
-        bootstrap over utterances (:func:`~lightning_amortized.scoring.bootstrap_wer`); entity
+        "new_entity_accuracy", "entity_mentions", "new_entity_mentions", "utterance_errors",
+        "utterance_words"}}``: the interval is a bootstrap over utterances
+        (:func:`~lightning_amortized.scoring.bootstrap_wer`); the per-utterance word errors and
+        reference words (in a fixed utterance order, the same in every run on the corpus) let a
+        benchmark pool seeds and pair methods on the same utterances; entity
         accuracy is the share of slot values (``slu.jsonl``) transcribed word for word, over
         all requests and over those naming entities new in their update (``None`` when the
         split has none).
@@ -390,6 +393,8 @@ class EvalSets:
                 "entity_mentions": mentions,
                 "new_entity_accuracy": new_hits / new_mentions if new_mentions else None,
                 "new_entity_mentions": new_mentions,
+                "utterance_errors": [int(e) for e in errors],
+                "utterance_words": [int(w) for w in words],
             }
         model.train(was_training)
         return out

@@ -201,7 +201,8 @@ def test_diff_updates_results_from_before_test_other_still_render(tmp_path: Path
     assert all(r["test_other_wer"] is None for r in summary["rows"])
     assert all(f["test_other_wer"] is None for f in summary["after_last_update"].values())
     assert bench.main(["--from-json", str(old)]) == 0
-    rows = [line for line in old.with_suffix(".md").read_text().splitlines() if line.startswith("| sparse 10 %, fp16 |")]
+    rows = [line for line in old.with_suffix(".md").read_text().splitlines()
+            if line.startswith("| sparse 10 %, fp16 |") and line.split(" | ")[1].isdigit()]  # the per-update rows
     assert rows and all(r.split(" | ")[5] == "–" for r in rows[: data["meta"]["updates"]])
 
 
@@ -210,18 +211,27 @@ def test_every_method_config_parses_and_the_benchmark_builds_valid_commands(reci
     benchmarks/diff_updates.py runs it with those files: every command it builds must parse."""
     bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", "bench_diff_updates")
     parser = recipe.build_parser()
-    common = RECIPE.parent / "conf" / "updates" / "common.yaml"
+    fill = {"sparse10_bytes": "123456", **{f"bytes_{b}": str(1000 * b) for b in bench.PEER_BUDGETS}}
     seen = set()
-    for name, (_, config, extra) in bench.CONFIGS.items():
-        args = ["--config", str(common), "--config", str(config), "--base", str(base_ckpt), "--out", str(tmp_path),
-                *[e.format(sparse10_bytes="123456") for e in extra], "--progress", "false"]
-        a = parser.parse_args(args)
+    for name in bench.CONFIGS:
+        cmd = bench.recipe_command(name, 1, ["--base", str(base_ckpt)], tmp_path, fill, {"sparse": 5e-4, "full": 2e-4})
+        a = parser.parse_args(cmd[2:])
         cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
         seen.add(cfg.method)
+        assert cfg.method == bench.method_of(name) and cfg.seed == 1
+        assert cfg.learning_rate == {"sparse": 5e-4, "full": 2e-4}.get(cfg.method, recipe.DEFAULT_LR[cfg.method])
         if name == "hashed":
             assert cfg.budget == 123456 and isinstance(cfg.budget, int)  # bytes stay an int
         if name == "sparse-10":
             assert (cfg.budget, cfg.value_dtype, cfg.also_export) == (0.1, "fp16", ("fp32", "int8"))
+        if name in ("sparse-b5", "hashed-b5"):  # the peers at equal bytes: 5 % of the checkpoint, in bytes
+            assert cfg.budget == 5000 and isinstance(cfg.budget, int)
+        if name == "sparse-b5":
+            assert (cfg.value_dtype, cfg.also_export) == ("fp16", ())
+    # a common YAML of the options combines with every method's YAML
+    common = RECIPE.parent / "conf" / "updates" / "common.yaml"
+    a = parser.parse_args(["--config", str(common), "--config", str(bench.CONFIGS["lora-2"][1]), "--base", str(base_ckpt)])
+    assert (a.method, a.epochs) == ("lora", 3)
     assert seen == set(recipe.METHODS)
     with pytest.raises(SystemExit):
         parser.parse_args(["--base", str(base_ckpt), "--method", "nope"])

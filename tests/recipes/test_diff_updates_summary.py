@@ -1,0 +1,147 @@
+"""benchmarks/diff_updates.py on made-up recipe results: seeds pooled utterance by utterance, the
+regime check of issue 10, paired intervals against full fine-tuning, equal-bytes targets, reuse
+of finished runs, and the results file kept small."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import load_script
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "diff_updates.py"
+WORDS = {"test": [5, 5, 10], "update-1-test": [4, 6], "update-2-test": [5, 5]}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script(BENCH, "bench_diff_updates_summary")
+
+
+def _eval(errors: dict[str, list[int]]) -> dict[str, dict]:
+    out = {}
+    for split, errs in errors.items():
+        words = WORDS[split]
+        out[split] = {"wer": sum(errs) / sum(words), "cer": 0.5 * sum(errs) / sum(words), "wer_ci95": [0.0, 1.0],
+                      "words": sum(words), "utterance_errors": errs, "utterance_words": words}
+    return out
+
+
+def _result(method: str, seed: int, after: list[dict[str, list[int]]], budget=0.1, file_bytes=(100, 120)) -> dict:
+    base = {"test": [1, 1, 2], "update-1-test": [2, 4], "update-2-test": [3, 3]}  # 40 %, 60 %, 60 % WER
+    return {
+        "config": {"method": method, "seed": seed, "budget": budget, "test_split": "test", "test_other_split": None},
+        "lr": 1e-3, "full_checkpoint_bytes": 1000, "total_seconds": 10.0,
+        "base_eval": _eval(base),
+        "updates": [{"update": k + 1, "eval": _eval(ev), "file_bytes": file_bytes[k], "stored_entries": 10,
+                     "fit_seconds": 1.0} for k, ev in enumerate(after)],
+        "chain": {"links": 2, "bit_exact_vs_trained": True, "max_abs_error_vs_trained": 0.0, "equals_shipped": True,
+                  "hash_links_ok": True},
+    }
+
+
+def _runs() -> dict[str, list[dict]]:
+    # full fine-tuning: update 1 takes its split from 60 % to 20 %, update 2 from 60 % to 30 %; test 40 -> 40 %
+    full = [_result("full", s, [{"test": [1, 1, 2], "update-1-test": [1, 1], "update-2-test": [3, 3]},
+                                {"test": [1, 1, 2], "update-1-test": [1, 1], "update-2-test": [1, 2]}],
+                    budget=0.1, file_bytes=(1000, 1000)) for s in (0, 1)]
+    # the sparse diff: seed 0 one error more than full on utterance 0 of update-1-test, seed 1 the same as full
+    sparse = [_result("sparse", s, [{"test": [1, 1, 2], "update-1-test": [1, 1], "update-2-test": [3, 3]},
+                                    {"test": [1, 1, 2], "update-1-test": [1 + (s == 0), 1], "update-2-test": [1, 2]}],
+                      budget=50, file_bytes=(48, 50)) for s in (0, 1)]
+    lora = [_result("lora", 0, [{"test": [1, 1, 2], "update-1-test": [1, 1], "update-2-test": [3, 3]},
+                                {"test": [2, 1, 2], "update-1-test": [3, 3], "update-2-test": [3, 3]}])]
+    lora[0]["updates"][-1]["budget_bytes"] = lora[0]["updates"][0]["budget_bytes"] = 50
+    return {"full": full, "sparse-b10": sparse, "lora-10": lora}
+
+
+def test_seeds_are_pooled_and_compared_with_full_fine_tuning_on_the_same_utterances(bench) -> None:
+    summary = bench.summarize(_runs())
+    final = summary["after_last_update"]
+    # new-entity WER: both update-k-test splits together (20 words), seed mean of per-utterance errors
+    assert final["full"]["new_entity_wer"] == pytest.approx(5 / 20)
+    assert final["sparse-b10"]["new_entity_wer"] == pytest.approx(5.5 / 20)
+    assert final["sparse-b10"]["base_test_wer"] == pytest.approx(0.2)
+    assert final["sparse-b10"]["seeds"] == [0, 1] and final["sparse-b10"]["bytes"] == pytest.approx(49)
+    low, high = final["sparse-b10"]["ci95"]["new_entity_wer"]
+    assert low <= 5.5 / 20 <= high
+    rel = final["sparse-b10"]["rel_vs_full"]
+    assert rel["new_entity_wer"]["value"] == pytest.approx(0.1)  # 0.5 more errors in 5
+    assert rel["base_test_wer"]["value"] == 0 and rel["base_test_wer"]["ci95"] == [0, 0]
+    lo, hi = rel["new_entity_wer"]["ci95"]
+    assert 0 <= lo <= 0.1 <= hi  # never below 0: sparse is nowhere better on any utterance
+    assert "rel_vs_full" not in final["full"]
+    # rows keep every seed
+    assert sorted({(r["method"], r["seed"]) for r in summary["rows"]}) == [
+        ("full", 0), ("full", 1), ("lora-10", 0), ("sparse-b10", 0), ("sparse-b10", 1)]
+
+
+def test_regime_and_targets(bench) -> None:
+    summary = bench.summarize(_runs())
+    reg = summary["regime"]
+    assert reg["new_entity_wer_base"] == pytest.approx(0.6)
+    assert reg["new_entity_wer_full_after"] == pytest.approx((0.2 + 0.3) / 2)
+    assert [u["ratio"] for u in reg["per_update"]] == pytest.approx([1 / 3, 0.5])
+    assert reg["halves_every_update"] and reg["forgetting_rel"] == 0 and reg["met"]
+    by = {t["target"]: t for t in summary["targets"]}
+    assert by[next(k for k in by if k.startswith("regime"))]["met"]
+    assert not by["sparse-b10: new-entity WER (update-k-test splits) after the last update within 1% relative of full FT"][
+        "met"]
+    assert by["sparse-b10: base test WER after the last update within 1% relative of full FT"]["met"]
+    better = by["sparse diff better than lora-10 at 10% of the checkpoint's bytes after the last update"]
+    assert better["met"]
+    assert by["sparse-b10: every update's shipped file(s) within the byte budget"]["met"]  # 50 of 50 bytes
+    # a full run that does not halve an update's own split fails the regime
+    runs = _runs()
+    for res in runs["full"]:
+        res["updates"][1]["eval"]["update-2-test"] = _eval({"update-2-test": [2, 2]})["update-2-test"]
+    assert not bench.summarize(runs)["regime"]["met"]
+
+
+def test_report_and_results_file(bench, tmp_path: Path) -> None:
+    runs = _runs()
+    summary = bench.summarize(runs)
+    meta = {"command": "c", "base": "b", "root": "r", "full_checkpoint_bytes": 1000, "updates": 2, "epochs": 1,
+            "update_utterances": None, "replay_utterances": 4, "seconds": 1.0, "cpu_count": 2, "jobs": 1,
+            "seeds": [0, 1], "base_wer": 0.4, "base_wer_by_split": {"test": 0.4, "update-1-test": 0.6,
+                                                                    "update-2-test": 0.6},
+            "test_split": "test", "eval_sizes": {"test": 3}, "lr": {"sparse": 1e-3}}
+    md = bench.markdown(summary, meta)
+    assert "## Regime check" in md and "Regime met: yes" in md
+    assert "| sparse diff 10 % of the checkpoint, fp16 | 0.001 | 49 | 4.90 | 27.50 [" in md
+    bench.plot(summary, meta, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    slim = bench._slim(runs)
+    assert "utterance_errors" not in json.dumps(slim) and len(slim["full"]) == 2
+    # a results file written from slim runs renders again without re-summarizing
+    data = {"meta": meta, **summary, "runs": slim}
+    (tmp_path / "d.json").write_text(json.dumps(data, default=lambda x: x.tolist() if isinstance(x, np.ndarray) else x))
+    assert bench.main(["--from-json", str(tmp_path / "d.json")]) == 0
+    assert "Regime met: yes" in (tmp_path / "d.md").read_text()
+
+
+def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:
+    assert bench.parse_lr(["full=5e-4", "sparse=0.001"]) == {"full": 5e-4, "sparse": 1e-3}
+    for bad in ("full", "nope=1e-3", "full=-1", "full=x"):
+        with pytest.raises(ValueError, match="METHOD=RATE"):
+            bench.parse_lr([bad])
+    with pytest.raises(SystemExit):
+        bench.main(["--lr", "full", "--from-json", "x.json"])
+    # a finished run is reused only when it ran with the same options
+    recipe = bench._recipe()
+    cmd = bench.recipe_command("sparse-b2", 0, ["--base", "b.ckpt", "--epochs", "4"], tmp_path, {"bytes_2": "2000"},
+                               {"sparse": 1e-3})
+    a = recipe.build_parser().parse_args(cmd[2:])
+    import dataclasses
+
+    cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
+    res = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "chain": {}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    assert bench.reusable(cmd, tmp_path / "results.json") == res
+    other = bench.recipe_command("sparse-b2", 1, ["--base", "b.ckpt", "--epochs", "4"], tmp_path, {"bytes_2": "2000"},
+                                 {"sparse": 1e-3})
+    assert bench.reusable(other, tmp_path / "results.json") is None  # another seed
+    assert bench.reusable(cmd, tmp_path / "missing.json") is None
