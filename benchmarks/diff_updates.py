@@ -388,33 +388,45 @@ def summarize(runs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def regime(runs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Whether full fine-tuning learns each update and keeps the base (``None`` without a ``full`` run).
+    """Whether full fine-tuning learns each update and keeps the base (:func:`regime_of` its runs; ``None`` without)."""
+    return regime_of(_seeds(runs["full"])) if "full" in runs else None
+
+
+def regime_of(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Issue 10's regime check of one configuration's chains (one per seed): does each update teach, is the base kept?
 
     Fractions, means over seeds: ``new_entity_wer_base`` (the base model on ``update-k-test``,
     mean over k), ``new_entity_wer_full_after`` (after update k on its own ``update-k-test``, mean
-    over k), ``base_test_wer_full_after`` (base ``test`` after the last update), and per update
-    the ratio after / before; ``halves_every_update`` and ``forgetting_rel`` against the
-    issue's bounds.
+    over k), ``base_test_wer_base`` and ``base_test_wer_full_after`` (base ``test`` after the last
+    update); per update (``per_update``) its own split ``before`` / ``after`` and their ``ratio``,
+    new-entity accuracy before / after and ``test`` WER after it; ``halves_every_update``
+    (every ratio at most ``REGIME_HALVES``), ``forgetting_rel`` and ``met`` (both bounds).
+    ``benchmarks/update_regime.py --chain`` reports the same check for one finished chain.
     """
-    if "full" not in runs:
-        return None
-    group = _seeds(runs["full"])
-    test = group[0]["config"]["test_split"]
+    test = group[0]["config"].get("test_split", "test")
     per_update = []
     for i, rec in enumerate(group[0]["updates"]):
-        split = f"update-{rec['update']}-test"
+        k = rec.get("update", i + 1)
+        split = f"update-{k}-test"
         before = _mean([res["base_eval"][split]["wer"] for res in group])
         after = _mean([res["updates"][i]["eval"][split]["wer"] for res in group])
-        per_update.append({"update": rec["update"], "before": before, "after": after, "ratio": after / before})
+        acc_before = [res["base_eval"][split].get("new_entity_accuracy") for res in group]
+        acc_after = [res["updates"][i]["eval"][split].get("new_entity_accuracy") for res in group]
+        per_update.append({
+            "update": k, "before": before, "after": after, "ratio": after / before if before else math.inf,
+            "after_ci95": rec["eval"][split].get("wer_ci95") if len(group) == 1 else None,
+            "new_entity_accuracy_before": None if None in acc_before else _mean(acc_before),
+            "new_entity_accuracy_after": None if None in acc_after else _mean(acc_after),
+            "test_wer_after": _mean([res["updates"][i]["eval"][test]["wer"] for res in group]),
+        })
     base_test = _mean([res["base_eval"][test]["wer"] for res in group])
-    after_test = _mean([res["updates"][-1]["eval"][test]["wer"] for res in group])
-    forgetting = _rel(after_test, base_test)
+    forgetting = _rel(per_update[-1]["test_wer_after"], base_test)
     halves = all(u["ratio"] <= REGIME_HALVES for u in per_update)
     return {
         "new_entity_wer_base": _mean([u["before"] for u in per_update]),
         "new_entity_wer_full_after": _mean([u["after"] for u in per_update]),
         "base_test_wer_base": base_test,
-        "base_test_wer_full_after": after_test,
+        "base_test_wer_full_after": per_update[-1]["test_wer_after"],
         "per_update": per_update,
         "halves_every_update": halves,
         "forgetting_rel": forgetting,

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from lightning_amortized.experiment import Job, percent as pct, run_jobs, shown_path, write_results  # noqa: E402
+from diff_updates import REGIME_FORGETS as FORGET, REGIME_HALVES as LEARN, regime_of  # noqa: E402
 
 RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
 DEFAULT_GRID = (
@@ -43,8 +44,8 @@ DEFAULT_GRID = (
     "0.002:12:720:0.0001", "0.002:12:720:0.0003", "0.002:12:720:0.001", "0.002:12:720:0.01", "0.002:12:720:0.1",
     "0.002:12:720:1", "0.003:16:720:0.0003", "0.003:16:720:0.001",
 )
-LEARN = 0.5  # update-k-test WER at most half the base's
-FORGET = 0.10  # base test WER at most 10 % relative above the base's
+# LEARN: update-k-test WER at most this share of the base's; FORGET: base test WER at most this much
+# (relative) above the base's; one definition with benchmarks/diff_updates.py's regime check
 
 
 def parse_point(text: str) -> tuple[float, int, int, float]:
@@ -134,25 +135,20 @@ def chain_rows(result: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
         (each update at most halves its own split's WER) and ``test_wer_rel_after_last``
         with ``forgets_at_most_10pct``.
     """
-    before = result["base_eval"]
-    rows = []
-    for k, update in enumerate(result["updates"], start=1):
-        split, after = f"update-{k}-test", update["eval"]
-        row = {
-            "update": k,
-            "update_test_wer_before": before[split]["wer"],
-            "update_test_wer_after": after[split]["wer"],
-            "update_test_wer_after_ci95": after[split].get("wer_ci95"),
-            "new_entity_accuracy_before": before[split].get("new_entity_accuracy"),
-            "new_entity_accuracy_after": after[split].get("new_entity_accuracy"),
-            "test_wer_after": after["test"]["wer"],
-        }
-        row["update_test_wer_rel"] = row["update_test_wer_after"] / row["update_test_wer_before"] - 1
-        row["learns"] = row["update_test_wer_after"] <= LEARN * row["update_test_wer_before"]
-        rows.append(row)
-    rel = rows[-1]["test_wer_after"] / before["test"]["wer"] - 1
-    verdict = {"test_wer_before": before["test"]["wer"], "test_wer_rel_after_last": rel,
-               "learns_every_update": all(r["learns"] for r in rows), "forgets_at_most_10pct": rel <= FORGET}
+    reg = regime_of([result])
+    rows = [{
+        "update": u["update"],
+        "update_test_wer_before": u["before"],
+        "update_test_wer_after": u["after"],
+        "update_test_wer_after_ci95": u["after_ci95"],
+        "new_entity_accuracy_before": u["new_entity_accuracy_before"],
+        "new_entity_accuracy_after": u["new_entity_accuracy_after"],
+        "test_wer_after": u["test_wer_after"],
+        "update_test_wer_rel": u["ratio"] - 1,
+        "learns": u["ratio"] <= LEARN,
+    } for u in reg["per_update"]]
+    verdict = {"test_wer_before": reg["base_test_wer_base"], "test_wer_rel_after_last": reg["forgetting_rel"],
+               "learns_every_update": reg["halves_every_update"], "forgets_at_most_10pct": reg["forgetting_rel"] <= FORGET}
     return rows, verdict
 
 
@@ -193,8 +189,14 @@ def main_chain(argv: list[str]) -> int:
         print(f"update_regime: error: {path} does not exist: pass the results.json of a finished "
               "recipes/synthetic/updates.py run.", file=sys.stderr)
         return 2
-    result = json.loads(path.read_text())
-    rows, verdict = chain_rows(result)
+    try:
+        result = json.loads(path.read_text())
+        rows, verdict = chain_rows(result)
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
+        print(f"update_regime: error: {path} is not the results.json of a finished recipes/synthetic/updates.py run "
+              f"({type(err).__name__}: {err}); rerun the recipe (an interrupted run leaves no results.json).",
+              file=sys.stderr)
+        return 2
     cfg = result["config"]
     run = ("python recipes/synthetic/updates.py " + " ".join(
         f"--{k} {'null' if v is None else v}" for k, v in cfg.items()

@@ -77,3 +77,9 @@ def test_chain_regime_judges_every_update_and_forgetting_after_the_last(tmp_path
     assert "--test_other_split null" in md and "--budget" not in md
     assert bench.main(["--chain", str(tmp_path / "missing.json"), "--results", str(tmp_path / "m")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "cut.json").write_text(path.read_text()[:200])  # an interrupted write
+    assert bench.main(["--chain", str(tmp_path / "cut.json"), "--results", str(tmp_path / "c")]) == 2
+    assert "is not the results.json of a finished" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"config": {}}))  # some other JSON
+    assert bench.main(["--chain", str(tmp_path / "other.json"), "--results", str(tmp_path / "o")]) == 2
+    assert "KeyError" in capsys.readouterr().err
