@@ -131,9 +131,11 @@ class UpdateConfig:
         targets: NeuralDiff target patterns (default: encoder weights and the output layer);
             also the LoRA targets and the pruned, int8 part of the compressed model.
         lora_alpha: LoRA scale numerator, ``scale = alpha / r`` (``None``: ``alpha = r``, scale 1).
-        anchor: ``full`` and ``compressed``: strength of the L2-SP penalty pulling the weights
-            back to those the update started from
-            (:class:`~lightning_amortized.callbacks.AnchorToStart`; 0: off).
+        anchor: strength of the L2-SP penalty pulling the trainable parameters back to their
+            values at the start of each update
+            (:class:`~lightning_amortized.callbacks.AnchorToStart`; 0: off). Full fine-tuning
+            and the compressed baseline: the weights; a sparse or hashed diff: its values ``D``
+            (zero at the start, so an L2 penalty on the diff); LoRA: the factors' movement.
         updates: number of consecutive updates (``update-1 .. update-K``).
         epochs: training epochs per update.
         lr: peak learning rate (warm-up + cosine over the update); ``None``: the method default.
@@ -187,11 +189,8 @@ class UpdateConfig:
             raise ValueError(f"Expected `updates` and `epochs` >= 1, but got {self.updates} and {self.epochs}.")
         if self.value_dtype not in ("fp32", "fp16", "int8"):
             raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
-        if self.anchor < 0 or (self.anchor and self.method not in ("full", "compressed")):
-            raise ValueError(
-                f"Expected argument `anchor` to be >= 0 and used with method full or compressed (diffs start at zero "
-                f"and are bounded by their budget), but got anchor={self.anchor!r} with method={self.method!r}."
-            )
+        if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not self.anchor >= 0:
+            raise ValueError(f"Expected argument `anchor` to be a number >= 0, but got anchor={self.anchor!r}.")
 
     def budget_bytes(self, full_bytes: int) -> int:
         """The byte budget of one ``lora`` / ``compressed`` update: ``budget`` in bytes, or that fraction of ``full_bytes``."""
@@ -433,7 +432,7 @@ def _fine_tune_all(cfg: UpdateConfig, model: Any, dm: Any, rec: dict[str, Any], 
 
 
 def _anchor(cfg: UpdateConfig) -> list[Any]:
-    """The L2-SP callback of a full fine-tuning update (none when ``cfg.anchor`` is 0)."""
+    """The L2-SP callback of an update (none when ``cfg.anchor`` is 0); after a diff's callback, which attaches ``D``."""
     return [AnchorToStart(cfg.anchor)] if cfg.anchor else []
 
 
@@ -495,7 +494,7 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
 
     path = out / f"diff-{k}.safetensors"
     callback = _diff_callback(cfg, path)
-    trainer = _trainer(cfg, [callback])
+    trainer = _trainer(cfg, [callback, *_anchor(cfg)])
     trainer.fit(model, datamodule=dm)
     rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
     trained = plain_state(model)
@@ -539,7 +538,7 @@ def _lora_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict[str, 
     rank = rank_for_bytes(shapes, budget, cfg.lora_alpha)
     model.requires_grad_(False)
     attach_lowrank(model, names, rank, cfg.lora_alpha, seed=cfg.seed * 1000 + k)
-    trainer = _trainer(cfg, [])
+    trainer = _trainer(cfg, _anchor(cfg))
     trainer.fit(model, datamodule=dm)
     rec["fit_seconds"] = round(time.perf_counter() - t0, 1)
     trained = plain_state(model)

@@ -176,11 +176,24 @@ def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: 
     with pytest.raises(ValueError, match="`method`"):
         recipe.UpdateConfig(base="b", root="r", out="o", method="qlora")
     with pytest.raises(ValueError, match="`anchor`"):
-        recipe.UpdateConfig(base="b", root="r", out="o", method="sparse", anchor=0.1)
-    with pytest.raises(ValueError, match="`anchor`"):
         recipe.UpdateConfig(base="b", root="r", out="o", method="full", anchor=-1.0)
+    with pytest.raises(ValueError, match="`anchor`"):
+        recipe.UpdateConfig(base="b", root="r", out="o", method="sparse", anchor="strong")
     assert [type(c).__name__ for c in recipe._anchor(recipe.UpdateConfig(base="b", root="r", out="o", method="full",
                                                                           anchor=0.1))] == ["AnchorToStart"]
+
+
+def test_an_anchor_on_a_diff_is_an_l2_penalty_on_its_values(recipe, base_ckpt: Path, tiny_corpus: Path,
+                                                            tmp_path: Path) -> None:
+    """AnchorToStart after the NeuralDiff callback pulls ``D`` (zero at the start) towards zero."""
+    sizes = {}
+    for anchor in (0.0, 100.0):
+        cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path / str(anchor), method="sparse", budget=0.5, updates=1,
+                   epochs=2, anchor=anchor, test_other_split=None)
+        res = recipe.run(cfg, log=lambda *_: None)
+        _, tensors = read_diff(res["updates"][0]["file"])
+        sizes[anchor] = sum(float(t.float().pow(2).sum()) for n, t in tensors.items() if n.endswith("::values"))
+    assert 0 < sizes[100.0] < 0.1 * sizes[0.0]  # squared L2 norm of the shipped values
 
 
 def test_a_corpus_without_the_test_other_split_is_refused_before_training(
