@@ -45,7 +45,7 @@ Usage::
     python benchmarks/diff_updates.py --base BASE.ckpt --quick     # smoke run, results under --work
     # issue 10's regime and peers at equal bytes, two seeds (long: about 35 min per run of 5 updates on one core)
     python benchmarks/diff_updates.py --base runs/base/d2f5edc2b51d0dfc/base.ckpt --epochs 16 \
-        --update-utterances all --replay-utterances 720 --lr full=5e-4 sparse=1e-3 --seeds 0 1 --reuse \
+        --update-utterances all --replay-utterances 720 --lr full=5e-4 sparse=1e-3 [--anchor sparse=3e-4] --seeds 0 1 --reuse \
         --methods full sparse-b10 sparse-2-int8 sparse-b1 sparse-b2 sparse-b5 hashed-b10 lora-10 compressed-10 bias
 """
 
@@ -141,24 +141,28 @@ def sparse10_bytes(base: Path) -> int:
     return estimate_diff_bytes("sparse", "fp32", {name: (numels[name], kept[name]) for name in numels})
 
 
-def parse_lr(items: Sequence[str]) -> dict[str, float]:
+def parse_per_method(items: Sequence[str], zero_ok: bool = False) -> dict[str, float]:
     """``["full=5e-4", "sparse=1e-3"]`` -> ``{"full": 5e-4, "sparse": 1e-3}`` (recipe methods: every config of that method).
 
+    Args:
+        items: ``METHOD=VALUE`` strings (``--lr``, ``--anchor``).
+        zero_ok: accept 0 (an anchor of 0 is off; a learning rate must be positive).
+
     Raises:
-        ValueError: an item without ``=``, an unknown method, or a rate that is not a positive number.
+        ValueError: an item without ``=``, an unknown method, or a value that is not a (positive) number.
     """
     methods = ("sparse", "hashed", "bias", "full", "lora", "compressed")
     out = {}
     for item in items:
-        method, sep, value = item.partition("=")
+        method, sep, text = item.partition("=")
         try:
-            rate = float(value)
+            value = float(text)
         except ValueError:
-            rate = math.nan
-        if not sep or method not in methods or not rate > 0:
-            raise ValueError(f"Expected --lr items METHOD=RATE with METHOD one of {list(methods)} and RATE > 0, "
-                             f"but got {item!r}.")
-        out[method] = rate
+            value = math.nan
+        if not sep or method not in methods or not (value >= 0 if zero_ok else value > 0):
+            raise ValueError(f"Expected items METHOD=VALUE with METHOD one of {list(methods)} and VALUE "
+                             f"{'>= 0' if zero_ok else '> 0'}, but got {item!r}.")
+        out[method] = value
     return out
 
 
@@ -178,12 +182,18 @@ def job_name(name: str, seed: int) -> str:
 
 
 def recipe_command(name: str, seed: int, common: list[str], out: Path, fill: Mapping[str, str],
-                   lrs: Mapping[str, float]) -> list[str]:
-    """The recipe command line of configuration ``name`` with ``seed`` (``lrs``: peak rates by recipe method)."""
+                   lrs: Mapping[str, float], anchors: Mapping[str, float] | None = None) -> list[str]:
+    """The recipe command line of configuration ``name`` with ``seed``.
+
+    ``lrs`` / ``anchors``: peak learning rates and L2-SP strengths by recipe method (left to the
+    recipe's defaults where a method is missing).
+    """
     _, config, extra = CONFIGS[name]
-    lr = lrs.get(method_of(name))
+    method = method_of(name)
+    lr, anchor = lrs.get(method), (anchors or {}).get(method)
     return [sys.executable, str(RECIPE), "--config", str(config), *common, *[a.format(**fill) for a in extra],
-            *(["--lr", repr(lr)] if lr is not None else []), "--seed", str(seed),
+            *(["--lr", repr(lr)] if lr is not None else []), *(["--anchor", repr(anchor)] if anchor is not None else []),
+            "--seed", str(seed),
             "--out", str(out), "--progress", "false", "--threads", "1"]
 
 
@@ -214,6 +224,7 @@ def launch(
     seeds: Sequence[int] = (0,),
     lrs: Mapping[str, float] | None = None,
     reuse: bool = False,
+    anchors: Mapping[str, float] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run one recipe process per configuration and seed, ``jobs`` at a time (one thread each).
 
@@ -227,7 +238,7 @@ def launch(
     for name in names:
         for seed in seeds:
             out = work / name / f"seed-{seed}"
-            cmd = recipe_command(name, seed, common, out, fill, lrs or {})
+            cmd = recipe_command(name, seed, common, out, fill, lrs or {}, anchors)
             if reuse and (res := reusable(cmd, out / "results.json")) is not None:
                 done[job_name(name, seed)] = res
             runs.append(Job(job_name(name, seed), cmd, out / "results.json", progress=out / "progress.jsonl",
@@ -551,6 +562,7 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     seeds = meta.get("seeds", [0])
     many = len(seeds) > 1
     lrs = ", ".join(f"{m} {r:g}" for m, r in (meta.get("lr") or {}).items())
+    anchors = ", ".join(f"{m} {v:g}" for m, v in (meta.get("anchor") or {}).items() if v)
     lines = [
         "# Chained updates: neural diffs vs their peers at equal bytes and full fine-tuning",
         "",
@@ -558,7 +570,8 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         f"Base: `{meta['base']}` ({meta['full_checkpoint_bytes']:,} bytes of fp32 weights); corpus `{meta['root']}`; "
         f"{meta['updates']} updates, {meta['epochs']} epochs each on {meta['update_utterances'] or 'all'} `update-k` + "
         f"{meta['replay_utterances']} replayed `train` utterances; diff targets {', '.join(f'`{t}`' for t in DIFF_TARGETS)}; "
-        f"seeds {', '.join(map(str, seeds))}" + (f"; peak learning rates {lrs}" if lrs else "") + ". "
+        f"seeds {', '.join(map(str, seeds))}" + (f"; peak learning rates {lrs}" if lrs else "")
+        + (f"; L2-SP anchor {anchors}" if anchors else "") + ". "
         f"Wall time {meta['seconds'] / 60:.1f} min on {meta['cpu_count']} shared CPU cores ({meta['jobs']} worker "
         f"processes, 1 thread each).",
         "",
@@ -776,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of every configuration (means over them)")
     p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=RATE",
                    help="peak learning rate per recipe method, e.g. full=5e-4 sparse=1e-3 (default: the recipe's)")
+    p.add_argument("--anchor", nargs="+", default=[], metavar="METHOD=STRENGTH",
+                   help="L2-SP strength per recipe method, e.g. sparse=3e-4 (default: 0, off)")
     p.add_argument("--updates", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--update-utterances", default="150", help="utterances of each update-k split ('all': every one)")
@@ -791,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-json", default=None, help="only rewrite the .md and .png from an earlier .json")
     a = p.parse_args(argv)
     try:
-        lrs = parse_lr(a.lr)
+        lrs = parse_per_method(a.lr)
+        anchors = parse_per_method(a.anchor, zero_ok=True)
     except ValueError as err:
         p.error(str(err))
     if a.update_utterances != "all" and not a.update_utterances.isdigit():
@@ -823,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--test_utterances", str(a.test_utterances)]
     common += ["--test_other_split", "null" if a.test_other_split.lower() == "none" else a.test_other_split]
     load0 = os.getloadavg()[0]
-    runs = launch(a.methods, common, work, a.jobs, budget_fill(base), seeds=a.seeds, lrs=lrs, reuse=a.reuse)
+    runs = launch(a.methods, common, work, a.jobs, budget_fill(base), seeds=a.seeds, lrs=lrs, reuse=a.reuse,
+                  anchors=anchors)
     summary = summarize(runs)
     first = runs[a.methods[0]][0]
     base_wer = {s: m["wer"] for s, m in first["base_eval"].items()}
@@ -834,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         "methods": a.methods,
         "seeds": a.seeds,
         "lr": {m: _seeds(runs[n])[0]["lr"] for n in a.methods for m in [method_of(n)]},
+        "anchor": {m: _seeds(runs[n])[0]["config"].get("anchor", 0.0) for n in a.methods for m in [method_of(n)]},
         "updates": a.updates,
         "epochs": a.epochs,
         "update_utterances": None if a.update_utterances == "all" else int(a.update_utterances),

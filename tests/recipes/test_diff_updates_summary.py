@@ -124,10 +124,13 @@ def test_report_and_results_file(bench, tmp_path: Path) -> None:
 
 
 def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:
-    assert bench.parse_lr(["full=5e-4", "sparse=0.001"]) == {"full": 5e-4, "sparse": 1e-3}
-    for bad in ("full", "nope=1e-3", "full=-1", "full=x"):
-        with pytest.raises(ValueError, match="METHOD=RATE"):
-            bench.parse_lr([bad])
+    assert bench.parse_per_method(["full=5e-4", "sparse=0.001"]) == {"full": 5e-4, "sparse": 1e-3}
+    for bad in ("full", "nope=1e-3", "full=-1", "full=x", "full=0"):
+        with pytest.raises(ValueError, match="METHOD=VALUE"):
+            bench.parse_per_method([bad])
+    assert bench.parse_per_method(["sparse=0"], zero_ok=True) == {"sparse": 0.0}  # an anchor of 0 is off
+    cmd = bench.recipe_command("hashed-b5", 0, [], Path("o"), {"bytes_5": "5"}, {}, {"hashed": 3e-4, "sparse": 1.0})
+    assert cmd[cmd.index("--anchor") + 1] == "0.0003" and "--lr" not in cmd
     with pytest.raises(SystemExit):
         bench.main(["--lr", "full", "--from-json", "x.json"])
     # a finished run is reused only when it ran with the same options
