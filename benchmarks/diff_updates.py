@@ -46,7 +46,8 @@ Usage::
     # issue 10's regime and peers at equal bytes, two seeds (long: about 35 min per run of 5 updates on one core)
     python benchmarks/diff_updates.py --base runs/base/d2f5edc2b51d0dfc/base.ckpt --epochs 16 \
         --update-utterances all --replay-utterances 720 --lr full=5e-4 sparse=1e-3 [--anchor sparse=3e-4] \
-        --seeds 0 1 --reuse --methods full sparse-b10 sparse-2-int8 sparse-b1 sparse-b2 sparse-b5 hashed-b10 lora-10 compressed-10 bias
+        --seeds 0 1 --reuse --methods full sparse-b10 sparse-2-int8 sparse-b1 sparse-b2 sparse-b5 hashed-b10 \
+        lora-10 compressed-10 bias
 """
 
 from __future__ import annotations
