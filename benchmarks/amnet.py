@@ -650,10 +650,11 @@ def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: st
 def _paired_intervals(r: dict[str, Any], slow: dict[str, Any] | None) -> None:
     """95 % paired-bootstrap interval of the WER relative to slow-only, per rho (``ci95_wer_rel``).
 
-    Both are scored on the same resampled test utterances (:func:`lightning_amortized.scoring.bootstrap_wer_difference`);
-    left out when either run lacks per-utterance errors (results of older runs).
+    Both are scored on the same resampled test utterances, the ratio taken per resample
+    (:func:`lightning_amortized.scoring.bootstrap_wer_relative`); left out when either run lacks
+    per-utterance errors (results of older runs).
     """
-    from lightning_amortized.scoring import bootstrap_wer_difference
+    from lightning_amortized.scoring import bootstrap_wer_relative
 
     if not slow or r.get("utt_ids") is None or r.get("utt_ids") != slow.get("utt_ids"):
         return
@@ -662,8 +663,8 @@ def _paired_intervals(r: dict[str, Any], slow: dict[str, Any] | None) -> None:
         ref = slow["per_rho"][rho]
         if "utt_errors" not in p or "utt_errors" not in ref or not ref["wer"] > 0:
             continue
-        _, low, high = bootstrap_wer_difference(p["utt_errors"], ref["utt_errors"], words, seed=0)
-        p["ci95_wer_rel"] = [low / ref["wer"], high / ref["wer"]]
+        _, low, high = bootstrap_wer_relative(p["utt_errors"], ref["utt_errors"], words, seed=0)
+        p["ci95_wer_rel"] = [low, high]
     r["ci95_wer_rel"] = r["per_rho"][str(RHO_TRAIN)].get("ci95_wer_rel")
 
 
@@ -677,10 +678,10 @@ def _matched_single_intervals(done: dict[str, dict[str, Any]]) -> None:
     """Per AmNet with a FLOPs-matched single encoder in ``done``: WER relative to it, with intervals.
 
     Sets ``matched_single`` on the AmNet and ``wer_rel_vs_single`` plus ``ci95_wer_rel_vs_single``
-    (paired bootstrap over test utterances, :func:`lightning_amortized.scoring.bootstrap_wer_difference`)
+    (paired bootstrap over test utterances, :func:`lightning_amortized.scoring.bootstrap_wer_relative`)
     in every ``per_rho`` entry of it.
     """
-    from lightning_amortized.scoring import bootstrap_wer_difference
+    from lightning_amortized.scoring import bootstrap_wer_relative
 
     for dep, single in matched_singles(done).items():
         amnet, ref = done[dep], done[single]
@@ -690,8 +691,8 @@ def _matched_single_intervals(done: dict[str, dict[str, Any]]) -> None:
             q = ref["per_rho"][rho]
             p["wer_rel_vs_single"] = p["wer"] / q["wer"] - 1.0 if q["wer"] > 0 else float("nan")
             if same and "utt_errors" in p and "utt_errors" in q and q["wer"] > 0:
-                _, low, high = bootstrap_wer_difference(p["utt_errors"], q["utt_errors"], amnet["utt_words"], seed=0)
-                p["ci95_wer_rel_vs_single"] = [low / q["wer"], high / q["wer"]]
+                _, low, high = bootstrap_wer_relative(p["utt_errors"], q["utt_errors"], amnet["utt_words"], seed=0)
+                p["ci95_wer_rel_vs_single"] = [low, high]
 
 
 def _targets(done: dict[str, dict[str, Any]], slow: dict[str, Any] | None) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def chain_rows(result: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
         One row per update ``k`` (``update_test_wer_before``/``_after`` on its own
         ``update-k-test`` right after it, their relative change, new-entity accuracy before
         and after, base ``test`` WER after it) and the verdict: ``learns_every_update``
-        (each update at most halves its own split's WER) and ``test_wer_rel_after_last``
+        (each update at least halves its own split's WER) and ``test_wer_rel_after_last``
         with ``forgets_at_most_10pct``.
     """
     reg = regime_of([result])

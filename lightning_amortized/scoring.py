@@ -4,8 +4,8 @@ A corpus WER is ``sum(errors) / sum(reference words)`` over utterances. Its unce
 comes from which utterances were drawn: :func:`bootstrap_wer` resamples utterances with
 replacement (Bisani and Ney, 2004) and reports a percentile interval, so two systems
 evaluated on the same few hundred utterances can be told apart only when their intervals
-(or, better, the interval of their paired difference, :func:`bootstrap_wer_difference`)
-say so. :func:`entity_accuracy` counts the named entities of a request (the slot values of
+(or, better, the interval of their paired difference, :func:`bootstrap_wer_difference`, or
+of their ratio, :func:`bootstrap_wer_relative`) say so. :func:`entity_accuracy` counts the named entities of a request (the slot values of
 the synthetic corpus's ``slu.jsonl``) that a transcript contains word for word.
 
 Example:
@@ -19,12 +19,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import jiwer
 import numpy as np
 
-__all__ = ["bootstrap_wer", "bootstrap_wer_difference", "entity_accuracy", "utterance_errors"]
+__all__ = ["bootstrap_wer", "bootstrap_wer_difference", "bootstrap_wer_relative", "entity_accuracy", "utterance_errors"]
 
 
 def utterance_errors(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -90,9 +91,22 @@ def bootstrap_wer(
     return float(e.sum() / max(w.sum(), 1.0)), float(np.quantile(rates, tail)), float(np.quantile(rates, 1 - tail))
 
 
+def _paired_rates(
+    errors_a: Sequence[float], errors_b: Sequence[float], words: Sequence[int], resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both systems' errors, the words, and their WERs on the same ``resamples`` draws of utterances."""
+    a, b = np.asarray(errors_a, dtype=np.float64), np.asarray(errors_b, dtype=np.float64)
+    w = np.asarray(words, dtype=np.float64)
+    if not (a.shape == b.shape == w.shape) or a.size == 0:
+        raise ValueError(f"Expected non-empty errors and words of one length, but got {a.size}, {b.size}, {w.size}.")
+    idx, rates_a = _resample_rates(a, w, resamples, seed)
+    rates_b = b[idx].sum(1) / np.maximum(w[idx].sum(1), 1)
+    return a, b, rates_a, rates_b
+
+
 def bootstrap_wer_difference(
-    errors_a: Sequence[int],
-    errors_b: Sequence[int],
+    errors_a: Sequence[float],
+    errors_b: Sequence[float],
     words: Sequence[int],
     resamples: int = 1000,
     level: float = 0.95,
@@ -107,16 +121,44 @@ def bootstrap_wer_difference(
     Returns:
         ``(difference, low, high)`` as fractions.
     """
-    a, b = np.asarray(errors_a, dtype=np.float64), np.asarray(errors_b, dtype=np.float64)
-    w = np.asarray(words, dtype=np.float64)
-    if not (a.shape == b.shape == w.shape) or a.size == 0:
-        raise ValueError(f"Expected non-empty errors and words of one length, but got {a.size}, {b.size}, {w.size}.")
-    idx, rates_a = _resample_rates(a, w, resamples, seed)
-    rates_b = b[idx].sum(1) / np.maximum(w[idx].sum(1), 1)
+    a, b, rates_a, rates_b = _paired_rates(errors_a, errors_b, words, resamples, seed)
     diff = rates_a - rates_b
     tail = (1.0 - level) / 2
-    point = float((a.sum() - b.sum()) / max(w.sum(), 1.0))
+    point = float((a.sum() - b.sum()) / max(float(np.sum(words)), 1.0))
     return point, float(np.quantile(diff, tail)), float(np.quantile(diff, 1 - tail))
+
+
+def bootstrap_wer_relative(
+    errors_a: Sequence[float],
+    errors_b: Sequence[float],
+    words: Sequence[int],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """WER of system A relative to system B, ``WER_A / WER_B - 1``, with a paired bootstrap interval.
+
+    The ratio is taken on each resample, so the interval carries the uncertainty of B's WER
+    as well (dividing the interval of the difference by B's WER would leave it out and come
+    out too narrow when the systems differ much). Resamples where B makes no error are
+    left out.
+
+    Returns:
+        ``(relative, low, high)`` as fractions (``0.05``: A has 5 % more word errors); ``nan``
+        when B makes no error at all.
+
+    Example:
+        >>> rel, low, high = bootstrap_wer_relative([2, 1, 0, 1], [1, 1, 0, 1], [5, 4, 3, 4], resamples=200)
+        >>> round(rel, 6), low <= rel <= high
+        (0.333333, True)
+    """
+    a, b, rates_a, rates_b = _paired_rates(errors_a, errors_b, words, resamples, seed)
+    if b.sum() == 0:
+        return math.nan, math.nan, math.nan
+    ok = rates_b > 0
+    rel = rates_a[ok] / rates_b[ok] - 1.0
+    tail = (1.0 - level) / 2
+    return float(a.sum() / b.sum() - 1.0), float(np.quantile(rel, tail)), float(np.quantile(rel, 1 - tail))
 
 
 def entity_accuracy(hypotheses: Sequence[str], entities: Sequence[Iterable[str]]) -> tuple[int, int]:

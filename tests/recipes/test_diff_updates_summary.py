@@ -73,6 +73,13 @@ def test_seeds_are_pooled_and_compared_with_full_fine_tuning_on_the_same_utteran
     assert rel["base_test_wer"]["value"] == 0 and rel["base_test_wer"]["ci95"] == [0, 0]
     lo, hi = rel["new_entity_wer"]["ci95"]
     assert 0 <= lo <= 0.1 <= hi  # never below 0: sparse is nowhere better on any utterance
+    # the interval is the paired ratio bootstrap of the seed means (errors averaged utterance by utterance)
+    from lightning_amortized.scoring import bootstrap_wer, bootstrap_wer_relative
+
+    words = WORDS["update-1-test"] + WORDS["update-2-test"]
+    mine, full = [1.5, 1, 1, 2], [1, 1, 1, 2]
+    assert [lo, hi] == pytest.approx(list(bootstrap_wer_relative(mine, full, words, seed=0)[1:]))
+    assert final["sparse-b10"]["ci95"]["new_entity_wer"] == pytest.approx(list(bootstrap_wer(mine, words, seed=0)[1:]))
     assert "rel_vs_full" not in final["full"]
     # rows keep every seed
     assert sorted({(r["method"], r["seed"]) for r in summary["rows"]}) == [
@@ -91,7 +98,8 @@ def test_regime_and_targets(bench) -> None:
     assert not by["sparse-b10: new-entity WER (update-k-test splits) after the last update within 1% relative of full FT"][
         "met"]
     assert by["sparse-b10: base test WER after the last update within 1% relative of full FT"]["met"]
-    better = by["sparse diff better than lora-10 at 10% of the checkpoint's bytes after the last update"]
+    better = by["sparse diff better than lora-10 at 10% of the checkpoint's bytes after the last update (means over "
+                "seeds; intervals in the table)"]
     assert better["met"]
     assert by["sparse-b10: every update's shipped file(s) within the byte budget"]["met"]  # 50 of 50 bytes
     # a full run that does not halve an update's own split fails the regime
@@ -123,11 +131,28 @@ def test_report_and_results_file(bench, tmp_path: Path) -> None:
     assert "Regime met: yes" in (tmp_path / "d.md").read_text()
 
 
+def test_runs_scored_on_other_utterances_are_refused(bench) -> None:
+    runs = _runs()
+    ev = runs["sparse-b10"][1]["updates"][-1]["eval"]["test"]
+    ev["utterance_words"] = [5, 10, 5]  # same total, other utterances
+    with pytest.raises(ValueError, match="same utterances"):
+        bench.summarize(runs)
+    runs = _runs()
+    runs["lora-10"][0]["updates"][-1]["eval"]["test"]["utterance_words"] = [5, 10, 5]
+    with pytest.raises(ValueError, match="same utterances"):
+        bench.summarize(runs)
+
+
 def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:
     assert bench.parse_per_method(["full=5e-4", "sparse=0.001"]) == {"full": 5e-4, "sparse": 1e-3}
-    for bad in ("full", "nope=1e-3", "full=-1", "full=x", "full=0"):
+    for bad in ("full", "nope=1e-3", "full=-1", "full=x", "full=0", "full=inf"):
         with pytest.raises(ValueError, match="METHOD=VALUE"):
             bench.parse_per_method([bad])
+    with pytest.raises(ValueError, match="twice"):
+        bench.parse_per_method(["full=1e-3", "full=2e-3"])
+    for argv in (["--seeds", "0", "0"], ["--methods", "full", "full"]):
+        with pytest.raises(SystemExit):
+            bench.main([*argv, "--base", "b.ckpt"])
     assert bench.parse_per_method(["sparse=0"], zero_ok=True) == {"sparse": 0.0}  # an anchor of 0 is off
     cmd = bench.recipe_command("hashed-b5", 0, [], Path("o"), {"bytes_5": "5"}, {}, {"hashed": 3e-4, "sparse": 1.0})
     assert cmd[cmd.index("--anchor") + 1] == "0.0003" and "--lr" not in cmd
@@ -141,10 +166,21 @@ def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:
     import dataclasses
 
     cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
-    res = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "chain": {}}
-    (tmp_path / "results.json").write_text(json.dumps(res))
-    assert bench.reusable(cmd, tmp_path / "results.json") == res
-    other = bench.recipe_command("sparse-b2", 1, ["--base", "b.ckpt", "--epochs", "4"], tmp_path, {"bytes_2": "2000"},
-                                 {"sparse": 1e-3})
-    assert bench.reusable(other, tmp_path / "results.json") is None  # another seed
+    res = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "chain": {},
+           "updates": [{"eval": {"test": {"wer": 0.1, "utterance_errors": [1], "utterance_words": [10]}}}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    assert bench.reusable(cmd, path) == res
+    for seed, lrs in ((1, {"sparse": 1e-3}), (0, {"sparse": 2e-3}), (0, {})):  # another seed or learning rate
+        other = bench.recipe_command("sparse-b2", seed, ["--base", "b.ckpt", "--epochs", "4"], tmp_path,
+                                     {"bytes_2": "2000"}, lrs)
+        assert bench.reusable(other, path) is None
     assert bench.reusable(cmd, tmp_path / "missing.json") is None
+    (tmp_path / "cut.json").write_text(json.dumps(res)[:50])  # killed while writing
+    assert bench.reusable(cmd, tmp_path / "cut.json") is None
+    old = json.loads(json.dumps(res))
+    del old["updates"][0]["eval"]["test"]["utterance_errors"]  # an older recipe: no intervals possible
+    path.write_text(json.dumps(old))
+    assert bench.reusable(cmd, path) is None
+    path.write_text(json.dumps({k: v for k, v in res.items() if k != "chain"}))  # unfinished
+    assert bench.reusable(cmd, path) is None
