@@ -159,7 +159,7 @@ def chain_markdown(rows: list[dict[str, Any]], verdict: dict[str, Any], meta: di
         f"Recipe run: `{meta['run']}`  ",
         f"Table: `{meta['command']}`  ",
         f"Base `{meta['base']}` (test WER {pct(verdict['test_wer_before'])}); lr {meta['lr']:g}, {meta['epochs']} epochs, "
-        f"{meta['replay_utterances']} replayed `train` utterances per update. Targets of issue 10: each update at most "
+        f"{meta['replay_utterances']} replayed `train` utterances per update. Targets of issue 10: each update at least "
         "halves the WER of its own `update-k-test`; base `test` WER at most 10 % relative higher after the last.",
         "",
         "| update | own `update-k-test` WER: base → after (95 % CI) | change | new-entity accuracy | test WER after |",
