@@ -286,7 +286,8 @@ def _pooled(evals: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> tuple[
 
     ``evals``: one ``eval`` dict per seed. With per-utterance errors (``utterance_errors``) the
     seeds' errors are averaged utterance by utterance and resampled together, so the interval
-    is that of the seed mean; returns ``(wer, [low, high], (errors, words))``. Runs from before
+    is that of the seed mean; returns ``(wer, [low, high], (errors, words, ids))`` (``ids``: the
+    splits' utterance-id hashes, ``None`` where a run predates them). Runs from before
     per-utterance errors: the mean of the seeds' pooled WERs, the recipe's own interval when
     there is one seed and one split, and ``None`` for the per-utterance arrays.
     """
@@ -296,12 +297,14 @@ def _pooled(evals: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> tuple[
 
     if all("utterance_errors" in ev[s] for ev in evals for s in splits):
         words = np.concatenate([evals[0][s]["utterance_words"] for s in splits])
-        if any(not np.array_equal(np.concatenate([ev[s]["utterance_words"] for s in splits]), words) for ev in evals):
+        ids = [[ev[s].get("utterance_ids_sha256") for s in splits] for ev in evals]
+        if any(not np.array_equal(np.concatenate([ev[s]["utterance_words"] for s in splits]), words) for ev in evals) \
+                or len({tuple(i) for i in ids if None not in i}) > 1:
             raise ValueError(f"Expected every seed scored on the same utterances of {list(splits)}, but their reference "
                              "words per utterance differ: were the seeds run on other corpora or test caps?")
         errors = np.mean([np.concatenate([ev[s]["utterance_errors"] for s in splits]) for ev in evals], axis=0)
         wer, low, high = bootstrap_wer(errors, words, seed=0)
-        return wer, [low, high], (errors, words)
+        return wer, [low, high], (errors, words, ids[0])
     if all("words" in ev[s] for ev in evals for s in splits):
         wers = [sum(ev[s]["wer"] * ev[s]["words"] for s in splits) / sum(ev[s]["words"] for s in splits) for ev in evals]
     else:  # older results without word counts: the mean over splits
@@ -316,7 +319,8 @@ def _rel_ci(mine: Any, ref: Any) -> tuple[float, list[float] | None] | None:
     ``None`` when either lacks per-utterance errors or the reference makes no error.
 
     Raises:
-        ValueError: the two were not scored on the same utterances (other reference word counts).
+        ValueError: the two were not scored on the same utterances (other reference word counts or
+            utterance ids).
     """
     import numpy as np
 
@@ -324,7 +328,8 @@ def _rel_ci(mine: Any, ref: Any) -> tuple[float, list[float] | None] | None:
 
     if mine is None or ref is None:
         return None
-    if len(mine[1]) != len(ref[1]) or not np.array_equal(mine[1], ref[1]):
+    other_ids = None not in mine[2] and None not in ref[2] and mine[2] != ref[2]
+    if len(mine[1]) != len(ref[1]) or not np.array_equal(mine[1], ref[1]) or other_ids:
         raise ValueError("Expected both runs scored on the same utterances (the same reference words per utterance), "
                          f"but got {len(mine[1])} and {len(ref[1])} utterances that differ: were they run on other "
                          "corpora or with other --test-utterances?")

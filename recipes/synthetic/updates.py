@@ -47,6 +47,7 @@ fine-tuning, unchecked).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -357,8 +358,8 @@ class EvalSets:
         "new_entity_accuracy", "entity_mentions", "new_entity_mentions", "utterance_errors",
         "utterance_words"}}``: the interval is a bootstrap over utterances
         (:func:`~lightning_amortized.scoring.bootstrap_wer`); the per-utterance word errors and
-        reference words (in a fixed utterance order, the same in every run on the corpus) let a
-        benchmark pool seeds and pair methods on the same utterances; entity
+        reference words (in a fixed utterance order, the same in every run on the corpus, whose ids
+        the hash fingerprints) let a benchmark pool seeds and pair methods on the same utterances; entity
         accuracy is the share of slot values (``slu.jsonl``) transcribed word for word, over
         all requests and over those naming entities new in their update (``None`` when the
         split has none).
@@ -394,6 +395,7 @@ class EvalSets:
                 "new_entity_mentions": new_mentions,
                 "utterance_errors": [int(e) for e in errors],
                 "utterance_words": [int(w) for w in words],
+                "utterance_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
             }
         model.train(was_training)
         return out

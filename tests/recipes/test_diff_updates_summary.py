@@ -141,6 +141,15 @@ def test_runs_scored_on_other_utterances_are_refused(bench) -> None:
     runs["lora-10"][0]["updates"][-1]["eval"]["test"]["utterance_words"] = [5, 10, 5]
     with pytest.raises(ValueError, match="same utterances"):
         bench.summarize(runs)
+    # the same word counts but other utterance ids (runs that record them)
+    runs = _runs()
+    for name, h in (("full", "a"), ("lora-10", "b")):
+        for res in runs[name]:
+            res["updates"][-1]["eval"]["test"]["utterance_ids_sha256"] = h
+    with pytest.raises(ValueError, match="same utterances"):
+        bench.summarize(runs)
+    runs["lora-10"][0]["updates"][-1]["eval"]["test"]["utterance_ids_sha256"] = "a"
+    bench.summarize(runs)  # sparse-b10 predates the hashes: compared on word counts
 
 
 def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:

@@ -118,6 +118,11 @@ def test_sparse_chain_is_bit_exact_and_links_hashes(recipe, base_ckpt: Path, tin
         apply_diff(shipped, f)
     wer, _ = split_error_rates(shipped, tiny_corpus, "test-other")
     assert recs[1]["eval"]["test-other"]["wer"] == pytest.approx(wer, abs=1e-6)
+    # per-utterance errors (for seed means and paired intervals) add up to the split's WER
+    ev = recs[1]["eval"]["test-other"]
+    assert sum(ev["utterance_errors"]) / sum(ev["utterance_words"]) == pytest.approx(ev["wer"])
+    assert sum(ev["utterance_words"]) == ev["words"] and len(ev["utterance_ids_sha256"]) == 64
+    assert ev["utterance_ids_sha256"] == res["base_eval"]["test-other"]["utterance_ids_sha256"]  # same order
     # benchmarks/diff_updates.py reports it per update and after the last one
     bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", "bench_diff_updates_other")
     summary = bench.summarize({"sparse-10": res})
