@@ -1,6 +1,6 @@
 """What training an update costs: one step of diff (and LoRA, bias-only) training against plain fine-tuning.
 
-Times, for the shared base's architecture (3x256 LSTM + character CTC head, 30 ms frames)
+Times, for a base's architecture (default the shared base's, 3x256 LSTM + character CTC head, 30 ms frames)
 and a batch like the update recipe's (``--batch`` utterances of ``--seconds`` seconds), the
 fastest of ``--repeats`` optimizer steps (forward, CTC loss, backward, AdamW) of:
 
@@ -49,6 +49,17 @@ from lightning_amortized.experiment import write_results  # noqa: E402
 
 METHODS = ("full", "sparse-10", "hashed-10", "lora-10", "bias")
 TARGET_RATIO = 1.3
+
+
+def architecture(base: str | None) -> str:
+    """``"3x384 LSTM + CTC head, base B.ckpt"``: what was timed (read from the base; default the random 3x256)."""
+    if not base:
+        return "3x256 LSTM + CTC head, random weights"
+    from lightning_amortized.module import load_asr_module
+
+    enc = load_asr_module(base).encoder
+    shape = f"{enc.num_layers}x{enc.hidden_size} LSTM" if hasattr(enc, "hidden_size") else type(enc).__name__
+    return f"{shape} + CTC head, base {base}"
 
 
 def build(method: str, base: str | None, batch: int, seconds: float, seed: int = 0) -> tuple[Any, dict, Callable[[], None]]:
@@ -178,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         "methods": rows,
         "target": {"max_ratio": TARGET_RATIO, "worst_diff_ratio": worst, "met": None if worst is None else worst <= TARGET_RATIO},
     }
+    summary["meta"]["architecture"] = architecture(a.base)
     command = "python benchmarks/diff_training_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Training cost of an update: diffs, LoRA and bias-only against plain fine-tuning",
         "",
-        f"Command: `{command.strip()}`; one thread, {a.batch} utterances of {a.seconds:g} s (3x256 LSTM + CTC head, "
-        f"{'base ' + a.base if a.base else 'random weights'}), fastest of {a.repeats} interleaved optimizer steps "
+        f"Command: `{command.strip()}`; one thread, {a.batch} utterances of {a.seconds:g} s "
+        f"({summary['meta']['architecture']}), fastest of {a.repeats} interleaved optimizer steps "
         f"(forward, CTC loss, backward, AdamW). Load average before/after: {summary['meta']['load_before']} / "
         f"{summary['meta']['load_after']}. Step memory: how far {a.memory_steps} steps raise the peak resident set "
         "of a fresh process above its size once the model and batch are built (activations, gradients, optimizer state).",

@@ -32,6 +32,19 @@ def test_trains_what_each_method_says_and_reports_ratios(tmp_path: Path) -> None
         assert r["step_ms"] > 0 and r["step_peak_mb"] is None
     assert out["target"]["worst_diff_ratio"] == max(rows["sparse-10"]["ratio_vs_full"], rows["hashed-10"]["ratio_vs_full"])
     assert "| sparse-10 |" in stem.with_suffix(".md").read_text()
+    assert out["meta"]["architecture"] == "3x256 LSTM + CTC head, random weights"
+
+
+def test_the_report_names_the_base_architecture(tmp_path: Path) -> None:
+    import torch
+
+    from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import RecurrentEncoder
+
+    bench = load_script(SCRIPT, "bench_diff_training_cost_arch")
+    model = ASRModule(RecurrentEncoder(240, 24, num_layers=2), lr=1e-3)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, tmp_path / "b.ckpt")
+    assert bench.architecture(str(tmp_path / "b.ckpt")).startswith("2x24 LSTM + CTC head, base ")
 
 
 def test_step_memory_is_measured_in_a_fresh_process() -> None:
