@@ -610,8 +610,10 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         f"{meta['replay_utterances']} replayed `train` utterances; diff targets {', '.join(f'`{t}`' for t in DIFF_TARGETS)}; "
         f"seeds {', '.join(map(str, seeds))}" + (f"; peak learning rates {lrs}" if lrs else "")
         + (f"; L2-SP anchor {anchors}" if anchors else "") + ". "
-        f"Wall time {meta['seconds'] / 60:.1f} min on {meta['cpu_count']} shared CPU cores ({meta['jobs']} worker "
-        f"processes, 1 thread each).",
+        f"Wall time of this invocation {meta['seconds'] / 60:.1f} min on {meta['cpu_count']} shared CPU cores "
+        f"({meta['jobs']} worker processes, 1 thread each); the chains took "
+        f"{sum(f['seconds'] for f in final.values()) / 3600:.1f} h of one core in all "
+        f"(runs kept from earlier invocations with `--reuse` included).",
         "",
         "Base model WER: " + ", ".join(f"`{s}` {_pct(w)}%" for s, w in _base_by_split(meta).items()) + ". "
         "Evaluation sets (unseen speakers): " + ", ".join(

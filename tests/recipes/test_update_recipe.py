@@ -213,7 +213,8 @@ def test_a_corpus_without_the_test_other_split_is_refused_before_training(
 def test_diff_updates_results_from_before_test_other_still_render(tmp_path: Path) -> None:
     bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", "bench_diff_updates_old")
     old = tmp_path / "diff_updates.json"
-    shutil.copy(RECIPE.parents[2] / "docs" / "results" / "diff_updates.json", old)
+    # the first release's results (meta and two of its runs), from before test-other, seeds and intervals
+    shutil.copy(Path(__file__).parent / "fixtures" / "diff_updates_before_test_other.json", old)
     data = json.loads(old.read_text())
     summary = bench.summarize(data["runs"])  # runs without test_other_split in their config
     assert all(r["test_other_wer"] is None for r in summary["rows"])
@@ -222,6 +223,19 @@ def test_diff_updates_results_from_before_test_other_still_render(tmp_path: Path
     rows = [line for line in old.with_suffix(".md").read_text().splitlines()
             if line.startswith("| sparse 10 %, fp16 |") and line.split(" | ")[1].isdigit()]  # the per-update rows
     assert rows and all(r.split(" | ")[5] == "–" for r in rows[: data["meta"]["updates"]])
+
+
+def test_the_published_diff_updates_results_render_again(tmp_path: Path) -> None:
+    bench = load_script(RECIPE.parents[2] / "benchmarks" / "diff_updates.py", "bench_diff_updates_published")
+    path = tmp_path / "diff_updates.json"
+    shutil.copy(RECIPE.parents[2] / "docs" / "results" / "diff_updates.json", path)
+    data = json.loads(path.read_text())
+    assert isinstance(data["meta"]["seeds"], list) and 0 < data["meta"]["base_wer"] < 1
+    assert {"new_entity_wer_base", "new_entity_wer_full_after", "base_test_wer_full_after"} <= set(data["regime"])
+    for entry in data["after_last_update"].values():
+        assert {"bytes", "new_entity_wer", "base_test_wer", "ci95"} <= set(entry)
+    assert bench.main(["--from-json", str(path)]) == 0
+    assert "## Regime check" in path.with_suffix(".md").read_text()
 
 
 def test_every_method_config_parses_and_the_benchmark_builds_valid_commands(recipe, base_ckpt: Path, tmp_path) -> None:
