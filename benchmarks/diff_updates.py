@@ -53,6 +53,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -124,18 +125,22 @@ def _recipe() -> Any:
 def budget_fill(base: Path) -> dict[str, str]:
     """The placeholders of ``CONFIGS``: ``sparse10_bytes`` and ``bytes_B`` for every peer budget B."""
     recipe = _recipe()
-    full = recipe.state_bytes(recipe.load_base(base))
-    return {"sparse10_bytes": str(sparse10_bytes(base)), **{f"bytes_{b}": str(math.floor(b / 100 * full))
-                                                            for b in PEER_BUDGETS}}
+    model = recipe.load_base(base)
+    full = recipe.state_bytes(model)
+    return {"sparse10_bytes": str(sparse10_bytes(model)), **{f"bytes_{b}": str(math.floor(b / 100 * full))
+                                                             for b in PEER_BUDGETS}}
 
 
-def sparse10_bytes(base: Path) -> int:
-    """Projected file size in bytes of a sparse fp32 diff keeping 10 % of the targets (gap-u8 indices)."""
+def sparse10_bytes(base: Path | Any) -> int:
+    """Projected file size in bytes of a sparse fp32 diff keeping 10 % of the targets (gap-u8 indices).
+
+    ``base``: a checkpoint path, or the model already loaded from it.
+    """
     from lightning_amortized.diffs import select_targets
     from lightning_amortized.diffs.budget import estimate_diff_bytes, split_stored
     from lightning_amortized.module import load_asr_module
 
-    model = load_asr_module(base)
+    model = load_asr_module(base) if isinstance(base, (str, Path)) else base
     params = dict(model.named_parameters())
     numels = {name: params[name].numel() for name in select_targets(model, list(DIFF_TARGETS))}
     kept = split_stored(numels, round(0.1 * sum(numels.values())))
@@ -170,6 +175,7 @@ def parse_per_method(items: Sequence[str], zero_ok: bool = False) -> dict[str, f
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def method_of(name: str) -> str:
     """The recipe method of a configuration, read from its YAML (``sparse``, ``hashed``, ``lora``, ...)."""
     import yaml
@@ -552,8 +558,8 @@ def targets(runs: Mapping[str, Any], final: Mapping[str, dict[str, Any]],
                         f"base test {_pct(mine['base_test_wer'])}% vs {_pct(theirs['base_test_wer'])}%",
                         "value": mine["new_entity_wer"] - theirs["new_entity_wer"], "met": better})
     for name, group in runs.items():
-        budgets = [(r["file_bytes"], _budget_bytes(res)) for res in _seeds(group) for r in res["updates"]
-                   if _sized_in_bytes(name) and _budget_bytes(res) is not None]
+        budgets = [(r["file_bytes"], budget) for res in _seeds(group) if _sized_in_bytes(name)
+                   for budget in [_budget_bytes(res)] if budget is not None for r in res["updates"]]
         if budgets:
             worst = max(b / budget for b, budget in budgets)
             out.append({"target": f"{name}: every update's shipped file(s) within the byte budget",
