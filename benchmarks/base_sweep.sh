@@ -8,6 +8,11 @@
 #   wide        wide voices (67 variants, +-7 % warp), 3x256
 #   wide_aug    wide voices, 3x256, WaveAugment (speed, reverb, noise/babble, telephone band)
 #   wide384     wide voices, 3x384
+# Annealed runs (the cosine schedule ends inside the time guard; the runs above were stopped by it
+# at 60-70 % of their schedule, learning rate still at about a third of its peak):
+#   core_a      core voices, 3x256, ANNEAL epochs
+#   core384_a   core voices, 3x384, ANNEAL epochs
+#   free50_384_a  core voices, half the training sentences free text (--free-text 0.5), 3x384, ANNEAL epochs
 #
 # Usage (repository root, GPU machine, ~8 minutes on one H100 with 16 cores):
 #   bash benchmarks/base_sweep.sh            # results under $OUT (default runs/base_sweep)
@@ -19,7 +24,7 @@
 # One job alone used ~37 % of the GPU: the jobs are bound by their Python loops, so run several.
 # Environment knobs (defaults are the GPU run): ACCEL=gpu DATA=data UTTS=8000 TRAIN=16000
 # GEN_WORKERS=8 EPOCHS=30 MAX_TIME=00:00:05:30 JOBS="core core384 wide wide_aug wide384"
-# CORPORA="core wide". One job alone: CORPORA=core JOBS=core384 GEN_WORKERS=16 MAX_TIME=00:00:03:00.
+# CORPORA="core wide" (also: free50). ANNEAL=22. One job alone: CORPORA=core JOBS=core384 GEN_WORKERS=16 MAX_TIME=00:00:03:00.
 set -u
 OUT=${OUT:-runs/base_sweep}
 ACCEL=${ACCEL:-gpu}
@@ -28,6 +33,7 @@ UTTS=${UTTS:-8000}
 TRAIN=${TRAIN:-16000}
 GEN_WORKERS=${GEN_WORKERS:-8}
 EPOCHS=${EPOCHS:-30}
+ANNEAL=${ANNEAL:-22}
 MAX_TIME=${MAX_TIME:-00:00:05:30}
 JOBS=${JOBS:-"core core384 wide wide_aug wide384"}
 CORPORA=${CORPORA:-"core wide"}
@@ -37,15 +43,19 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH="$PWD
 T0=$(date +%s)
 log() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/logs/driver.log"; }
 
-gen() {  # ROOT VOICES
+gen() {  # ROOT VOICES [GENERATOR OPTIONS...]
+  local root=$1 voices=$2; shift 2
   $PY -c "import sys; from lightning_amortized.data.synthetic import main; sys.exit(main(sys.argv[1:]))" \
-    "$1" --utterances "$UTTS" --train-utterances "$TRAIN" --seed 0 --workers "$GEN_WORKERS" --voices "$2" --quiet
+    "$root" --utterances "$UTTS" --train-utterances "$TRAIN" --seed 0 --workers "$GEN_WORKERS" --voices "$voices" \
+    --quiet "$@"
 }
 log "generating corpora"
 for c in $CORPORA; do
-  if [ "$c" = core ]; then gen "$DATA/synthetic" core >"$OUT/logs/gen_core.log" 2>&1 &
-  else gen "$DATA/synthetic-wide-t16k" wide >"$OUT/logs/gen_wide.log" 2>&1 &
-  fi
+  case $c in
+    core) gen "$DATA/synthetic" core >"$OUT/logs/gen_core.log" 2>&1 & ;;
+    wide) gen "$DATA/synthetic-wide-t16k" wide >"$OUT/logs/gen_wide.log" 2>&1 & ;;
+    free50) gen "$DATA/synthetic-free50" core --free-text 0.5 >"$OUT/logs/gen_free50.log" 2>&1 & ;;
+  esac
 done
 wait
 log "corpora: $(tail -qn1 "$OUT"/logs/gen_*.log | tr '\n' '|')"
@@ -55,6 +65,7 @@ COMMON=(--trainer.accelerator "$ACCEL" --trainer.max_time "$MAX_TIME" --trainer.
         --data.init_args.max_batch_seconds 100 --data.init_args.max_batch_size 48)
 WIDE=(--data.init_args.voices wide)
 BIG=(--model.encoder.init_args.hidden_size 384)
+ANNEALED=(--trainer.max_epochs "$ANNEAL")
 job() {  # NAME ROOT OVERRIDES...
   local name=$1 root=$2; shift 2
   log "start $name"
@@ -74,6 +85,10 @@ for j in $JOBS; do
     wide_aug) job wide_aug "$DATA/synthetic-wide-t16k" "${WIDE[@]}" --data.init_args.num_workers 5 \
                 --data.init_args.augment lightning_amortized.data.WaveAugment & ;;
     wide384) job wide384 "$DATA/synthetic-wide-t16k" "${WIDE[@]}" --data.init_args.num_workers 2 "${BIG[@]}" & ;;
+    core_a) job core_a "$DATA/synthetic" --data.init_args.num_workers 3 "${ANNEALED[@]}" & ;;
+    core384_a) job core384_a "$DATA/synthetic" --data.init_args.num_workers 3 "${BIG[@]}" "${ANNEALED[@]}" & ;;
+    free50_384_a) job free50_384_a "$DATA/synthetic-free50" --data.init_args.num_workers 3 --data.init_args.free_text 0.5 \
+                    "${BIG[@]}" "${ANNEALED[@]}" & ;;
   esac
   PIDS+=($!)
 done
