@@ -137,6 +137,11 @@ class UpdateConfig:
             (:class:`~lightning_amortized.callbacks.AnchorToStart`; 0: off). Full fine-tuning
             and the compressed baseline: the weights; a sparse or hashed diff: its values ``D``
             (zero at the start, so an L2 penalty on the diff); LoRA: the factors' movement.
+        mask_epochs: sparse diffs: epochs of the pruning schedule
+            (:class:`~lightning_amortized.callbacks.NeuralDiff`'s ``schedule_epochs``; ``None``:
+            all ``epochs``, a cubic ramp to the budget at the last epoch). ``2``: one dense
+            epoch, then the mask is fixed by magnitude and every later epoch trains at the
+            budget.
         updates: number of consecutive updates (``update-1 .. update-K``).
         epochs: training epochs per update.
         lr: peak learning rate (warm-up + cosine over the update); ``None``: the method default.
@@ -165,6 +170,7 @@ class UpdateConfig:
     targets: tuple[str, ...] | None = None
     lora_alpha: float | None = None
     anchor: float = 0.0
+    mask_epochs: int | None = None
     updates: int = 5
     epochs: int = 3
     lr: float | None = None
@@ -192,6 +198,10 @@ class UpdateConfig:
             raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
         if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not self.anchor >= 0:
             raise ValueError(f"Expected argument `anchor` to be a number >= 0, but got anchor={self.anchor!r}.")
+        if self.mask_epochs is not None and not 1 <= self.mask_epochs <= self.epochs:
+            raise ValueError(
+                f"Expected argument `mask_epochs` to be None or in [1, epochs={self.epochs}], but got {self.mask_epochs}."
+            )
 
     def budget_bytes(self, full_bytes: int) -> int:
         """The byte budget of one ``lora`` / ``compressed`` update: ``budget`` in bytes, or that fraction of ``full_bytes``."""
@@ -444,7 +454,7 @@ def _diff_callback(cfg: UpdateConfig, path: Path) -> Any:
         return NeuralDiff(method="sparse", budget=1.0, targets=list(cfg.target_patterns), seed=cfg.seed,
                           value_dtype=cfg.value_dtype, export_path=str(path))
     return NeuralDiff(method=cfg.method, budget=cfg.budget, targets=list(cfg.target_patterns), seed=cfg.seed,
-                      value_dtype=cfg.value_dtype, export_path=str(path))
+                      value_dtype=cfg.value_dtype, export_path=str(path), schedule_epochs=cfg.mask_epochs)
 
 
 def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
