@@ -167,3 +167,29 @@ def test_seed_table_gathers_the_same_variants_from_other_seeds(amnet, tmp_path: 
 def test_seed_work_without_a_finished_run_is_explained(amnet, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="has no amnet.json: pass the --work folder"):
         amnet.seed_table(_summary(amnet, _done()), [tmp_path])
+
+
+def test_rescore_recomputes_the_intervals_of_a_results_file_and_refuses_others(amnet, tmp_path: Path) -> None:
+    """``--rescore`` rewrites the intervals and targets from the per-utterance errors; measurements stay."""
+    summary = _summary(amnet, _done())
+    summary["seeds"] = {"seeds": [], "variants": {}}
+    done = summary["variants"]
+    stale = [-0.5, 0.5]  # what an older interval method might have left
+    done["amnet_factorized"]["ci95_wer_rel"] = stale
+    done["amnet_factorized"]["per_rho"]["1.5"]["ci95_wer_rel"] = stale
+    path = tmp_path / "amnet.json"
+    path.write_text(json.dumps(summary))
+    assert amnet.main(["--rescore", str(path)]) == 0
+    after = json.loads(path.read_text())
+    ci = after["variants"]["amnet_factorized"]["ci95_wer_rel"]
+    assert ci != stale and ci[0] <= 0.1 <= ci[1]  # 22 errors against 20: +10 %
+    assert after["variants"]["amnet_factorized"]["per_rho"]["1.5"]["wer"] == done["amnet_factorized"]["per_rho"]["1.5"]["wer"]
+    assert "ci95_wer_rel_vs_single" in after["variants"]["amnet_factorized"]["per_rho"]["1.5"]
+    assert after["rescored"].endswith(str(path)) and "recomputed" in (tmp_path / "amnet.md").read_text()
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"benchmark": "benchmarks/diff_updates.py"}))
+    with pytest.raises(ValueError, match="not a results file of benchmarks/amnet.py"):
+        amnet.main(["--rescore", str(bad)])
+    bad.write_text("{trunc")
+    with pytest.raises(ValueError, match="not JSON"):
+        amnet.main(["--rescore", str(bad)])
