@@ -42,6 +42,7 @@ __all__ = [
     "DiffIntegrityError",
     "check_arrays",
     "decode_gaps",
+    "file_format",
     "named_sha256",
     "payload_sha256",
     "read_verified",
@@ -193,6 +194,29 @@ def decode_gaps(gaps: np.ndarray, large_gaps: np.ndarray, numel: int) -> np.ndar
 
 
 # -- reading -----------------------------------------------------------------------------------
+
+
+def file_format(path: PathLike) -> str | None:
+    """The ``format`` named in a safetensors file's metadata, read from its header alone.
+
+    ``None`` when the file cannot be read or has no such entry: the reader for the file's
+    kind then reports why (see :func:`read_verified`).
+
+    Example::
+
+        >>> file_format("update-1.safetensors")  # doctest: +SKIP
+        'lightning_amortized.diff'
+    """
+    try:
+        with open(path, "rb") as fh:
+            (hlen,) = struct.unpack("<Q", fh.read(8))
+            if hlen > 100_000_000:
+                return None
+            meta = json.loads(fh.read(hlen)).get("__metadata__") or {}
+    except (OSError, struct.error, ValueError, AttributeError):
+        return None
+    value = meta.get("format") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def read_verified(

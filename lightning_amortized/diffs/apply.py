@@ -8,11 +8,13 @@ untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lightning_amortized.diff_format import file_format
 from lightning_amortized.diffs.attach import base_tensor, detach_diffs, diff_modules
 from lightning_amortized.diffs.checksum import weights_sha256
 from lightning_amortized.diffs.codec import _decode, _sparse_indices
@@ -178,19 +180,31 @@ def apply_chain(model: nn.Module, paths: Sequence[PathLike], *, strict: bool = T
 
 def apply_to_state_dict(
     state: Mapping[str, torch.Tensor], paths: Sequence[PathLike], *, strict: bool = True
-) -> tuple[dict[str, torch.Tensor], list[DiffInfo]]:
-    """Apply diffs ``1..k`` to a plain ``state_dict`` (no model needed); the input is not modified.
+) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    """Apply update files ``1..k`` to a plain ``state_dict`` (no model needed); the input is not modified.
+
+    Each file is a diff (:func:`read_diff`) or a low-rank (LoRA) update
+    (:func:`~lightning_amortized.diffs.lowrank.read_lowrank`), told apart by the format in
+    its header; a chain may mix them. Both kinds check the base and result hashes.
 
     Returns:
         ``(new_state, infos)``: a new dict in which the targets are new tensors and every
-        other entry is the input tensor.
+        other entry is the input tensor; one :class:`DiffInfo` or
+        :class:`~lightning_amortized.diffs.lowrank.LowRankInfo` per file.
 
     Raises:
-        Like :func:`apply_chain`.
+        Like :func:`apply_chain` (and :func:`~lightning_amortized.diffs.lowrank.lowrank_weights`).
     """
+    from lightning_amortized.diffs.lowrank import LOWRANK_FORMAT, lowrank_weights, read_lowrank
+
     new = dict(state)
-    infos = []
+    infos: list[Any] = []
     for path in paths:
+        if file_format(path) == LOWRANK_FORMAT:
+            low, factors = read_lowrank(path)
+            new.update(lowrank_weights(low, factors, new, strict=strict))
+            infos.append(low)
+            continue
         info, tensors = read_diff(path)
         missing = [t.name for t in info.targets if t.name not in new]
         if missing:

@@ -18,6 +18,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from lightning_amortized.diff_format import file_format
 from lightning_amortized.diffs.budget import entries_for_bytes
 from lightning_amortized.diffs.checkpoints import load_checkpoint, save_checkpoint
 from lightning_amortized.diffs.io import (
@@ -27,6 +28,7 @@ from lightning_amortized.diffs.io import (
     export_diff_from_weights,
     inspect_diff,
 )
+from lightning_amortized.diffs.lowrank import LOWRANK_FORMAT, LowRankInfo, inspect_lowrank
 from lightning_amortized.diffs.targets import select_names
 
 __all__ = ["main"]
@@ -51,10 +53,10 @@ def _parse_budget(text: str) -> float | int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightning-amortized diff", description="Neural diff files.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="verify a diff file and describe it")
+    p = sub.add_parser("inspect", help="verify a diff or low-rank (LoRA) update file and describe it")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p = sub.add_parser("apply", help="apply one or more diffs (in order) to a base checkpoint")
+    p = sub.add_parser("apply", help="apply one or more diff or low-rank (LoRA) files (in order) to a base checkpoint")
     p.add_argument("--base", required=True)
     p.add_argument("--diff", required=True, action="append", dest="diffs", help="repeat for a chain")
     p.add_argument("--out", required=True)
@@ -81,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "inspect":
-            info = inspect_diff(args.path)
+            info = inspect_lowrank(args.path) if file_format(args.path) == LOWRANK_FORMAT else inspect_diff(args.path)
             print(json.dumps(asdict(info), indent=2) if args.json else info)
         elif args.command == "apply":
             state, container = load_checkpoint(args.base)
             new, infos = apply_to_state_dict(state, args.diffs, strict=not args.no_strict)
             save_checkpoint(args.out, new, container)
             for info in infos:
-                print(f"applied {info.path} ({info.method}, {info.stored:,} stored) -> sha256:{info.result_sha256}")
+                kind, stored = (("lora", info.stored_entries) if isinstance(info, LowRankInfo)
+                                else (info.method, info.stored))
+                print(f"applied {info.path} ({kind}, {stored:,} stored) -> sha256:{info.result_sha256}")
             print(f"wrote {args.out}")
         else:
             base, _ = load_checkpoint(args.base)

@@ -212,3 +212,47 @@ def test_two_chained_updates_on_a_fresh_base_reproduce_the_shipped_model(tmp_pat
         apply_lowrank(fresh, f)
     final = _state(fresh)
     assert all(torch.equal(final[n], shipped[n]) for n in shipped)  # bit for bit
+
+
+def test_the_diff_cli_inspects_and_applies_lora_files_in_a_chain_with_diffs(tmp_path: Path, capsys) -> None:
+    """``lightning-amortized diff apply`` takes a LoRA file like a diff (told apart by its header)."""
+    import json
+
+    import safetensors.torch
+
+    from lightning_amortized.diff_format import file_format
+    from lightning_amortized.diffs.checkpoints import load_checkpoint
+    from lightning_amortized.diffs.commands import main
+
+    model = _model()
+    names = select_targets(model, TARGETS)
+    model.requires_grad_(False)
+    safetensors.torch.save_file(_state(model), str(tmp_path / "base.safetensors"))
+    attach_lowrank(model, names, rank=2, alpha=4.0, seed=1)  # update 1: LoRA
+    _randomize(model, 1)
+    lora = tmp_path / "lora-1.safetensors"
+    export_lowrank(model, lora)
+    merge_lowrank(model, lora)
+    attach_diffs(model, names, "sparse")  # update 2: a sparse diff on top
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    diff = tmp_path / "diff-2.safetensors"
+    export_diff(model, diff)
+    assert file_format(lora) == "lightning_amortized.lowrank" and file_format(diff) == "lightning_amortized.diff"
+    assert file_format(tmp_path / "missing.safetensors") is None
+
+    assert main(["inspect", str(lora), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rank"] == 2
+    out = tmp_path / "device.safetensors"
+    assert main(["apply", "--base", str(tmp_path / "base.safetensors"), "--diff", str(lora), "--diff", str(diff),
+                 "--out", str(out)]) == 0
+    assert "(lora, " in capsys.readouterr().out
+    state, _ = load_checkpoint(out)
+    assert weights_sha256(state, names) == weights_sha256(_effective(model, names), names)
+    # out of order: the diff names the weights after the LoRA update as its base
+    assert main(["apply", "--base", str(tmp_path / "base.safetensors"), "--diff", str(diff), "--out",
+                 str(tmp_path / "x.safetensors")]) == 2
+    assert main(["apply", "--base", str(out), "--diff", str(lora), "--out", str(tmp_path / "y.safetensors")]) == 2
+    assert "different base" in capsys.readouterr().err
