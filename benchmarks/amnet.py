@@ -846,10 +846,13 @@ def rescore(path: Path) -> int:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a results file of this benchmark.
+        ValueError: ``path`` is not a ``.json`` results file of this benchmark.
     """
-    from lightning_amortized.experiment import write_results
+    from lightning_amortized.atomic import write_atomic
 
+    if path.suffix != ".json":
+        raise ValueError(f"--rescore takes a results .json of benchmarks/amnet.py, got {path} (the .md beside it "
+                         "is rewritten from it).")
     try:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -858,12 +861,17 @@ def rescore(path: Path) -> int:
         raise ValueError(f"{path} is not a results file of benchmarks/amnet.py (no 'benchmark' and 'variants' keys).")
     done = summary["variants"]
     slow = done.get("slow_only")
-    for r in done.values():
+    for r in done.values():  # computed afresh, or left out where the errors do not allow it
+        r.pop("ci95_wer_rel", None)
+        for p in r.get("per_rho", {}).values():
+            for key in ("ci95_wer_rel", "ci95_wer_rel_vs_single"):
+                p.pop(key, None)
         _paired_intervals(r, slow)
     _matched_single_intervals(done)
     summary["targets"] = _targets(done, slow)
     summary["rescored"] = f"python benchmarks/amnet.py --rescore {_repo_relative(path)}"
-    write_results(path.with_suffix(""), summary, render_markdown(summary))
+    write_atomic(path, json.dumps(summary, indent=2) + "\n")
+    write_atomic(path.with_suffix(".md"), render_markdown(summary).rstrip("\n") + "\n")
     print(f"rescored: {path} and {path.with_suffix('.md')}")
     return 0
 

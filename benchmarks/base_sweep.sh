@@ -8,8 +8,9 @@
 #   wide        wide voices (67 variants, +-7 % warp), 3x256
 #   wide_aug    wide voices, 3x256, WaveAugment (speed, reverb, noise/babble, telephone band)
 #   wide384     wide voices, 3x384
-# Annealed runs (the cosine schedule ends inside the time guard; the runs above were stopped by it
-# at 60-70 % of their schedule, learning rate still at about a third of its peak):
+# Annealed runs (ANNEAL planned epochs, so that the cosine schedule ends inside the time guard; give
+# them MAX_TIME=00:00:06:20 as measured. The runs above were stopped by the guard after 15-21 of
+# their 30 planned epochs, the learning rate still at a third to a half of its peak):
 #   core_a      core voices, 3x256, ANNEAL epochs
 #   core384_a   core voices, 3x384, ANNEAL epochs
 #   free50_384_a  core voices, half the training sentences free text (--free-text 0.5), 3x384, ANNEAL epochs
@@ -55,6 +56,7 @@ for c in $CORPORA; do
     core) gen "$DATA/synthetic" core >"$OUT/logs/gen_core.log" 2>&1 & ;;
     wide) gen "$DATA/synthetic-wide-t16k" wide >"$OUT/logs/gen_wide.log" 2>&1 & ;;
     free50) gen "$DATA/synthetic-free50" core --free-text 0.5 >"$OUT/logs/gen_free50.log" 2>&1 & ;;
+    *) log "unknown corpus '$c' in CORPORA (core, wide, free50)"; exit 2 ;;
   esac
 done
 wait

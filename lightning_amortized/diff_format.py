@@ -46,6 +46,7 @@ __all__ = [
     "named_sha256",
     "payload_sha256",
     "read_verified",
+    "safetensors_header",
     "weights_sha256",
 ]
 
@@ -196,6 +197,27 @@ def decode_gaps(gaps: np.ndarray, large_gaps: np.ndarray, numel: int) -> np.ndar
 # -- reading -----------------------------------------------------------------------------------
 
 
+def safetensors_header(blob: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors file from its bytes (the first ``8 + header length`` suffice).
+
+    Raises:
+        ValueError: the bytes do not start with a readable safetensors header (too short,
+            truncated or corrupt JSON, not a JSON object); the message says which.
+    """
+    try:
+        (hlen,) = struct.unpack("<Q", blob[:8])
+        if hlen > len(blob) - 8:
+            raise ValueError(f"the header claims {hlen} bytes, {max(len(blob) - 8, 0)} follow")
+        header = json.loads(blob[8 : 8 + hlen])
+    except ValueError:
+        raise
+    except Exception as err:  # struct.error, UnicodeDecodeError, RecursionError of a hostile header
+        raise ValueError(f"no readable header ({err})") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+    return header
+
+
 def file_format(path: PathLike) -> str | None:
     """The ``format`` named in a safetensors file's metadata, read from its header alone.
 
@@ -209,11 +231,12 @@ def file_format(path: PathLike) -> str | None:
     """
     try:
         with open(path, "rb") as fh:
-            (hlen,) = struct.unpack("<Q", fh.read(8))
-            if hlen > 100_000_000:
+            head = fh.read(8)
+            (hlen,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+            if not 0 < hlen <= 100_000_000:
                 return None
-            meta = json.loads(fh.read(hlen)).get("__metadata__") or {}
-    except (OSError, struct.error, ValueError, AttributeError):
+            meta = safetensors_header(head + fh.read(hlen)).get("__metadata__")
+    except (OSError, ValueError):
         return None
     value = meta.get("format") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else None
@@ -251,15 +274,15 @@ def read_verified(
         raise DiffFormatError(f"Cannot read diff file {str(p)!r}: {err}.") from err
     try:
         arrays = safetensors.numpy.load(data)
-        (hlen,) = struct.unpack("<Q", data[:8])
-        meta = json.loads(data[8 : 8 + hlen]).get("__metadata__") or {}
+        meta = safetensors_header(data).get("__metadata__") or {}
     except Exception as err:  # safetensors raises its own error types
         raise DiffFormatError(
             f"{str(p)!r} is not a readable safetensors file ({len(data)} bytes; truncated or corrupted?): {err}"
         ) from err
     if meta.get("format") != format_name:
         raise DiffFormatError(
-            f"{str(p)!r} is a safetensors file but not a {format_name} file (format={meta.get('format')!r})."
+            f"{str(p)!r} is a safetensors file but not a {format_name} file (format={meta.get('format')!r}); "
+            f"update files are {FORMAT_NAME!r} (diffs) or 'lightning_amortized.lowrank' (LoRA)."
         )
     try:
         version = int(meta["format_version"])

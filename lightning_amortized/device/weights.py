@@ -10,14 +10,13 @@ the header, and with it every offset, stays byte-identical.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from lightning_amortized.atomic import write_atomic
+from lightning_amortized.diff_format import safetensors_header
 from lightning_amortized.diff_format import weights_sha256 as _weights_sha256
 
 __all__ = ["WEIGHTS_FORMAT", "WeightsError", "read_weights", "weights_sha256", "write_weights"]
@@ -50,9 +49,8 @@ def weights_sha256(arrays: Mapping[str, np.ndarray], names: Iterable[str]) -> st
 
 def _header(blob: bytes, where: str) -> dict:
     try:
-        (hlen,) = struct.unpack("<Q", blob[:8])
-        return json.loads(blob[8 : 8 + hlen])
-    except Exception as err:  # struct.error, JSON errors, UnicodeDecodeError
+        return safetensors_header(blob)
+    except ValueError as err:
         raise WeightsError(f"{where} is not a readable safetensors file ({len(blob)} bytes): {err}.") from err
 
 

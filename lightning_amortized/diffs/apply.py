@@ -8,7 +8,7 @@ untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from lightning_amortized.diffs.hashed import hashed_delta
 from lightning_amortized.diffs.read import read_diff
 from lightning_amortized.diffs.sparse import sparse_apply
 from lightning_amortized.diffs.targets import resolve
+
+if TYPE_CHECKING:
+    from lightning_amortized.diffs.lowrank import LowRankInfo
 
 __all__ = ["apply_chain", "apply_diff", "apply_to_state_dict", "merge", "unmerge"]
 
@@ -180,7 +183,7 @@ def apply_chain(model: nn.Module, paths: Sequence[PathLike], *, strict: bool = T
 
 def apply_to_state_dict(
     state: Mapping[str, torch.Tensor], paths: Sequence[PathLike], *, strict: bool = True
-) -> tuple[dict[str, torch.Tensor], list[Any]]:
+) -> tuple[dict[str, torch.Tensor], list[DiffInfo | LowRankInfo]]:
     """Apply update files ``1..k`` to a plain ``state_dict`` (no model needed); the input is not modified.
 
     Each file is a diff (:func:`read_diff`) or a low-rank (LoRA) update
@@ -195,10 +198,11 @@ def apply_to_state_dict(
     Raises:
         Like :func:`apply_chain` (and :func:`~lightning_amortized.diffs.lowrank.lowrank_weights`).
     """
+    # imported here: lowrank imports export, which imports this module
     from lightning_amortized.diffs.lowrank import LOWRANK_FORMAT, lowrank_weights, read_lowrank
 
     new = dict(state)
-    infos: list[Any] = []
+    infos: list[DiffInfo | LowRankInfo] = []
     for path in paths:
         if file_format(path) == LOWRANK_FORMAT:
             low, factors = read_lowrank(path)

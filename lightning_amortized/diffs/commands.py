@@ -28,7 +28,7 @@ from lightning_amortized.diffs.io import (
     export_diff_from_weights,
     inspect_diff,
 )
-from lightning_amortized.diffs.lowrank import LOWRANK_FORMAT, LowRankInfo, inspect_lowrank
+from lightning_amortized.diffs.lowrank import LOWRANK_FORMAT, inspect_lowrank
 from lightning_amortized.diffs.targets import select_names
 
 __all__ = ["main"]
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             new, infos = apply_to_state_dict(state, args.diffs, strict=not args.no_strict)
             save_checkpoint(args.out, new, container)
             for info in infos:
-                kind, stored = (("lora", info.stored_entries) if isinstance(info, LowRankInfo)
-                                else (info.method, info.stored))
-                print(f"applied {info.path} ({kind}, {stored:,} stored) -> sha256:{info.result_sha256}")
+                print(f"applied {info.path} ({info.method}, {info.stored:,} stored) -> sha256:{info.result_sha256}")
             print(f"wrote {args.out}")
         else:
             base, _ = load_checkpoint(args.base)

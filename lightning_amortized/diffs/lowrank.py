@@ -298,6 +298,30 @@ class LowRankInfo:
     def scale(self) -> float:
         return self.alpha / self.rank
 
+    @property
+    def method(self) -> str:
+        """``"lora"`` (the update kind, as :attr:`DiffInfo.method` names a diff's)."""
+        return "lora"
+
+    @property
+    def stored(self) -> int:
+        """Numbers stored (:attr:`stored_entries`; the name :class:`DiffInfo` uses)."""
+        return self.stored_entries
+
+    def __str__(self) -> str:
+        lines = [
+            f"{LOWRANK_FORMAT} v{LOWRANK_VERSION}: LoRA update, rank {self.rank}, alpha {self.alpha:g} "
+            f"(scale {self.scale:g}), fp16 factors",
+            f"  file     {self.path} ({self.file_bytes:,} bytes, payload {self.payload_bytes:,} bytes)",
+            f"  base     sha256:{self.base_sha256}",
+            f"  result   sha256:{self.result_sha256}",
+            f"  payload  sha256:{self.payload_sha256}",
+            f"  stored   {self.stored_entries:,} numbers in {len(self.targets)} target(s) (rank 0: a dense fp16 delta):",
+        ]
+        width = max([len(t.name) for t in self.targets] + [4])
+        lines += [f"    {t.name.ljust(width)}  {str(t.shape):<16} {t.dtype:<9} rank {t.rank}" for t in self.targets]
+        return "\n".join(lines)
+
 
 def _metadata(rank: int, alpha: float, targets: Sequence[LowRankTarget], base_sha256: str, result_sha256: str) -> dict[str, str]:
     return {

@@ -137,11 +137,11 @@ class UpdateConfig:
             (:class:`~lightning_amortized.callbacks.AnchorToStart`; 0: off). Full fine-tuning
             and the compressed baseline: the weights; a sparse or hashed diff: its values ``D``
             (zero at the start, so an L2 penalty on the diff); LoRA: the factors' movement.
-        mask_epochs: sparse diffs: epochs of the pruning schedule
+        mask_epochs: sparse diffs only: epochs of the pruning schedule
             (:class:`~lightning_amortized.callbacks.NeuralDiff`'s ``schedule_epochs``; ``None``:
             all ``epochs``, a cubic ramp to the budget at the last epoch). ``2``: one dense
             epoch, then the mask is fixed by magnitude and every later epoch trains at the
-            budget.
+            budget; ``1``: dense training throughout, pruned to the budget only at the end.
         updates: number of consecutive updates (``update-1 .. update-K``).
         epochs: training epochs per update.
         lr: peak learning rate (warm-up + cosine over the update); ``None``: the method default.
@@ -198,10 +198,19 @@ class UpdateConfig:
             raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
         if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not self.anchor >= 0:
             raise ValueError(f"Expected argument `anchor` to be a number >= 0, but got anchor={self.anchor!r}.")
-        if self.mask_epochs is not None and not 1 <= self.mask_epochs <= self.epochs:
-            raise ValueError(
-                f"Expected argument `mask_epochs` to be None or in [1, epochs={self.epochs}], but got {self.mask_epochs}."
-            )
+        if self.mask_epochs is not None:
+            if isinstance(self.mask_epochs, bool) or not isinstance(self.mask_epochs, int):
+                raise ValueError(f"Expected argument `mask_epochs` to be None or an int, but got {self.mask_epochs!r}.")
+            if not 1 <= self.mask_epochs <= self.epochs:
+                raise ValueError(
+                    f"Expected argument `mask_epochs` to be None or in [1, epochs={self.epochs}], "
+                    f"but got {self.mask_epochs}."
+                )
+            if self.method != "sparse":
+                raise ValueError(
+                    f"Argument `mask_epochs` schedules a sparse diff's mask; method {self.method!r} has none "
+                    "(leave it unset)."
+                )
 
     def budget_bytes(self, full_bytes: int) -> int:
         """The byte budget of one ``lora`` / ``compressed`` update: ``budget`` in bytes, or that fraction of ``full_bytes``."""

@@ -245,6 +245,8 @@ def test_the_diff_cli_inspects_and_applies_lora_files_in_a_chain_with_diffs(tmp_
 
     assert main(["inspect", str(lora), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rank"] == 2
+    assert main(["inspect", str(lora)]) == 0
+    assert "LoRA update, rank 2" in capsys.readouterr().out
     out = tmp_path / "device.safetensors"
     assert main(["apply", "--base", str(tmp_path / "base.safetensors"), "--diff", str(lora), "--diff", str(diff),
                  "--out", str(out)]) == 0
@@ -254,5 +256,7 @@ def test_the_diff_cli_inspects_and_applies_lora_files_in_a_chain_with_diffs(tmp_
     # out of order: the diff names the weights after the LoRA update as its base
     assert main(["apply", "--base", str(tmp_path / "base.safetensors"), "--diff", str(diff), "--out",
                  str(tmp_path / "x.safetensors")]) == 2
-    assert main(["apply", "--base", str(out), "--diff", str(lora), "--out", str(tmp_path / "y.safetensors")]) == 2
     assert "different base" in capsys.readouterr().err
+    assert main(["apply", "--base", str(out), "--diff", str(lora), "--out", str(tmp_path / "y.safetensors")]) == 2
+    assert "lora-1.safetensors' applies to a different base" in capsys.readouterr().err  # the LoRA file refused
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()

@@ -177,15 +177,26 @@ def test_rescore_recomputes_the_intervals_of_a_results_file_and_refuses_others(a
     stale = [-0.5, 0.5]  # what an older interval method might have left
     done["amnet_factorized"]["ci95_wer_rel"] = stale
     done["amnet_factorized"]["per_rho"]["1.5"]["ci95_wer_rel"] = stale
-    path = tmp_path / "amnet.json"
+    done["amnet_factorized"]["per_rho"]["1.5"]["ci95_wer_rel_vs_single"] = stale
+    done["fast_only_without_errors"] = json.loads(json.dumps(done["factorized_single"]))
+    del done["fast_only_without_errors"]["per_rho"]["1.5"]["utt_errors"]  # no errors: no interval, not the old one
+    done["fast_only_without_errors"]["per_rho"]["1.5"]["ci95_wer_rel"] = stale
+    summary["targets"] = {}
+    path = tmp_path / "amnet.seed1.json"  # a dotted name: the file itself is rewritten, not amnet.json
     path.write_text(json.dumps(summary))
     assert amnet.main(["--rescore", str(path)]) == 0
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["amnet.seed1.json", "amnet.seed1.md"]
     after = json.loads(path.read_text())
-    ci = after["variants"]["amnet_factorized"]["ci95_wer_rel"]
-    assert ci != stale and ci[0] <= 0.1 <= ci[1]  # 22 errors against 20: +10 %
-    assert after["variants"]["amnet_factorized"]["per_rho"]["1.5"]["wer"] == done["amnet_factorized"]["per_rho"]["1.5"]["wer"]
-    assert "ci95_wer_rel_vs_single" in after["variants"]["amnet_factorized"]["per_rho"]["1.5"]
-    assert after["rescored"].endswith(str(path)) and "recomputed" in (tmp_path / "amnet.md").read_text()
+    net = after["variants"]["amnet_factorized"]
+    assert net["ci95_wer_rel"] != stale and net["ci95_wer_rel"][0] <= 0.1 <= net["ci95_wer_rel"][1]  # 22 vs 20 errors
+    assert net["per_rho"]["1.5"]["wer"] == done["amnet_factorized"]["per_rho"]["1.5"]["wer"]
+    low, high = net["per_rho"]["1.5"]["ci95_wer_rel_vs_single"]
+    assert [low, high] != stale and low <= net["per_rho"]["1.5"]["wer_rel_vs_single"] <= high
+    assert "ci95_wer_rel" not in after["variants"]["fast_only_without_errors"]["per_rho"]["1.5"]
+    assert after["targets"]["dominance"]["met"]  # recomputed, not the emptied ones
+    assert after["rescored"].endswith(str(path)) and "recomputed" in (tmp_path / "amnet.seed1.md").read_text()
+    with pytest.raises(ValueError, match="results .json"):
+        amnet.main(["--rescore", str(tmp_path / "amnet.seed1.md")])
     bad = tmp_path / "other.json"
     bad.write_text(json.dumps({"benchmark": "benchmarks/diff_updates.py"}))
     with pytest.raises(ValueError, match="not a results file of benchmarks/amnet.py"):

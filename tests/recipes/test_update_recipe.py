@@ -201,15 +201,19 @@ def test_an_anchor_on_a_diff_is_an_l2_penalty_on_its_values(recipe, base_ckpt: P
     assert 0 < sizes[100.0] < 0.1 * sizes[0.0]  # squared L2 norm of the shipped values
 
 
-def test_mask_epochs_fixes_the_sparse_mask_after_the_dense_epochs(recipe, tmp_path: Path) -> None:
-    """``mask_epochs`` becomes the NeuralDiff schedule; it must fit inside the update's epochs."""
+def test_mask_epochs_is_the_sparse_diffs_pruning_schedule_and_is_checked(recipe, tmp_path: Path) -> None:
+    """``mask_epochs`` becomes NeuralDiff's ``schedule_epochs`` (its schedule is tested with the callback);
+    it must fit inside the update's epochs and is refused where there is no mask."""
     cfg = recipe.UpdateConfig(base="b", root="r", out="o", method="sparse", epochs=4, mask_epochs=2)
     assert recipe._diff_callback(cfg, tmp_path / "d.safetensors").schedule_epochs == 2
     default = recipe.UpdateConfig(base="b", root="r", out="o", method="sparse", epochs=4)
     assert recipe._diff_callback(default, tmp_path / "d.safetensors").schedule_epochs is None
-    for bad in (0, 5):
+    for bad in (0, 5, True, 2.0):
         with pytest.raises(ValueError, match="`mask_epochs`"):
             recipe.UpdateConfig(base="b", root="r", out="o", method="sparse", epochs=4, mask_epochs=bad)
+    for method in ("hashed", "lora", "full"):
+        with pytest.raises(ValueError, match="`mask_epochs` schedules a sparse diff's mask"):
+            recipe.UpdateConfig(base="b", root="r", out="o", method=method, epochs=4, mask_epochs=2)
 
 
 def test_a_corpus_without_the_test_other_split_is_refused_before_training(
