@@ -437,6 +437,16 @@ def summarize(runs: Mapping[str, Any]) -> dict[str, Any]:
                     if paired is None:  # no per-utterance errors: the point estimate only
                         paired = (_rel(f[key], final["full"][key]), None)
                     f["rel_vs_full"][key] = {"value": paired[0], "ci95": paired[1]}
+    for b in PEER_BUDGETS:  # the sparse diff against each peer of its byte budget, paired on the same utterances
+        mine = final.get(f"sparse-b{b}")
+        for peer in (f"lora-{b}", f"hashed-b{b}", f"compressed-{b}"):
+            if mine is None or peer not in final:
+                continue
+            vs = mine.setdefault("rel_vs_peers", {})[peer] = {}
+            for key in ("new_entity_wer", "base_test_wer"):
+                paired = _rel_ci(pooled[f"sparse-b{b}"][key], pooled[peer][key])
+                vs[key] = ({"value": paired[0], "ci95": paired[1]} if paired is not None
+                           else {"value": _rel(mine[key], final[peer][key]), "ci95": None})
     reg = regime(runs)
     return {"rows": rows, "after_last_update": final, "regime": reg, "targets": targets(runs, final, reg)}
 
@@ -552,10 +562,13 @@ def targets(runs: Mapping[str, Any], final: Mapping[str, dict[str, Any]],
                 continue
             theirs = final[peer]
             better = all(mine[k] <= theirs[k] for k in ("new_entity_wer", "base_test_wer"))
+            vs = (mine.get("rel_vs_peers") or {}).get(peer, {})
+            rel = {k: f" ({_rel_text(vs[k])} relative)" if k in vs else "" for k in ("new_entity_wer", "base_test_wer")}
             out.append({"target": f"sparse diff better than {peer} at {b}% of the checkpoint's bytes after the last update "
-                        "(means over seeds; intervals in the table)",
-                        "measured": f"new entities {_pct(mine['new_entity_wer'])}% vs {_pct(theirs['new_entity_wer'])}%, "
-                        f"base test {_pct(mine['base_test_wer'])}% vs {_pct(theirs['base_test_wer'])}%",
+                        "(means over seeds; paired 95 % intervals of the sparse diff's WER relative to the peer's)",
+                        "measured": f"new entities {_pct(mine['new_entity_wer'])}% vs {_pct(theirs['new_entity_wer'])}%"
+                        f"{rel['new_entity_wer']}, base test {_pct(mine['base_test_wer'])}% vs "
+                        f"{_pct(theirs['base_test_wer'])}%{rel['base_test_wer']}",
                         "value": mine["new_entity_wer"] - theirs["new_entity_wer"], "met": better})
     for name, group in runs.items():
         budgets = [(r["file_bytes"], budget) for res in _seeds(group) if _sized_in_bytes(name)

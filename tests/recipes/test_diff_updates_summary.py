@@ -99,8 +99,14 @@ def test_regime_and_targets(bench) -> None:
         "met"]
     assert by["sparse-b10: base test WER after the last update within 1% relative of full FT"]["met"]
     better = by["sparse diff better than lora-10 at 10% of the checkpoint's bytes after the last update (means over "
-                "seeds; intervals in the table)"]
+                "seeds; paired 95 % intervals of the sparse diff's WER relative to the peer's)"]
     assert better["met"]
+    vs = summary["after_last_update"]["sparse-b10"]["rel_vs_peers"]["lora-10"]
+    assert vs["new_entity_wer"]["value"] == pytest.approx(5.5 / 12 - 1)  # 5.5 errors against 12 on the same words
+    assert vs["base_test_wer"]["value"] == pytest.approx(4 / 5 - 1)
+    lo, hi = vs["new_entity_wer"]["ci95"]
+    assert lo <= 5.5 / 12 - 1 <= hi < 0  # fewer errors on every utterance: resolved
+    assert f"({100 * (5.5 / 12 - 1):+.1f}% [" in better["measured"]
     assert by["sparse-b10: every update's shipped file(s) within the byte budget"]["met"]  # 50 of 50 bytes
     # a full run that does not halve an update's own split fails the regime
     runs = _runs()
