@@ -799,7 +799,7 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
     for fam, names in families.items():
         names = sorted(names, key=lambda n: final[n]["bytes"])
         xs = [final[n]["bytes"] for n in names]
-        color = colors.get(names[0]) if len(names) == 1 else None
+        color = colors.get(names[0])  # a member's colour of the left panels: unique among the families
         label = FAMILIES.get(fam, CONFIGS[names[0]][0])
         for key, style in (("new_entity_wer", "-"), ("base_test_wer", "--")):
             ys = [100 * final[n][key] for n in names]
