@@ -63,7 +63,9 @@ def test_config_parses_and_builds_model(config, tmp_path):
             assert enc.flops_per_frame() == enc.branch_flops()[enc.force_branch] < slow
             assert model.hparams.lambda_cost == 0 and model.hparams.lambda_amr == 0
     else:
-        assert isinstance(enc, RecurrentEncoder) and enc.flops_per_frame() == SLOW
+        assert isinstance(enc, RecurrentEncoder)  # the base configs: 3x256, or 3x384 (base384.yaml)
+        assert enc.flops_per_frame() == lstm_flops(240, enc.hidden_size, num_layers=enc.num_layers)
+        assert (enc.flops_per_frame() == SLOW) == (enc.hidden_size == 256)
 
 
 def test_fast_only_is_the_factorized_amnet_fast_branch(tmp_path):
