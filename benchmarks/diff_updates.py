@@ -428,27 +428,29 @@ def summarize(runs: Mapping[str, Any]) -> dict[str, Any]:
             "lr": group[0]["lr"],
             "seconds": sum(res["total_seconds"] for res in group),
         }
+    def paired(name: str, ref: str) -> dict[str, dict[str, Any]]:
+        """WER of ``name`` relative to ``ref`` with a paired interval (the point estimate only without errors)."""
+        out = {}
+        for key in ("new_entity_wer", "base_test_wer"):
+            rel = _rel_ci(pooled[name][key], pooled[ref][key])
+            out[key] = ({"value": rel[0], "ci95": rel[1]} if rel is not None
+                        else {"value": _rel(final[name][key], final[ref][key]), "ci95": None})
+        return out
+
     if "full" in final:
         for name, f in final.items():
             if name != "full":
-                f["rel_vs_full"] = {}
-                for key in ("new_entity_wer", "base_test_wer"):
-                    paired = _rel_ci(pooled[name][key], pooled["full"][key])
-                    if paired is None:  # no per-utterance errors: the point estimate only
-                        paired = (_rel(f[key], final["full"][key]), None)
-                    f["rel_vs_full"][key] = {"value": paired[0], "ci95": paired[1]}
-    for b in PEER_BUDGETS:  # the sparse diff against each peer of its byte budget, paired on the same utterances
-        mine = final.get(f"sparse-b{b}")
-        for peer in (f"lora-{b}", f"hashed-b{b}", f"compressed-{b}"):
-            if mine is None or peer not in final:
-                continue
-            vs = mine.setdefault("rel_vs_peers", {})[peer] = {}
-            for key in ("new_entity_wer", "base_test_wer"):
-                paired = _rel_ci(pooled[f"sparse-b{b}"][key], pooled[peer][key])
-                vs[key] = ({"value": paired[0], "ci95": paired[1]} if paired is not None
-                           else {"value": _rel(mine[key], final[peer][key]), "ci95": None})
+                f["rel_vs_full"] = paired(name, "full")
+    for _, mine, peer in peer_pairs(final):  # the sparse diff against each peer of its byte budget
+        final[mine].setdefault("rel_vs_peers", {})[peer] = paired(mine, peer)
     reg = regime(runs)
     return {"rows": rows, "after_last_update": final, "regime": reg, "targets": targets(runs, final, reg)}
+
+
+def peer_pairs(final: Mapping[str, Any]) -> list[tuple[int, str, str]]:
+    """``(B, sparse-bB, peer)`` for every equal-bytes peer of a sparse diff present in ``final``."""
+    return [(b, f"sparse-b{b}", peer) for b in PEER_BUDGETS if f"sparse-b{b}" in final
+            for peer in (f"lora-{b}", f"hashed-b{b}", f"compressed-{b}") if peer in final]
 
 
 def regime(runs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -555,21 +557,17 @@ def targets(runs: Mapping[str, Any], final: Mapping[str, dict[str, Any]],
                 out.append({"target": f"{name}: {what} after the last update within {100 * bound:g}% relative of full FT",
                             "measured": f"{_pct(final[name][key])}% vs {_pct(final['full'][key])}% ({_rel_text(rel)} "
                             "relative)", "value": rel["value"], "met": rel["value"] <= bound})
-    for b in PEER_BUDGETS:
-        mine = final.get(f"sparse-b{b}")
-        for peer in (f"lora-{b}", f"hashed-b{b}", f"compressed-{b}"):
-            if mine is None or peer not in final:
-                continue
-            theirs = final[peer]
-            better = all(mine[k] <= theirs[k] for k in ("new_entity_wer", "base_test_wer"))
-            vs = (mine.get("rel_vs_peers") or {}).get(peer, {})
-            rel = {k: f" ({_rel_text(vs[k])} relative)" if k in vs else "" for k in ("new_entity_wer", "base_test_wer")}
-            out.append({"target": f"sparse diff better than {peer} at {b}% of the checkpoint's bytes after the last update "
-                        "(means over seeds; paired 95 % intervals of the sparse diff's WER relative to the peer's)",
-                        "measured": f"new entities {_pct(mine['new_entity_wer'])}% vs {_pct(theirs['new_entity_wer'])}%"
-                        f"{rel['new_entity_wer']}, base test {_pct(mine['base_test_wer'])}% vs "
-                        f"{_pct(theirs['base_test_wer'])}%{rel['base_test_wer']}",
-                        "value": mine["new_entity_wer"] - theirs["new_entity_wer"], "met": better})
+    for b, name, peer in peer_pairs(final):
+        mine, theirs = final[name], final[peer]
+        better = all(mine[k] <= theirs[k] for k in ("new_entity_wer", "base_test_wer"))
+        vs = (mine.get("rel_vs_peers") or {}).get(peer, {})
+        rel = {k: f" ({_rel_text(vs[k])} relative)" if k in vs else "" for k in ("new_entity_wer", "base_test_wer")}
+        out.append({"target": f"sparse diff better than {peer} at {b}% of the checkpoint's bytes after the last update "
+                    "(means over seeds; paired 95 % intervals of the sparse diff's WER relative to the peer's)",
+                    "measured": f"new entities {_pct(mine['new_entity_wer'])}% vs {_pct(theirs['new_entity_wer'])}%"
+                    f"{rel['new_entity_wer']}, base test {_pct(mine['base_test_wer'])}% vs "
+                    f"{_pct(theirs['base_test_wer'])}%{rel['base_test_wer']}",
+                    "value": mine["new_entity_wer"] - theirs["new_entity_wer"], "met": better})
     for name, group in runs.items():
         budgets = [(r["file_bytes"], budget) for res in _seeds(group) if _sized_in_bytes(name)
                    for budget in [_budget_bytes(res)] if budget is not None for r in res["updates"]]

@@ -34,6 +34,7 @@ __all__ = [
     "FORMAT_VERSION",
     "GAP_ESCAPE",
     "INDEX_ENCODINGS",
+    "LOWRANK_FORMAT",
     "SUPPORTED_VERSIONS",
     "VALUE_DTYPE_NAMES",
     "BaseMismatchError",
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "lightning_amortized.diff"
+#: The format name of low-rank (LoRA) update files (:mod:`lightning_amortized.diffs.lowrank`).
+LOWRANK_FORMAT = "lightning_amortized.lowrank"
 FORMAT_VERSION = 2  # the newest version written; version 1 is still written when it suffices
 SUPPORTED_VERSIONS = (1, 2)
 INDEX_ENCODINGS = ("gap-u8", "int32")
@@ -282,7 +285,7 @@ def read_verified(
     if meta.get("format") != format_name:
         raise DiffFormatError(
             f"{str(p)!r} is a safetensors file but not a {format_name} file (format={meta.get('format')!r}); "
-            f"update files are {FORMAT_NAME!r} (diffs) or 'lightning_amortized.lowrank' (LoRA)."
+            f"update files are {FORMAT_NAME!r} (diffs) or {LOWRANK_FORMAT!r} (LoRA)."
         )
     try:
         version = int(meta["format_version"])

@@ -57,6 +57,7 @@ from lightning_amortized.diffs.lowrank import (
     merge_lowrank,
     rank_for_bytes,
     read_lowrank,
+    read_update,
 )
 from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density, sparse_apply
 from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_names, select_targets
@@ -105,6 +106,7 @@ __all__ = [
     "rank_for_bytes",
     "read_diff",
     "read_lowrank",
+    "read_update",
     "scheduled_density",
     "select_names",
     "select_targets",

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lightning_amortized.diff_format import file_format
 from lightning_amortized.diffs.attach import base_tensor, detach_diffs, diff_modules
 from lightning_amortized.diffs.checksum import weights_sha256
 from lightning_amortized.diffs.codec import _decode, _sparse_indices
@@ -199,17 +198,16 @@ def apply_to_state_dict(
         Like :func:`apply_chain` (and :func:`~lightning_amortized.diffs.lowrank.lowrank_weights`).
     """
     # imported here: lowrank imports export, which imports this module
-    from lightning_amortized.diffs.lowrank import LOWRANK_FORMAT, lowrank_weights, read_lowrank
+    from lightning_amortized.diffs.lowrank import LowRankInfo, lowrank_weights, read_update
 
     new = dict(state)
     infos: list[DiffInfo | LowRankInfo] = []
     for path in paths:
-        if file_format(path) == LOWRANK_FORMAT:
-            low, factors = read_lowrank(path)
-            new.update(lowrank_weights(low, factors, new, strict=strict))
-            infos.append(low)
+        info, tensors = read_update(path)
+        if isinstance(info, LowRankInfo):
+            new.update(lowrank_weights(info, tensors, new, strict=strict))
+            infos.append(info)
             continue
-        info, tensors = read_diff(path)
         missing = [t.name for t in info.targets if t.name not in new]
         if missing:
             raise BaseMismatchError(f"{info.path!r} changes tensors the state dict does not have: {missing}.")

@@ -18,7 +18,6 @@ import json
 import sys
 from dataclasses import asdict
 
-from lightning_amortized.diff_format import file_format
 from lightning_amortized.diffs.budget import entries_for_bytes
 from lightning_amortized.diffs.checkpoints import load_checkpoint, save_checkpoint
 from lightning_amortized.diffs.io import (
@@ -26,9 +25,8 @@ from lightning_amortized.diffs.io import (
     DiffError,
     apply_to_state_dict,
     export_diff_from_weights,
-    inspect_diff,
 )
-from lightning_amortized.diffs.lowrank import LOWRANK_FORMAT, inspect_lowrank
+from lightning_amortized.diffs.lowrank import read_update
 from lightning_amortized.diffs.targets import select_names
 
 __all__ = ["main"]
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "inspect":
-            info = inspect_lowrank(args.path) if file_format(args.path) == LOWRANK_FORMAT else inspect_diff(args.path)
+            info = read_update(args.path)[0]
             print(json.dumps(asdict(info), indent=2) if args.json else info)
         elif args.command == "apply":
             state, container = load_checkpoint(args.base)

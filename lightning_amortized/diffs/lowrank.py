@@ -35,6 +35,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -42,7 +43,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_amortized.atomic import write_atomic
-from lightning_amortized.diff_format import read_verified
+from lightning_amortized.diff_format import LOWRANK_FORMAT, file_format, read_verified
 from lightning_amortized.diffs.attach import base_tensor, parametrizations_of, remove_parametrizations
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
 from lightning_amortized.diffs.export import _sorted_metadata
@@ -54,11 +55,13 @@ from lightning_amortized.diffs.format import (
     StateOrModel,
     _dtype_name,
 )
+from lightning_amortized.diffs.read import read_diff
 from lightning_amortized.diffs.targets import resolve
 
 __all__ = [
     "LOWRANK_FORMAT",
     "LOWRANK_VERSION",
+    "read_update",
     "DenseDelta",
     "LowRankDelta",
     "LowRankInfo",
@@ -76,7 +79,6 @@ __all__ = [
     "read_lowrank",
 ]
 
-LOWRANK_FORMAT = "lightning_amortized.lowrank"
 LOWRANK_VERSION = 1
 _PLACEHOLDER = "0" * 64  # a sha256 hex digest has 64 characters: the header size does not depend on it
 
@@ -562,6 +564,22 @@ def read_lowrank(path: PathLike) -> tuple[LowRankInfo, dict[str, torch.Tensor]]:
     if got != expected or any(v.dtype != torch.float16 for v in tensors.values()):
         raise DiffFormatError(f"{str(p)!r}: stored tensors {got} do not match its targets (expected fp16 {expected}).")
     return info, tensors
+
+
+def read_update(path: PathLike) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Read and verify an update file of either kind: a diff (:func:`~lightning_amortized.diffs.read.read_diff`)
+    or a low-rank file (:func:`read_lowrank`), told apart by the format in its header.
+
+    Returns:
+        ``(info, tensors)``: a :class:`~lightning_amortized.diffs.format.DiffInfo` or a
+        :class:`LowRankInfo`, and the stored tensors.
+
+    Raises:
+        Like the reader of its kind (a file of neither kind: ``DiffFormatError`` naming both formats).
+    """
+    if file_format(path) == LOWRANK_FORMAT:
+        return read_lowrank(path)
+    return read_diff(path)
 
 
 def inspect_lowrank(path: PathLike) -> LowRankInfo:
