@@ -19,6 +19,8 @@ evaluated on the test split (speakers unseen in training):
 ``amnet_factorized_lc1_no_amr``  the same with ``lambda_amr = 0`` (second ablation pair)
 ``amnet_factorized_load_aware``  one model for every device: trained over rho 0.5-2.5, the
                                arbitrator sees ``log(rho)``
+``amnet_factorized_load_aware_eou``  the same with the penalty's end-of-utterance latency term
+                               (``amr_eou_weight 1``: latency above twice the floor is charged)
 ``amnet_factorized_bl``        the factorized AmNet with branch losses (each branch also
                                trained alone, ``ASRModule(branch_loss_weight=0.5)``)
 ``factorized_single_bl``       factorized single matched to ``amnet_factorized_bl``'s FLOPs
@@ -82,6 +84,10 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
     # one model for every device: trained over rho in 0.5-2.5, the arbitrator sees log(rho)
     "amnet_factorized_load_aware": ("factorized AmNet, load-aware (trained over rho 0.5-2.5)",
                                     "amnet_factorized_load_aware.yaml", None, []),
+    # the same, its penalty also charging end-of-utterance latency above twice the floor on every device
+    "amnet_factorized_load_aware_eou": ("factorized AmNet, load-aware, end-of-utterance latency term",
+                                        "amnet_factorized_load_aware.yaml", None,
+                                        ["--model.amr_eou_weight", "1.0", "--model.amr_eou_factor", "2.0"]),
     # the ablation at about the penalty-on model's slow share: a larger cost weight instead of the penalty
     "amnet_factorized_no_amr_lc06": ("factorized AmNet, no amortization penalty, lambda_cost 0.6",
                                      "amnet_factorized_no_amr.yaml", None, ["--model.lambda_cost", "0.6"]),
@@ -93,10 +99,12 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
 # start order: the matched single encoders wait for their AmNet
 ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
          "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
-         "amnet_factorized_load_aware", "amnet_factorized_bl", "factorized_single_bl", "amnet_factorized_no_amr_lc06"]
+         "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou", "amnet_factorized_bl", "factorized_single_bl",
+         "amnet_factorized_no_amr_lc06"]
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
 LOWRANK_FAST = ("fast_only", "amnet_factorized", "amnet_factorized_no_amr", "amnet_factorized_lc1",
-                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware", "amnet_factorized_bl",
+                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou",
+                "amnet_factorized_bl",
                 "amnet_factorized_no_amr_lc06")
 ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr"),
              ("amnet_factorized", "amnet_factorized_no_amr_lc06")]

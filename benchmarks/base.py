@@ -99,6 +99,8 @@ _ADDED_DEFAULTS: dict[tuple[str, ...], object] = {
     ("model", "amr_threshold_ms"): None,
     ("model", "amr_end_weight"): 1.0,
     ("model", "amr_slack_weight"): 1.0,
+    ("model", "amr_eou_weight"): 0.0,
+    ("model", "amr_eou_factor"): 2.0,
     ("model", "tokenizer"): None,
     ("data", "init_args", "tokenizer"): None,
     ("data", "init_args", "voices"): "core",

@@ -123,6 +123,11 @@ class ASRModule(pl.LightningModule):
             (:func:`~lightning_amortized.functional.losses.amortization_loss`).
         amr_end_weight: Weight of the end-of-utterance backlog term of the penalty.
         amr_slack_weight: Weight of the "fast while idle" term of the penalty.
+        amr_eou_weight: Weight of the penalty's end-of-utterance latency term (``0``: off):
+            it charges latency above ``amr_eou_factor`` times the physical floor (the cheapest
+            branch plus the arbitrator on the utterance's device), which the end term cannot
+            see on devices fast enough to finish a slow last frame within real time.
+        amr_eou_factor: Multiple of the floor that the end-of-utterance term allows.
         branch_loss_weight: Weight of every branch's own ASR loss (amortized encoders
             only): each training step also encodes the batch with every frame on one
             branch (``force_branch``), once per branch, and adds ``branch_loss_weight``
@@ -159,6 +164,8 @@ class ASRModule(pl.LightningModule):
         amr_threshold_ms: float | None = None,
         amr_end_weight: float = 1.0,
         amr_slack_weight: float = 1.0,
+        amr_eou_weight: float = 0.0,
+        amr_eou_factor: float = 2.0,
         branch_loss_weight: float = 0.0,
         rnnt_pred_size: int = 128,
         rnnt_joint_size: int = 192,
@@ -167,13 +174,16 @@ class ASRModule(pl.LightningModule):
         super().__init__()
         if loss not in ("ctc", "rnnt"):
             raise ValueError(f"Expected argument `loss` to be 'ctc' or 'rnnt', but got {loss!r}.")
-        for name, value in (("amr_end_weight", amr_end_weight), ("amr_slack_weight", amr_slack_weight)):
+        for name, value in (("amr_end_weight", amr_end_weight), ("amr_slack_weight", amr_slack_weight),
+                            ("amr_eou_weight", amr_eou_weight)):
             if not value >= 0:
                 raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}.")
         if not branch_loss_weight >= 0:
             raise ValueError(f"Expected argument `branch_loss_weight` to be >= 0, but got {branch_loss_weight}.")
         if amr_threshold_ms is not None and not amr_threshold_ms > 0:
             raise ValueError(f"Expected argument `amr_threshold_ms` to be positive or None, but got {amr_threshold_ms}.")
+        if not amr_eou_factor > 0:
+            raise ValueError(f"Expected argument `amr_eou_factor` to be positive, but got {amr_eou_factor}.")
         in_size = getattr(encoder, "input_size", None)
         if in_size is not None and in_size != n_mels * stack:
             raise ValueError(
@@ -325,6 +335,9 @@ class ASRModule(pl.LightningModule):
             threshold_ms=hp.get("amr_threshold_ms"),
             end_weight=hp.get("amr_end_weight", 1.0),
             slack_weight=hp.get("amr_slack_weight", 1.0),
+            # only when on: encoders of other libraries may lack these arguments
+            **({"eou_weight": hp.amr_eou_weight, "eou_factor": hp.get("amr_eou_factor", 2.0)}
+               if hp.get("amr_eou_weight", 0.0) > 0 else {}),
         )
 
     def _check_ctc_feasible(self, batch: dict[str, Any], frames: torch.Tensor) -> None:

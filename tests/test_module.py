@@ -230,6 +230,16 @@ def test_amortization_penalty_settings_reach_the_encoder() -> None:
     losses = m._routing_losses()
     assert seen == {"lambda_cost": 0.1, "lambda_amr": 1.0, "threshold_ms": 45.0, "end_weight": 2.0, "slack_weight": 0.5}
     assert torch.isfinite(losses["total"])
+    # the end-of-utterance latency term: passed only when on
+    seen.clear()
+    m = ASRModule(enc, lambda_cost=0.1, lambda_amr=1.0, amr_eou_weight=0.5, amr_eou_factor=1.5)
+    m.encode(torch.randn(2, 30, 80), torch.tensor([30, 21]))
+    m._routing_losses()
+    assert seen["eou_weight"] == 0.5 and seen["eou_factor"] == 1.5
+    with pytest.raises(ValueError, match="amr_eou_weight"):
+        ASRModule(RecurrentEncoder(240, 16, 1), amr_eou_weight=-1.0)
+    with pytest.raises(ValueError, match="amr_eou_factor"):
+        ASRModule(RecurrentEncoder(240, 16, 1), amr_eou_factor=0.0)
     with pytest.raises(ValueError, match="amr_end_weight"):
         ASRModule(RecurrentEncoder(240, 16, 1), amr_end_weight=-1.0)
     with pytest.raises(ValueError, match="amr_threshold_ms"):

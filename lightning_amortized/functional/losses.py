@@ -16,8 +16,16 @@ the cost of the most expensive branch (so ``L_cost`` is in ``[0, 1]``).
     L_amr = w_end  * mean_b  b_{L_b} / frame_ms
           + w_slack * mean_{b, t <= L_b} (1 - p_slow_{b,t}) * relu(1 - sg(b_{t-1}) / threshold_ms)
 
+          + w_eou  * mean_b  relu(eou_b - limit_b) / frame_ms              (optional, w_eou = 0 by default)
+
 The first term charges the backlog still left after the last frame (in frames); it is
-zero when the device ends within one frame of real time. The second term charges
+zero when the device ends within one frame of real time. The optional third term charges
+the end-of-utterance latency ``eou_b = b_{L_b - 1} + cost_{L_b}`` (as
+:func:`~lightning_amortized.functional.backlog.eou_latency` defines it) above a limit,
+typically a multiple of the physical floor (one fast-branch frame plus the arbitrator on
+that utterance's device). The end term alone is blind below one frame: on a fast device a
+slow last frame ends within real time and costs nothing there, yet its latency is several
+times the floor. The second term charges
 routing to a fast branch while there is no significant backlog (``b_{t-1}`` far below
 ``threshold_ms``, default ``frame_ms``): that slack should be spent on accuracy. The
 backlog in the slack term is detached (``sg``, stop-gradient) so that the loss cannot
@@ -84,6 +92,9 @@ def amortization_loss(
     threshold_ms: float | None = None,
     end_weight: float = 1.0,
     slack_weight: float = 1.0,
+    cost_ms: torch.Tensor | None = None,
+    eou_limit_ms: torch.Tensor | float | None = None,
+    eou_weight: float = 0.0,
 ) -> torch.Tensor:
     """Amortization penalty (formula in the module docstring).
 
@@ -97,9 +108,28 @@ def amortization_loss(
             ``None`` means ``frame_ms``.
         end_weight: Weight of the end-of-utterance backlog term.
         slack_weight: Weight of the "fast while idle" term.
+        cost_ms: ``(B, T)`` cost of every frame on the simulated device (ms, differentiable);
+            needed when ``eou_weight > 0``.
+        eou_limit_ms: End-of-utterance latency (ms) charged above, a float or ``(B,)``;
+            needed when ``eou_weight > 0``.
+        eou_weight: Weight of the end-of-utterance latency term (``0``: off).
 
     Returns:
         Scalar tensor.
+
+    Raises:
+        ValueError: on mismatched shapes, a non-positive ``frame_ms``/``threshold_ms``, a
+            negative ``eou_weight``, or ``eou_weight > 0`` without ``cost_ms`` and ``eou_limit_ms``.
+
+    Example:
+        >>> p = torch.tensor([[1.0, 1.0]])
+        >>> cost, b = torch.tensor([[15.0, 15.0]]), torch.tensor([[0.0, 0.0]])  # a fast device: no backlog
+        >>> float(amortization_loss(p, b, None, 30.0, slack_weight=0.0))  # the end term sees nothing
+        0.0
+        >>> # the last frame's 15 ms latency is 3 ms above a limit of 12 ms (twice a 6 ms floor): 3 / 30
+        >>> round(float(amortization_loss(p, b, None, 30.0, slack_weight=0.0, cost_ms=cost, eou_limit_ms=12.0,
+        ...                               eou_weight=1.0)), 4)
+        0.1
     """
     if p_slow.shape != backlog_ms.shape:
         raise ValueError(
@@ -119,6 +149,22 @@ def amortization_loss(
         else (lengths.to(p_slow.device).long() - 1).clamp_min(0)
     )
     end = backlog_ms.gather(1, last[:, None])[:, 0] / frame_ms
-    idle = torch.relu(1.0 - backlog_before(backlog_ms).detach() / threshold_ms)
+    before = backlog_before(backlog_ms)
+    idle = torch.relu(1.0 - before.detach() / threshold_ms)
     slack = _masked_mean((1.0 - p_slow) * idle, mask)
-    return end_weight * end.mean() + slack_weight * slack
+    loss = end_weight * end.mean() + slack_weight * slack
+    if not eou_weight >= 0:
+        raise ValueError(f"Expected argument `eou_weight` to be >= 0, but got {eou_weight}.")
+    if eou_weight > 0:
+        if cost_ms is None or eou_limit_ms is None:
+            raise ValueError("The end-of-utterance latency term (`eou_weight` > 0) needs `cost_ms` (B, T) and "
+                             "`eou_limit_ms`; pass both or set `eou_weight=0`.")
+        if cost_ms.shape != p_slow.shape:
+            raise ValueError(
+                f"Expected `cost_ms` to have the shape of `p_slow` {tuple(p_slow.shape)}, but got {tuple(cost_ms.shape)}."
+            )
+        idx = last[:, None]
+        eou = (before.gather(1, idx) + cost_ms.gather(1, idx))[:, 0]
+        limit = torch.as_tensor(eou_limit_ms, dtype=eou.dtype, device=eou.device)
+        loss = loss + eou_weight * (torch.relu(eou - limit) / frame_ms).mean()
+    return loss

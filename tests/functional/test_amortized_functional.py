@@ -109,6 +109,30 @@ def test_amortization_loss_masks_padding_and_validates():
         amortization_loss(p, b, None, 30.0, threshold_ms=0.0)
 
 
+def test_amortization_loss_eou_term_charges_latency_above_the_limit():
+    frame = 30.0
+    # a fast device: no backlog, so the end term is zero however slow the last frame
+    p = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    cost = torch.tensor([[15.0, 15.0, 15.0], [15.0, 5.0, 99.0]], requires_grad=True)
+    b = backlog(cost, frame, torch.tensor([3, 2]))
+    lengths = torch.tensor([3, 2])
+    off = amortization_loss(p, b, lengths, frame, slack_weight=0.0)
+    assert float(off.detach()) == 0.0
+    limit = torch.tensor([12.0, 12.0])  # twice a 6 ms floor
+    loss = amortization_loss(p, b, lengths, frame, slack_weight=0.0, cost_ms=cost, eou_limit_ms=limit, eou_weight=2.0)
+    # utterance 0 ends on a 15 ms frame: 3 ms above the limit; utterance 1 on a 5 ms frame (its padding not counted)
+    assert float(loss.detach()) == pytest.approx(2.0 * (3.0 / frame + 0.0) / 2)
+    loss.backward()
+    # the gradient reaches the last valid frame's cost only, where the latency is above the limit
+    assert cost.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 1 / frame, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="needs `cost_ms`"):
+        amortization_loss(p, b, lengths, frame, eou_weight=1.0)
+    with pytest.raises(ValueError, match="eou_weight"):
+        amortization_loss(p, b, lengths, frame, cost_ms=cost, eou_limit_ms=limit, eou_weight=-1.0)
+    with pytest.raises(ValueError, match="cost_ms"):
+        amortization_loss(p, b, lengths, frame, cost_ms=cost[:, :2], eou_limit_ms=limit, eou_weight=1.0)
+
+
 def test_expected_cost_penalty():
     e = torch.tensor([[10.0, 30.0, 1e9], [20.0, 20.0, 20.0]])
     # valid: 10, 30, 20, 20, 20 -> mean 20 -> / 40 = 0.5

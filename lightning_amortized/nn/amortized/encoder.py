@@ -243,6 +243,8 @@ class AmortizedEncoder(nn.Module):
             else:
                 branch_ms, base_ms = self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
             logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(x, lengths, branch_ms, base_ms)
+            floor_ms = torch.as_tensor(base_ms, dtype=x.dtype, device=x.device) + branch_ms.min(-1).values
+            floor_ms = floor_ms.expand(x.shape[0])  # (B,): the cheapest branch plus the arbitrator
             y = self.core.forward_gated(x, lengths, gates)
         else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
             arb_flops = 0
@@ -253,6 +255,7 @@ class AmortizedEncoder(nn.Module):
             logits = gates.log()  # 0 on the forced branch, -inf elsewhere
             cost_ms = self.device_model.cost_ms(gates @ flops)
             backlog_ms = backlog(cost_ms, self.frame_ms, lengths)
+            floor_ms = self.device_model.cost_ms(flops[k]).expand(B)
             y = self.core.forward_gated(x, lengths, gates, only=k)
         self.last_routing = RoutingInfo(
             logits=logits,
@@ -265,6 +268,7 @@ class AmortizedEncoder(nn.Module):
             branch_flops=tuple(int(f) for f in flops.tolist()),
             slow_index=self.slow_index,
             frame_ms=self.frame_ms,
+            floor_ms=floor_ms,
         )
         return y, lengths
 
@@ -275,6 +279,8 @@ class AmortizedEncoder(nn.Module):
         threshold_ms: float | None = None,
         end_weight: float = 1.0,
         slack_weight: float = 1.0,
+        eou_weight: float = 0.0,
+        eou_factor: float = 2.0,
     ) -> dict[str, torch.Tensor]:
         """Losses of the last ``forward``: ``{"cost", "amortization", "total"}``.
 
@@ -282,6 +288,9 @@ class AmortizedEncoder(nn.Module):
         ``[0, 1]``), ``amortization`` is
         :func:`~lightning_amortized.functional.losses.amortization_loss`, ``total`` is
         ``lambda_cost * cost + lambda_amr * amortization`` (add it to the ASR loss).
+        With ``eou_weight > 0`` the penalty also charges end-of-utterance latency above
+        ``eou_factor`` times each utterance's floor (``last_routing.floor_ms``: the cheapest
+        branch plus the arbitrator on the device that utterance was trained on).
 
         Raises:
             RuntimeError: if ``forward`` has not run yet.
@@ -290,8 +299,12 @@ class AmortizedEncoder(nn.Module):
         if r is None:
             raise RuntimeError("`routing_losses` needs a `forward` first: call the encoder on a batch.")
         cost = expected_cost_penalty(r.expected_flops, r.lengths, float(max(r.branch_flops)))
+        if not eou_factor > 0:
+            raise ValueError(f"Expected argument `eou_factor` to be positive, but got {eou_factor}.")
+        limit = None if r.floor_ms is None else eou_factor * r.floor_ms
         amr = amortization_loss(
-            r.p_slow, r.backlog_ms, r.lengths, self.frame_ms, threshold_ms, end_weight, slack_weight
+            r.p_slow, r.backlog_ms, r.lengths, self.frame_ms, threshold_ms, end_weight, slack_weight,
+            cost_ms=r.cost_ms, eou_limit_ms=limit, eou_weight=eou_weight,
         )
         return {"cost": cost, "amortization": amr, "total": lambda_cost * cost + lambda_amr * amr}
 

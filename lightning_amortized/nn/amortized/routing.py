@@ -28,6 +28,8 @@ class RoutingInfo:
         branch_flops: FLOPs per frame of every branch (arbitrator excluded).
         slow_index: Index of the most expensive branch.
         frame_ms: Audio per frame in ms.
+        floor_ms: ``(B,)`` the physical floor of the end-of-utterance latency on each
+            utterance's device: the cheapest branch plus the arbitrator (ms), or ``None``.
 
     Example:
         >>> g = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])
@@ -48,6 +50,7 @@ class RoutingInfo:
     branch_flops: tuple[int, ...]
     slow_index: int
     frame_ms: float
+    floor_ms: torch.Tensor | None = None
 
     @property
     def p_slow(self) -> torch.Tensor:
