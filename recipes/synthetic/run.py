@@ -3,6 +3,11 @@
 Usage:
     python recipes/synthetic/run.py [--config recipes/synthetic/conf/lstm_ctc.yaml]
         [--root data/synthetic] [--utterances 8000] [--train-utterances N] [--max-epochs N] [--max-minutes M]
+        [LightningCLI overrides, e.g. --model.lr 3e-3 --model.encoder.init_args.hidden_size 320]
+
+Any further ``--section.key value`` pair is passed to LightningCLI after the config, as
+``lightning-amortized fit`` takes it (``--model.lr 3e-3``, ``--data.init_args.spec_augment true``);
+the results record them under ``overrides``.
 
 ``--utterances N`` sizes the corpus as ``make-corpus --utterances N`` does (train 47.5 %),
 replacing the config's ``train_utterances``, unless ``--train-utterances`` is given too.
@@ -39,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rtf-utterances", type=int, default=10)
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "demo_synthetic"))
     p.add_argument("--run-dir", default=str(REPO / "runs" / "synthetic" / "lstm_ctc"))
-    a = p.parse_args(argv)
+    a, overrides = p.parse_known_args(argv)
+    flags = [o for o in overrides if o.startswith("-")]
+    if overrides and (not overrides[0].startswith("--") or any("." not in f.split("=")[0] for f in flags)):
+        p.error(f"unrecognized arguments: {' '.join(overrides)} (LightningCLI overrides are --section.key value, "
+                "e.g. --model.lr 3e-3)")
 
     import torch
 
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         args += ["--data.init_args.train_utterances", str(a.train_utterances)]
     if a.max_epochs is not None:
         args += ["--trainer.max_epochs", str(a.max_epochs)]
+    args += overrides  # last: the user's word wins
     cli = ASRLightningCLI(args=args, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     run = fit_and_test(trainer, model, dm)
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": ckpt,
         "log_dir": trainer.log_dir,
         "config": a.config,
+        "overrides": overrides,
         "val_curve": run["val_curve"],
         "torch_threads": torch.get_num_threads(),
     }
