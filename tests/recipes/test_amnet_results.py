@@ -53,6 +53,8 @@ def test_results_without_test_other_still_redraw_and_render(amnet, path: Path, t
     name = next(iter(summary["variants"]))
     summary["variants"][name].update(test_other_wer=0.1234, test_other_cer=0.05)
     assert "| 12.34% / 5.00% |" in amnet.render_markdown(summary)
+    # the report names the plots of its own results file
+    assert "`amnet_eou_trace.png`" in amnet.render_markdown(summary, "amnet_eou")
 
 
 RHOS = ("0.5", "1.0", "1.5", "2.0", "2.5")
