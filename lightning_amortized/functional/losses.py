@@ -161,7 +161,8 @@ def amortization_loss(
                              "`eou_limit_ms`; pass both or set `eou_weight=0`.")
         if cost_ms.shape != p_slow.shape:
             raise ValueError(
-                f"Expected `cost_ms` to have the shape of `p_slow` {tuple(p_slow.shape)}, but got {tuple(cost_ms.shape)}."
+                f"Expected `cost_ms` to have the shape of `p_slow` {tuple(p_slow.shape)}, "
+                f"but got {tuple(cost_ms.shape)}."
             )
         idx = last[:, None]
         eou = (before.gather(1, idx) + cost_ms.gather(1, idx))[:, 0]
