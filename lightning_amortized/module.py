@@ -123,10 +123,12 @@ class ASRModule(pl.LightningModule):
             (:func:`~lightning_amortized.functional.losses.amortization_loss`).
         amr_end_weight: Weight of the end-of-utterance backlog term of the penalty.
         amr_slack_weight: Weight of the "fast while idle" term of the penalty.
-        amr_eou_weight: Weight of the penalty's end-of-utterance latency term (``0``: off):
-            it charges latency above ``amr_eou_factor`` times the physical floor (the cheapest
-            branch plus the arbitrator on the utterance's device), which the end term cannot
-            see on devices fast enough to finish a slow last frame within real time.
+        amr_eou_weight: Weight of the penalty's end-of-utterance latency term (``0``: off; a
+            part of the penalty, so scaled by ``lambda_amr`` and inert when it is 0): it charges
+            latency above ``amr_eou_factor`` times the physical floor (the cheapest branch plus
+            the arbitrator on the utterance's device), which the end term cannot see on devices
+            fast enough to finish a slow last frame within real time. The encoder's
+            ``routing_losses`` must take ``eou_weight`` and ``eou_factor`` (the package's AmNets do).
         amr_eou_factor: Multiple of the floor that the end-of-utterance term allows.
         branch_loss_weight: Weight of every branch's own ASR loss (amortized encoders
             only): each training step also encodes the batch with every frame on one

@@ -44,6 +44,8 @@ __all__ = [
     "backlog_step",
     "backlog_before",
     "eou_latency",
+    "eou_from_backlog",
+    "last_valid_index",
     "flops_to_ms",
     "SimulatedDevice",
     "DEFAULT_DEVICE_FLOPS_PER_S",
@@ -124,6 +126,51 @@ def backlog_before(backlog_ms: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(backlog_ms[:, :-1], (1, 0))
 
 
+def last_valid_index(lengths: torch.Tensor | None, batch: int, steps: int, device: torch.device) -> torch.Tensor:
+    """``(B,)`` int64 index of each sequence's last valid frame (``T - 1`` for all when ``lengths`` is ``None``).
+
+    Raises:
+        ValueError: if a length is below 1 (an empty utterance has no last frame).
+    """
+    if lengths is None:
+        return torch.full((batch,), steps - 1, dtype=torch.long, device=device)
+    last = lengths.to(device).long() - 1
+    if bool((last < 0).any()):
+        raise ValueError(f"Expected argument `lengths` to be >= 1, but got {lengths.tolist()}.")
+    return last
+
+
+def eou_from_backlog(
+    costs_ms: torch.Tensor, backlog_ms: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """End-of-utterance latency ``b_{L-1} + cost_L`` (ms) from a backlog already computed by :func:`backlog`.
+
+    The one definition of the latency: :func:`eou_latency` and the routing losses (which
+    hold the differentiable backlog of the arbitrator's decisions) both call it.
+
+    Args:
+        costs_ms: ``(B, T)`` processing time of every frame in ms.
+        backlog_ms: ``(B, T)`` backlog after every frame (``backlog(costs_ms, ...)``).
+        lengths: ``(B,)`` valid frames (``>= 1``); ``None`` means ``T`` for all.
+
+    Returns:
+        ``(B,)`` latency in ms, differentiable in both inputs.
+
+    Example:
+        >>> costs = torch.tensor([[40.0, 40.0, 10.0]])
+        >>> eou_from_backlog(costs, backlog(costs, 30.0)).tolist()  # waits 20 ms, costs 10 ms
+        [30.0]
+    """
+    if backlog_ms.shape != costs_ms.shape:
+        raise ValueError(
+            f"Expected `backlog_ms` to have the shape of `costs_ms` {tuple(costs_ms.shape)}, "
+            f"but got {tuple(backlog_ms.shape)}."
+        )
+    B, T = costs_ms.shape
+    idx = last_valid_index(lengths, B, T, costs_ms.device)[:, None]
+    return (backlog_before(backlog_ms).gather(1, idx) + costs_ms.gather(1, idx))[:, 0]
+
+
 def eou_latency(costs_ms: torch.Tensor, frame_ms: float, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """End-of-utterance latency ``b_{L-1} + cost_L`` per sequence (ms).
 
@@ -139,18 +186,7 @@ def eou_latency(costs_ms: torch.Tensor, frame_ms: float, lengths: torch.Tensor |
     Returns:
         ``(B,)`` latency in ms.
     """
-    b = backlog(costs_ms, frame_ms, lengths)
-    before = backlog_before(b)
-    B, T = costs_ms.shape
-    last = (
-        torch.full((B,), T - 1, dtype=torch.long, device=costs_ms.device)
-        if lengths is None
-        else lengths.to(costs_ms.device).long() - 1
-    )
-    if bool((last < 0).any()):
-        raise ValueError(f"Expected argument `lengths` to be >= 1, but got {lengths.tolist()}.")
-    idx = last[:, None]
-    return (before.gather(1, idx) + costs_ms.gather(1, idx))[:, 0]
+    return eou_from_backlog(costs_ms, backlog(costs_ms, frame_ms, lengths), lengths)
 
 
 def flops_to_ms(flops: float | torch.Tensor, device_flops_per_s: float = DEFAULT_DEVICE_FLOPS_PER_S):

@@ -19,18 +19,20 @@ the cost of the most expensive branch (so ``L_cost`` is in ``[0, 1]``).
           + w_eou  * mean_b  relu(eou_b - limit_b) / frame_ms              (optional, w_eou = 0 by default)
 
 The first term charges the backlog still left after the last frame (in frames); it is
-zero when the device ends within one frame of real time. The optional third term charges
-the end-of-utterance latency ``eou_b = b_{L_b - 1} + cost_{L_b}`` (as
-:func:`~lightning_amortized.functional.backlog.eou_latency` defines it) above a limit,
-typically a multiple of the physical floor (one fast-branch frame plus the arbitrator on
-that utterance's device). The end term alone is blind below one frame: on a fast device a
-slow last frame ends within real time and costs nothing there, yet its latency is several
-times the floor. The second term charges
+zero when the device ends within one frame of real time. The second term charges
 routing to a fast branch while there is no significant backlog (``b_{t-1}`` far below
 ``threshold_ms``, default ``frame_ms``): that slack should be spent on accuracy. The
 backlog in the slack term is detached (``sg``, stop-gradient) so that the loss cannot
 be lowered by *creating* backlog; the end term keeps its gradient, which flows through
 the backlog recursion into every earlier decision.
+
+The optional third term charges the end-of-utterance latency ``eou_b = b_{L_b - 1} + cost_{L_b}``
+(:func:`~lightning_amortized.functional.backlog.eou_from_backlog`, the definition
+:func:`~lightning_amortized.functional.backlog.eou_latency` uses) above a limit, typically a
+multiple of the physical floor (one fast-branch frame plus the arbitrator on that
+utterance's device). The end term is blind below one frame: on a fast device a slow last
+frame ends within real time and costs nothing there, yet its latency is several times
+the floor.
 
 Example:
     >>> p_slow = torch.tensor([[1.0, 0.0, 0.0]])
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_amortized.functional.backlog import backlog_before
+from lightning_amortized.functional.backlog import backlog_before, eou_from_backlog
 from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = ["amortization_loss", "expected_cost_penalty"]
@@ -141,6 +143,8 @@ def amortization_loss(
     threshold_ms = frame_ms if threshold_ms is None else threshold_ms
     if not threshold_ms > 0:
         raise ValueError(f"Expected argument `threshold_ms` to be positive, but got {threshold_ms}.")
+    if not eou_weight >= 0:
+        raise ValueError(f"Expected argument `eou_weight` to be >= 0, but got {eou_weight}.")
     mask = _mask(p_slow, lengths)
     B, T = p_slow.shape
     last = (
@@ -149,12 +153,9 @@ def amortization_loss(
         else (lengths.to(p_slow.device).long() - 1).clamp_min(0)
     )
     end = backlog_ms.gather(1, last[:, None])[:, 0] / frame_ms
-    before = backlog_before(backlog_ms)
-    idle = torch.relu(1.0 - before.detach() / threshold_ms)
+    idle = torch.relu(1.0 - backlog_before(backlog_ms).detach() / threshold_ms)
     slack = _masked_mean((1.0 - p_slow) * idle, mask)
     loss = end_weight * end.mean() + slack_weight * slack
-    if not eou_weight >= 0:
-        raise ValueError(f"Expected argument `eou_weight` to be >= 0, but got {eou_weight}.")
     if eou_weight > 0:
         if cost_ms is None or eou_limit_ms is None:
             raise ValueError("The end-of-utterance latency term (`eou_weight` > 0) needs `cost_ms` (B, T) and "
@@ -164,8 +165,11 @@ def amortization_loss(
                 f"Expected `cost_ms` to have the shape of `p_slow` {tuple(p_slow.shape)}, "
                 f"but got {tuple(cost_ms.shape)}."
             )
-        idx = last[:, None]
-        eou = (before.gather(1, idx) + cost_ms.gather(1, idx))[:, 0]
+        eou = eou_from_backlog(cost_ms, backlog_ms, lengths)
         limit = torch.as_tensor(eou_limit_ms, dtype=eou.dtype, device=eou.device)
+        if limit.dim() != 0 and limit.shape != eou.shape:
+            raise ValueError(
+                f"Expected argument `eou_limit_ms` to be a float or of shape ({B},), but got {tuple(limit.shape)}."
+            )
         loss = loss + eou_weight * (torch.relu(eou - limit) / frame_ms).mean()
     return loss

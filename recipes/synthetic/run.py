@@ -5,7 +5,7 @@ Usage:
         [--root data/synthetic] [--utterances 8000] [--train-utterances N] [--max-epochs N] [--max-minutes M]
         [LightningCLI overrides, e.g. --model.lr 3e-3 --model.encoder.init_args.hidden_size 320]
 
-Any further ``--section.key value`` pair is passed to LightningCLI after the config, as
+Any further ``--section.key value`` (or ``--section.key=value``) is passed to LightningCLI after the config, as
 ``lightning-amortized fit`` takes it (``--model.lr 3e-3``, ``--data.init_args.spec_augment true``);
 the results record them under ``overrides``.
 
@@ -45,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "demo_synthetic"))
     p.add_argument("--run-dir", default=str(REPO / "runs" / "synthetic" / "lstm_ctc"))
     a, overrides = p.parse_known_args(argv)
-    flags = [o for o in overrides if o.startswith("-")]
-    if overrides and (not overrides[0].startswith("--") or any("." not in f.split("=")[0] for f in flags)):
-        p.error(f"unrecognized arguments: {' '.join(overrides)} (LightningCLI overrides are --section.key value, "
-                "e.g. --model.lr 3e-3)")
+    if overrides and not overrides[0].startswith("--"):  # LightningCLI checks the rest before anything runs
+        p.error(f"unrecognized arguments: {' '.join(overrides)} (LightningCLI overrides are --section.key value "
+                "or --section.key=value, e.g. --model.lr 3e-3)")
 
     import torch
 

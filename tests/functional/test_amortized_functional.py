@@ -125,6 +125,21 @@ def test_amortization_loss_eou_term_charges_latency_above_the_limit():
     loss.backward()
     # the gradient reaches the last valid frame's cost only, where the latency is above the limit
     assert cost.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 1 / frame, 0.0, 0.0, 0.0])
+    # with a backlog: the term is the latency eou_latency reports, above the limit
+    cost = torch.tensor([[40.0, 40.0, 10.0, 50.0, 20.0], [50.0, 50.0, 99.0, 0.0, 0.0]])
+    n = torch.tensor([5, 2])
+    b = backlog(cost, frame, n)
+    eou = eou_latency(cost, frame, n)
+    assert eou.tolist() == [40.0, 70.0]
+    p5 = torch.ones_like(cost)
+    loss = amortization_loss(p5, b, n, frame, end_weight=0.0, slack_weight=0.0, cost_ms=cost,
+                             eou_limit_ms=torch.tensor([10.0, 10.0]), eou_weight=1.0)
+    assert float(loss) == pytest.approx(((40.0 - 10.0) + (70.0 - 10.0)) / frame / 2)
+    with pytest.raises(ValueError, match=r"eou_limit_ms.*shape \(2,\)"):
+        amortization_loss(p5, b, n, frame, cost_ms=cost, eou_limit_ms=torch.ones(2, 1), eou_weight=1.0)
+    with pytest.raises(ValueError, match="lengths.*>= 1"):
+        amortization_loss(p5, b, torch.tensor([5, 0]), frame, cost_ms=cost, eou_limit_ms=1.0, eou_weight=1.0)
+    p, cost, b = p.detach(), cost[:, :3], backlog(cost[:, :3], frame, lengths)
     with pytest.raises(ValueError, match="needs `cost_ms`"):
         amortization_loss(p, b, lengths, frame, eou_weight=1.0)
     with pytest.raises(ValueError, match="eou_weight"):

@@ -95,27 +95,31 @@ def test_gradients_reach_arbitrator_through_gate_and_amortization_loss():
     assert 0 < losses["cost"].item() < 1 and fast < slow
 
 
-def test_eou_term_uses_each_utterances_floor_and_pushes_the_last_frame_fast():
+def test_eou_term_uses_each_utterances_floor_and_pushes_the_last_frame_fast(monkeypatch):
     torch.manual_seed(3)
     am = AmortizedEncoder.from_recurrent(
         RecurrentEncoder(12, 16, 2), fast="lowrank", rank=4, frame_ms=10.0, device_flops_per_s=2e7,
         load_aware=True, train_rho_range=(0.2, 0.4),  # fast devices: a slow frame ends within real time
     ).train()
     x, lengths = _batch()
+    fast, slow = am.branch_flops()
+    arb = am.arbitrator.flops_per_frame()
+    assert am.floor_flops() == fast + arb
+    speeds = torch.tensor([3e7, 4e7, 5e7])[: x.shape[0]]
+    monkeypatch.setattr(am, "_sample_devices", lambda b, slow_flops, like: speeds.to(like))
     am(x, lengths)
     r = am.last_routing
-    # floor per utterance: the fast branch plus the arbitrator on that utterance's device, whose slow branch
-    # costs rho x 10 ms with rho in 0.2-0.4
-    fast, slow = am.branch_flops()
-    share = (fast + am.arbitrator.flops_per_frame()) / slow
-    assert r.floor_ms.shape == (x.shape[0],)
-    assert bool(((r.floor_ms >= 2.0 * share - 1e-5) & (r.floor_ms <= 4.0 * share + 1e-5)).all())
-    assert float(r.floor_ms.std()) > 0  # a device per utterance
+    # the floor of each utterance: the fast branch plus the arbitrator on its own device
+    torch.testing.assert_close(r.floor_ms, 1000.0 * (fast + arb) / speeds.to(r.floor_ms))
     assert float(r.backlog_ms.detach().max()) == 0.0  # nothing for the end term to see
     off = am.routing_losses(lambda_amr=1.0, slack_weight=0.0)
     on = am.routing_losses(lambda_amr=1.0, slack_weight=0.0, eou_weight=1.0, eou_factor=1.0)
-    assert float(off["amortization"].detach()) == 0.0 and float(on["amortization"].detach()) > 0
-    # the term charges the last valid frame of each utterance (through its cost: the gates of the slow branch)
+    assert float(off["amortization"].detach()) == 0.0
+    # the term is the simulated latency of this routing above the floor
+    expected = (torch.relu(r.eou_latency_ms() - r.floor_ms) / 10.0).mean()
+    torch.testing.assert_close(on["amortization"].detach(), expected)
+    assert float(expected) > 0
+    # ... and charges the last valid frame of each utterance (through its cost: the gate of the slow branch)
     g = torch.autograd.grad(on["amortization"], r.cost_ms, retain_graph=True)[0]
     last = (lengths - 1).long()
     rows = torch.arange(len(last))
@@ -125,6 +129,15 @@ def test_eou_term_uses_each_utterances_floor_and_pushes_the_last_frame_fast():
     assert torch.autograd.grad(on["amortization"], am.arbitrator.out.weight)[0].abs().sum() > 0
     with pytest.raises(ValueError, match="eou_factor"):
         am.routing_losses(lambda_amr=1.0, eou_weight=1.0, eou_factor=0.0)
+    # at eval: the device of set_device; with force_branch: that branch alone, no arbitrator
+    am.eval()
+    am.set_device(1e7)
+    am(x, lengths)
+    torch.testing.assert_close(am.last_routing.floor_ms, torch.full((x.shape[0],), 1000.0 * (fast + arb) / 1e7))
+    am.force_branch = 1
+    assert am.floor_flops() == slow
+    am(x, lengths)
+    torch.testing.assert_close(am.last_routing.floor_ms, torch.full((x.shape[0],), 1000.0 * slow / 1e7))
 
 
 def test_flops_of_shared_lowrank_branches():

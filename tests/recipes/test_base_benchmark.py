@@ -68,6 +68,7 @@ def test_options_added_later_do_not_orphan_cached_bases(base, tmp_path: Path) ->
     key = lambda *over: base.resolved_config(base._cli(config, tmp_path, list(over), None))  # noqa: E731
     plain = key()
     assert "augment" not in plain["data"]["init_args"] and "amr_end_weight" not in plain["model"]
+    assert "amr_eou_weight" not in plain["model"] and "amr_eou_factor" not in plain["model"]
     assert key("--model.amr_end_weight", "1.0") == plain  # the default, spelled out
     assert key("--model.amr_end_weight", "2.0")["model"]["amr_end_weight"] == 2.0  # anything else counts
     augmented = key("--data.init_args.augment", "lightning_amortized.data.WaveAugment")

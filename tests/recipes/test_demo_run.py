@@ -21,9 +21,9 @@ def test_demo_reports_test_and_test_other(tiny_corpus: Path, tmp_path: Path) -> 
     run = load_script(RUN, "synthetic_run")
     stem = tmp_path / "results" / "demo"
     assert run.main(["--config", str(config), "--root", str(tiny_corpus), "--results", str(stem),
-                     "--run-dir", str(tmp_path / "run"), "--rtf-utterances", "1", "--model.lr", "0.002"]) == 0
+                     "--run-dir", str(tmp_path / "run"), "--rtf-utterances", "1", "--model.lr=0.002"]) == 0
     info = json.loads(stem.with_suffix(".json").read_text())
-    assert info["overrides"] == ["--model.lr", "0.002"]
+    assert info["overrides"] == ["--model.lr=0.002"]
     assert info["test_split"] == "test" and info["test_splits"] == ["test", "test-other"]
     assert (info["wer"], info["cer"]) == (info["test_wer"], info["test_cer"])  # older readers keep their fields
     model = ASRModule.load_from_checkpoint(info["checkpoint"], map_location="cpu")

@@ -208,6 +208,16 @@ class AmortizedEncoder(nn.Module):
             return self.branch_flops()[self.force_branch]
         return max(self.branch_flops()) + self.arbitrator.flops_per_frame()
 
+    def floor_flops(self) -> int:
+        """FLOPs of the cheapest frame: the cheapest branch plus the arbitrator (with ``force_branch``, that branch).
+
+        On a device, its cost is the physical floor of end-of-utterance latency (no routing
+        ends an utterance sooner than one such frame after the audio).
+        """
+        if self.force_branch is not None:
+            return self.branch_flops()[self.force_branch]
+        return min(self.branch_flops()) + self.arbitrator.flops_per_frame()
+
     def set_device(self, device_flops_per_s: float) -> None:
         """Swap the simulated device (e.g. to evaluate a trained model on a slower or faster one).
 
@@ -240,11 +250,11 @@ class AmortizedEncoder(nn.Module):
             if self.training and self.train_rho_range is not None:
                 speed = self._sample_devices(x.shape[0], float(flops.max()), x)  # FLOP/s per utterance
                 branch_ms, base_ms = 1000.0 * flops[None, :] / speed[:, None], 1000.0 * arb_flops / speed
+                floor_ms = 1000.0 * self.floor_flops() / speed
             else:
                 branch_ms, base_ms = self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
+                floor_ms = x.new_full((x.shape[0],), float(self.device_model.cost_ms(self.floor_flops())))
             logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(x, lengths, branch_ms, base_ms)
-            floor_ms = torch.as_tensor(base_ms, dtype=x.dtype, device=x.device) + branch_ms.min(-1).values
-            floor_ms = floor_ms.expand(x.shape[0])  # (B,): the cheapest branch plus the arbitrator
             y = self.core.forward_gated(x, lengths, gates)
         else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
             arb_flops = 0
@@ -255,7 +265,7 @@ class AmortizedEncoder(nn.Module):
             logits = gates.log()  # 0 on the forced branch, -inf elsewhere
             cost_ms = self.device_model.cost_ms(gates @ flops)
             backlog_ms = backlog(cost_ms, self.frame_ms, lengths)
-            floor_ms = self.device_model.cost_ms(flops[k]).expand(B)
+            floor_ms = x.new_full((B,), float(self.device_model.cost_ms(self.floor_flops())))
             y = self.core.forward_gated(x, lengths, gates, only=k)
         self.last_routing = RoutingInfo(
             logits=logits,
@@ -289,11 +299,13 @@ class AmortizedEncoder(nn.Module):
         :func:`~lightning_amortized.functional.losses.amortization_loss`, ``total`` is
         ``lambda_cost * cost + lambda_amr * amortization`` (add it to the ASR loss).
         With ``eou_weight > 0`` the penalty also charges end-of-utterance latency above
-        ``eou_factor`` times each utterance's floor (``last_routing.floor_ms``: the cheapest
-        branch plus the arbitrator on the device that utterance was trained on).
+        ``eou_factor`` times each utterance's floor (``last_routing.floor_ms``, the cost of
+        :meth:`floor_flops` on the device of that ``forward``: in load-aware training the
+        device drawn for the utterance, otherwise the one of ``set_device``).
 
         Raises:
             RuntimeError: if ``forward`` has not run yet.
+            ValueError: if ``eou_factor`` is not positive.
         """
         r = self.last_routing
         if r is None:

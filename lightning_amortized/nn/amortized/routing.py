@@ -29,7 +29,8 @@ class RoutingInfo:
         slow_index: Index of the most expensive branch.
         frame_ms: Audio per frame in ms.
         floor_ms: ``(B,)`` the physical floor of the end-of-utterance latency on each
-            utterance's device: the cheapest branch plus the arbitrator (ms), or ``None``.
+            utterance's device (ms): ``AmortizedEncoder.floor_flops`` (the cheapest branch
+            plus the arbitrator; with ``force_branch`` that branch alone) on it, or ``None``.
 
     Example:
         >>> g = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])
