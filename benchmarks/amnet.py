@@ -24,6 +24,7 @@ evaluated on the test split (speakers unseen in training):
 ``amnet_factorized_load_aware_eou15``  the same, charging latency above 1.5x the floor
 ``amnet_factorized_load_aware_eou_wide``  ``..._eou`` trained over rho 0.4-3.2 (the scored devices inside the range)
 ``amnet_factorized_load_aware_eou4_wide``  the same with ``amr_eou_weight 4``
+``amnet_factorized_load_aware_eou4_wide_bl``  the same with branch losses (``branch_loss_weight 0.5``)
 ``amnet_factorized_bl``        the factorized AmNet with branch losses (each branch also
                                trained alone, ``ASRModule(branch_loss_weight=0.5)``)
 ``factorized_single_bl``       factorized single matched to ``amnet_factorized_bl``'s FLOPs
@@ -106,6 +107,13 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
                                               "latency term x4", "amnet_factorized_load_aware.yaml", None,
                                               ["--model.amr_eou_weight", "4.0", "--model.amr_eou_factor", "2.0",
                                                "--model.encoder.init_args.train_rho_range", "[0.4, 3.2]"]),
+    # ... and branch losses: the branches, the fast one above all, stay recognizers on their own
+    "amnet_factorized_load_aware_eou4_wide_bl": ("factorized AmNet, load-aware over rho 0.4-3.2, end-of-utterance "
+                                                 "latency term x4, branch losses 0.5",
+                                                 "amnet_factorized_load_aware.yaml", None,
+                                                 ["--model.amr_eou_weight", "4.0", "--model.amr_eou_factor", "2.0",
+                                                  "--model.encoder.init_args.train_rho_range", "[0.4, 3.2]",
+                                                  "--model.branch_loss_weight", "0.5"]),
     # the ablation at about the penalty-on model's slow share: a larger cost weight instead of the penalty
     "amnet_factorized_no_amr_lc06": ("factorized AmNet, no amortization penalty, lambda_cost 0.6",
                                      "amnet_factorized_no_amr.yaml", None, ["--model.lambda_cost", "0.6"]),
@@ -118,14 +126,15 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
 ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
          "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
          "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou", "amnet_factorized_load_aware_eou15",
-         "amnet_factorized_load_aware_eou_wide", "amnet_factorized_load_aware_eou4_wide", "amnet_factorized_bl",
+         "amnet_factorized_load_aware_eou_wide", "amnet_factorized_load_aware_eou4_wide",
+         "amnet_factorized_load_aware_eou4_wide_bl", "amnet_factorized_bl",
          "factorized_single_bl",
          "amnet_factorized_no_amr_lc06"]
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
 LOWRANK_FAST = ("fast_only", "amnet_factorized", "amnet_factorized_no_amr", "amnet_factorized_lc1",
                 "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou",
                 "amnet_factorized_load_aware_eou15", "amnet_factorized_load_aware_eou_wide",
-                "amnet_factorized_load_aware_eou4_wide", "amnet_factorized_bl",
+                "amnet_factorized_load_aware_eou4_wide", "amnet_factorized_load_aware_eou4_wide_bl", "amnet_factorized_bl",
                 "amnet_factorized_no_amr_lc06")
 ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr"),
              ("amnet_factorized", "amnet_factorized_no_amr_lc06")]
