@@ -71,6 +71,13 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "recipes" / "synthetic" / "conf"
 RESULTS = REPO / "docs" / "results"
 
+
+def _eou(weight: float, factor: float = 2.0, rho: str | None = None) -> list[str]:
+    """CLI overrides of a load-aware variant with the end-of-utterance latency term (and its training rho range)."""
+    over = ["--model.amr_eou_weight", str(weight), "--model.amr_eou_factor", str(factor)]
+    return over + (["--model.encoder.init_args.train_rho_range", rho] if rho else [])
+
+
 # name -> (label, config file, variant whose measured FLOPs/frame this one matches, CLI overrides)
 VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
     "slow_only": ("slow-only (3x256 LSTM)", "slow_only.yaml", None, []),
@@ -90,30 +97,24 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
                                     "amnet_factorized_load_aware.yaml", None, []),
     # the same, its penalty also charging end-of-utterance latency above twice the floor on every device
     "amnet_factorized_load_aware_eou": ("factorized AmNet, load-aware, end-of-utterance latency term",
-                                        "amnet_factorized_load_aware.yaml", None,
-                                        ["--model.amr_eou_weight", "1.0", "--model.amr_eou_factor", "2.0"]),
+                                        "amnet_factorized_load_aware.yaml", None, _eou(1.0)),
     # ... charging latency above 1.5x the floor: a margin below the 2x bound, which at rho 2.5 leaves almost no slack
     "amnet_factorized_load_aware_eou15": ("factorized AmNet, load-aware, end-of-utterance latency term above 1.5x "
-                                          "floor", "amnet_factorized_load_aware.yaml", None,
-                                          ["--model.amr_eou_weight", "1.0", "--model.amr_eou_factor", "1.5"]),
+                                          "floor", "amnet_factorized_load_aware.yaml", None, _eou(1.0, factor=1.5)),
     # ... trained over rho 0.4-3.2, so that the devices it is scored on (0.5-2.5) lie inside the range, not at its edge
     "amnet_factorized_load_aware_eou_wide": ("factorized AmNet, load-aware over rho 0.4-3.2, end-of-utterance "
                                              "latency term", "amnet_factorized_load_aware.yaml", None,
-                                             ["--model.amr_eou_weight", "1.0", "--model.amr_eou_factor", "2.0",
-                                              "--model.encoder.init_args.train_rho_range", "[0.4, 3.2]"]),
+                                             _eou(1.0, rho="[0.4, 3.2]")),
     # ... with four times the weight: on fast devices the term's pull on the last frame (a fraction of a frame of
     # latency) is no stronger than the slack term's pull towards the slow branch on the trailing silence
     "amnet_factorized_load_aware_eou4_wide": ("factorized AmNet, load-aware over rho 0.4-3.2, end-of-utterance "
                                               "latency term x4", "amnet_factorized_load_aware.yaml", None,
-                                              ["--model.amr_eou_weight", "4.0", "--model.amr_eou_factor", "2.0",
-                                               "--model.encoder.init_args.train_rho_range", "[0.4, 3.2]"]),
+                                              _eou(4.0, rho="[0.4, 3.2]")),
     # ... and branch losses: the branches, the fast one above all, stay recognizers on their own
     "amnet_factorized_load_aware_eou4_wide_bl": ("factorized AmNet, load-aware over rho 0.4-3.2, end-of-utterance "
                                                  "latency term x4, branch losses 0.5",
                                                  "amnet_factorized_load_aware.yaml", None,
-                                                 ["--model.amr_eou_weight", "4.0", "--model.amr_eou_factor", "2.0",
-                                                  "--model.encoder.init_args.train_rho_range", "[0.4, 3.2]",
-                                                  "--model.branch_loss_weight", "0.5"]),
+                                                 _eou(4.0, rho="[0.4, 3.2]") + ["--model.branch_loss_weight", "0.5"]),
     # the ablation at about the penalty-on model's slow share: a larger cost weight instead of the penalty
     "amnet_factorized_no_amr_lc06": ("factorized AmNet, no amortization penalty, lambda_cost 0.6",
                                      "amnet_factorized_no_amr.yaml", None, ["--model.lambda_cost", "0.6"]),
@@ -127,15 +128,11 @@ ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_on
          "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
          "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou", "amnet_factorized_load_aware_eou15",
          "amnet_factorized_load_aware_eou_wide", "amnet_factorized_load_aware_eou4_wide",
-         "amnet_factorized_load_aware_eou4_wide_bl", "amnet_factorized_bl",
-         "factorized_single_bl",
+         "amnet_factorized_load_aware_eou4_wide_bl", "amnet_factorized_bl", "factorized_single_bl",
          "amnet_factorized_no_amr_lc06"]
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
-LOWRANK_FAST = ("fast_only", "amnet_factorized", "amnet_factorized_no_amr", "amnet_factorized_lc1",
-                "amnet_factorized_lc1_no_amr", "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou",
-                "amnet_factorized_load_aware_eou15", "amnet_factorized_load_aware_eou_wide",
-                "amnet_factorized_load_aware_eou4_wide", "amnet_factorized_load_aware_eou4_wide_bl", "amnet_factorized_bl",
-                "amnet_factorized_no_amr_lc06")
+LOWRANK_FAST = tuple(n for n, (_, config, _, _) in VARIANTS.items()
+                     if n == "fast_only" or config.startswith("amnet_factorized"))
 ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr"),
              ("amnet_factorized", "amnet_factorized_no_amr_lc06")]
 RHOS = (0.5, 1.0, 1.5, 2.0, 2.5)

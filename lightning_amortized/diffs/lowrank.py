@@ -35,7 +35,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
@@ -51,6 +50,7 @@ from lightning_amortized.diffs.format import (
     BaseMismatchError,
     DiffError,
     DiffFormatError,
+    DiffInfo,
     PathLike,
     StateOrModel,
     _dtype_name,
@@ -566,7 +566,7 @@ def read_lowrank(path: PathLike) -> tuple[LowRankInfo, dict[str, torch.Tensor]]:
     return info, tensors
 
 
-def read_update(path: PathLike) -> tuple[Any, dict[str, torch.Tensor]]:
+def read_update(path: PathLike) -> tuple[DiffInfo | LowRankInfo, dict[str, torch.Tensor]]:
     """Read and verify an update file of either kind: a diff (:func:`~lightning_amortized.diffs.read.read_diff`)
     or a low-rank file (:func:`read_lowrank`), told apart by the format in its header.
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_amortized.functional.backlog import backlog_before, eou_from_backlog
+from lightning_amortized.functional.backlog import backlog_before, eou_from_backlog, last_valid_index
 from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = ["amortization_loss", "expected_cost_penalty"]
@@ -147,11 +147,8 @@ def amortization_loss(
         raise ValueError(f"Expected argument `eou_weight` to be >= 0, but got {eou_weight}.")
     mask = _mask(p_slow, lengths)
     B, T = p_slow.shape
-    last = (
-        torch.full((B,), T - 1, device=p_slow.device, dtype=torch.long)
-        if lengths is None
-        else (lengths.to(p_slow.device).long() - 1).clamp_min(0)
-    )
+    # an empty utterance's end term reads its first (frozen, zero) backlog
+    last = last_valid_index(None if lengths is None else lengths.clamp_min(1), B, T, p_slow.device)
     end = backlog_ms.gather(1, last[:, None])[:, 0] / frame_ms
     idle = torch.relu(1.0 - backlog_before(backlog_ms).detach() / threshold_ms)
     slack = _masked_mean((1.0 - p_slow) * idle, mask)

@@ -247,13 +247,12 @@ class AmortizedEncoder(nn.Module):
         flops = torch.tensor(self.branch_flops(), dtype=x.dtype, device=x.device)
         if self.force_branch is None:
             arb_flops = self.arbitrator.flops_per_frame()
+            speed = None  # a device per utterance (load-aware training), else the one of set_device
             if self.training and self.train_rho_range is not None:
                 speed = self._sample_devices(x.shape[0], float(flops.max()), x)  # FLOP/s per utterance
                 branch_ms, base_ms = 1000.0 * flops[None, :] / speed[:, None], 1000.0 * arb_flops / speed
-                floor_ms = 1000.0 * self.floor_flops() / speed
             else:
                 branch_ms, base_ms = self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
-                floor_ms = x.new_full((x.shape[0],), float(self.device_model.cost_ms(self.floor_flops())))
             logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(x, lengths, branch_ms, base_ms)
             y = self.core.forward_gated(x, lengths, gates)
         else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
@@ -265,8 +264,11 @@ class AmortizedEncoder(nn.Module):
             logits = gates.log()  # 0 on the forced branch, -inf elsewhere
             cost_ms = self.device_model.cost_ms(gates @ flops)
             backlog_ms = backlog(cost_ms, self.frame_ms, lengths)
-            floor_ms = x.new_full((B,), float(self.device_model.cost_ms(self.floor_flops())))
+            speed = None
             y = self.core.forward_gated(x, lengths, gates, only=k)
+        floor = self.floor_flops()
+        floor_ms = (1000.0 * floor / speed if speed is not None
+                    else x.new_full((x.shape[0],), float(self.device_model.cost_ms(floor))))
         self.last_routing = RoutingInfo(
             logits=logits,
             gates=gates,
