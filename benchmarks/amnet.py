@@ -123,13 +123,29 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
     "factorized_single_bl": ("factorized single (FLOPs of the branch-loss AmNet)", "factorized_single.yaml",
                              "amnet_factorized_bl", []),
 }
+# trained variants evaluated again with the latency guard (AmortizedEncoder.latency_guard): no training, the source's
+# final weights; name -> (source variant, guard factor). The guard bounds every utterance's end-of-utterance latency
+# by factor x the floor on each device where one fast frame runs in real time.
+GUARDED: dict[str, tuple[str, float]] = {
+    "amnet_factorized_load_aware_eou_guard2": ("amnet_factorized_load_aware_eou", 2.0),
+    "amnet_factorized_load_aware_eou4_wide_guard2": ("amnet_factorized_load_aware_eou4_wide", 2.0),
+    "amnet_factorized_load_aware_eou4_wide_bl_guard2": ("amnet_factorized_load_aware_eou4_wide_bl", 2.0),
+    # a looser guard: every utterance within 3x the floor, more room for slow frames on middle devices
+    "amnet_factorized_load_aware_eou_guard3": ("amnet_factorized_load_aware_eou", 3.0),
+    "amnet_factorized_load_aware_eou4_wide_guard3": ("amnet_factorized_load_aware_eou4_wide", 3.0),
+    "amnet_factorized_load_aware_eou4_wide_bl_guard3": ("amnet_factorized_load_aware_eou4_wide_bl", 3.0),
+}
+for _name, (_src, _factor) in GUARDED.items():
+    _label, _config, _, _over = VARIANTS[_src]
+    VARIANTS[_name] = (f"{_label}, latency guard {_factor:g}x floor (its weights, not retrained)", _config, None,
+                       _over + ["--model.encoder.init_args.latency_guard", str(_factor)])
 # start order: the matched single encoders wait for their AmNet
 ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_only", "fast_only",
          "factorized_single", "sparse_single", "amnet_factorized_lc1", "amnet_factorized_lc1_no_amr",
          "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou", "amnet_factorized_load_aware_eou15",
          "amnet_factorized_load_aware_eou_wide", "amnet_factorized_load_aware_eou4_wide",
          "amnet_factorized_load_aware_eou4_wide_bl", "amnet_factorized_bl", "factorized_single_bl",
-         "amnet_factorized_no_amr_lc06"]
+         "amnet_factorized_no_amr_lc06", *GUARDED]
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
 LOWRANK_FAST = tuple(n for n, (_, config, _, _) in VARIANTS.items()
                      if n == "fast_only" or config.startswith("amnet_factorized"))
@@ -210,7 +226,7 @@ def _warm_start(model: Any, base_ckpt: str | None, device_flops: float) -> None:
             inner, fast=core.kind, rank=core.rank, density=core.density, frame_ms=enc.frame_ms,
             device_flops_per_s=device_flops, arbitrator_hidden=arb.hidden_size, temperature=arb.temperature,
             use_prev_decision=arb.use_prev_decision, force_branch=enc.force_branch,
-            load_aware=arb.load_aware, train_rho_range=enc.train_rho_range,
+            load_aware=arb.load_aware, train_rho_range=enc.train_rho_range, latency_guard=enc.latency_guard,
         )
     elif isinstance(enc, AmortizedEncoder):
         enc.set_device(device_flops)
@@ -344,12 +360,22 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
                   + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "epoch"), flush=True)
 
     trainer.callbacks.append(_EpochPrinter())
-    t0 = time.time()
-    trainer.fit(model, datamodule=dm)
-    fit_s = time.time() - t0
-    # the weights scored below (the configs' two `save_last` callbacks may leave `last*.ckpt` a few steps earlier)
-    trainer.save_checkpoint(run_dir / "final.ckpt")
-    train_sharpness = float(trainer.callback_metrics.get("arbitrator/sharpness", float("nan")))
+    source = GUARDED.get(name)
+    if source is None:
+        t0 = time.time()
+        trainer.fit(model, datamodule=dm)
+        fit_s = time.time() - t0
+        # the weights scored below (the configs' two `save_last` callbacks may leave `last*.ckpt` a few steps earlier)
+        trainer.save_checkpoint(run_dir / "final.ckpt")
+        train_sharpness = float(trainer.callback_metrics.get("arbitrator/sharpness", float("nan")))
+    else:  # the source variant's trained weights, evaluated with the guard on
+        src_json, src_ckpt = Path(a.work) / f"{source[0]}.json", Path(a.work) / source[0] / "final.ckpt"
+        if not (src_json.exists() and src_ckpt.exists()):
+            raise SystemExit(f"{name} scores the weights of {source[0]}, but {src_ckpt} or {src_json} is missing: "
+                             f"run --variants {source[0]} with the same --work first.")
+        src_rec = json.loads(src_json.read_text())
+        model.load_state_dict(torch.load(src_ckpt, map_location="cpu", weights_only=False)["state_dict"])
+        epoch_log, fit_s, train_sharpness = src_rec["epochs"], 0.0, float(src_rec["train_sharpness"])
 
     # -- evaluation: test split, every device ------------------------------------------------------
     model.eval()
@@ -361,6 +387,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     metrics = {rho: (WordErrorRate(), CharErrorRate()) for rho in RHOS}
     stats = {rho: LatencyStats() for rho in RHOS}  # FLOPs, slow frames, EOU latencies (functional.latency)
     confidence = {rho: 0.0 for rho in RHOS}
+    overridden = {rho: 0 for rho in RHOS}  # frames where the latency guard changed the arbitrator's choice
     utt_errors: dict[float, list[int]] = {rho: [] for rho in RHOS}  # per test utterance, for paired intervals
     utt_words: list[int] = []
     utt_ids: list[str] = []
@@ -381,6 +408,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
                     r = enc.last_routing
                     batch_stats = latency_update(r.cost_ms, r.expected_flops, n, FRAME_MS, r.decisions, r.slow_index)
                     confidence[rho] += float(r.probs.max(-1).values[mask].sum())
+                    overridden[rho] += int((r.logits.argmax(-1) != r.decisions)[mask].sum())
                     cost, back, dec = r.cost_ms, r.backlog_ms, r.decisions
                 else:  # a plain encoder: the same cost on every frame, every frame "slow"
                     if y_fixed is None:
@@ -424,6 +452,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
             "slow_share": lat_metrics["slow_share"],
             "utt_errors": utt_errors[rho],
             "decision_confidence": confidence[rho] / frames,
+            "guard_overridden_share": overridden[rho] / frames,
             "eou_ms": lat_metrics["eou_ms"],
         }
     eval_s = time.time() - t1
@@ -454,6 +483,8 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         "branch_flops": enc.branch_flops() if amortized else [enc_flops],
         "arbitrator_flops": enc.arbitrator.flops_per_frame() if routed else 0,
         "load_aware": bool(routed and enc.arbitrator.load_aware),
+        "latency_guard": getattr(enc, "latency_guard", None) if routed else None,
+        "evaluates": source[0] if source else None,  # evaluation-only: the trained variant whose weights it scores
         # the physical floor of end-of-utterance latency: one fast-branch frame plus the arbitrator
         "floor_ms": {
             str(rho): 1000.0 * (enc.floor_flops() if amortized else enc_flops) / device_for(rho, slow_flops)
@@ -558,11 +589,11 @@ def drive(a: argparse.Namespace) -> int:
                 f"slow share {r['slow_share']:.3f}, EOU p90 {r['eou_ms']['p90']:.1f} ms at rho={RHO_TRAIN} "
                 f"({seconds:.0f} s)")
 
-    jobs = [
-        Job(n, command(n), work / f"{n}.json",
-            after=(VARIANTS[n][2],) if VARIANTS[n][2] in names else ())
-        for n in names
-    ]
+    def after(name: str) -> tuple[str, ...]:
+        """Jobs ``name`` waits for: the AmNet it is FLOPs-matched to, the variant whose weights it evaluates."""
+        return tuple(d for d in (VARIANTS[name][2], GUARDED.get(name, (None,))[0]) if d in names)
+
+    jobs = [Job(n, command(n), work / f"{n}.json", after=after(n)) for n in names]
     t0 = time.time()
     try:
         done = run_jobs(jobs, a.workers, work, cwd=REPO, env={"PYTHONWARNINGS": "ignore"}, done=done,

@@ -281,7 +281,8 @@ def torch_speed(entries: dict[str, tuple[Any, int | None]], feats: list[Any], re
                             x_t = x[0, t : t + 1]
                             t0 = time.perf_counter()
                             if amortized:
-                                y, state, c = enc.step_with_decision(x_t, state, force)
+                                y, state, c = enc.step_with_decision(x_t, state, force,
+                                                                     final=t == int(m[0]) - 1)
                             else:
                                 y, state = enc.step(x_t, state)
                             model.head(y).argmax(-1)

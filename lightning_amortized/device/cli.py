@@ -28,6 +28,19 @@ def _fail(command: str, err: BaseException) -> int:
     return 2
 
 
+def _guard_arg(text: str) -> float | str | None:
+    """``--latency-guard``: ``model``, ``off`` or a factor >= 1."""
+    if text in ("model", "off"):
+        return None if text == "off" else text
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = float("nan")
+    if not factor >= 1.0 or factor == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, 'off' or 'model', got {text!r}")
+    return factor
+
+
 def _transcribe(argv: list[str]) -> int:
     from lightning_amortized.device.runtime import ExportedModel, StreamingRecognizer, read_audio
 
@@ -41,6 +54,9 @@ def _transcribe(argv: list[str]) -> int:
                    help="backlog the arbitrator sees: the manifest's device (default) or measured compute time")
     p.add_argument("--device-flops", type=float, default=None,
                    help="simulated device speed in FLOP/s (default: the manifest's device; load-aware arbitrators adapt)")
+    p.add_argument("--latency-guard", type=_guard_arg, default="model",
+                   help="latency guard factor (>= 1: end-of-utterance latency at most this times the floor), "
+                        "'off', or 'model' (the exported model's; default)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--stats", action="store_true", help="add measured timing columns")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
@@ -49,7 +65,8 @@ def _transcribe(argv: list[str]) -> int:
         return _fail("transcribe", ValueError(f"--chunk-ms must be positive, got {a.chunk_ms}"))
     try:
         model = ExportedModel(a.model, num_threads=a.threads)
-        rec = StreamingRecognizer(model, normalize=a.normalize, backlog=a.backlog, device_flops_per_s=a.device_flops)
+        rec = StreamingRecognizer(model, normalize=a.normalize, backlog=a.backlog, device_flops_per_s=a.device_flops,
+                                  latency_guard=a.latency_guard)
         wavs = [read_audio(f, model.features.sample_rate) for f in a.files]
     except (ValueError, OSError) as err:
         return _fail("transcribe", err)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_amortized.backlog_rule import eou_latency_ms, next_backlog
+from lightning_amortized.backlog_rule import allowed_branches, check_guard, eou_latency_ms, next_backlog
 from lightning_amortized.device.features import FeatureStream, LogMel, normalize_utterance
 from lightning_amortized.device.weights import read_weights
 
@@ -135,6 +135,7 @@ class ExportedModel:
         self.branch_flops = [int(s["flops_per_frame"]) for s in self.branch_specs]
         self.arbitrator_flops = int(arb["flops_per_frame"]) if arb else 0
         self.load_aware = bool(arb.get("load_aware", False)) if arb else False
+        self.latency_guard = check_guard(arb.get("latency_guard")) if arb else None
         self.vocabulary: list[str] = list(manifest["vocabulary"])
         self.blank = int(manifest.get("blank", 0))
         self.features = LogMel(manifest["features"])
@@ -248,9 +249,14 @@ class StreamingRecognizer:
         device_flops_per_s: Speed of the simulated device in FLOP/s (default: the manifest's, the
             device the arbitrator was trained for). It sets the simulated costs and, for a
             load-aware arbitrator, its load input ``log rho``; like ``AmortizedEncoder.set_device``.
+        latency_guard: The latency guard factor (``AmortizedEncoder.latency_guard``): ``"model"``
+            (default) takes the exported model's, ``None`` turns it off, a number ``>= 1`` sets
+            it. The guard judges each branch by its simulated cost on this device (also in
+            ``backlog="measured"`` mode, where the backlog itself is measured).
 
     Raises:
-        ValueError: for an unknown mode or branch, or a non-positive device speed.
+        ValueError: for an unknown mode or branch, a non-positive device speed or a
+            latency guard below 1.
     """
 
     def __init__(
@@ -260,6 +266,7 @@ class StreamingRecognizer:
         backlog: str = "simulated",
         force_branch: int | None = None,
         device_flops_per_s: float | None = None,
+        latency_guard: float | str | None = "model",
     ) -> None:
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"Expected argument `normalize` to be one of {NORMALIZE_MODES}, but got {normalize!r}.")
@@ -276,6 +283,10 @@ class StreamingRecognizer:
         self.device_flops_per_s = dev
         self._ms_per_flop = np.float32(1000.0 / dev)
         self._load = model.load_feature(dev) if model.load_aware else None
+        self.latency_guard = model.latency_guard if latency_guard == "model" else check_guard(latency_guard)
+        # each branch's frame cost on this device (arbitrator included), float32 as in _encode
+        self._frame_costs = [np.float32(m_flops + model.arbitrator_flops) * self._ms_per_flop
+                             for m_flops in model.branch_flops]
         self.reset()
 
     def reset(self) -> None:
@@ -298,7 +309,7 @@ class StreamingRecognizer:
 
     # -- encoder frames ---------------------------------------------------------------------------
 
-    def _encode(self, x: np.ndarray) -> None:
+    def _encode(self, x: np.ndarray, final: bool = False) -> None:
         m = self.model
         t0 = time.perf_counter()
         if self.force_branch is not None:
@@ -307,6 +318,10 @@ class StreamingRecognizer:
             choice, flops = 0, m.branch_flops[0]
         else:
             logits = m.arbitrate(x, self._backlog, self._prev, self._load)
+            if self.latency_guard is not None:  # the rule of AmortizedEncoder's guard (backlog_rule)
+                allowed = allowed_branches(self._backlog, self._frame_costs, np.float32(m.frame_ms),
+                                           self.latency_guard, final)
+                logits = np.where(allowed, logits, -np.inf)
             choice = int(np.argmax(logits))
             flops = m.arbitrator_flops + m.branch_flops[choice]
         t_arb = time.perf_counter()
@@ -327,16 +342,23 @@ class StreamingRecognizer:
         self._best.append(int(np.argmax(out)))
 
     def _push_normalized(self, frames: np.ndarray, final: bool = False) -> None:
-        """Stack normalised 10 ms frames into encoder frames and encode the complete ones."""
+        """Stack normalised 10 ms frames into encoder frames and encode the complete ones.
+
+        With ``final`` (the audio has ended) the rest is padded into a last encoder frame, and
+        the last frame encoded here is the utterance's final one (the latency guard gives it
+        the cheapest branch).
+        """
         self._pending.extend(frames.astype(np.float32))
         s = self.model.stack
+        groups = []
         while len(self._pending) >= s:
             group, self._pending = self._pending[:s], self._pending[s:]
-            self._encode(np.concatenate(group))
+            groups.append(group)
         if final and self._pending:
-            group = self._pending + [np.zeros_like(self._pending[0])] * (s - len(self._pending))
+            groups.append(self._pending + [np.zeros_like(self._pending[0])] * (s - len(self._pending)))
             self._pending = []
-            self._encode(np.concatenate(group))
+        for i, group in enumerate(groups):
+            self._encode(np.concatenate(group), final=final and i == len(groups) - 1)
 
     def _running(self, frames: np.ndarray) -> np.ndarray:
         out = np.empty_like(frames)
@@ -407,7 +429,7 @@ class StreamingRecognizer:
         self.reset()
         x = np.asarray(frames, dtype=np.float32)
         for t in range(x.shape[0]):
-            self._encode(np.ascontiguousarray(x[t]))
+            self._encode(np.ascontiguousarray(x[t]), final=t == x.shape[0] - 1)
         m = self.model
         result = Transcript(
             text=self.partial(), decisions=list(self._decisions), frame_compute_ms=list(self._compute),

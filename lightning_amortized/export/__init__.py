@@ -143,6 +143,7 @@ def export_onnx(
                 "flops_per_frame": int(arb.flops_per_frame()),
                 "uses_prev_gate": bool(arb.use_prev_decision),
                 "load_aware": load_aware,
+                "latency_guard": model.encoder.latency_guard,  # None: off
             }
         sha = weights_sha256(weights, weights)
         meta = {"format": WEIGHTS_FORMAT, "format_version": "1", "weights_sha256": sha}
@@ -236,7 +237,7 @@ def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed:
     try:
         for t in range(frames):
             if callable(getattr(enc, "step_with_decision", None)):
-                y, state, c = enc.step_with_decision(x[t : t + 1], state)
+                y, state, c = enc.step_with_decision(x[t : t + 1], state, final=t == frames - 1)
                 routes.append(int(c[0]))
             else:
                 y, state = enc.step(x[t : t + 1], state)

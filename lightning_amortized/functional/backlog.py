@@ -36,13 +36,14 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_amortized.backlog_rule import next_backlog
+from lightning_amortized.backlog_rule import check_guard, guard_allows, next_backlog
 from lightning_amortized.functional.masks import lengths_to_mask
 
 __all__ = [
     "backlog",
     "backlog_step",
     "backlog_before",
+    "guard_mask",
     "eou_latency",
     "eou_from_backlog",
     "last_valid_index",
@@ -119,6 +120,52 @@ def backlog(costs_ms: torch.Tensor, frame_ms: float, lengths: torch.Tensor | Non
     if not out:
         return costs_ms.new_zeros(costs_ms.shape)
     return torch.stack(out, dim=1)
+
+
+def guard_mask(
+    backlog_ms: torch.Tensor,
+    branch_cost_ms: torch.Tensor,
+    frame_ms: float,
+    factor: float,
+    base_cost_ms: float | torch.Tensor = 0.0,
+    final: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(B, K)`` bool: the branches each sequence's next frame may take under the latency guard.
+
+    :func:`lightning_amortized.backlog_rule.guard_allows` on a batch: branch ``k`` costs
+    ``base + branch_cost_ms[k]``, the floor is the cheapest of these; the cheapest branch
+    is always allowed and is the only one for a sequence's final frame. With the floor
+    within ``frame_ms``, routing only to allowed branches bounds every utterance's
+    end-of-utterance latency by ``factor`` x the floor.
+
+    Args:
+        backlog_ms: ``(B,)`` backlog before the frame (ms).
+        branch_cost_ms: ``(K,)`` or ``(B, K)`` cost of each branch on the device (ms).
+        frame_ms: Audio duration of one frame in ms.
+        factor: The bound as a multiple of the floor (``>= 1``).
+        base_cost_ms: Cost paid on every frame (the arbitrator), a float or ``(B,)``.
+        final: ``(B,)`` bool, True where the frame is the sequence's last, or ``None``.
+
+    Returns:
+        ``(B, K)`` bool.
+
+    Raises:
+        ValueError: if ``factor`` is below 1 or not finite.
+
+    Example:
+        >>> guard_mask(torch.tensor([0.0, 15.0, 0.0]), torch.tensor([10.0, 40.0]), 30.0, factor=2.0,
+        ...            final=torch.tensor([False, False, True])).tolist()
+        [[True, True], [True, False], [True, False]]
+    """
+    factor = check_guard(factor)
+    base = torch.as_tensor(base_cost_ms, dtype=backlog_ms.dtype, device=backlog_ms.device)
+    costs = branch_cost_ms.to(backlog_ms) + (base[:, None] if base.dim() else base)  # (K,) or (B, K)
+    costs = costs.expand(backlog_ms.shape[0], -1)
+    floor = costs.min(-1, keepdim=True).values
+    allowed = guard_allows(backlog_ms[:, None], costs, frame_ms, floor, factor, relu=torch.relu)
+    if final is not None:
+        allowed = allowed & ~final[:, None]
+    return allowed | (costs == floor)
 
 
 def backlog_before(backlog_ms: torch.Tensor) -> torch.Tensor:

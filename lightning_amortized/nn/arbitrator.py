@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_amortized.functional.backlog import backlog_step
+from lightning_amortized.functional.backlog import backlog_step, guard_mask, last_valid_index
 from lightning_amortized.functional.flops import linear_flops
 from lightning_amortized.functional.masks import lengths_to_mask
 
@@ -206,7 +206,8 @@ class Arbitrator(nn.Module):
         x: torch.Tensor,
         lengths: torch.Tensor | None,
         branch_cost_ms: torch.Tensor,
-        base_cost_ms: float = 0.0,
+        base_cost_ms: float | torch.Tensor = 0.0,
+        guard: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the arbitrator and the backlog recursion over a padded batch.
 
@@ -217,11 +218,19 @@ class Arbitrator(nn.Module):
                 ``(B, K)``: a device per utterance (load-aware training over a range of devices).
             base_cost_ms: Cost paid on every frame whatever the choice (the arbitrator
                 itself), a float or ``(B,)``.
+            guard: Latency guard factor (``>= 1``) or ``None``: every frame's gates are
+                restricted to the branches :func:`~lightning_amortized.functional.backlog.guard_mask`
+                allows given the backlog before it (the others get gate 0, in training
+                too; each sequence's last valid frame gets the cheapest branch), which
+                bounds every utterance's end-of-utterance latency by ``guard`` x the floor
+                (cheapest branch plus ``base_cost_ms``) on devices where that floor is
+                within ``frame_ms``.
 
         Returns:
-            ``logits (B, T, K)``, ``gates (B, T, K)`` (relaxed in training, one-hot in
-            eval), ``cost_ms (B, T)`` = ``base + gates @ branch_cost_ms`` and
-            ``backlog_ms (B, T)`` after every frame (frozen past the length).
+            ``logits (B, T, K)`` (the arbitrator's own, before the guard), ``gates (B, T, K)``
+            (relaxed in training, one-hot in eval; after the guard), ``cost_ms (B, T)`` =
+            ``base + gates @ branch_cost_ms`` and ``backlog_ms (B, T)`` after every frame
+            (frozen past the length).
         """
         B, T, _ = x.shape
         if branch_cost_ms.shape not in ((self.num_branches,), (B, self.num_branches)):
@@ -240,9 +249,14 @@ class Arbitrator(nn.Module):
         b, prev = b.to(x), prev.to(x)
         logits_l, gates_l, cost_l, back_l = [], [], [], []
         ax_t = ax.unbind(1)  # not ax[:, t]: the backward of T selects is O(T^2)
+        last = None if guard is None else last_valid_index(lengths, B, T, x.device)
         for t in range(T):
             logits = self._logits(ax_t[t], b, prev, w_b, w_prev)
-            g = self.gates_from_logits(logits)
+            if guard is None:
+                g = self.gates_from_logits(logits)
+            else:  # disallowed branches out of the choice (and of the relaxation's softmax)
+                allowed = guard_mask(b.detach(), costs, self.frame_ms, guard, base_cost_ms, final=last == t)
+                g = self.gates_from_logits(logits.masked_fill(~allowed, float("-inf")))
             cost = base_cost_ms + (g * costs).sum(-1)
             b = backlog_step(b, cost, self.frame_ms, None if valid is None else valid[:, t])
             prev = g

@@ -120,7 +120,7 @@ def stream(
             x_t = x[t : t + 1]
             start = time.perf_counter()
             if amortized:
-                y_t, state, choice = encoder.step_with_decision(x_t, state, force_branch)
+                y_t, state, choice = encoder.step_with_decision(x_t, state, force_branch, final=t == T - 1)
             else:
                 y_t, state = encoder.step(x_t, state)
             wall[t] = (time.perf_counter() - start) * 1000.0

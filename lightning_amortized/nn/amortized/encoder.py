@@ -34,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_amortized.functional.backlog import DEFAULT_DEVICE_FLOPS_PER_S, SimulatedDevice, backlog, backlog_step
+from lightning_amortized.backlog_rule import check_guard
+from lightning_amortized.functional.backlog import (
+    DEFAULT_DEVICE_FLOPS_PER_S,
+    SimulatedDevice,
+    backlog,
+    backlog_step,
+    guard_mask,
+)
 from lightning_amortized.functional.losses import amortization_loss, expected_cost_penalty
 from lightning_amortized.nn.amortized.independent import _IndependentCore
 from lightning_amortized.nn.amortized.routing import RoutingInfo
@@ -74,11 +81,22 @@ class AmortizedEncoder(nn.Module):
         train_rho_range: ``(low, high)``: in training, each utterance runs on a device
             drawn with ``rho`` log-uniform in this range (needs ``load_aware``); ``None``
             trains on ``device_flops_per_s`` only.
+        latency_guard: ``None`` or a factor ``>= 1``: a frame may take a costlier branch
+            than the cheapest only if the backlog after it stays within ``factor - 1``
+            times the floor (:meth:`floor_flops` on the device), and an utterance's last
+            frame takes the cheapest branch
+            (:func:`~lightning_amortized.backlog_rule.guard_allows`). On a device where
+            the cheapest frame runs in real time this bounds *every* utterance's
+            end-of-utterance latency by ``factor`` x the floor, whatever the arbitrator
+            learned. Applied in ``forward`` (training and eval; the last frame from
+            ``lengths``) and :meth:`step_with_decision` (``final=True`` marks the last
+            frame), and exported to the device runtime.
 
     Raises:
         ValueError: if output sizes differ and ``projection`` is ``None``,
-            ``force_branch`` is not a branch index, or ``train_rho_range`` is given
-            without ``load_aware`` or is not ``0 < low <= high``.
+            ``force_branch`` is not a branch index, ``train_rho_range`` is given
+            without ``load_aware`` or is not ``0 < low <= high``, or ``latency_guard``
+            is below 1.
 
     Example:
         >>> from lightning_amortized.nn.encoders import RecurrentEncoder
@@ -103,6 +121,7 @@ class AmortizedEncoder(nn.Module):
         force_branch: int | None = None,
         load_aware: bool = False,
         train_rho_range: tuple[float, float] | None = None,
+        latency_guard: float | None = None,
     ) -> None:
         super().__init__()
         self._setup(
@@ -116,6 +135,7 @@ class AmortizedEncoder(nn.Module):
             force_branch,
             load_aware,
             train_rho_range,
+            latency_guard,
         )
 
     def _setup(
@@ -130,6 +150,7 @@ class AmortizedEncoder(nn.Module):
         force_branch: int | None = None,
         load_aware: bool = False,
         train_rho_range: tuple[float, float] | None = None,
+        latency_guard: float | None = None,
     ) -> None:
         if train_rho_range is not None:
             low, high = (float(v) for v in train_rho_range)
@@ -166,6 +187,7 @@ class AmortizedEncoder(nn.Module):
             use_prev_decision=use_prev_decision,
             load_aware=load_aware,
         )
+        self.latency_guard = latency_guard
         self.last_routing: RoutingInfo | None = None
         self._stream_costs: tuple[torch.Tensor, int] | None = None
 
@@ -182,6 +204,15 @@ class AmortizedEncoder(nn.Module):
         return SharedStateAmortizedEncoder(encoder, fast=fast, rank=rank, density=density, **kwargs)
 
     # -- costs ----------------------------------------------------------------------------------
+
+    @property
+    def latency_guard(self) -> float | None:
+        """The latency guard factor (``None``: off); settable, e.g. to guard a model trained without it."""
+        return self._latency_guard
+
+    @latency_guard.setter
+    def latency_guard(self, factor: float | None) -> None:
+        self._latency_guard = check_guard(factor)
 
     @property
     def streaming(self) -> bool:
@@ -253,7 +284,9 @@ class AmortizedEncoder(nn.Module):
                 branch_ms, base_ms = 1000.0 * flops[None, :] / speed[:, None], 1000.0 * arb_flops / speed
             else:
                 branch_ms, base_ms = self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
-            logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(x, lengths, branch_ms, base_ms)
+            logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(
+                x, lengths, branch_ms, base_ms, guard=self.latency_guard
+            )
             y = self.core.forward_gated(x, lengths, gates)
         else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
             arb_flops = 0
@@ -353,13 +386,15 @@ class AmortizedEncoder(nn.Module):
         return y, state
 
     def step_with_decision(
-        self, x_t: torch.Tensor, state: Any, force_branch: int | None = None
+        self, x_t: torch.Tensor, state: Any, force_branch: int | None = None, final: bool = False
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Like :meth:`step`, also returning the decision ``(B,)``.
 
         Args:
             force_branch: Route every frame to this branch and skip the arbitrator
                 (single-branch baselines on the same weights).
+            final: This is the utterance's last frame (the audio has ended): with a
+                ``latency_guard`` it takes the cheapest branch, as in ``forward``.
         """
         core_state, b, prev = state
         flops, arb_flops = self._stream_costs if self._stream_costs is not None else self._costs(x_t)
@@ -369,6 +404,11 @@ class AmortizedEncoder(nn.Module):
             if self.arbitrator.load_aware:
                 load = float(self.arbitrator.load_feature(self.device_model.cost_ms(flops)))
             logits = self.arbitrator.step(x_t, b, prev, load)
+            if self.latency_guard is not None:  # the same rule as forward's
+                allowed = guard_mask(b, self.device_model.cost_ms(flops), self.frame_ms, self.latency_guard,
+                                     float(self.device_model.cost_ms(arb_flops)),
+                                     final=torch.full_like(b, bool(final), dtype=torch.bool))
+                logits = logits.masked_fill(~allowed, float("-inf"))
             choice = logits.argmax(-1)
             base = arb_flops
         else:
@@ -385,7 +425,8 @@ class AmortizedEncoder(nn.Module):
     def extra_repr(self) -> str:
         forced = "" if self.force_branch is None else f", force_branch={self.force_branch}"
         rho = "" if self.train_rho_range is None else f", train_rho_range={self.train_rho_range}"
-        return f"frame_ms={self.frame_ms}, device_flops_per_s={self.device_flops_per_s:g}{forced}{rho}"
+        guard = "" if self.latency_guard is None else f", latency_guard={self.latency_guard:g}"
+        return f"frame_ms={self.frame_ms}, device_flops_per_s={self.device_flops_per_s:g}{forced}{rho}{guard}"
 
 
 class SharedStateAmortizedEncoder(AmortizedEncoder):
@@ -410,7 +451,7 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
         density: Kept fraction for ``"sparse"``.
         **kwargs: ``frame_ms``, ``device_flops_per_s``, ``arbitrator_hidden``,
             ``temperature``, ``straight_through``, ``use_prev_decision``,
-            ``force_branch``, ``load_aware``, ``train_rho_range`` as in
+            ``force_branch``, ``load_aware``, ``train_rho_range``, ``latency_guard`` as in
             :class:`AmortizedEncoder` (``force_branch=0``: the compressed encoder alone,
             e.g. a factorized or sparse single encoder).
 
@@ -434,6 +475,7 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
         force_branch: int | None = None,
         load_aware: bool = False,
         train_rho_range: tuple[float, float] | None = None,
+        latency_guard: float | None = None,
     ) -> None:
         nn.Module.__init__(self)
         self._setup(
@@ -447,4 +489,5 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
             force_branch,
             load_aware,
             train_rho_range,
+            latency_guard,
         )
