@@ -25,6 +25,9 @@ evaluated on the test split (speakers unseen in training):
 ``amnet_factorized_load_aware_eou_wide``  ``..._eou`` trained over rho 0.4-3.2 (the scored devices inside the range)
 ``amnet_factorized_load_aware_eou4_wide``  the same with ``amr_eou_weight 4``
 ``amnet_factorized_load_aware_eou4_wide_bl``  the same with branch losses (``branch_loss_weight 0.5``)
+``amnet_factorized_load_aware_eou4_wide_bl_tguard3``  the same trained with the latency guard at 3x the floor
+``<variant>_guard2``, ``_guard3``  a trained load-aware variant's weights scored with the latency guard at 2x / 3x
+                               the floor (``GUARDED``; no training: needs the variant's ``final.ckpt`` in ``--work``)
 ``amnet_factorized_bl``        the factorized AmNet with branch losses (each branch also
                                trained alone, ``ASRModule(branch_loss_weight=0.5)``)
 ``factorized_single_bl``       factorized single matched to ``amnet_factorized_bl``'s FLOPs
@@ -115,6 +118,14 @@ VARIANTS: dict[str, tuple[str, str, str | None, list[str]]] = {
                                                  "latency term x4, branch losses 0.5",
                                                  "amnet_factorized_load_aware.yaml", None,
                                                  _eou(4.0, rho="[0.4, 3.2]") + ["--model.branch_loss_weight", "0.5"]),
+    # ... trained with the latency guard on (3x the floor): the arbitrator learns the routes the guard lets through
+    "amnet_factorized_load_aware_eou4_wide_bl_tguard3": ("factorized AmNet, load-aware over rho 0.4-3.2, "
+                                                         "end-of-utterance latency term x4, branch losses 0.5, "
+                                                         "trained with latency guard 3x floor",
+                                                         "amnet_factorized_load_aware.yaml", None,
+                                                         _eou(4.0, rho="[0.4, 3.2]")
+                                                         + ["--model.branch_loss_weight", "0.5",
+                                                            "--model.encoder.init_args.latency_guard", "3.0"]),
     # the ablation at about the penalty-on model's slow share: a larger cost weight instead of the penalty
     "amnet_factorized_no_amr_lc06": ("factorized AmNet, no amortization penalty, lambda_cost 0.6",
                                      "amnet_factorized_no_amr.yaml", None, ["--model.lambda_cost", "0.6"]),
@@ -145,7 +156,7 @@ ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_on
          "amnet_factorized_load_aware", "amnet_factorized_load_aware_eou", "amnet_factorized_load_aware_eou15",
          "amnet_factorized_load_aware_eou_wide", "amnet_factorized_load_aware_eou4_wide",
          "amnet_factorized_load_aware_eou4_wide_bl", "amnet_factorized_bl", "factorized_single_bl",
-         "amnet_factorized_no_amr_lc06", *GUARDED]
+         "amnet_factorized_no_amr_lc06", "amnet_factorized_load_aware_eou4_wide_bl_tguard3", *GUARDED]
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
 LOWRANK_FAST = tuple(n for n, (_, config, _, _) in VARIANTS.items()
                      if n == "fast_only" or config.startswith("amnet_factorized"))
@@ -689,9 +700,12 @@ def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: st
     models = {}
     device = device_for(RHO_TRAIN, slow_encoder_flops())
     for name in done:
-        m = ASRModule.load_from_checkpoint(final_checkpoint(work / name), map_location="cpu").eval()
+        source, guard = GUARDED.get(name, (name, None))  # a guarded variant streams its source's weights, guarded
+        m = ASRModule.load_from_checkpoint(final_checkpoint(work / source), map_location="cpu").eval()
         if isinstance(m.encoder, AmortizedEncoder):
             m.encoder.set_device(device)
+            if guard is not None:
+                m.encoder.latency_guard = guard
         models[name] = m
     inputs = []
     with torch.no_grad():
@@ -1031,6 +1045,28 @@ def render_markdown(s: dict[str, Any], stem: str = "amnet") -> str:
                 cells.append(f"{_fmt_pct(p['wer_rel_vs_single'])}{_fmt_ci(p.get('ci95_wer_rel_vs_single'))}; "
                              f"{p['eou_ms']['p90']:.1f} / {q['eou_ms']['p90']:.1f}")
             lines.append(f"| {v[n]['label']} ({v[single]['label']}) | " + " | ".join(cells) + " |")
+    guarded = [n for n, r in v.items() if r.get("evaluates") in v]
+    if guarded:
+        lines += ["", "## Latency guard (the same weights, guard off / on)", "",
+                  "`AmortizedEncoder(latency_guard=g)`: a frame takes the slow branch only if the backlog after it "
+                  "stays within (g - 1) x the floor, and each utterance's last frame takes the fast branch, so no "
+                  "utterance ends later than g x the floor on a device where one fast frame runs in real time. "
+                  "Per rho: WER; p90 / max end-of-utterance latency over the floor; share of frames whose branch "
+                  "the guard changed.", "",
+                  "| variant | guard | " + " | ".join(f"rho = {rho:g}" for rho in s["rhos"]) + " |",
+                  "|---|---|" + "---|" * len(s["rhos"])]
+        sources = list(dict.fromkeys(v[n]["evaluates"] for n in guarded))
+        for src in sources:
+            for name in [src] + [n for n in guarded if v[n]["evaluates"] == src]:
+                r = v[name]
+                cells = []
+                for rho in s["rhos"]:
+                    p, floor = r["per_rho"][str(rho)], r["floor_ms"][str(rho)]
+                    cells.append(f"{100 * p['wer']:.2f}%; {p['eou_ms']['p90'] / floor:.2f} / "
+                                 f"{p['eou_ms']['max'] / floor:.2f}; {100 * p.get('guard_overridden_share', 0.0):.1f}%")
+                g = r.get("latency_guard")
+                lines.append(f"| {v[src]['label']} | {'off' if g is None else f'{g:g}x'} | "
+                             + " | ".join(cells) + " |")
     seeds = s.get("seeds") or {}
     if len(seeds.get("seeds", [])) > 1:
         cols = seeds["seeds"]
