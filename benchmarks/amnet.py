@@ -418,7 +418,8 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
                     y, _ = enc(x, n)
                     r = enc.last_routing
                     batch_stats = latency_update(r.cost_ms, r.expected_flops, n, FRAME_MS, r.decisions, r.slow_index)
-                    confidence[rho] += float(r.probs.max(-1).values[mask].sum())
+                    # the arbitrator's probability of the branch taken (its max, unless the guard overrode it)
+                    confidence[rho] += float(r.probs.gather(-1, r.decisions[..., None])[..., 0][mask].sum())
                     overridden[rho] += int((r.logits.argmax(-1) != r.decisions)[mask].sum())
                     cost, back, dec = r.cost_ms, r.backlog_ms, r.decisions
                 else:  # a plain encoder: the same cost on every frame, every frame "slow"
@@ -496,6 +497,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         "load_aware": bool(routed and enc.arbitrator.load_aware),
         "latency_guard": getattr(enc, "latency_guard", None) if routed else None,
         "evaluates": source[0] if source else None,  # evaluation-only: the trained variant whose weights it scores
+        "source_checkpoint_mtime": (Path(a.work) / source[0] / "final.ckpt").stat().st_mtime if source else None,
         # the physical floor of end-of-utterance latency: one fast-branch frame plus the arbitrator
         "floor_ms": {
             str(rho): 1000.0 * (enc.floor_flops() if amortized else enc_flops) / device_for(rho, slow_flops)
@@ -575,8 +577,12 @@ def drive(a: argparse.Namespace) -> int:
     for n in names:  # resume: keep finished variants of an identical earlier run
         f = work / f"{n}.json"
         if a.resume and f.exists():
-            done[n] = json.loads(f.read_text())
-    ran = [n for n in names if n not in done]
+            rec = json.loads(f.read_text())
+            src = work / rec["evaluates"] / "final.ckpt" if rec.get("evaluates") else None
+            if src is not None and (not src.exists() or src.stat().st_mtime != rec.get("source_checkpoint_mtime")):
+                continue  # a guarded evaluation of weights that have changed since: score them again
+            done[n] = rec
+    ran = [n for n in names if n not in done and n not in GUARDED]  # trained here (evaluations take a minute)
 
     def command(name: str) -> Any:
         dep = VARIANTS[name][2]
@@ -615,7 +621,7 @@ def drive(a: argparse.Namespace) -> int:
     wall = time.time() - t0
     runs_file = work / "runs.json"  # every driver run that trained something, for the total run time
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
-    if wall > 60:
+    if wall > 60 and ran:
         runs.append({"variants": ran, "wall_minutes": round(wall / 60, 1),
                      "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0))})
         runs_file.write_text(json.dumps(runs, indent=2) + "\n")
@@ -996,7 +1002,10 @@ def render_markdown(s: dict[str, Any], stem: str = "amnet") -> str:
         "`lightning_amortized/functional/flops.py` and averaged over the valid test frames as routed "
         "(arbitrator included). AmNets trained for a device on which slow-only runs at "
         f"rho = {s['rho_train']} ({s['train_device_flops_per_s'] / 1e6:.1f} MFLOP/s, frame {s['frame_ms']:.0f} ms). "
-        f"Table at rho = {s['rho_train']}; EOU = simulated end-of-utterance latency (ms).",
+        f"Table at rho = {s['rho_train']}; EOU = simulated end-of-utterance latency (ms)."
+        + (" Variants with a latency guard \"(its weights, not retrained)\" are not trained: they score the final "
+           "weights of the variant they name with the guard on (fit time 0, the same epochs)."
+           if any(r.get("evaluates") for r in v.values()) else ""),
         "",
         "| variant | test WER | CER | WER vs slow | test-other WER / CER | FLOPs/frame | reduction | slow share | "
         "EOU p50 / p90 / max (ms) | RTF (1 thread) | sharpness (train / eval conf.) | lambda_cost / lambda_amr |",

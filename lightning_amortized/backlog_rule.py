@@ -24,10 +24,11 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["next_backlog", "eou_latency_ms", "guard_allows", "allowed_branches", "check_guard"]
+__all__ = ["next_backlog", "eou_latency_ms", "guard_allows", "guard_cap", "allowed_branches", "check_guard"]
 
 
 def _relu(value: Any) -> Any:
@@ -76,7 +77,7 @@ def check_guard(factor: Any) -> float | None:
     """
     if factor is None:
         return None
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1.0 <= float(factor) < float("inf"):
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 1.0 <= float(factor) < float("inf"):
         raise ValueError(
             f"Expected the latency guard to be None or a finite number >= 1 (a multiple of the latency floor), "
             f"but got {factor!r}."
@@ -112,7 +113,20 @@ def guard_allows(backlog_ms: Any, cost_ms: Any, frame_ms: float, floor_ms: Any, 
     Returns:
         A bool (or bool array/tensor of the broadcast shape).
     """
-    return next_backlog(backlog_ms, cost_ms, frame_ms, relu) <= (factor - 1.0) * floor_ms
+    return next_backlog(backlog_ms, cost_ms, frame_ms, relu) <= guard_cap(floor_ms, factor)
+
+
+def guard_cap(floor_ms: Any, factor: float) -> Any:
+    """The guard's backlog cap ``(factor - 1) * floor_ms``, of the kind of ``floor_ms``.
+
+    A tensor stays a tensor of its dtype; a numpy ``float32`` stays ``float32`` with any numpy
+    (``floor_ms * np.float32(factor - 1)``: no promotion to ``float64`` under numpy 1.x's rules).
+    """
+    scale = factor - 1.0
+    dtype = getattr(floor_ms, "dtype", None)
+    if dtype is not None and hasattr(dtype, "type"):  # numpy scalars and arrays (a torch dtype has no `.type`)
+        scale = dtype.type(scale)
+    return floor_ms * scale
 
 
 def allowed_branches(

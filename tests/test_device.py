@@ -165,34 +165,45 @@ def test_measured_backlog_and_forced_branches(amnet_dir) -> None:
         StreamingRecognizer(runtime, force_branch=2)
 
 
-def test_latency_guard_routes_like_pytorch_and_bounds_every_utterance(tmp_path: Path) -> None:
+@pytest.mark.parametrize("normalize", ["utterance", "running"])
+def test_latency_guard_routes_like_pytorch_and_bounds_every_utterance(normalize: str, tmp_path: Path) -> None:
     torch.manual_seed(4)
     enc = SharedStateAmortizedEncoder(RecurrentEncoder(N_MELS * STACK, 16, 2), fast="lowrank", rank=4,
-                                      frame_ms=20.0, device_flops_per_s=4e5, latency_guard=1.5)
+                                      frame_ms=20.0, device_flops_per_s=4e5, latency_guard=3.0)
     with torch.no_grad():
         enc.arbitrator.out.bias.copy_(torch.tensor([-5.0, 5.0]))  # an arbitrator that wants the slow branch
     model = ASRModule(enc, n_mels=N_MELS, stack=STACK).eval()
-    export_onnx(model, tmp_path / "guarded")
+    export_onnx(model, tmp_path / "guarded")  # verifies the runtime's routes against PyTorch's step
     runtime = ExportedModel(tmp_path / "guarded")
-    assert runtime.latency_guard == 1.5
+    assert runtime.latency_guard == 3.0
     dev = 4e5
-    floor = (runtime.arbitrator_flops + min(runtime.branch_flops)) * 1000.0 / dev
-    assert floor <= 20.0
+    costs = [(runtime.arbitrator_flops + f) * 1000.0 / dev for f in runtime.branch_flops]
+    floor = min(costs)
+    assert floor <= 20.0 and 0.0 < costs[1] - 20.0 <= 2.0 * floor  # a slow frame fits the cap from no backlog
+    x = np.random.default_rng(1).standard_normal((25, N_MELS * STACK)).astype(np.float32)
+    frames = StreamingRecognizer(runtime).run_frames(x)
+    with torch.no_grad():
+        model.encoder(torch.from_numpy(x)[None], torch.tensor([25]))
+    assert frames.decisions == model.encoder.last_routing.decisions[0].tolist()
     fb = LogMelFilterbank(n_mels=N_MELS)
+    slow_frames = 0
     for wav in wavs():
         feats, n = fb(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
         with torch.no_grad():
             x, _ = model.stacker(feats, n)
             model.encoder(x, torch.tensor([x.shape[1]]))
         ref_routes = model.encoder.last_routing.decisions[0].tolist()
-        for rec in (StreamingRecognizer(runtime), StreamingRecognizer(runtime, latency_guard=None)):
-            r = rec.transcribe(wav, chunk_ms=100.0)
-            costs = [(runtime.arbitrator_flops + runtime.branch_flops[d]) * 1000.0 / dev for d in r.decisions]
-            if rec.latency_guard is not None:
-                assert r.decisions == ref_routes and r.decisions[-1] == 0
-                assert eou_latency_ms(costs, 20.0) <= 1.5 * floor * (1 + 1e-5)
+        for guard in ("model", None):
+            r = StreamingRecognizer(runtime, normalize=normalize, latency_guard=guard).transcribe(wav, chunk_ms=100.0)
+            eou = eou_latency_ms([costs[d] for d in r.decisions], 20.0)
+            if guard == "model":
+                assert r.decisions[-1] == 0 and eou <= 3.0 * floor * (1 + 1e-5)
+                if normalize == "utterance":  # the training features: the same routes as PyTorch's forward
+                    assert r.decisions == ref_routes
+                slow_frames += sum(r.decisions)
             else:  # unguarded, the same arbitrator ends utterances far later
-                assert eou_latency_ms(costs, 20.0) > 2.0 * floor
+                assert eou > 3.0 * floor
+    assert slow_frames > 0  # the guard let slow frames through where the cap allowed them
     with pytest.raises(ValueError, match="latency guard"):
         StreamingRecognizer(runtime, latency_guard=0.5)
 
@@ -257,12 +268,15 @@ def test_transcribe_command(amnet_dir, tmp_path: Path, capsys: pytest.CaptureFix
     assert device_main(["transcribe", str(path), str(tmp_path / "8k.wav")]) == 2
     assert "sampled at 8000 Hz; the model expects 16000 Hz" in capsys.readouterr().err
     assert device_main(["frobnicate"]) == 2
-    # the latency guard from the command line: a factor, "off", or the model's (default)
-    guarded = rec.transcribe(sf.read(files[1], dtype="float32")[0])
-    assert device_main(["transcribe", str(path), files[1], "--json", "--latency-guard", "1"]) == 0
-    row = json.loads(capsys.readouterr().out)
-    ref = StreamingRecognizer(ExportedModel(path), latency_guard=1.0).transcribe(sf.read(files[1], dtype="float32")[0])
-    assert row["slow_share"] == round(ref.slow_share(1), 4) and guarded.decisions != ref.decisions
+    # the latency guard from the command line: a factor, "off", or the model's (default; this model has none)
+    wav1 = sf.read(files[1], dtype="float32")[0]
+    unguarded = rec.transcribe(wav1)
+    guarded = StreamingRecognizer(ExportedModel(path), latency_guard=1.0).transcribe(wav1)
+    assert guarded.decisions != unguarded.decisions
+    for flag, ref in (("1", guarded), ("off", unguarded), ("model", unguarded)):
+        assert device_main(["transcribe", str(path), files[1], "--json", "--latency-guard", flag]) == 0
+        row = json.loads(capsys.readouterr().out)
+        assert row["slow_share"] == round(ref.slow_share(1), 4), flag
     with pytest.raises(SystemExit):
         device_main(["transcribe", str(path), files[1], "--latency-guard", "0.5"])
     assert "expected a number >= 1" in capsys.readouterr().err

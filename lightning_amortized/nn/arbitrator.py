@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_amortized.functional.backlog import backlog_step, guard_mask, last_valid_index
+from lightning_amortized.functional.backlog import backlog_step, guard_mask
 from lightning_amortized.functional.flops import linear_flops
 from lightning_amortized.functional.masks import lengths_to_mask
 
@@ -249,7 +249,9 @@ class Arbitrator(nn.Module):
         b, prev = b.to(x), prev.to(x)
         logits_l, gates_l, cost_l, back_l = [], [], [], []
         ax_t = ax.unbind(1)  # not ax[:, t]: the backward of T selects is O(T^2)
-        last = None if guard is None else last_valid_index(lengths, B, T, x.device)
+        last = None  # each sequence's last valid frame (-1 for an empty one: none is final)
+        if guard is not None:
+            last = torch.full((B,), T - 1, device=x.device) if lengths is None else lengths.to(x.device).long() - 1
         for t in range(T):
             logits = self._logits(ax_t[t], b, prev, w_b, w_prev)
             if guard is None:

@@ -34,13 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_amortized.backlog_rule import check_guard
+from lightning_amortized.backlog_rule import check_guard, guard_allows
 from lightning_amortized.functional.backlog import (
     DEFAULT_DEVICE_FLOPS_PER_S,
     SimulatedDevice,
     backlog,
     backlog_step,
-    guard_mask,
 )
 from lightning_amortized.functional.losses import amortization_loss, expected_cost_penalty
 from lightning_amortized.nn.amortized.independent import _IndependentCore
@@ -190,6 +189,7 @@ class AmortizedEncoder(nn.Module):
         self.latency_guard = latency_guard
         self.last_routing: RoutingInfo | None = None
         self._stream_costs: tuple[torch.Tensor, int] | None = None
+        self._guard_tables: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_recurrent(
@@ -368,11 +368,13 @@ class AmortizedEncoder(nn.Module):
         calls both.
         """
         self._stream_costs = self._costs(next(self.parameters()))
+        self._guard_tables = None
         self.core.begin_streaming()
 
     def end_streaming(self) -> None:
         """Drop the caches of :meth:`begin_streaming` (call after changing weights)."""
         self._stream_costs = None
+        self._guard_tables = None
         self.core.end_streaming()
 
     def init_state(self, batch_size: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -380,9 +382,12 @@ class AmortizedEncoder(nn.Module):
         b, prev = self.arbitrator.init_state(batch_size)
         return self.core.init_state(batch_size), b, prev
 
-    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """One frame ``(B, F)`` -> ``(B, D)`` with hard decisions (only the chosen branch runs when ``B == 1``)."""
-        y, state, _ = self.step_with_decision(x_t, state)
+    def step(self, x_t: torch.Tensor, state: Any, final: bool = False) -> tuple[torch.Tensor, Any]:
+        """One frame ``(B, F)`` -> ``(B, D)`` with hard decisions (only the chosen branch runs when ``B == 1``).
+
+        ``final`` marks the utterance's last frame (see :meth:`step_with_decision`).
+        """
+        y, state, _ = self.step_with_decision(x_t, state, final=final)
         return y, state
 
     def step_with_decision(
@@ -404,11 +409,8 @@ class AmortizedEncoder(nn.Module):
             if self.arbitrator.load_aware:
                 load = float(self.arbitrator.load_feature(self.device_model.cost_ms(flops)))
             logits = self.arbitrator.step(x_t, b, prev, load)
-            if self.latency_guard is not None:  # the same rule as forward's
-                allowed = guard_mask(b, self.device_model.cost_ms(flops), self.frame_ms, self.latency_guard,
-                                     float(self.device_model.cost_ms(arb_flops)),
-                                     final=torch.full_like(b, bool(final), dtype=torch.bool))
-                logits = logits.masked_fill(~allowed, float("-inf"))
+            if self.latency_guard is not None:
+                logits = logits.masked_fill(~self._guard_allowed(b, flops, arb_flops, final), float("-inf"))
             choice = logits.argmax(-1)
             base = arb_flops
         else:
@@ -421,6 +423,26 @@ class AmortizedEncoder(nn.Module):
         b = backlog_step(b, cost, self.frame_ms)
         y, core_state = self.core.step(x_t, core_state, choice)
         return y, (core_state, b, g), choice
+
+    def _guard_allowed(self, b: torch.Tensor, flops: torch.Tensor, arb_flops: int, final: bool) -> torch.Tensor:
+        """``(B, K)`` branches the latency guard allows one streaming frame (the rule of ``forward``'s guard).
+
+        Each branch's frame cost is ``(arbitrator + branch FLOPs)`` on the device in float32, as
+        the backlog below and the device runtime compute it; cached per device between
+        :meth:`begin_streaming` and :meth:`end_streaming`.
+        """
+        tables = self._guard_tables
+        if tables is None or tables[0] != self.device_flops_per_s:
+            costs = self.device_model.cost_ms(flops + arb_flops)  # (K,)
+            floor = costs.min()
+            tables = (self.device_flops_per_s, costs, floor, costs == floor)
+            if self._stream_costs is not None:
+                self._guard_tables = tables
+        _, costs, floor, cheapest = tables
+        if final:
+            return cheapest.expand(b.shape[0], -1)
+        assert self.latency_guard is not None
+        return guard_allows(b[:, None], costs, self.frame_ms, floor, self.latency_guard, relu=torch.relu) | cheapest
 
     def extra_repr(self) -> str:
         forced = "" if self.force_branch is None else f", force_branch={self.force_branch}"
