@@ -206,3 +206,42 @@ def test_rescore_recomputes_the_intervals_of_a_results_file_and_refuses_others(a
     bad.write_text("{trunc")
     with pytest.raises(ValueError, match="not JSON"):
         amnet.main(["--rescore", str(bad)])
+
+
+GUARD_RESULTS = sorted((REPO / "docs" / "results").glob("amnet_guard*.json"))
+
+
+@pytest.mark.parametrize("path", GUARD_RESULTS, ids=[p.stem for p in GUARD_RESULTS])
+def test_published_guarded_variants_keep_every_utterance_within_the_guard(path: Path) -> None:
+    """The latency guard's guarantee, on the published runs: max EOU <= factor x floor where the floor is real time."""
+    summary = json.loads(path.read_text())
+    guarded = {n: r for n, r in summary["variants"].items() if r.get("latency_guard")}
+    assert guarded
+    for name, r in guarded.items():
+        assert r["evaluates"] in summary["variants"] or r.get("evaluates") is None, name
+        for rho, p in r["per_rho"].items():
+            floor = r["floor_ms"][rho]
+            if floor <= summary["frame_ms"]:
+                assert p["eou_ms"]["max"] <= r["latency_guard"] * floor * (1 + 1e-5), (name, rho)
+
+
+def test_guard_table_sets_each_guarded_variant_beside_its_source(amnet) -> None:
+    done = _done()
+    floors = {rho: 2.2 * float(rho) / 0.5 for rho in RHOS}
+    src = "amnet_factorized_load_aware_eou"
+    done[src] = _record(src, [1] * 20, [2.2, 4.4, 6.6, 30.0, 40.0], 0.4, 1.6e6, 0.4, load_aware=True,
+                        floor_ms=floors)
+    g = _record(f"{src}_guard3", [1] * 18 + [2, 2], [2.2, 4.4, 6.6, 8.8, 11.0], 0.3, 1.5e6,
+                0.4, load_aware=True, floor_ms=floors, latency_guard=3.0, evaluates=src)
+    for p in g["per_rho"].values():
+        p["guard_overridden_share"] = 0.025
+    done[f"{src}_guard3"] = g
+    md = amnet.render_markdown(_summary(amnet, done))
+    assert "## Latency guard (the same weights, guard off / on)" in md
+    assert "are not trained: they score the final weights of the variant they name" in md
+    table = md.split("## Latency guard")[1].split("##")[0]
+    rows = [line for line in table.splitlines() if line.startswith(f"| {src} |")]
+    assert [r.split(" | ")[1] for r in rows] == ["off", "3x"]
+    # 20 errors in 200 words; p90 / max over the floor (30 ms over 8.8 ms at rho 2)
+    assert rows[0].endswith("| 10.00%; 1.00 / 1.00; 0.0% | 10.00%; 3.41 / 3.41; 0.0% | 10.00%; 3.64 / 3.64; 0.0% |")
+    assert rows[1].endswith("| 11.00%; 1.00 / 1.00; 2.5% | 11.00%; 1.00 / 1.00; 2.5% |")
