@@ -74,3 +74,10 @@ def test_fast_only_is_the_factorized_amnet_fast_branch(tmp_path):
     assert fast.core.kind == amnet.core.kind == "lowrank" and fast.core.rank == amnet.core.rank
     expected = sum(lowrank_rnn_flops("lstm", i, 256, fast.core.rank) for i in (240, 256, 256))
     assert fast.flops_per_frame() == expected == amnet.branch_flops()[0]
+
+
+def test_guard_config_builds_a_guarded_load_aware_amnet(tmp_path):
+    cli = _build(CONF / "amnet_factorized_load_aware_guard.yaml", tmp_path)
+    enc = cli.model.encoder
+    assert enc.latency_guard == 3.0 and enc.arbitrator.load_aware and enc.train_rho_range == (0.4, 3.2)
+    assert cli.model.hparams.branch_loss_weight == 0.5 and cli.model.hparams.amr_eou_weight == 4.0
