@@ -779,6 +779,7 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
     for r in summary["rows"]:
         by.setdefault(r["method"], {}).setdefault(r["update"], []).append(r)
     colors: dict[str, Any] = {}
+    a.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # one colour per method, up to 20 (tab10 repeats after 10)
     for name, per in by.items():
         ks = sorted(per)
         label = CONFIGS[name][0]
@@ -794,18 +795,17 @@ def plot(summary: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> Non
     families: dict[str, list[str]] = {}
     for name in final:
         families.setdefault(_family(name) or name, []).append(name)
-    for fam, names in families.items():
+    for i, (fam, names) in enumerate(families.items()):
         names = sorted(names, key=lambda n: final[n]["bytes"])
         xs = [final[n]["bytes"] for n in names]
-        color = colors.get(names[0])  # a member's colour of the left panels: unique among the families
+        color = f"C{i % 10}"  # one colour per family (the left panels' colours are per method)
         label = FAMILIES.get(fam, CONFIGS[names[0]][0])
         for key, style in (("new_entity_wer", "-"), ("base_test_wer", "--")):
             ys = [100 * final[n][key] for n in names]
             err = [[100 * (final[n][key] - (final[n]["ci95"].get(key) or [final[n][key]] * 2)[0]) for n in names],
                    [100 * ((final[n]["ci95"].get(key) or [final[n][key]] * 2)[1] - final[n][key]) for n in names]]
-            h = c.errorbar(xs, ys, yerr=err, marker="o" if key == "new_entity_wer" else "x", ls=style, capsize=2,
-                           color=color, label=label if key == "new_entity_wer" else None)
-            color = h[0].get_color()
+            c.errorbar(xs, ys, yerr=err, marker="o" if key == "new_entity_wer" else "x", ls=style, capsize=2,
+                       color=color, label=label if key == "new_entity_wer" else None)
     a.set(xlabel="update k", ylabel="WER % on update-k-test (right after update k)", title="New entities, right after")
     b.set(xlabel="update k", ylabel="WER % on base test", title="Base test (forgetting)")
     c.set(xscale="log", xlabel="bytes per update (log)", ylabel="WER % after the last update",
