@@ -124,27 +124,26 @@ def backlog(costs_ms: torch.Tensor, frame_ms: float, lengths: torch.Tensor | Non
 
 def guard_mask(
     backlog_ms: torch.Tensor,
-    branch_cost_ms: torch.Tensor,
+    frame_cost_ms: torch.Tensor,
     frame_ms: float,
     factor: float,
-    base_cost_ms: float | torch.Tensor = 0.0,
-    final: torch.Tensor | None = None,
+    final: torch.Tensor | bool = False,
 ) -> torch.Tensor:
     """``(B, K)`` bool: the branches each sequence's next frame may take under the latency guard.
 
-    :func:`lightning_amortized.backlog_rule.guard_allows` on a batch: branch ``k`` costs
-    ``base + branch_cost_ms[k]``, the floor is the cheapest of these; the cheapest branch
-    is always allowed and is the only one for a sequence's final frame. With the floor
-    within ``frame_ms``, routing only to allowed branches bounds every utterance's
-    end-of-utterance latency by ``factor`` x the floor.
+    :func:`lightning_amortized.backlog_rule.guard_allows` on a batch: the floor is the
+    cheapest branch's frame cost; the cheapest branch is always allowed and is the only one
+    for a sequence's final frame. With the floor within ``frame_ms``, routing only to
+    allowed branches bounds every utterance's end-of-utterance latency by ``factor`` x the
+    floor.
 
     Args:
         backlog_ms: ``(B,)`` backlog before the frame (ms).
-        branch_cost_ms: ``(K,)`` or ``(B, K)`` cost of each branch on the device (ms).
+        frame_cost_ms: ``(K,)`` or ``(B, K)`` cost of a frame on each branch, the arbitrator
+            included (ms), on the device.
         frame_ms: Audio duration of one frame in ms.
         factor: The bound as a multiple of the floor (``>= 1``).
-        base_cost_ms: Cost paid on every frame (the arbitrator), a float or ``(B,)``.
-        final: ``(B,)`` bool, True where the frame is the sequence's last, or ``None``.
+        final: ``(B,)`` bool, True where the frame is the sequence's last, or one bool for all.
 
     Returns:
         ``(B, K)`` bool.
@@ -158,14 +157,15 @@ def guard_mask(
         [[True, True], [True, False], [True, False]]
     """
     factor = check_guard(factor)
-    base = torch.as_tensor(base_cost_ms, dtype=backlog_ms.dtype, device=backlog_ms.device)
-    costs = branch_cost_ms.to(backlog_ms) + (base[:, None] if base.dim() else base)  # (K,) or (B, K)
-    costs = costs.expand(backlog_ms.shape[0], -1)
+    costs = frame_cost_ms.to(backlog_ms).expand(backlog_ms.shape[0], -1)
     floor = costs.min(-1, keepdim=True).values
-    allowed = guard_allows(backlog_ms[:, None], costs, frame_ms, floor, factor, relu=torch.relu)
-    if final is not None:
-        allowed = allowed & ~final[:, None]
-    return allowed | (costs == floor)
+    cheapest = costs == floor
+    if isinstance(final, bool):
+        if final:
+            return cheapest
+        return guard_allows(backlog_ms[:, None], costs, frame_ms, floor, factor, relu=torch.relu) | cheapest
+    allowed = guard_allows(backlog_ms[:, None], costs, frame_ms, floor, factor, relu=torch.relu) & ~final[:, None]
+    return allowed | cheapest
 
 
 def backlog_before(backlog_ms: torch.Tensor) -> torch.Tensor:

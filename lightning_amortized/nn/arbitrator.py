@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_amortized.functional.backlog import backlog_step, guard_mask
+from lightning_amortized.functional.backlog import backlog_step, guard_mask, last_valid_index
 from lightning_amortized.functional.flops import linear_flops
 from lightning_amortized.functional.masks import lengths_to_mask
 
@@ -249,15 +249,17 @@ class Arbitrator(nn.Module):
         b, prev = b.to(x), prev.to(x)
         logits_l, gates_l, cost_l, back_l = [], [], [], []
         ax_t = ax.unbind(1)  # not ax[:, t]: the backward of T selects is O(T^2)
-        last = None  # each sequence's last valid frame (-1 for an empty one: none is final)
-        if guard is not None:
-            last = torch.full((B,), T - 1, device=x.device) if lengths is None else lengths.to(x.device).long() - 1
+        last = frame_costs = None
+        if guard is not None:  # each sequence's last valid frame (an empty one's frame 0: padding, frozen)
+            last = last_valid_index(None if lengths is None else lengths.clamp_min(1), B, T, x.device)
+            base = torch.as_tensor(base_cost_ms, dtype=x.dtype, device=x.device)
+            frame_costs = costs + (base[:, None] if base.dim() else base)  # (K,) or (B, K), arbitrator included
         for t in range(T):
             logits = self._logits(ax_t[t], b, prev, w_b, w_prev)
             if guard is None:
                 g = self.gates_from_logits(logits)
             else:  # disallowed branches out of the choice (and of the relaxation's softmax)
-                allowed = guard_mask(b.detach(), costs, self.frame_ms, guard, base_cost_ms, final=last == t)
+                allowed = guard_mask(b.detach(), frame_costs, self.frame_ms, guard, final=last == t)
                 g = self.gates_from_logits(logits.masked_fill(~allowed, float("-inf")))
             cost = base_cost_ms + (g * costs).sum(-1)
             b = backlog_step(b, cost, self.frame_ms, None if valid is None else valid[:, t])

@@ -69,11 +69,11 @@ def test_batched_mask_equals_the_per_frame_rule() -> None:
     b = 40.0 * torch.rand(64, generator=g)
     costs = torch.tensor([12.0, 31.0, 55.0])
     final = torch.rand(64, generator=g) < 0.2
-    mask = guard_mask(b, costs, 30.0, 1.8, base_cost_ms=0.5, final=final)
+    mask = guard_mask(b, costs + 0.5, 30.0, 1.8, final=final)
     for i in range(64):
         expect = allowed_branches(float(b[i]), [float(c) + 0.5 for c in costs], 30.0, 1.8, final=bool(final[i]))
         assert mask[i].tolist() == expect
-    per_utt = guard_mask(b[:2], torch.stack([costs, 2 * costs]), 30.0, 1.8, base_cost_ms=torch.tensor([0.5, 1.0]))
+    per_utt = guard_mask(b[:2], torch.stack([costs + 0.5, 2 * costs + 1.0]), 30.0, 1.8)
     assert per_utt[1].tolist() == allowed_branches(float(b[1]), [2 * float(c) + 1.0 for c in costs], 30.0, 1.8)
 
 

@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_amortized.backlog_rule import check_guard, guard_allows
+from lightning_amortized.backlog_rule import check_guard
 from lightning_amortized.functional.backlog import (
     DEFAULT_DEVICE_FLOPS_PER_S,
     SimulatedDevice,
     backlog,
     backlog_step,
+    guard_mask,
 )
 from lightning_amortized.functional.losses import amortization_loss, expected_cost_penalty
 from lightning_amortized.nn.amortized.independent import _IndependentCore
@@ -189,7 +190,7 @@ class AmortizedEncoder(nn.Module):
         self.latency_guard = latency_guard
         self.last_routing: RoutingInfo | None = None
         self._stream_costs: tuple[torch.Tensor, int] | None = None
-        self._guard_tables: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._guard_costs: tuple[float, torch.Tensor] | None = None
 
     @classmethod
     def from_recurrent(
@@ -368,13 +369,13 @@ class AmortizedEncoder(nn.Module):
         calls both.
         """
         self._stream_costs = self._costs(next(self.parameters()))
-        self._guard_tables = None
+        self._guard_costs = None
         self.core.begin_streaming()
 
     def end_streaming(self) -> None:
         """Drop the caches of :meth:`begin_streaming` (call after changing weights)."""
         self._stream_costs = None
-        self._guard_tables = None
+        self._guard_costs = None
         self.core.end_streaming()
 
     def init_state(self, batch_size: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -425,24 +426,19 @@ class AmortizedEncoder(nn.Module):
         return y, (core_state, b, g), choice
 
     def _guard_allowed(self, b: torch.Tensor, flops: torch.Tensor, arb_flops: int, final: bool) -> torch.Tensor:
-        """``(B, K)`` branches the latency guard allows one streaming frame (the rule of ``forward``'s guard).
+        """``(B, K)`` branches the latency guard allows one streaming frame (:func:`guard_mask`, as in ``forward``).
 
         Each branch's frame cost is ``(arbitrator + branch FLOPs)`` on the device in float32, as
         the backlog below and the device runtime compute it; cached per device between
         :meth:`begin_streaming` and :meth:`end_streaming`.
         """
-        tables = self._guard_tables
-        if tables is None or tables[0] != self.device_flops_per_s:
-            costs = self.device_model.cost_ms(flops + arb_flops)  # (K,)
-            floor = costs.min()
-            tables = (self.device_flops_per_s, costs, floor, costs == floor)
+        cached = self._guard_costs
+        if cached is None or cached[0] != self.device_flops_per_s:
+            cached = (self.device_flops_per_s, self.device_model.cost_ms(flops + arb_flops))
             if self._stream_costs is not None:
-                self._guard_tables = tables
-        _, costs, floor, cheapest = tables
-        if final:
-            return cheapest.expand(b.shape[0], -1)
+                self._guard_costs = cached
         assert self.latency_guard is not None
-        return guard_allows(b[:, None], costs, self.frame_ms, floor, self.latency_guard, relu=torch.relu) | cheapest
+        return guard_mask(b, cached[1], self.frame_ms, self.latency_guard, final=final)
 
     def extra_repr(self) -> str:
         forced = "" if self.force_branch is None else f", force_branch={self.force_branch}"
