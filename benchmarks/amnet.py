@@ -376,7 +376,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         t0 = time.time()
         trainer.fit(model, datamodule=dm)
         fit_s = time.time() - t0
-        # the weights scored below (the configs' two `save_last` callbacks may leave `last*.ckpt` a few steps earlier)
+        # the weights scored below, under a name of their own (runs from before PeriodicCheckpoint left last.ckpt stale)
         trainer.save_checkpoint(run_dir / "final.ckpt")
         train_sharpness = float(trainer.callback_metrics.get("arbitrator/sharpness", float("nan")))
     else:  # the source variant's trained weights, evaluated with the guard on

@@ -24,6 +24,7 @@ from lightning_amortized.device import (
     WeightsError,
     ctc_greedy,
 )
+from lightning_amortized.device import runtime as runtime_module
 from lightning_amortized.device.cli import main as device_main
 from lightning_amortized.export import export_onnx
 from lightning_amortized.functional.backlog import backlog, eou_latency
@@ -166,7 +167,9 @@ def test_measured_backlog_and_forced_branches(amnet_dir) -> None:
 
 
 @pytest.mark.parametrize("normalize", ["utterance", "running"])
-def test_latency_guard_routes_like_pytorch_and_bounds_every_utterance(normalize: str, tmp_path: Path) -> None:
+def test_latency_guard_routes_like_pytorch_and_bounds_every_utterance(
+    normalize: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(4)
     enc = SharedStateAmortizedEncoder(RecurrentEncoder(N_MELS * STACK, 16, 2), fast="lowrank", rank=4,
                                       frame_ms=20.0, device_flops_per_s=4e5, latency_guard=3.0)
@@ -176,6 +179,12 @@ def test_latency_guard_routes_like_pytorch_and_bounds_every_utterance(normalize:
     export_onnx(model, tmp_path / "guarded")  # verifies the runtime's routes against PyTorch's step
     runtime = ExportedModel(tmp_path / "guarded")
     assert runtime.latency_guard == 3.0
+    manifest = json.loads((tmp_path / "guarded" / "manifest.json").read_text())
+    assert manifest["format_version"] == 2  # a runtime that knows only version 1 refuses it, not ignores the guard
+    monkeypatch.setattr(runtime_module, "SUPPORTED_EXPORT_VERSIONS", (1,))
+    with pytest.raises(ManifestError, match="version 2"):
+        ExportedModel(tmp_path / "guarded")
+    monkeypatch.undo()
     dev = 4e5
     costs = [(runtime.arbitrator_flops + f) * 1000.0 / dev for f in runtime.branch_flops]
     floor = min(costs)
@@ -233,6 +242,7 @@ def test_bad_exports_are_refused(amnet_dir, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="failed its integrity check"):
         ExportedModel(damaged)
     m = json.loads((path / "manifest.json").read_text())
+    assert m["format_version"] == 1  # nothing in it that a version-1 runtime would ignore
     m["format_version"] = 99
     (broken / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ManifestError, match="version 99"):

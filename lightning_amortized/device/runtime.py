@@ -46,7 +46,8 @@ from lightning_amortized.device.weights import read_weights
 __all__ = ["EXPORT_FORMAT", "ExportedModel", "ManifestError", "StreamingRecognizer", "Transcript", "ctc_greedy"]
 
 EXPORT_FORMAT = "lightning_amortized.device"
-SUPPORTED_EXPORT_VERSIONS = (1,)
+#: Manifest versions this runtime reads: 2 adds ``arbitrator.latency_guard`` (a version-1 reader would ignore it).
+SUPPORTED_EXPORT_VERSIONS = (1, 2)
 NORMALIZE_MODES = ("utterance", "running")
 BACKLOG_MODES = ("simulated", "measured")
 

@@ -53,11 +53,15 @@ __all__ = [
     "ExportError",
     "export_onnx",
     "load_for_export",
+    "manifest_version",
     "verify_export",
 ]
 
 EXPORT_FORMAT = "lightning_amortized.device"
-EXPORT_FORMAT_VERSION = 1
+#: The newest manifest version this package writes. A manifest carries the lowest version whose
+#: readers apply everything in it: 1, or 2 when the arbitrator has a latency guard (a runtime
+#: that only knows version 1 would route without it, so it refuses the model instead).
+EXPORT_FORMAT_VERSION = 2
 WEIGHTS_FORMAT = "lightning_amortized.device.weights"
 
 
@@ -157,7 +161,7 @@ def export_onnx(
         dev = plan["device_flops_per_s"] or device_flops_per_s or DEFAULT_DEVICE_FLOPS_PER_S
         manifest: dict[str, Any] = {
             "format": EXPORT_FORMAT,
-            "format_version": EXPORT_FORMAT_VERSION,
+            "format_version": manifest_version(arbitrator),
             "kind": plan["kind"],
             "routing": plan["routing"],
             "features": {
@@ -189,6 +193,16 @@ def export_onnx(
         return manifest
     finally:
         model.train(was_training)
+
+
+def manifest_version(arbitrator: dict[str, Any] | None) -> int:
+    """The manifest version an export needs: 2 with a latency guard (older runtimes must refuse it), else 1.
+
+    Example:
+        >>> manifest_version(None), manifest_version({"latency_guard": None}), manifest_version({"latency_guard": 3.0})
+        (1, 1, 2)
+    """
+    return 2 if arbitrator is not None and arbitrator.get("latency_guard") is not None else 1
 
 
 def load_for_export(checkpoint: str | Path) -> nn.Module:
