@@ -33,7 +33,8 @@ evaluated on the test split (speakers unseen in training):
 ``factorized_single_bl``       factorized single matched to ``amnet_factorized_bl``'s FLOPs
 =============================  =======================================================
 
-``--fast-rank`` sets the rank of every low-rank fast branch (and of fast-only), ``--seed``
+``--fast-rank`` sets the rank of every low-rank fast branch (and of fast-only), ``--fast-density``
+the density of every sparse fast branch, ``--seed``
 the training seed of every variant.
 
 The AmNets are trained for a simulated device on which the slow-only model runs at
@@ -160,6 +161,8 @@ ORDER = ["amnet_factorized", "amnet_sparse", "amnet_factorized_no_amr", "slow_on
 # variants whose fast branch is the low-rank factorization (``--fast-rank`` sets its rank)
 LOWRANK_FAST = tuple(n for n, (_, config, _, _) in VARIANTS.items()
                      if n == "fast_only" or config.startswith("amnet_factorized"))
+# variants whose fast branch is a pruned copy of the slow weights (``--fast-density`` sets its density)
+SPARSE_FAST = tuple(n for n, (_, config, _, _) in VARIANTS.items() if config.startswith("amnet_sparse"))
 ABLATIONS = [("amnet_factorized", "amnet_factorized_no_amr"), ("amnet_factorized_lc1", "amnet_factorized_lc1_no_amr"),
              ("amnet_factorized", "amnet_factorized_no_amr_lc06")]
 RHOS = (0.5, 1.0, 1.5, 2.0, 2.5)
@@ -342,6 +345,8 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         args += ["--model.lambda_amr", str(a.lambda_amr)]
     if a.branch_loss_weight is not None and name.startswith("amnet") and "--model.branch_loss_weight" not in overrides:
         args += ["--model.branch_loss_weight", str(a.branch_loss_weight)]
+    if a.fast_density is not None and name in SPARSE_FAST:
+        args += ["--model.encoder.init_args.density", str(a.fast_density)]
     if a.fast_rank is not None and name in LOWRANK_FAST:
         args += ["--model.encoder.init_args.rank", str(a.fast_rank)]
     args += ["--seed_everything", str(a.seed), "--data.init_args.seed", str(a.seed)]
@@ -558,6 +563,8 @@ def _job_cmd(a: argparse.Namespace, name: str, base: str | None, extra: list[str
         cmd += ["--lambda-cost", str(a.lambda_cost)]
     if a.fast_rank is not None:
         cmd += ["--fast-rank", str(a.fast_rank)]
+    if a.fast_density is not None:
+        cmd += ["--fast-density", str(a.fast_density)]
     if a.branch_loss_weight is not None:
         cmd += ["--branch-loss-weight", str(a.branch_loss_weight)]
     cmd += ["--seed", str(a.seed)]
@@ -909,6 +916,7 @@ def summarize(
         "lr": a.lr,
         "seed": a.seed,
         "fast_rank": a.fast_rank,
+        "fast_density": a.fast_density,
         "branch_loss_weight": a.branch_loss_weight,
         "quick": a.quick,
         "workers": a.workers,
@@ -1211,6 +1219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda-amr", type=float, default=None, help="override the AmNet configs' lambda_amr")
     p.add_argument("--fast-rank", type=int, default=None,
                    help="rank of the low-rank fast branch of every factorized AmNet and of fast-only (configs: 48)")
+    p.add_argument("--fast-density", type=float, default=None,
+                   help="density of the sparse fast branch of every sparse AmNet (configs: 0.15); "
+                        "`matched_density(F)` gives the density of a fast branch of F FLOPs/frame")
     p.add_argument("--branch-loss-weight", type=float, default=None,
                    help="every AmNet also trains each branch alone with this weight (ASRModule.branch_loss_weight)")
     p.add_argument("--seed", type=int, default=0, help="seed of every variant's training (shuffling, dropout, noise)")
