@@ -87,6 +87,18 @@ def test_chunked_features_equal_offline_features(chunk: int) -> None:
     assert ready_before_end == (len(wav) - 256) // 160 + 1  # every frame whose window is complete
 
 
+def test_the_last_frame_always_waits_for_finish() -> None:
+    """What the runtime's last-frame rule (latency guard) relies on, for every audio length."""
+    fb = LogMel()
+    rng = np.random.default_rng(0)
+    for n in range(257, 257 + 3 * 160):
+        stream = FeatureStream(fb)
+        stream.accept(rng.standard_normal(n))
+        assert len(stream.finish()) >= 1, n
+    with pytest.raises(ValueError, match=r"`n_fft // 2` \(100\) to be at least `hop_length` \(160\)"):
+        LogMel({"n_fft": 200, "win_length": 200})
+
+
 # -- the backlog rule ----------------------------------------------------------------------------
 
 

@@ -77,6 +77,11 @@ class LogMel:
         self.window[left : left + self.win] = hann
         self.fbank = mel_filterbank(self.n_fft // 2 + 1, float(s["f_min"]), float(f_max), self.n_mels, self.sample_rate)
         self.pad = self.n_fft // 2
+        if self.pad < self.hop:  # then FeatureStream.finish() always has a frame left (see there)
+            raise ValueError(
+                f"Expected `n_fft // 2` ({self.pad}) to be at least `hop_length` ({self.hop}): the streaming "
+                "runtime relies on the last frame of every utterance waiting for the end of the audio."
+            )
 
     def frames(self, padded: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Log-mel frames ``start..stop-1`` ``(stop - start, n_mels)`` float64 of reflect-padded audio."""
@@ -137,7 +142,13 @@ class FeatureStream:
         return self.logmel.frames(head, start, ready)
 
     def finish(self) -> np.ndarray:
-        """The remaining frames (reflect padding at the end of the utterance)."""
+        """The remaining frames (reflect padding at the end of the utterance): always at least one.
+
+        The last frame (``n // hop``) needs samples up to ``hop * (n // hop) + n_fft // 2 > n - hop + pad``,
+        past the end whenever ``pad >= hop`` (checked by :class:`LogMel`), so :meth:`accept`
+        never emits it. The device runtime relies on this: the utterance's last encoder frame
+        is always encoded in ``finish()``, where the latency guard knows it is the last.
+        """
         n, pad = self.num_samples, self.logmel.pad
         if n <= pad:
             raise ValueError(f"Expected at least {pad + 1} samples of audio, but got {n}.")
