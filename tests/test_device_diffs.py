@@ -32,6 +32,7 @@ from lightning_amortized.device.hashing import hash_indices as np_hash_indices
 from lightning_amortized.diffs import io
 from lightning_amortized.diffs.attach import attach_diffs
 from lightning_amortized.diffs.hashing import hash_indices
+from lightning_amortized.diffs.lowrank import attach_lowrank, export_lowrank, merge_lowrank
 from lightning_amortized.diffs.sparse import SparseDiff
 from lightning_amortized.export import export_onnx
 from lightning_amortized.module import ASRModule
@@ -164,6 +165,45 @@ def test_chain_of_updates_in_order(exported, tmp_path: Path) -> None:
                                                                                     "u3.safetensors"]
     logits_ref, _ = eager_logits(ref, frames())
     assert np.abs(StreamingRecognizer(ExportedModel(path)).run_frames(frames()).logits - logits_ref).max() < 1e-5
+
+
+def make_lowrank(model: ASRModule, path: Path, rank: int = 2, seed: int = 0) -> Path:
+    """A LoRA update (the diffs' peer) with trained-looking factors on a copy of ``model``, exported."""
+    work = copy.deepcopy(model).requires_grad_(False)
+    deltas = attach_lowrank(work, TARGETS, rank=rank, alpha=2.0 * rank, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for d in deltas.values():
+            for p in d.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    export_lowrank(work, path)
+    return path
+
+
+def test_lowrank_updates_apply_on_the_device_like_merge_lowrank(exported, tmp_path: Path) -> None:
+    """The LoRA peer's files too: same arithmetic as PyTorch's merge_lowrank, chained with diffs, same refusals."""
+    model, path = exported
+    ref = copy.deepcopy(model)
+    lora = make_lowrank(ref, tmp_path / "u1.safetensors", seed=1)
+    merge_lowrank(ref, lora)
+    diff = make_diff(ref, tmp_path / "u2.safetensors", "sparse", seed=2)  # a diff on top of the LoRA update
+    io.merge(ref, diff)
+    infos = apply_chain(path, [lora, diff])
+    assert [i.method for i in infos] == ["lora", "sparse"] and infos[0].names == TARGETS
+    assert infos[0].extra == {"rank": 2, "alpha": 4.0} and infos[0].file_bytes == lora.stat().st_size
+    state = ref.state_dict()
+    assert all(np.array_equal(a, state[n].numpy()) for n, a in weights(path).items())  # bit-exact
+    logits_ref, routes_ref = eager_logits(ref, frames())
+    r = StreamingRecognizer(ExportedModel(path)).run_frames(frames())
+    assert r.decisions == routes_ref and np.abs(r.logits - logits_ref).max() < 1e-5
+    before = (path / "weights.safetensors").read_bytes()
+    with pytest.raises(BaseMismatchError, match="u1.safetensors' applies to a different base"):
+        apply_diff(path, lora)  # already applied
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(lora.read_bytes()[:-20])
+    with pytest.raises(DiffFormatError, match="truncated or corrupted"):
+        apply_diff(path, truncated)
+    assert (path / "weights.safetensors").read_bytes() == before
 
 
 def _rewrite(src: Path, dst: Path, edit) -> Path:

@@ -92,9 +92,9 @@ def _apply(argv: list[str]) -> int:
     from lightning_amortized.device.diffs import DiffError, apply_chain
     from lightning_amortized.device.weights import WeightsError
 
-    p = argparse.ArgumentParser(prog=f"{PROG} apply", description="Apply neural diff files to an exported model.")
+    p = argparse.ArgumentParser(prog=f"{PROG} apply", description="Apply neural diff files (or LoRA update files) to an exported model.")
     p.add_argument("model", help="export folder")
-    p.add_argument("diffs", nargs="+", help="diff files, oldest first")
+    p.add_argument("diffs", nargs="+", help="diff or LoRA files, oldest first")
     a = p.parse_args(argv)
     try:
         infos = apply_chain(a.model, a.diffs)

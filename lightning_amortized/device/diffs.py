@@ -4,7 +4,10 @@ Reads the file format specified in :mod:`lightning_amortized.diffs.format` (``ga
 ``int32`` sparse indices, fp32/fp16/int8 values with a scale, hashed diffs,
 ``base_sha256``/``result_sha256`` over the targets, ``payload_sha256`` over everything)
 through :mod:`lightning_amortized.diff_format`, the framework-free reader the PyTorch side
-uses too: the same checks, the same hashes, the same error classes.
+uses too: the same checks, the same hashes, the same error classes. Low-rank (LoRA) update
+files of :mod:`lightning_amortized.diffs.lowrank` (the peer the diffs are compared with) go
+through the same reader and checks, and are applied with the same arithmetic as
+:func:`~lightning_amortized.diffs.lowrank.merge_lowrank`, so a chain may mix both kinds.
 
 :func:`apply_chain` (and :func:`apply_diff` for one file), before writing anything:
 verifies each file (format, version, payload hash, tensor consistency), checks that its
@@ -32,12 +35,14 @@ import numpy as np
 
 from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diff_format import (
+    LOWRANK_FORMAT,
     BaseMismatchError,
     DiffError,
     DiffFormatError,
     DiffIntegrityError,
     check_arrays,
     decode_gaps,
+    file_format,
     read_verified,
 )
 from lightning_amortized.device.hashing import hash_indices
@@ -56,6 +61,8 @@ __all__ = [
 ]
 
 VALUE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
+#: Versions of the low-rank (LoRA) update files (``lightning_amortized.diffs.lowrank``) this runtime applies.
+LOWRANK_VERSIONS = (1,)
 UPDATES_FILE = "updates.json"
 
 
@@ -65,12 +72,13 @@ class DeviceDiffInfo:
 
     Attributes:
         path: The file.
-        format_version: 1 or 2.
-        method: ``"sparse"`` or ``"hashed"``.
-        seed: Hash seed.
-        value_dtype: ``"fp32"``, ``"fp16"`` or ``"int8"``.
-        index_encoding: ``"gap-u8"``, ``"int32"`` or ``"hash"``.
-        targets: ``[{name, shape, dtype, numel, stored}]``.
+        format_version: 1 or 2 (diffs), 1 (low-rank files).
+        method: ``"sparse"``, ``"hashed"`` or ``"lora"`` (a low-rank file of
+            :mod:`lightning_amortized.diffs.lowrank`, the LoRA peer).
+        seed: Hash seed (0 for the other methods).
+        value_dtype: ``"fp32"``, ``"fp16"`` or ``"int8"`` (``"fp16"`` factors for LoRA).
+        index_encoding: ``"gap-u8"``, ``"int32"``, ``"hash"`` or ``"lowrank"``.
+        targets: ``[{name, shape, dtype, numel, stored}]`` (LoRA: also ``rank``, 0 for a dense 1-D target).
         base_sha256: Hash of the targets before applying.
         result_sha256: Hash of the targets after applying.
         payload_sha256: Hash of tensors and metadata.
@@ -96,13 +104,17 @@ class DeviceDiffInfo:
 
 
 def read_diff(path: str | Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
-    """Read and fully verify a diff file: its :class:`DeviceDiffInfo` and stored arrays.
+    """Read and fully verify an update file: its :class:`DeviceDiffInfo` and stored arrays.
+
+    A diff (sparse or hashed) or a low-rank (LoRA) file, told apart by the format in its header.
 
     Raises:
         DiffFormatError: missing, truncated, not a diff, unknown version, inconsistent tensors.
         DiffIntegrityError: payload hash mismatch (the file was edited or damaged).
     """
     p = Path(path)
+    if file_format(p) == LOWRANK_FORMAT:
+        return _read_lowrank(p)
     meta, tensors, file_bytes = read_verified(p, reader="device runtime")
     expected = meta["payload_sha256"]
     version = int(meta["format_version"])
@@ -127,6 +139,41 @@ def read_diff(path: str | Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
     return info, tensors
 
 
+def _read_lowrank(p: Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
+    """A low-rank file: per matrix target ``(m, *rest)`` fp16 factors ``B (m, r)`` and ``A (r, prod(rest))``,
+    per 1-D target an fp16 ``delta``; metadata ``rank`` and ``alpha`` (``scale = alpha / rank``)."""
+    meta, tensors, file_bytes = read_verified(p, reader="device runtime", format_name=LOWRANK_FORMAT,
+                                              versions=LOWRANK_VERSIONS)
+    try:
+        targets = []
+        for t in json.loads(meta["targets"]):
+            shape = tuple(int(s) for s in t["shape"])
+            numel = int(np.prod(shape, dtype=np.int64))
+            rank = int(t["rank"])
+            stored = numel if rank == 0 else rank * (shape[0] + numel // shape[0])
+            targets.append({"name": t["name"], "shape": shape, "dtype": t["dtype"], "numel": numel,
+                            "stored": stored, "rank": rank})
+        info = DeviceDiffInfo(
+            path=str(p), format_version=int(meta["format_version"]), method="lora", seed=0, value_dtype="fp16",
+            index_encoding="lowrank", targets=tuple(targets), base_sha256=meta["base_sha256"],
+            result_sha256=meta["result_sha256"], payload_sha256=meta["payload_sha256"], file_bytes=file_bytes,
+            extra={"rank": int(meta["rank"]), "alpha": float(meta["alpha"])},
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise DiffFormatError(f"{str(p)!r} has malformed metadata: {err!r}.") from err
+    expected = {}
+    for t in info.targets:
+        m, n = t["shape"][0], t["numel"] // max(1, t["shape"][0])
+        if t["rank"] == 0:
+            expected[f"{t['name']}::delta"] = t["shape"]
+        else:
+            expected.update({f"{t['name']}::A": (t["rank"], n), f"{t['name']}::B": (m, t["rank"])})
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if got != expected or any(v.dtype != np.float16 for v in tensors.values()):
+        raise DiffFormatError(f"{str(p)!r}: stored tensors {got} do not match its targets (expected fp16 {expected}).")
+    return info, tensors
+
+
 def _values(tensors: Mapping[str, np.ndarray], key: str, name: str) -> np.ndarray:
     """float32 values (``int8 * scale`` for int8), as the PyTorch side decodes them."""
     v = tensors[key]
@@ -140,6 +187,13 @@ def _new_weight(
 ) -> np.ndarray:
     """``W0 + D`` for one target as a new array (same arithmetic as the PyTorch side)."""
     name = t["name"]
+    if info.method == "lora":  # as diffs.lowrank: the fp16 factors' product in float64, rounded once, then added
+        if t["rank"] == 0:
+            delta = tensors[f"{name}::delta"].astype(np.float64)
+        else:
+            scale = info.extra["alpha"] / info.extra["rank"]
+            delta = (tensors[f"{name}::B"].astype(np.float64) @ tensors[f"{name}::A"].astype(np.float64)) * scale
+        return base + delta.reshape(t["shape"]).astype(base.dtype)
     if info.method == "sparse":
         values = _values(tensors, f"{name}::values", name)
         if f"{name}::gaps" in tensors:
