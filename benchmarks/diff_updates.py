@@ -18,6 +18,7 @@ one thread each) on the same base checkpoint and corpus:
                    parameters fp16; both files in the diff format) and shipped whole (optional)
 ``sparse-bB``      sparse diff, fp16 values, its file at most B % of the checkpoint's bytes
 ``hashed-bB``      hashed diff, fp32 buckets, its file at most B % of the checkpoint's bytes
+``sparse-fisher-bB``  ``sparse-bB`` whose pruning ranks entries by ``F * D**2`` (``prune_score: fisher``)
 =================  ==========================================================================
 
 The byte budgets of ``lora-B``, ``compressed-B``, ``sparse-bB`` and ``hashed-bB`` cover the whole
@@ -89,6 +90,11 @@ FAMILIES = {"sparse-b": "sparse diff, fp16", "hashed-b": "hashed diff, fp32", "l
             "compressed-": "compressed model (pruned, int8)"}
 CONFIGS.update({f"sparse-b{b}": (f"sparse diff {b} % of the checkpoint, fp16", CONF / "sparse10.yaml",
                                  ["--budget", f"{{bytes_{b}}}", "--also_export", "[]"]) for b in PEER_BUDGETS})
+# the same sparse diffs with the pruning schedule ranking entries by F * D**2 (NeuralDiff(prune_score="fisher"))
+CONFIGS.update({f"sparse-fisher-b{b}": (f"sparse diff {b} % of the checkpoint, fp16, Fisher-ranked pruning",
+                                        CONF / "sparse10.yaml",
+                                        ["--budget", f"{{bytes_{b}}}", "--also_export", "[]", "--prune_score", "fisher"])
+                for b in PEER_BUDGETS})
 CONFIGS.update({f"hashed-b{b}": (f"hashed diff {b} % of the checkpoint, fp32", CONF / "hashed.yaml",
                                  ["--budget", f"{{bytes_{b}}}"]) for b in PEER_BUDGETS})
 CONFIGS.update({f"lora-{b}": (f"LoRA {b} % of the checkpoint, fp16 factors", CONF / "lora.yaml", ["--budget", str(b / 100)])

@@ -30,6 +30,7 @@ from lightning_amortized.diffs.targets import describe_targets, plain_parameters
 __all__ = ["NeuralDiff"]
 
 _STATE_VERSION = 1
+PRUNE_SCORES = ("magnitude", "fisher")
 
 
 class NeuralDiff(Callback):
@@ -44,7 +45,11 @@ class NeuralDiff(Callback):
       ``E = schedule_epochs or trainer.max_epochs``) the mask is pruned by magnitude to
       density ``d(e) = d_final + (1 - d_final) * (1 - e / (E - 1)) ** schedule_power``,
       pruning first from matrices denser than ``density_cap_factor * d(e)``; the last
-      epoch trains at the budget, and ``on_train_end`` enforces it in any case.
+      epoch trains at the budget, and ``on_train_end`` enforces it in any case. With
+      ``prune_score="fisher"`` entries are ranked by ``F * D**2`` instead of ``|D|``
+      (the optimal-brain-damage estimate of the loss increase from zeroing an entry),
+      ``F`` the sum of squared gradients of ``D`` over the training steps since the last
+      pruning (a diagonal empirical Fisher, kept in the callback's checkpoint state).
     - ``method="hashed"``: ``D[i] = sign(i) * buckets[h(i)]``; the budget is the number of
       buckets, split over targets in proportion to their size.
 
@@ -71,6 +76,8 @@ class NeuralDiff(Callback):
         schedule_epochs: epochs of the sparsification schedule (default ``trainer.max_epochs``).
         schedule_power: exponent of the density schedule (3 = cubic).
         density_cap_factor: per-matrix density cap as a multiple of the global density (``>= 1``).
+        prune_score: what the sparse schedule ranks entries by: ``"magnitude"`` (``|D|``) or
+            ``"fisher"`` (``F * D**2``, see above).
 
     Raises:
         ValueError: if an argument is invalid (the message names it).
@@ -99,6 +106,7 @@ class NeuralDiff(Callback):
         schedule_epochs: int | None = None,
         schedule_power: float = 3.0,
         density_cap_factor: float = 4.0,
+        prune_score: Literal["magnitude", "fisher"] = "magnitude",
     ) -> None:
         if method not in ("sparse", "hashed"):
             raise ValueError(f"Expected argument `method` to be 'sparse' or 'hashed', but got {method!r}.")
@@ -118,6 +126,8 @@ class NeuralDiff(Callback):
             raise ValueError(f"Expected argument `schedule_power` to be > 0, but got {schedule_power}.")
         if density_cap_factor < 1:
             raise ValueError(f"Expected argument `density_cap_factor` to be >= 1, but got {density_cap_factor}.")
+        if prune_score not in PRUNE_SCORES:
+            raise ValueError(f"Expected argument `prune_score` to be one of {list(PRUNE_SCORES)}, but got {prune_score!r}.")
         self.method = method
         self.budget = budget
         self.targets = [targets] if isinstance(targets, str) else list(targets)
@@ -131,6 +141,7 @@ class NeuralDiff(Callback):
         self.schedule_epochs = schedule_epochs
         self.schedule_power = schedule_power
         self.density_cap_factor = density_cap_factor
+        self.prune_score = prune_score
 
         self.target_names: list[str] = []
         self.target_numel = 0
@@ -140,6 +151,7 @@ class NeuralDiff(Callback):
         self.last_pruned_epoch = -1
         self._requires_grad: dict[str, bool] = {}
         self._sparse: list[SparseDiff] = []  # attached sparse diffs, for the per-step re-masking
+        self._fisher: dict[str, torch.Tensor] = {}  # prune_score="fisher": sum of squared gradients since the last prune
 
     @property
     @override
@@ -229,6 +241,8 @@ class NeuralDiff(Callback):
             trainer.global_step,
             "NeuralDiff",
         )
+        if self.prune_score == "fisher" and self.method == "sparse":
+            self._accumulate_fisher(pl_module)
 
     @override
     def on_train_batch_end(
@@ -292,13 +306,34 @@ class NeuralDiff(Callback):
         return sum(d.nnz for d in diff_modules(pl_module).values() if isinstance(d, SparseDiff))
 
     @torch.no_grad()
+    def _accumulate_fisher(self, pl_module: pl.LightningModule) -> None:
+        """``F += grad(D)**2`` for every sparse diff (zero outside the mask, where gradients are zero)."""
+        for name, d in diff_modules(pl_module).items():
+            if isinstance(d, SparseDiff) and d.delta.grad is not None:
+                f = self._fisher.get(name)
+                if f is None or f.device != d.delta.device:
+                    f = torch.zeros_like(d.delta) if f is None else f.to(d.delta.device)
+                    self._fisher[name] = f
+                f.addcmul_(d.delta.grad, d.delta.grad)
+
+    def _scores(self, named: dict[str, SparseDiff]) -> list[torch.Tensor]:
+        """What pruning ranks entries by: ``|D|``, or ``F * D**2`` (``prune_score="fisher"``)."""
+        if self.prune_score == "magnitude":
+            return [d.delta for d in named.values()]
+        scores = []
+        for name, d in named.items():
+            f = self._fisher.get(name)
+            f = torch.zeros_like(d.delta) if f is None else f.to(d.delta.device)
+            scores.append(f * d.delta.square())
+        return scores
+
+    @torch.no_grad()
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, density: float, keep: int | None = None) -> None:
-        diffs = [d for d in diff_modules(pl_module).values() if isinstance(d, SparseDiff)]
+        named = {n: d for n, d in diff_modules(pl_module).items() if isinstance(d, SparseDiff)}
+        diffs = list(named.values())
         if keep is None:
             keep = max(self.final_count, round(density * self.target_numel))
-        masks = magnitude_keep_masks(
-            [d.delta for d in diffs], [d.mask for d in diffs], keep, cap_factor=self.density_cap_factor
-        )
+        masks = magnitude_keep_masks(self._scores(named), [d.mask for d in diffs], keep, cap_factor=self.density_cap_factor)
         distributed = trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
         for d, m in zip(diffs, masks):
             if distributed:  # rank 0 decides; every rank gets the same mask bytes
@@ -308,6 +343,8 @@ class NeuralDiff(Callback):
             d.mask.copy_(m)
             d.zero_pruned()
         self.density = density
+        for f in self._fisher.values():  # the next pruning ranks by the gradients seen from here on
+            f.zero_()
 
     # ------------------------------------------------------------------ reporting
 
@@ -412,6 +449,8 @@ class NeuralDiff(Callback):
             "bucket_counts": self.bucket_counts,
             "density": self.density,
             "last_pruned_epoch": self.last_pruned_epoch,
+            "prune_score": self.prune_score,
+            "fisher": {name: f.detach().cpu() for name, f in self._fisher.items()},
         }
 
     @override
@@ -425,3 +464,4 @@ class NeuralDiff(Callback):
                 )
         self.density = float(state_dict["density"])
         self.last_pruned_epoch = int(state_dict["last_pruned_epoch"])
+        self._fisher = {name: f.clone() for name, f in state_dict.get("fisher", {}).items()}

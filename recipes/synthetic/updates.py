@@ -142,6 +142,8 @@ class UpdateConfig:
             all ``epochs``, a cubic ramp to the budget at the last epoch). ``2``: one dense
             epoch, then the mask is fixed by magnitude and every later epoch trains at the
             budget; ``1``: dense training throughout, pruned to the budget only at the end.
+        prune_score: sparse diffs only: what the pruning schedule ranks entries by,
+            ``"magnitude"`` (``|D|``) or ``"fisher"`` (``F * D**2``; NeuralDiff's ``prune_score``).
         updates: number of consecutive updates (``update-1 .. update-K``).
         epochs: training epochs per update.
         lr: peak learning rate (warm-up + cosine over the update); ``None``: the method default.
@@ -171,6 +173,7 @@ class UpdateConfig:
     lora_alpha: float | None = None
     anchor: float = 0.0
     mask_epochs: int | None = None
+    prune_score: Literal["magnitude", "fisher"] = "magnitude"
     updates: int = 5
     epochs: int = 3
     lr: float | None = None
@@ -211,6 +214,11 @@ class UpdateConfig:
                     f"Argument `mask_epochs` schedules a sparse diff's mask; method {self.method!r} has none "
                     "(leave it unset)."
                 )
+        if self.prune_score != "magnitude" and self.method != "sparse":
+            raise ValueError(
+                f"Argument `prune_score` ranks a sparse diff's entries; method {self.method!r} has none (leave it "
+                "'magnitude')."
+            )
 
     def budget_bytes(self, full_bytes: int) -> int:
         """The byte budget of one ``lora`` / ``compressed`` update: ``budget`` in bytes, or that fraction of ``full_bytes``."""
@@ -463,7 +471,8 @@ def _diff_callback(cfg: UpdateConfig, path: Path) -> Any:
         return NeuralDiff(method="sparse", budget=1.0, targets=list(cfg.target_patterns), seed=cfg.seed,
                           value_dtype=cfg.value_dtype, export_path=str(path))
     return NeuralDiff(method=cfg.method, budget=cfg.budget, targets=list(cfg.target_patterns), seed=cfg.seed,
-                      value_dtype=cfg.value_dtype, export_path=str(path), schedule_epochs=cfg.mask_epochs)
+                      value_dtype=cfg.value_dtype, export_path=str(path), schedule_epochs=cfg.mask_epochs,
+                      prune_score=cfg.prune_score)
 
 
 def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:

@@ -287,3 +287,47 @@ def test_entries_for_bytes_matches_the_projection_and_the_cli(tmp_path: Path) ->
     assert entries_for_bytes("sparse", "fp32", numels, 10) == 0  # not even the header fits
     with pytest.raises(ValueError, match="total"):
         split_stored(numels, 100_001)
+
+
+def test_fisher_prune_score_keeps_the_largest_f_times_d_squared(tmp_path: Path) -> None:
+    """prune_score="fisher": F is the sum of squared gradients of D since the last pruning, entries ranked by F * D**2."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_amortized.diffs.sparse import magnitude_keep_masks
+
+    with pytest.raises(ValueError, match="`prune_score` to be one of"):
+        NeuralDiff(prune_score="movement")  # type: ignore[arg-type]
+    grads2: dict[str, torch.Tensor] = {}
+    checked: list[int] = []
+
+    class Recorder(Callback):  # after NeuralDiff: sums grad**2 of every diff itself
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # noqa: ANN001, D102
+            for n, d in diff_modules(pl_module).items():
+                g = d.delta.grad
+                grads2[n] = grads2.get(n, torch.zeros_like(g)) + g * g
+
+    class Spy(NeuralDiff):
+        def _prune(self, trainer, pl_module, density, keep=None):  # noqa: ANN001, D102
+            named = diff_modules(pl_module)
+            for n in named:  # the callback's F is exactly the recorded sum since the last pruning
+                assert torch.allclose(self._fisher[n], grads2[n], rtol=1e-6, atol=0)
+            deltas = [d.delta.detach().clone() for d in named.values()]
+            before = [d.mask.clone() for d in named.values()]
+            k = keep if keep is not None else max(self.final_count, round(density * self.target_numel))
+            by_fisher = magnitude_keep_masks([grads2[n] * d * d for n, d in zip(named, deltas)], before, k, 1000.0)
+            by_size = magnitude_keep_masks(deltas, before, k, 1000.0)
+            super()._prune(trainer, pl_module, density, keep)
+            got = [d.mask for d in named.values()]
+            assert all(torch.equal(a, b) for a, b in zip(got, by_fisher))
+            checked.append(sum(int((a != b).sum()) for a, b in zip(by_fisher, by_size)))
+            grads2.clear()
+            assert all(float(f.abs().sum()) == 0.0 for f in self._fisher.values())  # reset after pruning
+
+    cb = Spy(method="sparse", budget=0.1, targets="*.weight*", density_cap_factor=1000.0, prune_score="fisher")
+    trainer(tmp_path, cb, max_epochs=3, callbacks=[Recorder()]).fit(TinyModule(), loader(16))
+    assert len(checked) >= 2 and max(checked) > 0  # pruned twice or more, and not as magnitude would have
+    state = cb.state_dict()
+    assert state["prune_score"] == "fisher" and set(state["fisher"]) == set(cb.target_names)
+    again = NeuralDiff(method="sparse", budget=0.1, targets="*.weight*", prune_score="fisher")
+    again.load_state_dict(state)  # the accumulators resume with the checkpoint
+    assert all(torch.equal(again._fisher[n], state["fisher"][n]) for n in cb.target_names)
