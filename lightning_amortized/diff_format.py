@@ -45,6 +45,7 @@ __all__ = [
     "decode_gaps",
     "file_format",
     "named_sha256",
+    "non_finite",
     "payload_sha256",
     "read_verified",
     "safetensors_header",
@@ -245,6 +246,21 @@ def file_format(path: PathLike) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def non_finite(arrays: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point arrays (numpy, or anything ``np.asarray`` takes) holding a NaN or an Inf.
+
+    Example:
+        >>> non_finite({"a::values": np.array([1.0, np.nan], np.float32), "a::gaps": np.array([3], np.uint8)})
+        ['a::values']
+    """
+    bad = []
+    for name, value in arrays.items():
+        a = np.asarray(value)
+        if np.issubdtype(a.dtype, np.floating) and not bool(np.isfinite(a).all()):
+            bad.append(name)
+    return sorted(bad)
+
+
 def read_verified(
     path: PathLike,
     reader: str = "lightning_amortized",
@@ -265,7 +281,8 @@ def read_verified(
         ``(metadata, {name: array}, file size in bytes)``.
 
     Raises:
-        DiffFormatError: missing, truncated or corrupted file, not a diff, unknown version.
+        DiffFormatError: missing, truncated or corrupted file, not a diff, unknown version,
+            NaN or Inf among the stored values (an update made from a diverged run).
         DiffIntegrityError: payload hash mismatch (the file was edited or damaged).
     """
     import safetensors.numpy
@@ -301,6 +318,12 @@ def read_verified(
         raise DiffIntegrityError(
             f"{str(p)!r} failed its integrity check: payload sha256 expected {expected}, found {found}. "
             "The file was edited or damaged; fetch it again."
+        )
+    bad = non_finite(arrays)
+    if bad:
+        raise DiffFormatError(
+            f"{str(p)!r} stores NaN or Inf values in {bad}: it was made from a diverged training run. Refusing "
+            "to apply it; retrain the update (e.g. with a lower learning rate) and export it again."
         )
     return meta, arrays, len(data)
 

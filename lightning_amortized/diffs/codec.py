@@ -116,6 +116,20 @@ def count_large_gaps(indices: torch.Tensor) -> int:
     return int((skips >= GAP_ESCAPE).sum())
 
 
+def check_finite(tensors: Mapping[str, torch.Tensor], path: object) -> None:
+    """Refuse to write an update file whose stored floating-point tensors hold a NaN or an Inf.
+
+    Raises:
+        ValueError: naming the tensors (a diverged fine-tuning run, or fp16 overflow of huge values).
+    """
+    bad = sorted(n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise ValueError(
+            f"Refusing to write {str(path)!r}: {bad} hold NaN or Inf values. The fine-tuned weights or the trained "
+            "update diverged (or overflowed the value type); fix the training run before shipping an update."
+        )
+
+
 def _build(
     method: str,
     value_dtype: str,

@@ -7,6 +7,7 @@ result hash computed from what a device will compute (after quantization).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diffs.apply import _bitwise_differs, _new_weight
 from lightning_amortized.diffs.attach import base_tensor, diff_modules
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
-from lightning_amortized.diffs.codec import _build, _large_dtype
+from lightning_amortized.diffs.codec import _build, _large_dtype, check_finite
 from lightning_amortized.diffs.format import (
     BaseMismatchError,
     DiffInfo,
@@ -52,6 +53,9 @@ def _write(
     extra: Mapping[str, Any],
     index_encoding: str,
 ) -> DiffInfo:
+    check_finite(tensors, path)
+    if not math.isfinite(float(extra.get("max_abs_error", 0.0))):
+        raise ValueError(f"Refusing to write {str(path)!r}: the trained weights it reproduces hold NaN or Inf.")
     metadata = _metadata(method, seed, value_dtype, targets, base_sha256, result_sha256, extra, index_encoding)
     metadata["payload_sha256"] = _payload_sha256(tensors, metadata)
     data = _sorted_metadata(safetensors.torch.save(tensors, metadata=metadata))
@@ -213,6 +217,9 @@ def export_diff_from_weights(
 ) -> DiffInfo:
     """A sparse diff keeping the ``keep`` largest ``|finetuned - base|`` entries over ``names``.
 
+    Entries the fine-tuning left unchanged are never stored: with fewer than ``keep`` changed
+    entries the file keeps only those.
+
     Args:
         base: base state dict.
         finetuned: fine-tuned state dict (same names, shapes and dtypes for ``names``).
@@ -226,6 +233,10 @@ def export_diff_from_weights(
     Returns:
         The written file's :class:`DiffInfo`; ``extra["max_abs_error"]`` is the largest
         difference between the applied result and ``finetuned`` over ``names``.
+
+    Raises:
+        BaseMismatchError: a name whose shape or dtype differs between the two.
+        ValueError: ``keep`` out of range, no entry changed, or non-finite fine-tuned weights.
     """
     deltas = {}
     for n in names:
@@ -238,6 +249,16 @@ def export_diff_from_weights(
     total = sum(d.numel() for d in deltas.values())
     if not 1 <= keep <= total:
         raise ValueError(f"Expected argument `keep` to be between 1 and {total}, but got {keep}.")
+    bad = [n for n, d in deltas.items() if not bool(torch.isfinite(d).all())]
+    if bad:
+        raise ValueError(f"Refusing to write {str(path)!r}: the fine-tuned weights of {bad} hold NaN or Inf.")
+    changed = sum(int((d != 0).sum()) for d in deltas.values())
+    if changed == 0:
+        raise ValueError(
+            f"The fine-tuned weights equal the base on all {len(names)} target(s) ({total:,} entries): there is no "
+            "update to export. Check that --finetuned is the trained checkpoint and the targets are what it trained."
+        )
+    keep = min(keep, changed)  # an unchanged entry would cost bytes and change nothing
     chosen = topk_mask(torch.cat([d.float().abs() for d in deltas.values()]), keep)
     entries = {}
     offset = 0
@@ -249,8 +270,9 @@ def export_diff_from_weights(
             entries[n] = (_lookup(base, n), idx, d[idx])
     targets, tensors = _build("sparse", value_dtype, entries, index_encoding)
     results = {t.name: _new_weight("sparse", 0, t, tensors, _lookup(base, t.name)) for t in targets}
-    max_err = max(
-        [float((_lookup(finetuned, n).float() - results[n].float()).abs().max()) for n in results] + [0.0]
+    max_err = max(  # over every name: a target with nothing kept is off by its whole delta
+        [float((_lookup(finetuned, n).float() - results[n].float()).abs().max()) for n in results]
+        + [float(deltas[n].float().abs().max()) for n in names if n not in results and deltas[n].numel()] + [0.0]
     )
     extra = {"max_abs_error": max_err, **dict(extra_metadata or {})}
     return _write(

@@ -45,6 +45,7 @@ from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diff_format import LOWRANK_FORMAT, file_format, read_verified
 from lightning_amortized.diffs.attach import base_tensor, parametrizations_of, remove_parametrizations
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
+from lightning_amortized.diffs.codec import check_finite
 from lightning_amortized.diffs.export import _sorted_metadata
 from lightning_amortized.diffs.format import (
     BaseMismatchError,
@@ -520,6 +521,7 @@ def export_lowrank(model: nn.Module, path: PathLike) -> LowRankInfo:
         p = mods[t.name]
         fill = {"delta": p.delta} if isinstance(p, DenseDelta) else {"A": p.A, "B": p.B}
         tensors.update(_stored_tensors(t, fill))
+    check_finite(tensors, path)
     probe = LowRankInfo("<export>", rank, alpha, tuple(targets), "", "", "", 0, 0, 0)
     result = lowrank_weights(probe, tensors, base, strict=False)
     meta = _metadata(rank, alpha, targets, weights_sha256(base, list(base)), weights_sha256(result, list(result)))

@@ -574,3 +574,63 @@ def test_merge_leaves_requires_grad_flags_and_remove_restores_them(tmp_path: Pat
     frozen = {n for n, p in other.named_parameters() if not p.requires_grad}
     assert frozen == {"embed.weight"}
     assert all(torch.equal(other.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["sparse", "hashed"])
+def test_non_finite_updates_are_neither_written_nor_applied(tmp_path: Path, method: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A diverged run's NaN must not reach a device: export refuses it, and so does every reader of a file that has one."""
+    from lightning_amortized.device.diffs import read_diff as device_read_diff
+    from lightning_amortized.diffs import export as export_module
+    from lightning_amortized.diffs.lowrank import attach_lowrank, export_lowrank, read_lowrank
+
+    model = Net()
+    fake_training(model, method, ["head.*"], seed=1)
+    d = diff_modules(model)["head.weight"]
+    with torch.no_grad():
+        (d.delta if method == "sparse" else d.buckets).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=r"Refusing to write .*\['head.weight::(values|buckets)'\] hold NaN or Inf"):
+        export_diff(model, tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()
+    monkeypatch.setattr(export_module, "check_finite", lambda tensors, path: None)  # an exporter without the check
+    monkeypatch.setattr(export_module.math, "isfinite", lambda x: True)
+    with pytest.raises(DiffFormatError, match="stores NaN or Inf"):  # written, then refused by its own read-back
+        export_diff(model, tmp_path / "nan.safetensors")
+    assert (tmp_path / "nan.safetensors").exists()
+    fresh = Net()
+    before = snapshot(fresh)
+    for read in (lambda p: apply_diff(fresh, p), device_read_diff):
+        with pytest.raises(DiffFormatError, match=r"stores NaN or Inf values in \['head.weight::"):
+            read(tmp_path / "nan.safetensors")
+    assert_unchanged(fresh, before)
+    lora = Net().requires_grad_(False)
+    factors = attach_lowrank(lora, ["head.weight"], rank=2)
+    with torch.no_grad():
+        factors["head.weight"].B.fill_(1e6)  # overflows fp16
+    with pytest.raises(ValueError, match=r"\['head.weight::B'\] hold NaN or Inf"):
+        export_lowrank(lora, tmp_path / "lora.safetensors")
+    with pytest.raises(DiffFormatError):
+        read_lowrank(tmp_path / "lora.safetensors")  # nothing was written
+
+
+def test_diff_from_weights_stores_only_changed_entries_and_reports_the_true_error(tmp_path: Path) -> None:
+    from lightning_amortized.diffs.export import export_diff_from_weights
+
+    base = snapshot(Net())
+    tuned = {k: v.clone() for k, v in base.items()}
+    tuned["head.bias"] += 1.0  # 5 changed entries
+    tuned["rnn.weight_hh_l0"] += 0.5  # every entry changed by 0.5, below the bias's 1.0
+    names = ["head.bias", "head.weight", "rnn.weight_hh_l0"]
+    info = export_diff_from_weights(base, tuned, names, tmp_path / "a.safetensors", keep=5)
+    assert info.stored == 5 and info.names == ["head.bias"]
+    assert info.extra["max_abs_error"] == pytest.approx(0.5)  # weight_hh kept nothing: off by its whole delta
+    only_bias = {k: v.clone() for k, v in base.items()}
+    only_bias["head.bias"] += 1.0
+    info = export_diff_from_weights(base, only_bias, names, tmp_path / "b.safetensors", keep=300)
+    assert info.stored == 5 and info.extra["max_abs_error"] == 0.0  # no unchanged entry fills the budget
+    with pytest.raises(ValueError, match="equal the base on all 3 target"):
+        export_diff_from_weights(base, base, names, tmp_path / "c.safetensors", keep=10)
+    nan = {k: v.clone() for k, v in only_bias.items()}
+    nan["head.weight"][0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"fine-tuned weights of \['head.weight'\] hold NaN or Inf"):
+        export_diff_from_weights(base, nan, names, tmp_path / "d.safetensors", keep=10)
