@@ -144,6 +144,23 @@ def test_unsupported_models_are_refused_and_nothing_written(tmp_path: Path) -> N
         export_onnx(ASRModule(RecurrentEncoder(240, 8, 1), loss="rnnt", rnnt_pred_size=8, rnnt_joint_size=8),
                     tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for bad in (-5.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ExportError, match="`device_flops_per_s` to be None or a positive finite"):
+            export_onnx(ASRModule(RecurrentEncoder(240, 8, 1)), tmp_path / "c", device_flops_per_s=bad)
+    assert not (tmp_path / "c").exists()
+    assert export_onnx(ASRModule(RecurrentEncoder(240, 8, 1)), tmp_path / "d",
+                       device_flops_per_s=1e6)["device_model"]["flops_per_s"] == 1e6
+
+
+def test_unreadable_checkpoints_are_refused_with_one_message(tmp_path: Path) -> None:
+    from lightning_amortized.export import load_for_export
+
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    data = _cli_checkpoint(tmp_path).read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    for name in ("text.ckpt", "cut.ckpt"):
+        with pytest.raises(ExportError, match="Cannot load .* as an ASRModule checkpoint"):
+            load_for_export(tmp_path / name)
 
 
 def _cli_checkpoint(tmp_path: Path) -> Path:

@@ -133,6 +133,11 @@ class ExportedModel:
         self.frame_ms = float(manifest["frame_ms"])
         dev = manifest["device_model"]
         self.device_flops_per_s = float(dev["flops_per_s"])
+        if not (np.isfinite(self.device_flops_per_s) and self.device_flops_per_s > 0):
+            raise ManifestError(
+                f"{str(self.path)!r}: manifest device_model.flops_per_s is {dev['flops_per_s']!r}, not a positive "
+                "finite FLOP/s; export the model again."
+            )
         self.branch_flops = [int(s["flops_per_frame"]) for s in self.branch_specs]
         self.arbitrator_flops = int(arb["flops_per_frame"]) if arb else 0
         self.load_aware = bool(arb.get("load_aware", False)) if arb else False

@@ -57,17 +57,32 @@ def fold_parametrized(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read weights from a checkpoint.
 
+    Only what ``torch.load(weights_only=True)`` reads is accepted (tensors, containers,
+    numbers, strings: everything ``lightning-amortized fit`` writes): unpickling arbitrary
+    objects could run code from the file.
+
     Returns:
         ``(state_dict, container)``: plain (folded) weights on CPU, and the full Lightning
         checkpoint dict (``None`` for plain state dicts and safetensors files).
+
+    Raises:
+        ValueError: the file is missing, unreadable, truncated, holds pickled objects, or
+            holds neither a Lightning checkpoint nor a state dict of tensors.
     """
     p = Path(path)
-    if p.suffix == ".safetensors":
-        return fold_parametrized(safetensors.torch.load_file(p)), None
+    if not p.is_file():
+        raise ValueError(f"Checkpoint {str(p)!r} does not exist or is not a file.")
     try:
+        if p.suffix == ".safetensors":
+            return fold_parametrized(safetensors.torch.load_file(p)), None
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:  # Lightning checkpoints may pickle hyper-parameter objects
-        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch and safetensors raise many types; one message for the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"Cannot read checkpoint {str(p)!r} ({first[:300]}). Expected a Lightning checkpoint, a torch.save state "
+            "dict or a .safetensors file, loadable with torch.load(weights_only=True); a file that is truncated, "
+            "not a checkpoint, or holds pickled objects (which could run code) is refused."
+        ) from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         return fold_parametrized(obj["state_dict"]), obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):

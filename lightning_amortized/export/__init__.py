@@ -89,13 +89,23 @@ def export_onnx(
         The manifest (also written to ``out_dir/manifest.json``).
 
     Raises:
-        ExportError: unsupported encoder or loss; nothing is written.
+        ExportError: unsupported encoder or loss, or a device speed that is not a positive
+            finite number; nothing is written.
     """
+    import math
+
     import safetensors.numpy
 
     from lightning_amortized.device.weights import weights_sha256
     from lightning_amortized.functional.backlog import DEFAULT_DEVICE_FLOPS_PER_S
 
+    if device_flops_per_s is not None and not (
+        isinstance(device_flops_per_s, (int, float)) and math.isfinite(device_flops_per_s) and device_flops_per_s > 0
+    ):
+        raise ExportError(
+            f"Expected argument `device_flops_per_s` to be None or a positive finite FLOP/s, but got "
+            f"{device_flops_per_s!r}."
+        )
     plan = _plan(model)
     out = Path(out_dir)
     was_training = model.training
@@ -158,7 +168,8 @@ def export_onnx(
             _externalize(proto, layout)
             files[f"{name}.onnx"] = proto.SerializeToString()
         frame_ms = 10.0 * float(model.stacker.stack)
-        dev = plan["device_flops_per_s"] or device_flops_per_s or DEFAULT_DEVICE_FLOPS_PER_S
+        dev = next((d for d in (plan["device_flops_per_s"], device_flops_per_s) if d is not None),
+                   DEFAULT_DEVICE_FLOPS_PER_S)
         manifest: dict[str, Any] = {
             "format": EXPORT_FORMAT,
             "format_version": manifest_version(arbitrator),
@@ -218,12 +229,18 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
     if not path.is_file():
         raise ExportError(f"Checkpoint {str(path)!r} does not exist.")
     try:
-        model = ASRModule.load_from_checkpoint(str(path), map_location="cpu")
+        model = ASRModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
     except TypeError as err:
         raise ExportError(
             f"{str(path)!r} does not hold the encoder's config ({err}); it was built in Python, not by "
             "LightningCLI. Load it with ASRModule.load_from_checkpoint(path, encoder=...) and call "
             "lightning_amortized.export.export_onnx(model, out_dir)."
+        ) from err
+    except Exception as err:  # truncated, not a checkpoint, pickled objects, another model's weights
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(
+            f"Cannot load {str(path)!r} as an ASRModule checkpoint ({type(err).__name__}: {first[:300]}). Pass a "
+            "checkpoint written by `lightning-amortized fit` (torch.load(weights_only=True) must read it)."
         ) from err
     return model
 

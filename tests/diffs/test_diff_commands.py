@@ -89,3 +89,44 @@ def test_fold_parametrized_checkpoint_equals_forward_weights() -> None:
         assert sorted(folded) == ["0.bias", "0.weight", "2.bias", "2.weight"]
         for k in ("0.weight", "2.bias"):
             assert torch.equal(folded[k], effective_tensor(model, k))
+
+
+class _RunsCode:
+    """An object whose unpickling would create a file (what a malicious checkpoint could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_are_read_without_unpickling_objects(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = net()
+    marker = tmp_path / "PWNED"
+    torch.save({"state_dict": base.state_dict(), "hyper_parameters": {"x": _RunsCode(marker)}}, tmp_path / "evil.ckpt")
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="holds pickled objects"):
+        load_checkpoint(tmp_path / "evil.ckpt")
+    export_diff(_with_diff(), tmp_path / "u.safetensors")
+    argv = ["apply", "--base", str(tmp_path / "evil.ckpt"), "--diff", str(tmp_path / "u.safetensors"),
+            "--out", str(tmp_path / "o.ckpt")]
+    assert main(argv) == 2 and not marker.exists() and not (tmp_path / "o.ckpt").exists()
+    assert "Cannot read checkpoint" in capsys.readouterr().err
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    data = (tmp_path / "evil.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    for bad in ("text.ckpt", "cut.ckpt", "missing.ckpt"):
+        with pytest.raises(ValueError, match="Cannot read checkpoint|does not exist"):
+            load_checkpoint(tmp_path / bad)
+    safetensors.torch.save_file(base.state_dict(), tmp_path / "w.safetensors")
+    state, container = load_checkpoint(tmp_path / "w.safetensors")  # plain tensors still read
+    assert container is None and all(torch.equal(state[k], v) for k, v in base.state_dict().items())
+
+
+def _with_diff() -> nn.Module:
+    model = net()
+    d = attach_diffs(model, ["0.weight"], "sparse")
+    with torch.no_grad():
+        d["0.weight"].delta.normal_(0, 0.1)
+    return model
