@@ -48,6 +48,9 @@ from lightning_amortized.atomic import write_atomic
 __all__ = ["CorpusError", "Utterance", "prepare_librispeech", "read_manifest"]
 
 MANIFEST_VERSION = 2  # 2: audio files are checked to decode up to their last sample
+#: Shortest audio accepted, in samples at the expected rate: one 400-sample analysis window of the features
+#: (the centred STFT cannot even pad anything below 257 samples).
+MIN_SAMPLES = 400
 
 
 class CorpusError(ValueError):
@@ -78,7 +81,9 @@ def _split_files(split_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _fingerprint(split_dir: Path, files: Iterable[Path], expected_rate: int, on_wrong_rate: str) -> str:
-    h = hashlib.sha256(f"v{MANIFEST_VERSION}:{expected_rate}:{on_wrong_rate}".encode())
+    # the folder itself too: manifests hold absolute paths, and a moved copy (mv, cp -a, rsync -a) keeps
+    # every relative path, size and mtime
+    h = hashlib.sha256(f"v{MANIFEST_VERSION}:{expected_rate}:{on_wrong_rate}:{split_dir.resolve()}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.relative_to(split_dir)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -88,10 +93,17 @@ def _fingerprint(split_dir: Path, files: Iterable[Path], expected_rate: int, on_
 def _read_transcripts(trans_files: list[Path]) -> dict[str, tuple[str, Path]]:
     texts: dict[str, tuple[str, Path]] = {}
     for tf in trans_files:
-        for lineno, line in enumerate(tf.read_text(encoding="utf-8").splitlines(), start=1):
+        try:  # utf-8-sig: a byte-order mark would otherwise stick to the first utterance id
+            text = tf.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise CorpusError(
+                f"Transcript file {tf} is not UTF-8 ({err.reason} at byte {err.start}). Convert it, e.g. "
+                f"`iconv -f latin1 -t utf-8`."
+            ) from err
+        for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            parts = line.strip().split(" ", 1)
+            parts = line.strip().split(None, 1)  # the id, then the words (spaces or tabs between)
             if len(parts) < 2 or not parts[1].strip():
                 raise CorpusError(
                     f"Empty transcript for utterance {parts[0]!r} at {tf}:{lineno}. "
@@ -141,6 +153,12 @@ def _scan_split(split_dir: Path, expected_rate: int, on_wrong_rate: str) -> list
                 f"({info.frames / max(1, info.samplerate):.1f} s) but the last one cannot be decoded ({err}). "
                 "Re-extract or delete it and its transcript line."
             ) from err
+        if info.frames * expected_rate < MIN_SAMPLES * info.samplerate:
+            raise CorpusError(
+                f"Audio file {path} is {info.frames} samples ({1000 * info.frames / info.samplerate:.1f} ms) long: "
+                f"too short for one feature frame (at least {MIN_SAMPLES} samples at {expected_rate} Hz). Delete it "
+                "and its transcript line."
+            )
         if info.samplerate != expected_rate and on_wrong_rate == "error":
             raise CorpusError(
                 f"Audio file {path} has sample rate {info.samplerate} Hz, expected {expected_rate} Hz. "

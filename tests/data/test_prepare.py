@@ -163,3 +163,34 @@ def test_duplicated_transcript_line_refused(fake_layout: Path) -> None:
     trans.write_text(trans.read_text() + first.split(" ", 1)[0] + " ANOTHER TEXT\n")
     with pytest.raises(CorpusError, match=rf"{first.split(' ', 1)[0]}' has two transcript lines.*{trans.name}:4"):
         prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+
+
+def test_moved_corpus_is_prepared_again(fake_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Manifests hold absolute paths; a copy that keeps every name, size and mtime (mv, cp -a, rsync -a) re-prepares."""
+    import shutil
+
+    prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+    moved = tmp_path_factory.mktemp("elsewhere") / "corpus"
+    shutil.move(str(fake_layout), moved)
+    utts = read_manifest(prepare_librispeech(moved, ["train"], moved / "m")["train"])
+    assert all(Path(u.path).is_file() and Path(u.path).is_relative_to(moved.resolve()) for u in utts)
+
+
+def test_too_short_audio_is_refused_at_prepare(fake_layout: Path) -> None:
+    bad = _first(fake_layout, "*.flac")
+    sf.write(bad, np.zeros(100, np.float32), 16000)
+    with pytest.raises(CorpusError, match=rf"{bad.name} is 100 samples \(6.2 ms\) long: too short"):
+        prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+
+
+def test_transcripts_with_a_bom_tabs_or_another_encoding(fake_layout: Path) -> None:
+    trans = _first(fake_layout, "*.trans.txt")
+    lines = trans.read_text().splitlines()
+    first_id = lines[0].split()[0]
+    lines[1] = lines[1].replace(" ", "\t", 1)  # id<TAB>words
+    trans.write_bytes("\ufeff".encode() + ("\n".join(lines) + "\n").encode())  # a byte-order mark first
+    utts = {u.id: u for u in read_manifest(prepare_librispeech(fake_layout, ["train"], fake_layout / "m")["train"])}
+    assert first_id in utts and utts[lines[1].split()[0]].words == " ".join(lines[1].split()[1:])
+    trans.write_bytes(("\n".join(lines) + "\n").replace(lines[0].split()[1], "CAF\u00c9", 1).encode("latin-1"))
+    with pytest.raises(CorpusError, match=rf"Transcript file .*{trans.name} is not UTF-8"):
+        prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
