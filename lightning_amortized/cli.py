@@ -96,7 +96,7 @@ def _train_tokenizer_main(argv: list[str]) -> int:
         if not texts:
             raise CorpusError(f"No transcripts (*.trans.txt) under {a.root!r} for splits {a.splits}.")
         out = train_sentencepiece(texts, a.out, vocab_size=a.vocab_size, model_type=a.model_type)
-    except (CorpusError, ValueError) as err:
+    except (CorpusError, ValueError, OSError) as err:  # OSError: --out is a folder, or not writable
         return _fail("train-tokenizer", err)
     tok = SentencePieceTokenizer(out)
     pieces = sum(len(tok.encode(t)) for t in texts)
@@ -111,6 +111,7 @@ def _fail(command: str, err: BaseException) -> int:
     return 2
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 USAGE = """usage: lightning-amortized COMMAND [options]
 
 commands:
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(diff_main(argv[1:]) or 0)
     if argv and argv[0] == "export":
         return _export_main(argv[1:])
+    if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        print(f"lightning-amortized: error: unknown command {argv[0]!r}.\n\n{USAGE}", file=sys.stderr)
+        return 2
     ASRLightningCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     return 0
 

@@ -24,6 +24,16 @@ def test_every_subcommand_reports_errors_alike(tmp_path: Path, capsys: pytest.Ca
     assert capsys.readouterr().err.startswith("lightning-amortized diff: error: ")
     assert main(["make-corpus", str(tmp_path / "c"), "--utterances", "3"]) == 2
     assert capsys.readouterr().err.startswith("lightning-amortized make-corpus: error: ")
+    assert main(["frobnicate"]) == 2  # not handed to LightningCLI, whose message lists only fit/validate/test/predict
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-amortized: error: unknown command 'frobnicate'") and "make-corpus" in err
+    assert main(["prepare", str(tmp_path / "nowhere"), "--splits", "train"]) == 2
+    assert "Split folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()  # nothing created
+    (tmp_path / "corpus" / "train" / "1" / "2").mkdir(parents=True)
+    (tmp_path / "corpus" / "train" / "1" / "2" / "1-2.trans.txt").write_text("1-2-0000 HELLO WORLD\n")
+    (tmp_path / "out").mkdir()
+    assert main(["train-tokenizer", str(tmp_path / "corpus"), "--out", str(tmp_path / "out")]) == 2  # a folder
+    assert capsys.readouterr().err.startswith("lightning-amortized train-tokenizer: error: ")
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

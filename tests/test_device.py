@@ -294,6 +294,17 @@ def test_transcribe_command(amnet_dir, tmp_path: Path, capsys: pytest.CaptureFix
     assert device_main(["transcribe", str(path), str(tmp_path / "8k.wav")]) == 2
     assert "sampled at 8000 Hz; the model expects 16000 Hz" in capsys.readouterr().err
     assert device_main(["frobnicate"]) == 2
+    assert device_main(["transcribe", str(path), files[0], "--chunk-ms", "inf"]) == 2
+    assert "--chunk-ms must be a positive finite number" in capsys.readouterr().err
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(path, damaged)
+    graph = damaged / "slow.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    assert device_main(["transcribe", str(damaged), files[0]]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX Runtime cannot load graph file 'slow.onnx'" in err and err.count("\n") == 1
     # the latency guard from the command line: a factor, "off", or the model's (default; this model has none)
     wav1 = sf.read(files[1], dtype="float32")[0]
     unguarded = rec.transcribe(wav1)

@@ -213,9 +213,9 @@ def prepare_librispeech(
     if on_wrong_rate not in ("error", "resample"):
         raise ValueError(f"Expected argument `on_wrong_rate` to be 'error' or 'resample', but got {on_wrong_rate!r}.")
     root, manifest_dir = Path(root), Path(manifest_dir)
-    manifest_dir.mkdir(parents=True, exist_ok=True)
+    splits = list(splits)
     out: dict[str, Path] = {}
-    for split in splits:
+    for split in splits:  # every split folder first: a wrong root must not leave a manifest folder behind
         split_dir = root / split
         if not split_dir.is_dir():
             hint = ""
@@ -227,6 +227,9 @@ def prepare_librispeech(
                     "`--data.init_args.test_splits '[test]'`)."
                 )
             raise CorpusError(f"Split folder {split_dir} does not exist (root={root}, split={split!r}).{hint}")
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        split_dir = root / split
         audio, trans = _split_files(split_dir)
         fp = _fingerprint(split_dir, audio + trans, sample_rate, on_wrong_rate)
         manifest = manifest_dir / f"{split}.jsonl"

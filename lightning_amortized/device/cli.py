@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 __all__ = ["main"]
@@ -61,8 +62,8 @@ def _transcribe(argv: list[str]) -> int:
     p.add_argument("--stats", action="store_true", help="add measured timing columns")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     a = p.parse_args(argv)
-    if not a.chunk_ms > 0:
-        return _fail("transcribe", ValueError(f"--chunk-ms must be positive, got {a.chunk_ms}"))
+    if not (math.isfinite(a.chunk_ms) and a.chunk_ms > 0):
+        return _fail("transcribe", ValueError(f"--chunk-ms must be a positive finite number of ms, got {a.chunk_ms}"))
     try:
         model = ExportedModel(a.model, num_threads=a.threads)
         rec = StreamingRecognizer(model, normalize=a.normalize, backlog=a.backlog, device_flops_per_s=a.device_flops,

@@ -122,7 +122,14 @@ class ExportedModel:
             f = self.path / spec["file"]
             if not f.is_file():
                 raise ManifestError(f"{str(self.path)!r}: graph file {spec['file']!r} is missing.")
-            return ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+            try:
+                return ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+            except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ManifestError(
+                    f"{str(self.path)!r}: ONNX Runtime cannot load graph file {spec['file']!r} ({first[:300]}); "
+                    "the file is damaged or truncated: export the model again."
+                ) from err
 
         self.branch_names: list[str] = list(manifest["branches"])
         self.branches = [session(manifest["graphs"][n]) for n in self.branch_names]
@@ -448,7 +455,13 @@ class StreamingRecognizer:
         return result
 
     def transcribe(self, wav: np.ndarray, chunk_ms: float = 100.0) -> Transcript:
-        """Stream a whole waveform ``(S,)`` in chunks of ``chunk_ms`` and return its :class:`Transcript`."""
+        """Stream a whole waveform ``(S,)`` in chunks of ``chunk_ms`` and return its :class:`Transcript`.
+
+        Raises:
+            ValueError: ``chunk_ms`` is not a positive finite number.
+        """
+        if not (isinstance(chunk_ms, (int, float)) and np.isfinite(chunk_ms) and chunk_ms > 0):
+            raise ValueError(f"Expected argument `chunk_ms` to be a positive finite number of ms, but got {chunk_ms!r}.")
         step = max(1, int(round(chunk_ms * self.model.features.sample_rate / 1000.0)))
         self.reset()
         for i in range(0, len(wav), step):
