@@ -16,7 +16,7 @@ from lightning_amortized.callbacks import PeriodicCheckpoint
 class _Model(BoringModel):
     def validation_step(self, batch, batch_idx):
         out = super().validation_step(batch, batch_idx)
-        self.log("val/wer", out["x"])
+        self.log("val/wer", float(self.current_epoch))  # never improves after epoch 0: no best checkpoint after it
         return out
 
 
@@ -44,11 +44,12 @@ def _step(path: Path) -> int:
     return int(torch.load(path, weights_only=False)["global_step"])
 
 
-def test_last_ckpt_holds_the_final_weights_and_resume_takes_the_newest(tmp_path: Path) -> None:
+def test_last_step_ckpt_holds_the_final_weights_and_resume_takes_the_newest(tmp_path: Path) -> None:
     _trainer(tmp_path, 2).fit(_Model())
-    # 10 steps: the epoch-end checkpoint is the final model, the periodic one is from step 9
-    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best-epoch=1.ckpt", "last-step.ckpt", "last.ckpt"]
-    assert _step(tmp_path / "last.ckpt") == 10 and _step(tmp_path / "last-step.ckpt") == 9
+    # 10 steps, saves every 3, no improvement after epoch 0: Lightning's last.ckpt is the best checkpoint's copy
+    # (step 5); last-step.ckpt was saved at steps 3, 6, 9 and when training ended
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best-epoch=0.ckpt", "last-step.ckpt", "last.ckpt"]
+    assert _step(tmp_path / "last.ckpt") == 5 and _step(tmp_path / "last-step.ckpt") == 10
 
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="killed"):
@@ -57,7 +58,7 @@ def test_last_ckpt_holds_the_final_weights_and_resume_takes_the_newest(tmp_path:
     resumed = _trainer(crashed, 2)
     resumed.fit(_Model(), ckpt_path="last")  # the newer of the two: step 6, mid-epoch
     assert resumed.ckpt_path == str(crashed / "last-step.ckpt") and resumed.global_step == 10
-    assert _step(crashed / "last.ckpt") == 10
+    assert _step(crashed / "last-step.ckpt") == 10
 
 
 def test_bad_arguments_are_refused() -> None:
