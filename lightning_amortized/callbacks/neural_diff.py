@@ -48,8 +48,10 @@ class NeuralDiff(Callback):
       epoch trains at the budget, and ``on_train_end`` enforces it in any case. With
       ``prune_score="fisher"`` entries are ranked by ``F * D**2`` instead of ``|D|``
       (the optimal-brain-damage estimate of the loss increase from zeroing an entry),
-      ``F`` the sum of squared gradients of ``D`` over the training steps since the last
-      pruning (a diagonal empirical Fisher, kept in the callback's checkpoint state).
+      ``F`` the sum over optimizer steps since the last scheduled pruning of the squared
+      gradient of ``D`` (the mini-batch gradient, after gradient accumulation: a diagonal
+      empirical Fisher of mini-batch gradients, kept in the callback's checkpoint state;
+      before any gradient is seen the ranking is by ``|D|``).
     - ``method="hashed"``: ``D[i] = sign(i) * buckets[h(i)]``; the budget is the number of
       buckets, split over targets in proportion to their size.
 
@@ -96,7 +98,7 @@ class NeuralDiff(Callback):
     def __init__(
         self,
         method: Literal["sparse", "hashed"] = "sparse",
-        budget: float | int = 0.1,
+        budget: int | float = 0.1,
         targets: str | Sequence[str] = ("*",),
         exclude: str | Sequence[str] = (),
         seed: int = 0,
@@ -128,6 +130,8 @@ class NeuralDiff(Callback):
             raise ValueError(f"Expected argument `density_cap_factor` to be >= 1, but got {density_cap_factor}.")
         if prune_score not in PRUNE_SCORES:
             raise ValueError(f"Expected argument `prune_score` to be one of {list(PRUNE_SCORES)}, but got {prune_score!r}.")
+        if prune_score != "magnitude" and method != "sparse":
+            raise ValueError(f"Argument `prune_score` ranks a sparse diff's entries; method {method!r} has none.")
         self.method = method
         self.budget = budget
         self.targets = [targets] if isinstance(targets, str) else list(targets)
@@ -225,6 +229,8 @@ class NeuralDiff(Callback):
         target = scheduled_density(epoch, self._schedule_epochs(trainer), self._final_density(), self.schedule_power)
         if target < self.density - 1e-12:
             self._prune(trainer, pl_module, target)
+            for f in self._fisher.values():  # the next scheduled pruning ranks by the gradients seen from here on
+                f.zero_()
         self.last_pruned_epoch = epoch
 
     @override
@@ -318,8 +324,9 @@ class NeuralDiff(Callback):
 
     def _scores(self, named: dict[str, SparseDiff]) -> list[torch.Tensor]:
         """What pruning ranks entries by: ``|D|``, or ``F * D**2`` (``prune_score="fisher"``)."""
-        if self.prune_score == "magnitude":
-            return [d.delta for d in named.values()]
+        seen = [self._fisher.get(n) for n in named]
+        if self.prune_score == "magnitude" or not any(f is not None and bool(f.any()) for f in seen):
+            return [d.delta for d in named.values()]  # (fisher before any gradient was seen, e.g. just resumed: |D|)
         scores = []
         for name, d in named.items():
             f = self._fisher.get(name)
@@ -343,8 +350,6 @@ class NeuralDiff(Callback):
             d.mask.copy_(m)
             d.zero_pruned()
         self.density = density
-        for f in self._fisher.values():  # the next pruning ranks by the gradients seen from here on
-            f.zero_()
 
     # ------------------------------------------------------------------ reporting
 
@@ -455,8 +460,8 @@ class NeuralDiff(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for key in ("method", "seed", "target_names", "final_count", "bucket_counts"):
-            ours, theirs = getattr(self, key), state_dict.get(key)
+        for key in ("method", "seed", "target_names", "final_count", "bucket_counts", "prune_score"):
+            ours, theirs = getattr(self, key), state_dict.get(key, "magnitude" if key == "prune_score" else None)
             if self.target_names and ours != theirs:  # setup() ran: the model is already wrapped
                 raise ValueError(
                     f"NeuralDiff checkpoint has {key}={theirs!r} but this callback is configured with {ours!r}; "

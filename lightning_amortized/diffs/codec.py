@@ -156,6 +156,11 @@ def _build(
                 tensors[f"{name}::gaps"], tensors[f"{name}::large_gaps"] = encode_gaps(idx, base.numel())
             else:
                 tensors[f"{name}::indices"] = idx.to(_large_dtype(base.numel())).contiguous()
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):  # before int8 hides them
+            raise ValueError(
+                f"Refusing to encode the update of {name!r}: its values hold NaN or Inf. The fine-tuned weights or "
+                "the trained update diverged; fix the training run before shipping an update."
+            )
         enc = _encode(values, value_dtype)
         if method == "sparse":
             tensors[f"{name}::values"] = enc["values"]

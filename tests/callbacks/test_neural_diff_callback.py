@@ -297,6 +297,8 @@ def test_fisher_prune_score_keeps_the_largest_f_times_d_squared(tmp_path: Path) 
 
     with pytest.raises(ValueError, match="`prune_score` to be one of"):
         NeuralDiff(prune_score="movement")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="method 'hashed' has none"):
+        NeuralDiff(method="hashed", prune_score="fisher")
     grads2: dict[str, torch.Tensor] = {}
     checked: list[int] = []
 
@@ -320,8 +322,13 @@ def test_fisher_prune_score_keeps_the_largest_f_times_d_squared(tmp_path: Path) 
             got = [d.mask for d in named.values()]
             assert all(torch.equal(a, b) for a, b in zip(got, by_fisher))
             checked.append(sum(int((a != b).sum()) for a, b in zip(by_fisher, by_size)))
-            grads2.clear()
-            assert all(float(f.abs().sum()) == 0.0 for f in self._fisher.values())  # reset after pruning
+
+        def on_train_epoch_start(self, trainer, pl_module):  # noqa: ANN001, D102
+            pruned = len(checked)
+            super().on_train_epoch_start(trainer, pl_module)
+            if len(checked) > pruned:  # a scheduled pruning: F restarts from zero, as the recorder does
+                assert all(float(f.abs().sum()) == 0.0 for f in self._fisher.values())
+                grads2.clear()
 
     cb = Spy(method="sparse", budget=0.1, targets="*.weight*", density_cap_factor=1000.0, prune_score="fisher")
     trainer(tmp_path, cb, max_epochs=3, callbacks=[Recorder()]).fit(TinyModule(), loader(16))
@@ -331,3 +338,27 @@ def test_fisher_prune_score_keeps_the_largest_f_times_d_squared(tmp_path: Path) 
     again = NeuralDiff(method="sparse", budget=0.1, targets="*.weight*", prune_score="fisher")
     again.load_state_dict(state)  # the accumulators resume with the checkpoint
     assert all(torch.equal(again._fisher[n], state["fisher"][n]) for n in cb.target_names)
+    magnitude = NeuralDiff(method="sparse", budget=0.1, targets="*.weight*")
+    magnitude.target_names, magnitude.final_count = cb.target_names, cb.final_count  # as after setup()
+    with pytest.raises(ValueError, match="prune_score='fisher' but this callback is configured with 'magnitude'"):
+        magnitude.load_state_dict(state)
+    # before any gradient is seen (a fresh or just-resumed run) the ranking is by |D|
+    fresh = NeuralDiff(method="sparse", budget=0.1, targets="*.weight*", prune_score="fisher")
+    model = TinyModule()
+    fresh.setup(trainer(tmp_path, fresh, max_epochs=1), model, "fit")
+    named = {n: d for n, d in diff_modules(model).items()}
+    with torch.no_grad():
+        for d in named.values():
+            d.delta.normal_()
+    assert all(s is d.delta for s, d in zip(fresh._scores(named), named.values()))
+
+
+def test_a_byte_budget_survives_a_yaml_config() -> None:
+    """`budget: 20000` in a LightningCLI config is a byte budget (the annotation used to turn it into 20000.0, refused)."""
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser()
+    p.add_class_arguments(NeuralDiff, "diff")
+    assert p.parse_string("diff: {budget: 20000}").diff.budget == 20000
+    assert isinstance(p.parse_string("diff: {budget: 20000}").diff.budget, int)
+    assert p.parse_string("diff: {budget: 0.1}").diff.budget == 0.1

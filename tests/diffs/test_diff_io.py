@@ -589,10 +589,12 @@ def test_non_finite_updates_are_neither_written_nor_applied(tmp_path: Path, meth
     d = diff_modules(model)["head.weight"]
     with torch.no_grad():
         (d.delta if method == "sparse" else d.buckets).view(-1)[0] = float("nan")
-    with pytest.raises(ValueError, match=r"Refusing to write .*\['head.weight::(values|buckets)'\] hold NaN or Inf"):
-        export_diff(model, tmp_path / "nan.safetensors")
+    for value_dtype in ("fp32", "fp16", "int8"):  # int8 used to quantize a NaN to zeros with a scale of 1
+        with pytest.raises(ValueError, match=r"Refusing to encode the update of 'head.weight': its values hold NaN"):
+            export_diff(model, tmp_path / "nan.safetensors", value_dtype=value_dtype)
     assert not (tmp_path / "nan.safetensors").exists()
-    monkeypatch.setattr(export_module, "check_finite", lambda tensors, path: None)  # an exporter without the check
+    monkeypatch.setattr(export_module, "_build", lambda *a: _build_unchecked(*a))  # an exporter without the checks
+    monkeypatch.setattr(export_module, "check_finite", lambda tensors, path: None)
     monkeypatch.setattr(export_module.math, "isfinite", lambda x: True)
     with pytest.raises(DiffFormatError, match="stores NaN or Inf"):  # written, then refused by its own read-back
         export_diff(model, tmp_path / "nan.safetensors")
@@ -611,6 +613,18 @@ def test_non_finite_updates_are_neither_written_nor_applied(tmp_path: Path, meth
         export_lowrank(lora, tmp_path / "lora.safetensors")
     with pytest.raises(DiffFormatError):
         read_lowrank(tmp_path / "lora.safetensors")  # nothing was written
+
+
+def _build_unchecked(method, value_dtype, entries, index_encoding="gap-u8"):
+    """codec._build without its finite check: what a careless exporter would store."""
+    from lightning_amortized.diffs import codec
+
+    saved = torch.isfinite
+    try:
+        codec.torch.isfinite = lambda t: torch.ones_like(t, dtype=torch.bool)
+        return codec._build(method, value_dtype, entries, index_encoding)
+    finally:
+        codec.torch.isfinite = saved
 
 
 def test_diff_from_weights_stores_only_changed_entries_and_reports_the_true_error(tmp_path: Path) -> None:
