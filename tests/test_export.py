@@ -163,6 +163,21 @@ def test_unreadable_checkpoints_are_refused_with_one_message(tmp_path: Path) -> 
             load_for_export(tmp_path / name)
 
 
+def test_a_checkpoint_saved_with_a_neural_diff_attached_exports_its_folded_weights(tmp_path: Path) -> None:
+    from lightning_amortized.diffs import attach_diffs, effective_tensor
+    from lightning_amortized.export import load_for_export
+
+    plain = torch.load(_cli_checkpoint(tmp_path), weights_only=True)
+    model = ASRModule.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu", weights_only=True)
+    d = attach_diffs(model, ["head.weight"], "sparse")
+    with torch.no_grad():
+        d["head.weight"].delta.fill_(0.25)
+    torch.save({**plain, "state_dict": model.state_dict()}, tmp_path / "with_diff.ckpt")  # parametrizations.* keys
+    loaded = load_for_export(tmp_path / "with_diff.ckpt")
+    assert torch.equal(loaded.head.weight, effective_tensor(model, "head.weight"))
+    assert not any(".parametrizations." in k for k in loaded.state_dict())
+
+
 def _cli_checkpoint(tmp_path: Path) -> Path:
     from lightning_amortized.cli import ASRLightningCLI
 

@@ -81,9 +81,8 @@ def _split_files(split_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _fingerprint(split_dir: Path, files: Iterable[Path], expected_rate: int, on_wrong_rate: str) -> str:
-    # the folder itself too: manifests hold absolute paths, and a moved copy (mv, cp -a, rsync -a) keeps
-    # every relative path, size and mtime
-    h = hashlib.sha256(f"v{MANIFEST_VERSION}:{expected_rate}:{on_wrong_rate}:{split_dir.resolve()}".encode())
+    """The content of a split (relative paths, sizes, mtimes, settings), wherever it lies: cache keys hash it."""
+    h = hashlib.sha256(f"v{MANIFEST_VERSION}:{expected_rate}:{on_wrong_rate}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.relative_to(split_dir)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -234,10 +233,14 @@ def prepare_librispeech(
         fp = _fingerprint(split_dir, audio + trans, sample_rate, on_wrong_rate)
         manifest = manifest_dir / f"{split}.jsonl"
         stamp = manifest_dir / f"{split}.fingerprint"
+        # where the split lay when its manifest was written: manifests hold absolute paths, and a moved copy
+        # (mv, cp -a, rsync -a) keeps every relative path, size and mtime, so the fingerprint cannot tell
+        where, here = manifest_dir / f"{split}.location", str(split_dir.resolve())
         out[split] = manifest
 
         def done() -> bool:
-            return not force and manifest.exists() and stamp.exists() and stamp.read_text() == fp
+            return (not force and manifest.exists() and stamp.exists() and stamp.read_text() == fp
+                    and where.exists() and where.read_text() == here)
 
         if done():
             continue
@@ -247,6 +250,7 @@ def prepare_librispeech(
                 continue
             utts = _scan_split(split_dir, sample_rate, on_wrong_rate)
             write_atomic(manifest, "".join(json.dumps(u.__dict__) + "\n" for u in utts))
+            write_atomic(where, here)
             write_atomic(stamp, fp)  # last: a manifest without its stamp is redone
     return out
 

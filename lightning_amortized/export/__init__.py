@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,8 @@ def manifest_version(arbitrator: dict[str, Any] | None) -> int:
 def load_for_export(checkpoint: str | Path) -> nn.Module:
     """Load an :class:`ASRModule` from a LightningCLI checkpoint (the encoder config is in its hparams).
 
+    A checkpoint saved while a ``NeuralDiff`` was attached is folded into plain weights ``W0 + D``.
+
     Raises:
         ExportError: the file is missing, or the checkpoint has no encoder config (built
             in Python: load it yourself and call :func:`export_onnx`).
@@ -229,7 +232,18 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
     if not path.is_file():
         raise ExportError(f"Checkpoint {str(path)!r} does not exist.")
     try:
-        model = ASRModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+        source: Any = str(path)
+        if isinstance(state, dict) and any(".parametrizations." in k for k in state):
+            # trained with NeuralDiff (checkpoint saved while the diff was attached): fold W0 + D into plain weights
+            from lightning_amortized.diffs.checkpoints import fold_parametrized
+
+            buf = io.BytesIO()
+            torch.save({**ckpt, "state_dict": fold_parametrized(state)}, buf)
+            buf.seek(0)
+            source = buf
+        model = ASRModule.load_from_checkpoint(source, map_location="cpu", weights_only=True)
     except TypeError as err:
         raise ExportError(
             f"{str(path)!r} does not hold the encoder's config ({err}); it was built in Python, not by "
