@@ -216,6 +216,16 @@ def test_mask_epochs_is_the_sparse_diffs_pruning_schedule_and_is_checked(recipe,
             recipe.UpdateConfig(base="b", root="r", out="o", method=method, epochs=4, mask_epochs=2)
 
 
+def test_prune_score_reaches_the_callback_and_is_checked(recipe, tmp_path: Path) -> None:
+    cfg = recipe.UpdateConfig(base="b", root="r", out="o", method="sparse", prune_score="fisher")
+    assert recipe._diff_callback(cfg, tmp_path / "d.safetensors").prune_score == "fisher"
+    default = recipe.UpdateConfig(base="b", root="r", out="o", method="sparse")
+    assert recipe._diff_callback(default, tmp_path / "d.safetensors").prune_score == "magnitude"
+    for method in ("hashed", "lora", "full"):
+        with pytest.raises(ValueError, match="`prune_score` ranks a sparse diff's entries"):
+            recipe.UpdateConfig(base="b", root="r", out="o", method=method, prune_score="fisher")
+
+
 def test_a_corpus_without_the_test_other_split_is_refused_before_training(
     recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path
 ) -> None:
