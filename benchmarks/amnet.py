@@ -916,7 +916,7 @@ def summarize(
         "lr": a.lr,
         "seed": a.seed,
         "fast_rank": a.fast_rank,
-        "fast_density": a.fast_density,
+        "fast_density": getattr(a, "fast_density", None),
         "branch_loss_weight": a.branch_loss_weight,
         "quick": a.quick,
         "workers": a.workers,

@@ -88,7 +88,7 @@ def _done() -> dict:
 def _summary(amnet, done: dict) -> dict:
     from types import SimpleNamespace
 
-    a = SimpleNamespace(train_utts=4000, epochs=8, lr=1e-3, seed=0, fast_rank=128, branch_loss_weight=None,
+    a = SimpleNamespace(train_utts=4000, epochs=8, lr=1e-3, seed=0, fast_rank=128, fast_density=None, branch_loss_weight=None,
                         quick=False, workers=2)
     return amnet.summarize(done, "base.ckpt", a, 0.0, [])
 
