@@ -35,6 +35,7 @@ __all__ = [
     "GAP_ESCAPE",
     "INDEX_ENCODINGS",
     "LOWRANK_FORMAT",
+    "LOWRANK_VERSION",
     "SUPPORTED_VERSIONS",
     "VALUE_DTYPE_NAMES",
     "BaseMismatchError",
@@ -42,8 +43,10 @@ __all__ = [
     "DiffFormatError",
     "DiffIntegrityError",
     "check_arrays",
+    "check_lowrank_arrays",
     "decode_gaps",
     "file_format",
+    "lowrank_shapes",
     "named_sha256",
     "non_finite",
     "payload_sha256",
@@ -55,6 +58,8 @@ __all__ = [
 FORMAT_NAME = "lightning_amortized.diff"
 #: The format name of low-rank (LoRA) update files (:mod:`lightning_amortized.diffs.lowrank`).
 LOWRANK_FORMAT = "lightning_amortized.lowrank"
+#: The version of low-rank files written, and the only one read (PyTorch and the device runtime).
+LOWRANK_VERSION = 1
 FORMAT_VERSION = 2  # the newest version written; version 1 is still written when it suffices
 SUPPORTED_VERSIONS = (1, 2)
 INDEX_ENCODINGS = ("gap-u8", "int32")
@@ -326,6 +331,38 @@ def read_verified(
             "to apply it; retrain the update (e.g. with a lower learning rate) and export it again."
         )
     return meta, arrays, len(data)
+
+
+def lowrank_shapes(name: str, shape: Sequence[int], rank: int) -> dict[str, tuple[int, ...]]:
+    """The stored arrays of one low-rank target and their shapes.
+
+    A target ``(m, *rest)`` of rank ``r > 0`` stores ``B (m, r)`` and ``A (r, prod(rest))``; a
+    dense one (``rank`` 0, a 1-D target) stores ``delta`` of its own shape.
+
+    Example:
+        >>> lowrank_shapes("w", (8, 2, 3), 2), lowrank_shapes("b", (8,), 0)
+        ({'w::A': (2, 6), 'w::B': (8, 2)}, {'b::delta': (8,)})
+    """
+    if rank == 0:
+        return {f"{name}::delta": tuple(int(s) for s in shape)}
+    m, n = int(shape[0]), int(math.prod(shape[1:]))
+    return {f"{name}::A": (rank, n), f"{name}::B": (m, rank)}
+
+
+def check_lowrank_arrays(
+    path: str, targets: Iterable[tuple[str, Sequence[int], int]], arrays: Mapping[str, Any]
+) -> None:
+    """Check a low-rank file's arrays against its ``(name, shape, rank)`` targets: the names, shapes, fp16.
+
+    Raises:
+        DiffFormatError: an array missing, extra, of another shape or not float16.
+    """
+    expected: dict[str, tuple[int, ...]] = {}
+    for name, shape, rank in targets:
+        expected.update(lowrank_shapes(name, shape, rank))
+    got = {k: tuple(np.shape(v)) for k, v in arrays.items()}
+    if got != expected or any(np.asarray(v).dtype != np.float16 for v in arrays.values()):
+        raise DiffFormatError(f"{path!r}: stored tensors {got} do not match its targets (expected fp16 {expected}).")
 
 
 def check_arrays(

@@ -154,7 +154,7 @@ class NeuralDiff(Callback):
         self.density = 1.0
         self.last_pruned_epoch = -1
         self._requires_grad: dict[str, bool] = {}
-        self._sparse: list[SparseDiff] = []  # attached sparse diffs, for the per-step re-masking
+        self._sparse: dict[str, SparseDiff] = {}  # attached sparse diffs by name, for the per-step hooks
         self._fisher: dict[str, torch.Tensor] = {}  # prune_score="fisher": sum of squared gradients since the last prune
 
     @property
@@ -206,7 +206,7 @@ class NeuralDiff(Callback):
         for p in pl_module.parameters():
             p.requires_grad_(False)
         created = attach_diffs(pl_module, names, self.method, num_buckets=self.bucket_counts or None, seed=self.seed)
-        self._sparse = [d for d in created.values() if isinstance(d, SparseDiff)]
+        self._sparse = {n: d for n, d in created.items() if isinstance(d, SparseDiff)}
         model_bytes = sum(p.numel() * p.element_size() for p in params.values())
         rank_zero_info(
             f"NeuralDiff: {self.method} diff on {len(names)} target(s) ({self.target_numel:,} entries), budget "
@@ -247,8 +247,8 @@ class NeuralDiff(Callback):
             trainer.global_step,
             "NeuralDiff",
         )
-        if self.prune_score == "fisher" and self.method == "sparse":
-            self._accumulate_fisher(pl_module)
+        if self.prune_score == "fisher":  # (sparse diffs only: checked in __init__)
+            self._accumulate_fisher()
 
     @override
     def on_train_batch_end(
@@ -256,7 +256,7 @@ class NeuralDiff(Callback):
     ) -> None:
         if self.dry_run or self.method != "sparse":
             return
-        for d in self._sparse:
+        for d in self._sparse.values():
             d.zero_pruned()
 
     @override
@@ -312,27 +312,23 @@ class NeuralDiff(Callback):
         return sum(d.nnz for d in diff_modules(pl_module).values() if isinstance(d, SparseDiff))
 
     @torch.no_grad()
-    def _accumulate_fisher(self, pl_module: pl.LightningModule) -> None:
+    def _accumulate_fisher(self) -> None:
         """``F += grad(D)**2`` for every sparse diff (zero outside the mask, where gradients are zero)."""
-        for name, d in diff_modules(pl_module).items():
-            if isinstance(d, SparseDiff) and d.delta.grad is not None:
-                f = self._fisher.get(name)
-                if f is None or f.device != d.delta.device:
-                    f = torch.zeros_like(d.delta) if f is None else f.to(d.delta.device)
-                    self._fisher[name] = f
-                f.addcmul_(d.delta.grad, d.delta.grad)
+        for name, d in self._sparse.items():
+            if d.delta.grad is None:
+                continue
+            f = self._fisher.get(name)
+            if f is None or f.device != d.delta.device:  # first step, or accumulators restored on the CPU
+                f = self._fisher[name] = torch.zeros_like(d.delta) if f is None else f.to(d.delta.device)
+            f.addcmul_(d.delta.grad, d.delta.grad)
 
     def _scores(self, named: dict[str, SparseDiff]) -> list[torch.Tensor]:
-        """What pruning ranks entries by: ``|D|``, or ``F * D**2`` (``prune_score="fisher"``)."""
-        seen = [self._fisher.get(n) for n in named]
-        if self.prune_score == "magnitude" or not any(f is not None and bool(f.any()) for f in seen):
-            return [d.delta for d in named.values()]  # (fisher before any gradient was seen, e.g. just resumed: |D|)
-        scores = []
-        for name, d in named.items():
-            f = self._fisher.get(name)
-            f = torch.zeros_like(d.delta) if f is None else f.to(d.delta.device)
-            scores.append(f * d.delta.square())
-        return scores
+        """What pruning ranks entries by: ``|D|``, or ``F * D**2`` (``prune_score="fisher"``; ``|D|`` until a
+        gradient has been seen, e.g. right after resuming from a checkpoint without accumulators)."""
+        fisher = [self._fisher.get(n) for n in named]
+        if self.prune_score == "magnitude" or all(f is None or not bool(f.any()) for f in fisher):
+            return [d.delta for d in named.values()]
+        return [d.delta.square() * (0.0 if f is None else f.to(d.delta.device)) for f, d in zip(fisher, named.values())]
 
     @torch.no_grad()
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, density: float, keep: int | None = None) -> None:
@@ -433,7 +429,7 @@ class NeuralDiff(Callback):
     def remove(self, pl_module: pl.LightningModule, merge: bool = True) -> None:
         """Detach the diffs (``merge=True``: ``W0 <- W0 + D``) and restore ``requires_grad`` flags."""
         detach_diffs(pl_module, merge=merge)
-        self._sparse = []
+        self._sparse = {}
         for name, p in plain_parameters(pl_module).items():
             p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
 

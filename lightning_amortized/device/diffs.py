@@ -36,13 +36,16 @@ import numpy as np
 from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diff_format import (
     LOWRANK_FORMAT,
+    LOWRANK_VERSION,
     BaseMismatchError,
     DiffError,
     DiffFormatError,
     DiffIntegrityError,
     check_arrays,
+    check_lowrank_arrays,
     decode_gaps,
     file_format,
+    lowrank_shapes,
     read_verified,
 )
 from lightning_amortized.device.hashing import hash_indices
@@ -61,8 +64,6 @@ __all__ = [
 ]
 
 VALUE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
-#: Versions of the low-rank (LoRA) update files (``lightning_amortized.diffs.lowrank``) this runtime applies.
-LOWRANK_VERSIONS = (1,)
 UPDATES_FILE = "updates.json"
 
 
@@ -143,14 +144,13 @@ def _read_lowrank(p: Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
     """A low-rank file: per matrix target ``(m, *rest)`` fp16 factors ``B (m, r)`` and ``A (r, prod(rest))``,
     per 1-D target an fp16 ``delta``; metadata ``rank`` and ``alpha`` (``scale = alpha / rank``)."""
     meta, tensors, file_bytes = read_verified(p, reader="device runtime", format_name=LOWRANK_FORMAT,
-                                              versions=LOWRANK_VERSIONS)
+                                              versions=(LOWRANK_VERSION,))
     try:
         targets = []
         for t in json.loads(meta["targets"]):
             shape = tuple(int(s) for s in t["shape"])
-            numel = int(np.prod(shape, dtype=np.int64))
-            rank = int(t["rank"])
-            stored = numel if rank == 0 else rank * (shape[0] + numel // shape[0])
+            numel, rank = int(np.prod(shape, dtype=np.int64)), int(t["rank"])
+            stored = sum(int(np.prod(s)) for s in lowrank_shapes(t["name"], shape, rank).values())
             targets.append({"name": t["name"], "shape": shape, "dtype": t["dtype"], "numel": numel,
                             "stored": stored, "rank": rank})
         info = DeviceDiffInfo(
@@ -161,16 +161,7 @@ def _read_lowrank(p: Path) -> tuple[DeviceDiffInfo, dict[str, np.ndarray]]:
         )
     except (KeyError, ValueError, TypeError) as err:
         raise DiffFormatError(f"{str(p)!r} has malformed metadata: {err!r}.") from err
-    expected = {}
-    for t in info.targets:
-        m, n = t["shape"][0], t["numel"] // max(1, t["shape"][0])
-        if t["rank"] == 0:
-            expected[f"{t['name']}::delta"] = t["shape"]
-        else:
-            expected.update({f"{t['name']}::A": (t["rank"], n), f"{t['name']}::B": (m, t["rank"])})
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if got != expected or any(v.dtype != np.float16 for v in tensors.values()):
-        raise DiffFormatError(f"{str(p)!r}: stored tensors {got} do not match its targets (expected fp16 {expected}).")
+    check_lowrank_arrays(info.path, ((t["name"], t["shape"], t["rank"]) for t in info.targets), tensors)
     return info, tensors
 
 

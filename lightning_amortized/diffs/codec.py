@@ -116,13 +116,19 @@ def count_large_gaps(indices: torch.Tensor) -> int:
     return int((skips >= GAP_ESCAPE).sum())
 
 
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an Inf (any device; the numpy twin for
+    files is :func:`lightning_amortized.diff_format.non_finite`)."""
+    return sorted(n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], path: object) -> None:
     """Refuse to write an update file whose stored floating-point tensors hold a NaN or an Inf.
 
     Raises:
         ValueError: naming the tensors (a diverged fine-tuning run, or fp16 overflow of huge values).
     """
-    bad = sorted(n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    bad = non_finite_tensors(tensors)
     if bad:
         raise ValueError(
             f"Refusing to write {str(path)!r}: {bad} hold NaN or Inf values. The fine-tuned weights or the trained "
@@ -156,7 +162,7 @@ def _build(
                 tensors[f"{name}::gaps"], tensors[f"{name}::large_gaps"] = encode_gaps(idx, base.numel())
             else:
                 tensors[f"{name}::indices"] = idx.to(_large_dtype(base.numel())).contiguous()
-        if values.is_floating_point() and not bool(torch.isfinite(values).all()):  # before int8 hides them
+        if non_finite_tensors({name: values}):  # before int8 quantization hides them
             raise ValueError(
                 f"Refusing to encode the update of {name!r}: its values hold NaN or Inf. The fine-tuned weights or "
                 "the trained update diverged; fix the training run before shipping an update."

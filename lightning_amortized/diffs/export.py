@@ -21,7 +21,7 @@ from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diffs.apply import _bitwise_differs, _new_weight
 from lightning_amortized.diffs.attach import base_tensor, diff_modules
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
-from lightning_amortized.diffs.codec import _build, _large_dtype, check_finite
+from lightning_amortized.diffs.codec import _build, _large_dtype, check_finite, non_finite_tensors
 from lightning_amortized.diffs.format import (
     BaseMismatchError,
     DiffInfo,
@@ -250,7 +250,7 @@ def export_diff_from_weights(
     total = sum(d.numel() for d in deltas.values())
     if not 1 <= keep <= total:
         raise ValueError(f"Expected argument `keep` to be between 1 and {total}, but got {keep}.")
-    bad = [n for n, d in deltas.items() if not bool(torch.isfinite(d).all())]
+    bad = non_finite_tensors(deltas)
     if bad:
         raise ValueError(f"Refusing to write {str(path)!r}: the fine-tuned weights of {bad} hold NaN or Inf.")
     changed = sum(int((d != 0).sum()) for d in deltas.values())

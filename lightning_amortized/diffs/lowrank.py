@@ -42,7 +42,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_amortized.atomic import write_atomic
-from lightning_amortized.diff_format import LOWRANK_FORMAT, file_format, read_verified
+from lightning_amortized.diff_format import (
+    LOWRANK_FORMAT,
+    LOWRANK_VERSION,
+    check_lowrank_arrays,
+    file_format,
+    lowrank_shapes,
+    read_verified,
+)
 from lightning_amortized.diffs.attach import base_tensor, parametrizations_of, remove_parametrizations
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
 from lightning_amortized.diffs.codec import check_finite
@@ -80,7 +87,6 @@ __all__ = [
     "read_lowrank",
 ]
 
-LOWRANK_VERSION = 1
 _PLACEHOLDER = "0" * 64  # a sha256 hex digest has 64 characters: the header size does not depend on it
 
 
@@ -350,15 +356,10 @@ def _targets(shapes: Mapping[str, tuple[tuple[int, ...], str]], rank: int) -> li
 
 def _stored_tensors(t: LowRankTarget, fill: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The fp16 tensors of one target (zeros when ``fill`` is ``None``)."""
-    if t.rank == 0:
-        shapes = {"delta": tuple(t.shape)}
-    else:
-        m, n = _matrix_shape(t.shape)
-        shapes = {"A": (t.rank, n), "B": (m, t.rank)}
     out = {}
-    for key, shape in shapes.items():
-        value = torch.zeros(shape) if fill is None else fill[key]
-        out[f"{t.name}::{key}"] = value.detach().to("cpu", torch.float16).reshape(shape).contiguous()
+    for key, shape in lowrank_shapes(t.name, t.shape, t.rank).items():
+        value = torch.zeros(shape) if fill is None else fill[key.rpartition("::")[2]]
+        out[key] = value.detach().to("cpu", torch.float16).reshape(shape).contiguous()
     return out
 
 
@@ -559,12 +560,7 @@ def read_lowrank(path: PathLike) -> tuple[LowRankInfo, dict[str, torch.Tensor]]:
         )
     except (KeyError, ValueError, TypeError) as err:
         raise DiffFormatError(f"{str(p)!r} has malformed metadata: {err!r}.") from err
-    expected = {}
-    for t in targets:
-        expected.update({k: tuple(v.shape) for k, v in _stored_tensors(t).items()})
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if got != expected or any(v.dtype != torch.float16 for v in tensors.values()):
-        raise DiffFormatError(f"{str(p)!r}: stored tensors {got} do not match its targets (expected fp16 {expected}).")
+    check_lowrank_arrays(str(p), ((t.name, t.shape, t.rank) for t in targets), arrays)
     return info, tensors
 
 

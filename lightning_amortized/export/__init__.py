@@ -226,35 +226,37 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
         ExportError: the file is missing, or the checkpoint has no encoder config (built
             in Python: load it yourself and call :func:`export_onnx`).
     """
+    from lightning_amortized.diffs.checkpoints import load_checkpoint
     from lightning_amortized.module import ASRModule
 
     path = Path(checkpoint)
     if not path.is_file():
         raise ExportError(f"Checkpoint {str(path)!r} does not exist.")
+    try:  # the one safe reader (weights_only); it folds a NeuralDiff's W0 + D into plain weights
+        state, container = load_checkpoint(path)
+    except ValueError as err:
+        raise ExportError(f"Cannot load {str(path)!r} as an ASRModule checkpoint: {err}") from err
+    if container is None:
+        raise ExportError(
+            f"Cannot load {str(path)!r} as an ASRModule checkpoint: it holds bare weights, without the model's "
+            "hyper-parameters. Pass a checkpoint written by `lightning-amortized fit`."
+        )
+    buf = io.BytesIO()
+    torch.save({**container, "state_dict": state}, buf)
+    buf.seek(0)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-        source: Any = str(path)
-        if isinstance(state, dict) and any(".parametrizations." in k for k in state):
-            # trained with NeuralDiff (checkpoint saved while the diff was attached): fold W0 + D into plain weights
-            from lightning_amortized.diffs.checkpoints import fold_parametrized
-
-            buf = io.BytesIO()
-            torch.save({**ckpt, "state_dict": fold_parametrized(state)}, buf)
-            buf.seek(0)
-            source = buf
-        model = ASRModule.load_from_checkpoint(source, map_location="cpu", weights_only=True)
+        model = ASRModule.load_from_checkpoint(buf, map_location="cpu", weights_only=True)
     except TypeError as err:
         raise ExportError(
             f"{str(path)!r} does not hold the encoder's config ({err}); it was built in Python, not by "
             "LightningCLI. Load it with ASRModule.load_from_checkpoint(path, encoder=...) and call "
             "lightning_amortized.export.export_onnx(model, out_dir)."
         ) from err
-    except Exception as err:  # truncated, not a checkpoint, pickled objects, another model's weights
+    except Exception as err:  # weights of another model, hyper-parameters of another class
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(
             f"Cannot load {str(path)!r} as an ASRModule checkpoint ({type(err).__name__}: {first[:300]}). Pass a "
-            "checkpoint written by `lightning-amortized fit` (torch.load(weights_only=True) must read it)."
+            "checkpoint written by `lightning-amortized fit`."
         ) from err
     return model
 
