@@ -33,10 +33,12 @@ import _ctypes
 import atexit
 import ctypes
 import functools
+import hashlib
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +208,7 @@ class EspeakSynthesizer:
         self.library_path = str(lib_path)
         self._private_path = _private_copy(lib_path)
         self._data_path = data
+        self._own_data: str | None = None  # private data copy holding custom variants (voice_lines)
         self._chunks: list[np.ndarray] = []
 
         def _collect(wav, numsamples, events):  # noqa: ANN001 - ctypes callback
@@ -272,6 +275,32 @@ class EspeakSynthesizer:
         lib.espeak_Terminate()
         _ctypes.dlclose(lib._handle)  # refcount reaches 0: statics reset on next load
 
+    def _custom_variant(self, variant: str, lines: Sequence[str]) -> str:
+        """Name of a variant file holding ``variant``'s lines plus ``lines`` (written on first use)."""
+        for line in lines:
+            if not isinstance(line, str) or not line.strip() or "\n" in line or "\r" in line or not line.isascii():
+                raise ValueError(
+                    "Expected argument `voice_lines` to hold non-empty single-line ASCII voice-file "
+                    f"lines, but got {line!r}."
+                )
+        with self._lock:
+            if self._own_data is None:  # custom variants go into a private copy, never the wheel's data
+                own = tempfile.mkdtemp(prefix="lightning-amortized-espeak-data-")
+                shutil.copytree(self._data_path, own, dirs_exist_ok=True)
+                atexit.register(shutil.rmtree, own, True)
+                self._own_data = self._data_path = own
+            folder = Path(self._data_path) / "voices" / "!v"
+            content = (folder / variant).read_bytes() if variant else b""
+            content += ("\n" + "\n".join(lines) + "\n").encode("ascii")
+            name = "la-" + hashlib.sha256(content).hexdigest()[:16]
+            path = folder / name
+            if not path.exists():
+                tmp = folder / f".{name}.tmp"
+                tmp.write_bytes(content)
+                tmp.replace(path)
+            self._variants.add(name)
+        return name
+
     @property
     def sample_rate(self) -> int:
         """Output sample rate in Hz (always 22,050)."""
@@ -286,6 +315,7 @@ class EspeakSynthesizer:
         pitch: int = 50,
         pitch_range: int = 50,
         seed: int = 0,
+        voice_lines: Sequence[str] = (),
     ) -> np.ndarray:
         """Speak ``text`` and return the waveform.
 
@@ -297,6 +327,10 @@ class EspeakSynthesizer:
             pitch_range: pitch range, 0-100 (0 is monotone, 50 the default).
             seed: seed of eSpeak NG's internal random generator (breath/roughness
                 noise of some variants), making the output bit-exact.
+            voice_lines: extra voice-file lines appended to the variant's own (e.g.
+                ``"replace 00 T f"``, a phoneme replacement: one accent feature; see
+                eSpeak NG's voice file format). The combined variant is written once
+                into a private copy of the data directory, named by its content.
 
         Returns:
             float32 array of shape ``(samples,)`` in ``[-1, 1]`` at 22,050 Hz.
@@ -328,6 +362,8 @@ class EspeakSynthesizer:
                 f"Unknown eSpeak NG variant {variant!r} in {voice!r}; see "
                 "`available_variants()` (e.g. m1..m8, f1..f5)."
             )
+        if voice_lines:
+            voice = f"{base}+{self._custom_variant(variant, voice_lines)}"
         with self._lock:
             lib = self._load()
             status = lib.espeak_SetVoiceByName(voice.encode())

@@ -7,7 +7,7 @@ the jobs by :mod:`~lightning_amortized.data.render`.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ class VoiceSet:
             is corrected so the tempo stays.
         speakers_per: utterances per train, dev, test and test-other speaker (before the caps).
         max_speakers: caps on the four speaker counts.
+        accent_share: share of the ``train`` speakers given a synthetic accent (two to four
+            of :data:`ACCENT_PROCESSES`); dev, test and test-other speakers never have one.
     """
 
     name: str
@@ -86,6 +88,62 @@ class VoiceSet:
     warp_rates: tuple[int, ...]
     speakers_per: tuple[int, int, int, int]
     max_speakers: tuple[int, int, int, int]
+    accent_share: float = 0.0
+
+
+#: Synthetic accents: phonological processes common in varieties of English, each as eSpeak
+#: NG voice-file phoneme replacements (``replace FLAGS FROM TO``; flags ``00`` everywhere,
+#: ``01`` at the end of a word only). ``name: (slot, lines)``: processes of one slot are
+#: alternatives for the same phonemes, and a speaker has at most one per slot. None of the
+#: held-out accent's own replacements (``en-029``: D->d, T->t[, U@->o@, @->a#, 3->a#, N->n)
+#: is here, so ``test-other``'s accent stays unheard in training (``tests/data`` checks it
+#: against the wheel's ``lang/gmw/en-029``).
+ACCENT_PROCESSES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "th-fronting": ("th", ("replace 00 T f", "replace 00 D v")),
+    "th-alveolar": ("th", ("replace 00 T s", "replace 00 D z")),
+    "h-dropping": ("h", ("replace 00 h NULL",)),
+    "kit-fleece": ("kit", ("replace 00 I i:",)),
+    "kit-dress": ("kit", ("replace 00 I e",)),
+    "fleece-kit": ("kit", ("replace 00 i: I",)),
+    "foot-goose": ("foot", ("replace 00 U u:",)),
+    "trap-dress": ("trap", ("replace 00 a E",)),
+    "trap-central": ("trap", ("replace 00 a a#",)),
+    "strut-foot": ("strut", ("replace 00 V U",)),
+    "face-monophthong": ("face", ("replace 00 eI e",)),
+    "goat-monophthong": ("goat", ("replace 00 oU O:",)),
+    "goat-close": ("goat", ("replace 00 oU o@",)),
+    "price-monophthong": ("price", ("replace 00 aI A:",)),
+    "price-rounded": ("price", ("replace 00 aI OI",)),
+    "v-to-w": ("vw", ("replace 00 v w",)),
+    "w-to-v": ("vw", ("replace 00 w v",)),
+    "z-devoicing": ("z", ("replace 00 z s",)),
+    "final-devoicing": ("final", ("replace 01 d t", "replace 01 b p", "replace 01 g k")),
+    "l-vocalisation": ("l", ("replace 01 l w",)),
+}
+
+
+def accent_lines(accent: tuple[str, ...]) -> tuple[str, ...]:
+    """The voice-file lines of the :data:`ACCENT_PROCESSES` named in ``accent``, in order.
+
+    Example:
+        >>> accent_lines(("h-dropping", "z-devoicing"))
+        ('replace 00 h NULL', 'replace 00 z s')
+    """
+    unknown = [a for a in accent if a not in ACCENT_PROCESSES]
+    if unknown:
+        raise ValueError(f"Unknown accent processes {unknown}; known: {sorted(ACCENT_PROCESSES)}.")
+    return tuple(line for a in accent for line in ACCENT_PROCESSES[a][1])
+
+
+def _draw_accent(rng: np.random.Generator) -> tuple[str, ...]:
+    """Two to four processes from distinct slots of :data:`ACCENT_PROCESSES`, sorted."""
+    slots = sorted({slot for slot, _ in ACCENT_PROCESSES.values()})
+    chosen = rng.choice(len(slots), size=int(rng.integers(2, 5)), replace=False)
+    picks = []
+    for j in sorted(chosen):
+        options = [name for name, (slot, _) in ACCENT_PROCESSES.items() if slot == slots[j]]
+        picks.append(options[int(rng.integers(len(options)))])
+    return tuple(sorted(picks))
 
 
 #: The voice sets a corpus can be generated with. ``core`` (the recipes' default): the 13
@@ -107,6 +165,9 @@ VOICE_SETS: dict[str, VoiceSet] = {
         speakers_per=(40, 400, 250, 250), max_speakers=(200, 20, 32, 32),
     ),
 }
+#: ``core-accents``: ``core`` with a synthetic accent for half of the training speakers
+#: (every other split, and every other draw, as in ``core``).
+VOICE_SETS["core-accents"] = replace(VOICE_SETS["core"], name="core-accents", accent_share=0.5)
 
 
 def voice_set(name: str) -> VoiceSet:
@@ -129,6 +190,7 @@ class _Speaker:
     pitch_range: int
     warp_rate: int
     split: str
+    accent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +209,7 @@ class _Job:
     seed: int
     snr_db: tuple[float, float] | None
     warp_rate: int = 22050
+    voice_lines: tuple[str, ...] = ()
 
 
 def split_sizes(utterances: int, train_utterances: int | None = None) -> dict[str, int]:
@@ -285,6 +348,12 @@ def _make_speakers(utterances: int, seed: int, voices: VoiceSet) -> dict[str, li
             )
             k += 1
         speakers[split] = sorted(group, key=lambda s: s.id)
+    if voices.accent_share > 0:  # own stream: every other draw is the same as without accents
+        accent_rng = np.random.default_rng([seed, _split_code("accents")])
+        train = speakers["train"]
+        picked = set(accent_rng.choice(len(train), size=round(voices.accent_share * len(train)), replace=False).tolist())
+        speakers["train"] = [replace(s, accent=_draw_accent(accent_rng)) if i in picked else s
+                             for i, s in enumerate(train)]
     return speakers
 
 
@@ -352,6 +421,7 @@ def _plan(
                     seed=int(rng.integers(2**31 - 1)),
                     snr_db=snr_db,
                     warp_rate=spk.warp_rate,
+                    voice_lines=accent_lines(spk.accent),
                 )
             )
             labels[utt_id] = {

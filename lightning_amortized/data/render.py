@@ -46,7 +46,7 @@ def _render(job: _Job) -> tuple[str, str, float]:
     # Lower case: eSpeak NG spells short upper-case words as acronyms ("US" -> "U S").
     speech = tts.synthesize(
         job.text.lower(), job.voice, rate=job.rate, pitch=job.pitch, pitch_range=job.pitch_range,
-        seed=job.seed,
+        seed=job.seed, voice_lines=job.voice_lines,
     ).astype(np.float64)
     # Read eSpeak's 22,050 Hz samples as if recorded at the speaker's warp rate: every
     # frequency (formants, pitch) scales by warp_rate / 22,050 (vocal-tract length).

@@ -46,6 +46,7 @@ from lightning_amortized.data.plan import (
     OTHER_VOICES,
     SAMPLE_RATE,
     SPLITS,
+    VOICE_SETS,
     _Job,
     _plan,
     split_sizes,
@@ -278,7 +279,8 @@ def make_corpus(
         overwrite: replace a different corpus found in ``root`` instead of raising.
         voices: the :data:`~lightning_amortized.data.plan.VOICE_SETS` entry train, dev and
             test speakers come from: ``"core"`` (16 variants, learnable by the recipes'
-            models on CPU) or ``"wide"`` (67 variants, wider prosody and warp).
+            models on CPU), ``"core-accents"`` (``core`` with a synthetic accent for half of
+            the training speakers) or ``"wide"`` (67 variants, wider prosody and warp).
         train_utterances: size of the ``train`` split, ``None`` for what ``utterances``
             leaves (47.5 %). Dev, test, test-other and the update splits are sized from
             ``utterances`` either way, and a larger train split starts with the utterances
@@ -371,7 +373,7 @@ def make_corpus(
         "hours": round(sum(seconds.values()) / 3600.0, 6),
         "splits": splits,
         "speakers": {
-            str(s.id): {k: v for k, v in asdict(s).items() if k != "id"}
+            str(s.id): {k: v for k, v in asdict(s).items() if k != "id" and (k != "accent" or v)}
             for group in speakers.values()
             for s in group
         },
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different corpus already in ROOT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--voices", choices=["core", "wide"], default="core",
+    parser.add_argument("--voices", choices=sorted(VOICE_SETS), default="core",
                         help="voice set of train/dev/test speakers (default core; see docs/corpus.md)")
     parser.add_argument("--train-utterances", type=int, default=None,
                         help="size of the train split (default: what --utterances leaves, 47.5 %%)")

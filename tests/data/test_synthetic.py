@@ -227,6 +227,66 @@ def test_wide_voice_set_and_bad_voice_set(tmp_path: Path) -> None:
         make_corpus(tmp_path, N, voices="loud", show_progress=False)
 
 
+def test_accent_lines_change_the_audio_deterministically_and_leave_other_voices_alone() -> None:
+    tts = EspeakSynthesizer()
+    text = "the three brothers think that this is a big house"
+    plain = tts.synthesize(text, "en-us+m3", seed=2)
+    lines = plan.accent_lines(("th-fronting", "h-dropping"))
+    accented = tts.synthesize(text, "en-us+m3", seed=2, voice_lines=lines)
+    assert accented.shape != plain.shape or np.abs(accented - plain).max() > 0
+    np.testing.assert_array_equal(tts.synthesize(text, "en-us+m3", seed=2, voice_lines=lines), accented)
+    # the voice without lines is unchanged once custom variants exist (they live in a private data copy)
+    np.testing.assert_array_equal(tts.synthesize(text, "en-us+m3", seed=2), plain)
+    for bad in (["replace 00 T f\nname x"], [""], ["replace 00 T \u00f0"]):
+        with pytest.raises(ValueError, match="voice_lines"):
+            tts.synthesize(text, "en-us+m3", voice_lines=bad)
+    with pytest.raises(ValueError, match="Unknown accent processes"):
+        plan.accent_lines(("th-stopping",))
+
+
+def test_every_accent_process_replaces_known_phonemes() -> None:
+    # eSpeak NG drops a phoneme replaced by an unknown name: each line must differ from "-> NULL"
+    tts = EspeakSynthesizer()
+    text = ("the thin thing that they bought, she hit the hat and cut the cup; my face goes home, "
+            "he fixed a big dog with a bad bag in a cab, his zoo has five vans, where was the wolf's hood, rolled gold, we all feel well")
+    plain = tts.synthesize(text, "en+m1")
+    for name, (_, lines) in plan.ACCENT_PROCESSES.items():
+        for line in lines:
+            flags, src, dst = line.split()[1:]
+            out = tts.synthesize(text, "en+m1", voice_lines=[line])
+            assert out.shape != plain.shape or np.abs(out - plain).max() > 0, f"{name}: {line} changes nothing"
+            if dst != "NULL":
+                dropped = tts.synthesize(text, "en+m1", voice_lines=[f"replace {flags} {src} NULL"])
+                assert out.shape != dropped.shape or np.abs(out - dropped).max() > 0, f"{name}: {dst!r} unknown"
+
+
+def test_core_accents_changes_only_training_speakers_accents() -> None:
+    from lightning_amortized.data.espeak import _loader_paths
+
+    core = plan._make_speakers(8000, 0, plan.voice_set("core"))
+    accents = plan._make_speakers(8000, 0, plan.voice_set("core-accents"))
+    for split in core:
+        assert [(s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in core[split]] == [
+            (s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in accents[split]]
+        assert all(not s.accent for s in core[split])
+    assert sum(bool(s.accent) for s in accents["train"]) == 40
+    assert all(not s.accent for split in ("dev", "test", "test-other") for s in accents[split])
+    for s in accents["train"]:
+        slots = [plan.ACCENT_PROCESSES[a][0] for a in s.accent]
+        assert (not s.accent or 2 <= len(s.accent) <= 4) and len(set(slots)) == len(slots)
+    # the held-out accent's own replacements are never used in training
+    en029 = (Path(_loader_paths()[1]) / "lang" / "gmw" / "en-029").read_text()
+    held = {tuple(line.split()[2:4]) for line in en029.splitlines() if line.startswith("replace")}
+    assert held and not held & {tuple(line.split()[2:4]) for _, ls in plan.ACCENT_PROCESSES.values() for line in ls}
+
+
+def test_core_accents_corpus_records_accents(tmp_path: Path) -> None:
+    info = make_corpus(tmp_path, N, voices="core-accents", show_progress=False, num_workers=1)
+    accented = {sid: s["accent"] for sid, s in info["speakers"].items() if "accent" in s}
+    assert accented and all(info["speakers"][sid]["split"] == "train" for sid in accented)
+    assert info["voices"] == "core-accents"
+
+
 def test_variant_pools_cover_the_wheel_and_are_disjoint() -> None:
     from lightning_amortized.data.espeak import available_variants
 
