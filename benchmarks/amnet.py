@@ -1247,6 +1247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--density", type=float, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.fast_density is not None and not 0.0 < a.fast_density <= 1.0:  # refused here, not by a job an hour in
+        p.error(f"--fast-density must be in (0, 1] (a fraction of the slow branch's weights kept), got {a.fast_density}")
+    if a.fast_rank is not None and a.fast_rank < 1:
+        p.error(f"--fast-rank must be a positive integer, got {a.fast_rank}")
     if a.from_json:
         stem = Path(a.from_json).with_suffix("")
         plot(json.loads(Path(a.from_json).read_text()), stem.parent / f"{stem.name}_trace.png",

@@ -197,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
         print(f"lightning-amortized: error: unknown command {argv[0]!r}.\n\n{USAGE}", file=sys.stderr)
         return 2
-    ASRLightningCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+    from lightning_amortized.data.prepare import CorpusError
+
+    try:
+        ASRLightningCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+    except CorpusError as err:  # the corpus named by the config is missing or unreadable: the user's input
+        return _fail(argv[0], err)
     return 0
 
 

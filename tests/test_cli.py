@@ -36,6 +36,17 @@ def test_every_subcommand_reports_errors_alike(tmp_path: Path, capsys: pytest.Ca
     assert capsys.readouterr().err.startswith("lightning-amortized train-tokenizer: error: ")
 
 
+def test_fit_on_a_missing_corpus_is_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # used to end in a 30-line traceback from inside Lightning's prepare_data hook
+    status = main(["fit", "--config", str(Path(__file__).parents[1] / "recipes/librispeech/conf/lstm_ctc_train100.yaml"),
+                   "--data.init_args.root", str(tmp_path / "missing"), "--trainer.fast_dev_run", "true",
+                   "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.logger", "false"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightning-amortized fit: error: Split folder") and "missing" in err[-1]
+    assert "raise CorpusError" not in "\n".join(err)  # (Lightning may log through pytest's closed streams)
+
+
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

@@ -42,6 +42,7 @@ import numpy as np
 from lightning_amortized.backlog_rule import allowed_branches, check_guard, eou_latency_ms, next_backlog
 from lightning_amortized.device.features import FeatureStream, LogMel, normalize_utterance
 from lightning_amortized.device.weights import read_weights
+from lightning_amortized.errors import first_line
 
 __all__ = ["EXPORT_FORMAT", "ExportedModel", "ManifestError", "StreamingRecognizer", "Transcript", "ctc_greedy"]
 
@@ -125,9 +126,9 @@ class ExportedModel:
             try:
                 return ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
             except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                first = first_line(err)
                 raise ManifestError(
-                    f"{str(self.path)!r}: ONNX Runtime cannot load graph file {spec['file']!r} ({first[:300]}); "
+                    f"{str(self.path)!r}: ONNX Runtime cannot load graph file {spec['file']!r} ({first}); "
                     "the file is damaged or truncated: export the model again."
                 ) from err
 

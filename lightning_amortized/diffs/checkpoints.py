@@ -21,6 +21,7 @@ import torch
 
 from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diffs.hashed import hashed_delta
+from lightning_amortized.errors import first_line
 
 __all__ = ["fold_parametrized", "load_checkpoint", "save_checkpoint"]
 
@@ -77,9 +78,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             return fold_parametrized(safetensors.torch.load_file(p)), None
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # torch and safetensors raise many types; one message for the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ValueError(
-            f"Cannot read checkpoint {str(p)!r} ({first[:300]}). Expected a Lightning checkpoint, a torch.save state "
+            f"Cannot read checkpoint {str(p)!r} ({first}). Expected a Lightning checkpoint, a torch.save state "
             "dict or a .safetensors file, loadable with torch.load(weights_only=True); a file that is truncated, "
             "not a checkpoint, or holds pickled objects (which could run code) is refused."
         ) from err

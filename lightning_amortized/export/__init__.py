@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from lightning_amortized.atomic import write_atomic
+from lightning_amortized.errors import first_line
 from lightning_amortized.export.onnx_io import OPSET, WEIGHTS_FILE, _collect, _externalize, _safetensors_layout, _trace
 from lightning_amortized.export.steps import ExportError, _ArbitratorStep, _BranchStep, _plan, _state_shape
 
@@ -253,9 +254,9 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
             "lightning_amortized.export.export_onnx(model, out_dir)."
         ) from err
     except Exception as err:  # weights of another model, hyper-parameters of another class
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ExportError(
-            f"Cannot load {str(path)!r} as an ASRModule checkpoint ({type(err).__name__}: {first[:300]}). Pass a "
+            f"Cannot load {str(path)!r} as an ASRModule checkpoint ({type(err).__name__}: {first}). Pass a "
             "checkpoint written by `lightning-amortized fit`."
         ) from err
     return model

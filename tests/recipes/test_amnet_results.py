@@ -245,3 +245,10 @@ def test_guard_table_sets_each_guarded_variant_beside_its_source(amnet) -> None:
     # 20 errors in 200 words; p90 / max over the floor (30 ms over 8.8 ms at rho 2)
     assert rows[0].endswith("| 10.00%; 1.00 / 1.00; 0.0% | 10.00%; 3.41 / 3.41; 0.0% | 10.00%; 3.64 / 3.64; 0.0% |")
     assert rows[1].endswith("| 11.00%; 1.00 / 1.00; 2.5% | 11.00%; 1.00 / 1.00; 2.5% |")
+
+
+@pytest.mark.parametrize("args", [["--fast-density", "0"], ["--fast-density", "1.5"], ["--fast-rank", "0"]])
+def test_bad_fast_branch_settings_are_refused_before_any_job(amnet, args: list[str], capsys) -> None:
+    with pytest.raises(SystemExit):
+        amnet.main([*args, "--base-ckpt", "none", "--work", "/nonexistent/never-created"])
+    assert "must be" in capsys.readouterr().err
