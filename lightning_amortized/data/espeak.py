@@ -275,31 +275,76 @@ class EspeakSynthesizer:
         lib.espeak_Terminate()
         _ctypes.dlclose(lib._handle)  # refcount reaches 0: statics reset on next load
 
-    def _custom_variant(self, variant: str, lines: Sequence[str]) -> str:
-        """Name of a variant file holding ``variant``'s lines plus ``lines`` (written on first use)."""
+    def custom_variant(self, voice: str, voice_lines: Sequence[str]) -> str:
+        """The voice name that speaks ``voice`` with ``voice_lines`` added to its variant file.
+
+        The combined variant file is written on first use, named by its content, into a
+        private copy of the data directory (made once per process tree: worker processes
+        forked after it use and extend the same copy; only the process that made it
+        removes it, at exit). Call it in the parent before forking workers and they write
+        nothing.
+
+        Args:
+            voice: eSpeak NG voice, optionally with a variant, e.g. ``"en-us+m3"``.
+            voice_lines: voice-file lines, e.g. ``["replace 00 T f"]``.
+
+        Returns:
+            ``"<voice>+la-<content hash>"``, usable as :meth:`synthesize`'s ``voice``.
+
+        Raises:
+            ValueError: ``voice_lines`` is a string, empty, or holds an empty, multi-line or
+                non-ASCII line.
+            EspeakError: unknown voice or variant.
+        """
+        if isinstance(voice_lines, str):
+            raise ValueError(f"Expected argument `voice_lines` to be a sequence of lines, but got the string {voice_lines!r}.")
+        lines = tuple(voice_lines)
+        if not lines:
+            raise ValueError("Expected argument `voice_lines` to hold at least one line, but got none.")
         for line in lines:
             if not isinstance(line, str) or not line.strip() or "\n" in line or "\r" in line or not line.isascii():
                 raise ValueError(
                     "Expected argument `voice_lines` to hold non-empty single-line ASCII voice-file "
                     f"lines, but got {line!r}."
                 )
+        base, _, variant = voice.partition("+")
+        self._check_voice(base, variant, voice)
         with self._lock:
-            if self._own_data is None:  # custom variants go into a private copy, never the wheel's data
-                own = tempfile.mkdtemp(prefix="lightning-amortized-espeak-data-")
-                shutil.copytree(self._data_path, own, dirs_exist_ok=True)
-                atexit.register(shutil.rmtree, own, True)
-                self._own_data = self._data_path = own
             folder = Path(self._data_path) / "voices" / "!v"
             content = (folder / variant).read_bytes() if variant else b""
             content += ("\n" + "\n".join(lines) + "\n").encode("ascii")
             name = "la-" + hashlib.sha256(content).hexdigest()[:16]
-            path = folder / name
-            if not path.exists():
-                tmp = folder / f".{name}.tmp"
-                tmp.write_bytes(content)
-                tmp.replace(path)
+            if not (folder / name).is_file():
+                if self._own_data is None:  # custom variants go into a private copy, never the wheel's data
+                    own = tempfile.mkdtemp(prefix="lightning-amortized-espeak-data-")
+                    shutil.copytree(self._data_path, own, dirs_exist_ok=True)
+                    owner = os.getpid()
+                    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(own, ignore_errors=True))
+                    self._own_data = self._data_path = own
+                    folder = Path(own) / "voices" / "!v"
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")  # unique: workers may race
+                with os.fdopen(fd, "wb") as f:
+                    f.write(content)
+                os.replace(tmp, folder / name)  # same content from every writer: last rename wins, harmlessly
             self._variants.add(name)
-        return name
+        return f"{base}+{name}"
+
+    def _check_voice(self, base: str, variant: str, voice: str) -> None:
+        if base.lower() not in self._voices:
+            raise EspeakError(
+                f"Unknown eSpeak NG voice {base!r} in {voice!r}; English voices available: "
+                f"{sorted(self._voices)}."
+            )
+        if variant and variant not in self._variants:
+            raise EspeakError(
+                f"Unknown eSpeak NG variant {variant!r} in {voice!r}; see "
+                "`available_variants()` (e.g. m1..m8, f1..f5)."
+            )
+
+    @property
+    def data_path(self) -> str:
+        """The ``espeak-ng-data`` directory in use (the private copy once :meth:`custom_variant` made one)."""
+        return self._data_path
 
     @property
     def sample_rate(self) -> int:
@@ -329,8 +374,7 @@ class EspeakSynthesizer:
                 noise of some variants), making the output bit-exact.
             voice_lines: extra voice-file lines appended to the variant's own (e.g.
                 ``"replace 00 T f"``, a phoneme replacement: one accent feature; see
-                eSpeak NG's voice file format). The combined variant is written once
-                into a private copy of the data directory, named by its content.
+                eSpeak NG's voice file format); see :meth:`custom_variant`.
 
         Returns:
             float32 array of shape ``(samples,)`` in ``[-1, 1]`` at 22,050 Hz.
@@ -351,19 +395,11 @@ class EspeakSynthesizer:
                 raise ValueError(
                     f"Expected argument `{name}` to be in [{lo}, {hi}], but got {value!r}."
                 )
+        lines = voice_lines if isinstance(voice_lines, str) else tuple(voice_lines)
+        if isinstance(lines, str) or lines:  # a string is refused by custom_variant
+            voice = self.custom_variant(voice, lines)
         base, _, variant = voice.partition("+")
-        if base.lower() not in self._voices:
-            raise EspeakError(
-                f"Unknown eSpeak NG voice {base!r} in {voice!r}; English voices available: "
-                f"{sorted(self._voices)}."
-            )
-        if variant and variant not in self._variants:
-            raise EspeakError(
-                f"Unknown eSpeak NG variant {variant!r} in {voice!r}; see "
-                "`available_variants()` (e.g. m1..m8, f1..f5)."
-            )
-        if voice_lines:
-            voice = f"{base}+{self._custom_variant(variant, voice_lines)}"
+        self._check_voice(base, variant, voice)
         with self._lock:
             lib = self._load()
             status = lib.espeak_SetVoiceByName(voice.encode())

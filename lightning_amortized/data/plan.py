@@ -95,9 +95,12 @@ class VoiceSet:
 #: NG voice-file phoneme replacements (``replace FLAGS FROM TO``; flags ``00`` everywhere,
 #: ``01`` at the end of a word only). ``name: (slot, lines)``: processes of one slot are
 #: alternatives for the same phonemes, and a speaker has at most one per slot. None of the
-#: held-out accent's own replacements (``en-029``: D->d, T->t[, U@->o@, @->a#, 3->a#, N->n)
-#: is here, so ``test-other``'s accent stays unheard in training (``tests/data`` checks it
-#: against the wheel's ``lang/gmw/en-029``).
+#: held-out accent's own replacement pairs (``en-029``: D->d, T->t[, U@->o@, @->a#, 3->a#,
+#: N->n) is added by this pool (``tests/data`` checks it against the wheel's
+#: ``lang/gmw/en-029``); three of them are heard in training anyway, from eSpeak's own
+#: accents (``en-gb-x-rp``: @->a#, 3->a#; ``en-gb-x-gbclan``: N->n), and ``en-029`` has
+#: its own phoneme table. Changing a process changes the corpus: record it in
+#: :data:`ACCENTS_VERSION`.
 ACCENT_PROCESSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "th-fronting": ("th", ("replace 00 T f", "replace 00 D v")),
     "th-alveolar": ("th", ("replace 00 T s", "replace 00 D z")),
@@ -120,6 +123,11 @@ ACCENT_PROCESSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "final-devoicing": ("final", ("replace 01 d t", "replace 01 b p", "replace 01 g k")),
     "l-vocalisation": ("l", ("replace 01 l w",)),
 }
+
+
+#: Version of :data:`ACCENT_PROCESSES`, part of the requested fields of a corpus with accents
+#: (``corpus.json`` ``accents_version``): bump it when a process changes.
+ACCENTS_VERSION = 1
 
 
 def accent_lines(accent: tuple[str, ...]) -> tuple[str, ...]:
@@ -165,8 +173,9 @@ VOICE_SETS: dict[str, VoiceSet] = {
         speakers_per=(40, 400, 250, 250), max_speakers=(200, 20, 32, 32),
     ),
 }
-#: ``core-accents``: ``core`` with a synthetic accent for half of the training speakers
-#: (every other split, and every other draw, as in ``core``).
+#: ``core-accents``: ``core`` with a synthetic accent for half of the training speakers, who
+#: also speak the ``update-k`` training splits; dev, test, test-other and ``update-k-test``
+#: speakers, and every other draw, as in ``core``.
 VOICE_SETS["core-accents"] = replace(VOICE_SETS["core"], name="core-accents", accent_share=0.5)
 
 
@@ -351,7 +360,7 @@ def _make_speakers(utterances: int, seed: int, voices: VoiceSet) -> dict[str, li
     if voices.accent_share > 0:  # own stream: every other draw is the same as without accents
         accent_rng = np.random.default_rng([seed, _split_code("accents")])
         train = speakers["train"]
-        picked = set(accent_rng.choice(len(train), size=round(voices.accent_share * len(train)), replace=False).tolist())
+        picked = set(accent_rng.choice(len(train), size=int(voices.accent_share * len(train) + 0.5), replace=False).tolist())
         speakers["train"] = [replace(s, accent=_draw_accent(accent_rng)) if i in picked else s
                              for i, s in enumerate(train)]
     return speakers

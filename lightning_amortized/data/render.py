@@ -31,9 +31,9 @@ def _resampling(source_rate: int) -> tuple[int, int, np.ndarray]:
     return up, down, firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0))
 
 
-def _init_worker() -> None:
+def _init_worker(data_path: str | None = None) -> None:
     global _TTS  # noqa: PLW0603 - one synthesiser per worker process, by design
-    _TTS = EspeakSynthesizer()
+    _TTS = EspeakSynthesizer(data_path=data_path)
 
 
 def _render(job: _Job) -> tuple[str, str, float]:

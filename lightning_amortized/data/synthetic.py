@@ -40,7 +40,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lightning_amortized.data import templates
+from lightning_amortized.data.espeak import EspeakSynthesizer
 from lightning_amortized.data.plan import (
+    ACCENTS_VERSION,
     MIN_UTTERANCES,
     OTHER_VARIANTS,
     OTHER_VOICES,
@@ -130,11 +132,14 @@ def _requested(
         "voices": voices,
         "train_utterances": train_utterances,
         "free_text": free_text,
+        # what the accent processes were (plan.ACCENTS_VERSION), for voice sets that use them
+        **({"accents_version": ACCENTS_VERSION} if voice_set(voices).accent_share > 0 else {}),
     }
 
 
-#: Values of naming fields that older ``corpus.json`` files leave out.
-_ABSENT = {"free_text": 0.0}
+#: Values of naming fields that ``corpus.json`` files leave out (older ones; and version 1 of
+#: the accent processes, the first, is not written, so those manifests stay as they were).
+_ABSENT = {"free_text": 0.0, "accents_version": 1}
 
 
 def _differing(info: dict, requested: dict[str, Any]) -> set[str]:
@@ -234,6 +239,16 @@ def read_slu(root: str | Path, split: str) -> dict[str, dict[str, Any]]:
 def _iter_rendered(
     jobs: Sequence[_Job], num_workers: int
 ) -> Iterable[tuple[str, str, float]]:
+    # Custom (accent) variants are written here, before any fork: workers share this
+    # process's private eSpeak data copy and write nothing (forked workers skip atexit, so
+    # copies of their own would be left behind).
+    custom = sorted({(j.voice, j.voice_lines) for j in jobs if j.voice_lines})
+    data_path = None
+    if custom:
+        tts = EspeakSynthesizer()
+        for voice, lines in custom:
+            tts.custom_variant(voice, lines)
+        data_path = tts.data_path
     if num_workers == 1:
         _init_worker()
         yield from map(_render, jobs)
@@ -243,7 +258,7 @@ def _iter_rendered(
     # soundfile and their own eSpeak NG, none of which shares state with the parent.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
-    with ctx.Pool(num_workers, initializer=_init_worker) as pool:
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(data_path,)) as pool:
         yield from pool.imap_unordered(_render, jobs, chunksize=16)
 
 
@@ -370,6 +385,8 @@ def make_corpus(
         "voices": voices,
         "train_utterances": train_utterances,
         **({"free_text": free_text} if free_text else {}),  # absent: none (older corpora read the same)
+        **({"accents_version": ACCENTS_VERSION}
+           if voice_set(voices).accent_share > 0 and ACCENTS_VERSION != _ABSENT["accents_version"] else {}),
         "hours": round(sum(seconds.values()) / 3600.0, 6),
         "splits": splits,
         "speakers": {

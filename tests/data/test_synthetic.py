@@ -280,11 +280,56 @@ def test_core_accents_changes_only_training_speakers_accents() -> None:
     assert held and not held & {tuple(line.split()[2:4]) for _, ls in plan.ACCENT_PROCESSES.values() for line in ls}
 
 
-def test_core_accents_corpus_records_accents(tmp_path: Path) -> None:
-    info = make_corpus(tmp_path, N, voices="core-accents", show_progress=False, num_workers=1)
+def test_core_accents_corpus_speaks_the_accents_with_any_worker_count(tmp_path: Path) -> None:
+    import tempfile
+    from dataclasses import replace
+
+    from lightning_amortized.data.render import _render
+
+    prefix = "lightning-amortized-espeak-data-"
+    before = {p.name for p in Path(tempfile.gettempdir()).glob(prefix + "*")}
+    info = make_corpus(tmp_path / "one", N, voices="core-accents", show_progress=False, num_workers=1)
+    make_corpus(tmp_path / "two", N, voices="core-accents", show_progress=False, num_workers=2)
+    for a in sorted((tmp_path / "one").rglob("*.flac")):
+        assert a.read_bytes() == (tmp_path / "two" / a.relative_to(tmp_path / "one")).read_bytes(), a
+    # workers write no eSpeak data copies of their own (forked workers would leave them behind)
+    own = EspeakSynthesizer().data_path
+    assert {p.name for p in Path(tempfile.gettempdir()).glob(prefix + "*")} - before <= {Path(own).name}
     accented = {sid: s["accent"] for sid, s in info["speakers"].items() if "accent" in s}
     assert accented and all(info["speakers"][sid]["split"] == "train" for sid in accented)
-    assert info["voices"] == "core-accents"
+    assert info["voices"] == "core-accents" and "accents_version" not in info  # version 1 is not written
+    # the files really carry the accent: re-rendered without its lines, an accented utterance differs
+    _, jobs, _ = plan._plan(tmp_path / "one", N, 0, (20.0, 40.0), "core-accents")
+    differs = []
+    for job in [j for j in jobs if j.voice_lines and j.split == "train"][:6]:  # a sentence may lack every phoneme
+        written = Path(job.path).read_bytes()
+        _render(replace(job, path=str(tmp_path / "again.flac")))
+        _render(replace(job, path=str(tmp_path / "plain.flac"), voice_lines=()))
+        assert (tmp_path / "again.flac").read_bytes() == written
+        differs.append((tmp_path / "plain.flac").read_bytes() != written)
+    assert sum(differs) >= 3, differs
+
+
+def test_custom_variant_refuses_bad_lines_and_names_its_content() -> None:
+    tts = EspeakSynthesizer()
+    a = tts.custom_variant("en-us+m3", ["replace 00 z s"])
+    assert a.startswith("en-us+la-") and tts.custom_variant("en-us+m3", iter(["replace 00 z s"])) == a
+    assert tts.custom_variant("en+m3", ["replace 00 z s"]) == "en" + a[len("en-us"):]  # the variant, not the accent
+    assert tts.custom_variant("en-us+m4", ["replace 00 z s"]) != a
+    for bad, match in (("replace 00 z s", "string"), ([], "at least one line")):
+        with pytest.raises(ValueError, match=match):
+            tts.custom_variant("en-us+m3", bad)
+    with pytest.raises(EspeakError, match="Unknown eSpeak NG variant"):
+        tts.custom_variant("en-us+m99", ["replace 00 z s"])
+
+
+def test_accent_processes_are_pinned_to_their_version() -> None:
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(plan.ACCENT_PROCESSES, sort_keys=True).encode()).hexdigest()[:16]
+    assert (plan.ACCENTS_VERSION, digest) == (1, "a5c55edf1f0c2875"), (
+        "ACCENT_PROCESSES changed: bump plan.ACCENTS_VERSION (corpora made with the old processes must be "
+        f"told apart) and pin the new digest {digest}")
 
 
 def test_variant_pools_cover_the_wheel_and_are_disjoint() -> None:
