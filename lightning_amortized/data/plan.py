@@ -78,6 +78,9 @@ class VoiceSet:
         max_speakers: caps on the four speaker counts.
         accent_share: share of the ``train`` speakers given a synthetic accent (two to four
             of :data:`ACCENT_PROCESSES`); dev, test and test-other speakers never have one.
+        formant_spread: every ``train`` speaker's formants 1-3 are scaled by independent
+            factors drawn from ``1 +- formant_spread`` (vowel qualities move against each
+            other, unlike the warp, which scales every frequency alike); 0: none.
     """
 
     name: str
@@ -89,6 +92,7 @@ class VoiceSet:
     speakers_per: tuple[int, int, int, int]
     max_speakers: tuple[int, int, int, int]
     accent_share: float = 0.0
+    formant_spread: float = 0.0
 
 
 #: Synthetic accents: phonological processes common in varieties of English, each as eSpeak
@@ -143,6 +147,32 @@ def accent_lines(accent: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(line for a in accent for line in ACCENT_PROCESSES[a][1])
 
 
+def formant_lines(variant: str, percent: tuple[int, ...]) -> tuple[str, ...]:
+    """Voice-file lines scaling formants ``1..len(percent)`` of ``variant`` by ``percent`` / 100.
+
+    The variant's own ``formant`` line (frequency, height, width in percent of the voice's)
+    is kept but for its frequency, which is multiplied; a variant without one starts at 100.
+
+    Example:
+        >>> formant_lines("m1", (110, 90))
+        ('formant 1 107 100 100', 'formant 2 87 95 100')
+    """
+    from lightning_amortized.data.espeak import _loader_paths
+
+    own: dict[int, list[str]] = {}
+    if variant:
+        text = (Path(_loader_paths()[1]) / "voices" / "!v" / variant).read_text(encoding="latin-1")
+        for line in text.splitlines():
+            tokens = line.split("//")[0].split()
+            if len(tokens) >= 3 and tokens[0] == "formant":
+                own[int(tokens[1])] = tokens[2:]
+    lines = []
+    for k, pct in enumerate(percent, start=1):
+        rest = own.get(k, ["100", "100", "100"])
+        lines.append(" ".join(["formant", str(k), str(round(int(rest[0]) * pct / 100)), *rest[1:]]))
+    return tuple(lines)
+
+
 def _draw_accent(rng: np.random.Generator) -> tuple[str, ...]:
     """Two to four processes from distinct slots of :data:`ACCENT_PROCESSES`, sorted."""
     slots = sorted({slot for slot, _ in ACCENT_PROCESSES.values()})
@@ -177,6 +207,9 @@ VOICE_SETS: dict[str, VoiceSet] = {
 #: also speak the ``update-k`` training splits; dev, test, test-other and ``update-k-test``
 #: speakers, and every other draw, as in ``core``.
 VOICE_SETS["core-accents"] = replace(VOICE_SETS["core"], name="core-accents", accent_share=0.5)
+#: ``core-formants``: ``core`` with every training speaker's formants 1-3 scaled apart by up
+#: to +-10 % (vowel-quality variation); every other split and draw as in ``core``.
+VOICE_SETS["core-formants"] = replace(VOICE_SETS["core"], name="core-formants", formant_spread=0.1)
 
 
 def voice_set(name: str) -> VoiceSet:
@@ -200,6 +233,7 @@ class _Speaker:
     warp_rate: int
     split: str
     accent: tuple[str, ...] = ()
+    formants: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -363,6 +397,11 @@ def _make_speakers(utterances: int, seed: int, voices: VoiceSet) -> dict[str, li
         picked = set(accent_rng.choice(len(train), size=int(voices.accent_share * len(train) + 0.5), replace=False).tolist())
         speakers["train"] = [replace(s, accent=_draw_accent(accent_rng)) if i in picked else s
                              for i, s in enumerate(train)]
+    if voices.formant_spread > 0:  # own stream too
+        formant_rng = np.random.default_rng([seed, _split_code("formants")])
+        lo, hi = 1 - voices.formant_spread, 1 + voices.formant_spread
+        speakers["train"] = [replace(s, formants=tuple(int(round(100 * formant_rng.uniform(lo, hi))) for _ in range(3)))
+                             for s in speakers["train"]]
     return speakers
 
 
@@ -430,7 +469,7 @@ def _plan(
                     seed=int(rng.integers(2**31 - 1)),
                     snr_db=snr_db,
                     warp_rate=spk.warp_rate,
-                    voice_lines=accent_lines(spk.accent),
+                    voice_lines=accent_lines(spk.accent) + (formant_lines(spk.variant, spk.formants) if spk.formants else ()),
                 )
             )
             labels[utt_id] = {

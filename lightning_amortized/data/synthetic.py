@@ -133,8 +133,14 @@ def _requested(
         "train_utterances": train_utterances,
         "free_text": free_text,
         # what the accent processes were (plan.ACCENTS_VERSION), for voice sets that use them
-        **({"accents_version": ACCENTS_VERSION} if voice_set(voices).accent_share > 0 else {}),
+        **({"accents_version": ACCENTS_VERSION} if _voice_lines_used(voices) else {}),
     }
+
+
+def _voice_lines_used(voices: str) -> bool:
+    """Whether the voice set adds voice-file lines (accents, formant shifts) to some speakers."""
+    v = voice_set(voices)
+    return v.accent_share > 0 or v.formant_spread > 0
 
 
 #: Values of naming fields that ``corpus.json`` files leave out (older ones; and version 1 of
@@ -295,7 +301,8 @@ def make_corpus(
         voices: the :data:`~lightning_amortized.data.plan.VOICE_SETS` entry train, dev and
             test speakers come from: ``"core"`` (16 variants, learnable by the recipes'
             models on CPU), ``"core-accents"`` (``core`` with a synthetic accent for half of
-            the training speakers) or ``"wide"`` (67 variants, wider prosody and warp).
+            the training speakers), ``"core-formants"`` (training speakers' formants 1-3
+            scaled apart by up to 10 %) or ``"wide"`` (67 variants, wider prosody and warp).
         train_utterances: size of the ``train`` split, ``None`` for what ``utterances``
             leaves (47.5 %). Dev, test, test-other and the update splits are sized from
             ``utterances`` either way, and a larger train split starts with the utterances
@@ -386,7 +393,7 @@ def make_corpus(
         "train_utterances": train_utterances,
         **({"free_text": free_text} if free_text else {}),  # absent: none (older corpora read the same)
         **({"accents_version": ACCENTS_VERSION}
-           if voice_set(voices).accent_share > 0 and ACCENTS_VERSION != _ABSENT["accents_version"] else {}),
+           if _voice_lines_used(voices) and ACCENTS_VERSION != _ABSENT["accents_version"] else {}),
         "hours": round(sum(seconds.values()) / 3600.0, 6),
         "splits": splits,
         "speakers": {

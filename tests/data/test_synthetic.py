@@ -280,6 +280,24 @@ def test_core_accents_changes_only_training_speakers_accents() -> None:
     assert held and not held & {tuple(line.split()[2:4]) for _, ls in plan.ACCENT_PROCESSES.values() for line in ls}
 
 
+def test_core_formants_scales_only_training_speakers_formants() -> None:
+    core = plan._make_speakers(8000, 0, plan.voice_set("core"))
+    shifted = plan._make_speakers(8000, 0, plan.voice_set("core-formants"))
+    for split in core:
+        assert [(s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in core[split]] == [
+            (s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in shifted[split]]
+    assert all(len(s.formants) == 3 and all(90 <= f <= 110 for f in s.formants) for s in shifted["train"])
+    assert len({s.formants for s in shifted["train"]}) > 40
+    assert all(not s.formants for split in ("dev", "test", "test-other") for s in shifted[split])
+    # the variant's own formant line is kept but for its frequency (f1: "formant 1 120 80 180")
+    assert plan.formant_lines("f1", (95, 100, 110))[0] == "formant 1 114 80 180"
+    assert plan.formant_lines("klatt", (110,)) == ("formant 1 110 100 100",)  # no line of its own
+    tts = EspeakSynthesizer()
+    plain = tts.synthesize("we see the blue boat", "en-us+f1", seed=1)
+    moved = tts.synthesize("we see the blue boat", "en-us+f1", seed=1, voice_lines=plan.formant_lines("f1", (90, 110, 100)))
+    assert plain.shape != moved.shape or np.abs(plain - moved).max() > 0
+
+
 def test_core_accents_corpus_speaks_the_accents_with_any_worker_count(tmp_path: Path) -> None:
     import tempfile
     from dataclasses import replace
