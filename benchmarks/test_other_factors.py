@@ -140,6 +140,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DEFAULT_RESULTS = REPO / "docs" / "results" / "test_other_factors"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", action="append", required=True, help="checkpoint to score (repeatable)")
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utterances", type=int, default=640, help="utterances per cell (default 640: all of test)")
     p.add_argument("--workers", type=int, default=2, help="rendering processes")
     p.add_argument("--work", default=None, help="where the cells are rendered (default runs/test_other_factors/<corpus>)")
-    p.add_argument("--results", default=str(REPO / "docs" / "results" / "test_other_factors"))
+    p.add_argument("--results", default=str(DEFAULT_RESULTS))
     a = p.parse_args(argv)
     root = Path(a.root)
     work = Path(a.work) if a.work else REPO / "runs" / "test_other_factors" / root.resolve().name
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for ckpt in a.ckpt for r in score_cells(ckpt, work, accents)]
     command = "python benchmarks/test_other_factors.py " + " ".join(
         [f"--ckpt {shown_path(c, REPO)}" for c in a.ckpt] + [f"--root {shown_path(root, REPO)}"]
-        + ([f"--utterances {a.utterances}"] if a.utterances != 640 else []))
+        + ([f"--utterances {a.utterances}"] if a.utterances != 640 else [])
+        + ([f"--results {shown_path(a.results, REPO)}"] if Path(a.results) != DEFAULT_RESULTS else []))
     meta = {"command": command, "root": shown_path(root, REPO), "utterances": len(jobs) // len(CELLS)}
     out_json, out_md = write_results(a.results, {"meta": meta, "rows": rows}, markdown(rows, meta))
     print(out_md.read_text())

@@ -212,7 +212,8 @@ class SyntheticDataModule(LibriSpeechDataModule):
         root: Where the corpus is (or will be) generated.
         utterances: Corpus size passed to :func:`~lightning_amortized.data.synthetic.make_corpus`.
         corpus_seed: Generation seed.
-        voices: Voice set of train/dev/test speakers, ``"core"``, ``"core-accents"`` or ``"wide"`` (see
+        voices: Voice set of train/dev/test speakers, ``"core"``, ``"core-accents"``,
+            ``"core-formants"`` or ``"wide"`` (see
             :data:`~lightning_amortized.data.plan.VOICE_SETS`).
         train_utterances: Size of the ``train`` split, ``None`` for what ``utterances``
             leaves (see :func:`~lightning_amortized.data.plan.split_sizes`).

@@ -297,7 +297,9 @@ class EspeakSynthesizer:
             EspeakError: unknown voice or variant.
         """
         if isinstance(voice_lines, str):
-            raise ValueError(f"Expected argument `voice_lines` to be a sequence of lines, but got the string {voice_lines!r}.")
+            raise ValueError(
+                f"Expected argument `voice_lines` to be a sequence of lines, but got the string {voice_lines!r}."
+            )
         lines = tuple(voice_lines)
         if not lines:
             raise ValueError("Expected argument `voice_lines` to hold at least one line, but got none.")

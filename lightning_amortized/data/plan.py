@@ -394,7 +394,8 @@ def _make_speakers(utterances: int, seed: int, voices: VoiceSet) -> dict[str, li
     if voices.accent_share > 0:  # own stream: every other draw is the same as without accents
         accent_rng = np.random.default_rng([seed, _split_code("accents")])
         train = speakers["train"]
-        picked = set(accent_rng.choice(len(train), size=int(voices.accent_share * len(train) + 0.5), replace=False).tolist())
+        count = int(voices.accent_share * len(train) + 0.5)
+        picked = set(accent_rng.choice(len(train), size=count, replace=False).tolist())
         speakers["train"] = [replace(s, accent=_draw_accent(accent_rng)) if i in picked else s
                              for i, s in enumerate(train)]
     if voices.formant_spread > 0:  # own stream too
@@ -469,7 +470,8 @@ def _plan(
                     seed=int(rng.integers(2**31 - 1)),
                     snr_db=snr_db,
                     warp_rate=spk.warp_rate,
-                    voice_lines=accent_lines(spk.accent) + (formant_lines(spk.variant, spk.formants) if spk.formants else ()),
+                    voice_lines=accent_lines(spk.accent)
+                    + (formant_lines(spk.variant, spk.formants) if spk.formants else ()),
                 )
             )
             labels[utt_id] = {

@@ -397,7 +397,8 @@ def make_corpus(
         "hours": round(sum(seconds.values()) / 3600.0, 6),
         "splits": splits,
         "speakers": {
-            str(s.id): {k: v for k, v in asdict(s).items() if k != "id" and (k != "accent" or v)}
+            # voice-line fields only where used: a core corpus's manifest (and fingerprint) stays as it was
+            str(s.id): {k: v for k, v in asdict(s).items() if k != "id" and (k not in ("accent", "formants") or v)}
             for group in speakers.values()
             for s in group
         },

@@ -248,7 +248,8 @@ def test_every_accent_process_replaces_known_phonemes() -> None:
     # eSpeak NG drops a phoneme replaced by an unknown name: each line must differ from "-> NULL"
     tts = EspeakSynthesizer()
     text = ("the thin thing that they bought, she hit the hat and cut the cup; my face goes home, "
-            "he fixed a big dog with a bad bag in a cab, his zoo has five vans, where was the wolf's hood, rolled gold, we all feel well")
+            "he fixed a big dog with a bad bag in a cab, his zoo has five vans, where was the wolf's hood, "
+            "rolled gold, we all feel well")
     plain = tts.synthesize(text, "en+m1")
     for name, (_, lines) in plan.ACCENT_PROCESSES.items():
         for line in lines:
@@ -294,7 +295,8 @@ def test_core_formants_scales_only_training_speakers_formants() -> None:
     assert plan.formant_lines("klatt", (110,)) == ("formant 1 110 100 100",)  # no line of its own
     tts = EspeakSynthesizer()
     plain = tts.synthesize("we see the blue boat", "en-us+f1", seed=1)
-    moved = tts.synthesize("we see the blue boat", "en-us+f1", seed=1, voice_lines=plan.formant_lines("f1", (90, 110, 100)))
+    lines = plan.formant_lines("f1", (90, 110, 100))
+    moved = tts.synthesize("we see the blue boat", "en-us+f1", seed=1, voice_lines=lines)
     assert plain.shape != moved.shape or np.abs(plain - moved).max() > 0
 
 
