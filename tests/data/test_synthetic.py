@@ -261,15 +261,21 @@ def test_every_accent_process_replaces_known_phonemes() -> None:
                 assert out.shape != dropped.shape or np.abs(out - dropped).max() > 0, f"{name}: {dst!r} unknown"
 
 
+def _speakers_as_core(voices: str) -> dict[str, list]:
+    """The 8,000-utterance speakers of ``voices``, checked to be ``core``'s but for voice lines."""
+    core = plan._make_speakers(8000, 0, plan.voice_set("core"))
+    other = plan._make_speakers(8000, 0, plan.voice_set(voices))
+    for split in core:
+        assert [(s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in core[split]] == [
+            (s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in other[split]]
+        assert all(not s.accent and not s.formants for s in core[split])
+    return other
+
+
 def test_core_accents_changes_only_training_speakers_accents() -> None:
     from lightning_amortized.data.espeak import _loader_paths
 
-    core = plan._make_speakers(8000, 0, plan.voice_set("core"))
-    accents = plan._make_speakers(8000, 0, plan.voice_set("core-accents"))
-    for split in core:
-        assert [(s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in core[split]] == [
-            (s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in accents[split]]
-        assert all(not s.accent for s in core[split])
+    accents = _speakers_as_core("core-accents")
     assert sum(bool(s.accent) for s in accents["train"]) == 40
     assert all(not s.accent for split in ("dev", "test", "test-other") for s in accents[split])
     for s in accents["train"]:
@@ -282,11 +288,7 @@ def test_core_accents_changes_only_training_speakers_accents() -> None:
 
 
 def test_core_formants_scales_only_training_speakers_formants() -> None:
-    core = plan._make_speakers(8000, 0, plan.voice_set("core"))
-    shifted = plan._make_speakers(8000, 0, plan.voice_set("core-formants"))
-    for split in core:
-        assert [(s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in core[split]] == [
-            (s.id, s.voice, s.variant, s.pitch, s.rate, s.warp_rate) for s in shifted[split]]
+    shifted = _speakers_as_core("core-formants")
     assert all(len(s.formants) == 3 and all(90 <= f <= 110 for f in s.formants) for s in shifted["train"])
     assert len({s.formants for s in shifted["train"]}) > 40
     assert all(not s.formants for split in ("dev", "test", "test-other") for s in shifted[split])
