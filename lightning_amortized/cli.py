@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ASRLightningCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     except CorpusError as err:  # the corpus named by the config is missing or unreadable: the user's input
-        return _fail(argv[0], err)
+        return _fail(next((a for a in argv if a in LIGHTNING_COMMANDS), argv[0]), err)
     return 0
 
 
