@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/test_other_factors.py " + " ".join(
         [f"--ckpt {shown_path(c, REPO)}" for c in a.ckpt] + [f"--root {shown_path(root, REPO)}"]
         + ([f"--utterances {a.utterances}"] if a.utterances != 640 else [])
-        + ([f"--results {shown_path(a.results, REPO)}"] if Path(a.results) != DEFAULT_RESULTS else []))
+        + ([f"--results {shown_path(a.results, REPO)}"] if Path(a.results).resolve() != DEFAULT_RESULTS else []))
     meta = {"command": command, "root": shown_path(root, REPO), "utterances": len(jobs) // len(CELLS)}
     out_json, out_md = write_results(a.results, {"meta": meta, "rows": rows}, markdown(rows, meta))
     print(out_md.read_text())

@@ -209,6 +209,7 @@ class EspeakSynthesizer:
         self._private_path = _private_copy(lib_path)
         self._data_path = data
         self._own_data: str | None = None  # private data copy holding custom variants (voice_lines)
+        self._custom: dict[tuple[str, tuple[str, ...]], str] = {}  # (voice, lines) -> custom voice name
         self._chunks: list[np.ndarray] = []
 
         def _collect(wav, numsamples, events):  # noqa: ANN001 - ctypes callback
@@ -309,6 +310,9 @@ class EspeakSynthesizer:
                     "Expected argument `voice_lines` to hold non-empty single-line ASCII voice-file "
                     f"lines, but got {line!r}."
                 )
+        known = self._custom.get((voice, lines))
+        if known is not None:  # every utterance of a speaker asks again: no file read, no hash
+            return known
         base, _, variant = voice.partition("+")
         self._check_voice(base, variant, voice)
         with self._lock:
@@ -329,6 +333,7 @@ class EspeakSynthesizer:
                     f.write(content)
                 os.replace(tmp, folder / name)  # same content from every writer: last rename wins, harmlessly
             self._variants.add(name)
+            self._custom[(voice, lines)] = f"{base}+{name}"
         return f"{base}+{name}"
 
     def _check_voice(self, base: str, variant: str, voice: str) -> None:

@@ -422,6 +422,9 @@ def _plan(
     draw has its own random stream, so every other utterance is the same for any value.
     """
     speakers = _make_speakers(utterances, seed, voice_set(voices))
+    # once per speaker, not per utterance (formant_lines reads the variant's file)
+    voice_lines = {s.id: accent_lines(s.accent) + (formant_lines(s.variant, s.formants) if s.formants else ())
+                   for group in speakers.values() for s in group}
     sizes = split_sizes(utterances, train_utterances)
     homes = {s: "train" if s == "train" or s in _UPDATE_SPLITS else s for s in SPLITS}  # test-other: its own
     homes.update({s: "test" for s in _UPDATE_TEST_SPLITS})
@@ -470,8 +473,7 @@ def _plan(
                     seed=int(rng.integers(2**31 - 1)),
                     snr_db=snr_db,
                     warp_rate=spk.warp_rate,
-                    voice_lines=accent_lines(spk.accent)
-                    + (formant_lines(spk.variant, spk.formants) if spk.formants else ()),
+                    voice_lines=voice_lines[spk.id],
                 )
             )
             labels[utt_id] = {
