@@ -287,3 +287,46 @@ def test_apply_works_without_torch(exported, tmp_path: Path) -> None:
     assert proc.stdout.strip() == io.inspect_diff(diff).result_sha256
     state = ref.state_dict()
     assert all(np.array_equal(a, state[n].numpy()) for n, a in weights(path).items())
+
+
+def test_a_damaged_history_refuses_before_the_weights_change(exported, tmp_path: Path, capsys) -> None:
+    model, path = exported
+    u1 = make_diff(model, tmp_path / "u1.safetensors", "sparse", seed=1)
+    before = (path / "weights.safetensors").read_bytes()
+    for damaged in ("[{\"file\": \"u0.safeten", "{}"):  # truncated JSON; JSON that is not a list
+        (path / "updates.json").write_text(damaged)
+        with pytest.raises(DiffError, match="update history .* is damaged"):
+            apply_diff(path, u1)
+        assert (path / "weights.safetensors").read_bytes() == before
+        assert (path / "updates.json").read_text() == damaged  # its records are not dropped
+        assert device_main(["apply", str(path), str(u1)]) == 2
+        assert "is damaged" in capsys.readouterr().err
+    (path / "updates.json").unlink()
+    apply_diff(path, u1)
+    after = (path / "weights.safetensors").read_bytes()
+    with pytest.raises(BaseMismatchError, match="is already applied"):  # the same file twice
+        apply_diff(path, u1)
+    assert (path / "weights.safetensors").read_bytes() == after
+    assert [h["file"] for h in device_diffs.read_history(path)] == ["u1.safetensors"]
+
+
+def test_a_history_that_cannot_be_written_says_the_weights_changed(exported, tmp_path: Path, monkeypatch) -> None:
+    model, path = exported
+    u1 = make_diff(model, tmp_path / "u1.safetensors", "sparse", seed=1)
+    (path / "updates.json").mkdir()  # a folder where the history belongs: unreadable, refused up front
+    with pytest.raises(DiffError, match="is damaged"):
+        apply_diff(path, u1)
+    (path / "updates.json").rmdir()
+    real = device_diffs.write_atomic
+
+    def failing(target, data):  # noqa: ANN001 - the history write fails (disk full)
+        if Path(target).name == "updates.json":
+            raise OSError(28, "No space left on device")
+        return real(target, data)
+
+    monkeypatch.setattr(device_diffs, "write_atomic", failing)
+    with pytest.raises(DiffError, match="were updated .* do not apply these files again"):
+        apply_diff(path, u1)
+    monkeypatch.undo()
+    with pytest.raises(BaseMismatchError, match="is already applied"):
+        apply_diff(path, u1)

@@ -50,6 +50,7 @@ from lightning_amortized.diff_format import (
 )
 from lightning_amortized.device.hashing import hash_indices
 from lightning_amortized.device.weights import read_weights, weights_sha256, write_weights
+from lightning_amortized.errors import first_line
 
 __all__ = [
     "BaseMismatchError",
@@ -59,6 +60,7 @@ __all__ = [
     "DeviceDiffInfo",
     "apply_chain",
     "apply_diff",
+    "read_history",
     "decode_gaps",
     "read_diff",
 ]
@@ -219,6 +221,11 @@ def _step(
                 f"exported weights have {tuple(w.shape)} {w.dtype.name}."
             )
     found = weights_sha256(weights, info.names)
+    if found != info.base_sha256 and found == info.result_sha256:
+        raise BaseMismatchError(
+            f"{info.path!r} is already applied: the weights of its {len(info.names)} target(s) equal its result "
+            f"(sha256 {found}). Leave it out and apply only the updates that follow it."
+        )
     if found != info.base_sha256:
         raise BaseMismatchError(
             f"{info.path!r} applies to a different base: expected weights sha256 {info.base_sha256}, found "
@@ -264,19 +271,46 @@ def apply_chain(export_dir: str | Path, paths: Sequence[str | Path]) -> list[Dev
         records.append({"file": Path(path).name, "payload_sha256": info.payload_sha256, "method": info.method,
                         "targets": len(info.targets), "bytes": info.file_bytes,
                         "base_sha256": info.base_sha256, "result_sha256": info.result_sha256})
+    history_path = folder / UPDATES_FILE
+    history = read_history(folder)  # a damaged history refuses the update before the weights change
     before = meta.get("weights_sha256")
     after = write_weights(weights_path, current)
-    history_path = folder / UPDATES_FILE
-    try:
-        history = json.loads(history_path.read_text()) if history_path.exists() else []
-    except (OSError, ValueError):
-        history = []
     for i, rec in enumerate(records):
         rec["weights_sha256_before"] = before if i == 0 else None
         rec["weights_sha256_after"] = after if i == len(records) - 1 else None
         history.append(rec)
-    write_atomic(history_path, json.dumps(history, indent=2) + "\n")
+    try:
+        write_atomic(history_path, json.dumps(history, indent=2) + "\n")
+    except OSError as err:
+        raise DiffError(
+            f"The weights in {str(weights_path)!r} were updated (sha256 {after}), but the update history "
+            f"{str(history_path)!r} could not be written ({err}); do not apply these files again. Free space or "
+            "fix the permissions, then add the records by hand or re-export the model."
+        ) from err
     return infos
+
+
+def read_history(export_dir: str | Path) -> list[dict]:
+    """The update records of an exported model (``updates.json``; empty before the first update).
+
+    Raises:
+        DiffError: the history exists but is not a readable JSON list (nothing is changed: move it
+            aside or repair it, then apply again).
+    """
+    path = Path(export_dir) / UPDATES_FILE
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+        problem = None if isinstance(history, list) else f"a JSON {type(history).__name__}, not a list"
+    except (OSError, ValueError) as err:
+        problem = first_line(err)
+    if problem is not None:
+        raise DiffError(
+            f"The update history {str(path)!r} is damaged ({problem}); the weights were left unchanged. Move it "
+            "aside (its records are kept there) or repair it, then apply again."
+        )
+    return history
 
 
 def apply_diff(export_dir: str | Path, path: str | Path) -> DeviceDiffInfo:

@@ -59,6 +59,17 @@ def _bitwise_differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (av != bv).any(dim=1)
 
 
+def _check_like(target: DiffTarget, w: torch.Tensor, where: str) -> None:
+    """Refuse a tensor whose shape or dtype is not the one the diff was made for."""
+    dtype = str(w.dtype).removeprefix("torch.")
+    if tuple(w.shape) != target.shape or dtype != target.dtype:
+        raise BaseMismatchError(
+            f"Shape or dtype mismatch for {target.name!r}: the diff expects {target.shape} {target.dtype}, {where} "
+            f"has {tuple(w.shape)} {dtype}. Apply it to the weights it was made from (cast a converted model "
+            "back, e.g. with .float(), first)."
+        )
+
+
 def _plain_weights(model: nn.Module, info: DiffInfo, *, allow_diffs: bool = False) -> dict[str, torch.Tensor]:
     """The model's tensors for the diff's targets, after checking names and shapes."""
     missing, out = [], {}
@@ -74,10 +85,7 @@ def _plain_weights(model: nn.Module, info: DiffInfo, *, allow_diffs: bool = Fals
                 "or detach_diffs() first."
             )
         w = base_tensor(model, t.name)
-        if tuple(w.shape) != t.shape:
-            raise BaseMismatchError(
-                f"Shape mismatch for {t.name!r}: the diff expects {t.shape}, the model has {tuple(w.shape)}."
-            )
+        _check_like(t, w, "the model")
         out[t.name] = w
     if missing:
         raise BaseMismatchError(f"{info.path!r} changes parameters the model does not have: {missing}.")
@@ -96,6 +104,13 @@ def _step(
     names = info.names
     before, after = (info.base_sha256, info.result_sha256) if sign > 0 else (info.result_sha256, info.base_sha256)
     found = weights_sha256(state, names)
+    if strict and found != before and found == after:
+        done = "applied" if sign > 0 else "undone"
+        raise BaseMismatchError(
+            f"{info.path!r} is already {done}: the weights of its {len(names)} target(s) equal its "
+            f"{'result' if sign > 0 else 'base'} (sha256 {found}). Leave it out"
+            + (" and apply only the updates that follow it." if sign > 0 else ".")
+        )
     if strict and found != before:
         what = "base" if sign > 0 else "result"
         raise BaseMismatchError(
@@ -212,11 +227,7 @@ def apply_to_state_dict(
         if missing:
             raise BaseMismatchError(f"{info.path!r} changes tensors the state dict does not have: {missing}.")
         for t in info.targets:
-            if tuple(new[t.name].shape) != t.shape:
-                raise BaseMismatchError(
-                    f"Shape mismatch for {t.name!r}: the diff expects {t.shape}, the state dict has "
-                    f"{tuple(new[t.name].shape)}."
-                )
+            _check_like(t, new[t.name], "the state dict")
         new.update(_step(info, tensors, new, strict=strict))
         infos.append(info)
     return new, infos

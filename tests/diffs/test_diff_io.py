@@ -21,6 +21,7 @@ from lightning_amortized.diffs import (
     SparseDiff,
     apply_chain,
     apply_diff,
+    apply_to_state_dict,
     attach_diffs,
     diff_modules,
     effective_tensor,
@@ -157,6 +158,15 @@ def test_wrong_base_is_refused(shipped: Path) -> None:
     assert not torch.equal(other.head.weight, before["head.weight"])
 
 
+def test_a_diff_applied_twice_is_named_as_such(shipped: Path) -> None:
+    model = Net()
+    apply_diff(model, shipped)
+    before = snapshot(model)
+    with pytest.raises(BaseMismatchError, match="is already applied"):
+        apply_diff(model, shipped)
+    assert_unchanged(model, before)
+
+
 def test_truncated_file_is_refused_and_model_unchanged(shipped: Path, tmp_path: Path) -> None:
     data = shipped.read_bytes()
     for cut in (len(data) - 7, len(data) // 2, 5):
@@ -208,9 +218,17 @@ def test_unknown_format_version_is_refused(shipped: Path, tmp_path: Path) -> Non
 def test_shape_mismatch_and_missing_names_are_refused(shipped: Path) -> None:
     wider = Net(hidden=9)
     before = snapshot(wider)
-    with pytest.raises(BaseMismatchError, match=r"Shape mismatch for 'rnn\.weight_ih_l0': the diff expects \(32, 6\)"):
+    with pytest.raises(BaseMismatchError, match=r"Shape or dtype mismatch for 'rnn\.weight_ih_l0': the diff expects \(32, 6\)"):
         apply_diff(wider, shipped)
     assert_unchanged(wider, before)
+    half = Net().half()  # a converted model: refused by name, also without the hash checks
+    before = snapshot(half)
+    for strict in (True, False):
+        with pytest.raises(BaseMismatchError, match=r"expects \(32, 6\) float32, the model has \(32, 6\) float16"):
+            apply_diff(half, shipped, strict=strict)
+    assert_unchanged(half, before)
+    with pytest.raises(BaseMismatchError, match="float32, the state dict has .* float16"):
+        apply_to_state_dict(half.state_dict(), [shipped])
     partial = Net()
     del partial.head
     partial.head2 = nn.Linear(16, 5)
@@ -302,7 +320,7 @@ def test_unmerge_of_reversible_diff_restores_base_exactly(tmp_path: Path, method
     assert torch.equal(model(TOKENS), trained(TOKENS))
     unmerge(model, tmp_path / "u.safetensors")
     assert_unchanged(model, base)
-    with pytest.raises(BaseMismatchError, match="different result"):
+    with pytest.raises(BaseMismatchError, match="is already undone"):
         unmerge(model, tmp_path / "u.safetensors")  # not holding the result any more
     # without undo data the subtraction rounds differently somewhere: refused, model unchanged
     apply_diff(model, tmp_path / "plain.safetensors")
