@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss
 from lightning_amortized.diffs.attach import attach_diffs, detach_diffs, diff_modules
 from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets
-from lightning_amortized.diffs.budget import entries_for_bytes, estimate_diff_bytes, split_stored
+from lightning_amortized.diffs.budget import entries_for_bytes, estimate_diff_bytes, fewer_entries, split_stored
 from lightning_amortized.diffs.io import VALUE_DTYPES, DiffInfo, count_large_gaps, export_diff
 from lightning_amortized.diffs.sparse import SparseDiff, magnitude_keep_masks, scheduled_density
 from lightning_amortized.diffs.targets import describe_targets, plain_parameters, select_targets
@@ -275,10 +275,9 @@ class NeuralDiff(Callback):
         stats = self.stats(pl_module)
         if isinstance(self.budget, int):
             # the projection assumed evenly spread entries; the kept ones may need more 4-byte escapes
-            per_entry = 1 + VALUE_DTYPES[self.value_dtype].itemsize
             while stats["projected_bytes"] > self.budget and stats["nonzeros"] > 1:
-                over = stats["projected_bytes"] - self.budget
-                keep = max(1, int(stats["nonzeros"]) - int(-(-over // per_entry)))
+                keep = fewer_entries(int(stats["nonzeros"]), int(stats["projected_bytes"]), self.budget,
+                                     self.value_dtype)
                 self._prune(trainer, pl_module, self._final_density(), keep=keep)
                 stats = self.stats(pl_module)
         rank_zero_info(

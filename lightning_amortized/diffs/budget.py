@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning_amortized.diffs.format import GAP_ESCAPE, INDEX_ENCODINGS, VALUE_DTYPES, DiffTarget, _metadata
 
-__all__ = ["entries_for_bytes", "estimate_diff_bytes", "split_stored"]
+__all__ = ["entries_for_bytes", "estimate_diff_bytes", "fewer_entries", "split_stored"]
 
 
 def _expected_large_gaps(numel: int, stored: int) -> float:
@@ -27,6 +27,10 @@ def _expected_large_gaps(numel: int, stored: int) -> float:
         return 0.0
     log_p = sum(math.log((numel - stored - i) / (numel - i)) for i in range(GAP_ESCAPE))
     return stored * math.exp(log_p)
+
+
+_LONGEST_FLOAT = 2.2250738585072014e-308
+"""A non-negative float whose JSON form is as long as any (23 characters): the size of ``max_abs_error``."""
 
 
 def estimate_diff_bytes(
@@ -46,8 +50,10 @@ def estimate_diff_bytes(
     (:func:`count_large_gaps` of the kept indices) and otherwise its expectation for kept
     positions drawn uniformly at random (about ``stored * (1 - stored / numel) ** 255``:
     negligible above ~3 % density, 0.6 % of the entries at 2 %). The header is built as the
-    writer builds it, with placeholder hashes, 2-D shapes and a 20-character
-    ``max_abs_error``; it is typically within a few bytes per target of the real one.
+    writer builds it, with placeholder hashes, 2-D shapes and a ``max_abs_error`` as long as
+    any float's JSON form (23 characters: fp32 exports of pruned entries record a real error
+    too); it is typically within a few bytes per target of the real one, and not below it
+    when ``large_gaps`` is given.
 
     Args:
         method: ``"sparse"`` or ``"hashed"``.
@@ -62,7 +68,7 @@ def estimate_diff_bytes(
         >>> estimate_diff_bytes("sparse", "fp16", {"w": (100_000, 10_000)})  # 3 bytes per kept entry + header
         30792
         >>> estimate_diff_bytes("sparse", "fp16", {"w": (100_000, 10_000)}, index_encoding="int32")
-        60720
+        60728
     """
     if index_encoding not in INDEX_ENCODINGS:
         raise ValueError(
@@ -87,8 +93,7 @@ def estimate_diff_bytes(
         if value_dtype == "int8":
             specs.append((f"{name}::scale", "F32", 1, 4))
     rows = [DiffTarget(name, (numel, 1), "float32", numel, stored) for name, (numel, stored) in targets.items()]
-    error = 0.0 if value_dtype == "fp32" else 0.012345678901234567
-    extra = {"max_abs_error": error, **dict(extra or {})}
+    extra = {"max_abs_error": _LONGEST_FLOAT, **dict(extra or {})}
     meta = _metadata(method, 0, value_dtype, rows, "0" * 64, "0" * 64, extra, index_encoding)
     header: dict[str, Any] = {"__metadata__": {**meta, "payload_sha256": "0" * 64}}
     offset = 0
@@ -159,7 +164,7 @@ def entries_for_bytes(
 
         >>> entries_for_bytes("sparse", "fp16", {"w": 100_000}, 30_792)
         10000
-        >>> entries_for_bytes("sparse", "fp16", {"w": 100_000}, 60_720, index_encoding="int32")
+        >>> entries_for_bytes("sparse", "fp16", {"w": 100_000}, 60_728, index_encoding="int32")
         10000
     """
 
@@ -183,3 +188,32 @@ def entries_for_bytes(
         else:
             hi = mid - 1
     return lo
+
+
+def fewer_entries(stored: int, file_bytes: int, budget_bytes: int, value_dtype: str) -> int:
+    """Sparse entries to keep so that a file of ``stored`` entries and ``file_bytes`` bytes shrinks into the budget.
+
+    Each dropped entry saves at least its ``gap-u8`` index byte and its value, so dropping
+    ``ceil(over / (1 + value bytes))`` entries brings the file within ``budget_bytes`` unless
+    fewer large skips were saved than new ones made (then call again with the new size).
+
+    Args:
+        stored: entries in the file.
+        file_bytes: its size in bytes.
+        budget_bytes: the size not to exceed.
+        value_dtype: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+
+    Returns:
+        ``stored`` when the file fits, else fewer (at least 1).
+
+    Example::
+
+        >>> fewer_entries(1000, 3010, 3000, "fp16")  # 10 bytes over, 3 bytes per entry
+        996
+    """
+    over = file_bytes - budget_bytes
+    if over <= 0:
+        return stored
+    per_entry = 1 + VALUE_DTYPES[value_dtype].itemsize
+    return max(1, stored - -(-over // per_entry))
+

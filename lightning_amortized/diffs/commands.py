@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from lightning_amortized.diffs.budget import entries_for_bytes
+from lightning_amortized.diffs.budget import entries_for_bytes, fewer_entries
 from lightning_amortized.diffs.checkpoints import load_checkpoint, save_checkpoint
 from lightning_amortized.diffs.io import (
     VALUE_DTYPES,
@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             info = export_diff_from_weights(
                 base, tuned, names, args.out, keep=keep, value_dtype=args.dtype, extra_metadata={"budget": args.budget}
             )
+            # the projection assumed evenly spread entries; the kept ones may need more 4-byte escapes
+            while isinstance(args.budget, int) and info.file_bytes > args.budget and info.stored > 1:
+                keep = fewer_entries(info.stored, info.file_bytes, args.budget, args.dtype)
+                info = export_diff_from_weights(
+                    base, tuned, names, args.out, keep=keep, value_dtype=args.dtype,
+                    extra_metadata={"budget": args.budget},
+                )
             print(info)
     except (DiffError, ValueError, OSError) as err:
         print(f"lightning-amortized diff: error: {err}", file=sys.stderr)

@@ -130,3 +130,23 @@ def _with_diff() -> nn.Module:
     with torch.no_grad():
         d["0.weight"].delta.normal_(0, 0.1)
     return model
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8"])
+def test_export_honours_a_byte_budget_when_the_kept_entries_are_far_apart(tmp_path: Path, dtype: str) -> None:
+    from lightning_amortized.diffs.budget import entries_for_bytes
+
+    torch.manual_seed(0)
+    base = {"w": torch.randn(100, 300)}
+    tuned = {"w": base["w"] + 1e-3 * torch.randn(100, 300)}
+    tuned["w"].view(-1)[::300] += 1.0  # the largest changes 300 entries apart: every kept gap needs an escape
+    torch.save(base, tmp_path / "base.pt")
+    torch.save(tuned, tmp_path / "tuned.pt")
+    budget = 1200  # 54-88 entries by the projection, fewer than the 100 far-apart ones
+    out = tmp_path / "u.safetensors"
+    assert main(["export", "--base", str(tmp_path / "base.pt"), "--finetuned", str(tmp_path / "tuned.pt"),
+                 "--out", str(out), "--budget", str(budget), "--dtype", dtype]) == 0
+    info = inspect_diff(out)
+    assert out.stat().st_size == info.file_bytes <= budget
+    projected = entries_for_bytes("sparse", dtype, {"w": 30_000}, budget, extra={"budget": budget})
+    assert 1 <= info.stored < projected  # the first file was over: entries were dropped until it fit
