@@ -293,6 +293,11 @@ def test_transcribe_command(amnet_dir, tmp_path: Path, capsys: pytest.CaptureFix
         assert err.startswith("lightning-amortized-device transcribe: error: ") and err.count("\n") == 1
     assert device_main(["transcribe", str(path), str(tmp_path / "8k.wav")]) == 2
     assert "sampled at 8000 Hz; the model expects 16000 Hz" in capsys.readouterr().err
+    corrupt = wavs()[0].copy()
+    corrupt[100] = np.nan
+    sf.write(tmp_path / "nan.wav", corrupt, 16000, subtype="FLOAT")
+    assert device_main(["transcribe", str(path), str(tmp_path / "nan.wav")]) == 2
+    assert "nan.wav': 1 of" in capsys.readouterr().err
     assert device_main(["frobnicate"]) == 2
     assert device_main(["transcribe", str(path), files[0], "--chunk-ms", "inf"]) == 2
     assert "--chunk-ms must be a positive finite number" in capsys.readouterr().err
@@ -360,3 +365,21 @@ def test_device_runtime_runs_with_torch_blocked(amnet_dir, tmp_path: Path) -> No
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     ref = StreamingRecognizer(ExportedModel(path)).transcribe(wavs()[0])
     assert out == {"text": ref.text, "frames": len(ref.decisions)}
+
+
+def test_audio_that_is_not_mono_finite_samples_is_refused(amnet_dir) -> None:
+    _, path = amnet_dir
+    rec = StreamingRecognizer(ExportedModel(path))
+    wav = wavs()[0]
+    corrupt = wav.copy()
+    corrupt[5] = np.inf
+    for bad, match in ((np.stack([wav, wav], 1), r"transcribe\(wav\): expected mono audio.*shape \(\d+, 2\)"),
+                       (corrupt, r"transcribe\(wav\): 1 of \d+ samples are NaN or Inf"),
+                       (np.array(0.5), "expected mono audio")):
+        with pytest.raises(ValueError, match=match):
+            rec.transcribe(bad)
+    rec.reset()
+    with pytest.raises(ValueError, match=r"accept\(samples\): expected mono audio"):
+        rec.accept(np.stack([wav[:160], wav[:160]], 1))
+    assert rec.transcribe(wav).text == StreamingRecognizer(ExportedModel(path)).transcribe(wav).text  # still usable
+

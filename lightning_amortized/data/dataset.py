@@ -20,7 +20,7 @@ def load_audio(path: str, sample_rate: int = 16000) -> torch.Tensor:
     """Read a mono file as float32 ``(S,)`` at ``sample_rate`` Hz (resampling if needed).
 
     Raises:
-        CorpusError: unreadable or empty audio (the message names the file).
+        CorpusError: unreadable or empty audio, or NaN/Inf samples (the message names the file).
     """
     try:
         wav, sr = sf.read(path, dtype="float32", always_2d=True)
@@ -28,6 +28,8 @@ def load_audio(path: str, sample_rate: int = 16000) -> torch.Tensor:
         raise CorpusError(f"Unreadable audio file {path}: {err}. Re-extract or delete it.") from err
     if wav.shape[0] == 0:
         raise CorpusError(f"Empty audio file {path} (0 samples).")
+    if not np.isfinite(wav).all():
+        raise CorpusError(f"Corrupt audio file {path}: it holds NaN or Inf samples. Re-extract or delete it.")
     x = torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1)))
     if sr != sample_rate:
         import torchaudio.functional as AF
@@ -44,7 +46,8 @@ class SpeechDataset(Dataset):
     instead of the waveform. With ``cache=True`` what the items hold is computed once and
     kept in memory: the features (``4 * n_mels`` bytes per 10 ms frame: 115 MB per hour
     of audio at 80 mels), or, without ``features``, the waveform as 16-bit samples (also
-    115 MB per hour at 16 kHz; what a training set with waveform augmentation needs). Call
+    115 MB per hour at 16 kHz; what a training set with waveform augmentation needs) where
+    that is exact (16-bit files at ``sample_rate``), else as float32 (twice that). Call
     :meth:`precompute` before a DataLoader starts its workers, or each worker builds (and
     keeps) its own copy. Cached feature tensors are returned as they are: do not modify
     them in place.
@@ -82,7 +85,7 @@ class SpeechDataset(Dataset):
         self.sample_rate = sample_rate
         self.features = features
         self.cache = cache
-        self._feats: list[torch.Tensor | None] = [None] * len(self.utterances)  # features, or int16 audio
+        self._feats: list[torch.Tensor | None] = [None] * len(self.utterances)  # features, or int16/float32 audio
         self.tokens = [tokenizer.encode(u.words, where=u.path) for u in self.utterances]
 
     def __len__(self) -> int:
@@ -96,10 +99,14 @@ class SpeechDataset(Dataset):
     def _audio(self, i: int) -> torch.Tensor:
         cached = self._feats[i]
         if cached is not None:
-            return cached.float() / 32768.0
+            return cached.float() / 32768.0 if cached.dtype == torch.int16 else cached
         wav = load_audio(self.utterances[i].path, self.sample_rate)
-        if self.cache:  # 16-bit FLAC decodes to k / 32768: stored exactly
-            self._feats[i] = (wav * 32768.0).round().clamp(-32768, 32767).to(torch.int16)
+        if self.cache:
+            # 16-bit PCM at the target rate decodes to k / 32768: kept in 2 bytes per sample, exactly.
+            # Anything else (resampled, 24-bit, float files) is kept as float32, so that every access
+            # returns what the first one did.
+            pcm = (wav * 32768.0).round().clamp(-32768, 32767).to(torch.int16)
+            self._feats[i] = pcm if torch.equal(pcm.float() / 32768.0, wav) else wav
         return wav
 
     def _features(self, i: int) -> torch.Tensor:

@@ -51,7 +51,26 @@ class LogMelFilterbank(nn.Module):
 
     @torch.no_grad()
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, S)`` samples and ``(B,)`` sample counts -> ``(B, T, n_mels)`` and ``(B,)`` frame counts."""
+        """``(B, S)`` samples and ``(B,)`` sample counts -> ``(B, T, n_mels)`` and ``(B,)`` frame counts.
+
+        Raises:
+            ValueError: ``wavs`` is not ``(B, S)``, or ``wav_lengths`` is not ``(B,)`` integer
+                sample counts in ``[1, S]`` (SpeechBrain's relative lengths must be multiplied by
+                ``S`` and rounded first).
+        """
+        if wavs.dim() != 2:
+            raise ValueError(f"Expected argument `wavs` to have shape (B, S), but got {tuple(wavs.shape)}.")
+        if wav_lengths.shape != (wavs.shape[0],) or wav_lengths.is_floating_point() or wav_lengths.is_complex():
+            raise ValueError(
+                f"Expected argument `wav_lengths` to be ({wavs.shape[0]},) integer sample counts, but got shape "
+                f"{tuple(wav_lengths.shape)} dtype {wav_lengths.dtype}. SpeechBrain's relative lengths in [0, 1] "
+                "must be turned into counts first: (rel * wavs.shape[1]).round().long()."
+            )
+        if wav_lengths.numel() and not bool(((wav_lengths >= 1) & (wav_lengths <= wavs.shape[1])).all()):
+            raise ValueError(
+                f"Expected argument `wav_lengths` to be in [1, {wavs.shape[1]}] (the padded length), but got "
+                f"{wav_lengths.tolist()}."
+            )
         feats = torch.log(self.mel(wavs) + 1e-6).transpose(1, 2)  # (B, T, M)
         lengths = frame_count(wav_lengths, self.hop_length).clamp(max=feats.shape[1])
         if self.normalize:

@@ -389,7 +389,12 @@ class StreamingRecognizer:
     # -- public -----------------------------------------------------------------------------------
 
     def accept(self, samples: np.ndarray) -> str:
-        """Feed a chunk of audio ``(n,)`` (float, at the manifest's sample rate); returns the partial transcript."""
+        """Feed a chunk of audio ``(n,)`` (float, at the manifest's sample rate); returns the partial transcript.
+
+        Raises:
+            ValueError: ``samples`` is not a 1-D array of finite numbers (mix channels down first).
+        """
+        check_samples(samples, "accept(samples)")
         t0 = time.perf_counter()
         frames = self._features.accept(samples)
         if self.normalize == "running" and len(frames):
@@ -459,10 +464,12 @@ class StreamingRecognizer:
         """Stream a whole waveform ``(S,)`` in chunks of ``chunk_ms`` and return its :class:`Transcript`.
 
         Raises:
-            ValueError: ``chunk_ms`` is not a positive finite number.
+            ValueError: ``chunk_ms`` is not a positive finite number, or ``wav`` is not a 1-D
+                array of finite numbers (mix channels down first).
         """
         if not (isinstance(chunk_ms, (int, float)) and np.isfinite(chunk_ms) and chunk_ms > 0):
             raise ValueError(f"Expected argument `chunk_ms` to be a positive finite number of ms, but got {chunk_ms!r}.")
+        check_samples(wav, "transcribe(wav)")
         step = max(1, int(round(chunk_ms * self.model.features.sample_rate / 1000.0)))
         self.reset()
         for i in range(0, len(wav), step):
@@ -470,11 +477,29 @@ class StreamingRecognizer:
         return self.finish()
 
 
+def check_samples(samples: Any, where: str) -> None:
+    """Refuse audio that is not a 1-D array of finite numbers (``where`` names the caller in the message).
+
+    Raises:
+        ValueError: a 2-D (multi-channel) or 0-D array, a non-numeric one, NaN or Inf samples.
+    """
+    a = np.asarray(samples)
+    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(
+            f"{where}: expected mono audio, a 1-D array of samples, but got shape {a.shape} dtype {a.dtype}; "
+            "mix channels down first (e.g. wav.mean(axis=1))."
+        )
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = int(np.size(a) - np.isfinite(a).sum())
+        raise ValueError(f"{where}: {bad} of {a.size} samples are NaN or Inf; the audio is corrupt.")
+
+
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of an audio file (FLAC, WAV, ...) at ``sample_rate``.
 
     Raises:
-        ValueError: the file's rate differs (resample it first) or it cannot be read.
+        ValueError: the file's rate differs (resample it first), it cannot be read, or it
+            holds NaN or Inf samples.
     """
     import soundfile as sf
 
@@ -486,4 +511,6 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         raise ValueError(
             f"{str(path)!r} is sampled at {rate} Hz; the model expects {sample_rate} Hz. Resample it first."
         )
-    return wav.mean(axis=1)
+    wav = wav.mean(axis=1)
+    check_samples(wav, f"audio file {str(path)!r}")
+    return wav

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,6 +144,22 @@ def test_cache_without_features_keeps_the_exact_audio(fake_layout: Path) -> None
         assert torch.equal(ds[i]["wav"], load_audio(u.path))  # 16-bit FLAC: stored exactly
 
 
+def test_cached_audio_that_16_bits_cannot_hold_is_kept_as_float(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from lightning_amortized.data import Utterance
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "8k.flac", np.clip(rng.normal(0, 0.5, 8000), -1, 1), 8000, subtype="PCM_16")  # resampled
+    sf.write(tmp_path / "loud.wav", rng.normal(0, 0.8, 16000).astype("float32"), 16000, subtype="FLOAT")  # > 1.0
+    utts = [Utterance(f"1-1-{i:04d}", str(tmp_path / f), 1.0, "HI", 16000, "1") for i, f in enumerate(["8k.flac", "loud.wav"])]
+    ds = SpeechDataset(utts, CharTokenizer(), cache=True)
+    first = [ds[i]["wav"] for i in range(2)]
+    assert all(t is not None and t.dtype == torch.float32 for t in ds._feats)
+    assert all(torch.equal(ds[i]["wav"], first[i]) for i in range(2))  # every access returns the first one's audio
+    assert first[1].abs().max() > 1.0
+
+
 def test_collator_still_accepts_waveforms(fake_layout: Path) -> None:
     from lightning_amortized.data import LogMelFilterbank, SpeechCollator
 
@@ -224,3 +241,21 @@ def test_loader_resumes_mid_epoch_with_the_same_batches_and_masks(tmp_path: Path
         assert torch.equal(a["feats"], b["feats"])  # same SpecAugment masks
     assert resumed.state_dict() == {"epoch": 2, "batches": len(batches)}
     assert len(_batch_ids(resumed)) == len(batches)  # the next epoch starts from the top
+
+
+def test_filterbank_refuses_lengths_that_are_not_sample_counts() -> None:
+    from lightning_amortized.data import LogMelFilterbank
+
+    fb = LogMelFilterbank()
+    wavs = torch.randn(2, 1600)
+    feats, n = fb(wavs, torch.tensor([1600, 800]))
+    assert n.tolist() == [11, 6]
+    for lengths, match in ((torch.tensor([1.0, 0.5]), "relative lengths"),  # SpeechBrain's wav_lens
+                           (torch.tensor([1600, 99999]), r"in \[1, 1600\]"),
+                           (torch.tensor([1600, 0]), r"in \[1, 1600\]"),
+                           (torch.tensor([1600, -5]), r"in \[1, 1600\]"),
+                           (torch.tensor([1600]), r"\(2,\) integer sample counts")):
+        with pytest.raises(ValueError, match=match):
+            fb(wavs, lengths)
+    with pytest.raises(ValueError, match=r"shape \(B, S\)"):
+        fb(wavs[None], torch.tensor([1600, 800]))

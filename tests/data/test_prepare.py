@@ -80,6 +80,16 @@ def test_wrong_sample_rate_refused_or_resampled(fake_layout: Path) -> None:
     assert load_audio(u.path, 16000).shape[0] == 16000
 
 
+def test_audio_with_nan_samples_is_a_corpus_error(tmp_path: Path) -> None:
+    from lightning_amortized.data.datamodule import load_audio
+
+    wav = np.zeros(1600, dtype="float32")
+    wav[3] = np.nan
+    sf.write(tmp_path / "nan.wav", wav, 16000, subtype="FLOAT")
+    with pytest.raises(CorpusError, match="nan.wav: it holds NaN or Inf samples"):
+        load_audio(str(tmp_path / "nan.wav"))
+
+
 def test_orphan_transcript_and_missing_split(fake_layout: Path) -> None:
     bad = _first(fake_layout, "*.flac")
     bad.unlink()
