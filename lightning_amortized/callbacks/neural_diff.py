@@ -120,8 +120,8 @@ class NeuralDiff(Callback):
             raise ValueError(f"Expected argument `budget` (bytes) to be >= 1, but got {budget}.")
         if value_dtype not in VALUE_DTYPES:
             raise ValueError(f"Expected argument `value_dtype` to be one of {list(VALUE_DTYPES)}, but got {value_dtype!r}.")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"Expected argument `seed` to be a non-negative int, but got {seed!r}.")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise ValueError(f"Expected argument `seed` to be an int in [0, 2**63), but got {seed!r}.")
         if schedule_epochs is not None and schedule_epochs < 1:
             raise ValueError(f"Expected argument `schedule_epochs` to be None or >= 1, but got {schedule_epochs}.")
         if schedule_power <= 0:
@@ -197,15 +197,20 @@ class NeuralDiff(Callback):
         names = select_targets(pl_module, self.targets, self.exclude)
         params = plain_parameters(pl_module)
         sizes = [params[n].numel() for n in names]
-        self.target_names = names
-        self.target_numel = sum(sizes)
-        self.final_count = self._final_count(dict(zip(names, sizes)))
-        if self.method == "hashed":
-            self.bucket_counts = dict(zip(names, allocate_buckets(sizes, self.final_count)))
-        self._requires_grad = {n: p.requires_grad for n, p in params.items()}
-        for p in pl_module.parameters():
+        final_count = self._final_count(dict(zip(names, sizes)))
+        buckets = dict(zip(names, allocate_buckets(sizes, final_count))) if self.method == "hashed" else {}
+        recorded = {n: p.requires_grad for n, p in params.items()}
+        flags = {p: p.requires_grad for p in pl_module.parameters()}
+        for p in flags:
             p.requires_grad_(False)
-        created = attach_diffs(pl_module, names, self.method, num_buckets=self.bucket_counts or None, seed=self.seed)
+        try:
+            created = attach_diffs(pl_module, names, self.method, num_buckets=buckets or None, seed=self.seed)
+        except BaseException:  # the user's model as it was: trainable again, no half-attached state here
+            for p, flag in flags.items():
+                p.requires_grad_(flag)
+            raise
+        self.target_names, self.target_numel, self.final_count, self.bucket_counts = names, sum(sizes), final_count, buckets
+        self._requires_grad = recorded
         self._sparse = {n: d for n, d in created.items() if isinstance(d, SparseDiff)}
         model_bytes = sum(p.numel() * p.element_size() for p in params.values())
         rank_zero_info(

@@ -74,16 +74,23 @@ def attach_diffs(
             raise ValueError(f"Missing bucket count for hashed target {name!r}.")
         plan.append((name, module, attr))
     out: dict[str, DiffModule] = {}
-    for name, module, attr in plan:
-        base = getattr(module, attr)
-        diff: DiffModule
-        if method == "sparse":
-            diff = SparseDiff(base)
-        else:
-            assert num_buckets is not None
-            diff = HashedDiff(base, name, num_buckets[name], seed)
-        parametrize.register_parametrization(module, attr, diff, unsafe=True)
-        out[name] = diff
+    done: list[tuple[nn.Module, str]] = []
+    try:
+        for name, module, attr in plan:
+            base = getattr(module, attr)
+            diff: DiffModule
+            if method == "sparse":
+                diff = SparseDiff(base)
+            else:
+                assert num_buckets is not None
+                diff = HashedDiff(base, name, num_buckets[name], seed)
+            parametrize.register_parametrization(module, attr, diff, unsafe=True)
+            done.append((module, attr))
+            out[name] = diff
+    except BaseException:  # all or nothing: the targets attached so far are plain again
+        for module, attr in done:
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+        raise
     return out
 
 

@@ -96,7 +96,14 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor], 
     a ``.safetensors`` file or a ``torch.save`` state dict, chosen by ``container``/suffix."""
     p = Path(path)
     if p.suffix == ".safetensors":
-        data = safetensors.torch.save({k: v.contiguous() for k, v in state.items()})
+        # safetensors refuses tensors sharing memory (tied weights): each name gets its own copy
+        seen: set[int] = set()
+        flat = {}
+        for k, v in state.items():
+            ptr = v.untyped_storage().data_ptr()
+            flat[k] = v.contiguous().clone() if ptr in seen and v.numel() else v.contiguous()
+            seen.add(ptr)
+        data = safetensors.torch.save(flat)
     else:
         buf = io.BytesIO()
         torch.save({**container, "state_dict": dict(state)} if container is not None else dict(state), buf)

@@ -126,7 +126,8 @@ def export_diff(
         The :class:`DiffInfo` of the written file.
 
     Raises:
-        ValueError: if the model carries no diff, or mixes sparse and hashed diffs.
+        ValueError: if the model carries no diff, mixes sparse and hashed diffs, or asks for
+            ``reversible`` on bfloat16 weights (nothing is written).
 
     Example::
 
@@ -149,6 +150,14 @@ def export_diff(
     if len(kinds) > 1:
         raise ValueError("Model mixes sparse and hashed diffs; export them separately.")
     method = "sparse" if kinds == {SparseDiff} else "hashed"
+    if reversible:
+        unstorable = sorted(n for n in diffs if base_tensor(model, n).dtype == torch.bfloat16)
+        if unstorable:
+            raise ValueError(
+                f"reversible=True stores base values in the base dtype, and bfloat16 ({unstorable}) is not readable "
+                "by the diff readers (numpy has no bfloat16). Export with reversible=False and keep a copy of the "
+                "base, or train the diff on a float32/float16 model."
+            )
     entries: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
     hash_seeds = set()
     for name, d in diffs.items():

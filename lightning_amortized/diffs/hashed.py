@@ -7,6 +7,7 @@ bucket values and the seed are shipped; indices are recomputed from the paramete
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +26,7 @@ class HashedDiff(nn.Module):
         name: the plain parameter name (part of the hash key, so it must be the name the
             device model uses too).
         num_buckets: ``K``, the number of trainable values.
-        seed: non-negative hash seed.
+        seed: hash seed in ``[0, 2**63)``.
 
     Attributes:
         buckets: trainable ``(K,)`` parameter in ``W0``'s dtype, initialised to zero.
@@ -47,6 +48,13 @@ class HashedDiff(nn.Module):
 
     def __init__(self, base: torch.Tensor, name: str, num_buckets: int, seed: int) -> None:
         super().__init__()
+        try:
+            ok = 0 <= operator.index(seed) < 2**63  # the hash takes 64 bits, the saved buffer is int64
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"Expected argument `seed` to be an int in [0, 2**63), but got {seed!r}.")
+        seed = operator.index(seed)
         self.name = name
         self.shape = tuple(base.shape)
         self.buckets = nn.Parameter(torch.zeros(num_buckets, dtype=base.dtype, device=base.device))

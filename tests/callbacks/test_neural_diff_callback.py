@@ -229,6 +229,30 @@ def test_unmatched_pattern_fails_setup(tmp_path: Path) -> None:
         trainer(tmp_path, NeuralDiff(targets=["encoder.*"]), max_epochs=1).fit(TinyModule(), loader())
 
 
+def test_a_failed_setup_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_amortized.diffs import hashed
+
+    model = TinyModule()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    cb = NeuralDiff(method="hashed", budget=0.5, targets=["*weight*"])
+    calls = []
+    real = hashed.HashedDiff.__init__
+
+    def fail_second(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - the second target fails to attach
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(hashed.HashedDiff, "__init__", fail_second)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cb.setup(None, model, "fit")
+    assert len(calls) == 2 and not diff_modules(model)  # the first target's diff is removed again
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags and cb.target_names == []
+    with pytest.raises(ValueError, match=r"`seed` to be an int in \[0, 2\*\*63\)"):
+        NeuralDiff(method="hashed", budget=0.5, seed=2**63)
+
+
 def test_non_finite_loss_or_diff_gradient_stops_training(tmp_path: Path) -> None:
     from lightning_amortized.callbacks.finite import NonFiniteError
 

@@ -150,3 +150,25 @@ def test_export_honours_a_byte_budget_when_the_kept_entries_are_far_apart(tmp_pa
     assert out.stat().st_size == info.file_bytes <= budget
     projected = entries_for_bytes("sparse", dtype, {"w": 30_000}, budget, extra={"budget": budget})
     assert 1 <= info.stored < projected  # the first file was over: entries were dropped until it fit
+
+
+def test_apply_to_safetensors_with_tied_weights(tmp_path: Path) -> None:
+    from lightning_amortized.diffs import export_diff_from_weights
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.mid, self.out = nn.Embedding(10, 4), nn.Linear(4, 4), nn.Linear(4, 10, bias=False)
+            self.out.weight = self.emb.weight
+
+    torch.manual_seed(0)
+    base = Tied().state_dict()
+    torch.save(base, tmp_path / "base.pt")
+    tuned = {k: v.clone() for k, v in base.items()}
+    tuned["mid.weight"] = tuned["mid.weight"] + 0.1
+    export_diff_from_weights(base, tuned, ["mid.weight"], tmp_path / "u.safetensors", keep=4)
+    assert main(["apply", "--base", str(tmp_path / "base.pt"), "--diff", str(tmp_path / "u.safetensors"),
+                 "--out", str(tmp_path / "dev.safetensors")]) == 0
+    dev = safetensors.torch.load_file(tmp_path / "dev.safetensors")
+    assert torch.equal(dev["emb.weight"], base["emb.weight"]) and torch.equal(dev["out.weight"], base["out.weight"])
+    assert int((dev["mid.weight"] != base["mid.weight"]).sum()) == 4

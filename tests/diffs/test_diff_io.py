@@ -656,3 +656,17 @@ def test_diff_from_weights_stores_only_changed_entries_and_reports_the_true_erro
     nan["head.weight"][0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"fine-tuned weights of \['head.weight'\] hold NaN or Inf"):
         export_diff_from_weights(base, nan, names, tmp_path / "d.safetensors", keep=10)
+
+
+def test_reversible_export_of_bfloat16_weights_is_refused_before_writing(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3).to(torch.bfloat16)
+    d = attach_diffs(lin, ["weight"], "sparse")
+    with torch.no_grad():
+        d["weight"].delta.normal_(0, 0.01)
+    with pytest.raises(ValueError, match=r"bfloat16 \(\['weight'\]\) is not readable"):
+        export_diff(lin, tmp_path / "u.safetensors", reversible=True)
+    assert not (tmp_path / "u.safetensors").exists()
+    export_diff(lin, tmp_path / "u.safetensors")  # without undo data it works
+    torch.manual_seed(0)
+    apply_diff(nn.Linear(4, 3).to(torch.bfloat16), tmp_path / "u.safetensors")
