@@ -256,6 +256,21 @@ def prepare_librispeech(
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
-    """Read a manifest written by :func:`prepare_librispeech`."""
+    """Read a manifest written by :func:`prepare_librispeech`.
+
+    Raises:
+        CorpusError: a line that is not a manifest entry (the message names the file and line).
+    """
+    out = []
     with open(path, encoding="utf-8") as fh:
-        return [Utterance(**json.loads(line)) for line in fh if line.strip()]
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Utterance(**json.loads(line)))
+            except (ValueError, TypeError) as err:
+                raise CorpusError(
+                    f"Line {number} of manifest {str(path)!r} is not a manifest entry ({str(err).splitlines()[0]}); "
+                    "the file is damaged or hand-edited: delete it and run prepare again."
+                ) from err
+    return out

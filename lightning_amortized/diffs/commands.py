@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 numels = {n: base[n].numel() for n in names}
                 keep = entries_for_bytes("sparse", args.dtype, numels, args.budget, extra={"budget": args.budget})
                 if keep < 1:
-                    raise ValueError(f"A budget of {args.budget} bytes does not hold one entry with its header.")
+                    raise ValueError(
+                        f"A budget of {args.budget} bytes does not hold one entry with its header (an integer "
+                        "--budget is bytes; a fraction of the targeted entries is written with a point, e.g. 1.0)."
+                    )
             info = export_diff_from_weights(
                 base, tuned, names, args.out, keep=keep, value_dtype=args.dtype, extra_metadata={"budget": args.budget}
             )

@@ -207,3 +207,13 @@ def test_transcripts_with_a_bom_tabs_or_another_encoding(fake_layout: Path) -> N
     trans.write_bytes(("\n".join(lines) + "\n").replace(lines[0].split()[1], "CAF\u00c9", 1).encode("latin-1"))
     with pytest.raises(CorpusError, match=rf"Transcript file .*{trans.name} is not UTF-8"):
         prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+
+
+def test_a_damaged_manifest_line_names_the_file_and_line(fake_layout: Path) -> None:
+    out = prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+    lines = out["train"].read_text().splitlines()
+    for bad in (lines[1][:20], '{"id": "x"}'):  # truncated JSON; an entry without its fields
+        out["train"].write_text("\n".join([lines[0], bad, *lines[2:]]) + "\n")
+        with pytest.raises(CorpusError, match=r"Line 2 of manifest .*train\.jsonl' is not a manifest entry"):
+            read_manifest(out["train"])
+

@@ -172,3 +172,15 @@ def test_apply_to_safetensors_with_tied_weights(tmp_path: Path) -> None:
     dev = safetensors.torch.load_file(tmp_path / "dev.safetensors")
     assert torch.equal(dev["emb.weight"], base["emb.weight"]) and torch.equal(dev["out.weight"], base["out.weight"])
     assert int((dev["mid.weight"] != base["mid.weight"]).sum()) == 4
+
+
+def test_an_integer_budget_too_small_for_one_entry_explains_bytes_and_fractions(tmp_path: Path, capsys) -> None:
+    base, tuned = net(), net()
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.01)
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    torch.save(tuned.state_dict(), tmp_path / "tuned.pt")
+    assert main(["export", "--base", str(tmp_path / "base.pt"), "--finetuned", str(tmp_path / "tuned.pt"),
+                 "--out", str(tmp_path / "u.safetensors"), "--budget", "1"]) == 2
+    assert "an integer --budget is bytes" in capsys.readouterr().err and not (tmp_path / "u.safetensors").exists()
