@@ -45,14 +45,39 @@ def char_errors(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[l
     return utterance_errors([spell(h) for h in hypotheses], [spell(r) for r in references])
 
 
-def training_words(root: Path, splits: Iterable[str] = ("train",)) -> set[str]:
-    """Every word of the transcripts of ``splits`` under ``root`` (LibriSpeech layout)."""
-    words: set[str] = set()
+def training_words(root: Path, splits: Iterable[str] = ("train",)) -> Counter[str]:
+    """How often each word occurs in the transcripts of ``splits`` under ``root`` (LibriSpeech layout)."""
+    words: Counter[str] = Counter()
     for split in splits:
         for trans in (root / split).glob("*/*/*.trans.txt"):
             for line in trans.read_text().splitlines():
                 words.update(line.split()[1:])
     return words
+
+
+COUNT_EDGES = (1, 10, 100, 1000)
+"""Lower edges of the training-count bands of :func:`recall_by_training_count` (0 below the first)."""
+
+
+def recall_by_training_count(hypotheses: Sequence[str], references: Sequence[str], counts: Counter[str],
+                             edges: Sequence[int] = COUNT_EDGES) -> dict[str, dict[str, Any]]:
+    """Bag-of-words recall of the reference words, by how often each occurs in training.
+
+    Bands ``"0"``, ``"1-9"``, ``"10-99"``, ``"100-999"``, ``"1000+"`` (for the default
+    ``edges``), each ``{"words": n, "recall": share recalled or None}``; a word counts as
+    recalled as in :func:`word_recall`.
+    """
+    bounds = [0, *edges]
+    names = [f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo) for lo, hi in zip(bounds[:-1], bounds[1:])] + [f"{edges[-1]}+"]
+    names[0] = "0"
+    hits, total = Counter(), Counter()
+    for hyp, ref in zip(hypotheses, references):
+        have = Counter(hyp.split())
+        for word, n in Counter(ref.split()).items():
+            band = names[sum(counts[word] >= e for e in edges)]
+            total[band] += n
+            hits[band] += min(n, have[word])
+    return {b: {"words": total[b], "recall": hits[b] / total[b] if total[b] else None} for b in names}
 
 
 def word_recall(hypotheses: Sequence[str], references: Sequence[str], seen: set[str]) -> dict[str, Any]:

@@ -93,9 +93,14 @@ def render(jobs: Sequence[Any], work: Path, workers: int) -> None:
     done.write_text(stamp)
 
 
-def score_cells(ckpt: str, work: Path, accents: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per cell: WER (with a 95 % bootstrap interval over utterances), CER, CER by accent."""
-    from error_breakdown import char_errors, decode_splits
+def score_cells(ckpt: str, work: Path, accents: dict[str, str], train_counts: Any = None) -> list[dict[str, Any]]:
+    """One row per cell: WER (with a 95 % bootstrap interval over utterances), CER, CER by accent.
+
+    With ``train_counts`` (:func:`error_breakdown.training_words` of the corpus) each row also
+    has ``recall_by_training_count``: how many reference words the transcripts contain, by
+    how often each word occurs in training.
+    """
+    from error_breakdown import char_errors, decode_splits, recall_by_training_count
 
     from lightning_amortized.scoring import bootstrap_wer, utterance_errors
 
@@ -108,6 +113,8 @@ def score_cells(ckpt: str, work: Path, accents: dict[str, str]) -> list[dict[str
             "checkpoint": ckpt, "cell": cell, "texts": CELLS[cell][0], "voices": CELLS[cell][1], "utterances": len(ids),
             "wer": sum(w_err) / sum(words), "wer_ci95": list(bootstrap_wer(w_err, words)[1:]), "cer": sum(c_err) / sum(chars),
         }
+        if train_counts is not None:
+            row["recall_by_training_count"] = recall_by_training_count(hyps, refs, train_counts)
         if CELLS[cell][1] == "test-other":
             groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
             for utt, e, c in zip(ids, c_err, chars):
@@ -137,6 +144,23 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         acc = ", ".join(f"{a} {100 * c:.1f} %" for a, c in r.get("cer_by_accent", {}).items()) or "–"
         lines.append(f"| `{shown_path(r['checkpoint'], REPO)}` | {r['cell']} | {r['texts']} | {r['voices']} "
                      f"| {pct(r['wer'])} ({100 * lo:.1f}-{100 * hi:.1f}) | {pct(r['cer'])} | {acc} |")
+    banded = [r for r in rows if "recall_by_training_count" in r]
+    if banded:
+        bands = list(banded[0]["recall_by_training_count"])
+        lines += [
+            "",
+            "## Words missed, by how often the word occurs in training",
+            "",
+            "Share of the reference words that the transcript does not contain (bag of words, blind to order), by the "
+            "word's count in the `train` transcripts; the number of reference words in brackets.",
+            "",
+            "| checkpoint | cell | " + " | ".join(f"seen {b} times" for b in bands) + " |",
+            "|---|---|" + "---:|" * len(bands),
+        ]
+        for r in banded:
+            cells = [f"{100 * (1 - v['recall']):.1f} % ({v['words']})" if v["recall"] is not None else "–"
+                     for v in r["recall_by_training_count"].values()]
+            lines.append(f"| `{shown_path(r['checkpoint'], REPO)}` | {r['cell']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"test_other_factors: error: {err}", file=sys.stderr)
         return 2
     render(jobs, work, a.workers)
-    rows = [r for ckpt in a.ckpt for r in score_cells(ckpt, work, accents)]
+    from error_breakdown import training_words
+
+    counts = training_words(root)
+    rows = [r for ckpt in a.ckpt for r in score_cells(ckpt, work, accents, counts if counts else None)]
     command = "python benchmarks/test_other_factors.py " + " ".join(
         [f"--ckpt {shown_path(c, REPO)}" for c in a.ckpt] + [f"--root {shown_path(root, REPO)}"]
         + ([f"--utterances {a.utterances}"] if a.utterances != 640 else [])

@@ -51,6 +51,10 @@ def test_cells_cross_texts_and_voices_and_score(tiny_corpus: Path, tmp_path: Pat
         assert r["utterances"] == 3 and 0.0 <= r["cer"] and r["wer_ci95"][0] <= r["wer"] <= r["wer_ci95"][1]
         assert ("cer_by_accent" in r) == (r["voices"] == "test-other")
         assert set(r.get("cer_by_accent", {})) <= set(accents.values())
+        bands = r["recall_by_training_count"]  # every reference word in one band of its training count
+        cell_words = sum(len(t.split()) for t in _texts(work, r["cell"]).values())
+        assert list(bands) == ["0", "1-9", "10-99", "100-999", "1000+"] and sum(b["words"] for b in bands.values()) == cell_words
+        assert all(b["recall"] is None or 0.0 <= b["recall"] <= 1.0 for b in bands.values())
 
 
 def test_a_root_without_corpus_json_is_refused(tmp_path: Path, capsys) -> None:
