@@ -206,6 +206,11 @@ class ASRModule(pl.LightningModule):
                     f"symbols with blank), but got {vocab_size}; leave vocab_size out."
                 )
             vocab_size = len(self.tokenizer)
+        elif vocab_size != len(self.tokenizer):
+            raise ValueError(
+                f"Expected argument `vocab_size` to be {len(self.tokenizer)} (the character tokenizer's symbols with "
+                f"blank), but got {vocab_size}; for another vocabulary pass `tokenizer` (a SentencePiece model)."
+            )
         out = int(encoder.output_size)
         self.loss_kind = loss
         if loss == "ctc":
@@ -238,9 +243,36 @@ class ASRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ model
     def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, T, n_mels)`` features -> ``(B, T', D)`` encoder outputs and lengths."""
+        """``(B, T, n_mels)`` features and ``(B,)`` frame counts -> ``(B, T', D)`` encoder outputs and lengths.
+
+        Raises:
+            ValueError: ``feats`` is not ``(B, T, n_mels)`` with ``T >= 1`` floating values, or
+                ``lengths`` is not ``(B,)`` integer counts.
+        """
+        self._check_input(feats, lengths)
         x, n = self.stacker(feats, lengths)
         return self.encoder(x, n)
+
+    def _check_input(self, feats: torch.Tensor, lengths: torch.Tensor, *, values: bool = False) -> None:
+        """Shapes and dtypes (no device sync); with ``values`` also ``1 <= lengths <= T``."""
+        n_mels = self.hparams.get("n_mels", 80)
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 3 or feats.shape[-1] != n_mels or feats.shape[1] < 1:
+            shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            raise ValueError(
+                f"Expected argument `feats` to have shape (B, T >= 1, {n_mels}) (this model's n_mels), but got {shape}."
+            )
+        if not feats.is_floating_point():
+            raise ValueError(f"Expected argument `feats` to hold floating-point features, but got {feats.dtype}.")
+        if (not isinstance(lengths, torch.Tensor) or lengths.shape != (feats.shape[0],) or lengths.is_floating_point()
+                or lengths.dtype == torch.bool):
+            got = f"{tuple(lengths.shape)} {lengths.dtype}" if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+            raise ValueError(
+                f"Expected argument `lengths` to be a ({feats.shape[0]},) integer tensor of frame counts, but got {got}."
+            )
+        if values and not bool(((lengths >= 1) & (lengths <= feats.shape[1])).all()):
+            raise ValueError(
+                f"Expected argument `lengths` to be in [1, {feats.shape[1]}] (the padded frames), but got {lengths.tolist()}."
+            )
 
     def flops_per_frame(self) -> int:
         """Encoder plus output-layer FLOPs per encoder frame (RNN-T: joint per frame, prediction per token excluded)."""
@@ -321,9 +353,27 @@ class ASRModule(pl.LightningModule):
 
     @torch.no_grad()
     def transcribe(self, feats: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """Features ``(B, T, n_mels)`` -> transcripts."""
-        enc, n = self.encode(feats, lengths)
-        return self.decode(enc, n)
+        """Features ``(B, T, n_mels)`` and their ``(B,)`` frame counts -> transcripts.
+
+        Runs in eval mode (no dropout; an amortized encoder takes hard decisions) whatever
+        mode the module is in, and restores that mode afterwards. Features of another float
+        dtype are cast to the module's.
+
+        Raises:
+            ValueError: ``feats`` is not ``(B, T, n_mels)``, or ``lengths`` not ``(B,)``
+                integer frame counts in ``[1, T]``.
+        """
+        self._check_input(feats, lengths, values=True)
+        param = next(self.parameters(), None)
+        if param is not None and feats.dtype != param.dtype:
+            feats = feats.to(param.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            enc, n = self.encode(feats, lengths)
+            return self.decode(enc, n)
+        finally:
+            self.train(was_training)
 
     # --------------------------------------------------------------- training
     def _routing_losses(self) -> dict[str, torch.Tensor]:
@@ -465,6 +515,9 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
         path: The checkpoint file.
         dropout: Dropout between the encoder's recurrent layers (fine-tuning setting).
 
+    Returns:
+        The module in eval mode (``Trainer.fit`` switches it to training mode).
+
     Raises:
         ValueError: The file holds no ``ASRModule`` with a ``RecurrentEncoder``.
     """
@@ -499,4 +552,4 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
         kwargs["tokenizer"] = _restore_tokenizer(container, kwargs["tokenizer"], path)
     model = ASRModule(encoder, **kwargs)
     model.load_state_dict(state, strict=True)
-    return model
+    return model.eval()

@@ -277,3 +277,34 @@ def test_branch_losses_train_each_branch_alone_and_keep_the_routing() -> None:
     assert fast and all(p.grad is not None for p in fast)
     with pytest.raises(ValueError, match="branch_loss_weight"):
         ASRModule(RecurrentEncoder(240, 16, 1), branch_loss_weight=-1.0)
+
+
+def test_transcribe_is_deterministic_in_any_mode_and_restores_it(tmp_path) -> None:
+    from lightning_amortized.module import load_asr_module
+
+    torch.manual_seed(0)
+    m = ASRModule(RecurrentEncoder(240, 16, num_layers=2, dropout=0.5))
+    torch.save(m.state_dict(), tmp_path / "m.pt")
+    loaded = load_asr_module(tmp_path / "m.pt", dropout=0.5)
+    assert not loaded.training  # ready to transcribe; Trainer.fit switches it to training
+    x, n = torch.randn(2, 30, 80), torch.tensor([30, 21])
+    loaded.train()
+    first = loaded.transcribe(x, n)
+    assert all(loaded.transcribe(x, n) == first for _ in range(3)) and loaded.training
+    assert loaded.eval().transcribe(x.double(), n) == first  # float64 features are cast
+
+
+def test_transcribe_refuses_what_is_not_features_and_frame_counts() -> None:
+    m = ASRModule(RecurrentEncoder(240, 16, num_layers=1))
+    x = torch.randn(2, 30, 80)
+    for feats, lengths, match in ((torch.randn(2, 30, 40), torch.tensor([30, 20]), r"shape \(B, T >= 1, 80\)"),
+                                  (torch.randn(30, 80), torch.tensor([30]), r"shape \(B, T >= 1, 80\)"),
+                                  (torch.randn(2, 0, 80), torch.tensor([0, 0]), r"shape \(B, T >= 1, 80\)"),
+                                  (x, [30, 20], "integer tensor of frame counts"),
+                                  (x, torch.tensor([1.0, 0.5]), "integer tensor of frame counts"),
+                                  (x, torch.tensor([31, 2]), r"in \[1, 30\]"),
+                                  (x, torch.tensor([30, 0]), r"in \[1, 30\]")):
+        with pytest.raises(ValueError, match=match):
+            m.transcribe(feats, lengths)
+    with pytest.raises(ValueError, match=r"`vocab_size` to be 29"):
+        ASRModule(RecurrentEncoder(240, 16, num_layers=1), vocab_size=40)

@@ -75,7 +75,9 @@ class LatencyMonitor(Callback):
 
     Args:
         device_flops_per_s: Simulated device speed; ``None`` uses the
-            ``AmortizedEncoder``'s own device, else 650 MFLOP/s.
+            ``AmortizedEncoder``'s own device, else 650 MFLOP/s. An ``AmortizedEncoder``
+            is moved to this device for validation (``set_device``: its arbitrator routes
+            for it) and back afterwards.
         frame_ms: Audio per encoder frame in ms; ``None`` uses the encoder's
             ``frame_ms`` or the module's ``frame_ms`` attribute.
         plot_dir: Folder for ``latency_epoch{NNN}.png``; ``None`` uses
@@ -118,6 +120,7 @@ class LatencyMonitor(Callback):
         self.last_plot_path: str | None = None
         self._encoder: nn.Module | None = None
         self._hook: Any = None
+        self._own_speed: float | None = None  # the AmNet's device speed while validation runs on ours
         self._reset()
 
     def _reset(self) -> None:
@@ -159,6 +162,10 @@ class LatencyMonitor(Callback):
                 "`self.encoder` with `flops_per_frame()`, or a submodule with `flops_per_frame()` and `input_size`."
             )
         self._frame(pl_module)  # fail early
+        enc = self._encoder
+        if isinstance(enc, AmortizedEncoder) and self.device_flops_per_s is not None:
+            self._own_speed = enc.device_flops_per_s
+            enc.set_device(self.device_flops_per_s)  # routed for the monitored device, not priced for it afterwards
 
         def capture(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if len(args) >= 2 and isinstance(args[0], torch.Tensor) and isinstance(args[1], torch.Tensor):
@@ -244,7 +251,18 @@ class LatencyMonitor(Callback):
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hook()
+        self._restore_device()
         self._samples = []
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hook()
+        self._restore_device()
+
+    def _restore_device(self) -> None:
+        if self._own_speed is not None and isinstance(self._encoder, AmortizedEncoder):
+            self._encoder.set_device(self._own_speed)
+        self._own_speed = None
 
     # -- helpers --------------------------------------------------------------------------------
 

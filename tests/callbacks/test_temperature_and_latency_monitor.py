@@ -232,3 +232,33 @@ def test_non_finite_arbitrator_gradient_stops_before_the_step(tmp_path):
     with pytest.raises(NonFiniteError, match=r"gradient of `encoder.arbitrator.out.weight` has \d+ NaN .* at step 1"):
         _fit(_CTCModule(enc), [Keep(epochs=2)], tmp_path)
     assert torch.equal(weight.detach(), before[-1])  # the bad update was never applied
+
+
+def test_latency_monitor_routes_for_its_own_device_and_restores_the_encoders():
+    import lightning.pytorch as pl
+
+    from lightning_amortized.module import ASRModule
+
+    torch.manual_seed(0)
+    enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(240, 64, 2), rank=4, latency_guard=1.5)
+    with torch.no_grad():
+        enc.arbitrator.out.bias[:] = torch.tensor([0.0, 50.0])  # it would always pick the slow branch
+    model = ASRModule(enc)
+    batch = {"feats": torch.randn(2, 300, 80), "feat_lengths": torch.tensor([300, 200]),
+             "tokens": torch.tensor([[3, 4]] * 2), "token_lengths": torch.tensor([2, 2]), "ids": ["a", "b"],
+             "texts": ["AB", "AB"]}
+    own, slow = enc.device_flops_per_s, 4.0e6
+    results = []
+    for speed in (slow, None):  # the monitor's device, then the encoder moved there by hand
+        if speed is None:
+            enc.set_device(slow)
+        mon = LatencyMonitor(device_flops_per_s=speed, rtf_samples=0, plot=False)
+        trainer = pl.Trainer(callbacks=[mon], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.validate(model, dataloaders=torch.utils.data.DataLoader([batch], batch_size=None), verbose=False)
+        results.append(mon.last_metrics)
+        if speed is not None:
+            assert enc.device_flops_per_s == own  # put back after validation
+    assert results[0] == results[1]
+    floor_ms = enc.floor_flops() / slow * 1000.0
+    assert results[0]["latency/eou_max_ms"] <= 1.5 * floor_ms + 1e-6  # the guard holds on the monitored device
