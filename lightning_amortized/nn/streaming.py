@@ -107,9 +107,16 @@ def stream(
         if amortized and not getattr(encoder, "streaming", True):
             streaming = False
         if not streaming:
-            start = time.perf_counter()
-            y, _ = encoder(x[None], torch.tensor([T], device=x.device))
-            wall[:] = (time.perf_counter() - start) * 1000.0 / max(T, 1)
+            forced = amortized and force_branch is not None
+            if forced:  # the whole-sequence forward reads the encoder's own setting
+                kept_branch, encoder.force_branch = encoder.force_branch, int(force_branch)
+            try:
+                start = time.perf_counter()
+                y, _ = encoder(x[None], torch.tensor([T], device=x.device))
+                wall[:] = (time.perf_counter() - start) * 1000.0 / max(T, 1)
+            finally:
+                if forced:
+                    encoder.force_branch = kept_branch
             routing = getattr(encoder, "last_routing", None)
             if routing is not None:
                 decisions = routing.decisions[0].cpu()

@@ -93,3 +93,17 @@ def test_set_device_changes_costs_and_decisions_input():
     assert float(r.cost_ms.max()) > float(before.max()) * 10  # a much slower device than 650 MFLOP/s
     with pytest.raises(ValueError, match="flops_per_s"):
         am.set_device(0.0)
+
+
+def test_stream_forces_a_branch_of_a_non_streaming_amortized_encoder_too():
+    from lightning_amortized.nn import ConformerEncoderAdapter
+
+    torch.manual_seed(0)
+    fast = ConformerEncoderAdapter(16, d_model=8, num_layers=1, nhead=2, d_ffn=16, kernel_size=3)
+    slow = ConformerEncoderAdapter(16, d_model=32, num_layers=2, nhead=2, d_ffn=64, kernel_size=3)
+    enc = AmortizedEncoder(fast, slow, projection=16)
+    x = torch.randn(20, 16)
+    assert len(set(stream(enc, x).decisions.tolist())) == 2  # routed: both branches
+    for k in (0, 1):
+        assert stream(enc, x, force_branch=k).decisions.tolist() == [k] * 20
+    assert enc.force_branch is None and len(set(stream(enc, x).decisions.tolist())) == 2  # restored
