@@ -114,9 +114,11 @@ class DurationBatchSampler(Sampler[list[int]]):
         if self.shuffle and self.epoch >= self.sortagrad_epochs:
             random.Random(self.seed + self.epoch).shuffle(order)
         rank, world = self._rank()
-        if world > 1:
+        if world > 1 and order:
             total = math.ceil(len(order) / world) * world
-            order = (order + order[: total - len(order)])[rank::world]
+            # cyclic padding: every rank gets as many batches as __len__ says, also when there are
+            # fewer batches than ranks (a small dev split on many GPUs)
+            order = (order * math.ceil(total / len(order)))[:total][rank::world]
         for position in range(skip, len(order)):
             # the seed of the batch's augmentation depends on where the batch is, not on what ran before
             yield SeededBatch(self.batches[order[position]], derive_seed(self.seed, self.epoch, position, rank))

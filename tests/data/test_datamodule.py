@@ -259,3 +259,16 @@ def test_filterbank_refuses_lengths_that_are_not_sample_counts() -> None:
             fb(wavs, lengths)
     with pytest.raises(ValueError, match=r"shape \(B, S\)"):
         fb(wavs[None], torch.tensor([1600, 800]))
+
+
+@pytest.mark.parametrize("batches", [1, 2, 3, 5, 8])
+def test_every_ddp_rank_gets_the_batches_len_promises(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
+    world = 4
+    sampler = DurationBatchSampler([1.0] * batches, max_seconds=1.0, shuffle=False)
+    seen = []
+    for rank in range(world):
+        monkeypatch.setattr(sampler, "_rank", lambda r=rank: (r, world))
+        got = [list(b) for b in sampler]
+        assert len(got) == len(sampler) >= 1, (rank, got)
+        seen += [i for b in got for i in b]
+    assert set(seen) == set(range(batches))  # every batch somewhere; repeats only to pad
