@@ -245,12 +245,18 @@ def conv1d_flops(
     return 2 * (in_channels // groups) * kernel_size * out_channels + (out_channels if bias else 0)
 
 
-def attention_flops(d_model: int, num_heads: int, context: int, d_ffn: int | None = None) -> int:
+def attention_flops(
+    d_model: int, num_heads: int, context: int, d_ffn: int | None = None, relative_positions: bool = False
+) -> int:
     """FLOPs per frame of one self-attention block (plus its feed-forward when given).
 
     Counts the Q/K/V/output projections (``4 * 2 d^2 + 4d``), scores and weighted sum
     over ``context`` frames (``2 * 2 * context * d``), a softmax (``3 * heads * context``)
-    and, if ``d_ffn`` is set, a two-layer feed-forward network.
+    and, if ``d_ffn`` is set, a two-layer feed-forward network. With
+    ``relative_positions`` (Transformer-XL style, SpeechBrain's ``RelPosMHAXL`` of the
+    Conformer) it adds the projection of the ``2 context - 1`` relative position
+    embeddings and the position scores, ``2 d (2 context - 1) (d + context)`` per
+    utterance of ``context`` frames, shared out over its frames.
 
     Args:
         d_model: Model width ``d``.
@@ -258,6 +264,14 @@ def attention_flops(d_model: int, num_heads: int, context: int, d_ffn: int | Non
         context: Number of frames each query attends to (utterance length for full
             context, chunk size for chunked attention).
         d_ffn: Feed-forward hidden size, or ``None`` to leave it out.
+        relative_positions: Count the relative-position terms.
+
+    Example::
+
+        >>> attention_flops(64, 4, 100)
+        59824
+        >>> attention_flops(64, 4, 100, relative_positions=True)  # + 41,774 per frame
+        101598
     """
     _check_positive(d_model=d_model, num_heads=num_heads, context=context)
     proj = 4 * linear_flops(d_model, d_model)
@@ -267,7 +281,10 @@ def attention_flops(d_model: int, num_heads: int, context: int, d_ffn: int | Non
     ffn = 0
     if d_ffn is not None:
         ffn = linear_flops(d_model, d_ffn) + d_ffn + linear_flops(d_ffn, d_model)
-    return proj + scores + weighted + softmax + ffn
+    positions = 0
+    if relative_positions:  # pos embeddings projected (no bias), then scored against every query
+        positions = round(2 * d_model * (2 * context - 1) * (d_model + context) / context)
+    return proj + scores + weighted + softmax + ffn + positions
 
 
 def module_flops_per_frame(module: nn.Module, **kwargs: Any) -> int:

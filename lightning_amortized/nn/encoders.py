@@ -180,7 +180,10 @@ class ConformerEncoderAdapter(nn.Module):
     """SpeechBrain ``ConformerEncoder`` behind the encoder contract (full context, not streaming).
 
     An input projection maps ``F`` to ``d_model``; relative positional encodings are
-    computed internally, and padding is masked.
+    computed internally, and padding is masked: in attention (SpeechBrain's key padding
+    mask) and in every convolution module, whose depthwise convolution sees zeros past
+    each utterance's end (SpeechBrain masks only after it, so the valid frames near the
+    end would depend on how much padding the batch has).
 
     Args:
         input_size: Features per input frame.
@@ -222,19 +225,32 @@ class ConformerEncoderAdapter(nn.Module):
         self.input_size, self.output_size = input_size, d_model
         self._shape = (d_model, num_layers, nhead, d_ffn, kernel_size)
         self.context_frames = context_frames
+        self._padding: torch.Tensor | None = None  # (B, T) True past each length, during forward
+        for layer in self.encoder.layers:  # zero the padded frames between pointwise and depthwise conv
+            layer.convolution_module.bottleneck.register_forward_hook(self._zero_padding)
+
+    def _zero_padding(self, module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        pad = self._padding
+        if pad is None or out.dim() != 3 or out.shape[-1] != pad.shape[1]:
+            return out
+        return out.masked_fill(pad[:, None, :], 0.0)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode ``(B, T, F)`` -> ``(B, T, d_model)``."""
+        """Encode ``(B, T, F)`` -> ``(B, T, d_model)``; valid frames do not depend on the padding."""
         h = self.input_proj(x)
         pad = ~lengths_to_mask(lengths, x.shape[1])
-        y, _ = self.encoder(h, src_key_padding_mask=pad, pos_embs=self.pos(h))
+        self._padding = pad
+        try:
+            y, _ = self.encoder(h, src_key_padding_mask=pad, pos_embs=self.pos(h))
+        finally:
+            self._padding = None
         return y, lengths
 
     def flops_per_frame(self) -> int:
         """Counted FLOPs per frame at ``context_frames`` of attention context."""
         d, layers, heads, ffn, k = self._shape
         macaron = 2 * (linear_flops(d, ffn) + ffn + linear_flops(ffn, d))
-        attn = attention_flops(d, heads, self.context_frames)
+        attn = attention_flops(d, heads, self.context_frames, relative_positions=True)  # RelPosMHAXL
         conv = conv1d_flops(d, 2 * d, 1) + conv1d_flops(d, d, k, groups=d) + conv1d_flops(d, d, 1)
         per_layer = macaron + attn + conv
         return linear_flops(self.input_size, d) + layers * per_layer

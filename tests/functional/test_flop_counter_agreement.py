@@ -128,3 +128,22 @@ def test_full_counts_are_within_three_percent_at_realistic_sizes():
     theirs = counted(lambda: mha(x, x, x, need_weights=True)) / 8
     ours = attention_flops(144, 4, 8)
     assert theirs <= ours <= 1.03 * theirs
+
+
+@pytest.mark.parametrize(("d", "heads", "T"), [(32, 2, 37), (64, 4, 100)])
+def test_relative_position_attention_and_the_conformer_adapter_match_the_flop_counter(d: int, heads: int, T: int):
+    """SpeechBrain's ``RelPosMHAXL``: the products of ``attention_flops(..., relative_positions=True)`` exactly;
+    the Conformer adapter within 3 % above PyTorch's count (biases, norms and element-wise ops on top)."""
+    from speechbrain.nnet.attention import RelPosEncXL, RelPosMHAXL
+
+    from lightning_amortized.nn import ConformerEncoderAdapter
+
+    mha = RelPosMHAXL(d, heads).eval()
+    x = torch.randn(1, T, d)
+    pos = RelPosEncXL(d)(x)
+    products = measured_flops(lambda: mha(x, x, x, pos_embs=pos), mha)
+    no_bias_softmax = (attention_flops(d, heads, T, relative_positions=True) - 4 * d - 3 * heads * T) * T
+    assert abs(products - no_bias_softmax) <= T  # the per-frame share of the position terms is rounded
+    enc = ConformerEncoderAdapter(80, d_model=d, num_layers=2, nhead=heads, d_ffn=4 * d, context_frames=T).eval()
+    theirs = measured_flops(lambda: enc(torch.zeros(1, T, 80), torch.tensor([T])), enc) / T
+    assert theirs <= enc.flops_per_frame() <= 1.03 * theirs

@@ -267,3 +267,24 @@ def test_docs_example_runs(capsys, tmp_path):
     printed = capsys.readouterr().out.splitlines()
     fast, slow = (int(v) for v in printed[0].strip("[]").split(","))
     assert fast < slow and "RTF" in printed[1]
+
+
+def test_conformer_adapter_outputs_do_not_depend_on_the_batch_padding():
+    import copy
+
+    from lightning_amortized.nn import ConformerEncoderAdapter
+
+    torch.manual_seed(0)
+    enc = ConformerEncoderAdapter(8, d_model=16, num_layers=2, nhead=2, d_ffn=32, kernel_size=3, dropout=0.0).eval()
+    twin = copy.deepcopy(enc)  # the hooks of a copy mask the copy's own batches
+    x = torch.randn(1, 10, 8)
+    with torch.no_grad():
+        ref, _ = enc(x, torch.tensor([10]))
+        for model in (enc, twin):
+            for pad in (1, 6):
+                padded = torch.cat([x, torch.randn(1, pad, 8)], 1)  # whatever lies past the end
+                y, _ = model(padded, torch.tensor([10]))
+                assert torch.allclose(y[:, :10], ref, atol=1e-5), (pad, (y[:, :10] - ref).abs().max())
+            batch = torch.cat([torch.cat([x, torch.zeros(1, 4, 8)], 1), torch.randn(1, 14, 8)])
+            y, _ = model(batch, torch.tensor([10, 14]))
+            assert torch.allclose(y[:1, :10], ref, atol=1e-5)
