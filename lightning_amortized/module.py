@@ -470,6 +470,15 @@ class ASRModule(pl.LightningModule):
                 metric_attribute=f"test_metrics.{key}_{kind}",
             )
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, str]]:
+        """Greedy transcripts of a batch: ``[{"id": utterance id, "text": transcript}, ...]``.
+
+        ``Trainer.predict`` (and ``lightning-amortized predict --config ... --ckpt_path ...``)
+        returns one such list per batch, over the data module's ``test_splits``.
+        """
+        hyps = self.transcribe(batch["feats"], batch["feat_lengths"])
+        return [{"id": utt, "text": hyp} for utt, hyp in zip(batch["ids"], hyps)]
+
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:

@@ -308,3 +308,21 @@ def test_transcribe_refuses_what_is_not_features_and_frame_counts() -> None:
             m.transcribe(feats, lengths)
     with pytest.raises(ValueError, match=r"`vocab_size` to be 29"):
         ASRModule(RecurrentEncoder(240, 16, num_layers=1), vocab_size=40)
+
+
+def test_predict_returns_each_test_utterances_transcript(tiny_corpus: Path) -> None:
+    torch.manual_seed(0)
+    model = ASRModule(RecurrentEncoder(240, 16, num_layers=1))
+    with torch.no_grad():
+        model.head.bias[0] = -100.0  # never blank: non-empty transcripts
+    dm = _datamodule(tiny_corpus)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    per_loader = trainer.predict(model, datamodule=dm)  # one list of batches per test split
+    assert len(per_loader) == 2
+    for split, batches in zip(("test", "test-other"), per_loader):
+        rows = [r for batch in batches for r in batch]
+        ids = {line.split()[0] for t in (tiny_corpus / split).rglob("*.trans.txt") for line in t.read_text().splitlines()}
+        assert {r["id"] for r in rows} == ids and all(r["text"] for r in rows)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()[0]))
+    assert [r["text"] for r in model.predict_step(batch, 0)] == model.transcribe(batch["feats"], batch["feat_lengths"])

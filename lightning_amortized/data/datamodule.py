@@ -165,7 +165,10 @@ class LibriSpeechDataModule(pl.LightningDataModule):
             SpecAugment() if (train and self.use_spec_augment) else None,
             augment=self.augment if train else None,
         )
-        return ResumableDataLoader(
+        # only training needs a resumable place in the epoch; evaluation loaders stay plain, so
+        # that Lightning may wrap their batch sampler (Trainer.predict records batch indices)
+        loader = ResumableDataLoader if train else DataLoader
+        return loader(
             ds,
             batch_sampler=sampler,
             collate_fn=collate,
@@ -203,6 +206,10 @@ class LibriSpeechDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.datasets[f"test:{s}"], train=False) for s in self.test_splits]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """The ``test_splits``' batches, for ``Trainer.predict`` (transcripts without scoring)."""
+        return self.test_dataloader()
 
 
 class SyntheticDataModule(LibriSpeechDataModule):
