@@ -508,7 +508,7 @@ def _restore_tokenizer(container: dict[str, Any] | None, missing: str, path: str
     return cached
 
 
-def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
+def load_asr_module(path: str | os.PathLike, dropout: float = 0.1, **overrides: Any) -> ASRModule:
     """An :class:`ASRModule` with a ``RecurrentEncoder`` from any checkpoint of one.
 
     The one loader of the benchmarks and the updates recipe. It reads checkpoints written
@@ -523,6 +523,9 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
     Args:
         path: The checkpoint file.
         dropout: Dropout between the encoder's recurrent layers (fine-tuning setting).
+        **overrides: ``ASRModule`` arguments that override the checkpoint's (a plain
+            ``state_dict`` carries none: give e.g. ``n_mels=40, stack=3`` for a model not
+            built with the defaults).
 
     Returns:
         The module in eval mode (``Trainer.fit`` switches it to training mode).
@@ -559,6 +562,15 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1) -> ASRModule:
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_") and k != "encoder"}
     if kwargs.get("tokenizer") and not os.path.isfile(kwargs["tokenizer"]):
         kwargs["tokenizer"] = _restore_tokenizer(container, kwargs["tokenizer"], path)
-    model = ASRModule(encoder, **kwargs)
+    kwargs.update(overrides)
+    try:
+        model = ASRModule(encoder, **kwargs)
+    except ValueError as err:
+        if container is not None:
+            raise
+        raise ValueError(
+            f"{err} ({str(path)!r} is a plain state dict without hyper-parameters: pass the module's own, e.g. "
+            "load_asr_module(path, n_mels=..., stack=...).)"
+        ) from err
     model.load_state_dict(state, strict=True)
     return model.eval()

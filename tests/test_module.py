@@ -326,3 +326,16 @@ def test_predict_returns_each_test_utterances_transcript(tiny_corpus: Path) -> N
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()[0]))
     assert [r["text"] for r in model.predict_step(batch, 0)] == model.transcribe(batch["feats"], batch["feat_lengths"])
+
+
+def test_a_plain_state_dict_of_a_non_default_model_loads_with_its_hparams(tmp_path) -> None:
+    from lightning_amortized.module import load_asr_module
+
+    torch.manual_seed(0)
+    m = ASRModule(RecurrentEncoder(24, 16, num_layers=2), n_mels=8, stack=3).eval()
+    torch.save(m.state_dict(), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="plain state dict without hyper-parameters.*n_mels="):
+        load_asr_module(tmp_path / "m.pt")
+    loaded = load_asr_module(tmp_path / "m.pt", n_mels=8, stack=3)
+    x, n = torch.randn(1, 30, 8), torch.tensor([30])
+    assert loaded.transcribe(x, n) == m.transcribe(x, n)
