@@ -275,11 +275,18 @@ class ASRModule(pl.LightningModule):
             )
 
     def flops_per_frame(self) -> int:
-        """Encoder plus output-layer FLOPs per encoder frame (RNN-T: joint per frame, prediction per token excluded)."""
+        """Encoder plus output-layer FLOPs per encoder frame.
+
+        RNN-T: one joint evaluation per frame (encoder projection, the sum with the
+        prediction side, ``tanh``, output layer); the prediction network and its joint
+        projection run per emitted token and are left out.
+        """
         enc = int(self.encoder.flops_per_frame())
         if self.loss_kind == "ctc":
             return enc + linear_flops(self.head.in_features, self.head.out_features)
-        return enc + linear_flops(self.joint_enc.in_features, self.joint_enc.out_features)
+        joint = self.joint_enc.out_features
+        return (enc + linear_flops(self.joint_enc.in_features, joint) + 2 * joint
+                + linear_flops(self.head.in_features, self.head.out_features))
 
     def _rnnt_logits(self, enc: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         blank = torch.zeros_like(tokens[:, :1])

@@ -57,6 +57,8 @@ class DurationBatchSampler(Sampler[list[int]]):
     ) -> None:
         if max_seconds <= 0:
             raise ValueError(f"Expected argument `max_seconds` to be > 0, but got {max_seconds}.")
+        if max_batch_size is not None and not max_batch_size >= 1:
+            raise ValueError(f"Expected argument `max_batch_size` to be None or >= 1, but got {max_batch_size}.")
         self.max_seconds, self.shuffle, self.seed, self.epoch = max_seconds, shuffle, seed, 0
         self.sortagrad_epochs = sortagrad_epochs
         self._skip = 0

@@ -200,20 +200,21 @@ def test_three_independent_branches_and_soft_blend():
 class _FullContext(nn.Module):
     """A non-streaming encoder (no step): output depends on the whole utterance."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, cost_scale: int = 1) -> None:
         super().__init__()
         self.input_size = self.output_size = size
         self.lin = nn.Linear(size, size)
+        self.cost_scale = cost_scale  # as if it were this many times bigger (branches must differ in cost)
 
     def forward(self, x, lengths):
         return self.lin(x) + x.mean(1, keepdim=True), lengths
 
     def flops_per_frame(self) -> int:
-        return linear_flops(self.input_size, self.output_size)
+        return self.cost_scale * linear_flops(self.input_size, self.output_size)
 
 
 def test_non_streaming_branches_are_mixed():
-    am = AmortizedEncoder(_FullContext(12), _FullContext(12)).eval()
+    am = AmortizedEncoder(_FullContext(12), _FullContext(12, cost_scale=3)).eval()
     x, lengths = _batch()
     y, _ = am(x, lengths)
     g = am.last_routing.gates
@@ -229,6 +230,10 @@ def test_non_streaming_branches_are_mixed():
 
 
 def test_configuration_errors():
+    with pytest.raises(ValueError, match=r"The branches cost \[300, 300\] FLOPs per frame: two cost the same"):
+        AmortizedEncoder(_FullContext(12), _FullContext(12))
+    with pytest.raises(ValueError, match="two cost the same"):
+        AmortizedEncoder.from_recurrent(RecurrentEncoder(12, 8, 1), fast="sparse", density=1.0)
     with pytest.raises(ValueError, match=r"branch 0 \(RecurrentEncoder\): 8.*branch 1 \(RecurrentEncoder\): 24"):
         AmortizedEncoder(RecurrentEncoder(12, 8, 1), RecurrentEncoder(12, 24, 1))
     with pytest.raises(ValueError, match=r"`temperature`.*-0.5"):

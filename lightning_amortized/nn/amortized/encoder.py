@@ -170,6 +170,12 @@ class AmortizedEncoder(nn.Module):
                 f"Expected argument `force_branch` to be None or in [0, {core.num_branches}), but got {force_branch}."
             )
         self.force_branch = None if force_branch is None else int(force_branch)
+        costs = [int(f) for f in core.branch_flops()]
+        if len(set(costs)) < len(costs):
+            raise ValueError(
+                f"The branches cost {costs} FLOPs per frame: two cost the same, so none is the fast or the slow "
+                "one and routing saves nothing. Give the fast branch a lower rank, density or size."
+            )
         self.core = core
         self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=float(frame_ms))
         self.frame_ms = float(frame_ms)
