@@ -638,10 +638,10 @@ def drive(a: argparse.Namespace) -> int:
     summary["seeds"] = seed_table(summary, [Path(w) for w in a.seed_work])
     out = Path(a.results) if a.results else (work / "amnet" if a.quick else RESULTS / "amnet")
     md = render_markdown(summary, out.name)
-    write_results(out, summary, md)
+    out_json, _ = write_results(out, summary, md)
     plot(summary, out.parent / f"{out.name}_trace.png", out.parent / f"{out.name}_latency_vs_rho.png")
     print("\n" + md)
-    print(f"results: {out.with_suffix('.json')}  ({wall / 60:.1f} min)")
+    print(f"results: {out_json}  ({wall / 60:.1f} min)")
     return 0
 
 

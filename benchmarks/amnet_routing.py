@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (sep and label and ckpt):
             p.error(f"--single expects LABEL=CHECKPOINT, got {label + sep + ckpt!r}.")
 
-    from lightning_amortized.experiment import write_results
+    from lightning_amortized.experiment import result_file, write_results
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import SharedStateAmortizedEncoder
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(a.results)
     write_results(out, summary, render(summary))
-    plot(summary, out.with_suffix(".png"))
+    plot(summary, result_file(out, ".png"))
     print(render(summary))
     return 0
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_amortized.experiment import percent as pct, shown_path, write_results  # noqa: E402
+from lightning_amortized.experiment import percent as pct, result_file, shown_path, write_results  # noqa: E402
 
 #: Overrides that name a base's variant, with the short label each value gets in the table.
 _DEFAULTS = {"voices": "core", "hidden_size": "256", "augment": None, "max_batch_seconds": "20",
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "python benchmarks/base_sweep_report.py " + " ".join(shown_path(f, REPO) for f in a.folders)
     meta = {"command": a.command, "report_command": report}
     out_json, out_md = write_results(a.results, {"meta": meta, "rows": rows}, markdown(rows, meta))
-    plot(rows, Path(a.results).with_suffix(".png"))
+    plot(rows, result_file(a.results, ".png"))
     print(out_md.read_text())
     return 0
 

@@ -34,7 +34,7 @@ from typing import Any, Union
 
 from lightning_amortized.atomic import write_atomic
 
-__all__ = ["Job", "JobFailed", "percent", "run_jobs", "shown_path", "write_results"]
+__all__ = ["Job", "JobFailed", "percent", "result_file", "run_jobs", "shown_path", "write_results"]
 
 Command = Union[Sequence[str], Callable[[Mapping[str, dict[str, Any]]], Sequence[str]]]
 
@@ -218,11 +218,29 @@ def shown_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
         return str(path)
 
 
+_RESULT_SUFFIXES = (".json", ".md", ".png")
+
+
+def result_file(stem: str | os.PathLike, suffix: str) -> Path:
+    """``<stem><suffix>``: a results stem may hold dots (``demo_lr1.5e-3``); a results suffix it ends in is replaced.
+
+    Example:
+        >>> str(result_file("docs/results/demo_lr1.5e-3", ".json")), str(result_file("out/base.json", ".md"))
+        ('docs/results/demo_lr1.5e-3.json', 'out/base.md')
+    """
+    p = Path(stem)
+    base = p.with_suffix("") if p.suffix in _RESULT_SUFFIXES else p
+    return base.with_name(base.name + suffix)
+
+
 def write_results(stem: str | os.PathLike, summary: Mapping[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` (``summary``, indented) and ``<stem>.md`` atomically; returns both paths."""
+    """Write ``<stem>.json`` (``summary``, indented) and ``<stem>.md`` atomically; returns both paths.
+
+    ``stem`` may contain dots (see :func:`result_file`).
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    out_json, out_md = stem.with_suffix(".json"), stem.with_suffix(".md")
+    out_json, out_md = result_file(stem, ".json"), result_file(stem, ".md")
     write_atomic(out_json, json.dumps(summary, indent=2) + "\n")
     write_atomic(out_md, markdown if markdown.endswith("\n") else markdown + "\n")
     return out_json, out_md

@@ -50,3 +50,11 @@ def test_a_failing_job_names_itself_and_stops_the_others(tmp_path: Path) -> None
 def test_write_results_writes_both_files(tmp_path: Path) -> None:
     js, md = write_results(tmp_path / "sub" / "r", {"a": 1}, "# r")
     assert json.loads(js.read_text()) == {"a": 1} and md.read_text() == "# r\n"
+
+
+def test_a_results_stem_with_dots_keeps_its_name(tmp_path: Path) -> None:
+    j1, m1 = write_results(tmp_path / "demo_lr1.5e-3", {"a": 1}, "# one")
+    j2, _ = write_results(tmp_path / "demo_lr1.0e-3", {"a": 2}, "# two")
+    assert (j1.name, m1.name, j2.name) == ("demo_lr1.5e-3.json", "demo_lr1.5e-3.md", "demo_lr1.0e-3.json")
+    assert json.loads(j1.read_text()) == {"a": 1} and json.loads(j2.read_text()) == {"a": 2}
+    assert write_results(tmp_path / "base.json", {}, "x")[1].name == "base.md"  # a results suffix is replaced

@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         f" (`make demo` runs it without arguments).\n"
         "Test splits: " + ", ".join(f"`{s}` ({HELD_OUT.get(s, 'held out')})" for s in splits) + f".\n\n{table}"
     )
-    write_results(out, summary, md)
+    out_json, _ = write_results(out, summary, md)
     print("\n" + table)
-    print(f"checkpoint: {ckpt}\nlogs:       {trainer.log_dir}\nresults:    {out.with_suffix('.json')}")
+    print(f"checkpoint: {ckpt}\nlogs:       {trainer.log_dir}\nresults:    {out_json}")
     return 0
 
 
