@@ -56,6 +56,7 @@ RESULTS = REPO / "docs" / "results"
 sys.path.insert(0, str(REPO))
 
 from lightning_amortized.atomic import write_atomic  # noqa: E402
+from lightning_amortized.experiment import max_time  # noqa: E402
 from lightning_amortized.nn.encoders import RecurrentEncoder  # noqa: E402
 
 
@@ -189,13 +190,12 @@ def run_variant(
     from lightning_amortized.evaluation import fit_and_test
 
     label, overrides = VARIANTS[name]
-    m, s = int(minutes), int(round((minutes - int(minutes)) * 60))
     args = [
         "--config", str(CONF / "lstm_ctc.yaml"),
         "--data.init_args.root", root,
         "--data.init_args.utterances", str(utterances),
         "--trainer.default_root_dir", str(REPO / "runs" / "convergence" / name),
-        "--trainer.max_time", f"00:00:{m:02d}:{s:02d}",
+        "--trainer.max_time", max_time(minutes),
         "--trainer.val_check_interval", str(val_every),
         "--trainer.enable_checkpointing", "false",
         "--trainer.callbacks", "lightning.pytorch.callbacks.LearningRateMonitor",

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from typing import Any, Union
 
 from lightning_amortized.atomic import write_atomic
 
-__all__ = ["Job", "JobFailed", "percent", "result_file", "run_jobs", "shown_path", "write_results"]
+__all__ = ["Job", "JobFailed", "max_time", "percent", "result_file", "run_jobs", "shown_path", "write_results"]
 
 Command = Union[Sequence[str], Callable[[Mapping[str, dict[str, Any]]], Sequence[str]]]
 
@@ -216,6 +217,25 @@ def shown_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
         return str(Path(os.path.abspath(path)).relative_to(os.path.abspath(root)))
     except ValueError:
         return str(path)
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``Trainer(max_time=...)`` string ``"DD:HH:MM:SS"`` for a wall-clock cap in minutes.
+
+    Raises:
+        ValueError: ``minutes`` is not a positive finite number.
+
+    Example:
+        >>> max_time(12.5), max_time(150)
+        ('00:00:12:30', '00:02:30:00')
+    """
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"Expected a positive finite number of minutes, but got {minutes!r}.")
+    total = max(1, round(minutes * 60))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    mins, secs = divmod(rest, 60)
+    return f"{days:02d}:{hours:02d}:{mins:02d}:{secs:02d}"
 
 
 _RESULT_SUFFIXES = (".json", ".md", ".png")

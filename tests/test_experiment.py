@@ -58,3 +58,16 @@ def test_a_results_stem_with_dots_keeps_its_name(tmp_path: Path) -> None:
     assert (j1.name, m1.name, j2.name) == ("demo_lr1.5e-3.json", "demo_lr1.5e-3.md", "demo_lr1.0e-3.json")
     assert json.loads(j1.read_text()) == {"a": 1} and json.loads(j2.read_text()) == {"a": 2}
     assert write_results(tmp_path / "base.json", {}, "x")[1].name == "base.md"  # a results suffix is replaced
+
+
+def test_max_time_spells_any_cap_as_lightning_reads_it() -> None:
+    from lightning.pytorch.callbacks import Timer
+
+    from lightning_amortized.experiment import max_time
+
+    for minutes, text in ((12.0, "00:00:12:00"), (0.5, "00:00:00:30"), (150, "00:02:30:00"), (1441, "01:00:01:00")):
+        assert max_time(minutes) == text
+        Timer(duration=text)  # a duration Lightning accepts
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive finite number of minutes"):
+            max_time(bad)

@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "demo_synthetic"))
     p.add_argument("--run-dir", default=str(REPO / "runs" / "synthetic" / "lstm_ctc"))
     a, overrides = p.parse_known_args(argv)
+    if not (a.max_minutes > 0 and a.max_minutes < float("inf")):
+        p.error(f"--max-minutes must be a positive number of minutes, got {a.max_minutes}")
     if overrides and not overrides[0].startswith("--"):  # LightningCLI checks the rest before anything runs
         p.error(f"unrecognized arguments: {' '.join(overrides)} (LightningCLI overrides are --section.key value "
                 "or --section.key=value, e.g. --model.lr 3e-3)")
@@ -59,16 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         split_fields,
         split_keys,
     )
-    from lightning_amortized.experiment import write_results
+    from lightning_amortized.experiment import max_time, write_results
 
     t_start = time.time()
-    minutes = int(a.max_minutes)
-    seconds = int(round((a.max_minutes - minutes) * 60))
     args = [
         "--config", a.config,
         "--data.init_args.root", a.root,
         "--trainer.default_root_dir", a.run_dir,
-        "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}",
+        "--trainer.max_time", max_time(a.max_minutes),
     ]
     if a.utterances is not None:
         args += ["--data.init_args.utterances", str(a.utterances)]
