@@ -71,7 +71,13 @@ class Utterance:
 
 def _split_files(split_dir: Path) -> tuple[list[Path], list[Path]]:
     audio, trans = [], []
-    for dirpath, _, files in os.walk(split_dir):
+    seen: set[str] = set()
+    for dirpath, dirnames, files in os.walk(split_dir, followlinks=True):  # speaker folders may be symlinks
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree: walked once
+            dirnames[:] = []
+            continue
+        seen.add(real)
         for name in files:
             if name.endswith(".flac"):
                 audio.append(Path(dirpath) / name)
@@ -212,7 +218,13 @@ def prepare_librispeech(
     if on_wrong_rate not in ("error", "resample"):
         raise ValueError(f"Expected argument `on_wrong_rate` to be 'error' or 'resample', but got {on_wrong_rate!r}.")
     root, manifest_dir = Path(root), Path(manifest_dir)
-    splits = list(splits)
+    splits = [str(s).rstrip("/") for s in splits]  # tab completion adds a slash: "dev-clean/"
+    for split in splits:
+        if not split or Path(split).is_absolute() or Path(split).name != split or split in (".", ".."):
+            raise CorpusError(
+                f"Expected split names: folder names under {root}, e.g. 'dev-clean', but got {split!r}; pass the "
+                "corpus folder as the root and the split folders by name."
+            )
     out: dict[str, Path] = {}
     for split in splits:  # every split folder first: a wrong root must not leave a manifest folder behind
         split_dir = root / split

@@ -217,3 +217,21 @@ def test_a_damaged_manifest_line_names_the_file_and_line(fake_layout: Path) -> N
         with pytest.raises(CorpusError, match=r"Line 2 of manifest .*train\.jsonl' is not a manifest entry"):
             read_manifest(out["train"])
 
+
+
+def test_split_names_with_a_slash_or_a_path(fake_layout: Path) -> None:
+    out = prepare_librispeech(fake_layout, ["train/"], fake_layout / "m")  # tab completion's slash
+    assert out == {"train": fake_layout / "m" / "train.jsonl"} and len(read_manifest(out["train"])) == 6
+    for bad in (str(fake_layout / "train"), "train/100", "..", ""):
+        with pytest.raises(CorpusError, match="Expected split names: folder names under"):
+            prepare_librispeech(fake_layout, [bad], fake_layout / "m2")
+    assert not (fake_layout / "m2").exists()
+
+
+def test_symlinked_speaker_folders_are_read(fake_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    elsewhere = tmp_path_factory.mktemp("other_disk")
+    (fake_layout / "train" / "101").rename(elsewhere / "101")
+    (fake_layout / "train" / "101").symlink_to(elsewhere / "101", target_is_directory=True)
+    (fake_layout / "train" / "loop").symlink_to(fake_layout / "train", target_is_directory=True)  # walked once
+    out = prepare_librispeech(fake_layout, ["train"], fake_layout / "m")
+    assert sorted(u.id for u in read_manifest(out["train"])) == [f"{s}-10-000{i}" for s in (100, 101) for i in range(3)]
