@@ -178,7 +178,7 @@ def test_a_checkpoint_saved_with_a_neural_diff_attached_exports_its_folded_weigh
     assert not any(".parametrizations." in k for k in loaded.state_dict())
 
 
-def _cli_checkpoint(tmp_path: Path) -> Path:
+def _cli_checkpoint(tmp_path: Path, extra: tuple[str, ...] = ()) -> Path:
     from lightning_amortized.cli import ASRLightningCLI
 
     conf = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "conf" / "amnet_factorized.yaml"
@@ -186,13 +186,30 @@ def _cli_checkpoint(tmp_path: Path) -> Path:
         args=["--config", str(conf), "--data.init_args.root", str(tmp_path / "corpus"),
               "--model.encoder.init_args.encoder.init_args.hidden_size", "16",
               "--model.encoder.init_args.encoder.init_args.num_layers", "2",
-              "--model.encoder.init_args.rank", "4", "--trainer.default_root_dir", str(tmp_path)],
+              "--model.encoder.init_args.rank", "4", "--trainer.default_root_dir", str(tmp_path), *extra],
         run=False,
     )
     path = tmp_path / "m.ckpt"
-    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": dict(cli.model.hparams),
-                "pytorch-lightning_version": pl.__version__}, path)
+    container = {"state_dict": cli.model.state_dict(), "hyper_parameters": dict(cli.model.hparams),
+                 "pytorch-lightning_version": pl.__version__}
+    cli.model.on_save_checkpoint(container)  # what Trainer.save_checkpoint adds (the SentencePiece model)
+    torch.save(container, path)
     return path
+
+
+def test_a_checkpoint_whose_sentencepiece_model_moved_exports_with_the_copy_it_carries(tmp_path: Path) -> None:
+    from lightning_amortized.data.tokenizer import train_sentencepiece
+    from lightning_amortized.export import load_for_export
+
+    sp = train_sentencepiece(["SET A TIMER", "SET AN ALARM", "CALL MOM", "PLAY SOME JAZZ"] * 20,
+                             tmp_path / "units.model", vocab_size=30)
+    ckpt = _cli_checkpoint(tmp_path, ("--model.tokenizer", str(sp), "--data.init_args.tokenizer", str(sp)))
+    vocabulary = load_for_export(ckpt).tokenizer.vocabulary
+    Path(sp).rename(tmp_path / "moved.model")
+    assert load_for_export(ckpt).tokenizer.vocabulary == vocabulary
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "exp")]) == 0
+    with pytest.raises(ExportError, match="is a folder; pass the checkpoint file"):
+        load_for_export(tmp_path)
 
 
 def test_export_command_on_a_lightningcli_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

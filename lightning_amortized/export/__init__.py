@@ -228,9 +228,11 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
             in Python: load it yourself and call :func:`export_onnx`).
     """
     from lightning_amortized.diffs.checkpoints import load_checkpoint
-    from lightning_amortized.module import ASRModule
+    from lightning_amortized.module import ASRModule, _restore_tokenizer
 
     path = Path(checkpoint)
+    if path.is_dir():
+        raise ExportError(f"Checkpoint {str(path)!r} is a folder; pass the checkpoint file in it (e.g. .../last.ckpt).")
     if not path.is_file():
         raise ExportError(f"Checkpoint {str(path)!r} does not exist.")
     try:  # the one safe reader (weights_only); it folds a NeuralDiff's W0 + D into plain weights
@@ -242,6 +244,14 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
             f"Cannot load {str(path)!r} as an ASRModule checkpoint: it holds bare weights, without the model's "
             "hyper-parameters. Pass a checkpoint written by `lightning-amortized fit`."
         )
+    hparams = dict(container.get("hyper_parameters") or {})
+    tokenizer = hparams.get("tokenizer")
+    if tokenizer and not Path(tokenizer).is_file():  # the SentencePiece model moved: the checkpoint carries it
+        try:
+            hparams["tokenizer"] = _restore_tokenizer(container, tokenizer, path)
+        except FileNotFoundError as err:
+            raise ExportError(str(err)) from err
+        container = {**container, "hyper_parameters": hparams}
     buf = io.BytesIO()
     torch.save({**container, "state_dict": state}, buf)
     buf.seek(0)
