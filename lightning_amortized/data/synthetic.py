@@ -40,7 +40,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lightning_amortized.data import templates
-from lightning_amortized.data.espeak import EspeakSynthesizer
+from lightning_amortized.data.espeak import EspeakError, EspeakSynthesizer
 from lightning_amortized.data.plan import (
     ACCENTS_VERSION,
     MIN_UTTERANCES,
@@ -331,6 +331,8 @@ def make_corpus(
     free_text = float(free_text)
     voice_set(voices)  # validates `voices`
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a folder: pass the folder the corpus goes in (it is created).")
     utterances, seed = int(utterances), int(seed)
     train_utterances = None if train_utterances is None else int(train_utterances)
     manifest_path = root / "corpus.json"
@@ -466,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             train_utterances=args.train_utterances,
             free_text=args.free_text,
         )
-    except ValueError as err:
+    except (ValueError, OSError, EspeakError) as err:  # OSError: an unwritable root or a full disk
         print(f"lightning-amortized make-corpus: error: {err}", file=sys.stderr)
         return 2
     total = sum(split["utterances"] for split in info["splits"].values())

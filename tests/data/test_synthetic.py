@@ -588,6 +588,11 @@ def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, match: str) -> None:
 def test_cli_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path), "--utterances", "5", "--quiet"]) == 2
     assert "`utterances` to be at least" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    for root, match in ((tmp_path / "afile", "is a file, not a folder"), (tmp_path / "afile" / "sub", "Not a directory")):
+        assert main([str(root), "--utterances", "60", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lightning-amortized make-corpus: error: ") and match in err and err.count("\n") == 1
 
 
 def test_unknown_voice_raises() -> None:
