@@ -64,6 +64,7 @@ import torch
 from lightning.pytorch import Trainer
 from torchmetrics.text import CharErrorRate
 
+from lightning_amortized.atomic import write_atomic
 from lightning_amortized.callbacks.anchor import AnchorToStart
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
 from lightning_amortized.data.datamodule import DurationBatchSampler, LibriSpeechDataModule, SpeechCollator, SpeechDataset
@@ -892,7 +893,7 @@ def run(cfg: UpdateConfig, log: Any = print) -> dict[str, Any]:
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -903,6 +904,8 @@ def build_parser() -> Any:
     p = ArgumentParser(prog="recipes/synthetic/updates.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file of the options (recipes/synthetic/conf/updates/)")
     p.add_argument("--corpus_utterances", type=int, default=8000, help="corpus size if it must be generated")
+    p.add_argument("--corpus_train_utterances", type=int, default=16000,
+                   help="its train split, as the recipes' configs set it (0: what --corpus_utterances leaves)")
     p.add_class_arguments(UpdateConfig, fail_untyped=True, sub_configs=False)
     return p
 
@@ -911,13 +914,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the recipe (``python recipes/synthetic/updates.py --config conf/updates/sparse10.yaml --base B.ckpt``)."""
     p = build_parser()
     a = p.parse_args(argv)
-    root = Path(a.root)
-    if not (root / "corpus.json").exists():
-        from lightning_amortized.data.synthetic import make_corpus
+    try:  # everything checked before minutes of corpus generation
+        cfg = UpdateConfig(**{f: getattr(a, f) for f in UpdateConfig.__dataclass_fields__})
+        if not Path(cfg.base).is_file():
+            raise ValueError(f"--base {cfg.base!r} does not exist or is not a file: pass the base checkpoint.")
+        root = Path(a.root)
+        if not (root / "corpus.json").exists():
+            from lightning_amortized.data.synthetic import make_corpus
 
-        make_corpus(root, utterances=a.corpus_utterances, seed=0)
-    cfg = UpdateConfig(**{f: getattr(a, f) for f in UpdateConfig.__dataclass_fields__})
-    result = run(cfg)
+            make_corpus(root, utterances=a.corpus_utterances, seed=0,
+                        train_utterances=a.corpus_train_utterances or None)
+        result = run(cfg)
+    except (ValueError, OSError, CorpusError) as err:
+        print(f"recipes/synthetic/updates.py: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(json.dumps({"out": cfg.out, "chain": result["chain"], "total_seconds": result["total_seconds"]}, indent=2))
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import json
+import re
 import shutil
 
 import pytest
@@ -404,3 +405,13 @@ def test_a_peer_budget_too_small_for_any_update_is_refused_before_training(
     with pytest.raises(ValueError, match=match):
         recipe.run(cfg, log=lambda *_: None)
     assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_the_command_line_checks_everything_before_generating_a_corpus(recipe, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "new_corpus"
+    for argv, match in ((["--base", str(tmp_path / "missing.ckpt")], "--base .*missing.ckpt' does not exist"),
+                        (["--base", str(tmp_path), "--method", "hashed", "--mask_epochs", "1"], "`mask_epochs`")):
+        assert recipe.main([*argv, "--root", str(root), "--out", str(tmp_path / "o"), "--corpus_utterances", "60"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("recipes/synthetic/updates.py: error: ") and err.count("\n") == 1
+        assert re.search(match, err) and not root.exists()  # no corpus generated for a run that cannot start
