@@ -57,6 +57,13 @@ def utterance_errors(hypotheses: Sequence[str], references: Sequence[str]) -> tu
     return errors, words
 
 
+def _check_bootstrap(resamples: int, level: float) -> None:
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"Expected argument `resamples` to be an int >= 1, but got {resamples!r}.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"Expected argument `level` in (0, 1), but got {level}.")
+
+
 def _resample_rates(errors: np.ndarray, words: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(words), size=(resamples, len(words)))
@@ -84,8 +91,7 @@ def bootstrap_wer(
     e, w = np.asarray(errors, dtype=np.float64), np.asarray(words, dtype=np.float64)
     if e.shape != w.shape or e.size == 0:
         raise ValueError(f"Expected non-empty `errors` and `words` of one length, but got {e.size} and {w.size}.")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"Expected argument `level` in (0, 1), but got {level}.")
+    _check_bootstrap(resamples, level)
     _, rates = _resample_rates(e, w, resamples, seed)
     tail = (1.0 - level) / 2
     return float(e.sum() / max(w.sum(), 1.0)), float(np.quantile(rates, tail)), float(np.quantile(rates, 1 - tail))
@@ -120,7 +126,11 @@ def bootstrap_wer_difference(
 
     Returns:
         ``(difference, low, high)`` as fractions.
+
+    Raises:
+        ValueError: empty input, lengths that differ, ``resamples < 1`` or ``level`` outside ``(0, 1)``.
     """
+    _check_bootstrap(resamples, level)
     a, b, rates_a, rates_b = _paired_rates(errors_a, errors_b, words, resamples, seed)
     diff = rates_a - rates_b
     tail = (1.0 - level) / 2
@@ -145,20 +155,27 @@ def bootstrap_wer_relative(
 
     Returns:
         ``(relative, low, high)`` as fractions (``0.05``: A has 5 % more word errors); ``nan``
-        when B makes no error at all.
+        when B makes no error at all (bounds ``nan`` when no resample holds one of B's errors).
+
+    Raises:
+        ValueError: empty input, lengths that differ, ``resamples < 1`` or ``level`` outside ``(0, 1)``.
 
     Example:
         >>> rel, low, high = bootstrap_wer_relative([2, 1, 0, 1], [1, 1, 0, 1], [5, 4, 3, 4], resamples=200)
         >>> round(rel, 6), low <= rel <= high
         (0.333333, True)
     """
+    _check_bootstrap(resamples, level)
     a, b, rates_a, rates_b = _paired_rates(errors_a, errors_b, words, resamples, seed)
     if b.sum() == 0:
         return math.nan, math.nan, math.nan
     ok = rates_b > 0
+    point = float(a.sum() / b.sum() - 1.0)
+    if not ok.any():  # B's few errors missed by every resample: no interval to give
+        return point, math.nan, math.nan
     rel = rates_a[ok] / rates_b[ok] - 1.0
     tail = (1.0 - level) / 2
-    return float(a.sum() / b.sum() - 1.0), float(np.quantile(rel, tail)), float(np.quantile(rel, 1 - tail))
+    return point, float(np.quantile(rel, tail)), float(np.quantile(rel, 1 - tail))
 
 
 def entity_accuracy(hypotheses: Sequence[str], entities: Sequence[Iterable[str]]) -> tuple[int, int]:

@@ -76,3 +76,16 @@ def test_entity_accuracy_needs_the_whole_name_in_order() -> None:
     ents = [["CHATEAUROUX"], ["THE DOLPHIN SQUAD"], ["MARIA ANNA"], []]
     assert entity_accuracy(hyps, ents) == (2, 3)
     assert entity_accuracy(["CHATEAUROUXS"], [["CHATEAUROUX"]]) == (0, 1)  # whole words only
+
+
+def test_bootstrap_arguments_are_checked_alike() -> None:
+    args = ([1, 2], [1, 1], [5, 5])
+    for call in (lambda **kw: bootstrap_wer([1], [2], **kw), lambda **kw: bootstrap_wer_difference(*args, **kw),
+                 lambda **kw: bootstrap_wer_relative(*args, **kw)):
+        with pytest.raises(ValueError, match="`resamples` to be an int >= 1"):
+            call(resamples=0)
+        with pytest.raises(ValueError, match=r"`level` in \(0, 1\)"):
+            call(level=1.5)
+    # B's only error in one utterance of 200: resamples may all miss it; the point estimate stands
+    rel, low, high = bootstrap_wer_relative([1] * 200, [1] + [0] * 199, [5] * 200, resamples=1, seed=3)
+    assert rel == 199.0 and (np.isnan(low) or low <= high)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from types import MappingProxyType
 
 import numpy as np
@@ -25,13 +26,19 @@ def spell_number(n: int) -> str:
         The words, e.g. ``spell_number(125) == "ONE HUNDRED TWENTY FIVE"``.
 
     Raises:
-        ValueError: if ``n`` is out of range.
+        ValueError: if ``n`` is not an integer (a float or a bool) or is out of range.
 
     Example::
 
         >>> spell_number(42)
         'FORTY TWO'
     """
+    try:
+        if isinstance(n, bool):
+            raise TypeError
+        n = operator.index(n)  # ints and numpy integers; not floats
+    except TypeError:
+        raise ValueError(f"Expected argument `n` to be an int, but got {n!r} ({type(n).__name__}).") from None
     if not 0 <= n < 1_000_000:
         raise ValueError(f"Expected argument `n` to be in [0, 999999], but got {n!r}.")
     if n < 20:

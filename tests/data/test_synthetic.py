@@ -406,6 +406,10 @@ def test_templates_spell_numbers_and_keep_vocabulary_learnable() -> None:
     ]
     with pytest.raises(ValueError, match="`n`"):
         templates.spell_number(-1)
+    for not_an_int in (3.7, True, "3"):
+        with pytest.raises(ValueError, match="`n` to be an int"):
+            templates.spell_number(not_an_int)
+    assert templates.spell_number(np.int64(42)) == "FORTY TWO"
     vocab = templates.vocabulary()
     assert 2000 <= len(vocab) <= 4000  # 883 words before the library-drawn lists
     rng = np.random.default_rng(0)
