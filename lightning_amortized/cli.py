@@ -87,6 +87,8 @@ def _train_tokenizer_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the .model file to write")
     a = p.parse_args(argv)
     try:
+        if Path(a.out).is_dir():
+            raise ValueError(f"--out {a.out!r} is a folder; pass the .model file to write, e.g. {a.out.rstrip('/')}/units.model.")
         texts = []
         for split in a.splits:
             folder = Path(a.root) / split

@@ -69,6 +69,8 @@ def test_cli_trains_on_a_corpus(tiny_corpus: Path, tmp_path: Path, capsys: pytes
     assert "pieces from" in capsys.readouterr().out and SentencePieceTokenizer(out)
     assert main(["train-tokenizer", str(tiny_corpus), "--splits", "nope", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("lightning-amortized train-tokenizer: error: Split folder")
+    assert main(["train-tokenizer", str(tiny_corpus), "--out", str(tmp_path)]) == 2
+    assert "is a folder; pass the .model file" in capsys.readouterr().err
 
 
 def test_module_fits_with_subwords_and_loads_without_the_file(tiny_corpus: Path, tmp_path: Path) -> None:
