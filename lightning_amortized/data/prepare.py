@@ -45,6 +45,9 @@ import soundfile as sf
 
 from lightning_amortized.atomic import write_atomic
 
+IN_PROGRESS_MARKER = ".make-corpus-in-progress"
+"""File ``make-corpus`` keeps in a corpus root while it writes (and leaves there if interrupted)."""
+
 __all__ = ["CorpusError", "Utterance", "prepare_librispeech", "read_manifest"]
 
 MANIFEST_VERSION = 2  # 2: audio files are checked to decode up to their last sample
@@ -225,6 +228,11 @@ def prepare_librispeech(
                 f"Expected split names: folder names under {root}, e.g. 'dev-clean', but got {split!r}; pass the "
                 "corpus folder as the root and the split folders by name."
             )
+    if (root / IN_PROGRESS_MARKER).exists():
+        raise CorpusError(
+            f"{root} is an unfinished synthetic corpus (make-corpus was interrupted: {IN_PROGRESS_MARKER} is "
+            f"there); run `lightning-amortized make-corpus {root} ...` again with the same arguments to finish it."
+        )
     out: dict[str, Path] = {}
     for split in splits:  # every split folder first: a wrong root must not leave a manifest folder behind
         split_dir = root / split

@@ -41,6 +41,7 @@ import numpy as np
 
 from lightning_amortized.data import templates
 from lightning_amortized.data.espeak import EspeakError, EspeakSynthesizer
+from lightning_amortized.data.prepare import IN_PROGRESS_MARKER
 from lightning_amortized.data.plan import (
     ACCENTS_VERSION,
     MIN_UTTERANCES,
@@ -73,7 +74,7 @@ FORMAT_VERSION = 1
 #: Version of the generator; a change means different audio or texts for the same seed.
 GENERATOR_VERSION = "2.2.0"
 
-_IN_PROGRESS = ".make-corpus-in-progress"  # lets a rerun clean up after an interruption
+_IN_PROGRESS = IN_PROGRESS_MARKER  # lets a rerun clean up after an interruption
 
 # ---------------------------------------------------------------------------------
 # Public API.

@@ -565,6 +565,10 @@ def test_interrupted_run_is_cleaned_up(tmp_path: Path) -> None:
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half written")
     (tmp_path / ".make-corpus-in-progress").touch()  # what an interrupted run leaves
+    from lightning_amortized.data.prepare import CorpusError, prepare_librispeech
+
+    with pytest.raises(CorpusError, match="unfinished synthetic corpus .*make-corpus .* again"):
+        prepare_librispeech(tmp_path, ["dev"], tmp_path / "manifests")
     info = make_corpus(tmp_path, 50, seed=0, num_workers=1, show_progress=False)
     assert not stale.exists()
     assert len(list(tmp_path.rglob("*.flac"))) == info["utterances"] == 50
