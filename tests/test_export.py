@@ -98,8 +98,12 @@ def test_backlog_the_arbitrator_sees_is_the_eager_backlog(tmp_path: Path) -> Non
 
 def test_forced_branch_export_is_a_single_graph(tmp_path: Path) -> None:
     model = tiny("lowrank")
+    amnet = export_onnx(model, tmp_path)  # an AmNet export first: its graphs are replaced, not left beside
     model.encoder.force_branch = 0
     manifest = export_onnx(model, tmp_path)
+    before = {g["file"] for g in amnet["graphs"].values()} | {amnet["arbitrator"]["file"]}
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == sorted(g["file"] for g in manifest["graphs"].values())
+    assert len(before) > 1
     assert manifest["kind"] == "single" and manifest["arbitrator"] is None
     assert manifest["graphs"]["step"]["flops_per_frame"] == model.encoder.branch_flops()[0]
     x = torch.randn(20, N_MELS * STACK)

@@ -199,13 +199,28 @@ def export_onnx(
             "source": source,
         }
         out.mkdir(parents=True, exist_ok=True)
+        stale = _graph_files(out / "manifest.json") - set(files)  # an earlier export's graphs this one lacks
         for name, data in files.items():
             write_atomic(out / name, data)
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
         (out / "updates.json").unlink(missing_ok=True)  # the history of an earlier export's weights
         write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         return manifest
     finally:
         model.train(was_training)
+
+
+def _graph_files(manifest: Path) -> set[str]:
+    """The graph files an existing export's manifest names (none if there is no readable manifest)."""
+    try:
+        old = json.loads(manifest.read_text())
+        names = {g["file"] for g in (old.get("graphs") or {}).values()}
+        if old.get("arbitrator"):
+            names.add(old["arbitrator"]["file"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
+    return {n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".onnx")}
 
 
 def manifest_version(arbitrator: dict[str, Any] | None) -> int:
