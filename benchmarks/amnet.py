@@ -574,7 +574,8 @@ def _job_cmd(a: argparse.Namespace, name: str, base: str | None, extra: list[str
 
 
 def drive(a: argparse.Namespace) -> int:
-    from lightning_amortized.experiment import Job, JobFailed, run_jobs, write_results
+    from lightning_amortized.atomic import write_atomic
+    from lightning_amortized.experiment import Job, JobFailed, result_file, run_jobs, write_results
 
     base = _resolve_base(a)
     work = Path(a.work)
@@ -635,8 +636,10 @@ def drive(a: argparse.Namespace) -> int:
     if a.wallclock_side_by_side:
         side_by_side_wallclock(done, work, a.root, a.rtf_utts)
     summary = summarize(done, base, a, wall, runs)
-    summary["seeds"] = seed_table(summary, [Path(w) for w in a.seed_work])
     out = Path(a.results) if a.results else (work / "amnet" if a.quick else RESULTS / "amnet")
+    if out.resolve() != (work / "amnet").resolve():  # what --seed-work of another run reads: this run's seed
+        write_atomic(work / "amnet.json", json.dumps({"seed": a.seed, "results": str(result_file(out, ".json"))}) + "\n")
+    summary["seeds"] = seed_table(summary, [Path(w) for w in a.seed_work])
     md = render_markdown(summary, out.name)
     out_json, _ = write_results(out, summary, md)
     plot(summary, out.parent / f"{out.name}_trace.png", out.parent / f"{out.name}_latency_vs_rho.png")

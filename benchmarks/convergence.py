@@ -56,7 +56,7 @@ RESULTS = REPO / "docs" / "results"
 sys.path.insert(0, str(REPO))
 
 from lightning_amortized.atomic import write_atomic  # noqa: E402
-from lightning_amortized.experiment import max_time  # noqa: E402
+from lightning_amortized.experiment import max_time, result_file  # noqa: E402
 from lightning_amortized.nn.encoders import RecurrentEncoder  # noqa: E402
 
 
@@ -230,7 +230,7 @@ def _at(v: dict[str, Any], sec: float) -> str:
 def write(results: dict[str, Any], out: Path) -> None:
     """Write ``<out>.json``, ``<out>.md`` and ``<out>.png`` (each replaced atomically)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_atomic(result_file(out, ".json"), json.dumps(results, indent=2) + "\n")
     lines = [
         "# Convergence study: validation WER against wall-clock time and steps",
         "",
@@ -275,7 +275,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in cmds if c), ""]
     if results.get("notes"):
         lines += ["## Reading", "", results["notes"], ""]
-    write_atomic(out.with_suffix(".md"), "\n".join(lines) + f"\n![validation WER vs time and steps]({out.stem}.png)\n")
+    write_atomic(result_file(out, ".md"), "\n".join(lines) + f"\n![validation WER vs time and steps]({result_file(out, '.png').name})\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,9 +295,9 @@ def write(results: dict[str, Any], out: Path) -> None:
             ax.set_title(proto[:70], fontsize=9)
         row[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.png")
+    tmp = out.with_name(f".{result_file(out, '').name}.{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out.with_suffix(".png"))
+    os.replace(tmp, result_file(out, ".png"))
     plt.close(fig)
 
 
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more LightningCLI overrides for every variant")
     a = p.parse_args(argv)
     out = Path(a.out)
-    old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    old = json.loads(result_file(out, ".json").read_text()) if result_file(out, ".json").exists() else {}
     keep = [v for v in old.get("variants", []) if not (v.get("protocol") == a.protocol and v["name"] in a.variants)]
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         # at a time) may be writing the same file
         import fcntl
 
-        path = out.with_suffix(".json")
+        path = result_file(out, ".json")
         (REPO / "runs").mkdir(exist_ok=True)
         with open(REPO / "runs" / f".{out.stem}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

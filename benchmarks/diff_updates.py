@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_amortized.atomic import write_atomic
-from lightning_amortized.experiment import write_results
+from lightning_amortized.experiment import result_file, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results" / "diff_updates"
@@ -883,8 +883,8 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(a.from_json).read_text())
         stem = Path(a.results) if a.results else Path(a.from_json).with_suffix("")
         summary = data if "regime" in data else summarize(data["runs"])  # results from before seeds: summarized anew
-        write_atomic(stem.with_suffix(".md"), markdown(summary, data["meta"]))
-        plot(summary, data["meta"], stem.with_suffix(".png"))
+        write_atomic(result_file(stem, ".md"), markdown(summary, data["meta"]))
+        plot(summary, data["meta"], result_file(stem, ".png"))
         return 0
     if a.quick:
         a.updates, a.epochs, a.update_utterances, a.replay_utterances = 2, 1, "30", 30
@@ -938,9 +938,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_results(stem, {"meta": meta, **summary, "runs": _slim(runs)}, markdown(summary, meta))
-    plot(summary, meta, stem.with_suffix(".png"))
+    plot(summary, meta, result_file(stem, ".png"))
     print(markdown(summary, meta))
-    print(f"\nwrote {stem.with_suffix('.json')}, .md, .png in {meta['seconds'] / 60:.1f} min")
+    print(f"\nwrote {result_file(stem, '.json')}, .md, .png in {meta['seconds'] / 60:.1f} min")
     return 0
 
 

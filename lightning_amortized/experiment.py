@@ -229,7 +229,7 @@ def max_time(minutes: float) -> str:
         >>> max_time(12.5), max_time(150)
         ('00:00:12:30', '00:02:30:00')
     """
-    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+    if isinstance(minutes, bool) or not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise ValueError(f"Expected a positive finite number of minutes, but got {minutes!r}.")
     total = max(1, round(minutes * 60))
     days, rest = divmod(total, 86400)

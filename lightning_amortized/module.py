@@ -374,13 +374,14 @@ class ASRModule(pl.LightningModule):
         param = next(self.parameters(), None)
         if param is not None and feats.dtype != param.dtype:
             feats = feats.to(param.dtype)
-        was_training = self.training
+        modes = {m: m.training for m in self.modules()}  # each submodule's own mode, restored as it was
         self.eval()
         try:
             enc, n = self.encode(feats, lengths)
             return self.decode(enc, n)
         finally:
-            self.train(was_training)
+            for m, mode in modes.items():
+                m.training = mode
 
     # --------------------------------------------------------------- training
     def _routing_losses(self) -> dict[str, torch.Tensor]:
@@ -535,7 +536,8 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1, **overrides: 
             built with the defaults).
 
     Returns:
-        The module in eval mode (``Trainer.fit`` switches it to training mode).
+        The module in training mode, as built (``transcribe`` switches to eval mode by
+        itself; call ``.eval()`` before other inference).
 
     Raises:
         ValueError: The file holds no ``ASRModule`` with a ``RecurrentEncoder``.
@@ -580,4 +582,4 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1, **overrides: 
             "load_asr_module(path, n_mels=..., stack=...).)"
         ) from err
     model.load_state_dict(state, strict=True)
-    return model.eval()
+    return model

@@ -374,6 +374,7 @@ def test_audio_that_is_not_mono_finite_samples_is_refused(amnet_dir) -> None:
     corrupt = wav.copy()
     corrupt[5] = np.inf
     for bad, match in ((np.stack([wav, wav], 1), r"transcribe\(wav\): expected mono audio.*shape \(\d+, 2\)"),
+                       ((wav * 32767).astype(np.int16), r"dtype int16; .*scale integer PCM"),
                        (corrupt, r"transcribe\(wav\): 1 of \d+ samples are NaN or Inf"),
                        (np.array(0.5), "expected mono audio")):
         with pytest.raises(ValueError, match=match):

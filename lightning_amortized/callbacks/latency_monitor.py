@@ -77,7 +77,8 @@ class LatencyMonitor(Callback):
         device_flops_per_s: Simulated device speed; ``None`` uses the
             ``AmortizedEncoder``'s own device, else 650 MFLOP/s. An ``AmortizedEncoder``
             is moved to this device for validation (``set_device``: its arbitrator routes
-            for it) and back afterwards.
+            for it) and back afterwards, so every validation metric (``val/wer`` too, and a
+            ``ModelCheckpoint`` monitoring it) is that of this device.
         frame_ms: Audio per encoder frame in ms; ``None`` uses the encoder's
             ``frame_ms`` or the module's ``frame_ms`` attribute.
         plot_dir: Folder for ``latency_epoch{NNN}.png``; ``None`` uses

@@ -98,7 +98,10 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         self.augment = augment
         self.sortagrad_epochs = sortagrad_epochs
         self.root = Path(root)
-        self.train_splits, self.val_splits, self.test_splits = list(train_splits), list(val_splits), list(test_splits)
+        # "dev-clean/" (tab completion) is the split dev-clean, as prepare_librispeech reads it
+        self.train_splits, self.val_splits, self.test_splits = (
+            [str(s).rstrip("/") for s in splits] for splits in (train_splits, val_splits, test_splits)
+        )
         self.manifest_dir = Path(manifest_dir) if manifest_dir else self.root / "manifests"
         self.max_batch_seconds, self.max_batch_size = max_batch_seconds, max_batch_size
         self.num_workers, self.use_spec_augment = num_workers, spec_augment

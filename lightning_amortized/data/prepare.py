@@ -44,6 +44,7 @@ from typing import Iterable, Literal
 import soundfile as sf
 
 from lightning_amortized.atomic import write_atomic
+from lightning_amortized.errors import first_line
 
 IN_PROGRESS_MARKER = ".make-corpus-in-progress"
 """File ``make-corpus`` keeps in a corpus root while it writes (and leaves there if interrupted)."""
@@ -282,15 +283,15 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         CorpusError: a line that is not a manifest entry (the message names the file and line).
     """
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Utterance(**json.loads(line)))
-            except (ValueError, TypeError) as err:
-                raise CorpusError(
-                    f"Line {number} of manifest {str(path)!r} is not a manifest entry ({str(err).splitlines()[0]}); "
-                    "the file is damaged or hand-edited: delete it and run prepare again."
-                ) from err
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    out.append(Utterance(**json.loads(line)))
+    except (ValueError, TypeError) as err:  # UnicodeDecodeError is a ValueError too
+        raise CorpusError(
+            f"Line {number + isinstance(err, UnicodeDecodeError)} of manifest {str(path)!r} is not a manifest "
+            f"entry ({first_line(err)}); the file is damaged or hand-edited: delete it and run prepare again."
+        ) from err
     return out

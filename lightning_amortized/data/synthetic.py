@@ -346,6 +346,7 @@ def make_corpus(
             raise
         info = None
     if info is not None and all(Path(j.path).is_file() for j in jobs):
+        (root / _IN_PROGRESS).unlink(missing_ok=True)  # a run stopped after writing corpus.json: it is complete
         return info
     marker = root / _IN_PROGRESS
     foreign = [s for s in SPLITS if (root / s).exists()]

@@ -481,15 +481,15 @@ def check_samples(samples: Any, where: str) -> None:
     """Refuse audio that is not a 1-D array of finite numbers (``where`` names the caller in the message).
 
     Raises:
-        ValueError: a 2-D (multi-channel) or 0-D array, a non-numeric one, NaN or Inf samples.
+        ValueError: a 2-D (multi-channel) or 0-D array, integer or non-numeric samples, NaN or Inf.
     """
     a = np.asarray(samples)
-    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.floating):
         raise ValueError(
-            f"{where}: expected mono audio, a 1-D array of samples, but got shape {a.shape} dtype {a.dtype}; "
-            "mix channels down first (e.g. wav.mean(axis=1))."
+            f"{where}: expected mono audio, a 1-D array of float samples in [-1, 1], but got shape {a.shape} dtype "
+            f"{a.dtype}; mix channels down first (e.g. wav.mean(axis=1)) and scale integer PCM (int16: / 32768)."
         )
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+    if not np.isfinite(a).all():
         bad = int(np.size(a) - np.isfinite(a).sum())
         raise ValueError(f"{where}: {bad} of {a.size} samples are NaN or Inf; the audio is corrupt.")
 

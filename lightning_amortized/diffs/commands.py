@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from lightning_amortized.diffs.budget import entries_for_bytes, fewer_entries
 from lightning_amortized.diffs.checkpoints import load_checkpoint, save_checkpoint
 from lightning_amortized.diffs.io import (
     VALUE_DTYPES,
     DiffError,
+    DiffInfo,
     apply_to_state_dict,
     export_diff_from_weights,
+    inspect_diff,
 )
 from lightning_amortized.diffs.lowrank import read_update
 from lightning_amortized.diffs.targets import select_names
@@ -70,6 +74,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_within_bytes(
+    base: dict, tuned: dict, names: list[str], out: Path, keep: int, value_dtype: str, budget: int
+) -> DiffInfo:
+    """Export the ``keep`` largest changes, dropping entries until the real file fits ``budget`` bytes.
+
+    The projection of :func:`entries_for_bytes` assumes evenly spread entries; the kept ones may
+    need more 4-byte gap escapes. Trial files go to a temporary name beside ``out``, which is
+    replaced only by a file within the budget.
+
+    Raises:
+        ValueError: not even one entry fits (nothing is written).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trial = out.with_name(f".{out.name}.{os.getpid()}.trial")
+    try:
+        while True:
+            info = export_diff_from_weights(base, tuned, names, trial, keep=keep, value_dtype=value_dtype,
+                                            extra_metadata={"budget": budget})
+            if info.file_bytes <= budget:
+                break
+            if info.stored <= 1:
+                raise ValueError(f"A budget of {budget} bytes does not hold one entry with its header "
+                                 f"({info.file_bytes} bytes); nothing was written.")
+            keep = fewer_entries(info.stored, info.file_bytes, budget, value_dtype)
+        os.replace(trial, out)
+    finally:
+        trial.unlink(missing_ok=True)
+    return inspect_diff(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``diff inspect|apply|export``; returns the process exit code (0 ok, 2 refused).
 
@@ -106,16 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"A budget of {args.budget} bytes does not hold one entry with its header (an integer "
                         "--budget is bytes; a fraction of the targeted entries is written with a point, e.g. 1.0)."
                     )
-            info = export_diff_from_weights(
-                base, tuned, names, args.out, keep=keep, value_dtype=args.dtype, extra_metadata={"budget": args.budget}
-            )
-            # the projection assumed evenly spread entries; the kept ones may need more 4-byte escapes
-            while isinstance(args.budget, int) and info.file_bytes > args.budget and info.stored > 1:
-                keep = fewer_entries(info.stored, info.file_bytes, args.budget, args.dtype)
-                info = export_diff_from_weights(
-                    base, tuned, names, args.out, keep=keep, value_dtype=args.dtype,
-                    extra_metadata={"budget": args.budget},
-                )
+            if isinstance(args.budget, float):
+                info = export_diff_from_weights(base, tuned, names, args.out, keep=keep, value_dtype=args.dtype,
+                                                extra_metadata={"budget": args.budget})
+            else:
+                info = _export_within_bytes(base, tuned, names, Path(args.out), keep, args.dtype, args.budget)
             print(info)
     except (DiffError, ValueError, OSError) as err:
         print(f"lightning-amortized diff: error: {err}", file=sys.stderr)

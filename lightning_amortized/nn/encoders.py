@@ -30,6 +30,7 @@ from torch import nn
 
 from lightning_amortized.functional.flops import attention_flops, conv1d_flops, gru_flops, linear_flops, lstm_flops
 from lightning_amortized.functional.masks import lengths_to_mask
+from lightning_amortized.nn.padding import ConvPaddingMask
 
 __all__ = [
     "Encoder",
@@ -176,7 +177,7 @@ class RecurrentEncoder(nn.Module):
         return count
 
 
-class ConformerEncoderAdapter(nn.Module):
+class ConformerEncoderAdapter(ConvPaddingMask, nn.Module):
     """SpeechBrain ``ConformerEncoder`` behind the encoder contract (full context, not streaming).
 
     An input projection maps ``F`` to ``d_model``; relative positional encodings are
@@ -225,25 +226,14 @@ class ConformerEncoderAdapter(nn.Module):
         self.input_size, self.output_size = input_size, d_model
         self._shape = (d_model, num_layers, nhead, d_ffn, kernel_size)
         self.context_frames = context_frames
-        self._padding: torch.Tensor | None = None  # (B, T) True past each length, during forward
-        for layer in self.encoder.layers:  # zero the padded frames between pointwise and depthwise conv
-            layer.convolution_module.bottleneck.register_forward_hook(self._zero_padding)
-
-    def _zero_padding(self, module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
-        pad = self._padding
-        if pad is None or out.dim() != 3 or out.shape[-1] != pad.shape[1]:
-            return out
-        return out.masked_fill(pad[:, None, :], 0.0)
+        self._mask_conv_padding(self.encoder)  # zero padded frames between pointwise and depthwise conv
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``(B, T, F)`` -> ``(B, T, d_model)``; valid frames do not depend on the padding."""
         h = self.input_proj(x)
         pad = ~lengths_to_mask(lengths, x.shape[1])
-        self._padding = pad
-        try:
+        with self.padding_masked(pad):
             y, _ = self.encoder(h, src_key_padding_mask=pad, pos_embs=self.pos(h))
-        finally:
-            self._padding = None
         return y, lengths
 
     def flops_per_frame(self) -> int:

@@ -90,6 +90,12 @@ def stream(
     """
     if x.dim() != 2:
         raise ValueError(f"Expected argument `x` to have shape (T, F), but got {tuple(x.shape)}.")
+    if force_branch is not None:
+        branches = getattr(encoder, "num_branches", None)
+        if branches is None:
+            raise ValueError(f"Argument `force_branch` needs an AmortizedEncoder, but got {type(encoder).__name__}.")
+        if isinstance(force_branch, bool) or not isinstance(force_branch, int) or not 0 <= force_branch < branches:
+            raise ValueError(f"Expected argument `force_branch` to be None or in [0, {branches}), but got {force_branch!r}.")
     fm = _frame_ms(encoder, frame_ms)
     T = x.shape[0]
     was_training = encoder.training

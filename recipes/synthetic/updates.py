@@ -69,6 +69,7 @@ from lightning_amortized.callbacks.anchor import AnchorToStart
 from lightning_amortized.callbacks.neural_diff import NeuralDiff
 from lightning_amortized.data.datamodule import DurationBatchSampler, LibriSpeechDataModule, SpeechCollator, SpeechDataset
 from lightning_amortized.data.prepare import CorpusError, Utterance, read_manifest
+from lightning_amortized.errors import first_line
 from lightning_amortized.diffs import (
     DiffError,
     apply_chain,
@@ -926,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
                         train_utterances=a.corpus_train_utterances or None)
         result = run(cfg)
     except (ValueError, OSError, CorpusError) as err:
-        print(f"recipes/synthetic/updates.py: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        print(f"recipes/synthetic/updates.py: error: {first_line(err)}", file=sys.stderr)
         return 2
     print(json.dumps({"out": cfg.out, "chain": result["chain"], "total_seconds": result["total_seconds"]}, indent=2))
     return 0

@@ -272,3 +272,11 @@ def test_every_ddp_rank_gets_the_batches_len_promises(monkeypatch: pytest.Monkey
         assert len(got) == len(sampler) >= 1, (rank, got)
         seen += [i for b in got for i in b]
     assert set(seen) == set(range(batches))  # every batch somewhere; repeats only to pad
+
+
+def test_a_split_with_a_trailing_slash_is_that_split(fake_layout: Path) -> None:
+    dm = LibriSpeechDataModule(str(fake_layout), ["train/"], [], [])
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.train_splits == ["train"] and len(dm.datasets["train"]) == 6
+

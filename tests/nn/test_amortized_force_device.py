@@ -107,3 +107,18 @@ def test_stream_forces_a_branch_of_a_non_streaming_amortized_encoder_too():
     for k in (0, 1):
         assert stream(enc, x, force_branch=k).decisions.tolist() == [k] * 20
     assert enc.force_branch is None and len(set(stream(enc, x).decisions.tolist())) == 2  # restored
+
+
+def test_stream_refuses_a_branch_that_is_not_one():
+    from lightning_amortized.nn import ConformerEncoderAdapter
+
+    torch.manual_seed(0)
+    fast = ConformerEncoderAdapter(16, d_model=8, num_layers=1, nhead=2, d_ffn=16, kernel_size=3)
+    slow = ConformerEncoderAdapter(16, d_model=32, num_layers=2, nhead=2, d_ffn=64, kernel_size=3)
+    x = torch.randn(20, 16)
+    for enc in (AmortizedEncoder(fast, slow, projection=16), AmortizedEncoder.from_recurrent(RecurrentEncoder(16, 8, 1))):
+        for bad in (-1, 2, True, 1.0):  # the same refusal on the non-streaming and the streaming path
+            with pytest.raises(ValueError, match=r"`force_branch` to be None or in \[0, 2\)"):
+                stream(enc, x, frame_ms=30.0, force_branch=bad)
+    with pytest.raises(ValueError, match="needs an AmortizedEncoder"):
+        stream(fast, x, frame_ms=30.0, force_branch=0)

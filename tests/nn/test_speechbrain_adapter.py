@@ -288,3 +288,15 @@ def test_conformer_adapter_outputs_do_not_depend_on_the_batch_padding():
             batch = torch.cat([torch.cat([x, torch.zeros(1, 4, 8)], 1), torch.randn(1, 14, 8)])
             y, _ = model(batch, torch.tensor([10, 14]))
             assert torch.allclose(y[:1, :10], ref, atol=1e-5)
+
+
+def test_a_wrapped_speechbrain_conformer_does_not_read_the_batch_padding():
+    torch.manual_seed(0)
+    enc = SpeechBrainEncoder(ConformerEncoder(num_layers=2, d_model=16, d_ffn=32, nhead=2, kernel_size=3, dropout=0.0),
+                             input_size=16).eval()
+    x = torch.randn(1, 10, 16)
+    with torch.no_grad():
+        ref, _ = enc(x, torch.tensor([10]))
+        y, _ = enc(torch.cat([x, torch.randn(1, 6, 16)], 1), torch.tensor([10]))
+    assert torch.allclose(y[:, :10], ref, atol=1e-5)
+

@@ -171,10 +171,10 @@ class AmortizedEncoder(nn.Module):
             )
         self.force_branch = None if force_branch is None else int(force_branch)
         costs = [int(f) for f in core.branch_flops()]
-        if len(set(costs)) < len(costs):
+        if costs.count(max(costs)) > 1:  # which is "the slow branch" (routing losses, slow share) is undefined
             raise ValueError(
-                f"The branches cost {costs} FLOPs per frame: two cost the same, so none is the fast or the slow "
-                "one and routing saves nothing. Give the fast branch a lower rank, density or size."
+                f"The branches cost {costs} FLOPs per frame: the most expensive cost is shared, so no branch is the "
+                "slow one and routing saves nothing. Make the fast branch cheaper (a lower rank, density or size)."
             )
         self.core = core
         self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=float(frame_ms))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_amortized.functional.masks import lengths_to_mask
+from lightning_amortized.nn.padding import ConvPaddingMask
 from lightning_amortized.nn.speechbrain_encoders.flops import measured_flops
 
 __all__ = ["SpeechBrainEncoder"]
@@ -30,7 +31,7 @@ def _takes(module: nn.Module, name: str) -> bool:
         return False
 
 
-class _WrappedSpeechBrain(nn.Module):
+class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
     """Shared part of the adapters: how the wrapped module is called, and the probe of its output."""
 
     def __init__(
@@ -49,6 +50,7 @@ class _WrappedSpeechBrain(nn.Module):
         if int(input_size) <= 0:
             raise ValueError(f"Expected argument `input_size` to be a positive integer, but got {input_size}.")
         self.module = module
+        self._mask_conv_padding(module)  # a Conformer's convolutions would read the batch's padding
         self.input_module = input_module
         self.input_size = int(input_size)
         # transformer-style encoders (ConformerEncoder, TransformerEncoder) take a padding mask
@@ -75,14 +77,16 @@ class _WrappedSpeechBrain(nn.Module):
         h = self.input_module(x) if self.input_module is not None else x
         T = h.shape[1]
         if self.transformer_style:
-            kwargs: dict[str, Any] = {"src_key_padding_mask": ~lengths_to_mask(lengths, T, device=h.device)}
+            pad = ~lengths_to_mask(lengths, T, device=h.device)
+            kwargs: dict[str, Any] = {"src_key_padding_mask": pad}
             if src_mask is not None:
                 kwargs["src_mask"] = src_mask
             if dynchunktrain_config is not None:
                 kwargs["dynchunktrain_config"] = dynchunktrain_config
             if self.pos is not None:
                 kwargs["pos_embs"] = self.pos(h)
-            y = self.module(h, **kwargs)
+            with self.padding_masked(pad):
+                y = self.module(h, **kwargs)
         elif self.takes_lengths:
             rel = lengths.to(h.dtype) / max(T, 1)  # SpeechBrain's relative lengths
             y = self.module(h, **{self._lengths_arg: rel}) if self._lengths_arg else self.module(h, rel)
