@@ -211,6 +211,9 @@ class NeuralDiff(Callback):
             raise
         self.target_names, self.target_numel, self.final_count, self.bucket_counts = names, sum(sizes), final_count, buckets
         self._requires_grad = recorded
+        # fresh diffs start a fresh schedule (this instance may have trained an earlier update; a resumed
+        # run gets its position back from load_state_dict, which runs after setup)
+        self.density, self.last_pruned_epoch, self._fisher = 1.0, -1, {}
         self._sparse = {n: d for n, d in created.items() if isinstance(d, SparseDiff)}
         model_bytes = sum(p.numel() * p.element_size() for p in params.values())
         rank_zero_info(
@@ -223,6 +226,10 @@ class NeuralDiff(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.dry_run:
             trainer.should_stop = True
+            return
+        # a run resumed from a checkpoint taken at an epoch's last batch starts the next epoch without
+        # calling on_train_epoch_start: prune for it here (a no-op when the epoch is already pruned)
+        self.on_train_epoch_start(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

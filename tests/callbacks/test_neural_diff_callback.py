@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -386,3 +386,39 @@ def test_a_byte_budget_survives_a_yaml_config() -> None:
     assert p.parse_string("diff: {budget: 20000}").diff.budget == 20000
     assert isinstance(p.parse_string("diff: {budget: 20000}").diff.budget, int)
     assert p.parse_string("diff: {budget: 0.1}").diff.budget == 0.1
+
+
+def test_a_resume_from_an_epochs_last_step_prunes_the_next_epoch(tmp_path: Path) -> None:
+    """A step checkpoint at an epoch's last batch resumes into the next epoch without its epoch-start hook."""
+
+    def make() -> NeuralDiff:
+        return NeuralDiff(method="sparse", budget=0.1, targets=["*.weight*"], schedule_epochs=4)
+
+    straight = TinyModule()
+    trainer(tmp_path, make(), max_epochs=4).fit(straight, loader())
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=8, save_top_k=-1, filename="{step}")
+    trainer(tmp_path, make(), max_epochs=4, max_steps=8, callbacks=[ckpt_cb], enable_checkpointing=True).fit(
+        TinyModule(), loader()
+    )  # 4 batches per epoch: step 8 is epoch 1's last
+    resumed, cb = TinyModule(), make()
+    trainer(tmp_path, cb, max_epochs=4).fit(resumed, loader(), ckpt_path=tmp_path / "ckpt" / "step=8.ckpt")
+    assert all(torch.equal(masks(resumed)[k], m) for k, m in masks(straight).items())
+    for n in cb.target_names:
+        assert torch.equal(effective_tensor(resumed, n), effective_tensor(straight, n))
+
+
+def test_one_callback_trains_two_updates_each_with_its_schedule(tmp_path: Path) -> None:
+    cb = NeuralDiff(method="sparse", budget=0.1, targets=["*.weight*"], schedule_epochs=4)
+    counts = []
+    for _ in range(2):
+        model = TinyModule()
+        nnz: list[int] = []
+
+        class Count(Callback):
+            def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001, D102
+                nnz.append(sum(int(m.sum()) for m in masks(pl_module).values()))
+
+        trainer(tmp_path, cb, max_epochs=4, callbacks=[Count()]).fit(model, loader())
+        counts.append(nnz)
+        cb.remove(model)
+    assert counts[0] == counts[1] and counts[0][0] > counts[0][1] > counts[0][-1]  # pruned gradually both times
