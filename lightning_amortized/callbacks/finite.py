@@ -9,11 +9,11 @@ after the last good step.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
-__all__ = ["NonFiniteError", "check_finite_grads", "check_finite_loss"]
+__all__ = ["NonFiniteError", "check_finite_grads", "check_finite_loss", "loss_scaling"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -39,6 +39,21 @@ def check_finite_loss(loss: torch.Tensor, step: int, who: str) -> None:
         raise NonFiniteError(f"{who}: the loss is {float(loss.detach().float().sum())} at step {step}. {_ADVICE}")
 
 
+def loss_scaling(trainer: Any) -> bool:
+    """Whether the trainer's precision plugin scales the loss (fp16 mixed precision's ``GradScaler``).
+
+    Its NaN/Inf gradients are routine: the scaler skips that step and lowers the scale, so
+    gradient checks must leave them to it.
+    """
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
+
+
+def grads_finite(grads: Iterable[torch.Tensor]) -> bool:
+    """Whether every given gradient tensor is free of NaN/Inf (one host sync)."""
+    grads = list(grads)
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 def check_finite_grads(named: Iterable[tuple[str, torch.Tensor]], step: int, who: str) -> None:
     """Raise :class:`NonFiniteError` naming the first parameter whose gradient has NaN/Inf entries.
 
@@ -48,7 +63,7 @@ def check_finite_grads(named: Iterable[tuple[str, torch.Tensor]], step: int, who
         who: What is checking (a callback name), for the message.
     """
     named = [(name, p.grad) for name, p in named if p.grad is not None]
-    if not named or bool(torch.stack([torch.isfinite(g).all() for _, g in named]).all()):
+    if grads_finite(p for _, p in named):
         return  # one host sync per step; the offending parameter is looked up only on failure
     name, g = next((n, g) for n, g in named if not bool(torch.isfinite(g).all()))
     n_nan = int(torch.isnan(g).sum())

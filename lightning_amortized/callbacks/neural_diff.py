@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss
+from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss, grads_finite, loss_scaling
 from lightning_amortized.diffs.attach import attach_diffs, detach_diffs, diff_modules
 from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets
 from lightning_amortized.diffs.budget import entries_for_bytes, estimate_diff_bytes, fewer_entries, split_stored
@@ -254,13 +254,16 @@ class NeuralDiff(Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.dry_run:
             return
-        check_finite_grads(
-            ((f"{name} (diff)", p) for name, d in diff_modules(pl_module).items() for p in d.parameters()),
-            trainer.global_step,
-            "NeuralDiff",
-        )
+        if not loss_scaling(trainer):  # fp16 AMP: the GradScaler skips overflow steps itself
+            check_finite_grads(
+                ((f"{name} (diff)", p) for name, d in diff_modules(pl_module).items() for p in d.parameters()),
+                trainer.global_step,
+                "NeuralDiff",
+            )
         if self.prune_score == "fisher":  # (sparse diffs only: checked in __init__)
-            self._accumulate_fisher()
+            grads = (p.grad for d in diff_modules(pl_module).values() for p in d.parameters() if p.grad is not None)
+            if not loss_scaling(trainer) or grads_finite(grads):  # a step the scaler skips adds nothing
+                self._accumulate_fisher()
 
     @override
     def on_train_batch_end(

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_amortized.callbacks.finite import check_finite_grads
+from lightning_amortized.callbacks.finite import check_finite_grads, loss_scaling
 from lightning_amortized.nn.amortized import AmortizedEncoder
 from lightning_amortized.nn.arbitrator import Arbitrator
 
@@ -148,6 +148,8 @@ class ArbitratorTemperature(Callback):
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if loss_scaling(trainer):  # fp16 AMP: the GradScaler skips overflow steps itself
+            return
         check_finite_grads(
             (
                 (f"{prefix}.{name}", p)

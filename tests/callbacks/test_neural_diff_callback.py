@@ -422,3 +422,20 @@ def test_one_callback_trains_two_updates_each_with_its_schedule(tmp_path: Path) 
         counts.append(nnz)
         cb.remove(model)
     assert counts[0] == counts[1] and counts[0][0] > counts[0][1] > counts[0][-1]  # pruned gradually both times
+
+
+def test_fp16_loss_scaling_overflow_steps_are_left_to_the_scaler(tmp_path: Path) -> None:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from lightning_amortized.callbacks.finite import loss_scaling
+
+    class Loud(TinyModule):
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, D102
+            return super().training_step(batch, batch_idx) * 1e4  # overflows fp16 grads at the first scales
+
+    plugin = MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))
+    cb = NeuralDiff(method="sparse", budget=0.5, targets=["head.weight"], schedule_epochs=2)
+    t = trainer(tmp_path, cb, max_epochs=2, plugins=[plugin])
+    t.fit(Loud(), loader())  # used to stop with NonFiniteError at step 0
+    assert loss_scaling(t) and plugin.scaler.get_scale() < 65536.0  # the scaler did skip overflow steps
+    assert not loss_scaling(trainer(tmp_path, cb, max_epochs=1))
