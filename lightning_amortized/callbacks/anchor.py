@@ -5,9 +5,9 @@ Anchor to start
 L2-SP regularisation for fine-tuning (Li et al., 2018): pull every trainable parameter back
 towards the value it had when ``fit`` started, so a model fine-tuned on new data (an update
 with new names) forgets less of what it knew. The penalty ``strength * sum ||W - W_start||^2``
-is applied through its gradient, ``2 * strength * (W - W_start)``, added after each backward
-pass, which is what adding it to the loss would give, without touching the module's
-``training_step``.
+is applied through its gradient, ``2 * strength * (W - W_start)``, added once per optimizer
+step (after gradient accumulation, and after fp16 loss scaling is undone), which is what
+adding it to the loss would give, without touching the module's ``training_step``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["AnchorToStart"]
 
 
 class AnchorToStart(Callback):
-    """Add the gradient of ``strength * sum_p ||p - p_start||^2`` over trainable parameters after each backward.
+    """Add the gradient of ``strength * sum_p ||p - p_start||^2`` over trainable parameters before each optimizer step.
 
     ``p_start`` is each trainable parameter's value at the first ``on_fit_start`` (a copy, in
     the parameter's dtype and device; saved in checkpoints, so a resumed run keeps it; a new
@@ -56,7 +56,15 @@ class AnchorToStart(Callback):
             self._start = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
 
     @override
-    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # an anchor restored from a checkpoint keeps the device it was saved from
+        params = dict(pl_module.named_parameters())
+        self._start = {n: t.to(params[n].device, params[n].dtype) if n in params else t for n, t in self._start.items()}
+
+    @override
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        # once per step: after accumulation (on_after_backward runs per micro-batch) and after the
+        # fp16 scaler unscaled the gradients (the penalty must not be divided by the loss scale)
         if not self.strength:
             return
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""AnchorToStart: the L2-SP penalty's gradient, added after backward, equals adding the penalty to the loss."""
+"""AnchorToStart: the L2-SP penalty's gradient, added before each optimizer step, equals adding the penalty to the loss."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ class _Linear(LightningModule):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3, generator=g)), batch_size=4)
 
 
-def _fit(callbacks: list) -> _Linear:
+def _fit(callbacks: list, **kw) -> _Linear:
     model = _Linear()
     Trainer(max_epochs=2, callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu").fit(model)
+            enable_model_summary=False, accelerator="cpu", **kw).fit(model)
     return model
 
 
@@ -69,3 +69,27 @@ def test_state_dict_keeps_the_anchor() -> None:
     again.load_state_dict(state)
     assert again.strength == 0.1 and set(again._start) == {"lin.weight"}
     assert again.penalty(model) == pytest.approx(cb.penalty(model)) and cb.penalty(model) > 0
+
+
+def test_the_penalty_counts_once_per_step_with_accumulation_and_fp16_scaling() -> None:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    strength = 0.5
+    ref = _Linear()  # 2 micro-batches of 4 accumulated into one step per epoch, the penalty once per step
+    w0 = ref.lin.weight.detach().clone()
+    opt = torch.optim.SGD([ref.lin.weight], lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        for (x,) in ref.train_dataloader():
+            (ref.lin(x).pow(2).mean() / 2).backward()
+        (strength * (ref.lin.weight - w0).pow(2).sum()).backward()
+        opt.step()
+    accumulated = _fit([AnchorToStart(strength)], accumulate_grad_batches=2)
+    torch.testing.assert_close(accumulated.lin.weight, ref.lin.weight)
+    # under fp16 loss scaling the anchor pulls as hard as in fp32 (it was divided by the scale)
+    plain, anchored = _fit([]), _fit([AnchorToStart(strength)])
+    scaled = _fit([AnchorToStart(strength)],
+                  plugins=[MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))])
+    pull = (plain.lin.weight - anchored.lin.weight).norm()
+    assert (plain.lin.weight - scaled.lin.weight).norm() > 0.5 * pull
+
