@@ -66,7 +66,8 @@ class ValidationClock(Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or value is None or trainer.state.fn != "fit":  # not trainer.validate()
             return
-        batches = trainer.global_step * trainer.accumulate_grad_batches  # optimizer steps -> batches
+        # training batches done (not optimizer steps x accumulation: an epoch's last, incomplete window steps too)
+        batches = trainer.fit_loop.epoch_loop.batch_progress.total.completed
         self.rows.append(
             {
                 "seconds": round(self._offset + time.perf_counter() - self._t0, 1),

@@ -57,3 +57,29 @@ def test_monitor_must_be_named_and_match_on_resume() -> None:
     assert ValidationClock("val/wer").state_key != ValidationClock("val/cer").state_key
     with pytest.raises(ValueError, match="same `monitor`"):
         ValidationClock("val/cer").load_state_dict({"monitor": "val/wer", "rows": []})
+
+
+def test_epochs_are_counted_in_batches_with_gradient_accumulation() -> None:
+    import torch
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            return self.lin(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            self.log("val/wer", 0.5)
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.TensorDataset(torch.randn(20, 4))
+    clock = ValidationClock("val/wer")
+    pl.Trainer(max_epochs=3, accumulate_grad_batches=4, callbacks=[clock], logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(
+        Tiny(), torch.utils.data.DataLoader(data, batch_size=2), torch.utils.data.DataLoader(data, batch_size=10))
+    # 10 batches per epoch, steps after batches 4, 8 and 10 (the last, incomplete window): 3 per epoch
+    assert [(r["step"], r["epoch"]) for r in clock.rows] == [(3, 1.0), (6, 2.0), (9, 3.0)]
