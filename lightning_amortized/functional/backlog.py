@@ -177,13 +177,19 @@ def last_valid_index(lengths: torch.Tensor | None, batch: int, steps: int, devic
     """``(B,)`` int64 index of each sequence's last valid frame (``T - 1`` for all when ``lengths`` is ``None``).
 
     Raises:
-        ValueError: if a length is below 1 (an empty utterance has no last frame).
+        ValueError: if a length is below 1 (an empty utterance has no last frame) or above
+            ``steps`` (lengths of another frame rate than the costs', e.g. input frames for
+            costs of subsampled encoder frames).
     """
     if lengths is None:
+        if steps < 1:
+            raise ValueError(f"Expected at least one frame (T >= 1), but got T={steps}.")
         return torch.full((batch,), steps - 1, dtype=torch.long, device=device)
     last = lengths.to(device).long() - 1
-    if bool((last < 0).any()):
-        raise ValueError(f"Expected argument `lengths` to be >= 1, but got {lengths.tolist()}.")
+    if bool(((last < 0) | (last >= steps)).any()):
+        raise ValueError(
+            f"Expected argument `lengths` to be in [1, {steps}] (frames of the costs), but got {lengths.tolist()}."
+        )
     return last
 
 

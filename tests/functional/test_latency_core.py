@@ -67,7 +67,7 @@ def test_errors():
         latency_update(COSTS, COSTS[:, :2], LENGTHS, 30.0)
     with pytest.raises(ValueError, match="`decisions` of shape"):
         latency_update(COSTS, COSTS, LENGTHS, 30.0, DECISIONS[:, :2])
-    with pytest.raises(ValueError, match="`lengths` to be >= 1"):
+    with pytest.raises(ValueError, match=r"`lengths` to be in \[1, "):
         latency_update(COSTS, COSTS, torch.tensor([5, 0]), 30.0)
 
 
@@ -122,3 +122,14 @@ def test_latency_monitor_reports_the_functional_core():
     for q in ("p50", "p90", "max"):
         assert module.logged[f"latency/eou_{q}_ms"] == want["eou_ms"][q]
     assert module.logged["latency/rho"] == pytest.approx(max(enc.branch_flops()) / 2e6 * 1000.0 / 10.0)
+
+
+def test_lengths_outside_the_cost_frames_are_refused_by_name() -> None:
+    from lightning_amortized.functional import eou_latency
+
+    with pytest.raises(ValueError, match=r"`lengths` to be in \[1, 3\] \(frames of the costs\), but got \[5\]"):
+        eou_latency(torch.ones(1, 3), 30.0, torch.tensor([5]))  # e.g. input frames for encoder-frame costs
+    with pytest.raises(ValueError, match=r"`lengths` to be in \[1, 3\]"):
+        eou_latency(torch.ones(2, 3), 30.0, torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match=r"at least one frame \(T >= 1\), but got T=0"):
+        eou_latency(torch.zeros(2, 0), 30.0)
