@@ -65,6 +65,10 @@ def attach_diffs(
     """
     if method not in ("sparse", "hashed"):
         raise ValueError(f"Expected argument `method` to be 'sparse' or 'hashed', but got {method!r}.")
+    names = list(names)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Expected each target once, but {repeated} repeat; a second diff would stack on the first.")
     plan = []
     for name in names:
         module, attr = resolve(model, name)

@@ -223,6 +223,10 @@ def attach_lowrank(
     if rank < 1:
         raise ValueError(f"Expected argument `rank` to be >= 1, but got {rank}.")
     alpha = float(rank) if alpha is None else float(alpha)
+    names = list(names)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Expected each target once, but {repeated} repeat; a second delta would stack on the first.")
     plan = []
     for name in names:
         module, attr = resolve(model, name)

@@ -296,14 +296,16 @@ def module_flops_per_frame(module: nn.Module, **kwargs: Any) -> int:
     activations) count 0; use this for cost ranking, not cycle-exact timing.
 
     Raises:
-        TypeError: if a leaf layer with parameters is of a kind that cannot be counted.
+        TypeError: if a layer with parameters of its own is of a kind that cannot be counted
+            (e.g. ``nn.MultiheadAttention``, an ``nn.LSTM`` with ``proj_size``): give it a
+            ``flops_per_frame()`` method.
     """
     own = getattr(module, "flops_per_frame", None)
     if callable(own) and module is not kwargs.get("_root"):
         return int(own())
     if isinstance(module, nn.Linear):
         return linear_flops(module.in_features, module.out_features, module.bias is not None)
-    if isinstance(module, nn.LSTM):
+    if isinstance(module, nn.LSTM) and not module.proj_size:
         return lstm_flops(module.input_size, module.hidden_size, module.num_layers, module.bidirectional, module.bias)
     if isinstance(module, nn.GRU):
         return gru_flops(module.input_size, module.hidden_size, module.num_layers, module.bidirectional, module.bias)
@@ -311,13 +313,10 @@ def module_flops_per_frame(module: nn.Module, **kwargs: Any) -> int:
         return conv1d_flops(
             module.in_channels, module.out_channels, module.kernel_size[0], module.groups, module.bias is not None
         )
-    children = list(module.children())
-    if not children:
-        if any(True for _ in module.parameters(recurse=False)) and not isinstance(
-            module, (nn.LayerNorm, nn.BatchNorm1d, nn.Embedding)
-        ):
-            raise TypeError(
-                f"Cannot count FLOPs of layer {type(module).__name__}: give it a `flops_per_frame()` method."
-            )
-        return 0
-    return sum(module_flops_per_frame(child) for child in children)
+    # a layer whose own parameters are not counted here (a leaf, or a container such as
+    # nn.MultiheadAttention whose in-projection is a bare parameter) would be counted short
+    if any(True for _ in module.parameters(recurse=False)) and not isinstance(
+        module, (nn.LayerNorm, nn.BatchNorm1d, nn.Embedding)
+    ):
+        raise TypeError(f"Cannot count FLOPs of layer {type(module).__name__}: give it a `flops_per_frame()` method.")
+    return sum(module_flops_per_frame(child) for child in module.children())

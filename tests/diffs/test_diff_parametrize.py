@@ -195,3 +195,15 @@ def test_pruning_rule_and_schedule() -> None:
     # masks only shrink: a pruned entry never comes back even with a large score
     m2 = [torch.tensor([False, True, True, True])]
     assert magnitude_keep_masks([torch.tensor([9.0, 1.0, 2.0, 3.0])], m2, keep=2)[0].tolist() == [False, False, True, True]
+
+
+def test_a_target_named_twice_is_refused_before_anything_is_attached() -> None:
+    from lightning_amortized.diffs import attach_diffs, diff_modules
+    from lightning_amortized.diffs.lowrank import attach_lowrank
+
+    lin = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"\['weight'\] repeat"):
+        attach_diffs(lin, ["weight", "bias", "weight"], "sparse")
+    with pytest.raises(ValueError, match=r"\['weight'\] repeat"):
+        attach_lowrank(lin, ["weight", "weight"], rank=1)
+    assert not diff_modules(lin) and not torch.nn.utils.parametrize.is_parametrized(lin)

@@ -147,3 +147,13 @@ def test_relative_position_attention_and_the_conformer_adapter_match_the_flop_co
     enc = ConformerEncoderAdapter(80, d_model=d, num_layers=2, nhead=heads, d_ffn=4 * d, context_frames=T).eval()
     theirs = measured_flops(lambda: enc(torch.zeros(1, T, 80), torch.tensor([T])), enc) / T
     assert theirs <= enc.flops_per_frame() <= 1.03 * theirs
+
+
+def test_module_flops_refuse_layers_whose_own_weights_they_cannot_count():
+    from lightning_amortized.functional.flops import module_flops_per_frame
+
+    assert module_flops_per_frame(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.LSTM(4, 8))) == (
+        linear_flops(4, 4) + lstm_flops(4, 8))
+    for layer in (nn.LSTM(80, 256, proj_size=64), nn.MultiheadAttention(64, 4), nn.TransformerEncoderLayer(64, 4)):
+        with pytest.raises(TypeError, match="give it a `flops_per_frame\\(\\)` method"):
+            module_flops_per_frame(layer)  # were counted short (the projection, the in-projection left out)
