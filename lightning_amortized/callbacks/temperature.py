@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from lightning_amortized.callbacks.finite import check_finite_grads, loss_scaling
 from lightning_amortized.nn.amortized import AmortizedEncoder
-from lightning_amortized.nn.arbitrator import Arbitrator
+from lightning_amortized.nn.arbitrator import Arbitrator, _as_float
 
 __all__ = ["ArbitratorTemperature"]
 
@@ -84,8 +84,9 @@ class ArbitratorTemperature(Callback):
         straight_through_at_end: bool = True,
     ) -> None:
         for name, value in (("start", start), ("end", end)):
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"Expected argument `{name}` to be a positive temperature, but got {value}.")
+            value = _as_float(value)  # numpy and 0-d tensor scalars too
+            if not (isinstance(value, float) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"Expected argument `{name}` to be a positive temperature, but got {value!r}.")
         if schedule not in _SCHEDULES:
             raise MisconfigurationException(
                 f"Expected argument `schedule` to be one of {_SCHEDULES}, but got {schedule!r}."

@@ -29,6 +29,16 @@ from lightning_amortized.functional.masks import lengths_to_mask
 __all__ = ["Arbitrator"]
 
 
+def _as_float(value: object) -> object:
+    """``float(value)`` for a real number (Python, numpy or a one-element tensor); other values as they are."""
+    if isinstance(value, (bool, str)):
+        return value
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):
+        return value
+
+
 class Arbitrator(nn.Module):
     """``Linear(F + 1 [+ 1] + K -> hidden) -> tanh -> Linear(hidden -> K)`` over frame, backlog, [load,] previous gate.
 
@@ -97,9 +107,10 @@ class Arbitrator(nn.Module):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise ValueError(f"Expected argument `temperature` to be a positive finite number, but got {value}.")
-        self._temperature = float(value)
+        value = _as_float(value)  # numpy and 0-d tensor scalars too
+        if not (isinstance(value, float) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"Expected argument `temperature` to be a positive finite number, but got {value!r}.")
+        self._temperature = value
 
     def _extra_inputs(self) -> int:
         """Inputs besides the frame: backlog, load (load-aware), previous gate (``use_prev_decision``)."""

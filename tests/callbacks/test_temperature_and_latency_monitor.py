@@ -262,3 +262,19 @@ def test_latency_monitor_routes_for_its_own_device_and_restores_the_encoders():
     assert results[0] == results[1]
     floor_ms = enc.floor_flops() / slow * 1000.0
     assert results[0]["latency/eou_max_ms"] <= 1.5 * floor_ms + 1e-6  # the guard holds on the monitored device
+
+
+def test_temperatures_may_be_numpy_or_tensor_scalars():
+    import numpy as np
+
+    from lightning_amortized.nn.arbitrator import Arbitrator
+
+    arb = Arbitrator(4)
+    arb.temperature = np.float32(0.5)
+    assert arb.temperature == 0.5
+    arb.temperature = torch.tensor(0.25)
+    assert arb.temperature == 0.25
+    assert ArbitratorTemperature(start=np.float32(1.0), end=torch.tensor(0.1)).start == 1.0
+    for bad in (True, "1.0", float("nan"), 0):
+        with pytest.raises(ValueError, match="`temperature` to be a positive finite number"):
+            arb.temperature = bad
