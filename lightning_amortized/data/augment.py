@@ -114,8 +114,12 @@ class WaveAugment:
         for name, p in (("p_speed", p_speed), ("p_reverb", p_reverb), ("p_noise", p_noise), ("p_telephone", p_telephone)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"Expected argument `{name}` to be a probability in [0, 1], but got {p}.")
-        if not speeds or any(not s > 0 for s in speeds):
-            raise ValueError(f"Expected argument `speeds` to hold positive factors, but got {speeds!r}.")
+        if not speeds or any(not 0.5 <= s <= 2.0 for s in speeds):  # a factor far from 1 resamples from ~0 Hz
+            raise ValueError(f"Expected argument `speeds` to hold factors in [0.5, 2], but got {speeds!r}.")
+        if isinstance(babble_talkers, bool) or not isinstance(babble_talkers, int) or babble_talkers < 1:
+            raise ValueError(f"Expected argument `babble_talkers` to be an int >= 1, but got {babble_talkers!r}.")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1000:
+            raise ValueError(f"Expected argument `sample_rate` to be an int in Hz (>= 1000), but got {sample_rate!r}.")
         for name, (low, high) in (("rt60_s", rt60_s), ("snr_db", snr_db)):
             if low > high:
                 raise ValueError(f"Expected argument `{name}` to be (low, high) with low <= high, but got {(low, high)}.")

@@ -80,6 +80,13 @@ def test_arguments_are_checked() -> None:
         WaveAugment(noise_kinds={"pink": 1.0})
     with pytest.raises(ValueError, match="snr_db"):
         WaveAugment(snr_db=(20.0, 5.0))
+    with pytest.raises(ValueError, match=r"`speeds` to hold factors in \[0.5, 2\]"):
+        WaveAugment(speeds=(0.001, 1.0))
+    for bad in (0, -2, True, 2.5):
+        with pytest.raises(ValueError, match="`babble_talkers` to be an int >= 1"):
+            WaveAugment(babble_talkers=bad)
+    with pytest.raises(ValueError, match="`sample_rate`"):
+        WaveAugment(sample_rate=16.0)
 
 
 def test_datamodule_augments_training_batches_only(tmp_path: Path) -> None:
