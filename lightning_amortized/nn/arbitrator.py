@@ -219,6 +219,7 @@ class Arbitrator(nn.Module):
         branch_cost_ms: torch.Tensor,
         base_cost_ms: float | torch.Tensor = 0.0,
         guard: float | None = None,
+        frame_cost_ms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the arbitrator and the backlog recursion over a padded batch.
 
@@ -236,6 +237,11 @@ class Arbitrator(nn.Module):
                 bounds every utterance's end-of-utterance latency by ``guard`` x the floor
                 (cheapest branch plus ``base_cost_ms``) on devices where that floor is
                 within ``frame_ms``.
+            frame_cost_ms: ``(K,)`` or ``(B, K)``: each branch's whole frame cost (arbitrator
+                included) when the caller computes it from summed FLOPs, as streaming and the
+                device runtime do (``cost_ms(arbitrator + branch FLOPs)``, bit-equal to theirs);
+                ``None``: ``base_cost_ms + branch_cost_ms``. The load feature always reads
+                ``branch_cost_ms``.
 
         Returns:
             ``logits (B, T, K)`` (the arbitrator's own, before the guard), ``gates (B, T, K)``
@@ -260,11 +266,14 @@ class Arbitrator(nn.Module):
         b, prev = b.to(x), prev.to(x)
         logits_l, gates_l, cost_l, back_l = [], [], [], []
         ax_t = ax.unbind(1)  # not ax[:, t]: the backward of T selects is O(T^2)
-        last = frame_costs = None
-        if guard is not None:  # each sequence's last valid frame (an empty one's frame 0: padding, frozen)
-            last = last_valid_index(None if lengths is None else lengths.clamp_min(1), B, T, x.device)
+        last = None
+        if frame_cost_ms is None:
             base = torch.as_tensor(base_cost_ms, dtype=x.dtype, device=x.device)
             frame_costs = costs + (base[:, None] if base.dim() else base)  # (K,) or (B, K), arbitrator included
+        else:
+            frame_costs = frame_cost_ms.to(x)
+        if guard is not None:  # each sequence's last valid frame (an empty one's frame 0: padding, frozen)
+            last = last_valid_index(None if lengths is None else lengths.clamp_min(1), B, T, x.device)
         for t in range(T):
             logits = self._logits(ax_t[t], b, prev, w_b, w_prev)
             if guard is None:
@@ -272,7 +281,7 @@ class Arbitrator(nn.Module):
             else:  # disallowed branches out of the choice (and of the relaxation's softmax)
                 allowed = guard_mask(b.detach(), frame_costs, self.frame_ms, guard, final=last == t)
                 g = self.gates_from_logits(logits.masked_fill(~allowed, float("-inf")))
-            cost = base_cost_ms + (g * costs).sum(-1)
+            cost = (g * frame_costs).sum(-1)  # gates sum to 1: the arbitrator's cost on every frame
             b = backlog_step(b, cost, self.frame_ms, None if valid is None else valid[:, t])
             prev = g
             logits_l.append(logits)

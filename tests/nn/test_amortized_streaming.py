@@ -36,3 +36,24 @@ def test_fast_branch_takes_less_wall_clock_than_slow():
     # rank 32 vs dense 512: about 8x fewer FLOPs; a relaxed bound against timing noise
     assert result["fast_over_slow"] < 0.9, result
     assert 0.0 <= result["routed_slow_share"] <= 1.0
+
+
+def test_the_batched_backlog_is_bit_equal_to_the_streaming_one():
+    """Both price a frame as cost_ms(arbitrator + branch FLOPs), as the device runtime does (it used to add ms)."""
+    from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder
+
+    torch.manual_seed(0)
+    enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(8, 16, num_layers=1), fast="lowrank", rank=2).eval()
+    flops, arb = enc.branch_flops(), enc.arbitrator.flops_per_frame()
+    x = torch.randn(1, 40, 8)
+    with torch.no_grad():
+        enc.arbitrator.out.bias.copy_(torch.tensor([-50.0, 50.0]))  # always the slow branch: a growing backlog
+        for slowdown in (1.37, 1.9, 2.3):
+            enc.set_device((max(flops) + arb) / 0.03 / slowdown)
+            enc(x, torch.tensor([40]))
+            batched = enc.last_routing.backlog_ms[0]
+            state, streamed = enc.init_state(1), []
+            for t in range(40):
+                _, state, _ = enc.step_with_decision(x[:, t], state)
+                streamed.append(state[1][0])
+            assert torch.equal(batched, torch.stack(streamed)) and batched[-1] > 0

@@ -289,10 +289,12 @@ class AmortizedEncoder(nn.Module):
             if self.training and self.train_rho_range is not None:
                 speed = self._sample_devices(x.shape[0], float(flops.max()), x)  # FLOP/s per utterance
                 branch_ms, base_ms = 1000.0 * flops[None, :] / speed[:, None], 1000.0 * arb_flops / speed
+                whole_ms = 1000.0 * (flops[None, :] + arb_flops) / speed[:, None]
             else:
                 branch_ms, base_ms = self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
+                whole_ms = self.device_model.cost_ms(flops + arb_flops)  # as step() and the device runtime
             logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(
-                x, lengths, branch_ms, base_ms, guard=self.latency_guard
+                x, lengths, branch_ms, base_ms, guard=self.latency_guard, frame_cost_ms=whole_ms
             )
             y = self.core.forward_gated(x, lengths, gates)
         else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
