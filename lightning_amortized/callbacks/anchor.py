@@ -27,9 +27,11 @@ class AnchorToStart(Callback):
 
     ``p_start`` is each trainable parameter's value at the first ``on_fit_start`` (a copy, in
     the parameter's dtype and device; saved in checkpoints, so a resumed run keeps it; a new
-    update needs a new callback). Parameters without a gradient in a step are left alone.
-    With AdamW this is an L2 penalty in the loss, not decoupled weight decay towards the
-    start.
+    update needs a new callback). Parameters without a gradient in a step are left alone;
+    with several optimizers each step adds the penalty to its own parameters only. With AdamW
+    this is an L2 penalty in the loss, not decoupled weight decay towards the start.
+    Callbacks listed before this one that read gradients in ``on_before_optimizer_step``
+    (``NeuralDiff``'s Fisher scores) see them without the penalty.
 
     Args:
         strength: ``lambda >= 0`` of the penalty (per squared weight unit); 0 turns it off.
@@ -67,10 +69,11 @@ class AnchorToStart(Callback):
         # fp16 scaler unscaled the gradients (the penalty must not be divided by the loss scale)
         if not self.strength:
             return
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}  # this optimizer's only
         with torch.no_grad():
             for name, p in pl_module.named_parameters():
                 start = self._start.get(name)
-                if start is not None and p.grad is not None:
+                if start is not None and p.grad is not None and id(p) in stepped:
                     p.grad.add_(p.detach() - start, alpha=2.0 * self.strength)
 
     def penalty(self, pl_module: pl.LightningModule) -> float:

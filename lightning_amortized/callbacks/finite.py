@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["NonFiniteError", "check_finite_grads", "check_finite_loss", "loss_scaling"]
+__all__ = ["NonFiniteError", "check_finite_grads", "check_finite_loss", "grads_finite", "loss_scaling"]
 
 
 class NonFiniteError(FloatingPointError):

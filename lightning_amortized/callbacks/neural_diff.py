@@ -57,7 +57,9 @@ class NeuralDiff(Callback):
 
     A NaN or Inf loss, or gradient of a diff tensor, stops training before the optimizer
     step with a :class:`~lightning_amortized.callbacks.finite.NonFiniteError` naming the step
-    (and the parameter): a non-finite update is never applied.
+    (and the parameter): a non-finite update is never applied. Under fp16 loss scaling
+    (``precision="16-mixed"``) non-finite gradients are left to the ``GradScaler``, which
+    skips those steps and lowers the scale.
 
     Args:
         method: ``"sparse"`` or ``"hashed"``.

@@ -45,7 +45,7 @@ class ArbitratorTemperature(Callback):
 
     A NaN or Inf gradient in an arbitrator stops training before the optimizer step with a
     :class:`~lightning_amortized.callbacks.finite.NonFiniteError` naming the parameter and
-    the step.
+    the step (under fp16 loss scaling the ``GradScaler`` skips such steps instead).
 
     Logged through ``pl_module.log`` (epoch means): ``arbitrator/temperature`` and
     ``arbitrator/sharpness`` (mean over valid frames of the largest gate value, 0.5 for

@@ -87,8 +87,9 @@ class WaveAugment:
         sample_rate: Sample rate in Hz.
 
     Raises:
-        ValueError: a probability outside ``[0, 1]``, an empty or non-positive ``speeds``,
-            an unknown noise kind, or a range with ``low > high``.
+        ValueError: a probability outside ``[0, 1]``, empty ``speeds`` or a factor outside
+            ``[0.5, 2]``, ``babble_talkers < 1``, a non-integer ``sample_rate``, an unknown noise
+            kind, or a range with ``low > high``.
 
     Example:
         >>> aug = WaveAugment(p_reverb=1.0, p_noise=1.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,8 +31,10 @@ __all__ = ["Arbitrator"]
 
 
 def _as_float(value: object) -> object:
-    """``float(value)`` for a real number (Python, numpy or a one-element tensor); other values as they are."""
-    if isinstance(value, (bool, str)):
+    """``float(value)`` for a real scalar (Python, numpy or a 0-d tensor); other values (bools too) as they are."""
+    if isinstance(value, (bool, str, np.bool_)):
+        return value
+    if isinstance(value, (torch.Tensor, np.ndarray)) and (value.ndim != 0 or value.dtype in (torch.bool, np.bool_)):
         return value
     try:
         return float(value)  # type: ignore[arg-type]
@@ -235,8 +238,8 @@ class Arbitrator(nn.Module):
                 allows given the backlog before it (the others get gate 0, in training
                 too; each sequence's last valid frame gets the cheapest branch), which
                 bounds every utterance's end-of-utterance latency by ``guard`` x the floor
-                (cheapest branch plus ``base_cost_ms``) on devices where that floor is
-                within ``frame_ms``.
+                (the cheapest whole frame: branch plus arbitrator, see ``frame_cost_ms``) on
+                devices where that floor is within ``frame_ms``.
             frame_cost_ms: ``(K,)`` or ``(B, K)``: each branch's whole frame cost (arbitrator
                 included) when the caller computes it from summed FLOPs, as streaming and the
                 device runtime do (``cost_ms(arbitrator + branch FLOPs)``, bit-equal to theirs);
@@ -246,15 +249,16 @@ class Arbitrator(nn.Module):
         Returns:
             ``logits (B, T, K)`` (the arbitrator's own, before the guard), ``gates (B, T, K)``
             (relaxed in training, one-hot in eval; after the guard), ``cost_ms (B, T)`` =
-            ``base + gates @ branch_cost_ms`` and ``backlog_ms (B, T)`` after every frame
-            (frozen past the length).
+            ``gates @ frame costs`` (``frame_cost_ms``, else ``base_cost_ms + branch_cost_ms``)
+            and ``backlog_ms (B, T)`` after every frame (frozen past the length).
         """
         B, T, _ = x.shape
-        if branch_cost_ms.shape not in ((self.num_branches,), (B, self.num_branches)):
-            raise ValueError(
-                f"Expected argument `branch_cost_ms` to have shape ({self.num_branches},) or "
-                f"({B}, {self.num_branches}), but got {tuple(branch_cost_ms.shape)}."
-            )
+        for name, value in (("branch_cost_ms", branch_cost_ms), ("frame_cost_ms", frame_cost_ms)):
+            if value is not None and value.shape not in ((self.num_branches,), (B, self.num_branches)):
+                raise ValueError(
+                    f"Expected argument `{name}` to have shape ({self.num_branches},) or "
+                    f"({B}, {self.num_branches}), but got {tuple(value.shape)}."
+                )
         w_x, w_b, w_load, w_prev = self._split_weights()
         costs = branch_cost_ms.to(x)
         load = self.load_feature(costs) if self.load_aware else None
@@ -272,7 +276,7 @@ class Arbitrator(nn.Module):
             frame_costs = costs + (base[:, None] if base.dim() else base)  # (K,) or (B, K), arbitrator included
         else:
             frame_costs = frame_cost_ms.to(x)
-        if guard is not None:  # each sequence's last valid frame (an empty one's frame 0: padding, frozen)
+        if guard is not None and T > 0:  # each sequence's last valid frame (an empty one's frame 0: padding, frozen)
             last = last_valid_index(None if lengths is None else lengths.clamp_min(1), B, T, x.device)
         for t in range(T):
             logits = self._logits(ax_t[t], b, prev, w_b, w_prev)

@@ -86,10 +86,51 @@ def test_the_penalty_counts_once_per_step_with_accumulation_and_fp16_scaling() -
         opt.step()
     accumulated = _fit([AnchorToStart(strength)], accumulate_grad_batches=2)
     torch.testing.assert_close(accumulated.lin.weight, ref.lin.weight)
-    # under fp16 loss scaling the anchor pulls as hard as in fp32 (it was divided by the scale)
-    plain, anchored = _fit([]), _fit([AnchorToStart(strength)])
-    scaled = _fit([AnchorToStart(strength)],
-                  plugins=[MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))])
-    pull = (plain.lin.weight - anchored.lin.weight).norm()
-    assert (plain.lin.weight - scaled.lin.weight).norm() > 0.5 * pull
+    # under fp16 loss scaling the anchor pulls about as hard as in fp32 (it was divided by the scale)
+    def fp16() -> list:
+        return [MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))]
+
+    pull = (_fit([]).lin.weight - _fit([AnchorToStart(strength)]).lin.weight).norm()
+    pull_fp16 = (_fit([], plugins=fp16()).lin.weight - _fit([AnchorToStart(strength)], plugins=fp16()).lin.weight).norm()
+    assert 0.5 * pull < pull_fp16 < 2 * pull
+
+
+def test_each_optimizer_step_anchors_its_own_parameters() -> None:
+    strength = 0.5
+
+    class TwoOptimizers(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            o1, o2 = self.optimizers()
+            o1.zero_grad()
+            o2.zero_grad()
+            self.manual_backward(self.b(self.a(batch[0])).pow(2).mean())
+            o1.step()
+            o2.step()
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.SGD(self.a.parameters(), lr=0.1), torch.optim.SGD(self.b.parameters(), lr=0.1)
+
+    model = TwoOptimizers()
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    Trainer(max_epochs=2, callbacks=[AnchorToStart(strength)], logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(
+        model, _Linear().train_dataloader())
+    ref = TwoOptimizers()  # the penalty inside the loss, once
+    opts = [torch.optim.SGD(ref.a.parameters(), lr=0.1), torch.optim.SGD(ref.b.parameters(), lr=0.1)]
+    for _ in range(2):
+        for (x,) in _Linear().train_dataloader():
+            for o in opts:
+                o.zero_grad()
+            penalty = sum((p - w0[n]).pow(2).sum() for n, p in ref.named_parameters())
+            (ref.b(ref.a(x)).pow(2).mean() + strength * penalty).backward()
+            for o in opts:
+                o.step()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
 

@@ -275,6 +275,6 @@ def test_temperatures_may_be_numpy_or_tensor_scalars():
     arb.temperature = torch.tensor(0.25)
     assert arb.temperature == 0.25
     assert ArbitratorTemperature(start=np.float32(1.0), end=torch.tensor(0.1)).start == 1.0
-    for bad in (True, "1.0", float("nan"), 0):
+    for bad in (True, np.True_, torch.tensor(True), torch.tensor([0.3]), "1.0", float("nan"), 0):
         with pytest.raises(ValueError, match="`temperature` to be a positive finite number"):
             arb.temperature = bad

@@ -266,3 +266,13 @@ def test_routing_info_metrics():
     assert r.eou_latency_ms().shape == (3,)
     share = (r.decisions[lengths_to_mask(lengths)] == 1).float().mean()
     assert float(r.slow_share()) == pytest.approx(float(share))
+
+
+def test_decide_on_an_empty_batch_with_a_guard_returns_empty_tensors():
+    arb = Arbitrator(4)
+    x = torch.randn(2, 0, 4)
+    for lengths in (None, torch.tensor([0, 0])):
+        shapes = [tuple(t.shape) for t in arb.decide(x, lengths, torch.tensor([1.0, 2.0]), 0.5, guard=2.0)]
+        assert shapes == [(2, 0, 2), (2, 0, 2), (2, 0), (2, 0)]
+    with pytest.raises(ValueError, match=r"`frame_cost_ms` to have shape \(2,\) or \(2, 2\)"):
+        arb.decide(torch.randn(2, 3, 4), None, torch.tensor([1.0, 2.0]), frame_cost_ms=torch.ones(3))
