@@ -160,16 +160,24 @@ def realtime_factor(
         ``{"rtf": compute seconds / audio seconds, "ms_per_frame": mean wall ms per encoder frame,
         "frames": encoder frames}``.
     """
+    feats = list(feats)
+    if not feats:
+        raise ValueError("Expected at least one feature matrix in `feats`, but got none.")
+    modes = {m: m.training for m in model.modules()}  # restored afterwards: a later fit must train as before
     model.eval()
     out_layer = model.head if getattr(model, "loss_kind", "ctc") == "ctc" else model.joint_enc
     total_ms, frames = 0.0, 0
-    for f in feats:
-        x, n = model.stacker(f[None], torch.tensor([f.shape[0]]))
-        result = stream(model.encoder, x[0, : int(n[0])], frame_ms=frame_ms)
-        with single_thread():
-            t0 = time.perf_counter()
-            out_layer(result.outputs)
-            total_ms += result.total_ms + 1000.0 * (time.perf_counter() - t0)
-        frames += int(n[0])
+    try:
+        for f in feats:
+            x, n = model.stacker(f[None], torch.tensor([f.shape[0]], device=f.device))
+            result = stream(model.encoder, x[0, : int(n[0])], frame_ms=frame_ms)
+            with single_thread():
+                t0 = time.perf_counter()
+                out_layer(result.outputs)
+                total_ms += result.total_ms + 1000.0 * (time.perf_counter() - t0)
+            frames += int(n[0])
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
     audio_ms = frames * frame_ms
     return {"rtf": total_ms / audio_ms, "ms_per_frame": total_ms / max(1, frames), "frames": float(frames)}

@@ -170,8 +170,13 @@ def test_a_test_split_the_corpus_lacks_is_refused_before_training(tiny_corpus: P
 
 def test_realtime_factor_reports_numbers() -> None:
     m = ASRModule(RecurrentEncoder(240, 32, num_layers=1))
+    m.train()
+    m.head.eval()
     r = realtime_factor(m, [torch.randn(90, 80)], m.frame_ms)
     assert r["frames"] == 30 and r["rtf"] > 0 and r["ms_per_frame"] > 0
+    assert m.training and m.encoder.training and not m.head.training  # every mode as it was
+    with pytest.raises(ValueError, match="at least one feature matrix"):
+        realtime_factor(m, [], m.frame_ms)
 
 
 def test_cli_checkpoint_loads_without_rebuilding_encoder(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ device speed or model size.
     L_cost = mean_{b, t <= L_b} E[flops_{b,t}] / flops_ref
 
 with ``E[flops] = sum_k g_k flops_k`` under the relaxed gates ``g`` and ``flops_ref``
-the cost of the most expensive branch (so ``L_cost`` is in ``[0, 1]``).
+the cost of the most expensive branch (``L_cost`` is in ``[0, 1]`` for branch FLOPs alone;
+``AmortizedEncoder`` adds the arbitrator's FLOPs to every frame, so its cost can slightly exceed 1).
 
 **Amortization penalty** (``lambda_amr`` term)::
 

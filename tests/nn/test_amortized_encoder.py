@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_amortized.functional.flops import linear_flops, lowrank_rnn_flops, lstm_flops
+from lightning_amortized.functional.flops import (
+    linear_flops,
+    lowrank_linear_flops,
+    lowrank_rnn_flops,
+    lstm_flops,
+    rnn_pointwise_flops,
+)
 from lightning_amortized.nn import AmortizedEncoder, Arbitrator, RecurrentEncoder, SharedStateAmortizedEncoder
 from lightning_amortized.nn.encoders import lengths_to_mask
 
@@ -232,7 +238,7 @@ def test_non_streaming_branches_are_mixed():
 def test_configuration_errors():
     with pytest.raises(ValueError, match=r"The branches cost \[300, 300\] FLOPs per frame: the most expensive"):
         AmortizedEncoder(_FullContext(12), _FullContext(12))
-    with pytest.raises(ValueError, match="no branch is the slow one"):
+    with pytest.raises(ValueError, match="no less than the slow one.s"):
         AmortizedEncoder.from_recurrent(RecurrentEncoder(12, 8, 1), fast="sparse", density=1.0)
     with pytest.raises(ValueError, match=r"branch 0 \(RecurrentEncoder\): 8.*branch 1 \(RecurrentEncoder\): 24"):
         AmortizedEncoder(RecurrentEncoder(12, 8, 1), RecurrentEncoder(12, 24, 1))
@@ -276,3 +282,14 @@ def test_decide_on_an_empty_batch_with_a_guard_returns_empty_tensors():
         assert shapes == [(2, 0, 2), (2, 0, 2), (2, 0), (2, 0)]
     with pytest.raises(ValueError, match=r"`frame_cost_ms` to have shape \(2,\) or \(2, 2\)"):
         arb.decide(torch.randn(2, 3, 4), None, torch.tensor([1.0, 2.0]), frame_cost_ms=torch.ones(3))
+
+
+def test_a_fast_branch_that_costs_as_much_as_the_slow_one_is_refused_and_gru_ranks_are_counted_as_built():
+    with pytest.raises(ValueError, match="'small' fast branch costs .* no less than the slow one's"):
+        AmortizedEncoder.from_recurrent(RecurrentEncoder(24, 16, 2), fast="small", rank=16)
+    gru = AmortizedEncoder.from_recurrent(RecurrentEncoder(4, 32, 1, rnn_type="gru"), fast="lowrank", rank=16)
+    layer = gru.core.fast[0]
+    assert layer.v_ih.shape[0] == 4  # W_ih (96 x 4) has rank 4 at most
+    fast, slow = gru.branch_flops()
+    assert fast == lowrank_linear_flops(4, 96, 4) + lowrank_linear_flops(32, 96, 16) + rnn_pointwise_flops("gru", 32)
+    assert fast < slow and gru.slow_index == 1

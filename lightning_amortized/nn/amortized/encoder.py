@@ -338,8 +338,8 @@ class AmortizedEncoder(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Losses of the last ``forward``: ``{"cost", "amortization", "total"}``.
 
-        ``cost`` is the expected FLOPs per valid frame over the slow branch's FLOPs (in
-        ``[0, 1]``), ``amortization`` is
+        ``cost`` is the expected FLOPs per valid frame (arbitrator included) over the slow
+        branch's FLOPs (so it can slightly exceed 1), ``amortization`` is
         :func:`~lightning_amortized.functional.losses.amortization_loss`, ``total`` is
         ``lambda_cost * cost + lambda_amr * amortization`` (add it to the ASR loss).
         With ``eou_weight > 0`` the penalty also charges end-of-utterance latency above

@@ -38,7 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_amortized.functional.flops import hidden_lowrank_rnn_flops, lowrank_rnn_flops, sparse_rnn_flops
+from lightning_amortized.functional.flops import (
+    hidden_lowrank_rnn_flops,
+    lowrank_linear_flops,
+    lowrank_rnn_flops,
+    rnn_pointwise_flops,
+    sparse_rnn_flops,
+)
 from lightning_amortized.functional.lowrank import svd_factors
 from lightning_amortized.functional.selection import topk_mask
 
@@ -187,7 +193,14 @@ class LowRankLayer(FastLayer):
             self.b_ih, self.b_hh = _copy(b_ih), _copy(b_hh)
 
     def flops(self) -> int:
-        return lowrank_rnn_flops(self.rnn_type, self.input_size, self.hidden_size, self.rank)
+        # the factors' real ranks: svd_factors caps a rank above min(rows, columns) (a GRU's W_ih
+        # has only input_size columns), and a count with the requested rank would be too high
+        if self.rnn_type == "lstm":
+            return lowrank_rnn_flops("lstm", self.input_size, self.hidden_size, int(self.u.shape[1]))
+        G = 3 * self.hidden_size
+        return (lowrank_linear_flops(self.input_size, G, int(self.v_ih.shape[0]))
+                + lowrank_linear_flops(self.hidden_size, G, int(self.v_hh.shape[0]))
+                + rnn_pointwise_flops("gru", self.hidden_size))
 
     def precompute(self, x: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
         if self.rnn_type == "lstm":

@@ -78,6 +78,12 @@ class _SharedRecurrentCore(nn.Module):
         self.fast = nn.ModuleList(fast_layers)
         self._dropout = float(encoder.torch_rnn.dropout)
         self._stream_cache: list[dict[str, Any]] | None = None
+        fast_flops, slow_flops = self.branch_flops()
+        if fast_flops >= slow_flops:  # the routing losses and the slow share take the dearer branch as slow
+            raise ValueError(
+                f"The {fast!r} fast branch costs {fast_flops} FLOPs per frame, no less than the slow one's "
+                f"{slow_flops}: nothing to amortize. Choose a lower rank or density (hidden size {H})."
+            )
 
     def _slow(self, layer: int) -> SlowLayer:
         """The slow weights of ``layer``, read from the wrapped encoder each time (shared, never copied)."""
