@@ -236,6 +236,11 @@ def test_non_streaming_branches_are_mixed():
 
 
 def test_configuration_errors():
+    with pytest.raises(TypeError, match=r"Branch 0 \(LSTM\) does not follow the encoder contract: it lacks"):
+        AmortizedEncoder(nn.LSTM(12, 8, batch_first=True), RecurrentEncoder(12, 24, 1))
+    streaming = AmortizedEncoder.from_recurrent(RecurrentEncoder(12, 8, 1), rank=2)
+    with pytest.raises(ValueError, match=r"`x_t` to be one frame per stream, \(B, 12\), but got \(1, 1, 12\)"):
+        streaming.step(torch.randn(1, 1, 12), streaming.init_state(1))
     with pytest.raises(ValueError, match=r"The branches cost \[300, 300\] FLOPs per frame: the most expensive"):
         AmortizedEncoder(_FullContext(12), _FullContext(12))
     with pytest.raises(ValueError, match="no less than the slow one.s"):

@@ -410,6 +410,10 @@ class AmortizedEncoder(nn.Module):
             final: This is the utterance's last frame (the audio has ended): with a
                 ``latency_guard`` it takes the cheapest branch, as in ``forward``.
         """
+        if x_t.dim() != 2 or x_t.shape[-1] != self.input_size:
+            raise ValueError(
+                f"Expected argument `x_t` to be one frame per stream, (B, {self.input_size}), but got {tuple(x_t.shape)}."
+            )
         core_state, b, prev = state
         flops, arb_flops = self._stream_costs if self._stream_costs is not None else self._costs(x_t)
         force_branch = self.force_branch if force_branch is None else force_branch

@@ -81,6 +81,14 @@ class _IndependentCore(nn.Module):
 
     def __init__(self, branches: list[nn.Module], projection: int | None) -> None:
         super().__init__()
+        for i, b in enumerate(branches):  # the encoder contract, named before anything reads it
+            missing = [a for a in ("input_size", "output_size", "flops_per_frame") if not hasattr(b, a)]
+            if missing or not isinstance(b, nn.Module):
+                raise TypeError(
+                    f"Branch {i} ({type(b).__name__}) does not follow the encoder contract: it lacks {missing or 'nn.Module'}. "
+                    "Wrap it (e.g. RecurrentEncoder, ConformerEncoderAdapter, SpeechBrainEncoder) or give it "
+                    "`input_size`, `output_size` and `flops_per_frame()`."
+                )
         sizes = [int(b.output_size) for b in branches]
         ins = {int(b.input_size) for b in branches}
         if len(ins) != 1:
