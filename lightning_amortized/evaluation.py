@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from lightning_amortized.nn.modes import eval_mode
 from lightning_amortized.nn.streaming import stream
 
 if TYPE_CHECKING:
@@ -163,11 +164,9 @@ def realtime_factor(
     feats = list(feats)
     if not feats:
         raise ValueError("Expected at least one feature matrix in `feats`, but got none.")
-    modes = {m: m.training for m in model.modules()}  # restored afterwards: a later fit must train as before
-    model.eval()
     out_layer = model.head if getattr(model, "loss_kind", "ctc") == "ctc" else model.joint_enc
     total_ms, frames = 0.0, 0
-    try:
+    with eval_mode(model):  # every mode restored: a later fit must train as before
         for f in feats:
             x, n = model.stacker(f[None], torch.tensor([f.shape[0]], device=f.device))
             result = stream(model.encoder, x[0, : int(n[0])], frame_ms=frame_ms)
@@ -176,8 +175,5 @@ def realtime_factor(
                 out_layer(result.outputs)
                 total_ms += result.total_ms + 1000.0 * (time.perf_counter() - t0)
             frames += int(n[0])
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     audio_ms = frames * frame_ms
     return {"rtf": total_ms / audio_ms, "ms_per_frame": total_ms / max(1, frames), "frames": float(frames)}

@@ -23,6 +23,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lightning_amortized.data.tokenizer import make_tokenizer
 from lightning_amortized.functional.flops import linear_flops
+from lightning_amortized.nn.modes import eval_mode
 
 __all__ = ["ASRModule", "FrameStacker", "ctc_min_frames", "load_asr_module", "warmup_cosine"]
 
@@ -374,14 +375,9 @@ class ASRModule(pl.LightningModule):
         param = next(self.parameters(), None)
         if param is not None and feats.dtype != param.dtype:
             feats = feats.to(param.dtype)
-        modes = {m: m.training for m in self.modules()}  # each submodule's own mode, restored as it was
-        self.eval()
-        try:
+        with eval_mode(self):
             enc, n = self.encode(feats, lengths)
             return self.decode(enc, n)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
 
     # --------------------------------------------------------------- training
     def _routing_losses(self) -> dict[str, torch.Tensor]:

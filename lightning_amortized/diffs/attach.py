@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from lightning_amortized.diffs.hashed import HashedDiff
 from lightning_amortized.diffs.sparse import SparseDiff
-from lightning_amortized.diffs.targets import plain_parameters, resolve
+from lightning_amortized.diffs.targets import distinct_names, plain_parameters, resolve
 
 __all__ = ["attach_diffs", "base_tensor", "detach_diffs", "diff_modules", "effective_tensor"]
 
@@ -65,10 +65,7 @@ def attach_diffs(
     """
     if method not in ("sparse", "hashed"):
         raise ValueError(f"Expected argument `method` to be 'sparse' or 'hashed', but got {method!r}.")
-    names = list(names)
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"Expected each target once, but {repeated} repeat; a second diff would stack on the first.")
+    names = distinct_names(names)
     plan = []
     for name in names:
         module, attr = resolve(model, name)

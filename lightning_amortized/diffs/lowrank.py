@@ -64,7 +64,7 @@ from lightning_amortized.diffs.format import (
     _dtype_name,
 )
 from lightning_amortized.diffs.read import read_diff
-from lightning_amortized.diffs.targets import resolve
+from lightning_amortized.diffs.targets import distinct_names, resolve
 
 __all__ = [
     "LOWRANK_FORMAT",
@@ -223,10 +223,7 @@ def attach_lowrank(
     if rank < 1:
         raise ValueError(f"Expected argument `rank` to be >= 1, but got {rank}.")
     alpha = float(rank) if alpha is None else float(alpha)
-    names = list(names)
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"Expected each target once, but {repeated} repeat; a second delta would stack on the first.")
+    names = distinct_names(names)
     plan = []
     for name in names:
         module, attr = resolve(model, name)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["describe_targets", "plain_parameters", "resolve", "select_names", "select_targets"]
+__all__ = ["describe_targets", "distinct_names", "plain_parameters", "resolve", "select_names", "select_targets"]
 
 _PARAM_SUFFIX = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<attr>[^.]+)\.original$")
 
@@ -58,6 +58,19 @@ def plain_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
         else:
             out[name] = param
     return out
+
+
+def distinct_names(names: Iterable[str]) -> list[str]:
+    """``names`` as a list, refusing a name given twice (a second delta on it would stack on the first).
+
+    Raises:
+        ValueError: a name repeats.
+    """
+    names = list(names)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Expected each target once, but {repeated} repeat; a second delta would stack on the first.")
+    return names
 
 
 def resolve(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -286,15 +286,16 @@ class AmortizedEncoder(nn.Module):
         if self.force_branch is None:
             arb_flops = self.arbitrator.flops_per_frame()
             speed = None  # a device per utterance (load-aware training), else the one of set_device
+            # branch costs feed the load feature; whole frames (arbitrator included, from summed FLOPs,
+            # as step() and the device runtime price them) feed the backlog and the guard
             if self.training and self.train_rho_range is not None:
                 speed = self._sample_devices(x.shape[0], float(flops.max()), x)  # FLOP/s per utterance
-                branch_ms, base_ms = 1000.0 * flops[None, :] / speed[:, None], 1000.0 * arb_flops / speed
+                branch_ms = 1000.0 * flops[None, :] / speed[:, None]
                 whole_ms = 1000.0 * (flops[None, :] + arb_flops) / speed[:, None]
             else:
-                branch_ms, base_ms = self.device_model.cost_ms(flops), float(self.device_model.cost_ms(arb_flops))
-                whole_ms = self.device_model.cost_ms(flops + arb_flops)  # as step() and the device runtime
+                branch_ms, whole_ms = self.device_model.cost_ms(flops), self.device_model.cost_ms(flops + arb_flops)
             logits, gates, cost_ms, backlog_ms = self.arbitrator.decide(
-                x, lengths, branch_ms, base_ms, guard=self.latency_guard, frame_cost_ms=whole_ms
+                x, lengths, branch_ms, guard=self.latency_guard, frame_cost_ms=whole_ms
             )
             y = self.core.forward_gated(x, lengths, gates)
         else:  # no arbitrator: one-hot gates, the same backlog recursion on that branch's cost
