@@ -31,6 +31,11 @@ def derive_seed(*keys: int) -> int:
     Returns:
         An integer in ``[0, 2**63)`` for ``torch.manual_seed`` or ``torch.Generator.manual_seed``.
     """
-    payload = b"".join(struct.pack("<q", int(k) % (1 << 63)) for k in keys)
-    digest = hashlib.blake2b(payload, digest_size=8, person=b"la-seed").digest()
+    ints = [int(k) for k in keys]
+    if all(0 <= k < 1 << 63 for k in ints):  # the encoding every seed so far was derived with
+        payload, person = b"".join(struct.pack("<q", k) for k in ints), b"la-seed"
+    else:  # each key whole, with its length: -1 and 2**63 - 1 no longer meet (they did modulo 2**63)
+        parts = [k.to_bytes((k.bit_length() + 8) // 8, "little", signed=True) for k in ints]
+        payload, person = b"".join(struct.pack("<I", len(p)) + p for p in parts), b"la-seed-any"
+    digest = hashlib.blake2b(payload, digest_size=8, person=person).digest()
     return int.from_bytes(digest, "little") >> 1

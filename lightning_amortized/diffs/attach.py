@@ -65,7 +65,7 @@ def attach_diffs(
     """
     if method not in ("sparse", "hashed"):
         raise ValueError(f"Expected argument `method` to be 'sparse' or 'hashed', but got {method!r}.")
-    names = distinct_names(names)
+    names = distinct_names(names, model)
     plan = []
     for name in names:
         module, attr = resolve(model, name)

@@ -223,7 +223,7 @@ def attach_lowrank(
     if rank < 1:
         raise ValueError(f"Expected argument `rank` to be >= 1, but got {rank}.")
     alpha = float(rank) if alpha is None else float(alpha)
-    names = distinct_names(names)
+    names = distinct_names(names, model)
     plan = []
     for name in names:
         module, attr = resolve(model, name)

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["describe_targets", "distinct_names", "plain_parameters", "resolve", "select_names", "select_targets"]
+__all__ = [
+    "describe_targets", "distinct_names", "plain_parameters", "refuse_tied", "resolve", "select_names", "select_targets"
+]
 
 _PARAM_SUFFIX = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<attr>[^.]+)\.original$")
 
@@ -60,16 +62,20 @@ def plain_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def distinct_names(names: Iterable[str]) -> list[str]:
+def distinct_names(names: Iterable[str], model: nn.Module | None = None) -> list[str]:
     """``names`` as a list, refusing a name given twice (a second delta on it would stack on the first).
 
+    With ``model``, a parameter tied under several names is refused too (:func:`refuse_tied`).
+
     Raises:
-        ValueError: a name repeats.
+        ValueError: a name repeats, or names a tied parameter of ``model``.
     """
     names = list(names)
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"Expected each target once, but {repeated} repeat; a second delta would stack on the first.")
+    if model is not None:
+        refuse_tied(model, names)
     return names
 
 
@@ -121,18 +127,27 @@ def select_targets(
         >>> select_targets(model, "re:[02]\\.bias")
         ['0.bias', '2.bias']
     """
-    params = plain_parameters(model)
-    selected = select_names(list(params), include, exclude, owner=type(model).__name__)
+    selected = select_names(list(plain_parameters(model)), include, exclude, owner=type(model).__name__)
+    refuse_tied(model, selected)
+    return selected
+
+
+def refuse_tied(model: nn.Module, names: Iterable[str]) -> None:
+    """Refuse a target shared (tied) between modules: a delta on each of its names would stack.
+
+    Raises:
+        ValueError: a name in ``names`` is one of several names of the same parameter.
+    """
+    every = {**plain_parameters(model), **dict(model.named_parameters(remove_duplicate=False))}
     tied: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         tied.setdefault(id(p), []).append(n)
-    for n in selected:
-        aliases = tied.get(id(params[n]), [])
+    for n in names:
+        aliases = tied.get(id(every[n]), []) if n in every else []
         if len(aliases) > 1:
             raise ValueError(
                 f"Target {n!r} is shared with {aliases}; diffs on tied parameters are not supported. Exclude it."
             )
-    return selected
 
 
 def select_names(

@@ -163,7 +163,10 @@ def amortization_loss(
                 f"Expected `cost_ms` to have the shape of `p_slow` {tuple(p_slow.shape)}, "
                 f"but got {tuple(cost_ms.shape)}."
             )
-        eou = eou_from_backlog(cost_ms, backlog_ms, lengths)
+        if lengths is None:
+            eou = eou_from_backlog(cost_ms, backlog_ms)
+        else:  # an empty utterance has no end to wait for: no latency, as in the end term
+            eou = eou_from_backlog(cost_ms, backlog_ms, lengths.clamp_min(1)).masked_fill(lengths == 0, 0.0)
         limit = torch.as_tensor(eou_limit_ms, dtype=eou.dtype, device=eou.device)
         if limit.dim() != 0 and limit.shape != eou.shape:
             raise ValueError(

@@ -50,6 +50,16 @@ def test_tied_parameters_are_refused() -> None:
     m.b.weight = m.a.weight
     with pytest.raises(ValueError, match="shared"):
         select_targets(m, "a.weight")
+    # named directly, under either name: two deltas would stack on the one weight
+    from lightning_amortized.diffs import attach_diffs
+    from lightning_amortized.diffs.lowrank import attach_lowrank
+
+    for names in (["a.weight"], ["b.weight"], ["a.weight", "b.weight"]):
+        with pytest.raises(ValueError, match="shared"):
+            attach_diffs(m, names, "sparse")
+        with pytest.raises(ValueError, match="shared"):
+            attach_lowrank(m, names, rank=1)
+    assert attach_diffs(m, ["a.bias", "b.bias"], "sparse").keys() == {"a.bias", "b.bias"}  # not tied
 
 
 def test_describe_targets_lists_shapes_and_sizes() -> None:

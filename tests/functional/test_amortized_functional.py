@@ -137,8 +137,12 @@ def test_amortization_loss_eou_term_charges_latency_above_the_limit():
     assert float(loss) == pytest.approx(((40.0 - 10.0) + (70.0 - 10.0)) / frame / 2)
     with pytest.raises(ValueError, match=r"eou_limit_ms.*shape \(2,\)"):
         amortization_loss(p5, b, n, frame, cost_ms=cost, eou_limit_ms=torch.ones(2, 1), eou_weight=1.0)
+    # an empty utterance costs nothing in either end term (the EOU term used to refuse it, the end term not)
+    empty = amortization_loss(p5, backlog(cost, frame, torch.tensor([5, 0])), torch.tensor([5, 0]), frame,
+                              end_weight=0.0, slack_weight=0.0, cost_ms=cost, eou_limit_ms=10.0, eou_weight=1.0)
+    assert float(empty) == pytest.approx((40.0 - 10.0) / frame / 2)
     with pytest.raises(ValueError, match=r"lengths` to be in \[1, "):
-        amortization_loss(p5, b, torch.tensor([5, 0]), frame, cost_ms=cost, eou_limit_ms=1.0, eou_weight=1.0)
+        amortization_loss(p5, b, torch.tensor([5, 6]), frame, cost_ms=cost, eou_limit_ms=1.0, eou_weight=1.0)
     p, cost, b = p.detach(), cost[:, :3], backlog(cost[:, :3], frame, lengths)
     with pytest.raises(ValueError, match="needs `cost_ms`"):
         amortization_loss(p, b, lengths, frame, eou_weight=1.0)

@@ -57,3 +57,25 @@ def test_the_batched_backlog_is_bit_equal_to_the_streaming_one():
                 _, state, _ = enc.step_with_decision(x[:, t], state)
                 streamed.append(state[1][0])
             assert torch.equal(batched, torch.stack(streamed)) and batched[-1] > 0
+
+
+def test_a_streaming_sparse_amnet_can_be_copied_and_pickled():
+    """Its CSR cache cannot be copied: the copy builds its own and streams the same frames."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    am = AmortizedEncoder.from_recurrent(RecurrentEncoder(12, 16, 2), fast="sparse", density=0.3, frame_ms=25.0).eval()
+    am.begin_streaming()
+    buf = io.BytesIO()
+    torch.save(am, buf)
+    buf.seek(0)
+    for twin in (copy.deepcopy(am), torch.load(buf, weights_only=False)):
+        assert twin.core._stream_cache is not None and twin.core._stream_cache[0]["csr"]
+        x, s1, s2 = torch.randn(1, 12), am.init_state(1), twin.init_state(1)
+        for _ in range(3):
+            y1, s1, _ = am.step_with_decision(x, s1)
+            y2, s2, _ = twin.step_with_decision(x, s2)
+            assert torch.equal(y1, y2)
+    am.end_streaming()
+    assert copy.deepcopy(am).core._stream_cache is None

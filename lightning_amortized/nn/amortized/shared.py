@@ -201,6 +201,18 @@ class _SharedRecurrentCore(nn.Module):
         """Drop the cache of :meth:`begin_streaming`."""
         self._stream_cache = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # CSR tensors cannot be copied or pickled: keep whether the cache was built and build it again
+        state = self.__dict__.copy()
+        state["_stream_cache"] = self._stream_cache is not None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        streaming = bool(state.get("_stream_cache"))
+        super().__setstate__({**state, "_stream_cache": None})
+        if streaming:
+            self.begin_streaming()
+
     def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One frame ``(B, F)`` with hard choices ``(B,)`` -> ``(B, D)``.
 
