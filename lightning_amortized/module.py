@@ -439,6 +439,8 @@ class ASRModule(pl.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch.get("repeat"):  # a DDP rank's padding batch: its utterances are scored on another rank
+            return
         loss, enc, n = self.asr_loss(batch)
         hyps = self.decode(enc, n)
         self.val_wer.update(hyps, batch["texts"])
@@ -454,6 +456,8 @@ class ASRModule(pl.LightningModule):
         return splits[dataloader_idx] if splits and dataloader_idx < len(splits) else str(dataloader_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch.get("repeat"):  # a DDP rank's padding batch: its utterances are scored on another rank
+            return
         split = self._test_split_name(dataloader_idx)
         key = split.replace(".", "_")
         if f"{key}_wer" not in self.test_metrics:
@@ -480,6 +484,8 @@ class ASRModule(pl.LightningModule):
         ``Trainer.predict`` (and ``lightning-amortized predict --config ... --ckpt_path ...``)
         returns one such list per batch, over the data module's ``test_splits``.
         """
+        if batch.get("repeat"):  # a DDP rank's padding batch: transcribed on another rank
+            return []
         hyps = self.transcribe(batch["feats"], batch["feat_lengths"])
         return [{"id": utt, "text": hyp} for utt, hyp in zip(batch["ids"], hyps)]
 

@@ -35,7 +35,8 @@ class DurationBatchSampler(Sampler[list[int]]):
     (SortaGrad, Amodei et al. 2016), which gets CTC training past its initial
     all-blank plateau sooner. Under
     ``torch.distributed`` each rank takes every ``world_size``-th batch (the batch
-    count is padded to a multiple of the world size so ranks stay in step). An utterance
+    count is padded to a multiple of the world size so ranks stay in step; a padding batch
+    is marked ``repeat``, and evaluation leaves it out of the metrics). An utterance
     longer than ``max_seconds`` forms a batch of its own (a warning counts them). Each
     batch is a :class:`SeededBatch` whose ``seed`` follows from ``seed``, the epoch, the
     batch's position and the rank.
@@ -120,10 +121,16 @@ class DurationBatchSampler(Sampler[list[int]]):
             total = math.ceil(len(order) / world) * world
             # cyclic padding: every rank gets as many batches as __len__ says, also when there are
             # fewer batches than ranks (a small dev split on many GPUs)
-            order = (order * math.ceil(total / len(order)))[:total][rank::world]
+            n = len(order)
+            positions = list(range(total))[rank::world]
+            order = (order * math.ceil(total / n))[:total][rank::world]
+            repeats = [p >= n for p in positions]
+        else:
+            repeats = [False] * len(order)
         for position in range(skip, len(order)):
             # the seed of the batch's augmentation depends on where the batch is, not on what ran before
-            yield SeededBatch(self.batches[order[position]], derive_seed(self.seed, self.epoch, position, rank))
+            seed = derive_seed(self.seed, self.epoch, position, rank)
+            yield SeededBatch(self.batches[order[position]], seed, repeat=repeats[position])
 
     def __len__(self) -> int:
         _, world = self._rank()
@@ -138,9 +145,10 @@ class SeededBatch(list):
     process or in a worker alike, so a resumed epoch draws the same masks.
     """
 
-    def __init__(self, indices: Sequence[int], seed: int) -> None:
+    def __init__(self, indices: Sequence[int], seed: int, repeat: bool = False) -> None:
         super().__init__(indices)
         self.seed = seed
+        self.repeat = repeat
 
 
 class ResumableDataLoader(DataLoader):
@@ -275,4 +283,6 @@ class SpeechCollator:
             "token_lengths": token_lengths,
             "ids": [it["id"] for it in items],
             "texts": [it["text"] for it in items],
+            # a batch repeated only to give every DDP rank as many batches: not scored again
+            "repeat": bool(items[0].get("batch_repeat", False)),
         }

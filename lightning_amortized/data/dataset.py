@@ -136,12 +136,15 @@ class SpeechDataset(Dataset):
             self._features(i) if self.features is not None else self._audio(i)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Items of a batch; a :class:`SeededBatch` passes its seed on as ``"batch_seed"``."""
+        """Items of a batch; a :class:`SeededBatch` passes on its seed (``"batch_seed"``) and repeat flag."""
         items = [self[i] for i in indices]
         seed = getattr(indices, "seed", None)
         if seed is not None:
             for item in items:
                 item["batch_seed"] = seed
+        if getattr(indices, "repeat", False):  # a DDP padding batch (DurationBatchSampler)
+            for item in items:
+                item["batch_repeat"] = True
         return items
 
     def __getitem__(self, i: int) -> dict[str, Any]:

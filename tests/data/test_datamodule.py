@@ -97,6 +97,7 @@ def test_fit_without_validation_split(fake_layout: Path) -> None:
 
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import RecurrentEncoder
+    from lightning_amortized.nn import RecurrentEncoder
 
     dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [], max_batch_seconds=4.0)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -190,6 +191,7 @@ def test_lightning_reshuffles_batches_every_epoch(tmp_path: Path) -> None:
 
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import RecurrentEncoder
+    from lightning_amortized.nn import RecurrentEncoder
     from tests.conftest import write_fake_layout
 
     write_fake_layout(tmp_path, speakers=3, utts=5)
@@ -268,10 +270,10 @@ def test_every_ddp_rank_gets_the_batches_len_promises(monkeypatch: pytest.Monkey
     seen = []
     for rank in range(world):
         monkeypatch.setattr(sampler, "_rank", lambda r=rank: (r, world))
-        got = [list(b) for b in sampler]
+        got = list(sampler)
         assert len(got) == len(sampler) >= 1, (rank, got)
-        seen += [i for b in got for i in b]
-    assert set(seen) == set(range(batches))  # every batch somewhere; repeats only to pad
+        seen += [i for b in got if not b.repeat for i in b]
+    assert sorted(seen) == list(range(batches))  # every batch once; the padding ones are marked repeat
 
 
 def test_a_split_with_a_trailing_slash_is_that_split(fake_layout: Path) -> None:
@@ -280,3 +282,24 @@ def test_a_split_with_a_trailing_slash_is_that_split(fake_layout: Path) -> None:
     dm.setup("fit")
     assert dm.train_splits == ["train"] and len(dm.datasets["train"]) == 6
 
+
+
+def test_a_ddp_padding_batch_is_not_scored_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repeat flag travels from the sampler through the dataset and collator to the module."""
+    from lightning_amortized.data.batching import SeededBatch, SpeechCollator
+    from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import RecurrentEncoder
+
+    items = [{"id": "u", "tokens": [1, 2], "text": "A B", "feats": torch.zeros(6, 4)}]
+    batch_items = [dict(it, batch_seed=1, batch_repeat=True) for it in items]
+    collate = SpeechCollator()
+    assert collate(batch_items)["repeat"] is True and collate(items)["repeat"] is False
+    assert SeededBatch([0], 3, repeat=True).repeat and not SeededBatch([0], 3).repeat
+    module = ASRModule(RecurrentEncoder(12, 8, 1), n_mels=4)
+    batch = collate(batch_items)
+    calls = []
+    monkeypatch.setattr(module, "asr_loss", lambda b: calls.append(b))
+    monkeypatch.setattr(module, "encode", lambda *a: calls.append(a))
+    module.validation_step(batch, 0)
+    module.test_step(batch, 0)
+    assert module.predict_step(batch, 0) == [] and calls == []
