@@ -6,7 +6,8 @@ L2-SP regularisation for fine-tuning (Li et al., 2018): pull every trainable par
 towards the value it had when ``fit`` started, so a model fine-tuned on new data (an update
 with new names) forgets less of what it knew. The penalty ``strength * sum ||W - W_start||^2``
 is applied through its gradient, ``2 * strength * (W - W_start)``, added once per optimizer
-step (after gradient accumulation, and after fp16 loss scaling is undone), which is what
+step (after gradient accumulation, and in the units of fp16 gradients at that point: unscaled,
+or scaled for a fused optimizer that unscales in its own step), which is what
 adding it to the loss would give, without touching the module's ``training_step``.
 """
 
@@ -18,6 +19,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
 from typing_extensions import override
+
+from lightning_amortized.callbacks.finite import grad_scale
 
 __all__ = ["AnchorToStart"]
 
@@ -70,11 +73,12 @@ class AnchorToStart(Callback):
         if not self.strength:
             return
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}  # this optimizer's only
+        scale = grad_scale(trainer, optimizer)  # a fused optimizer unscales in its step: scale the penalty too
         with torch.no_grad():
             for name, p in pl_module.named_parameters():
                 start = self._start.get(name)
                 if start is not None and p.grad is not None and id(p) in stepped:
-                    p.grad.add_(p.detach() - start, alpha=2.0 * self.strength)
+                    p.grad.add_(p.detach() - start, alpha=2.0 * self.strength * scale)
 
     def penalty(self, pl_module: pl.LightningModule) -> float:
         """The current value of ``strength * sum ||p - p_start||^2`` (for logging)."""

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["NonFiniteError", "check_finite_grads", "check_finite_loss", "grads_finite", "loss_scaling"]
+__all__ = ["NonFiniteError", "check_finite_grads", "check_finite_loss", "grad_scale", "grads_finite", "loss_scaling"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -46,6 +46,21 @@ def loss_scaling(trainer: Any) -> bool:
     gradient checks must leave them to it.
     """
     return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
+
+
+def grad_scale(trainer: Any, optimizer: Any) -> float:
+    """The factor the gradients still carry in ``on_before_optimizer_step``: the loss scale or 1.
+
+    Lightning unscales fp16 gradients before that hook, except for optimizers that unscale
+    inside their own ``step`` (``_step_supports_amp_scaling``: fused Adam/AdamW); with those the
+    gradients the hook sees are multiplied by the ``GradScaler``'s scale. A gradient added in
+    the hook must be multiplied by this factor, and one read there divided by it.
+    """
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+    if scaler is None or not getattr(inner, "_step_supports_amp_scaling", False) or not scaler.is_enabled():
+        return 1.0
+    return float(scaler.get_scale())
 
 
 def grads_finite(grads: Iterable[torch.Tensor]) -> bool:

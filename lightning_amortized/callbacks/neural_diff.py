@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss, grads_finite, loss_scaling
+from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss, grad_scale, grads_finite, loss_scaling
 from lightning_amortized.diffs.attach import attach_diffs, detach_diffs, diff_modules
 from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets
 from lightning_amortized.diffs.budget import entries_for_bytes, estimate_diff_bytes, fewer_entries, split_stored
@@ -265,7 +265,7 @@ class NeuralDiff(Callback):
         if self.prune_score == "fisher":  # (sparse diffs only: checked in __init__)
             grads = (p.grad for d in diff_modules(pl_module).values() for p in d.parameters() if p.grad is not None)
             if not loss_scaling(trainer) or grads_finite(grads):  # a step the scaler skips adds nothing
-                self._accumulate_fisher()
+                self._accumulate_fisher(grad_scale(trainer, optimizer))
 
     @override
     def on_train_batch_end(
@@ -328,15 +328,18 @@ class NeuralDiff(Callback):
         return sum(d.nnz for d in diff_modules(pl_module).values() if isinstance(d, SparseDiff))
 
     @torch.no_grad()
-    def _accumulate_fisher(self) -> None:
-        """``F += grad(D)**2`` for every sparse diff (zero outside the mask, where gradients are zero)."""
+    def _accumulate_fisher(self, scale: float = 1.0) -> None:
+        """``F += (grad(D) / scale)**2`` for every sparse diff (zero outside the mask, where gradients are zero).
+
+        ``scale``: the loss scale the gradients still carry (:func:`~lightning_amortized.callbacks.finite.grad_scale`).
+        """
         for name, d in self._sparse.items():
             if d.delta.grad is None:
                 continue
             f = self._fisher.get(name)
             if f is None or f.device != d.delta.device:  # first step, or accumulators restored on the CPU
                 f = self._fisher[name] = torch.zeros_like(d.delta) if f is None else f.to(d.delta.device)
-            f.addcmul_(d.delta.grad, d.delta.grad)
+            f.addcmul_(d.delta.grad, d.delta.grad, value=1.0 / scale**2)
 
     def _scores(self, named: dict[str, SparseDiff]) -> list[torch.Tensor]:
         """What pruning ranks entries by: ``|D|``, or ``F * D**2`` (``prune_score="fisher"``; ``|D|`` until a

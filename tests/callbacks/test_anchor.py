@@ -134,3 +134,24 @@ def test_each_optimizer_step_anchors_its_own_parameters() -> None:
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, msg=n)
 
+
+
+def test_a_fused_optimizer_under_fp16_gets_the_penalty_in_its_scaled_units() -> None:
+    """Fused AdamW unscales inside its step, so the gradients the hook sees still carry the loss scale."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    class _Fused(_Linear):
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.AdamW(self.parameters(), lr=0.05, fused=True)
+
+    def fit(callbacks: list, fp16: bool) -> torch.Tensor:
+        model = _Fused()
+        plugins = [MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))] if fp16 else []
+        Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, accelerator="cpu", plugins=plugins).fit(model)
+        return model.lin.weight.detach()
+
+    strength = 5.0
+    pull = (fit([], False) - fit([AnchorToStart(strength)], False)).norm()
+    pull_fp16 = (fit([], True) - fit([AnchorToStart(strength)], True)).norm()
+    assert pull > 0 and 0.5 * pull < pull_fp16 < 2 * pull, (float(pull), float(pull_fp16))

@@ -439,3 +439,23 @@ def test_fp16_loss_scaling_overflow_steps_are_left_to_the_scaler(tmp_path: Path)
     t.fit(Loud(), loader())  # used to stop with NonFiniteError at step 0
     assert loss_scaling(t) and plugin.scaler.get_scale() < 65536.0  # the scaler did skip overflow steps
     assert not loss_scaling(trainer(tmp_path, cb, max_epochs=1))
+
+
+def test_fisher_scores_read_fused_fp16_gradients_in_unscaled_units() -> None:
+    """A fused optimizer unscales in its step: the hook's gradients carry the loss scale, Fisher divides it out."""
+    from types import SimpleNamespace
+
+    from lightning_amortized.callbacks.finite import grad_scale
+
+    p = nn.Parameter(torch.ones(2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    fp16 = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+    fused, plain = torch.optim.AdamW([p], fused=True), torch.optim.AdamW([p])
+    assert grad_scale(fp16, fused) == 1024.0 and grad_scale(fp16, plain) == 1.0
+    assert grad_scale(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None)), fused) == 1.0
+    cb = NeuralDiff(method="sparse", budget=0.5, targets=["head.weight"], prune_score="fisher")
+    d = SimpleNamespace(delta=nn.Parameter(torch.zeros(3)))
+    d.delta.grad = torch.tensor([1.0, -2.0, 0.0]) * 1024.0
+    cb._sparse = {"head.weight": d}
+    cb._accumulate_fisher(1024.0)
+    assert cb._fisher["head.weight"].tolist() == [1.0, 4.0, 0.0]

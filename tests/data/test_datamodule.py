@@ -97,7 +97,6 @@ def test_fit_without_validation_split(fake_layout: Path) -> None:
 
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import RecurrentEncoder
-    from lightning_amortized.nn import RecurrentEncoder
 
     dm = LibriSpeechDataModule(str(fake_layout), ["train"], [], [], max_batch_seconds=4.0)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -190,7 +189,6 @@ def test_lightning_reshuffles_batches_every_epoch(tmp_path: Path) -> None:
     import lightning.pytorch as pl
 
     from lightning_amortized.module import ASRModule
-    from lightning_amortized.nn import RecurrentEncoder
     from lightning_amortized.nn import RecurrentEncoder
     from tests.conftest import write_fake_layout
 
