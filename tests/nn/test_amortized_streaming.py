@@ -79,3 +79,25 @@ def test_a_streaming_sparse_amnet_can_be_copied_and_pickled():
             assert torch.equal(y1, y2)
     am.end_streaming()
     assert copy.deepcopy(am).core._stream_cache is None
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_recurrent_step_equals_forward_with_the_slow_branch_kernels(rnn_type: str) -> None:
+    """RecurrentEncoder.step runs the amortized slow branch's per-frame kernels: slow-only is timed on equal terms."""
+    torch.manual_seed(0)
+    enc = RecurrentEncoder(10, 12, num_layers=2, rnn_type=rnn_type, projection=7).eval()
+    amn = AmortizedEncoder.from_recurrent(RecurrentEncoder(10, 12, num_layers=2, rnn_type=rnn_type, projection=7),
+                                          fast="lowrank", rank=2, frame_ms=30.0).eval()
+    amn.core.encoder.load_state_dict(enc.state_dict())
+    x = torch.randn(1, 9, 10)
+    with torch.no_grad():
+        y, _ = enc(x, torch.tensor([9]))
+        state, amn_state, outs = enc.init_state(1), amn.core.init_state(1), []
+        for t in range(9):
+            o, state = enc.step(x[:, t], state)
+            slow, amn_state = amn.core.step(x[:, t], amn_state, torch.tensor([1]))
+            torch.testing.assert_close(o, slow, atol=0, rtol=0)  # the same kernels, bit for bit
+            outs.append(o)
+    torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-5, rtol=0)
+    dropout = RecurrentEncoder(10, 12, num_layers=2, rnn_type=rnn_type, dropout=0.5).train()
+    assert dropout.step(x[:, 0], dropout.init_state(1))[0].shape == (1, 12)  # nn.LSTM's own dropout path

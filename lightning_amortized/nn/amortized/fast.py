@@ -46,6 +46,7 @@ from lightning_amortized.functional.flops import (
     sparse_rnn_flops,
 )
 from lightning_amortized.functional.lowrank import svd_factors
+from lightning_amortized.nn.amortized.cells import gru_cell, lstm_cell
 from lightning_amortized.functional.selection import topk_mask
 
 __all__ = ["BranchLayer", "SlowLayer", "LowRankLayer", "SparseLayer", "SmallLayer", "FAST_LAYERS", "FAST_KINDS"]
@@ -74,6 +75,21 @@ class BranchLayer:
     def recurrent(self, pre_t: torch.Tensor, h: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
         """LSTM: gate pre-activations ``(B, 4H)``; GRU: hidden part ``(B, 3H)``, from ``pre_t`` and ``h`` ``(B, H)``."""
         raise NotImplementedError
+
+    def step(
+        self, x_t: torch.Tensor, w: dict[str, Any], h: torch.Tensor, c: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One frame ``x_t`` ``(B, I)`` from state ``h`` (and LSTM cell ``c``) ``(B, H)`` -> new ``(h, c)``.
+
+        What streaming runs per layer: one input product, one recurrent product and the
+        cell, with no time loop around them (``c`` is ``None`` for a GRU).
+        """
+        pre = self.precompute(x_t, w)
+        gates = self.recurrent(pre, h, w)
+        if self.rnn_type == "lstm":
+            assert c is not None
+            return lstm_cell(gates, c)
+        return gru_cell(pre, gates, h), None
 
     def lstm_parts(
         self, x: torch.Tensor, w: dict[str, Any]

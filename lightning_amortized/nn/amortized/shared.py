@@ -229,7 +229,10 @@ class _SharedRecurrentCore(nn.Module):
         for layer in range(self.num_layers):
             branches = [self._branch(layer, k) for k in ks]
             weights = [self._stream_weights(layer, k, b) for k, b in zip(ks, branches)]
-            _, h, c = self.scan(branches, weights, inp[None], hs[layer], cs[layer] if lstm else None, mix)
+            if mix is None:  # one stream: only the chosen branch's kernels, no time loop around them
+                h, c = branches[0].step(inp, weights[0], hs[layer], cs[layer] if lstm else None)
+            else:
+                _, h, c = self.scan(branches, weights, inp[None], hs[layer], cs[layer] if lstm else None, mix)
             new_h.append(h)
             new_c.append(c)
             inp = h
