@@ -553,6 +553,18 @@ def _resolve_base(a: argparse.Namespace) -> str | None:
     return info["checkpoint"]
 
 
+JOB_OPTIONS = ("root", "train_utts", "epochs", "lr", "rtf_utts", "quick", "lambda_cost", "lambda_amr", "fast_rank",
+               "fast_density", "branch_loss_weight", "seed")
+
+
+def job_options(a: argparse.Namespace, base: str | None) -> dict[str, Any]:
+    """What a variant's result depends on besides its name (the FLOPs-matched rank or density follows from these)."""
+    opts = {k: getattr(a, k) for k in JOB_OPTIONS}
+    opts["root"] = str(Path(opts["root"]).resolve())
+    opts["base_ckpt"] = None if base in (None, "none") else str(Path(base).resolve())
+    return opts
+
+
 def _job_cmd(a: argparse.Namespace, name: str, base: str | None, extra: list[str]) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--job", name, "--work", a.work, "--root", a.root,
            "--base-ckpt", base or "none", "--train-utts", str(a.train_utts), "--epochs", str(a.epochs),
@@ -582,6 +594,7 @@ def drive(a: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     names = [n for n in ORDER if n in a.variants]
     done: dict[str, dict[str, Any]] = {}
+    wanted = job_options(a, base)
     for n in names:  # resume: keep finished variants of an identical earlier run
         f = work / f"{n}.json"
         if a.resume and f.exists():
@@ -589,6 +602,18 @@ def drive(a: argparse.Namespace) -> int:
             src = work / rec["evaluates"] / "final.ckpt" if rec.get("evaluates") else None
             if src is not None and (not src.exists() or src.stat().st_mtime != rec.get("source_checkpoint_mtime")):
                 continue  # a guarded evaluation of weights that have changed since: score them again
+            had = rec.get("options")
+            if had is None:
+                print(f"{n}: reused from {f}, made before runs recorded their options (not checked against these)")
+            elif had != wanted:
+                differ = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
+                raise SystemExit(
+                    f"{f} was made with other options ({', '.join(f'{k}={had.get(k)!r}' for k in differ)}; now "
+                    f"{', '.join(f'{k}={wanted.get(k)!r}' for k in differ)}). Pass the same options, another --work, "
+                    "or drop --resume to train it again."
+                )
+            if not a.wallclock_side_by_side:
+                rec.pop("wallclock", None)  # timed side by side only in the run that did so
             done[n] = rec
     ran = [n for n in names if n not in done and n not in GUARDED]  # trained here (evaluations take a minute)
 
@@ -1228,7 +1253,7 @@ def plot(s: dict[str, Any], trace_png: Path, rho_png: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="synthetic corpus folder")
     p.add_argument("--base-ckpt", default=None, help="trained slow-only checkpoint ('none': random init, smoke only)")
@@ -1269,6 +1294,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)
     p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--density", type=float, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.fast_density is not None and not 0.0 < a.fast_density <= 1.0:  # refused here, not by a job an hour in
         p.error(f"--fast-density must be in (0, 1] (a fraction of the slow branch's weights kept), got {a.fast_density}")
@@ -1285,6 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
         a.train_utts, a.epochs, a.rtf_utts = min(a.train_utts, 48), min(a.epochs, 2), min(a.rtf_utts, 1)
     if a.job:
         rec = run_variant(a)
+        rec["options"] = job_options(a, a.base_ckpt)
         from lightning_amortized.atomic import write_atomic
 
         write_atomic(Path(a.work) / f"{a.job}.json", json.dumps(rec, indent=2) + "\n")

@@ -252,3 +252,14 @@ def test_bad_fast_branch_settings_are_refused_before_any_job(amnet, args: list[s
     with pytest.raises(SystemExit):
         amnet.main([*args, "--base-ckpt", "none", "--work", "/nonexistent/never-created"])
     assert "must be" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_variant_made_with_other_options(amnet, tmp_path: Path, capsys) -> None:
+    """--resume reused any finished variant of the work folder, whatever seed, epochs or rank it was made with."""
+    args = ["--base-ckpt", "none", "--work", str(tmp_path), "--variants", "slow_only", "--resume", "--seed", "7",
+            "--epochs", "1", "--train-utts", "10", "--root", str(tmp_path / "corpus")]
+    record = {"name": "slow_only", "options": dict(amnet.job_options(amnet.build_parser().parse_args(args), None),
+                                                   seed=0, epochs=8)}
+    (tmp_path / "slow_only.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"other options \(epochs=8, seed=0; now epochs=1, seed=7\)"):
+        amnet.main(args)

@@ -199,3 +199,9 @@ def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:
     assert bench.reusable(cmd, path) is None
     path.write_text(json.dumps({k: v for k, v in res.items() if k != "chain"}))  # unfinished
     assert bench.reusable(cmd, path) is None
+
+
+def test_every_configuration_given_a_byte_budget_is_checked_against_it(bench) -> None:
+    """sparse-fisher-bB got --budget {bytes_B} but no budget check (it is not one of the peer families)."""
+    assert bench._sized_in_bytes("sparse-fisher-b10") and bench._sized_in_bytes("sparse-b10")
+    assert bench._sized_in_bytes("lora-5") and not bench._sized_in_bytes("hashed") and not bench._sized_in_bytes("full")
