@@ -1,4 +1,4 @@
-"""Command line: ``lightning-amortized {fit,validate,test,make-corpus,prepare,train-tokenizer,diff,export} ...``.
+"""Command line: ``lightning-amortized {fit,validate,test,predict,make-corpus,prepare,train-tokenizer,diff,export} ...``.
 
 * ``fit``/``validate``/``test``/``predict``: LightningCLI over :class:`ASRModule` and any
   LibriSpeech-layout datamodule (``--config recipes/synthetic/conf/lstm_ctc.yaml``).

@@ -19,7 +19,7 @@ The **end-of-utterance (EOU) latency** is this delay for the last valid frame ``
     eou = b_{L-1} + cost_L
 
 i.e. "the backlog when the last frame arrives plus the last frame's own cost" (the
-design document writes that backlog as ``b_T``; in our 1-based indexing it is the
+AmNet paper writes that backlog as ``b_T``; in our 1-based indexing it is the
 backlog *after* frame ``L-1``, so that no frame's cost is counted twice).
 
 Example:
