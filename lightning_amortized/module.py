@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lightning_amortized.data.tokenizer import make_tokenizer
@@ -225,6 +226,9 @@ class ASRModule(pl.LightningModule):
         self.frame_ms = 10.0 * stack
         self._ctc_infeasible, self._warned_infeasible = 0, False
         self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
+        # the mean loss per utterance over every rank's utterances (Lightning's sync_dist would average
+        # the ranks' means, which differ in size when the last batches do not divide evenly)
+        self.val_loss = MeanMetric()
         self.test_metrics = nn.ModuleDict()
 
     def on_fit_start(self) -> None:
@@ -439,16 +443,17 @@ class ASRModule(pl.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if batch.get("repeat"):  # a DDP rank's padding batch: its utterances are scored on another rank
-            return
-        loss, enc, n = self.asr_loss(batch)
-        hyps = self.decode(enc, n)
-        self.val_wer.update(hyps, batch["texts"])
-        self.val_cer.update(hyps, batch["texts"])
-        bs = len(batch["ids"])
-        self.log("val/loss", loss, batch_size=bs, sync_dist=True)
-        self.log("val/wer", self.val_wer, prog_bar=True, batch_size=bs)
-        self.log("val/cer", self.val_cer, batch_size=bs)
+        bs = 0  # a DDP rank's padding batch (scored on another rank) only takes part in the reductions
+        if not batch.get("repeat"):
+            loss, enc, n = self.asr_loss(batch)
+            hyps = self.decode(enc, n)
+            self.val_wer.update(hyps, batch["texts"])
+            self.val_cer.update(hyps, batch["texts"])
+            bs = len(batch["ids"])
+            self.val_loss.update(loss.detach(), weight=bs)
+        self.log("val/loss", self.val_loss, batch_size=max(bs, 1))
+        self.log("val/wer", self.val_wer, prog_bar=True, batch_size=max(bs, 1))
+        self.log("val/cer", self.val_cer, batch_size=max(bs, 1))
 
     def _test_split_name(self, dataloader_idx: int) -> str:
         dm = getattr(self.trainer, "datamodule", None)
@@ -456,24 +461,24 @@ class ASRModule(pl.LightningModule):
         return splits[dataloader_idx] if splits and dataloader_idx < len(splits) else str(dataloader_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch.get("repeat"):  # a DDP rank's padding batch: its utterances are scored on another rank
-            return
         split = self._test_split_name(dataloader_idx)
         key = split.replace(".", "_")
         if f"{key}_wer" not in self.test_metrics:
             self.test_metrics[f"{key}_wer"] = WordErrorRate().to(self.device)
             self.test_metrics[f"{key}_cer"] = CharErrorRate().to(self.device)
-        enc, n = self.encode(batch["feats"], batch["feat_lengths"])
-        hyps = self.decode(enc, n)
         wer, cer = self.test_metrics[f"{key}_wer"], self.test_metrics[f"{key}_cer"]
-        wer.update(hyps, batch["texts"])
-        cer.update(hyps, batch["texts"])
-        bs = len(batch["ids"])
+        bs = 0  # a DDP rank's padding batch (scored on another rank) only takes part in the reductions
+        if not batch.get("repeat"):
+            enc, n = self.encode(batch["feats"], batch["feat_lengths"])
+            hyps = self.decode(enc, n)
+            wer.update(hyps, batch["texts"])
+            cer.update(hyps, batch["texts"])
+            bs = len(batch["ids"])
         for kind, metric in (("wer", wer), ("cer", cer)):
             self.log(
                 f"test/{split}/{kind}",
                 metric,
-                batch_size=bs,
+                batch_size=max(bs, 1),
                 add_dataloader_idx=False,
                 metric_attribute=f"test_metrics.{key}_{kind}",
             )

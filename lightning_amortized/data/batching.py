@@ -21,7 +21,7 @@ from lightning_amortized.data.augment import WaveAugment
 from lightning_amortized.data.features import LogMelFilterbank, SpecAugment
 from lightning_amortized.seeding import derive_seed
 
-__all__ = ["DurationBatchSampler", "ResumableDataLoader", "SeededBatch", "SpeechCollator"]
+__all__ = ["DurationBatchSampler", "ResumableDataLoader", "SeededBatch", "SpeechCollator", "tag_items"]
 
 
 class DurationBatchSampler(Sampler[list[int]]):
@@ -149,6 +149,27 @@ class SeededBatch(list):
         super().__init__(indices)
         self.seed = seed
         self.repeat = repeat
+
+
+def tag_items(items: list[dict[str, Any]], indices: Sequence[int]) -> list[dict[str, Any]]:
+    """Copy a :class:`SeededBatch`'s seed (``"batch_seed"``) and repeat flag (``"batch_repeat"``) into its items.
+
+    A dataset's ``__getitems__(indices)`` calls this so that :class:`SpeechCollator` draws the
+    batch's augmentation from its seed and marks a DDP padding batch (``batch["repeat"]``),
+    which :class:`~lightning_amortized.module.ASRModule` does not score twice. Datasets without
+    ``__getitems__`` (a plain list) lose both: ``DataLoader`` fetches their items one by one.
+
+    Example:
+        >>> tag_items([{"id": "a"}], SeededBatch([0], seed=7, repeat=True))
+        [{'id': 'a', 'batch_seed': 7, 'batch_repeat': True}]
+    """
+    seed = getattr(indices, "seed", None)
+    for item in items:
+        if seed is not None:
+            item["batch_seed"] = seed
+        if getattr(indices, "repeat", False):
+            item["batch_repeat"] = True
+    return items
 
 
 class ResumableDataLoader(DataLoader):

@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
+from lightning_amortized.data.batching import tag_items
 from lightning_amortized.data.features import LogMelFilterbank
 from lightning_amortized.data.prepare import CorpusError, Utterance
 from lightning_amortized.data.tokenizer import CharTokenizer
@@ -137,19 +138,12 @@ class SpeechDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Items of a batch; a :class:`SeededBatch` passes on its seed (``"batch_seed"``) and repeat flag."""
-        items = [self[i] for i in indices]
-        seed = getattr(indices, "seed", None)
-        if seed is not None:
-            for item in items:
-                item["batch_seed"] = seed
-        if getattr(indices, "repeat", False):  # a DDP padding batch (DurationBatchSampler)
-            for item in items:
-                item["batch_repeat"] = True
-        return items
+        return tag_items([self[i] for i in indices], indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         u = self.utterances[i]
-        item: dict[str, Any] = {"id": u.id, "tokens": self.tokens[i], "text": u.words}
+        # the reference text as the tokens spell it (upper case, single spaces): what hypotheses are scored against
+        item: dict[str, Any] = {"id": u.id, "tokens": self.tokens[i], "text": self.tokenizer.normalize(u.words)}
         if self.features is None:
             item["wav"] = self._audio(i)
         else:

@@ -39,13 +39,14 @@ class CharTokenizer:
             raise ValueError(f"Expected argument `alphabet` to have unique characters, but got {alphabet!r}.")
         self.alphabet = alphabet
         self._index = {c: i + 1 for i, c in enumerate(alphabet)}
+        self._upper = not any(c.islower() for c in alphabet)  # a lower-case alphabet keeps the text's case
 
     def __len__(self) -> int:
         return len(self.alphabet) + 1
 
     def normalize(self, text: str) -> str:
-        """Upper-case and collapse whitespace, the way LibriSpeech transcripts are written."""
-        return " ".join(text.upper().split())
+        """Upper-case (unless the alphabet has lower-case letters) and collapse whitespace, as LibriSpeech writes."""
+        return " ".join((text.upper() if getattr(self, "_upper", True) else text).split())
 
     def encode(self, text: str, where: str = "") -> list[int]:
         """Text -> ids.

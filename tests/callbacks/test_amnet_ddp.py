@@ -23,6 +23,7 @@ SCRIPT = textwrap.dedent(
 
     from lightning_amortized.callbacks import ArbitratorTemperature, LatencyMonitor
     from lightning_amortized.data import CharTokenizer, DurationBatchSampler, SpeechCollator
+    from lightning_amortized.data.batching import tag_items
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder
 
@@ -71,13 +72,34 @@ SCRIPT = textwrap.dedent(
                 "plot": monitor.last_plot_path, "steps": trainer.global_step}))
 
 
+    class Items(torch.utils.data.Dataset):  # a user's dataset: its __getitems__ passes the batch's tags on
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return dict(self.items[i])
+
+        def __getitems__(self, indices):
+            return tag_items([self[i] for i in indices], indices)
+
+
     def loader(items):
         # the recipes' sampler, which deals whole batches to the ranks (use_distributed_sampler=False):
         # rank r takes batches r, r + 2, ...: together the 1-process batch
         sampler = DurationBatchSampler([1.0] * len(items), 1e9, shuffle=False, max_batch_size=per_rank)
-        return DataLoader(items, batch_sampler=sampler, collate_fn=collate)
+        return DataLoader(Items(items), batch_sampler=sampler, collate_fn=collate)
 
 
+    if len(sys.argv) > 3:  # validate only, untrained: 5 batches of 2 on 2 ranks, so one rank gets a padding batch
+        trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                          use_distributed_sampler=False, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, callbacks=[monitor])
+        metrics = trainer.validate(model, loader(val + utterances(2, "w")), verbose=False)[0]
+        (out / f"validate_rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
+        sys.exit(0)
     trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=3,
                       use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, callbacks=[ArbitratorTemperature(start=1.0, end=0.1, epochs=3), Report(),
@@ -87,11 +109,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(script: Path, devices: int, out: Path) -> None:
+def _run(script: Path, devices: int, out: Path, *mode: str) -> None:
     out.mkdir()
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(devices), str(out)], env=env, cwd=out,
+    proc = subprocess.run([sys.executable, str(script), str(devices), str(out), *mode], env=env, cwd=out,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -128,3 +150,20 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path)
     # only rank 0 writes plots: one per validation epoch
     assert r0["plot"] and r1["plot"] is None
     assert len(list((tmp_path / "ddp" / "plots").glob("latency_epoch*.png"))) == 3
+
+
+@pytest.mark.slow
+def test_a_rank_with_a_padding_batch_validates_like_one_process(tmp_path: Path) -> None:
+    """5 batches on 2 ranks: rank 1's third batch only repeats one to keep the ranks in step. It is scored once
+    (WER, CER, loss and latency as in one process) and the ranks still meet in every reduction (no hang)."""
+    import json
+
+    script = tmp_path / "amnet_ddp.py"
+    script.write_text(SCRIPT)
+    _run(script, 2, tmp_path / "ddp", "validate")
+    _run(script, 1, tmp_path / "single", "validate")
+    r0, r1 = (json.loads((tmp_path / "ddp" / f"validate_rank{r}.json").read_text()) for r in (0, 1))
+    one = json.loads((tmp_path / "single" / "validate_rank0.json").read_text())
+    assert {"val/wer", "val/cer", "val/loss", "latency/flops_per_frame", "latency/eou_p90_ms"} <= set(one)
+    for key, value in one.items():
+        assert r0[key] == r1[key] == pytest.approx(value, rel=1e-5), key

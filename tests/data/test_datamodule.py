@@ -283,21 +283,32 @@ def test_a_split_with_a_trailing_slash_is_that_split(fake_layout: Path) -> None:
 
 
 def test_a_ddp_padding_batch_is_not_scored_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The repeat flag travels from the sampler through the dataset and collator to the module."""
+    """The repeat flag travels from the sampler through the dataset and collator to the module, which scores
+    the batch once but still logs (with no weight), so that every DDP rank joins the epoch-end reductions."""
+    import lightning.pytorch as pl
+
     from lightning_amortized.data.batching import SeededBatch, SpeechCollator
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import RecurrentEncoder
 
-    items = [{"id": "u", "tokens": [1, 2], "text": "A B", "feats": torch.zeros(6, 4)}]
-    batch_items = [dict(it, batch_seed=1, batch_repeat=True) for it in items]
+    torch.manual_seed(0)
     collate = SpeechCollator()
-    assert collate(batch_items)["repeat"] is True and collate(items)["repeat"] is False
+    items = [{"id": f"u{i}", "tokens": [1 + i, 2], "text": "A B", "feats": torch.randn(9, 4)} for i in range(2)]
+    batch = collate(items)
+    other = [{"id": f"v{i}", "tokens": [5, 6, 7], "text": "E F", "feats": torch.randn(12, 4)} for i in range(3)]
+    repeat = collate([dict(it, batch_seed=1, batch_repeat=True) for it in other])  # would change the loss
+    assert repeat["repeat"] is True and batch["repeat"] is False
     assert SeededBatch([0], 3, repeat=True).repeat and not SeededBatch([0], 3).repeat
     module = ASRModule(RecurrentEncoder(12, 8, 1), n_mels=4)
-    batch = collate(batch_items)
-    calls = []
-    monkeypatch.setattr(module, "asr_loss", lambda b: calls.append(b))
-    monkeypatch.setattr(module, "encode", lambda *a: calls.append(a))
-    module.validation_step(batch, 0)
-    module.test_step(batch, 0)
-    assert module.predict_step(batch, 0) == [] and calls == []
+    assert module.predict_step(repeat, 0) == []
+
+    def run(batches: list, method: str) -> dict:
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+        return getattr(trainer, method)(module, dataloaders=loader, verbose=False)[0]
+
+    for method in ("validate", "test"):
+        once, with_repeat = run([batch], method), run([batch, repeat], method)
+        assert once.keys() == with_repeat.keys() and len(once) >= 2
+        for key, value in once.items():
+            assert with_repeat[key] == pytest.approx(value), key  # the repeat adds neither errors nor loss
