@@ -208,13 +208,19 @@ class ResumableDataLoader(DataLoader):
             )
         self._yielded = 0
         self._resume_at = 0
+        self._resume_epoch: int | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._from_resume_point()
 
     def _from_resume_point(self) -> Iterator[Any]:
-        # the resume point is read at the first batch: a state loaded after `iter()` still counts
+        # the resume point is read at the first batch: a state loaded after `iter()` still counts. It
+        # belongs to the epoch it was saved in: an epoch cut short (limit_train_batches, max_steps,
+        # early stopping) is over, and Lightning goes on with the next one, which starts at its first batch
         start, self._resume_at = self._resume_at, 0
+        if self._resume_epoch is not None and self.batch_sampler.epoch != self._resume_epoch:
+            start = 0
+        self._resume_epoch = None
         self._yielded = start
         self.batch_sampler.skip_next(start)
         for batch in super().__iter__():
@@ -234,7 +240,7 @@ class ResumableDataLoader(DataLoader):
         if batches >= len(self):
             epoch, batches = epoch + 1, 0
         self.batch_sampler.set_epoch(epoch)
-        self._resume_at = batches
+        self._resume_at, self._resume_epoch = batches, epoch
 
 
 class SpeechCollator:

@@ -312,3 +312,17 @@ def test_a_ddp_padding_batch_is_not_scored_again(monkeypatch: pytest.MonkeyPatch
         assert once.keys() == with_repeat.keys() and len(once) >= 2
         for key, value in once.items():
             assert with_repeat[key] == pytest.approx(value), key  # the repeat adds neither errors nor loss
+
+
+def test_a_resume_point_of_an_epoch_cut_short_does_not_skip_into_the_next_epoch() -> None:
+    """limit_train_batches / max_steps / early stopping end an epoch early; Lightning resumes with the next one."""
+    from lightning_amortized.data.batching import ResumableDataLoader
+
+    sampler = DurationBatchSampler([1.0, 2.0, 1.5, 4.0], max_seconds=4.0, shuffle=False)
+    everything = [b.tolist() for b in ResumableDataLoader(list(range(4)), batch_sampler=sampler)]
+    for next_epoch, expected in ((0, everything[1:]), (1, everything)):
+        dl = ResumableDataLoader(list(range(4)), batch_sampler=sampler)
+        dl.load_state_dict({"epoch": 0, "batches": 1})  # saved after 1 of 3 batches of epoch 0
+        sampler.set_epoch(next_epoch)  # Lightning: the same epoch (mid-epoch resume) or the next
+        assert [b.tolist() for b in dl] == expected, next_epoch
+        assert [b.tolist() for b in dl] == everything  # the epoch after starts at its first batch
