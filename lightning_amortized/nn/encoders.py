@@ -172,10 +172,23 @@ class RecurrentEncoder(nn.Module):
             out, state = rnn(x_t[:, None, :], state)
             y = out[:, 0]
         else:
-            y, state = _rnn_step(rnn, self.rnn_type, x_t, state)
+            y, state = _rnn_step(getattr(self, "_stream_layers", None) or _slow_layers(rnn, self.rnn_type),
+                                 self.rnn_type, x_t, state)
         if self.proj is not None:
             y = self.proj(y)
         return y, state
+
+    def begin_streaming(self) -> None:
+        """Cache each layer's per-frame kernels' weights until :meth:`end_streaming`, as an AmNet does.
+
+        Optional: ``step`` is correct without it, only slower. :func:`~lightning_amortized.nn.streaming.stream`
+        calls both.
+        """
+        self._stream_layers = _slow_layers(self.torch_rnn, self.rnn_type)
+
+    def end_streaming(self) -> None:
+        """Drop the cache of :meth:`begin_streaming` (call after changing weights)."""
+        self._stream_layers = None
 
     def flops_per_frame(self) -> int:
         """Counted FLOPs per frame (recurrent stack plus projection)."""
@@ -256,16 +269,21 @@ class ConformerEncoderAdapter(ConvPaddingMask, nn.Module):
         return linear_flops(self.input_size, d) + layers * per_layer
 
 
-def _rnn_step(rnn: nn.LSTM | nn.GRU, rnn_type: str, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-    """One frame through every layer of ``rnn`` with the amortized cores' slow-branch kernels."""
+def _slow_layers(rnn: nn.LSTM | nn.GRU, rnn_type: str) -> list[tuple[Any, dict[str, Any]]]:
+    """Each layer of ``rnn`` as an amortized core's slow branch, with its per-frame weights."""
     from lightning_amortized.nn.amortized.fast import SlowLayer  # (that package imports this module)
 
+    layers = [SlowLayer(rnn, layer, rnn_type) for layer in range(rnn.num_layers)]
+    return [(slow, slow.stream_weights()) for slow in layers]
+
+
+def _rnn_step(layers: list[tuple[Any, dict[str, Any]]], rnn_type: str, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """One frame through every layer with the amortized cores' slow-branch kernels."""
     lstm = rnn_type == "lstm"
     hs, cs = state if lstm else (state, None)
     new_h, new_c, inp = [], [], x_t
-    for layer in range(rnn.num_layers):
-        slow = SlowLayer(rnn, layer, rnn_type)
-        inp, c = slow.step(inp, slow.weights(), hs[layer], cs[layer] if lstm else None)
+    for layer, (slow, w) in enumerate(layers):
+        inp, c = slow.step(inp, w, hs[layer], cs[layer] if lstm else None)
         new_h.append(inp)
         new_c.append(c)
     h_all = torch.stack(new_h)

@@ -48,15 +48,18 @@ def test_the_batched_backlog_is_bit_equal_to_the_streaming_one():
     x = torch.randn(1, 40, 8)
     with torch.no_grad():
         enc.arbitrator.out.bias.copy_(torch.tensor([-50.0, 50.0]))  # always the slow branch: a growing backlog
-        for slowdown in (1.37, 1.9, 2.3):
-            enc.set_device((max(flops) + arb) / 0.03 / slowdown)
-            enc(x, torch.tensor([40]))
-            batched = enc.last_routing.backlog_ms[0]
-            state, streamed = enc.init_state(1), []
-            for t in range(40):
-                _, state, _ = enc.step_with_decision(x[:, t], state)
-                streamed.append(state[1][0])
-            assert torch.equal(batched, torch.stack(streamed)) and batched[-1] > 0
+        for cached in (False, True):  # begin_streaming looks the frame costs up (per device) instead
+            if cached:
+                enc.begin_streaming()
+            for slowdown in (1.37, 1.9, 2.3):
+                enc.set_device((max(flops) + arb) / 0.03 / slowdown)
+                enc(x, torch.tensor([40]))
+                batched = enc.last_routing.backlog_ms[0]
+                state, streamed = enc.init_state(1), []
+                for t in range(40):
+                    _, state, _ = enc.step_with_decision(x[:, t], state)
+                    streamed.append(state[1][0])
+                assert torch.equal(batched, torch.stack(streamed)) and batched[-1] > 0
 
 
 def test_a_streaming_sparse_amnet_can_be_copied_and_pickled():
@@ -99,5 +102,7 @@ def test_recurrent_step_equals_forward_with_the_slow_branch_kernels(rnn_type: st
             torch.testing.assert_close(o, slow, atol=0, rtol=0)  # the same kernels, bit for bit
             outs.append(o)
     torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-5, rtol=0)
+    cached = stream(enc, x[0], frame_ms=30.0)  # begin_streaming caches the layers' weights: the same outputs
+    assert torch.equal(cached.outputs, torch.stack(outs, 1)[0]) and getattr(enc, "_stream_layers", None) is None
     dropout = RecurrentEncoder(10, 12, num_layers=2, rnn_type=rnn_type, dropout=0.5).train()
     assert dropout.step(x[:, 0], dropout.init_state(1))[0].shape == (1, 12)  # nn.LSTM's own dropout path

@@ -197,6 +197,7 @@ class AmortizedEncoder(nn.Module):
         self.last_routing: RoutingInfo | None = None
         self._stream_costs: tuple[torch.Tensor, int] | None = None
         self._guard_costs: tuple[float, torch.Tensor] | None = None
+        self._frame_costs: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_recurrent(
@@ -379,12 +380,14 @@ class AmortizedEncoder(nn.Module):
         """
         self._stream_costs = self._costs(next(self.parameters()))
         self._guard_costs = None
+        self._frame_costs = None
         self.core.begin_streaming()
 
     def end_streaming(self) -> None:
         """Drop the caches of :meth:`begin_streaming` (call after changing weights)."""
         self._stream_costs = None
         self._guard_costs = None
+        self._frame_costs = None
         self.core.end_streaming()
 
     def init_state(self, batch_size: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -432,11 +435,28 @@ class AmortizedEncoder(nn.Module):
                 raise ValueError(f"Expected `force_branch` in [0, {self.num_branches}), but got {force_branch}.")
             choice = torch.full((x_t.shape[0],), force_branch, dtype=torch.long, device=x_t.device)
             base = 0
-        g = F.one_hot(choice, self.num_branches).to(x_t.dtype)
-        cost = self.device_model.cost_ms(base + g @ flops)
+        if self._stream_costs is not None:  # streaming: one-hot rows and frame costs looked up, not computed
+            eye, cost_routed, cost_forced = self._stream_frame_costs(flops, arb_flops)
+            g = eye[choice]
+            cost = (cost_routed if force_branch is None else cost_forced)[choice]
+        else:
+            g = F.one_hot(choice, self.num_branches).to(x_t.dtype)
+            cost = self.device_model.cost_ms(base + g @ flops)
         b = backlog_step(b, cost, self.frame_ms)
         y, core_state = self.core.step(x_t, core_state, choice)
         return y, (core_state, b, g), choice
+
+    def _stream_frame_costs(self, flops: torch.Tensor, arb_flops: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One-hot rows ``(K, K)`` and each branch's frame cost in ms ``(K,)``, routed (arbitrator included) and
+        forced, on the current device: the same float operations as ``cost_ms(base + one_hot @ flops)``, so the
+        backlog stays bit-equal to the batched forward's. Cached per device while streaming."""
+        cached = getattr(self, "_frame_costs", None)
+        if cached is None or cached[0] != self.device_flops_per_s:
+            eye = torch.eye(self.num_branches, dtype=flops.dtype, device=flops.device)
+            cached = (self.device_flops_per_s, eye, self.device_model.cost_ms(arb_flops + eye @ flops),
+                      self.device_model.cost_ms(0 + eye @ flops))
+            self._frame_costs = cached
+        return cached[1], cached[2], cached[3]
 
     def _guard_allowed(self, b: torch.Tensor, flops: torch.Tensor, arb_flops: int, final: bool) -> torch.Tensor:
         """``(B, K)`` branches the latency guard allows one streaming frame (:func:`guard_mask`, as in ``forward``).

@@ -78,6 +78,7 @@ class _SharedRecurrentCore(nn.Module):
         self.fast = nn.ModuleList(fast_layers)
         self._dropout = float(encoder.torch_rnn.dropout)
         self._stream_cache: list[dict[str, Any]] | None = None
+        self._stream_layers: list[list[tuple[BranchLayer, dict[str, Any]]]] | None = None
         fast_flops, slow_flops = self.branch_flops()
         if fast_flops >= slow_flops:  # the routing losses and the slow share take the dearer branch as slow
             raise ValueError(
@@ -196,15 +197,22 @@ class _SharedRecurrentCore(nn.Module):
     def begin_streaming(self) -> None:
         """Cache per-layer inference tensors (CSR for sparse layers) until :meth:`end_streaming`."""
         self._stream_cache = [f.stream_weights() for f in self.fast]
+        self._stream_layers = [
+            [(self.fast[layer], self._stream_cache[layer]), (slow, slow.stream_weights())]
+            for layer in range(self.num_layers)
+            for slow in [self._slow(layer)]
+        ]
 
     def end_streaming(self) -> None:
         """Drop the cache of :meth:`begin_streaming`."""
         self._stream_cache = None
+        self._stream_layers = None
 
     def __getstate__(self) -> dict[str, Any]:
         # CSR tensors cannot be copied or pickled: keep whether the cache was built and build it again
         state = self.__dict__.copy()
         state["_stream_cache"] = self._stream_cache is not None
+        state["_stream_layers"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -226,6 +234,16 @@ class _SharedRecurrentCore(nn.Module):
             ks, mix = [0, 1], F.one_hot(choice, 2).t().to(x_t.dtype)[None, ..., None]  # (1, 2, B, 1)
         inp = x_t
         new_h, new_c = [], []
+        cached = getattr(self, "_stream_layers", None)
+        if mix is None and cached is not None:  # one stream, streaming: the chosen branch's cached kernels only
+            for layer, branches in enumerate(cached):
+                branch, w = branches[ks[0]]
+                inp, c = branch.step(inp, w, hs[layer], cs[layer] if lstm else None)
+                new_h.append(inp)
+                new_c.append(c)
+            y = inp if self.encoder.proj is None else self.encoder.proj(inp)
+            hs = torch.stack(new_h)
+            return y, ((hs, torch.stack(new_c)) if lstm else hs)
         for layer in range(self.num_layers):
             branches = [self._branch(layer, k) for k in ks]
             weights = [self._stream_weights(layer, k, b) for k, b in zip(ks, branches)]
