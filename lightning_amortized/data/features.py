@@ -42,12 +42,25 @@ class LogMelFilterbank(nn.Module):
         normalize: bool = True,
     ) -> None:
         super().__init__()
+        # centred frames, but each utterance reflect-padded at its own ends (not at the batch's): an
+        # utterance's features do not depend on what it is batched with
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=512, win_length=win_length, hop_length=hop_length, n_mels=n_mels
+            sample_rate=sample_rate, n_fft=512, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
+            center=False,
         )
+        self.n_fft = 512
         self.hop_length = hop_length
         self.n_mels = n_mels
         self.normalize = normalize
+
+    def _centre(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, S + n_fft)``: each utterance reflect-padded by ``n_fft // 2`` at its own start and end, as a
+        centred STFT of it alone would be; zeros after."""
+        pad = self.n_fft // 2
+        out = wavs.new_zeros(wavs.shape[0], wavs.shape[1] + 2 * pad)
+        for b, n in enumerate(wav_lengths.tolist()):
+            out[b, : n + 2 * pad] = _reflect_pad(wavs[b, :n], pad)
+        return out
 
     @torch.no_grad()
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +84,7 @@ class LogMelFilterbank(nn.Module):
                 f"Expected argument `wav_lengths` to be in [1, {wavs.shape[1]}] (the padded length), but got "
                 f"{wav_lengths.tolist()}."
             )
-        feats = torch.log(self.mel(wavs) + 1e-6).transpose(1, 2)  # (B, T, M)
+        feats = torch.log(self.mel(self._centre(wavs, wav_lengths)) + 1e-6).transpose(1, 2)  # (B, T, M)
         lengths = frame_count(wav_lengths, self.hop_length).clamp(max=feats.shape[1])
         if self.normalize:
             mask = lengths_to_mask(lengths, feats.shape[1], device=feats.device).unsqueeze(-1).to(feats)
@@ -80,6 +93,13 @@ class LogMelFilterbank(nn.Module):
             var = (((feats - mean) * mask) ** 2).sum(1, keepdim=True) / n
             feats = (feats - mean) / (var.sqrt() + 1e-5) * mask
         return feats, lengths
+
+
+def _reflect_pad(w: torch.Tensor, pad: int) -> torch.Tensor:
+    """``w`` ``(S,)`` with ``pad`` samples reflected at both ends (zeros where it is too short to reflect)."""
+    if w.shape[0] > pad:
+        return torch.nn.functional.pad(w[None, None], (pad, pad), mode="reflect")[0, 0]
+    return torch.nn.functional.pad(w, (pad, pad))
 
 
 class SpecAugment(nn.Module):

@@ -173,6 +173,28 @@ def test_collator_still_accepts_waveforms(fake_layout: Path) -> None:
         SpeechCollator(None)(items)
 
 
+def test_filterbank_features_do_not_depend_on_the_batch() -> None:
+    """The augmented training path computes features on the padded batch: each utterance is centred on its own."""
+    import torchaudio
+
+    from lightning_amortized.data import LogMelFilterbank
+
+    torch.manual_seed(0)
+    fb = LogMelFilterbank()
+    short, long = torch.randn(8000), torch.randn(16000)
+    alone, _ = fb(short[None], torch.tensor([8000]))
+    wavs = torch.zeros(2, 16000)
+    wavs[0, :8000], wavs[1] = short, long
+    both, n = fb(wavs, torch.tensor([8000, 16000]))
+    assert n.tolist() == [51, 101]
+    torch.testing.assert_close(both[0, :51], alone[0], atol=1e-5, rtol=0)  # was: 2.3 apart on the last frame
+    assert not both[0, 51:].any()
+    # alone, the frames are torchaudio's centred (reflect-padded) STFT, as before
+    ref = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=512, win_length=400, hop_length=160, n_mels=80)
+    raw = LogMelFilterbank(normalize=False)(short[None], torch.tensor([8000]))[0]
+    torch.testing.assert_close(raw[0], torch.log(ref(short[None]) + 1e-6).transpose(1, 2)[0], atol=1e-5, rtol=0)
+
+
 def test_utterance_over_the_batch_cap_is_warned() -> None:
     with pytest.warns(UserWarning, match=r"1 utterance\(s\) are longer than max_seconds=4 \(the longest 6.0 s\)"):
         s = DurationBatchSampler([1.0, 6.0, 2.0], max_seconds=4.0, shuffle=False)
