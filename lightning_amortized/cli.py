@@ -199,13 +199,32 @@ def main(argv: list[str] | None = None) -> int:
     if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
         print(f"lightning-amortized: error: unknown command {argv[0]!r}.\n\n{USAGE}", file=sys.stderr)
         return 2
-    from lightning_amortized.data.prepare import CorpusError
-
     try:
         ASRLightningCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
-    except CorpusError as err:  # the corpus named by the config is missing or unreadable: the user's input
-        return _fail(next((a for a in argv if a in LIGHTNING_COMMANDS), argv[0]), err)
+    except Exception as err:  # noqa: BLE001 - only the user's input is reported in one line; the rest re-raised
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        return _fail(next((a for a in argv if a in LIGHTNING_COMMANDS), argv[0]), cause)
     return 0
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user's-input error behind ``err`` (a bad corpus, a file that is not there), else ``None``.
+
+    jsonargparse wraps what a class raises while it is built from the config; the cause is
+    found along ``__cause__``/``__context__``.
+    """
+    from lightning_amortized.data.prepare import CorpusError
+
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (CorpusError, FileNotFoundError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

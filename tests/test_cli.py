@@ -89,3 +89,26 @@ def test_a_config_for_an_absent_accelerator_can_be_read_without_a_trainer(tmp_pa
     assert cli.config["trainer"]["accelerator"] == "gpu"
     with pytest.raises(ValueError, match="run=False"):
         ASRLightningCLI(args=["fit", *args], build_trainer=False)
+
+
+def test_a_bad_transcript_or_a_missing_tokenizer_is_one_line_and_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both ended in 49- and 81-line tracebacks (a ValueError, and jsonargparse wrapping a FileNotFoundError)."""
+    from tests.conftest import write_fake_layout
+
+    conf = str(Path(__file__).parents[1] / "recipes/librispeech/conf/lstm_ctc_train100.yaml")
+    common = ["--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "runs"),
+              "--trainer.logger", "false", "--data.init_args.num_workers", "0"]
+    root = tmp_path / "corpus"
+    for split in ("train-clean-100", "dev-clean", "test-clean", "test-other"):
+        write_fake_layout(root, split, speakers=1, utts=2)
+    trans = next((root / "dev-clean").rglob("*.trans.txt"))
+    trans.write_text(trans.read_text().replace("HELLO", "HELLO 5", 1))
+    assert main(["validate", "--config", conf, "--data.init_args.root", str(root), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightning-amortized validate: error: Transcript in ") and "['5']" in err[-1]
+    missing = str(tmp_path / "nope.model")
+    assert main(["fit", "--config", conf, "--data.init_args.root", str(root), "--model.tokenizer", missing, *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightning-amortized fit: error: SentencePiece model") and missing in err[-1]

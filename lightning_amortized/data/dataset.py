@@ -87,7 +87,12 @@ class SpeechDataset(Dataset):
         self.features = features
         self.cache = cache
         self._feats: list[torch.Tensor | None] = [None] * len(self.utterances)  # features, or int16/float32 audio
-        self.tokens = [tokenizer.encode(u.words, where=u.path) for u in self.utterances]
+        try:
+            self.tokens = [tokenizer.encode(u.words, where=u.path) for u in self.utterances]
+        except CorpusError:
+            raise
+        except ValueError as err:  # a transcript the tokenizer cannot spell: the corpus's fault, named by file
+            raise CorpusError(str(err)) from err
 
     def __len__(self) -> int:
         return len(self.utterances)

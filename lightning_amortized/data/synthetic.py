@@ -41,7 +41,7 @@ import numpy as np
 
 from lightning_amortized.data import templates
 from lightning_amortized.data.espeak import EspeakError, EspeakSynthesizer
-from lightning_amortized.data.prepare import IN_PROGRESS_MARKER
+from lightning_amortized.data.prepare import IN_PROGRESS_MARKER, CorpusError
 from lightning_amortized.data.plan import (
     ACCENTS_VERSION,
     MIN_UTTERANCES,
@@ -163,7 +163,7 @@ def _existing(root: Path, requested: dict[str, Any]) -> dict | None:
     try:
         info = json.loads(manifest.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise CorpusError(
             f"{manifest} is not valid JSON ({err}); it describes a different corpus or a "
             "damaged one. Use another root or pass `overwrite=True` (`--overwrite`)."
         ) from None
@@ -171,7 +171,7 @@ def _existing(root: Path, requested: dict[str, Any]) -> dict | None:
         names = [k for k in requested if k != "format_version"]
         found = ", ".join(f"{k}={info.get(k, _ABSENT.get(k))}" for k in names)
         wanted = ", ".join(f"{k}={requested[k]}" for k in names)
-        raise ValueError(
+        raise CorpusError(
             f"{manifest} describes a different corpus ({found}) than requested ({wanted}). "
             "Use another root or pass `overwrite=True` (`--overwrite`)."
         )
