@@ -146,6 +146,25 @@ def ASRLightningCLI(  # noqa: N802 - mirrors LightningCLI
 
     from lightning_amortized.module import ASRModule
 
+    class _ASRCLI(LightningCLI):
+        def before_predict(self) -> None:
+            """``predict`` writes its transcripts (a config without a prediction writer of its own gets one)."""
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            from lightning_amortized.callbacks import TranscriptWriter
+
+            if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+                self.trainer.callbacks.append(TranscriptWriter())
+
+        def after_predict(self) -> None:
+            from lightning_amortized.callbacks import TranscriptWriter
+
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, TranscriptWriter) and cb.written is not None:
+                    print(f"{cb.lines} transcripts: {cb.written}")
+
+    LightningCLI = _ASRCLI  # noqa: N806
+
     if not build_trainer:
         if run:
             raise ValueError("Expected `run=False` with `build_trainer=False`: a subcommand needs a Trainer.")

@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from lightning_amortized.data.datamodule import test_split_name
 from lightning_amortized.data.tokenizer import make_tokenizer
 from lightning_amortized.functional.flops import linear_flops
 from lightning_amortized.nn.modes import eval_mode
@@ -456,9 +457,7 @@ class ASRModule(pl.LightningModule):
         self.log("val/cer", self.val_cer, batch_size=max(bs, 1))
 
     def _test_split_name(self, dataloader_idx: int) -> str:
-        dm = getattr(self.trainer, "datamodule", None)
-        splits = getattr(dm, "test_splits", None)
-        return splits[dataloader_idx] if splits and dataloader_idx < len(splits) else str(dataloader_idx)
+        return test_split_name(self.trainer, dataloader_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self._test_split_name(dataloader_idx)

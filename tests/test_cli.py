@@ -112,3 +112,21 @@ def test_a_bad_transcript_or_a_missing_tokenizer_is_one_line_and_status_2(
     assert main(["fit", "--config", conf, "--data.init_args.root", str(root), "--model.tokenizer", missing, *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lightning-amortized fit: error: SentencePiece model") and missing in err[-1]
+
+
+def test_predict_writes_the_transcripts(tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lightning-amortized predict` exited 0 and threw Trainer.predict's transcripts away."""
+    import json
+
+    from tests.conftest import tiny_recipe_yaml
+
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(tiny_recipe_yaml(8, accelerator="cpu", test_splits="[test]"))
+    assert main(["predict", "--config", str(conf), "--data.init_args.root", str(tiny_corpus),
+                 "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
+    out = tmp_path / "runs" / "predictions.jsonl"
+    assert f"transcripts: {out}" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = {line.split()[0] for t in (tiny_corpus / "test").rglob("*.trans.txt") for line in t.read_text().splitlines()}
+    assert {r["id"] for r in rows} == ids and len(rows) == len(ids)
+    assert {r["split"] for r in rows} == {"test"} and all(set(r) == {"split", "id", "text"} for r in rows)

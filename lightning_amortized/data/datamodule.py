@@ -30,7 +30,14 @@ __all__ = [
     "SpeechDataset",
     "SyntheticDataModule",
     "load_audio",
+    "test_split_name",
 ]
+
+
+def test_split_name(trainer: Any, dataloader_idx: int) -> str:
+    """The name of test/predict loader ``dataloader_idx``: the data module's ``test_splits`` entry, else the index."""
+    splits = getattr(getattr(trainer, "datamodule", None), "test_splits", None)
+    return splits[dataloader_idx] if splits and dataloader_idx < len(splits) else str(dataloader_idx)
 
 
 class LibriSpeechDataModule(pl.LightningDataModule):
