@@ -101,6 +101,12 @@ class LibriSpeechDataModule(pl.LightningDataModule):
         tokenizer: str | None = None,
     ) -> None:
         super().__init__()
+        if augment is not None and getattr(augment, "sample_rate", sample_rate) != sample_rate:
+            raise ValueError(
+                f"Expected the waveform augmentation's sample_rate ({augment.sample_rate} Hz) to be the data's "
+                f"({sample_rate} Hz): its filters and impulse responses are built for that rate. Pass "
+                f"WaveAugment(sample_rate={sample_rate})."
+            )
         self.cache_features = cache_features
         self.augment = augment
         self.sortagrad_epochs = sortagrad_epochs

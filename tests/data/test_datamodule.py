@@ -348,3 +348,12 @@ def test_a_resume_point_of_an_epoch_cut_short_does_not_skip_into_the_next_epoch(
         sampler.set_epoch(next_epoch)  # Lightning: the same epoch (mid-epoch resume) or the next
         assert [b.tolist() for b in dl] == expected, next_epoch
         assert [b.tolist() for b in dl] == everything  # the epoch after starts at its first batch
+
+
+def test_waveform_augmentation_at_another_sample_rate_is_refused(fake_layout: Path) -> None:
+    from lightning_amortized.data import WaveAugment
+
+    with pytest.raises(ValueError, match=r"sample_rate \(16000 Hz\) to be the data's \(8000 Hz\)"):
+        LibriSpeechDataModule(str(fake_layout), ["train"], [], [], sample_rate=8000, augment=WaveAugment())
+    assert LibriSpeechDataModule(str(fake_layout), ["train"], [], [], sample_rate=8000,
+                                 augment=WaveAugment(sample_rate=8000)).augment is not None

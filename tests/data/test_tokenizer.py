@@ -101,3 +101,25 @@ def test_mismatched_tokenizers_are_refused_at_fit(sp_model: Path, tiny_corpus: P
                          enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False)
     with pytest.raises(ValueError, match="data.init_args.tokenizer and model.init_args.tokenizer"):
         trainer.fit(model, datamodule=dm)
+
+
+def test_a_lower_case_alphabet_keeps_the_texts_case() -> None:
+    tok = CharTokenizer(" 'abcdefghijklmnopqrstuvwxyz")
+    assert tok.decode(tok.encode("hello  world")) == "hello world"
+    with pytest.raises(ValueError, match="outside the alphabet"):
+        tok.encode("Hello")
+    assert CharTokenizer().normalize("it's  a Timer") == "IT'S A TIMER"
+
+
+def test_reference_texts_are_scored_as_the_tokens_spell_them(tmp_path) -> None:
+    """A lower-case transcript line scored 100 % WER against a perfect (upper-case) hypothesis."""
+    from lightning_amortized.data import SpeechDataset
+    from lightning_amortized.data.prepare import Utterance
+
+    utt = Utterance(id="u1", path=str(tmp_path / "u1.flac"), duration=1.0, words="it's  a Timer", sample_rate=16000,
+                    speaker="1")
+    ds = SpeechDataset([utt], CharTokenizer())
+    assert ds.tokenizer.decode(ds.tokens[0]) == "IT'S A TIMER"
+    ds._feats[0] = torch.zeros(3, 80)  # no audio needed: the cached features are returned
+    ds.features = object()
+    assert ds[0]["text"] == "IT'S A TIMER"
