@@ -1,0 +1,173 @@
+"""The variants of an ``amnet.py`` run on the device runtime: ONNX graphs, one thread, side by side.
+
+``amnet.py --wallclock-side-by-side`` times eager PyTorch ``step`` at batch 1, where a frame
+costs a few dozen small operator calls and counted FLOPs barely show. This benchmark exports
+each variant's final checkpoint (``lightning-amortized export``: ONNX step graphs, the
+arbitrator a graph of its own) and runs it in ``lightning_amortized.device``'s
+``StreamingRecognizer`` (ONNX Runtime, one intra-op thread, the simulated device of the
+AmNet's training, routes identical to PyTorch) on the same test utterances, the models taken in
+turn, the fastest of ``--repeats`` rounds per utterance. Per variant: compute per encoder frame
+(arbitrator + chosen branch + CTC layer, features excluded), the arbitrator's share of it, the
+slow share of frames, the speed-up over slow-only, and the runtime's WER on those utterances
+(a check that the graphs are the trained model, not a score).
+
+Usage::
+
+    python benchmarks/device_wallclock.py --work runs/benchmarks/amnet_sparse_bl \\
+        --variants slow_only amnet_factorized factorized_single amnet_sparse sparse_single \\
+        [--utterances 40] [--repeats 3] [--results docs/results/device_wallclock]
+
+Writes ``<results>.json`` and ``.md``; the exports go to ``runs/device_wallclock/<variant>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from lightning_amortized.experiment import write_results  # noqa: E402
+
+EXPORTS = REPO / "runs" / "device_wallclock"
+
+
+def export(name: str, work: Path) -> Path:
+    """Export ``work/name``'s final checkpoint (re-export only when the checkpoint is newer)."""
+    from amnet import final_checkpoint
+
+    from lightning_amortized.export import export_onnx, load_for_export, verify_export
+
+    ckpt = final_checkpoint(work / name)
+    out = EXPORTS / work.name / name
+    manifest = out / "manifest.json"
+    if not manifest.exists() or manifest.stat().st_mtime < Path(ckpt).stat().st_mtime:
+        model = load_for_export(ckpt)
+        export_onnx(model, out, source=str(ckpt))
+        check = verify_export(model, out)
+        if check["max_abs_logit_diff"] > 1e-4 or not check["routes_identical"]:
+            raise SystemExit(f"{out}: the exported graphs do not reproduce eager step ({check}).")
+    return out
+
+
+def encoder_frames(root: str, utterances: int, stack_from: Path) -> tuple[list[Any], list[str]]:
+    """Encoder input frames (normalised, stacked features) and reference texts of the first test utterances."""
+    import torch
+
+    from amnet import corpus_test_split
+
+    from lightning_amortized.module import load_asr_module
+
+    ds, _ = corpus_test_split(root)
+    stacker = load_asr_module(stack_from).stacker
+    frames, texts = [], []
+    with torch.no_grad():
+        for i in range(min(utterances, len(ds))):
+            f = ds[i]["feats"][None]
+            x, n = stacker(f, torch.tensor([f.shape[1]]))
+            frames.append(x[0, : int(n[0])].numpy())
+            texts.append(ds[i]["text"])
+    return frames, texts
+
+
+def measure(exports: dict[str, Path], frames: list[Any], texts: list[str], repeats: int) -> dict[str, dict[str, Any]]:
+    """Per variant: fastest compute per frame over ``repeats`` rounds (models in turn), routes, WER."""
+    from torchmetrics.functional.text import word_error_rate
+
+    from lightning_amortized.device.runtime import ExportedModel, StreamingRecognizer
+
+    recognizers = {n: StreamingRecognizer(ExportedModel(p, num_threads=1)) for n, p in exports.items()}
+    best = {n: [float("inf")] * len(frames) for n in exports}
+    arb = {n: [0.0] * len(frames) for n in exports}
+    last: dict[str, list[Any]] = {n: [None] * len(frames) for n in exports}
+    for _ in range(repeats):
+        for name, rec in recognizers.items():
+            for i, x in enumerate(frames):
+                t = rec.run_frames(x)
+                total = float(sum(t.frame_compute_ms))
+                if total < best[name][i]:
+                    best[name][i], arb[name][i] = total, float(sum(t.arbitrator_ms))
+                last[name][i] = t
+    n_frames = sum(x.shape[0] for x in frames)
+    out = {}
+    for name, rec in recognizers.items():
+        ts = last[name]
+        slow = max(range(rec.model.num_branches), key=lambda k: rec.model.branch_flops[k])
+        out[name] = {
+            "ms_per_frame": sum(best[name]) / n_frames,
+            "arbitrator_ms_per_frame": sum(arb[name]) / n_frames,
+            "slow_share": sum(sum(d == slow for d in t.decisions) for t in ts) / n_frames
+            if rec.model.num_branches > 1 else None,
+            "branch_flops": list(rec.model.branch_flops),
+            "wer_runtime": float(word_error_rate([t.text for t in ts], texts)),
+        }
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    slow = summary["variants"]["slow_only"]["ms_per_frame"]
+    lines = [
+        "# The variants on the device runtime (ONNX Runtime, one thread)", "",
+        f"Command: `{summary['command']}` ({summary['machine']}; load average {summary['load_average'][0]:.2f} before, "
+        f"{summary['load_average'][1]:.2f} after). {summary['utterances']} `test` utterances, {summary['frames']} "
+        f"encoder frames of 30 ms, fastest of {summary['repeats']} rounds per utterance, models taken in turn; "
+        "compute per frame = arbitrator + chosen branch + CTC layer (features excluded). AmNets route for the "
+        "device they were trained for (simulated backlog), as in PyTorch.", "",
+        "| variant | ms / frame | speed vs slow-only | arbitrator ms / frame | slow share | WER (runtime, these utterances) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in summary["variants"].items():
+        share = "-" if v["slow_share"] is None else f"{v['slow_share']:.3f}"
+        lines.append(f"| {name} | {v['ms_per_frame']:.4f} | {slow / v['ms_per_frame']:.2f}x | "
+                     f"{v['arbitrator_ms_per_frame']:.4f} | {share} | {100 * v['wer_runtime']:.2f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", required=True, help="an amnet.py --work folder with the variants' runs")
+    p.add_argument("--variants", nargs="+", required=True, help="variant names; must include slow_only")
+    p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="the corpus of the amnet.py run")
+    p.add_argument("--utterances", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--results", default=str(REPO / "docs" / "results" / "device_wallclock"))
+    a = p.parse_args(argv)
+    if "slow_only" not in a.variants:
+        p.error("--variants must include slow_only (the speed-ups are relative to it)")
+    if a.utterances < 1 or a.repeats < 1:
+        p.error("--utterances and --repeats must be positive")
+    work = Path(a.work)
+    missing = [n for n in a.variants if not (work / n).is_dir()]
+    if missing:
+        p.error(f"no run folder for {missing} in {work}")
+    load0 = os.getloadavg()[0]
+    exports = {n: export(n, work) for n in a.variants}
+    from amnet import final_checkpoint
+
+    frames, texts = encoder_frames(a.root, a.utterances, final_checkpoint(work / "slow_only"))
+    variants = measure(exports, frames, texts, a.repeats)
+    import onnxruntime
+
+    summary = {
+        "command": "python benchmarks/device_wallclock.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, onnxruntime {onnxruntime.__version__}",
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "utterances": len(frames), "frames": int(sum(x.shape[0] for x in frames)), "repeats": a.repeats,
+        "variants": variants,
+    }
+    for v in variants.values():
+        v["speedup_vs_slow"] = variants["slow_only"]["ms_per_frame"] / v["ms_per_frame"]
+    md = markdown(summary)
+    write_results(a.results, summary, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
