@@ -256,3 +256,15 @@ def test_another_device_speed_routes_like_set_device(tmp_path: Path, kind: str) 
         assert routes[4e5] != routes[2e6]  # the arbitrator sees the device's load
     with pytest.raises(ValueError, match="`device_flops_per_s`"):
         StreamingRecognizer(runtime, device_flops_per_s=0.0)
+
+
+def test_export_and_verify_keep_each_submodules_mode(tmp_path: Path) -> None:
+    """Both put the model in eval and used to bring it back with model.train(was), flattening frozen submodules."""
+    from lightning_amortized.export import verify_export
+
+    model = tiny("lowrank").train()
+    model.encoder.arbitrator.eval()  # frozen
+    export_onnx(model, tmp_path)
+    assert model.training and not model.encoder.arbitrator.training
+    verify_export(model, tmp_path)
+    assert model.training and not model.encoder.arbitrator.training

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from torch import nn
 
 from lightning_amortized.atomic import write_atomic
 from lightning_amortized.errors import first_line
+from lightning_amortized.nn.modes import eval_mode
 from lightning_amortized.export.onnx_io import OPSET, WEIGHTS_FILE, _collect, _externalize, _safetensors_layout, _trace
 from lightning_amortized.export.steps import ExportError, _ArbitratorStep, _BranchStep, _plan, _state_shape
 
@@ -110,8 +112,8 @@ def export_onnx(
         )
     plan = _plan(model)
     out = Path(out_dir)
-    was_training = model.training
-    model.eval()
+    modes = ExitStack()  # every submodule's own mode comes back
+    modes.enter_context(eval_mode(model))
     try:
         state = dict(model.state_dict(keep_vars=False))
         in_size = int(model.encoder.input_size)
@@ -208,7 +210,7 @@ def export_onnx(
         write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         return manifest
     finally:
-        model.train(was_training)
+        modes.close()
 
 
 def _graph_files(manifest: Path) -> set[str]:
@@ -302,8 +304,8 @@ def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed:
     """
     from lightning_amortized.device.runtime import ExportedModel, StreamingRecognizer
 
-    was_training = model.training
-    model.eval()
+    modes = ExitStack()  # every submodule's own mode comes back
+    modes.enter_context(eval_mode(model))
     enc = model.encoder
     x = torch.randn(frames, int(enc.input_size), generator=torch.Generator().manual_seed(seed))
     state, logits, routes = enc.init_state(1), [], []
@@ -317,7 +319,7 @@ def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed:
                 routes.append(0)
             logits.append(model.head(y)[0])
     finally:
-        model.train(was_training)
+        modes.close()
     result = StreamingRecognizer(ExportedModel(out_dir)).run_frames(x.numpy())
     ref = torch.stack(logits).numpy()
     return {

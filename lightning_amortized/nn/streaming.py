@@ -20,12 +20,14 @@ Example:
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lightning_amortized.functional.latency import real_time_factor
+from lightning_amortized.nn.modes import eval_mode
 
 __all__ = ["StreamResult", "stream", "compare_wall_clock"]
 
@@ -98,9 +100,9 @@ def stream(
             raise ValueError(f"Expected argument `force_branch` to be None or in [0, {branches}), but got {force_branch!r}.")
     fm = _frame_ms(encoder, frame_ms)
     T = x.shape[0]
-    was_training = encoder.training
+    modes = ExitStack()  # every submodule's own mode comes back (a frozen one stays in eval)
+    modes.enter_context(eval_mode(encoder))
     old_threads = torch.get_num_threads()
-    encoder.eval()
     torch.set_num_threads(num_threads)
     amortized = callable(getattr(encoder, "step_with_decision", None))
     begin, end = getattr(encoder, "begin_streaming", None), getattr(encoder, "end_streaming", None)
@@ -146,7 +148,7 @@ def stream(
         if callable(end):
             end()
         torch.set_num_threads(old_threads)
-        encoder.train(was_training)
+        modes.close()
 
 
 def compare_wall_clock(
