@@ -52,10 +52,34 @@ KINDS = {"sparse": ("sparse_single", "--density", "density"), "lowrank": ("facto
 def job_command(meta: dict[str, Any], kind: str, size: float, work: Path) -> list[str]:
     """The ``amnet.py`` job training the ``kind`` single encoder of ``size`` with the settings of ``meta``."""
     job, option, _ = KINDS[kind]
-    return [sys.executable, str(AMNET), "--job", job, option, f"{size:g}", "--work", str(work),
-            "--root", str(meta["root"]), "--base-ckpt", str(meta["base_checkpoint"]),
-            "--train-utts", str(meta["train_utterances"]), "--epochs", str(meta["epochs"]), "--lr", str(meta["lr"]),
-            "--rtf-utts", "5", "--seed", str(meta["seed"])]
+    cmd = [sys.executable, str(AMNET), "--job", job, option, f"{size:g}", "--work", str(work),
+           "--root", str(meta["root"]), "--base-ckpt", str(meta["base_checkpoint"]),
+           "--train-utts", str(meta["train_utterances"]), "--epochs", str(meta["epochs"]), "--lr", str(meta["lr"]),
+           "--rtf-utts", "5", "--seed", str(meta["seed"])]
+    return cmd + (["--quick"] if meta.get("quick") else [])
+
+
+def expected_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The options (as ``amnet.py`` records them in a job's ``options``) a reusable single encoder must have."""
+    base = meta["base_checkpoint"]
+    return {"root": str(Path(meta["root"]).resolve()), "base_ckpt": None if base in (None, "none") else
+            str(Path(base).resolve()), "train_utts": meta["train_utterances"], "epochs": meta["epochs"],
+            "lr": meta["lr"], "seed": meta["seed"], "quick": bool(meta.get("quick", False))}
+
+
+def reuse_problem(record: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """Why a finished job's ``record`` cannot stand for a single encoder of ``meta``'s run, or ``None``.
+
+    A record from before jobs recorded their options is reused (with a note printed by the caller).
+    """
+    had = record.get("options")
+    if had is None:
+        return None
+    want = expected_options(meta)
+    differ = sorted(k for k in want if had.get(k) != want[k])
+    if not differ:
+        return None
+    return ", ".join(f"{k}={had.get(k)!r} (wanted {want[k]!r})" for k in differ)
 
 
 def _root(meta: dict[str, Any]) -> str:
@@ -232,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                 rec = json.loads(result.read_text())
                 if abs(_size(rec, kind) - size) > 1e-9:
                     p.error(f"{result} holds {KINDS[kind][2]} {_size(rec, kind)}, not {size:g}; remove it")
+                problem = reuse_problem(rec, meta)
+                if problem:
+                    p.error(f"{result} was trained with other settings than {a.amnet_results}: {problem}. "
+                            "Pass another --work or remove it.")
+                if "options" not in rec:
+                    print(f"{result}: reused, made before jobs recorded their options (not checked)")
                 done[name] = rec
             jobs.append(Job(name, job_command(meta, kind, size, folder), result))
             wanted.append((kind, size, name))

@@ -231,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
 def _user_error(err: BaseException) -> BaseException | None:
     """The user's-input error behind ``err`` (a bad corpus, a file that is not there), else ``None``.
 
-    jsonargparse wraps what a class raises while it is built from the config; the cause is
-    found along ``__cause__``/``__context__``.
+    jsonargparse wraps what a class raises while it is built from the config (``raise ... from``);
+    the cause is found along ``__cause__`` only, so an error raised while *handling* a missing
+    file (a bug) keeps its traceback.
     """
     from lightning_amortized.data.prepare import CorpusError
 
@@ -242,7 +243,7 @@ def _user_error(err: BaseException) -> BaseException | None:
         if isinstance(e, (CorpusError, FileNotFoundError)):
             return e
         seen.add(id(e))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__
     return None
 
 

@@ -163,12 +163,11 @@ def tag_items(items: list[dict[str, Any]], indices: Sequence[int]) -> list[dict[
         >>> tag_items([{"id": "a"}], SeededBatch([0], seed=7, repeat=True))
         [{'id': 'a', 'batch_seed': 7, 'batch_repeat': True}]
     """
-    seed = getattr(indices, "seed", None)
+    seed, repeat = getattr(indices, "seed", None), bool(getattr(indices, "repeat", False))
     for item in items:
         if seed is not None:
             item["batch_seed"] = seed
-        if getattr(indices, "repeat", False):
-            item["batch_repeat"] = True
+        item["batch_repeat"] = repeat  # written every time: a dataset may hand out the same dicts again
     return items
 
 

@@ -164,8 +164,9 @@ class RecurrentEncoder(nn.Module):
 
         Outside training (or without dropout) each layer is one input product, one recurrent
         product and the cell, the same kernels as an amortized encoder's slow branch (a
-        one-frame ``nn.LSTM`` call costs about 1.5x as much on CPU); equal to
-        ``forward`` up to float rounding.
+        one-frame ``nn.LSTM`` call costs several times as much on CPU: 2.5x in
+        ``benchmarks/amnet.py``'s side-by-side timing, more elsewhere); equal to ``forward`` up
+        to float rounding.
         """
         rnn = self.torch_rnn
         if (self.training and rnn.dropout) or rnn.proj_size:  # between-layer dropout: nn.LSTM's own
@@ -184,11 +185,24 @@ class RecurrentEncoder(nn.Module):
         Optional: ``step`` is correct without it, only slower. :func:`~lightning_amortized.nn.streaming.stream`
         calls both.
         """
-        self._stream_layers = _slow_layers(self.torch_rnn, self.rnn_type)
+        with torch.no_grad():  # views of the weights without autograd history: the encoder stays copyable
+            self._stream_layers = _slow_layers(self.torch_rnn, self.rnn_type)
 
     def end_streaming(self) -> None:
         """Drop the cache of :meth:`begin_streaming` (call after changing weights)."""
         self._stream_layers = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the cache holds views of the weights: keep whether it was built and build it again
+        state = self.__dict__.copy()
+        state["_stream_layers"] = getattr(self, "_stream_layers", None) is not None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        streaming = bool(state.get("_stream_layers"))
+        super().__setstate__({**state, "_stream_layers": None})
+        if streaming:
+            self.begin_streaming()
 
     def flops_per_frame(self) -> int:
         """Counted FLOPs per frame (recurrent stack plus projection)."""

@@ -321,6 +321,11 @@ def test_a_ddp_padding_batch_is_not_scored_again(monkeypatch: pytest.MonkeyPatch
     repeat = collate([dict(it, batch_seed=1, batch_repeat=True) for it in other])  # would change the loss
     assert repeat["repeat"] is True and batch["repeat"] is False
     assert SeededBatch([0], 3, repeat=True).repeat and not SeededBatch([0], 3).repeat
+    from lightning_amortized.data.batching import tag_items
+
+    kept = [{"id": "u"}]  # a dataset that hands out the same dicts: the mark must not outlive its batch
+    assert tag_items(kept, SeededBatch([0], 3, repeat=True))[0]["batch_repeat"] is True
+    assert tag_items(kept, SeededBatch([0], 4))[0]["batch_repeat"] is False
     module = ASRModule(RecurrentEncoder(12, 8, 1), n_mels=4)
     assert module.predict_step(repeat, 0) == []
 

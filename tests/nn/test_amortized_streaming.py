@@ -103,6 +103,12 @@ def test_recurrent_step_equals_forward_with_the_slow_branch_kernels(rnn_type: st
             torch.testing.assert_close(o, slow, atol=0, rtol=0)  # the same kernels, bit for bit
             outs.append(o)
     torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-5, rtol=0)
+    import copy
+
+    enc.begin_streaming()  # with autograd on: the cached views must not block a copy
+    twin = copy.deepcopy(enc)
+    assert twin._stream_layers is not None and torch.equal(twin.step(x[:, 0], twin.init_state(1))[0], outs[0])
+    enc.end_streaming()
     cached = stream(enc, x[0], frame_ms=30.0)  # begin_streaming caches the layers' weights: the same outputs
     assert torch.equal(cached.outputs, torch.stack(outs, 1)[0]) and getattr(enc, "_stream_layers", None) is None
     dropout = RecurrentEncoder(10, 12, num_layers=2, rnn_type=rnn_type, dropout=0.5).train()

@@ -70,7 +70,7 @@ def _record(name: str, errors: list[int], p90: list[float], share: float, flops:
     return {"name": name, "label": name, "routed": name.startswith("amnet"), "per_rho": per_rho,
             "utt_ids": [f"u{i}" for i in range(len(errors))], "utt_words": words, "ms_per_frame_streaming": ms,
             "rtf": ms / 30, "train_sharpness": 1.0, "lambda_cost": 0.3, "lambda_amr": 1.0, "rank": None,
-            "density": None, "trace": {}, "trace_utterance": "u0", **extra}
+            "density": None, "trace": {}, "trace_utterance": "u0", "streaming_code": 2, **extra}
 
 
 def _done() -> dict:
@@ -108,6 +108,12 @@ def test_amnet_is_checked_against_its_flops_matched_single_on_every_device(amnet
     assert set(t["latency"]["p90_ms"]["amnet_factorized"]) == {"1.5", "2.0", "2.5"}  # where slow-only lags > 1 s
     assert not t["latency"]["met"]["amnet_factorized"]  # 17 ms at rho = 1.5
     assert t["wallclock"]["speedup"]["amnet_factorized"] == pytest.approx(2.5) and t["wallclock"]["met"]
+    # timings from before every encoder streamed through the same kernels are not set against each other
+    stale = _done()
+    del stale["slow_only"]["streaming_code"]
+    w = _summary(amnet, stale)["targets"]["wallclock"]
+    assert w["met"] is None and "NOT COMPARABLE" in w["target"]
+    assert "**not comparable**" in amnet.render_markdown(_summary(amnet, stale), "x")
     assert "each variant timed at the end of its own training job" in t["wallclock"]["target"]
     md = amnet.render_markdown(s)
     assert "## AmNet against the single encoder of the same mean FLOPs/frame" in md

@@ -59,3 +59,12 @@ def test_bad_or_missing_sizes_are_refused(bench, capsys, args: list[str]) -> Non
     with pytest.raises(SystemExit):
         bench.main(["--amnet-results", "x.json", *args])
     assert "--densities" in capsys.readouterr().err
+
+
+def test_a_single_encoder_trained_with_other_settings_is_not_reused(bench) -> None:
+    meta = {"root": "data/synthetic", "base_checkpoint": "runs/base/x/base.ckpt", "train_utterances": 4000,
+            "epochs": 8, "lr": 1e-3, "seed": 1, "quick": False}
+    same = {"options": {**bench.expected_options(meta), "fast_rank": None}}
+    assert bench.reuse_problem(same, meta) is None and bench.reuse_problem({}, meta) is None  # old records: reused
+    other = {"options": {**bench.expected_options(meta), "seed": 0, "epochs": 3}}
+    assert bench.reuse_problem(other, meta) == "epochs=3 (wanted 8), seed=0 (wanted 1)"
