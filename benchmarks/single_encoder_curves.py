@@ -141,10 +141,14 @@ def analyse(amnet: dict[str, Any], singles: dict[str, dict[float, dict[str, Any]
         diff, lo, hi = bootstrap_wer_difference(am["utt_errors"], chord_errors, am["utt_words"])
         chord = s * slow["wer"] + (1 - s) * fast["wer"]
         at_mean = interpolate(curves[kind], am["flops_per_frame"])
+        # the same interpolation per utterance, for a paired interval of the gap
+        at_mean_errors = interpolate_errors(curves[kind], am["flops_per_frame"])
+        _, gap_lo, gap_hi = bootstrap_wer_difference(chord_errors, at_mean_errors, am["utt_words"])
         out[name] = {"kind": kind, "slow_share": s, "flops_per_frame": am["flops_per_frame"], "wer": am["wer"],
                      "fast_size": fast["size"], "fast_single_wer": fast["wer"], "chord_wer": chord,
                      "routing_gain": -diff, "routing_gain_ci95": [-hi, -lo],
-                     "single_wer_at_mean_flops": at_mean, "convexity_gap": chord - at_mean}
+                     "single_wer_at_mean_flops": at_mean, "convexity_gap": chord - at_mean,
+                     "convexity_gap_ci95": [gap_lo, gap_hi]}
     slim = {k: [{f: p[f] for f in ("name", "size", "flops_per_frame", "wer")} for p in c] for k, c in curves.items()}
     return {"rho": float(rho), "curves": slim, "amnets": out}
 
@@ -158,6 +162,17 @@ def interpolate(curve: list[dict[str, Any]], flops: float) -> float:
         if f0 <= flops <= f1:
             return w0 if f1 == f0 else w0 + (w1 - w0) * (flops - f0) / (f1 - f0)
     return pts[-1][1]
+
+
+def interpolate_errors(curve: list[dict[str, Any]], flops: float) -> list[float]:
+    """Per-utterance errors on ``curve`` at ``flops``, with the weights of :func:`interpolate`."""
+    pts = sorted(curve, key=lambda p: p["flops_per_frame"])
+    for p0, p1 in zip(pts, pts[1:]):
+        f0, f1 = p0["flops_per_frame"], p1["flops_per_frame"]
+        if f0 <= flops <= f1:
+            w = 0.0 if f1 == f0 else (flops - f0) / (f1 - f0)
+            return [(1 - w) * a + w * b for a, b in zip(p0["utt_errors"], p1["utt_errors"])]
+    raise ValueError(f"{flops:.0f} FLOPs/frame is outside the measured curve.")
 
 
 LABELS = {"sparse": ("pruned", "density"), "lowrank": ("truncated-SVD", "rank")}
@@ -181,14 +196,15 @@ def markdown(summary: dict[str, Any], png: str) -> str:
                          f"{pct(p['wer'])} |")
     lines.append(f"| slow_only | full | - | {slow['flops_per_frame'] / 1e6:.3f} | {pct(slow['wer'])} |")
     lines += ["", "| AmNet | fast branch | slow share | MFLOPs/frame | WER | chord (content-blind mix) | "
-              "routing gain [95 % CI] | single at its FLOPs | convexity gap |",
+              "routing gain [95 % CI] | single at its FLOPs | convexity gap [95 % CI] |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, a in summary["amnets"].items():
         lo, hi = a["routing_gain_ci95"]
         fast = f"{LABELS[a['kind']][1]} {a['fast_size']:g} ({pct(a['fast_single_wer'])} alone)"
         lines.append(f"| {name} | {fast} | {a['slow_share']:.3f} | {a['flops_per_frame'] / 1e6:.3f} | {pct(a['wer'])} | "
                      f"{pct(a['chord_wer'])} | {100 * a['routing_gain']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] points | "
-                     f"{pct(a['single_wer_at_mean_flops'])} | {100 * a['convexity_gap']:.2f} points |")
+                     f"{pct(a['single_wer_at_mean_flops'])} | {100 * a['convexity_gap']:.2f} "
+                     f"[{100 * a['convexity_gap_ci95'][0]:.2f}, {100 * a['convexity_gap_ci95'][1]:.2f}] points |")
     lines += ["", "Chord: `s * WER(slow-only) + (1 - s) * WER(single encoder like the fast branch)`, what mixing the "
               "two recurrences without regard to content would give. Routing gain: chord minus AmNet (paired "
               "bootstrap over test utterances). Convexity gap: chord minus the single encoder of the AmNet's mean "

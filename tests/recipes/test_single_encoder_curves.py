@@ -46,6 +46,8 @@ def test_chord_routing_gain_and_convexity_gap_on_both_curves(bench) -> None:
         assert a["convexity_gap"] == pytest.approx(chord - at_mean)  # < 0 for the factorized one: a concave curve
         lo, hi = a["routing_gain_ci95"]
         assert lo <= a["routing_gain"] <= hi
+        lo, hi = a["convexity_gap_ci95"]
+        assert lo <= a["convexity_gap"] <= hi
     assert bench.interpolate(out["curves"]["sparse"], 50.0) == pytest.approx((0.2 + 0.125) / 2)
     with pytest.raises(ValueError, match="outside the measured curve"):
         bench.interpolate(out["curves"]["sparse"], 20.0)
