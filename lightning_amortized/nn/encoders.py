@@ -173,8 +173,10 @@ class RecurrentEncoder(nn.Module):
             out, state = rnn(x_t[:, None, :], state)
             y = out[:, 0]
         else:
-            y, state = _rnn_step(getattr(self, "_stream_layers", None) or _slow_layers(rnn, self.rnn_type),
-                                 self.rnn_type, x_t, state)
+            from lightning_amortized.nn.amortized.fast import step_layers  # (that package imports this module)
+
+            layers = getattr(self, "_stream_layers", None) or _slow_layers(rnn, self.rnn_type)
+            y, state = step_layers(layers, self.rnn_type, x_t, state)
         if self.proj is not None:
             y = self.proj(y)
         return y, state
@@ -290,15 +292,3 @@ def _slow_layers(rnn: nn.LSTM | nn.GRU, rnn_type: str) -> list[tuple[Any, dict[s
     layers = [SlowLayer(rnn, layer, rnn_type) for layer in range(rnn.num_layers)]
     return [(slow, slow.stream_weights()) for slow in layers]
 
-
-def _rnn_step(layers: list[tuple[Any, dict[str, Any]]], rnn_type: str, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-    """One frame through every layer with the amortized cores' slow-branch kernels."""
-    lstm = rnn_type == "lstm"
-    hs, cs = state if lstm else (state, None)
-    new_h, new_c, inp = [], [], x_t
-    for layer, (slow, w) in enumerate(layers):
-        inp, c = slow.step(inp, w, hs[layer], cs[layer] if lstm else None)
-        new_h.append(inp)
-        new_c.append(c)
-    h_all = torch.stack(new_h)
-    return inp, ((h_all, torch.stack(new_c)) if lstm else h_all)

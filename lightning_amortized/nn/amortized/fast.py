@@ -111,6 +111,25 @@ class BranchLayer:
         return pre_t + hidden if self.rnn_type == "lstm" else hidden + b_hh
 
 
+def step_layers(
+    layers: list[tuple[BranchLayer, dict[str, Any]]], rnn_type: str, x_t: torch.Tensor, state: Any
+) -> tuple[torch.Tensor, Any]:
+    """One frame ``(B, I)`` through a stack of ``(branch layer, its weights)`` -> ``(B, H)`` and the new state.
+
+    ``state`` is ``(h, c)`` ``(L, B, H)`` each for an LSTM, ``h`` for a GRU. What a plain
+    ``RecurrentEncoder`` and a one-stream amortized step run per frame.
+    """
+    lstm = rnn_type == "lstm"
+    hs, cs = state if lstm else (state, None)
+    new_h, new_c, inp = [], [], x_t
+    for layer, (branch, w) in enumerate(layers):
+        inp, c = branch.step(inp, w, hs[layer], cs[layer] if lstm else None)
+        new_h.append(inp)
+        new_c.append(c)
+    h_all = torch.stack(new_h)
+    return inp, ((h_all, torch.stack(new_c)) if lstm else h_all)
+
+
 class SlowLayer(BranchLayer):
     """The slow branch of layer ``layer``: the wrapped ``nn.LSTM``/``nn.GRU``'s own weights (read, never copied).
 

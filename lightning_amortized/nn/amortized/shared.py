@@ -32,7 +32,7 @@ from torch import nn
 from lightning_amortized.functional.flops import gru_flops, linear_flops, lstm_flops
 from lightning_amortized.functional.masks import lengths_to_mask
 from lightning_amortized.nn.amortized.cells import gru_cell, lstm_cell
-from lightning_amortized.nn.amortized.fast import FAST_KINDS, FAST_LAYERS, BranchLayer, SlowLayer
+from lightning_amortized.nn.amortized.fast import FAST_KINDS, FAST_LAYERS, BranchLayer, SlowLayer, step_layers
 from lightning_amortized.nn.amortized.scan import lstm_scan
 from lightning_amortized.nn.encoders import RecurrentEncoder
 
@@ -237,14 +237,8 @@ class _SharedRecurrentCore(nn.Module):
         new_h, new_c = [], []
         cached = getattr(self, "_stream_layers", None)
         if mix is None and cached is not None:  # one stream, streaming: the chosen branch's cached kernels only
-            for layer, branches in enumerate(cached):
-                branch, w = branches[ks[0]]
-                inp, c = branch.step(inp, w, hs[layer], cs[layer] if lstm else None)
-                new_h.append(inp)
-                new_c.append(c)
-            y = inp if self.encoder.proj is None else self.encoder.proj(inp)
-            hs = torch.stack(new_h)
-            return y, ((hs, torch.stack(new_c)) if lstm else hs)
+            h, new_state = step_layers([branches[ks[0]] for branches in cached], self.rnn_type, x_t, state)
+            return (h if self.encoder.proj is None else self.encoder.proj(h)), new_state
         for layer in range(self.num_layers):
             branches = [self._branch(layer, k) for k in ks]
             weights = [self._stream_weights(layer, k, b) for k, b in zip(ks, branches)]
