@@ -53,18 +53,25 @@ def job_command(meta: dict[str, Any], kind: str, size: float, work: Path) -> lis
     """The ``amnet.py`` job training the ``kind`` single encoder of ``size`` with the settings of ``meta``."""
     job, option, _ = KINDS[kind]
     cmd = [sys.executable, str(AMNET), "--job", job, option, f"{size:g}", "--work", str(work),
-           "--root", str(meta["root"]), "--base-ckpt", str(meta["base_checkpoint"]),
+           "--root", _in_repo(meta["root"]), "--base-ckpt", _in_repo(meta["base_checkpoint"]) or "none",
            "--train-utts", str(meta["train_utterances"]), "--epochs", str(meta["epochs"]), "--lr", str(meta["lr"]),
            "--rtf-utts", "5", "--seed", str(meta["seed"])]
     return cmd + (["--quick"] if meta.get("quick") else [])
 
 
+def _in_repo(path: str | None) -> str | None:
+    """``path`` absolute, a relative one taken from the repository (where amnet.py ran and the jobs run)."""
+    if path in (None, "none"):
+        return None
+    p = Path(path)
+    return str(p if p.is_absolute() else (REPO / p).resolve())
+
+
 def expected_options(meta: dict[str, Any]) -> dict[str, Any]:
     """The options (as ``amnet.py`` records them in a job's ``options``) a reusable single encoder must have."""
-    base = meta["base_checkpoint"]
-    return {"root": str(Path(meta["root"]).resolve()), "base_ckpt": None if base in (None, "none") else
-            str(Path(base).resolve()), "train_utts": meta["train_utterances"], "epochs": meta["epochs"],
-            "lr": meta["lr"], "seed": meta["seed"], "quick": bool(meta.get("quick", False))}
+    return {"root": _in_repo(meta["root"]), "base_ckpt": _in_repo(meta["base_checkpoint"]),
+            "train_utts": meta["train_utterances"], "epochs": meta["epochs"], "lr": meta["lr"], "seed": meta["seed"],
+            "quick": bool(meta.get("quick", False))}
 
 
 def reuse_problem(record: dict[str, Any], meta: dict[str, Any]) -> str | None:
@@ -85,7 +92,12 @@ def reuse_problem(record: dict[str, Any], meta: dict[str, Any]) -> str | None:
 def _root(meta: dict[str, Any]) -> str:
     """The corpus of an amnet.py results file (its command line names it with ``--root``)."""
     words = meta["command"].split()
-    return words[words.index("--root") + 1] if "--root" in words else str(REPO / "data" / "synthetic")
+    for i, w in enumerate(words):
+        if w == "--root" and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith("--root="):
+            return w.split("=", 1)[1]
+    return str(REPO / "data" / "synthetic")
 
 
 def _point(name: str, record: dict[str, Any], rho: str, size: float | None) -> dict[str, Any]:
@@ -155,24 +167,28 @@ def analyse(amnet: dict[str, Any], singles: dict[str, dict[float, dict[str, Any]
 
 def interpolate(curve: list[dict[str, Any]], flops: float) -> float:
     """WER on ``curve`` at ``flops``, linear between the two measured points around it."""
-    pts = sorted((p["flops_per_frame"], p["wer"]) for p in curve)
-    if not pts[0][0] <= flops <= pts[-1][0]:
-        raise ValueError(f"{flops:.0f} FLOPs/frame is outside the measured curve ({pts[0][0]:.0f}-{pts[-1][0]:.0f}).")
-    for (f0, w0), (f1, w1) in zip(pts, pts[1:]):
+    p0, p1, w = _bracket(curve, flops)
+    return (1 - w) * p0["wer"] + w * p1["wer"]
+
+
+def _bracket(curve: list[dict[str, Any]], flops: float) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """The two measured points around ``flops`` and the weight of the second (points sorted by FLOPs only, so
+    :func:`interpolate` and :func:`interpolate_errors` pick the same ones)."""
+    pts = sorted(curve, key=lambda p: p["flops_per_frame"])
+    lo_f, hi_f = pts[0]["flops_per_frame"], pts[-1]["flops_per_frame"]
+    if not lo_f <= flops <= hi_f:
+        raise ValueError(f"{flops:.0f} FLOPs/frame is outside the measured curve ({lo_f:.0f}-{hi_f:.0f}).")
+    for p0, p1 in zip(pts, pts[1:]):
+        f0, f1 = p0["flops_per_frame"], p1["flops_per_frame"]
         if f0 <= flops <= f1:
-            return w0 if f1 == f0 else w0 + (w1 - w0) * (flops - f0) / (f1 - f0)
-    return pts[-1][1]
+            return p0, p1, 0.0 if f1 == f0 else (flops - f0) / (f1 - f0)
+    return pts[-1], pts[-1], 0.0
 
 
 def interpolate_errors(curve: list[dict[str, Any]], flops: float) -> list[float]:
     """Per-utterance errors on ``curve`` at ``flops``, with the weights of :func:`interpolate`."""
-    pts = sorted(curve, key=lambda p: p["flops_per_frame"])
-    for p0, p1 in zip(pts, pts[1:]):
-        f0, f1 = p0["flops_per_frame"], p1["flops_per_frame"]
-        if f0 <= flops <= f1:
-            w = 0.0 if f1 == f0 else (flops - f0) / (f1 - f0)
-            return [(1 - w) * a + w * b for a, b in zip(p0["utt_errors"], p1["utt_errors"])]
-    raise ValueError(f"{flops:.0f} FLOPs/frame is outside the measured curve.")
+    p0, p1, w = _bracket(curve, flops)
+    return [(1 - w) * a + w * b for a, b in zip(p0["utt_errors"], p1["utt_errors"])]
 
 
 LABELS = {"sparse": ("pruned", "density"), "lowrank": ("truncated-SVD", "rank")}

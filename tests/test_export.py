@@ -268,3 +268,13 @@ def test_export_and_verify_keep_each_submodules_mode(tmp_path: Path) -> None:
     assert model.training and not model.encoder.arbitrator.training
     verify_export(model, tmp_path)
     assert model.training and not model.encoder.arbitrator.training
+
+
+def test_verify_export_restores_the_mode_when_it_fails_early(tmp_path: Path) -> None:
+    from lightning_amortized.export import verify_export
+
+    model = tiny("lowrank").train()
+    export_onnx(model, tmp_path)
+    with pytest.raises(RuntimeError):
+        verify_export(model, tmp_path, frames=-1)
+    assert model.training

@@ -164,10 +164,12 @@ def tag_items(items: list[dict[str, Any]], indices: Sequence[int]) -> list[dict[
         [{'id': 'a', 'batch_seed': 7, 'batch_repeat': True}]
     """
     seed, repeat = getattr(indices, "seed", None), bool(getattr(indices, "repeat", False))
-    for item in items:
-        if seed is not None:
+    for item in items:  # written every time: a dataset may hand out the same dicts again
+        if seed is None:
+            item.pop("batch_seed", None)
+        else:
             item["batch_seed"] = seed
-        item["batch_repeat"] = repeat  # written every time: a dataset may hand out the same dicts again
+        item["batch_repeat"] = repeat
     return items
 
 

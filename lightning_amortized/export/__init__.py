@@ -305,11 +305,11 @@ def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed:
     from lightning_amortized.device.runtime import ExportedModel, StreamingRecognizer
 
     modes = ExitStack()  # every submodule's own mode comes back
-    modes.enter_context(eval_mode(model))
     enc = model.encoder
-    x = torch.randn(frames, int(enc.input_size), generator=torch.Generator().manual_seed(seed))
-    state, logits, routes = enc.init_state(1), [], []
     try:
+        modes.enter_context(eval_mode(model))
+        x = torch.randn(frames, int(enc.input_size), generator=torch.Generator().manual_seed(seed))
+        state, logits, routes = enc.init_state(1), [], []
         for t in range(frames):
             if callable(getattr(enc, "step_with_decision", None)):
                 y, state, c = enc.step_with_decision(x[t : t + 1], state, final=t == frames - 1)

@@ -187,8 +187,8 @@ class RecurrentEncoder(nn.Module):
         Optional: ``step`` is correct without it, only slower. :func:`~lightning_amortized.nn.streaming.stream`
         calls both.
         """
-        with torch.no_grad():  # views of the weights without autograd history: the encoder stays copyable
-            self._stream_layers = _slow_layers(self.torch_rnn, self.rnn_type)
+        # views of the weights (a weight loaded in place is seen); __getstate__ keeps them out of copies
+        self._stream_layers = _slow_layers(self.torch_rnn, self.rnn_type)
 
     def end_streaming(self) -> None:
         """Drop the cache of :meth:`begin_streaming` (call after changing weights)."""

@@ -101,12 +101,12 @@ def stream(
     fm = _frame_ms(encoder, frame_ms)
     T = x.shape[0]
     modes = ExitStack()  # every submodule's own mode comes back (a frozen one stays in eval)
-    modes.enter_context(eval_mode(encoder))
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
     amortized = callable(getattr(encoder, "step_with_decision", None))
     begin, end = getattr(encoder, "begin_streaming", None), getattr(encoder, "end_streaming", None)
     try:
+        modes.enter_context(eval_mode(encoder))
+        torch.set_num_threads(num_threads)
         if callable(begin):
             begin()
         wall = torch.zeros(T, dtype=torch.float64)

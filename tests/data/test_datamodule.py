@@ -326,6 +326,7 @@ def test_a_ddp_padding_batch_is_not_scored_again(monkeypatch: pytest.MonkeyPatch
     kept = [{"id": "u"}]  # a dataset that hands out the same dicts: the mark must not outlive its batch
     assert tag_items(kept, SeededBatch([0], 3, repeat=True))[0]["batch_repeat"] is True
     assert tag_items(kept, SeededBatch([0], 4))[0]["batch_repeat"] is False
+    assert tag_items(kept, [0]) == [{"id": "u", "batch_repeat": False}]  # a plain batch: no seed left over
     module = ASRModule(RecurrentEncoder(12, 8, 1), n_mels=4)
     assert module.predict_step(repeat, 0) == []
 

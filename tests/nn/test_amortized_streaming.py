@@ -113,3 +113,27 @@ def test_recurrent_step_equals_forward_with_the_slow_branch_kernels(rnn_type: st
     assert torch.equal(cached.outputs, torch.stack(outs, 1)[0]) and getattr(enc, "_stream_layers", None) is None
     dropout = RecurrentEncoder(10, 12, num_layers=2, rnn_type=rnn_type, dropout=0.5).train()
     assert dropout.step(x[:, 0], dropout.init_state(1))[0].shape == (1, 12)  # nn.LSTM's own dropout path
+
+
+def test_weights_loaded_while_streaming_are_used_with_autograd_on() -> None:
+    """The caches hold views of the weights: a load_state_dict in between is seen, in grad mode too."""
+    torch.manual_seed(0)
+    enc, other = RecurrentEncoder(6, 8, num_layers=2).eval(), RecurrentEncoder(6, 8, num_layers=2).eval()
+    amn = AmortizedEncoder.from_recurrent(RecurrentEncoder(6, 8, num_layers=2), fast="lowrank", rank=2,
+                                          frame_ms=30.0).eval()
+    x = torch.randn(1, 6)
+    enc.begin_streaming()
+    amn.begin_streaming()
+    enc.load_state_dict(other.state_dict())
+    amn.core.encoder.load_state_dict(other.state_dict())
+    want = other.step(x, other.init_state(1))[0]
+    torch.testing.assert_close(enc.step(x, enc.init_state(1))[0], want, atol=1e-6, rtol=0)
+    forced = amn.step_with_decision(x, amn.init_state(1), force_branch=1)[0]
+    torch.testing.assert_close(forced, want, atol=1e-6, rtol=0)
+
+
+def test_stream_restores_the_modes_when_it_fails_before_streaming() -> None:
+    enc = RecurrentEncoder(6, 8, num_layers=1).train()
+    with pytest.raises(RuntimeError):
+        stream(enc, torch.randn(4, 6), frame_ms=30.0, num_threads=0)
+    assert enc.training

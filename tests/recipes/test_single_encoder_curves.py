@@ -70,3 +70,20 @@ def test_a_single_encoder_trained_with_other_settings_is_not_reused(bench) -> No
     assert bench.reuse_problem(same, meta) is None and bench.reuse_problem({}, meta) is None  # old records: reused
     other = {"options": {**bench.expected_options(meta), "seed": 0, "epochs": 3}}
     assert bench.reuse_problem(other, meta) == "epochs=3 (wanted 8), seed=0 (wanted 1)"
+
+
+def test_jobs_read_paths_from_the_repository_and_a_run_without_a_base(bench) -> None:
+    meta = {"root": "data/synthetic", "base_checkpoint": None, "train_utterances": 10, "epochs": 1, "lr": 1e-3,
+            "seed": 0, "quick": True}
+    cmd = bench.job_command(meta, "sparse", 0.5, Path("/tmp/w"))
+    assert cmd[cmd.index("--base-ckpt") + 1] == "none" and cmd[-1] == "--quick"
+    assert cmd[cmd.index("--root") + 1] == str(REPO / "data" / "synthetic")
+    assert bench.expected_options(meta)["root"] == str(REPO / "data" / "synthetic")
+    assert bench._root({"command": "python benchmarks/amnet.py --root=/data/x --epochs 1"}) == "/data/x"
+
+
+def test_a_requested_size_equal_to_the_matched_single_interpolates_one_way(bench) -> None:
+    curve = [{"flops_per_frame": 60.0, "wer": 0.125, "utt_errors": [1, 1, 1, 2]},
+             {"flops_per_frame": 60.0, "wer": 0.1, "utt_errors": [1, 1, 1, 1]},
+             {"flops_per_frame": 100.0, "wer": 0.1, "utt_errors": [1, 1, 1, 1]}]
+    assert bench.interpolate(curve, 60.0) == pytest.approx(sum(bench.interpolate_errors(curve, 60.0)) / 40)

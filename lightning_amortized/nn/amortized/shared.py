@@ -197,12 +197,11 @@ class _SharedRecurrentCore(nn.Module):
     def begin_streaming(self) -> None:
         """Cache per-layer inference tensors (CSR for sparse layers) until :meth:`end_streaming`."""
         self._stream_cache = [f.stream_weights() for f in self.fast]
-        with torch.no_grad():  # views of the slow weights without autograd history
-            self._stream_layers = [
-                [(self.fast[layer], self._stream_cache[layer]), (slow, slow.stream_weights())]
-                for layer in range(self.num_layers)
-                for slow in [self._slow(layer)]
-            ]
+        self._stream_layers = [  # views of the slow weights; __getstate__ keeps them out of copies
+            [(self.fast[layer], self._stream_cache[layer]), (slow, slow.stream_weights())]
+            for layer in range(self.num_layers)
+            for slow in [self._slow(layer)]
+        ]
 
     def end_streaming(self) -> None:
         """Drop the cache of :meth:`begin_streaming`."""
