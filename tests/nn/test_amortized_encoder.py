@@ -188,6 +188,15 @@ def test_independent_branches_skip_frames_and_project():
         y_t, state = am.step(x[:, t], state)
         outs.append(y_t)
     torch.testing.assert_close(torch.stack(outs, 1), y_eval, atol=1e-5, rtol=0)
+    am.begin_streaming()  # the branches cache their per-frame weights: the same frames
+    assert fast._stream_layers is not None and slow._stream_layers is not None
+    state, cached = am.init_state(1), []
+    for t in range(6):
+        y_t, state = am.step(x[:, t], state)
+        cached.append(y_t)
+    assert torch.equal(torch.stack(cached, 1), torch.stack(outs, 1))
+    am.end_streaming()
+    assert fast._stream_layers is None
 
 
 def test_three_independent_branches_and_soft_blend():

@@ -175,10 +175,18 @@ class _IndependentCore(nn.Module):
         return [b.init_state(batch_size) for b in self.branches]
 
     def begin_streaming(self) -> None:
-        """Nothing to cache."""
+        """Let every branch that caches per-frame weights (``RecurrentEncoder``) build its cache."""
+        for branch in self.branches:
+            begin = getattr(branch, "begin_streaming", None)
+            if callable(begin):
+                begin()
 
     def end_streaming(self) -> None:
-        """Nothing to drop."""
+        """Drop the branches' caches of :meth:`begin_streaming`."""
+        for branch in self.branches:
+            end = getattr(branch, "end_streaming", None)
+            if callable(end):
+                end()
 
     def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One frame ``(B, F)`` with hard choices ``(B,)``; with ``B == 1`` only the chosen branch runs."""
