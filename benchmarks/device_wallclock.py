@@ -147,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         p.error(f"no run folder for {missing} in {work}")
     load0 = os.getloadavg()[0]
-    exports = {n: export(n, work) for n in a.variants}
+    from lightning_amortized.export import ExportError
+
+    try:
+        exports = {n: export(n, work) for n in a.variants}
+    except (FileNotFoundError, ExportError) as err:  # a run without a checkpoint, a model the export refuses
+        print(f"device_wallclock: error: {err}", file=sys.stderr)
+        return 2
     from amnet import final_checkpoint
 
     frames, texts = encoder_frames(a.root, a.utterances, final_checkpoint(work / "slow_only"))

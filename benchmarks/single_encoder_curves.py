@@ -273,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--densities must be in (0, 1) and --ranks positive, got {bad}")
     if not a.densities and not a.ranks:
         p.error("give --densities, --ranks or both")
-    amnet = json.loads(Path(a.amnet_results).read_text())
+    try:
+        amnet = json.loads(Path(a.amnet_results).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        p.error(f"cannot read --amnet-results {a.amnet_results!r}: {err}")
+    missing = [k for k in ("variants", "rho_train", "base_checkpoint", "train_utterances", "epochs", "lr", "seed")
+               if k not in amnet] or (["variants.slow_only"] if "slow_only" not in amnet["variants"] else [])
+    if missing:
+        p.error(f"{a.amnet_results!r} is not a benchmarks/amnet.py results file with slow_only (lacks {missing})")
     meta = {**amnet, "root": _root(amnet)}
     work = Path(a.work)
     jobs, done, wanted = [], {}, []

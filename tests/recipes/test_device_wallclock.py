@@ -34,3 +34,11 @@ def test_the_table_gives_speed_relative_to_slow_only(bench) -> None:
                              "wer_runtime": 0.12}}}
     rows = [r for r in bench.markdown(summary).splitlines() if r.startswith("| amnet")]
     assert rows == ["| amnet | 0.1000 | 2.00x | 0.0200 | 0.250 | 12.00 % |"]
+
+
+def test_a_run_folder_without_a_checkpoint_is_one_error_line(bench, tmp_path: Path, capsys) -> None:
+    (tmp_path / "slow_only").mkdir()
+    assert bench.main(["--work", str(tmp_path), "--variants", "slow_only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"device_wallclock: error: No checkpoint under {tmp_path / 'slow_only'}: was the variant trained "
+                   "in this --work folder?"]

@@ -87,3 +87,13 @@ def test_a_requested_size_equal_to_the_matched_single_interpolates_one_way(bench
              {"flops_per_frame": 60.0, "wer": 0.1, "utt_errors": [1, 1, 1, 1]},
              {"flops_per_frame": 100.0, "wer": 0.1, "utt_errors": [1, 1, 1, 1]}]
     assert bench.interpolate(curve, 60.0) == pytest.approx(sum(bench.interpolate_errors(curve, 60.0)) / 40)
+
+
+def test_a_missing_or_foreign_results_file_is_named(bench, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other.json"
+    other.write_text('{"variants": {}}')
+    for path, message in ((tmp_path / "none.json", "cannot read --amnet-results"),
+                          (other, "not a benchmarks/amnet.py results file")):
+        with pytest.raises(SystemExit):
+            bench.main(["--amnet-results", str(path), "--densities", "0.5"])
+        assert message in capsys.readouterr().err
