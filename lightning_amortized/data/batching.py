@@ -122,9 +122,8 @@ class DurationBatchSampler(Sampler[list[int]]):
             # cyclic padding: every rank gets as many batches as __len__ says, also when there are
             # fewer batches than ranks (a small dev split on many GPUs)
             n = len(order)
-            positions = list(range(total))[rank::world]
             order = (order * math.ceil(total / n))[:total][rank::world]
-            repeats = [p >= n for p in positions]
+            repeats = [p >= n for p in range(rank, total, world)]  # positions past the real batches
         else:
             repeats = [False] * len(order)
         for position in range(skip, len(order)):

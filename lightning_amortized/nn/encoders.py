@@ -31,6 +31,7 @@ from torch import nn
 from lightning_amortized.functional.flops import attention_flops, conv1d_flops, gru_flops, linear_flops, lstm_flops
 from lightning_amortized.functional.masks import lengths_to_mask
 from lightning_amortized.nn.padding import ConvPaddingMask
+from lightning_amortized.nn.stream_cache import StreamCaches
 
 __all__ = [
     "Encoder",
@@ -62,7 +63,7 @@ class StreamingEncoder(Encoder, Protocol):
     def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
 
 
-class RecurrentEncoder(nn.Module):
+class RecurrentEncoder(StreamCaches, nn.Module):
     """Unidirectional LSTM/GRU stack (SpeechBrain's ``nnet.RNN`` layers) as a streaming encoder.
 
     Args:
@@ -83,6 +84,8 @@ class RecurrentEncoder(nn.Module):
         >>> y_t.shape
         torch.Size([2, 32])
     """
+
+    _stream_caches = ("_stream_layers",)
 
     def __init__(
         self,
@@ -187,24 +190,12 @@ class RecurrentEncoder(nn.Module):
         Optional: ``step`` is correct without it, only slower. :func:`~lightning_amortized.nn.streaming.stream`
         calls both.
         """
-        # views of the weights (a weight loaded in place is seen); __getstate__ keeps them out of copies
+        # views of the weights (a weight loaded in place is seen); StreamCaches keeps them out of copies
         self._stream_layers = _slow_layers(self.torch_rnn, self.rnn_type)
 
     def end_streaming(self) -> None:
         """Drop the cache of :meth:`begin_streaming` (call after changing weights)."""
         self._stream_layers = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the cache holds views of the weights: keep whether it was built and build it again
-        state = self.__dict__.copy()
-        state["_stream_layers"] = getattr(self, "_stream_layers", None) is not None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        streaming = bool(state.get("_stream_layers"))
-        super().__setstate__({**state, "_stream_layers": None})
-        if streaming:
-            self.begin_streaming()
 
     def flops_per_frame(self) -> int:
         """Counted FLOPs per frame (recurrent stack plus projection)."""

@@ -35,11 +35,12 @@ from lightning_amortized.nn.amortized.cells import gru_cell, lstm_cell
 from lightning_amortized.nn.amortized.fast import FAST_KINDS, FAST_LAYERS, BranchLayer, SlowLayer, step_layers
 from lightning_amortized.nn.amortized.scan import lstm_scan
 from lightning_amortized.nn.encoders import RecurrentEncoder
+from lightning_amortized.nn.stream_cache import StreamCaches
 
 __all__ = ["_SharedRecurrentCore"]
 
 
-class _SharedRecurrentCore(nn.Module):
+class _SharedRecurrentCore(StreamCaches, nn.Module):
     """Shared-state branches over one :class:`RecurrentEncoder`: branch 0 fast, branch 1 slow.
 
     Args:
@@ -51,6 +52,7 @@ class _SharedRecurrentCore(nn.Module):
     """
 
     num_branches = 2
+    _stream_caches = ("_stream_cache", "_stream_layers")
     fused_lstm_scan = True
     """Run full-sequence LSTM layers with the fused scan (``False``: the per-frame autograd reference)."""
 
@@ -197,7 +199,7 @@ class _SharedRecurrentCore(nn.Module):
     def begin_streaming(self) -> None:
         """Cache per-layer inference tensors (CSR for sparse layers) until :meth:`end_streaming`."""
         self._stream_cache = [f.stream_weights() for f in self.fast]
-        self._stream_layers = [  # views of the slow weights; __getstate__ keeps them out of copies
+        self._stream_layers = [  # views of the slow weights; StreamCaches keeps them (and CSR) out of copies
             [(self.fast[layer], self._stream_cache[layer]), (slow, slow.stream_weights())]
             for layer in range(self.num_layers)
             for slow in [self._slow(layer)]
@@ -208,47 +210,35 @@ class _SharedRecurrentCore(nn.Module):
         self._stream_cache = None
         self._stream_layers = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        # CSR tensors cannot be copied or pickled: keep whether the cache was built and build it again
-        state = self.__dict__.copy()
-        state["_stream_cache"] = self._stream_cache is not None
-        state["_stream_layers"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        streaming = bool(state.get("_stream_cache"))
-        super().__setstate__({**state, "_stream_cache": None})
-        if streaming:
-            self.begin_streaming()
-
     def step(self, x_t: torch.Tensor, state: Any, choice: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One frame ``(B, F)`` with hard choices ``(B,)`` -> ``(B, D)``.
 
         With ``B == 1`` only the chosen branch computes; otherwise both, mixed one-hot.
         """
+        proj = self.encoder.proj
+        if x_t.shape[0] == 1:  # one stream: the chosen branch's kernels only (cached while streaming)
+            k = int(choice[0])
+            cached = getattr(self, "_stream_layers", None)
+            if cached is not None:
+                layers = [branches[k] for branches in cached]
+            else:
+                layers = [(b, self._stream_weights(layer, k, b))
+                          for layer in range(self.num_layers) for b in [self._branch(layer, k)]]
+            h, new_state = step_layers(layers, self.rnn_type, x_t, state)
+            return (h if proj is None else proj(h)), new_state
         lstm = self.rnn_type == "lstm"
         hs, cs = state if lstm else (state, None)
-        if x_t.shape[0] == 1:
-            ks, mix = [int(choice[0])], None
-        else:
-            ks, mix = [0, 1], F.one_hot(choice, 2).t().to(x_t.dtype)[None, ..., None]  # (1, 2, B, 1)
+        mix = F.one_hot(choice, 2).t().to(x_t.dtype)[None, ..., None]  # (1, 2, B, 1)
         inp = x_t
         new_h, new_c = [], []
-        cached = getattr(self, "_stream_layers", None)
-        if mix is None and cached is not None:  # one stream, streaming: the chosen branch's cached kernels only
-            h, new_state = step_layers([branches[ks[0]] for branches in cached], self.rnn_type, x_t, state)
-            return (h if self.encoder.proj is None else self.encoder.proj(h)), new_state
         for layer in range(self.num_layers):
-            branches = [self._branch(layer, k) for k in ks]
-            weights = [self._stream_weights(layer, k, b) for k, b in zip(ks, branches)]
-            if mix is None:  # one stream: only the chosen branch's kernels, no time loop around them
-                h, c = branches[0].step(inp, weights[0], hs[layer], cs[layer] if lstm else None)
-            else:
-                _, h, c = self.scan(branches, weights, inp[None], hs[layer], cs[layer] if lstm else None, mix)
+            branches = [self._branch(layer, k) for k in (0, 1)]
+            weights = [self._stream_weights(layer, k, b) for k, b in enumerate(branches)]
+            _, h, c = self.scan(branches, weights, inp[None], hs[layer], cs[layer] if lstm else None, mix)
             new_h.append(h)
             new_c.append(c)
             inp = h
-        y = inp if self.encoder.proj is None else self.encoder.proj(inp)
+        y = inp if proj is None else proj(inp)
         hs = torch.stack(new_h)
         return y, ((hs, torch.stack(new_c)) if lstm else hs)
 
