@@ -730,6 +730,21 @@ def final_checkpoint(run_dir: Path) -> Path:
     return max(ckpts, key=lambda c: torch.load(c, map_location="cpu", weights_only=False)["global_step"])
 
 
+def stacked_test_inputs(root: str, utterances: int, stacker: Any) -> tuple[list[Any], list[str]]:
+    """Encoder inputs ``(T, F)`` (features stacked by ``stacker``) and reference texts of the first test utterances."""
+    import torch
+
+    ds, _ = corpus_test_split(root)
+    inputs, texts = [], []
+    with torch.no_grad():
+        for i in range(min(utterances, len(ds))):
+            f = ds[i]["feats"][None]
+            x, n = stacker(f, torch.tensor([f.shape[1]]))
+            inputs.append(x[0, : int(n[0])])
+            texts.append(ds[i]["text"])
+    return inputs, texts
+
+
 def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: str, utterances: int,
                            repeats: int = 3) -> None:
     """Single-thread streaming ms/frame of every variant, measured in this process with the models taken in turn.
@@ -738,12 +753,10 @@ def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: st
     utterances, ``repeats`` rounds over all variants; the fastest round per utterance counts.
     Overwrites ``ms_per_frame_streaming`` and ``rtf`` and sets ``wallclock`` to ``"side by side"``.
     """
-    import torch
 
     from lightning_amortized.module import ASRModule
     from lightning_amortized.nn import AmortizedEncoder, stream
 
-    ds, _ = corpus_test_split(root)
     models = {}
     device = device_for(RHO_TRAIN, slow_encoder_flops())
     for name in done:
@@ -754,12 +767,7 @@ def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: st
             if guard is not None:
                 m.encoder.latency_guard = guard
         models[name] = m
-    inputs = []
-    with torch.no_grad():
-        for i in range(min(utterances, len(ds))):
-            f = ds[i]["feats"][None]
-            x, n = models[next(iter(models))].stacker(f, torch.tensor([f.shape[1]]))
-            inputs.append(x[0, : int(n[0])])
+    inputs, _ = stacked_test_inputs(root, utterances, models[next(iter(models))].stacker)
     best: dict[str, list[float]] = {name: [float("inf")] * len(inputs) for name in models}
     for _ in range(repeats):
         for name, m in models.items():

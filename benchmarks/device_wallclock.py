@@ -57,23 +57,13 @@ def export(name: str, work: Path) -> Path:
 
 
 def encoder_frames(root: str, utterances: int, stack_from: Path) -> tuple[list[Any], list[str]]:
-    """Encoder input frames (normalised, stacked features) and reference texts of the first test utterances."""
-    import torch
-
-    from amnet import corpus_test_split
+    """Encoder input frames (normalised, stacked features, numpy) and reference texts of the first test utterances."""
+    from amnet import stacked_test_inputs
 
     from lightning_amortized.module import load_asr_module
 
-    ds, _ = corpus_test_split(root)
-    stacker = load_asr_module(stack_from).stacker
-    frames, texts = [], []
-    with torch.no_grad():
-        for i in range(min(utterances, len(ds))):
-            f = ds[i]["feats"][None]
-            x, n = stacker(f, torch.tensor([f.shape[1]]))
-            frames.append(x[0, : int(n[0])].numpy())
-            texts.append(ds[i]["text"])
-    return frames, texts
+    inputs, texts = stacked_test_inputs(root, utterances, load_asr_module(stack_from).stacker)
+    return [x.numpy() for x in inputs], texts
 
 
 def measure(exports: dict[str, Path], frames: list[Any], texts: list[str], repeats: int) -> dict[str, dict[str, Any]]:
