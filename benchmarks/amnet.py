@@ -558,6 +558,14 @@ JOB_OPTIONS = ("root", "train_utts", "epochs", "lr", "rtf_utts", "quick", "lambd
                "fast_density", "branch_loss_weight", "seed")
 
 
+# options a variant's training never reads, so a finished run of it is reusable whatever they are (slow-only has no
+# fast branch and no routing losses; every other variant is checked on all options: a FLOPs-matched single encoder
+# follows its AmNet, which reads them all)
+UNUSED_OPTIONS: dict[str, set[str]] = {
+    "slow_only": {"lambda_cost", "lambda_amr", "fast_rank", "fast_density", "branch_loss_weight"},
+}
+
+
 # 2: every encoder streams through the same per-frame kernels (RecurrentEncoder.step = the AmNet's slow branch);
 # timings made before (no "streaming_code") set slow-only's one-frame nn.LSTM call against faster AmNet kernels
 STREAMING_CODE = 2
@@ -569,6 +577,25 @@ def job_options(a: argparse.Namespace, base: str | None) -> dict[str, Any]:
     opts["root"] = str(Path(opts["root"]).resolve())
     opts["base_ckpt"] = None if base in (None, "none") else str(Path(base).resolve())
     return opts
+
+
+def check_reusable(name: str, had: dict[str, Any] | None, wanted: dict[str, Any], path: Path) -> None:
+    """Refuse to reuse a finished variant made with other options than ``wanted`` (those it reads, see ``UNUSED_OPTIONS``).
+
+    Raises:
+        SystemExit: naming each differing option, before and now, and what to do.
+    """
+    if had is None:
+        print(f"{name}: reused from {path}, made before runs recorded their options (not checked against these)")
+        return
+    differ = sorted(k for k in set(had) | set(wanted) if k not in UNUSED_OPTIONS.get(name, set())
+                    and had.get(k) != wanted.get(k))
+    if differ:
+        raise SystemExit(
+            f"{path} was made with other options ({', '.join(f'{k}={had.get(k)!r}' for k in differ)}; now "
+            f"{', '.join(f'{k}={wanted.get(k)!r}' for k in differ)}). Pass the same options, another --work, "
+            "or drop --resume to train it again."
+        )
 
 
 def _job_cmd(a: argparse.Namespace, name: str, base: str | None, extra: list[str]) -> list[str]:
@@ -608,16 +635,7 @@ def drive(a: argparse.Namespace) -> int:
             src = work / rec["evaluates"] / "final.ckpt" if rec.get("evaluates") else None
             if src is not None and (not src.exists() or src.stat().st_mtime != rec.get("source_checkpoint_mtime")):
                 continue  # a guarded evaluation of weights that have changed since: score them again
-            had = rec.get("options")
-            if had is None:
-                print(f"{n}: reused from {f}, made before runs recorded their options (not checked against these)")
-            elif had != wanted:
-                differ = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
-                raise SystemExit(
-                    f"{f} was made with other options ({', '.join(f'{k}={had.get(k)!r}' for k in differ)}; now "
-                    f"{', '.join(f'{k}={wanted.get(k)!r}' for k in differ)}). Pass the same options, another --work, "
-                    "or drop --resume to train it again."
-                )
+            check_reusable(n, rec.get("options"), wanted, f)
             if not a.wallclock_side_by_side:
                 rec.pop("wallclock", None)  # timed side by side only in the run that did so
             done[n] = rec

@@ -269,3 +269,15 @@ def test_resume_refuses_a_variant_made_with_other_options(amnet, tmp_path: Path,
     (tmp_path / "slow_only.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match=r"other options \(epochs=8, seed=0; now epochs=1, seed=7\)"):
         amnet.main(args)
+
+
+def test_resume_reuses_slow_only_whatever_the_fast_branch_options(amnet, tmp_path: Path) -> None:
+    """Slow-only reads no fast-branch or routing option; an AmNet with another fast density is refused."""
+    args = ["--base-ckpt", "none", "--work", str(tmp_path), "--fast-density", "0.6", "--lambda-cost", "0.3"]
+    wanted = amnet.job_options(amnet.build_parser().parse_args(args), None)
+    had = dict(wanted, fast_density=0.3758, lambda_cost=None)
+    amnet.check_reusable("slow_only", had, wanted, tmp_path / "slow_only.json")  # no error
+    with pytest.raises(SystemExit, match=r"fast_density=0.3758, lambda_cost=None; now fast_density=0.6"):
+        amnet.check_reusable("amnet_sparse", had, wanted, tmp_path / "amnet_sparse.json")
+    with pytest.raises(SystemExit, match=r"seed=1; now seed=0"):
+        amnet.check_reusable("slow_only", dict(had, seed=1), wanted, tmp_path / "slow_only.json")
