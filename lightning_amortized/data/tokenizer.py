@@ -141,8 +141,10 @@ class SentencePieceTokenizer:
                 "Train it with train_sentencepiece (unk 0, no bos/eos/pad)."
             )
         pieces = [self._sp.IdToPiece(i) for i in range(self._sp.GetPieceSize())]
-        #: Text of every non-blank id, in id order (``"▁"`` as a space).
-        self.vocabulary: list[str] = [p.replace("\u2581", " ") for p in pieces]
+        #: Text of every non-blank id, in id order (``"▁"`` as a space; the unknown piece, which no
+        #: training transcript contains, reads as nothing, so a decoded hypothesis never holds ``<unk>``).
+        self.vocabulary: list[str] = ["" if i == self._sp.unk_id() else p.replace("\u2581", " ")
+                                      for i, p in enumerate(pieces)]
 
     def __len__(self) -> int:
         return self._sp.GetPieceSize() + 1
@@ -168,7 +170,7 @@ class SentencePieceTokenizer:
         return [i + 1 for i in ids]
 
     def decode(self, ids: list[int] | torch.Tensor) -> str:
-        """Ids -> text (blank ids dropped, no CTC collapsing)."""
+        """Ids -> text (blank and unknown-piece ids dropped, no CTC collapsing)."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return " ".join("".join(self.vocabulary[i - 1] for i in ids if i != self.blank_id).split())

@@ -38,6 +38,16 @@ def test_round_trip_blank_and_ctc_collapse(sp_model: Path) -> None:
     assert sum(len(tok.encode(t)) for t in TEXTS) < 0.75 * sum(len(chars.encode(t)) for t in TEXTS)
 
 
+def test_a_predicted_unknown_piece_decodes_to_nothing(sp_model: Path) -> None:
+    """A CTC model can emit the unknown piece (id ``unk + 1``); hypotheses read "<unk>" in them."""
+    tok = SentencePieceTokenizer(sp_model)
+    unk = tok._sp.unk_id() + 1
+    ids = tok.encode("CALL MOM")
+    assert tok.decode([unk, *ids, unk]) == "CALL MOM"
+    assert tok.ctc_greedy(torch.tensor([unk, 0, *ids, unk])) == "CALL MOM"
+    assert "<unk>" not in "".join(tok.vocabulary)  # the device runtime joins vocabulary entries
+
+
 def test_training_is_deterministic_and_checks_arguments(sp_model: Path, tmp_path: Path) -> None:
     again = train_sentencepiece(TEXTS, tmp_path / "again.model", vocab_size=40)
     assert again.read_bytes() == sp_model.read_bytes()
