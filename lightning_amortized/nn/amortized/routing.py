@@ -69,12 +69,12 @@ class RoutingInfo:
         return lengths_to_mask(self.lengths, self.gates.shape[1], device=self.gates.device)
 
     def sharpness(self) -> torch.Tensor:
-        """Mean over valid frames of ``max_k gates`` (1.0 = hard decisions)."""
+        """Mean over valid frames of ``max_k gates`` (1.0 = hard decisions); NaN if no frame is valid."""
         m = self.mask
         return self.gates.detach().max(-1).values[m].mean()
 
     def slow_share(self) -> torch.Tensor:
-        """Fraction of valid frames whose decision is the slow branch."""
+        """Fraction of valid frames whose decision is the slow branch; NaN if no frame is valid (all lengths 0)."""
         return (self.decisions[self.mask] == self.slow_index).float().mean()
 
     def eou_latency_ms(self) -> torch.Tensor:
