@@ -54,9 +54,13 @@ def test_crdnn_absolute_lengths_become_relative_and_time_pooling_is_probed():
     assert (enc.input_size, enc.output_size, enc.time_downsampling) == (F_IN, 8, 2)
     x, lengths = torch.randn(2, 10, F_IN), torch.tensor([10, 7])
     y, out = enc(x, lengths)
-    assert y.shape == (2, 5, 8) and out.tolist() == [5, 4]  # ceil(7 / 2) = 4
+    # CRDNN's time pooling drops a partial pair: floor(7 / 2) = 3 frames (was ceil: a 4th frame pooled padding,
+    # one more than CTC found in y for an odd batch maximum)
+    assert not enc._rounds_up and y.shape == (2, 5, 8) and out.tolist() == [5, 3]
     torch.testing.assert_close(y[0], crdnn(x)[0])  # the instance itself, weights untouched
-    assert bool((y[1, 4:] == 0).all())  # past the output length
+    assert bool((y[1, 3:] == 0).all())  # past the output length
+    y_odd, out_odd = enc(x[:, :9], torch.tensor([9, 7]))
+    assert y_odd.shape[1] == 4 and out_odd.tolist() == [4, 3]  # every output length within y
 
     calls = []
 
@@ -69,6 +73,9 @@ def test_crdnn_absolute_lengths_become_relative_and_time_pooling_is_probed():
     calls.clear()
     enc(torch.randn(2, 8, F_IN), torch.tensor([8, 2]))
     torch.testing.assert_close(calls[0], torch.tensor([1.0, 0.25]))  # SpeechBrain's relative lengths
+    calls.clear()
+    enc(torch.randn(2, 22, F_IN), torch.tensor([22, 13]))  # 13 / 22 * 22 truncates to 12 in float32
+    assert (calls[0] * 22).long().tolist() == [22, 13]
     assert enc.output_size == 3
 
 

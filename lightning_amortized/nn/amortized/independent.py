@@ -136,19 +136,12 @@ class _IndependentCore(nn.Module):
         B, T, _ = x.shape
         mask = lengths_to_mask(lengths, T, device=x.device)[..., None]
         if only is not None:  # one-hot gates on branch `only`: the other branches keep their state
-            y, _ = self.branches[only](x, lengths)
-            y = self.projections[only](y)
+            y = self.projections[only](self._whole(only, x, lengths))
             return y * mask.to(y.dtype)
         if not self.streaming:  # full-sequence outputs mixed per frame (compute saved only per chunk)
             y = 0
-            for k, (b, p) in enumerate(zip(self.branches, self.projections)):
-                yk, _ = b(x, lengths)
-                if yk.shape[1] != T:
-                    raise ValueError(
-                        f"Branch {k} ({type(b).__name__}) changes the frame rate ({T} -> {yk.shape[1]} frames); "
-                        "frame-wise routing needs branches with the same frame rate."
-                    )
-                y = y + gates[..., k : k + 1] * p(yk)
+            for k, p in enumerate(self.projections):
+                y = y + gates[..., k : k + 1] * p(self._whole(k, x, lengths))
             return y * mask.to(x.dtype)
         states = [b.init_state(B) for b in self.branches]
         dims = [_batch_dims(b, B) for b in self.branches]
@@ -156,6 +149,17 @@ class _IndependentCore(nn.Module):
         outs = [self.advance(x_t[t], states, g_t[t], dims) for t in range(T)]
         y = torch.stack(outs, 1) if outs else x.new_zeros(B, 0, self.output_size)
         return y * mask.to(y.dtype)
+
+    def _whole(self, k: int, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Branch ``k`` on whole utterances ``(B, T, F)`` -> ``(B, T, D_k)``; refuses a branch that changes ``T``."""
+        b = self.branches[k]
+        yk, _ = b(x, lengths)
+        if yk.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"Branch {k} ({type(b).__name__}) changes the frame rate ({x.shape[1]} -> {yk.shape[1]} frames); "
+                "frame-wise routing needs branches with the same frame rate."
+            )
+        return yk
 
     def _require_streaming(self) -> None:
         if not self.streaming:

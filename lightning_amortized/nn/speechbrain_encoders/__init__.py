@@ -57,7 +57,7 @@ Example:
     >>> enc = SpeechBrainEncoder(crdnn, input_size=20)
     >>> y, n = enc(torch.randn(2, 12, 20), torch.tensor([12, 7]))
     >>> y.shape, n.tolist(), enc.time_downsampling
-    (torch.Size([2, 6, 8]), [6, 4], 2)"""
+    (torch.Size([2, 6, 8]), [6, 3], 2)"""
 
 from lightning_amortized.nn.speechbrain_encoders.chunks import chunks_to_frames, frames_to_chunks
 from lightning_amortized.nn.speechbrain_encoders.flops import measured_flops

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["measured_flops"]
@@ -31,7 +32,11 @@ def measured_flops(fn: Callable[[], Any], module: nn.Module | None = None) -> in
     on a padded tensor (it does count a packed sequence, which runs decomposed): every
     ``nn.LSTM`` call inside ``module`` for which the counter saw no FLOPs gets its
     matrix products added from its shapes (per frame it processed), so an LSTM is
-    counted like a GRU, whose products PyTorch does count.
+    counted like a GRU, whose products PyTorch does count. PyTorch's fused attention
+    "fast path" (``nn.MultiheadAttention`` / ``nn.TransformerEncoder`` at inference) is
+    not counted either, so it is switched off while measuring (the decomposed path does
+    the same products), and ``scaled_dot_product_attention`` runs its math backend
+    (the fused CPU kernels are not counted either).
 
     Args:
         fn: A call to measure (run under ``torch.no_grad()``).
@@ -39,6 +44,10 @@ def measured_flops(fn: Callable[[], Any], module: nn.Module | None = None) -> in
 
     Returns:
         FLOPs of the call (all sequences of the batch together).
+
+    Raises:
+        ValueError: ``module`` has parameters but the call measured no FLOPs (an operator
+            the counter cannot see; an AmNet would take such a branch for free).
 
     Example:
         >>> measured_flops(lambda: nn.Linear(8, 4)(torch.randn(3, 8)))  # 3 frames * 2 * 8 * 4
@@ -64,10 +73,19 @@ def measured_flops(fn: Callable[[], Any], module: nn.Module | None = None) -> in
     for m in module.modules() if module is not None else ():
         if isinstance(m, nn.LSTM):
             handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    try:
-        with torch.no_grad(), counter:
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:  # the math attention backend runs as counted matrix products (the fused CPU kernels are not counted)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
             fn()
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
-    return int(counter.get_total_flops()) + extra[0]
+    total = int(counter.get_total_flops()) + extra[0]
+    if total == 0 and module is not None and any(p.numel() for p in module.parameters()):
+        raise ValueError(
+            f"{type(module).__name__} measured 0 FLOPs with torch.utils.flop_counter although it has parameters: it "
+            "runs an operator the counter does not see. Give the encoder a `flops_per_frame()` of its own."
+        )
+    return total

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_amortized.functional.masks import lengths_to_mask
+from lightning_amortized.nn.modes import eval_mode
 from lightning_amortized.nn.speechbrain_encoders.chunks import _tree_zeros, _windows
 from lightning_amortized.nn.speechbrain_encoders.flops import measured_flops
 from lightning_amortized.nn.speechbrain_encoders.wrapped import _device_of, _is_conformer, _WrappedSpeechBrain
@@ -110,7 +111,8 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
     ) -> None:
         if int(chunk_size) <= 0:
             raise ValueError(f"Expected argument `chunk_size` to be a positive integer, but got {chunk_size}.")
-        if left_context_chunks is None or int(left_context_chunks) < 0:
+        if (left_context_chunks is None or isinstance(left_context_chunks, bool)
+                or int(left_context_chunks) != left_context_chunks or left_context_chunks < 0):
             raise ValueError(
                 "Expected argument `left_context_chunks` to be an integer >= 0 (SpeechBrain 1.1.2 cannot stream "
                 f"an infinite left context), but got {left_context_chunks}."
@@ -134,13 +136,14 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
                     f"frame rate by {d}; downsample the features before chunking them."
                 )
             self._check_conformer()
-        elif _streams_recurrently(module) and not windowed:
+        elif _streams_recurrently(module) and not windowed and self._cnn_keeps_frame_rate():
             self.mode = "recurrent"
         self.cnn_context = _cnn_left_context(module) if self.mode == "recurrent" else 0
         self.frames_per_chunk = self.chunk_size // d
         self.input_size = self.chunk_size * self.feature_size
         self.output_size = self.frames_per_chunk * self.frame_output_size
         self._flops: int | None = None
+        self._rnn_state_template: tuple[Any, Any] | None = None  # ((batch, device, dtype), zero RNN state)
 
     def _check_conformer(self) -> None:
         attention = getattr(self.module, "attention_type", None)
@@ -189,7 +192,11 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
 
             cfg = self.dynchunktrain_config
             src_mask = make_transformer_src_mask(frames, dynchunktrain_config=cfg)  # (N*C, N*C) from shapes only
-            y = self._encode(frames, lengths * C, src_mask, cfg)
+            h = frames
+            if self.input_module is not None:  # per chunk, as step() sees it (a front end may mix frames)
+                h = self.input_module(x.reshape(B * N, C, self.feature_size))
+                h = h.reshape(B, N * C, h.shape[-1])
+            y = self._encode_module(h, lengths * C, src_mask, cfg)
         elif self.mode == "recurrent":  # the CNN on every chunk's window, the RNN over the whole sequence
             R = self.cnn_context
             h = self._cnn(_windows(frames, R, C), R)
@@ -201,6 +208,14 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
             y = self._encode(windows, full)[:, -self.frames_per_chunk :]
         y = self._project(y).reshape(B, N, self.output_size)
         return y * lengths_to_mask(lengths, N, device=y.device)[..., None].to(y.dtype), lengths
+
+    @torch.no_grad()
+    def _cnn_keeps_frame_rate(self, frames: int = 24) -> bool:
+        """Whether the CRDNN's input module and CNN map ``frames`` frames to as many (a CNN that pools time cannot
+        stream chunk by chunk with a left context of its receptive field)."""
+        with eval_mode(self):
+            p = next(self.parameters())
+            return int(self._cnn(p.new_zeros(1, frames, self.input_size), 0).shape[1]) == frames
 
     def _cnn(self, windows: torch.Tensor, context: int) -> torch.Tensor:
         """CRDNN's input module and CNN on windows ``(M, R + C, F)`` -> the chunk frames' outputs ``(M, C, ...)``."""
@@ -229,10 +244,14 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         if self.mode == "window":
             return {"window": p.new_zeros(batch_size, W, self.feature_size)}
         if self.mode == "recurrent":  # the RNN's own zero state, shaped by one frame through it
-            with torch.no_grad():
-                probe = self._after_cnn(self._cnn(p.new_zeros(batch_size, self.chunk_size, self.feature_size), 0))
-                _, hidden = self.module.RNN(probe[:, :1])
-            zero = _tree_zeros(hidden)
+            key = (batch_size, p.device, p.dtype)
+            if self._rnn_state_template is None or self._rnn_state_template[0] != key:
+                # in eval mode: a training-mode probe would move BatchNorm statistics (LiGRU's, the CNN's)
+                with torch.no_grad(), eval_mode(self):
+                    probe = self._after_cnn(self._cnn(p.new_zeros(batch_size, self.chunk_size, self.feature_size), 0))
+                    _, hidden = self.module.RNN(probe[:, :1])
+                self._rnn_state_template = (key, _tree_zeros(hidden))
+            zero = _tree_zeros(self._rnn_state_template[1])
             return {"cnn": p.new_zeros(batch_size, self.cnn_context, self.feature_size), "rnn": zero}
         d = self.pos.emb_dim
         return {
@@ -266,7 +285,7 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         W = self.left_frames
         valid = state["valid"]
         key_pad = torch.cat([valid < 0.5, torch.zeros(B, C, dtype=torch.bool, device=h.device)], 1)
-        pos = self.pos(h.new_empty(1, W + C, 0))
+        pos = self.pos(h.new_empty(1, W + C, 0)).to(h.dtype)
         mha, conv = [], []
         for layer, m_ctx, c_ctx in zip(self.module.layers, state["mha"], state["conv"]):
             h, m_new, c_new = _conformer_layer_step(layer, h, m_ctx, c_ctx, key_pad, pos)
@@ -285,18 +304,15 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
         """
         if self._flops is None:
             x = torch.zeros(1, self.input_size, device=_device_of(self))
-            was = self.training
-            self.eval()
-            try:
+            with eval_mode(self):
                 state = self.init_state(1)
                 self._flops = measured_flops(lambda: self.step(x, state), self)
-            finally:
-                self.train(was)
         return self._flops
 
 
 def _streams_recurrently(module: nn.Module) -> bool:
-    """A ``CRDNN`` whose one RNN is unidirectional (not ``use_rnnp``) and whose CNN keeps the frame rate."""
+    """A ``CRDNN`` whose one RNN is unidirectional (not ``use_rnnp``); whether its CNN keeps the frame rate is probed
+    by ``ChunkStreamingEncoder._cnn_keeps_frame_rate``."""
     from speechbrain.lobes.models.CRDNN import CRDNN
     from speechbrain.nnet.containers import Sequential
 
@@ -311,27 +327,29 @@ def _streams_recurrently(module: nn.Module) -> bool:
     bidirectional = getattr(rnn, "bidirectional", None)
     if bidirectional is None:
         bidirectional = getattr(getattr(rnn, "rnn", None), "bidirectional", True)
-    if bidirectional:
-        return False
-    cnn = module._modules.get("CNN")
-    pools_time = any(
-        isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and _pair(m.kernel_size)[0] > 1 for m in (cnn.modules() if cnn else ())
-    )
-    return not pools_time
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+    return not bidirectional
 
 
 def _cnn_left_context(module: nn.Module) -> int:
-    """Left receptive field in frames of a CRDNN's CNN: ``sum ceil((k_t - 1) * dilation_t / 2)`` over its convolutions."""
+    """Left receptive field in frames of a CRDNN's CNN: ``sum ceil((k_t - 1) * dilation_t / 2)`` over its convolutions.
+
+    SpeechBrain's ``Conv2d`` runs its ``torch.nn.Conv2d`` on ``(B, C, F, T)`` (time last; first
+    with ``swap=True``), so ``k_t`` is the last entry of the torch kernel size. A bare
+    ``torch.nn.Conv2d`` elsewhere in the CNN counts with its larger span (too much context
+    costs compute, never correctness).
+    """
+    from speechbrain.nnet.CNN import Conv2d as SBConv2d
+
     cnn = module._modules.get("CNN")
-    total = 0
+    total, inner = 0, set()
     for m in cnn.modules() if cnn is not None else ():
-        if isinstance(m, nn.Conv2d):
-            span = (m.kernel_size[0] - 1) * m.dilation[0]
-            total += (span + 1) // 2
+        if isinstance(m, SBConv2d):
+            axis = 0 if getattr(m, "swap", False) else -1
+            conv = m.conv
+            inner.add(conv)
+            total += ((conv.kernel_size[axis] - 1) * conv.dilation[axis] + 1) // 2
+        elif isinstance(m, nn.Conv2d) and m not in inner:
+            total += max(((k - 1) * d + 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
     return total
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_amortized.functional.masks import lengths_to_mask
+from lightning_amortized.nn.modes import eval_mode
 from lightning_amortized.nn.padding import ConvPaddingMask
 from lightning_amortized.nn.speechbrain_encoders.flops import measured_flops
 
@@ -62,7 +63,7 @@ class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
         if takes_lengths is None:
             takes_lengths = bool(names)
         self.takes_lengths = bool(takes_lengths) and not self.transformer_style
-        self._module_output_size, self.time_downsampling = self._probe()
+        self._module_output_size, self.time_downsampling, self._rounds_up = self._probe()
         self.proj = nn.Linear(self._module_output_size, output_size) if output_size else None
         self.frame_output_size = int(output_size or self._module_output_size)
 
@@ -75,6 +76,21 @@ class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
     ) -> torch.Tensor:
         """Run the wrapped module on ``(B, T, F)`` with absolute ``lengths`` -> ``(B, T', D_module)``."""
         h = self.input_module(x) if self.input_module is not None else x
+        if h.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"`input_module` {type(self.input_module).__name__} maps {x.shape[1]} frames to {h.shape[1]}; it must "
+                "work per frame (downsample inside `module`, or before the features reach this encoder)."
+            )
+        return self._encode_module(h, lengths, src_mask, dynchunktrain_config)
+
+    def _encode_module(
+        self,
+        h: torch.Tensor,
+        lengths: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        dynchunktrain_config: Any = None,
+    ) -> torch.Tensor:
+        """The wrapped module alone on ``(B, T, F')`` (after ``input_module``)."""
         T = h.shape[1]
         if self.transformer_style:
             pad = ~lengths_to_mask(lengths, T, device=h.device)
@@ -83,12 +99,12 @@ class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
                 kwargs["src_mask"] = src_mask
             if dynchunktrain_config is not None:
                 kwargs["dynchunktrain_config"] = dynchunktrain_config
-            if self.pos is not None:
-                kwargs["pos_embs"] = self.pos(h)
+            if self.pos is not None:  # RelPosEncXL makes float32 tables whatever the model's dtype
+                kwargs["pos_embs"] = self.pos(h).to(h.dtype)
             with self.padding_masked(pad):
                 y = self.module(h, **kwargs)
         elif self.takes_lengths:
-            rel = lengths.to(h.dtype) / max(T, 1)  # SpeechBrain's relative lengths
+            rel = relative_lengths(lengths, T)
             y = self.module(h, **{self._lengths_arg: rel}) if self._lengths_arg else self.module(h, rel)
         else:
             y = self.module(h)
@@ -99,35 +115,43 @@ class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
         return y
 
     @torch.no_grad()
-    def _probe(self, frames: int = 120) -> tuple[int, int]:
-        """Output size and time downsampling from a dummy forward (module put in eval mode for it)."""
-        was = self.training
-        self.eval()
-        try:
+    def _probe(self, frames: int = 120) -> tuple[int, int, bool]:
+        """Output size, time downsampling ``d`` and whether a partial group of ``d`` frames makes an output frame.
+
+        Dummy forwards of ``frames`` and ``frames + 1`` frames, every submodule in eval mode
+        for them and then back in its own mode.
+        """
+
+        def run(n: int) -> torch.Tensor:
             dev = _device_of(self)
-            y = self._encode(torch.zeros(1, frames, self.input_size, device=dev), torch.tensor([frames], device=dev))
-        except Exception as err:  # a user-facing explanation of a mismatched wrapper
-            raise ValueError(
-                f"A dummy forward of {type(self.module).__name__} on (1, {frames}, {self.input_size}) failed "
-                f"({type(err).__name__}: {err}); check `input_size` (and `input_module` if the module expects "
-                "another width)."
-            ) from err
-        finally:
-            self.train(was)
-        out_frames = int(y.shape[1])
-        if out_frames <= 0 or frames % out_frames:
-            raise ValueError(
-                f"{type(self.module).__name__} maps {frames} frames to {out_frames}: only an integer time "
-                "downsampling is supported."
-            )
-        return int(y.shape[-1]), frames // out_frames
+            try:
+                return self._encode(torch.zeros(1, n, self.input_size, device=dev), torch.tensor([n], device=dev))
+            except Exception as err:  # a user-facing explanation of a mismatched wrapper
+                raise ValueError(
+                    f"A dummy forward of {type(self.module).__name__} on (1, {n}, {self.input_size}) failed "
+                    f"({type(err).__name__}: {err}); check `input_size` (and `input_module` if the module expects "
+                    "another width)."
+                ) from err
+
+        with eval_mode(self):
+            y = run(frames)
+            out_frames = int(y.shape[1])
+            if out_frames <= 0 or frames % out_frames:
+                raise ValueError(
+                    f"{type(self.module).__name__} maps {frames} frames to {out_frames}: only an integer time "
+                    "downsampling is supported."
+                )
+            d = frames // out_frames
+            rounds_up = d > 1 and int(run(frames + 1).shape[1]) > out_frames
+        return int(y.shape[-1]), d, rounds_up
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         return self.proj(y) if self.proj is not None else y
 
     def _out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames of ``lengths`` input frames: ``ceil`` or ``floor(lengths / d)``, as the module rounds (probed)."""
         d = self.time_downsampling
-        return torch.div(lengths + d - 1, d, rounding_mode="floor")
+        return torch.div(lengths + (d - 1 if self._rounds_up else 0), d, rounding_mode="floor")
 
 
 class SpeechBrainEncoder(_WrappedSpeechBrain):
@@ -185,13 +209,20 @@ class SpeechBrainEncoder(_WrappedSpeechBrain):
         self._flops: int | None = None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode ``(B, T, F)`` with absolute ``lengths`` ``(B,)`` -> ``(B, ceil(T / d), D)``, ``ceil(lengths / d)``.
+        """Encode ``(B, T, F)`` with absolute ``lengths`` ``(B,)`` -> ``(B, T', D)``, output lengths ``(B,)``.
 
-        ``d`` is :attr:`time_downsampling`; outputs past each utterance's length are zero.
+        ``d`` is :attr:`time_downsampling`; ``T'`` and the output lengths are ``T / d`` and
+        ``lengths / d`` rounded the way the module rounds (``ceil``, or ``floor`` for a
+        pooling that drops a partial group, e.g. a ``CRDNN``'s ``time_pooling``). Outputs
+        past each utterance's length are zero, also where the module stopped at the
+        batch's longest utterance (SpeechBrain's packed RNNs).
         """
         y = self._project(self._encode(x, lengths))
         out = self._out_lengths(lengths)
-        y = y * lengths_to_mask(out, y.shape[1], device=y.device)[..., None].to(y.dtype)
+        T_out = int(self._out_lengths(torch.tensor(x.shape[1])))
+        if y.shape[1] < T_out:  # packed RNNs unpack to the longest length of the batch only
+            y = torch.nn.functional.pad(y, (0, 0, 0, T_out - y.shape[1]))
+        y = y[:, :T_out] * lengths_to_mask(out, T_out, device=y.device)[..., None].to(y.dtype)
         return y, out
 
     def flops_per_frame(self) -> int:
@@ -202,15 +233,30 @@ class SpeechBrainEncoder(_WrappedSpeechBrain):
         """
         if self._flops is None:
             T = self.probe_frames
+            if T < self.time_downsampling:
+                raise ValueError(
+                    f"`probe_frames` {T} is fewer than the module's time downsampling {self.time_downsampling}: "
+                    "the probe would have no output frame. Pass a typical utterance length in frames."
+                )
             x = torch.zeros(1, T, self.input_size, device=_device_of(self))
-            was = self.training
-            self.eval()
-            try:
+            with eval_mode(self):
                 total = measured_flops(lambda: self(x, torch.tensor([T], device=x.device)), self)
-            finally:
-                self.train(was)
             self._flops = round(total / (T // self.time_downsampling))
         return self._flops
+
+
+def relative_lengths(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """SpeechBrain's relative lengths ``lengths / frames`` (float32), each rounded up to the next float where needed so
+    that ``int(rel * frames)`` (how SpeechBrain packs and masks) gives back ``lengths`` exactly.
+
+    Example:
+        >>> rel = relative_lengths(torch.tensor([13, 22]), 22)
+        >>> (rel * 22).long().tolist()
+        [13, 22]
+    """
+    rel = lengths.to(torch.float32) / max(int(frames), 1)
+    short = (rel * frames).long() < lengths
+    return torch.where(short, torch.nextafter(rel, torch.ones_like(rel)), rel)
 
 
 def _device_of(module: nn.Module) -> torch.device:
