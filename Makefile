@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test base install clean-venv
 
+# A half-made virtualenv (e.g. `python3 -m venv` without ensurepip: it leaves bin/python, then fails) is
+# removed, so the next `make` makes it again instead of finding bin/python and no pip.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip || { rm -rf $(VENV); exit 1; }
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"

@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import sys
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -181,7 +183,11 @@ def ensure_base(
     """Path of the cached base checkpoint for ``config`` on the corpus at ``root``; trains it if missing.
 
     Concurrent callers (two benchmarks started together) wait on a lock file
-    ``<cache>/<key>.lock``: one trains, the other then finds the result. A cached base whose
+    ``<cache>/<key>.lock``: one trains, the other then finds the result; the corpus is
+    generated (or its manifests written) under a lock of its own, ``.<root name>.prepare.lock``
+    beside it. With ``train=False`` (a lookup, ``--print-path``) the corpus is only read, never
+    generated or regenerated. The corpus is the data module's (``--data.init_args.root`` in
+    ``overrides`` wins over ``root``, as in training). A cached base whose
     ``base.json`` lacks scores for one of the config's test splits (say ``test-other``, added
     to the config after the base was trained) is tested on those splits and ``base.json`` (and
     ``results``) gain their fields; with ``train=False`` it is returned as it is.
@@ -199,16 +205,17 @@ def ensure_base(
         ``<cache>/<key>/base.ckpt``.
 
     Raises:
-        FileNotFoundError: no cached base and ``train=False``.
+        FileNotFoundError: no cached base (or, with ``train=False``, no prepared corpus) and
+            ``train=False``.
     """
-    import fcntl
-
     config, root, cache = Path(config), Path(root), Path(cache)
     cli = _cli(config, root, overrides, None)
     dm = cli.datamodule
-    dm.prepare_data()  # generates the synthetic corpus if missing; writes manifests
+    if train:  # generates the synthetic corpus if missing; writes manifests (one process at a time)
+        with _locked(dm.root.parent / f".{dm.root.name}.prepare.lock"):
+            dm.prepare_data()
     # training and validation data only: what a base is tested on does not name it
-    fingerprint = corpus_fingerprint(root, dm.train_splits + dm.val_splits, dm.manifest_dir)
+    fingerprint = corpus_fingerprint(dm.root, dm.train_splits + dm.val_splits, dm.manifest_dir)
     key = base_key(resolved_config(cli), fingerprint)
     folder = cache / key
     ckpt = folder / "base.ckpt"
@@ -223,17 +230,26 @@ def ensure_base(
         return ckpt
     if not train:
         raise FileNotFoundError(
-            f"No cached base model at {ckpt} for config {config} on corpus {root}; run `python benchmarks/base.py` first."
+            f"No cached base model at {ckpt} for config {config} on corpus {dm.root}; run `python benchmarks/base.py` first."
         )
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    with _locked(cache / f"{key}.lock"):
         if cached():  # trained (or tested) by another process while we waited
             missing = untested()
             if missing:
                 _test_cached(config, root, overrides, folder, missing, results)
             return ckpt
         return _train(config, root, overrides, folder, fingerprint, results)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created) for the block; released also if the process dies."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _untested_splits(base_json: Path, splits: Sequence[str]) -> list[str]:
@@ -311,10 +327,10 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
     full = torch.load(best, map_location="cpu", weights_only=False)
     slim = {k: full[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step") if k in full}
     ckpt = folder / "base.ckpt"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".base.", suffix=".tmp")
-    os.close(fd)
-    torch.save(slim, tmp)
-    os.replace(tmp, ckpt)
+    (folder / "base.json").unlink(missing_ok=True)  # --force: no old scores beside a new checkpoint if we die here
+    buf = io.BytesIO()
+    torch.save(slim, buf)
+    write_atomic(ckpt, buf.getvalue())  # usual permissions, no temporary left behind
     info = {
         "test_split": splits[0],
         "test_splits": splits,
@@ -325,7 +341,7 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
         "device": _device_name(trainer),
         "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
         "overrides": list(overrides),
-        "corpus_root": str(root),
+        "corpus_root": str(dm.root),
         "corpus_fingerprint": fingerprint,
         "checkpoint": str(ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt),
         "checkpoint_sha256": _sha256(ckpt),

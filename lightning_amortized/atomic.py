@@ -45,8 +45,10 @@ def _alive(pid: int) -> bool:
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete ``.NAME.<pid>.*.tmp`` beside ``path`` whose writer process is gone."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        parts = tmp.name[len(path.name) + 2 :].split(".")
-        if parts and parts[0].isdigit() and not _alive(int(parts[0])):
+        # exactly "<pid>.<random>" after the name (mkstemp's random part has no dots): the temporary of
+        # "r.9" (".r.9.<pid>.<random>.tmp") is not one of "r"'s, whose pid 9 would read as gone
+        parts = tmp.name[len(path.name) + 2 : -len(".tmp")].split(".")
+        if len(parts) == 2 and parts[0].isdigit() and not _alive(int(parts[0])):
             tmp.unlink(missing_ok=True)
 
 

@@ -116,7 +116,8 @@ def run_jobs(
         JobFailed: A job exited with an error or without writing ``result``; the other
             running jobs are terminated. The message names the job and its log, with the
             log's last lines.
-        ValueError: Duplicate names, or an ``after`` that names no job.
+        ValueError: Duplicate names, an ``after`` that names no job, or jobs that wait for
+            each other (or for themselves).
     """
     from tqdm.auto import tqdm
 
@@ -128,6 +129,7 @@ def run_jobs(
         missing = [a for a in j.after if a not in names and a not in finished]
         if missing:
             raise ValueError(f"Job {j.name!r} waits for {missing}, which are not jobs of this run.")
+    _refuse_cycles(jobs, finished)
     if workers < 1:
         raise ValueError(f"Expected argument `workers` to be >= 1, but got {workers}.")
     logs = Path(log_dir)
@@ -185,7 +187,14 @@ def run_jobs(
                         f"{tail}"
                     )
                 bar.update(job.units - counted.get(name, 0))
-                finished[name] = json.loads(job.result.read_text())
+                try:
+                    finished[name] = json.loads(job.result.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    tail = (logs / f"{name}.log").read_text()[-3000:]
+                    raise JobFailed(
+                        f"Job {name!r} exited 0 but its result {job.result} is not JSON ({err}); log "
+                        f"{logs / (name + '.log')}:\n{tail}"
+                    ) from None
                 message = on_finish(name, finished[name], time.time() - started) if on_finish else None
                 say(message or f"finished {name} ({time.time() - started:.0f} s)")
     finally:
@@ -194,6 +203,22 @@ def run_jobs(
             log.close()
         bar.close()
     return {n: finished[n] for n in names}
+
+
+def _refuse_cycles(jobs: Sequence[Job], finished: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the jobs that can never start (they wait for each other, or themselves)."""
+    done = set(finished)
+    waiting = [j for j in jobs if j.name not in done]
+    while True:
+        ready = [j for j in waiting if all(a in done for a in j.after)]
+        if not ready:
+            break
+        done.update(j.name for j in ready)
+        waiting = [j for j in waiting if j.name not in done]
+    if waiting:
+        raise ValueError(
+            f"Jobs {[j.name for j in waiting]} wait for each other (or for themselves) through `after`; none could start."
+        )
 
 
 def percent(x: float | None, digits: int = 2) -> str:

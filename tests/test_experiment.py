@@ -71,3 +71,20 @@ def test_max_time_spells_any_cap_as_lightning_reads_it() -> None:
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="positive finite number of minutes"):
             max_time(bad)
+
+
+def test_jobs_that_wait_for_each_other_are_refused_before_any_runs(tmp_path: Path) -> None:
+    """A job after itself, or two after each other, looped forever with nothing running."""
+    for jobs in ([_job(tmp_path, "a", 1, after=("a",))],
+                 [_job(tmp_path, "a", 1, after=("b",)), _job(tmp_path, "b", 2, after=("a",)), _job(tmp_path, "c", 3)]):
+        with pytest.raises(ValueError, match=r"wait for each other"):
+            run_jobs(jobs, workers=1, log_dir=tmp_path / "logs", show_progress=False, poll_s=0.02)
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_a_result_that_is_not_json_fails_the_job_with_its_log(tmp_path: Path) -> None:
+    """It escaped as a bare JSONDecodeError, without the job's name or log."""
+    code = f"print('half written'); open({str(tmp_path / 'bad.json')!r}, 'w').write('{{\"x\": ')"
+    bad = Job("bad", [sys.executable, "-c", code], tmp_path / "bad.json")
+    with pytest.raises(JobFailed, match=r"(?s)'bad' exited 0 but its result .* is not JSON.*half written"):
+        run_jobs([bad], workers=1, log_dir=tmp_path / "logs", show_progress=False, poll_s=0.02)

@@ -39,8 +39,25 @@ def test_trains_once_then_reuses_and_keys_on_config_and_corpus(base, tiny_corpus
     assert set(torch.load(ckpt, weights_only=False)) <= {"state_dict", "hyper_parameters", "pytorch-lightning_version",
                                                          "epoch", "global_step"}
 
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert ckpt.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert not list(ckpt.parent.glob(".*.tmp"))
+
     monkeypatch.setattr(base, "_train", lambda *a, **k: pytest.fail("retrained a cached base"))
     assert base.ensure_base(config, **kw) == ckpt  # found, not retrained
+    from lightning_amortized.data.datamodule import LibriSpeechDataModule
+
+    with monkeypatch.context() as m:  # a lookup (--print-path) reads the corpus, never (re)generates it
+        m.setattr(LibriSpeechDataModule, "prepare_data", lambda self: pytest.fail("a lookup prepared the corpus"))
+        assert base.ensure_base(config, train=False, **kw) == ckpt
+        with pytest.raises(FileNotFoundError, match="prepare the corpus first"):
+            base.ensure_base(config, train=False, **dict(kw, root=tmp_path / "no-corpus"))
+        elsewhere = ["--data.init_args.root", str(tmp_path / "no-corpus")]  # the data module's root is the corpus
+        with pytest.raises(FileNotFoundError, match="no-corpus"):
+            base.ensure_base(config, overrides=elsewhere, train=False, **kw)
     config.write_text("# a comment changes nothing\n" + TINY)
     assert base.ensure_base(config, overrides=["--model.lr=0.002"], **kw) == ckpt  # the default lr, spelled out
     with pytest.raises(FileNotFoundError, match="benchmarks/base.py"):  # another config is another key
