@@ -18,6 +18,19 @@ import torchaudio.functional as AF
 __all__ = ["WaveAugment", "simulated_rir"]
 
 
+#: Upper edge of the telephone band (Hz); audio must be sampled above twice this to use it.
+TELEPHONE_HIGH_HZ = 3400.0
+
+
+def _biquad(kind: str, sample_rate: int, cutoff: float, q: float = 0.707) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(b, a)`` of torchaudio's ``highpass_biquad``/``lowpass_biquad`` (``kind`` "high"/"low"), float32."""
+    w0 = torch.tensor(2 * math.pi * cutoff / sample_rate)
+    alpha, cos = torch.sin(w0) / 2.0 / q, torch.cos(w0)
+    b0 = (1 + cos) / 2 if kind == "high" else (1 - cos) / 2
+    b1 = -1 - cos if kind == "high" else 1 - cos
+    return torch.stack([b0, b1, b0]), torch.stack([1 + alpha, -2 * cos, 1 - alpha])
+
+
 def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
@@ -121,6 +134,11 @@ class WaveAugment:
             raise ValueError(f"Expected argument `babble_talkers` to be an int >= 1, but got {babble_talkers!r}.")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1000:
             raise ValueError(f"Expected argument `sample_rate` to be an int in Hz (>= 1000), but got {sample_rate!r}.")
+        if p_telephone > 0 and sample_rate <= 2 * TELEPHONE_HIGH_HZ:
+            raise ValueError(
+                f"The telephone band ends at {TELEPHONE_HIGH_HZ:g} Hz, above the Nyquist frequency of {sample_rate} Hz "
+                f"audio (its filter would return NaN): set p_telephone=0 or use audio above {2 * TELEPHONE_HIGH_HZ:g} Hz."
+            )
         for name, (low, high) in (("rt60_s", rt60_s), ("snr_db", snr_db)):
             if low > high:
                 raise ValueError(f"Expected argument `{name}` to be (low, high) with low <= high, but got {(low, high)}.")
@@ -186,8 +204,13 @@ class WaveAugment:
         return x + noise * (speech_power / (noise_power * 10 ** (snr / 10))).sqrt()
 
     def _telephone(self, x: torch.Tensor) -> torch.Tensor:
-        y = AF.highpass_biquad(x[None], self.sample_rate, 300.0)
-        return AF.lowpass_biquad(y, self.sample_rate, 3400.0)[0]
+        """300-3,400 Hz band (the biquads of ``highpass_biquad``/``lowpass_biquad``, without their clipping at +-1:
+        no other step clips, and louder recordings would be flattened here only)."""
+        y = x[None]
+        for kind, cutoff in (("high", 300.0), ("low", TELEPHONE_HIGH_HZ)):
+            b, a = _biquad(kind, self.sample_rate, cutoff)
+            y = AF.lfilter(y, a, b, clamp=False)
+        return y[0]
 
     # -- the batch -----------------------------------------------------------------------------
 

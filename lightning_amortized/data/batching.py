@@ -24,12 +24,18 @@ from lightning_amortized.seeding import derive_seed
 __all__ = ["DurationBatchSampler", "ResumableDataLoader", "SeededBatch", "SpeechCollator", "tag_items"]
 
 
+#: Epochs between the batch orders of consecutive seeds (was 1: seed s at epoch e drew seed 0's order of epoch s + e).
+SEED_STRIDE = 1_000_003
+
+
 class DurationBatchSampler(Sampler[list[int]]):
     """Dynamic batches of similar-length utterances holding at most ``max_seconds`` of audio.
 
     Utterances are sorted by duration, cut into batches whose padded size
     (``len(batch) * longest``) stays under ``max_seconds``, and the batch order is
-    shuffled per epoch from ``seed + epoch`` (Lightning calls :meth:`set_epoch`; call it
+    shuffled per epoch from ``seed * 1_000_003 + epoch`` (seeds a million epochs apart, so seed 1
+    does not replay seed 0's orders one epoch later; seed 0 keeps the orders it always had.
+    Lightning calls :meth:`set_epoch`; call it
     yourself in a plain PyTorch loop). With
     ``sortagrad_epochs=n`` the first ``n`` epochs visit batches shortest first
     (SortaGrad, Amodei et al. 2016), which gets CTC training past its initial
@@ -115,7 +121,7 @@ class DurationBatchSampler(Sampler[list[int]]):
         skip, self._skip = self._skip, 0
         order = list(range(len(self.batches)))
         if self.shuffle and self.epoch >= self.sortagrad_epochs:
-            random.Random(self.seed + self.epoch).shuffle(order)
+            random.Random(self.seed * SEED_STRIDE + self.epoch).shuffle(order)
         rank, world = self._rank()
         if world > 1 and order:
             total = math.ceil(len(order) / world) * world

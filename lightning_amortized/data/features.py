@@ -105,6 +105,10 @@ def _reflect_pad(w: torch.Tensor, pad: int) -> torch.Tensor:
 class SpecAugment(nn.Module):
     """Frequency and time masking (no time warping), applied per utterance.
 
+    A mask starts at a uniform position in ``[0, F - w)`` (``[0, T - w)`` in time), so the last
+    bin and the last frame are never masked. Known and kept: ``[0, F - w]`` would change every
+    draw, and with them every published model trained with SpecAugment (the shared base).
+
     Args:
         freq_masks: Number of frequency masks.
         freq_width: Maximum width of each frequency mask (bins).

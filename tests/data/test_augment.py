@@ -113,3 +113,31 @@ def test_datamodule_augments_training_batches_only(tmp_path: Path) -> None:
     assert torch.equal(val["feats"], ref_val["feats"])  # validation untouched
     with pytest.raises(ValueError, match="needs waveforms"):
         SpeechCollator(dm.features, augment=WaveAugment())([dm.datasets["val"][0]])
+
+
+def test_speed_perturbation_keeps_batches_under_the_cap(tmp_path: Path) -> None:
+    """Batches were cut on the manifest durations; at speed 0.9 they held up to 11 % more audio than the cap."""
+    from tests.conftest import write_fake_layout
+
+    write_fake_layout(tmp_path, speakers=3, utts=4)
+    cap = 3.0
+    dm = LibriSpeechDataModule(str(tmp_path), ["train"], [], [], max_batch_seconds=cap, spec_augment=False,
+                               augment=WaveAugment(speeds=(0.9,), p_speed=1.0, p_reverb=0, p_noise=0, p_telephone=0))
+    dm.prepare_data()
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert sum(len(b["ids"]) for b in batches) == 12
+    for b in batches:
+        if len(b["ids"]) > 1:  # padded seconds after the slow-down (10 ms feature hop)
+            assert len(b["ids"]) * (int(b["feat_lengths"].max()) - 1) * 0.01 <= cap
+
+
+def test_the_telephone_band_does_not_clip_and_needs_its_band_below_nyquist() -> None:
+    """lfilter clamped at +-1 (only this step clipped); at 6 kHz audio its 3.4 kHz low-pass returned NaN."""
+    t = torch.arange(16000) / 16000
+    loud = 1.5 * torch.sin(2 * torch.pi * 1000 * t)
+    out = WaveAugment(p_telephone=1.0)._telephone(loud)
+    assert out.abs().max() > 1.4 and int((out.abs() == 1.0).sum()) == 0
+    with pytest.raises(ValueError, match="above the Nyquist frequency of 6000 Hz"):
+        WaveAugment(sample_rate=6000)
+    assert WaveAugment(sample_rate=6000, p_telephone=0.0).sample_rate == 6000
