@@ -225,6 +225,13 @@ class ASRModule(pl.LightningModule):
             self.joint_pred = nn.Linear(rnnt_pred_size, rnnt_joint_size)
             self.head = nn.Linear(rnnt_joint_size, vocab_size)
         self.frame_ms = 10.0 * stack
+        enc_frame = getattr(encoder, "frame_ms", None)
+        if enc_frame is not None and abs(float(enc_frame) - self.frame_ms) > 1e-6:
+            raise ValueError(
+                f"The encoder's frame_ms ({float(enc_frame):g}) differs from the module's frames: stack={stack} "
+                f"10 ms feature frames make {self.frame_ms:g} ms. Its backlog, routing and latencies would be priced "
+                f"for other frames; build the encoder with frame_ms={self.frame_ms:g} (or change `stack`)."
+            )
         self._ctc_infeasible, self._warned_infeasible = 0, False
         self.val_wer, self.val_cer = WordErrorRate(), CharErrorRate()
         # the mean loss per utterance over every rank's utterances (Lightning's sync_dist would average

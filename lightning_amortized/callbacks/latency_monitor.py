@@ -126,6 +126,8 @@ class LatencyMonitor(Callback):
 
     def _reset(self) -> None:
         self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._out: tuple[int, torch.Tensor] | None = None  # (output frames, output lengths) of the captured call
+        self._frame_scale = 1.0  # input frames per output frame of a plain encoder that downsamples time
         self._stats = LatencyStats()
         self._plot_data: dict[str, torch.Tensor] | None = None
         self._samples: list[torch.Tensor] = []
@@ -168,11 +170,19 @@ class LatencyMonitor(Callback):
             self._own_speed = enc.device_flops_per_s
             enc.set_device(self.device_flops_per_s)  # routed for the monitored device, not priced for it afterwards
 
-        def capture(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if len(args) >= 2 and isinstance(args[0], torch.Tensor) and isinstance(args[1], torch.Tensor):
-                self._captured = (args[0].detach(), args[1].detach())
+        def capture(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            x = args[0] if args else kwargs.get("x")
+            lengths = args[1] if len(args) >= 2 else kwargs.get("lengths")
+            if not (isinstance(x, torch.Tensor) and isinstance(lengths, torch.Tensor)):
+                return
+            out_lengths = None  # an encoder that changes the frame rate is costed on its output frames
+            if isinstance(output, (tuple, list)) and len(output) >= 2 and isinstance(output[1], torch.Tensor):
+                out_lengths = output[1].detach()
+                out_frames = int(output[0].shape[1])
+            self._captured = (x.detach(), lengths.detach())
+            self._out = None if out_lengths is None else (out_frames, out_lengths)
 
-        self._hook = self._encoder.register_forward_hook(capture)
+        self._hook = self._encoder.register_forward_hook(capture, with_kwargs=True)
 
     @override
     def on_validation_batch_end(
@@ -189,16 +199,22 @@ class LatencyMonitor(Callback):
         x, lengths = self._captured
         self._captured = None
         frame_ms = self._frame(pl_module)
-        lengths = lengths.to(x.device).long()
+        lengths = in_lengths = lengths.to(x.device).long()
         enc = self._encoder
         routing = enc.last_routing if isinstance(enc, AmortizedEncoder) else None
         if routing is not None:
             flops = routing.expected_flops.detach().float()
             decisions = routing.decisions
             routed, slow_index = decisions, routing.slow_index
-        else:  # a plain encoder: the same cost on every frame, every frame "slow"
-            flops = torch.full(x.shape[:2], float(enc.flops_per_frame()), device=x.device)
-            decisions = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+        else:  # a plain encoder: the same cost on every (output) frame, every frame "slow"
+            frames = x.shape[1]
+            if self._out is not None and self._out[0] != frames:  # time downsampling: flops_per_frame is per output
+                frames, out = self._out
+                frame_ms *= x.shape[1] / frames
+                self._frame_scale = x.shape[1] / frames  # for rho at the epoch's end
+                lengths = out.to(x.device).long()
+            flops = torch.full((x.shape[0], frames), float(enc.flops_per_frame()), device=x.device)
+            decisions = torch.zeros(x.shape[0], frames, dtype=torch.long, device=x.device)
             routed, slow_index = None, 0
         costs = flops_to_ms(flops, self._device_speed())
         self._stats = self._stats + latency_update(costs, flops, lengths, frame_ms, routed, slow_index)
@@ -212,7 +228,7 @@ class LatencyMonitor(Callback):
         for i in range(x.shape[0]):
             if len(self._samples) >= self.rtf_samples:
                 break
-            self._samples.append(x[i, : int(lengths[i])].clone())
+            self._samples.append(x[i, : int(in_lengths[i])].clone())
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -230,20 +246,21 @@ class LatencyMonitor(Callback):
         metrics = {
             "latency/flops_per_frame": result["flops_per_frame"],
             "latency/slow_share": result["slow_share"],
-            "latency/rho": SimulatedDevice(self._device_speed(), frame_ms).load_factor(float(slow_flops)),
+            "latency/rho": SimulatedDevice(self._device_speed(), frame_ms * self._frame_scale).load_factor(
+                float(slow_flops)),
             "latency/eou_p50_ms": result["eou_ms"]["p50"],
             "latency/eou_p90_ms": result["eou_ms"]["p90"],
             "latency/eou_max_ms": result["eou_ms"]["max"],
         }
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True)
-        if self._samples:
-            rtfs = [stream(enc, x, frame_ms).rtf for x in self._samples]
-            metrics["latency/rtf"] = sum(rtfs) / len(rtfs)
+        if self._samples:  # total compute over total audio (real_time_factor's definition), not a mean of ratios
+            runs = [stream(enc, x, frame_ms) for x in self._samples]
+            metrics["latency/rtf"] = sum(r.total_ms for r in runs) / sum(r.wall_ms.numel() * r.frame_ms for r in runs)
             pl_module.log("latency/rtf", metrics["latency/rtf"], on_step=False, on_epoch=True, sync_dist=True)
         self.last_metrics = metrics
         if self.plot and trainer.is_global_zero and self._plot_data is not None:
-            self.last_plot_path = self._save_plot(trainer, frame_ms)
+            self.last_plot_path = self._save_plot(trainer, frame_ms * self._frame_scale)
         rank_zero_info(
             "LatencyMonitor: "
             + ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items())

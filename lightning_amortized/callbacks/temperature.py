@@ -175,9 +175,10 @@ class ArbitratorTemperature(Callback):
             return
         batch_size = int(routings[0].lengths.shape[0])
         sharpness = sum(float(r.sharpness()) for r in routings) / len(routings)
-        kwargs: dict[str, Any] = {"on_step": False, "on_epoch": True, "batch_size": batch_size}
-        pl_module.log("arbitrator/temperature", self.current_temperature, **kwargs)
-        pl_module.log("arbitrator/sharpness", sharpness, sync_dist=True, **kwargs)
+        frames = int(routings[0].mask.sum())  # the epoch mean weighs each batch by its valid frames, as documented
+        kwargs: dict[str, Any] = {"on_step": False, "on_epoch": True}
+        pl_module.log("arbitrator/temperature", self.current_temperature, batch_size=batch_size, **kwargs)
+        pl_module.log("arbitrator/sharpness", sharpness, sync_dist=True, batch_size=max(frames, 1), **kwargs)
 
     @override
     def state_dict(self) -> dict[str, Any]:

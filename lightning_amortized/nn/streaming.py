@@ -129,6 +129,11 @@ def stream(
             if routing is not None:
                 decisions = routing.decisions[0].cpu()
             return StreamResult(y[0], decisions, wall, fm)
+        if T > 0:  # one untimed frame on a throwaway state: lazy caches and first calls are not the stream's cost
+            if amortized:
+                encoder.step_with_decision(x[:1], encoder.init_state(1), force_branch, final=T == 1)
+            else:
+                encoder.step(x[:1], encoder.init_state(1))
         state = encoder.init_state(1)
         outs = []
         for t in range(T):

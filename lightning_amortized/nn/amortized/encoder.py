@@ -283,14 +283,15 @@ class AmortizedEncoder(nn.Module):
         """Route and encode a padded batch ``(B, T, F)`` -> ``(B, T, D)``; sets :attr:`last_routing`."""
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"Expected `x` of shape (B, T, {self.input_size}), but got {tuple(x.shape)}.")
-        flops = torch.tensor(self.branch_flops(), dtype=x.dtype, device=x.device)
+        # costs in float32 whatever the model's precision: 3e6 FLOPs overflow float16, bfloat16 rounds them
+        flops = torch.tensor(self.branch_flops(), dtype=torch.float32, device=x.device)
         if self.force_branch is None:
             arb_flops = self.arbitrator.flops_per_frame()
             speed = None  # a device per utterance (load-aware training), else the one of set_device
             # branch costs feed the load feature; whole frames (arbitrator included, from summed FLOPs,
             # as step() and the device runtime price them) feed the backlog and the guard
             if self.training and self.train_rho_range is not None:
-                speed = self._sample_devices(x.shape[0], float(flops.max()), x)  # FLOP/s per utterance
+                speed = self._sample_devices(x.shape[0], float(flops.max()), flops)  # FLOP/s per utterance
                 branch_ms = 1000.0 * flops[None, :] / speed[:, None]
                 whole_ms = 1000.0 * (flops[None, :] + arb_flops) / speed[:, None]
             else:
@@ -306,7 +307,7 @@ class AmortizedEncoder(nn.Module):
             gates = x.new_zeros(B, T, self.num_branches)
             gates[..., k] = 1.0
             logits = gates.log()  # 0 on the forced branch, -inf elsewhere
-            cost_ms = self.device_model.cost_ms(gates @ flops)
+            cost_ms = self.device_model.cost_ms(_per_frame(gates, flops))
             backlog_ms = backlog(cost_ms, self.frame_ms, lengths)
             speed = None
             y = self.core.forward_gated(x, lengths, gates, only=k)
@@ -317,7 +318,7 @@ class AmortizedEncoder(nn.Module):
             logits=logits,
             gates=gates,
             decisions=gates.detach().argmax(-1),
-            expected_flops=arb_flops + gates @ flops,
+            expected_flops=arb_flops + _per_frame(gates, flops),
             cost_ms=cost_ms,
             backlog_ms=backlog_ms,
             lengths=lengths,
@@ -542,3 +543,9 @@ class SharedStateAmortizedEncoder(AmortizedEncoder):
             train_rho_range,
             latency_guard,
         )
+
+
+def _per_frame(gates: torch.Tensor, flops: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` gate-weighted FLOPs per frame, in float32 and outside autocast (elementwise, not a matmul that
+    autocast would run in float16, where 3e6 FLOPs overflow to inf and a zero gate times inf is NaN)."""
+    return (gates.float() * flops.float()).sum(-1)
