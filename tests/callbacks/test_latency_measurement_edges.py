@@ -129,3 +129,17 @@ def test_the_first_streamed_frame_is_not_charged_for_warm_up() -> None:
     enc.step_with_decision = counted
     r = stream(enc, torch.randn(5, 24))
     assert len(calls) == 6 and r.wall_ms.numel() == 5  # one untimed frame first, then the five timed ones
+
+
+def test_sharpness_is_averaged_over_valid_frames() -> None:
+    """It was logged with batch_size = utterances: a 200-frame batch weighed as much as a 2-frame one."""
+    from lightning_amortized.callbacks.temperature import ArbitratorTemperature
+
+    torch.manual_seed(0)
+    enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(6, 8, 1), rank=2, frame_ms=10.0)
+    host = Host(enc)
+    sizes = []
+    host.log = lambda name, value, **kw: sizes.append((name, kw.get("batch_size")))
+    enc(torch.randn(2, 50, 6), torch.tensor([50, 30]))
+    ArbitratorTemperature().on_train_batch_end(None, host, None, None, 0)
+    assert dict(sizes) == {"arbitrator/temperature": 2, "arbitrator/sharpness": 80}
