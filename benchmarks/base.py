@@ -184,8 +184,8 @@ def ensure_base(
 
     Concurrent callers (two benchmarks started together) wait on a lock file
     ``<cache>/<key>.lock``: one trains, the other then finds the result; the corpus is
-    generated (or its manifests written) under a lock of its own, ``.<root name>.prepare.lock``
-    beside it. With ``train=False`` (a lookup, ``--print-path``) the corpus is only read, never
+    generated (or its manifests written) under a lock of its own,
+    ``<cache>/corpus-<hash of its path>.prepare.lock``. With ``train=False`` (a lookup, ``--print-path``) the corpus is only read, never
     generated or regenerated. The corpus is the data module's (``--data.init_args.root`` in
     ``overrides`` wins over ``root``, as in training). A cached base whose
     ``base.json`` lacks scores for one of the config's test splits (say ``test-other``, added
@@ -212,7 +212,9 @@ def ensure_base(
     cli = _cli(config, root, overrides, None)
     dm = cli.datamodule
     if train:  # generates the synthetic corpus if missing; writes manifests (one process at a time)
-        with _locked(dm.root.parent / f".{dm.root.name}.prepare.lock"):
+        # the lock lives in the cache (writable), not beside a corpus that may sit in a read-only folder
+        corpus_id = hashlib.sha256(str(dm.root.resolve()).encode()).hexdigest()[:16]
+        with _locked(cache / f"corpus-{corpus_id}.prepare.lock"):
             dm.prepare_data()
     # training and validation data only: what a base is tested on does not name it
     fingerprint = corpus_fingerprint(dm.root, dm.train_splits + dm.val_splits, dm.manifest_dir)

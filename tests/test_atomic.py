@@ -38,8 +38,13 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path, monkey
 
 
 def test_a_live_temporary_of_a_longer_name_is_left_alone(tmp_path: Path) -> None:
-    """The temporary of "r.9" (".r.9.<pid>.X.tmp") read as one of "r" by a writer whose pid 9 was gone."""
-    live = tmp_path / f".r.9.{os.getpid()}.abcd1234.tmp"
+    """The temporary of "r.N" (".r.N.<pid>.X.tmp") read as one of "r" by a writer whose pid N was gone."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer exists
+    live = tmp_path / f".r.{gone.pid}.{os.getpid()}.abcd1234.tmp"
     live.write_text("being written")
     dead = tmp_path / ".r.999999999.abcd1234.tmp"  # a writer of "r" that no longer exists
     dead.write_text("left by a killed writer")

@@ -79,8 +79,10 @@ class LatencyMonitor(Callback):
             is moved to this device for validation (``set_device``: its arbitrator routes
             for it) and back afterwards, so every validation metric (``val/wer`` too, and a
             ``ModelCheckpoint`` monitoring it) is that of this device.
-        frame_ms: Audio per encoder frame in ms; ``None`` uses the encoder's
-            ``frame_ms`` or the module's ``frame_ms`` attribute.
+        frame_ms: Audio per encoder *input* frame in ms; ``None`` uses the encoder's
+            ``frame_ms`` or the module's ``frame_ms`` attribute. A plain encoder that declares
+            ``time_downsampling = d > 1`` (e.g. a wrapped CRDNN with time pooling) is costed
+            ``flops_per_frame()`` per *output* frame, each ``d * frame_ms`` of audio.
         plot_dir: Folder for ``latency_epoch{NNN}.png``; ``None`` uses
             ``trainer.log_dir`` (or ``trainer.default_root_dir``).
         rtf_samples: Number of utterances streamed for the RTF (0 disables it).
@@ -208,11 +210,12 @@ class LatencyMonitor(Callback):
             routed, slow_index = decisions, routing.slow_index
         else:  # a plain encoder: the same cost on every (output) frame, every frame "slow"
             frames = x.shape[1]
-            if self._out is not None and self._out[0] != frames:  # time downsampling: flops_per_frame is per output
+            d = int(getattr(enc, "time_downsampling", 1) or 1)  # declared, not guessed from padded shapes
+            if d > 1 and self._out is not None:  # flops_per_frame is per output frame, of d input frames' audio
                 frames, out = self._out
-                frame_ms *= x.shape[1] / frames
-                self._frame_scale = x.shape[1] / frames  # for rho at the epoch's end
-                lengths = out.to(x.device).long()
+                frame_ms *= d
+                self._frame_scale = float(d)  # for rho and the plot at the epoch's end
+                lengths = out.to(x.device).long().clamp(1, max(frames, 1))  # a floor-rounded 0 still costs a frame
             flops = torch.full((x.shape[0], frames), float(enc.flops_per_frame()), device=x.device)
             decisions = torch.zeros(x.shape[0], frames, dtype=torch.long, device=x.device)
             routed, slow_index = None, 0

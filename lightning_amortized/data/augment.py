@@ -24,8 +24,8 @@ TELEPHONE_HIGH_HZ = 3400.0
 
 def _biquad(kind: str, sample_rate: int, cutoff: float, q: float = 0.707) -> tuple[torch.Tensor, torch.Tensor]:
     """``(b, a)`` of torchaudio's ``highpass_biquad``/``lowpass_biquad`` (``kind`` "high"/"low"), float32."""
-    w0 = torch.tensor(2 * math.pi * cutoff / sample_rate)
-    alpha, cos = torch.sin(w0) / 2.0 / q, torch.cos(w0)
+    w0 = 2 * math.pi * torch.tensor(cutoff, dtype=torch.float32) / sample_rate  # float32 steps, as torchaudio's
+    alpha, cos = torch.sin(w0) / 2.0 / torch.tensor(q, dtype=torch.float32), torch.cos(w0)
     b0 = (1 + cos) / 2 if kind == "high" else (1 - cos) / 2
     b1 = -1 - cos if kind == "high" else 1 - cos
     return torch.stack([b0, b1, b0]), torch.stack([1 + alpha, -2 * cos, 1 - alpha])

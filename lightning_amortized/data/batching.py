@@ -43,7 +43,10 @@ class DurationBatchSampler(Sampler[list[int]]):
     ``torch.distributed`` each rank takes every ``world_size``-th batch (the batch
     count is padded to a multiple of the world size so ranks stay in step; a padding batch
     is marked ``repeat``, and evaluation leaves it out of the metrics). An utterance
-    longer than ``max_seconds`` forms a batch of its own (a warning counts them). Each
+    longer than ``max_seconds`` forms a batch of its own (a warning counts them).
+    ``max_stretch`` (>= 1) is how much longer augmentation can make an utterance (speed
+    perturbation at factor 0.9: 1 / 0.9): batches are cut on durations times it, so the cap
+    holds after augmentation. Each
     batch is a :class:`SeededBatch` whose ``seed`` follows from ``seed``, the epoch, the
     batch's position and the rank.
 
@@ -61,14 +64,18 @@ class DurationBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         max_batch_size: int | None = None,
         sortagrad_epochs: int = 0,
+        max_stretch: float = 1.0,
     ) -> None:
         if max_seconds <= 0:
             raise ValueError(f"Expected argument `max_seconds` to be > 0, but got {max_seconds}.")
+        if not max_stretch >= 1.0:
+            raise ValueError(f"Expected argument `max_stretch` to be >= 1, but got {max_stretch}.")
         if max_batch_size is not None and not max_batch_size >= 1:
             raise ValueError(f"Expected argument `max_batch_size` to be None or >= 1, but got {max_batch_size}.")
         self.max_seconds, self.shuffle, self.seed, self.epoch = max_seconds, shuffle, seed, 0
         self.sortagrad_epochs = sortagrad_epochs
         self._skip = 0
+        durations = [float(d) * max_stretch for d in durations]  # as long as augmentation can make them
         order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
         batches: list[list[int]] = []
         cur: list[int] = []
@@ -86,7 +93,8 @@ class DurationBatchSampler(Sampler[list[int]]):
         if too_long:
             warnings.warn(
                 f"{len(too_long)} utterance(s) are longer than max_seconds={max_seconds:g} (the longest "
-                f"{max(too_long):.1f} s); each forms a batch of its own, over the cap. Raise `max_batch_seconds` "
+                f"{max(too_long):.1f} s{f', after speed perturbation (x{max_stretch:.3g})' if max_stretch > 1 else ''}); "
+                "each forms a batch of its own, over the cap. Raise `max_batch_seconds` "
                 "or drop them from the manifest if memory is tight.",
                 stacklevel=2,
             )

@@ -168,10 +168,11 @@ class LibriSpeechDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: SpeechDataset, train: bool) -> DataLoader:
         # speed perturbation lengthens audio by up to 1 / min(speeds): the cap holds after it
-        stretch = min(self.augment.speeds) if (train and self.augment is not None and self.augment.p_speed > 0) else 1.0
+        slowest = min(self.augment.speeds) if (train and self.augment is not None and self.augment.p_speed > 0) else 1.0
         sampler = DurationBatchSampler(
             ds.durations,
-            self.max_batch_seconds * min(1.0, stretch),
+            self.max_batch_seconds,
+            max_stretch=max(1.0, 1.0 / slowest),
             shuffle=train,
             seed=self.seed,
             max_batch_size=self.max_batch_size,

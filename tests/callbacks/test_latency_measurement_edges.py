@@ -143,3 +143,23 @@ def test_sharpness_is_averaged_over_valid_frames() -> None:
     enc(torch.randn(2, 50, 6), torch.tensor([50, 30]))
     ArbitratorTemperature().on_train_batch_end(None, host, None, None, 0)
     assert dict(sizes) == {"arbitrator/temperature": 2, "arbitrator/sharpness": 80}
+
+
+@pytest.mark.parametrize("frames", [9, 10, 11])
+def test_downsampling_uses_the_declared_factor_whatever_the_padding(frames: int) -> None:
+    """The factor was read from padded shapes (T=11 gave rho 0.82 for 0.75); a floor-rounded 0-frame utterance
+    crashed validation."""
+
+    class Pool2(nn.Module):
+        input_size, output_size, time_downsampling = 4, 4, 2
+
+        def flops_per_frame(self) -> int:
+            return 15_000_000
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x[:, 1::2], lengths // 2  # floor
+
+    host = Host(Pool2())
+    logged = monitored(host, lambda: host.encoder(torch.randn(2, frames, 4), torch.tensor([frames, 1])),
+                       device_flops_per_s=1e9, rtf_samples=0)
+    assert logged["latency/rho"] == pytest.approx(0.75)

@@ -146,3 +146,19 @@ def test_a_fractional_left_context_is_refused(left: object) -> None:
     conf = ConformerEncoder(num_layers=1, d_model=16, d_ffn=32, nhead=2, kernel_size=3)
     with pytest.raises(ValueError, match="left_context_chunks"):
         ChunkStreamingEncoder(conf, input_size=16, chunk_size=4, left_context_chunks=left)
+
+
+def test_a_module_that_rounds_partial_groups_both_ways_is_refused() -> None:
+    """A ceil front end before a floor pooling: one probe at 121 frames read it as floor; 123 frames lost a frame."""
+
+    class CeilThenFloor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.lin(x)[:, ::2]  # ceil(T / 2)
+            return torch.nn.functional.avg_pool1d(h.transpose(1, 2), 2).transpose(1, 2)  # floor
+
+    with pytest.raises(ValueError, match="neither always down nor always up"):
+        SpeechBrainEncoder(CeilThenFloor(), input_size=4, takes_lengths=False)

@@ -118,8 +118,9 @@ class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
     def _probe(self, frames: int = 120) -> tuple[int, int, bool]:
         """Output size, time downsampling ``d`` and whether a partial group of ``d`` frames makes an output frame.
 
-        Dummy forwards of ``frames`` and ``frames + 1`` frames, every submodule in eval mode
-        for them and then back in its own mode.
+        Dummy forwards of ``frames`` to ``frames + d - 1`` frames, every submodule in eval mode
+        for them and then back in its own mode; a module that rounds partial groups both ways
+        (a ceil front end before a floor pooling) is refused.
         """
 
         def run(n: int) -> torch.Tensor:
@@ -142,8 +143,15 @@ class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
                     "downsampling is supported."
                 )
             d = frames // out_frames
-            rounds_up = d > 1 and int(run(frames + 1).shape[1]) > out_frames
-        return int(y.shape[-1]), d, rounds_up
+            partial = [int(run(frames + r).shape[1]) - out_frames for r in range(1, d)]  # 0: floor, 1: ceil
+        if partial and len(set(partial)) > 1 or any(p not in (0, 1) for p in partial):
+            raise ValueError(
+                f"{type(self.module).__name__} rounds a partial group of its {d}-frame downsampling neither always "
+                f"down nor always up ({frames} + 1..{d - 1} frames give {[out_frames + p for p in partial]} outputs); "
+                "its output lengths cannot be computed from input lengths. Pad the features to a multiple of "
+                f"{d} frames before this encoder, or make the module round one way."
+            )
+        return int(y.shape[-1]), d, bool(partial) and partial[0] == 1
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         return self.proj(y) if self.proj is not None else y
