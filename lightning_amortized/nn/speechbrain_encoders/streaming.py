@@ -245,7 +245,8 @@ class ChunkStreamingEncoder(_WrappedSpeechBrain):
             return {"window": p.new_zeros(batch_size, W, self.feature_size)}
         if self.mode == "recurrent":  # the RNN's own zero state, shaped by one frame through it
             key = (batch_size, p.device, p.dtype)
-            if self._rnn_state_template is None or self._rnn_state_template[0] != key:
+            template = getattr(self, "_rnn_state_template", None)  # None also for an adapter pickled before it existed
+            if template is None or template[0] != key:
                 # in eval mode: a training-mode probe would move BatchNorm statistics (LiGRU's, the CNN's)
                 with torch.no_grad(), eval_mode(self):
                     probe = self._after_cnn(self._cnn(p.new_zeros(batch_size, self.chunk_size, self.feature_size), 0))

@@ -159,7 +159,8 @@ class _WrappedSpeechBrain(ConvPaddingMask, nn.Module):
     def _out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output frames of ``lengths`` input frames: ``ceil`` or ``floor(lengths / d)``, as the module rounds (probed)."""
         d = self.time_downsampling
-        return torch.div(lengths + (d - 1 if self._rounds_up else 0), d, rounding_mode="floor")
+        up = getattr(self, "_rounds_up", True)  # an adapter pickled whole before the probe existed rounded up
+        return torch.div(lengths + (d - 1 if up else 0), d, rounding_mode="floor")
 
 
 class SpeechBrainEncoder(_WrappedSpeechBrain):
