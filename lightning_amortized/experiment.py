@@ -22,9 +22,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -163,8 +165,9 @@ def run_jobs(
                     job.progress.parent.mkdir(parents=True, exist_ok=True)
                     job.progress.write_text("")
                 job.result.unlink(missing_ok=True)
+                # a process group of its own: stopping the job also stops what it started (corpus workers)
                 proc = subprocess.Popen([str(c) for c in command], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        cwd=cwd)
+                                        cwd=cwd, start_new_session=True)
                 running[job.name] = (job, proc, log, time.time())
                 pending.remove(job)
                 say(f"started {job.name}")
@@ -199,10 +202,24 @@ def run_jobs(
                 say(message or f"finished {name} ({time.time() - started:.0f} s)")
     finally:
         for _, proc, log, _ in running.values():
-            proc.terminate()
+            _stop(proc)
             log.close()
         bar.close()
     return {n: finished[n] for n in names}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate a job and every process it started (its process group), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _refuse_cycles(jobs: Sequence[Job], finished: dict[str, Any]) -> None:

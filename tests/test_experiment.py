@@ -88,3 +88,30 @@ def test_a_result_that_is_not_json_fails_the_job_with_its_log(tmp_path: Path) ->
     bad = Job("bad", [sys.executable, "-c", code], tmp_path / "bad.json")
     with pytest.raises(JobFailed, match=r"(?s)'bad' exited 0 but its result .* is not JSON.*half written"):
         run_jobs([bad], workers=1, log_dir=tmp_path / "logs", show_progress=False, poll_s=0.02)
+
+
+def test_a_failure_stops_the_processes_the_other_jobs_started(tmp_path: Path) -> None:
+    """Only the job itself was terminated: a worker it had started (corpus generation) lived on."""
+    import os
+
+    pid_file = tmp_path / "grandchild.pid"
+    spawn = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    parent = Job("parent", [sys.executable, "-c", spawn], tmp_path / "parent.json")
+    bad = Job("bad", [sys.executable, "-c", f"import os, time\nwhile not os.path.exists({str(pid_file)!r}): "
+                                            "time.sleep(0.05)\nraise SystemExit(1)"], tmp_path / "bad.json")
+    with pytest.raises(JobFailed, match="'bad' failed"):
+        run_jobs([parent, bad], workers=2, log_dir=tmp_path, show_progress=False, poll_s=0.05)
+    pid = int(pid_file.read_text())
+    for _ in range(100):  # the grandchild goes with its group (reaped by init once its parent is gone)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            break  # dead, waiting for a reaper that may not exist in a container
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the grandchild outlived the failed run")
