@@ -127,9 +127,8 @@ class LatencyMonitor(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._out: tuple[int, torch.Tensor] | None = None  # (output frames, output lengths) of the captured call
-        self._frame_scale = 1.0  # input frames per output frame of a plain encoder that downsamples time
+        # (x, lengths, (output frames, output lengths) or None) of the last encoder call
+        self._captured: tuple[torch.Tensor, torch.Tensor, tuple[int, torch.Tensor] | None] | None = None
         self._stats = LatencyStats()
         self._plot_data: dict[str, torch.Tensor] | None = None
         self._samples: list[torch.Tensor] = []
@@ -142,6 +141,12 @@ class LatencyMonitor(Callback):
         if isinstance(self._encoder, AmortizedEncoder):
             return self._encoder.device_flops_per_s
         return DEFAULT_DEVICE_FLOPS_PER_S
+
+    def _downsampling(self) -> int:
+        """Input frames per output frame: a plain encoder's declared ``time_downsampling``, 1 for an AmNet."""
+        if isinstance(self._encoder, AmortizedEncoder):
+            return 1
+        return int(getattr(self._encoder, "time_downsampling", 1) or 1)
 
     def _frame(self, pl_module: pl.LightningModule) -> float:
         for value in (self.frame_ms, getattr(self._encoder, "frame_ms", None), getattr(pl_module, "frame_ms", None)):
@@ -177,12 +182,10 @@ class LatencyMonitor(Callback):
             lengths = args[1] if len(args) >= 2 else kwargs.get("lengths")
             if not (isinstance(x, torch.Tensor) and isinstance(lengths, torch.Tensor)):
                 return
-            out_lengths = None  # an encoder that changes the frame rate is costed on its output frames
+            out = None  # an encoder that changes the frame rate is costed on its output frames
             if isinstance(output, (tuple, list)) and len(output) >= 2 and isinstance(output[1], torch.Tensor):
-                out_lengths = output[1].detach()
-                out_frames = int(output[0].shape[1])
-            self._captured = (x.detach(), lengths.detach())
-            self._out = None if out_lengths is None else (out_frames, out_lengths)
+                out = (int(output[0].shape[1]), output[1].detach())
+            self._captured = (x.detach(), lengths.detach(), out)
 
         self._hook = self._encoder.register_forward_hook(capture, with_kwargs=True)
 
@@ -198,7 +201,7 @@ class LatencyMonitor(Callback):
     ) -> None:
         if trainer.sanity_checking or self._captured is None or self._encoder is None:
             return
-        x, lengths = self._captured
+        x, lengths, out = self._captured
         self._captured = None
         frame_ms = self._frame(pl_module)
         lengths = in_lengths = lengths.to(x.device).long()
@@ -210,12 +213,11 @@ class LatencyMonitor(Callback):
             routed, slow_index = decisions, routing.slow_index
         else:  # a plain encoder: the same cost on every (output) frame, every frame "slow"
             frames = x.shape[1]
-            d = int(getattr(enc, "time_downsampling", 1) or 1)  # declared, not guessed from padded shapes
-            if d > 1 and self._out is not None:  # flops_per_frame is per output frame, of d input frames' audio
-                frames, out = self._out
+            d = self._downsampling()  # declared, not guessed from padded shapes
+            if d > 1 and out is not None:  # flops_per_frame is per output frame, of d input frames' audio
+                frames, out_lengths = out
                 frame_ms *= d
-                self._frame_scale = float(d)  # for rho and the plot at the epoch's end
-                lengths = out.to(x.device).long().clamp(1, max(frames, 1))  # a floor-rounded 0 still costs a frame
+                lengths = out_lengths.to(x.device).long().clamp(1, max(frames, 1))  # a floor-rounded 0 still costs one
             flops = torch.full((x.shape[0], frames), float(enc.flops_per_frame()), device=x.device)
             decisions = torch.zeros(x.shape[0], frames, dtype=torch.long, device=x.device)
             routed, slow_index = None, 0
@@ -239,7 +241,8 @@ class LatencyMonitor(Callback):
         if trainer.sanity_checking or self._encoder is None:
             return
         enc = self._encoder
-        frame_ms = self._frame(pl_module)
+        frame_ms = self._frame(pl_module)  # per input frame (the streamed samples are input frames)
+        cost_frame_ms = frame_ms * self._downsampling()  # per costed frame
         stats = self._gather(trainer, pl_module, self._stats)
         if stats.frames == 0 or stats.eou_ms.numel() == 0:
             rank_zero_warn("LatencyMonitor: the encoder saw no validation frames; nothing logged.")
@@ -249,8 +252,7 @@ class LatencyMonitor(Callback):
         metrics = {
             "latency/flops_per_frame": result["flops_per_frame"],
             "latency/slow_share": result["slow_share"],
-            "latency/rho": SimulatedDevice(self._device_speed(), frame_ms * self._frame_scale).load_factor(
-                float(slow_flops)),
+            "latency/rho": SimulatedDevice(self._device_speed(), cost_frame_ms).load_factor(float(slow_flops)),
             "latency/eou_p50_ms": result["eou_ms"]["p50"],
             "latency/eou_p90_ms": result["eou_ms"]["p90"],
             "latency/eou_max_ms": result["eou_ms"]["max"],
@@ -263,7 +265,7 @@ class LatencyMonitor(Callback):
             pl_module.log("latency/rtf", metrics["latency/rtf"], on_step=False, on_epoch=True, sync_dist=True)
         self.last_metrics = metrics
         if self.plot and trainer.is_global_zero and self._plot_data is not None:
-            self.last_plot_path = self._save_plot(trainer, frame_ms * self._frame_scale)
+            self.last_plot_path = self._save_plot(trainer, cost_frame_ms)
         rank_zero_info(
             "LatencyMonitor: "
             + ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items())

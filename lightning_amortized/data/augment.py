@@ -203,6 +203,12 @@ class WaveAugment:
         snr = _uniform(g, *self.snr_db)
         return x + noise * (speech_power / (noise_power * 10 ** (snr / 10))).sqrt()
 
+    @property
+    def max_stretch(self) -> float:
+        """How much longer augmentation can make an utterance: ``1 / min(speeds)`` when speed perturbation is on
+        and slows down, else 1 (what a duration-capped batch sampler must allow for)."""
+        return max(1.0, 1.0 / min(self.speeds)) if self.p_speed > 0 else 1.0
+
     def _telephone(self, x: torch.Tensor) -> torch.Tensor:
         """300-3,400 Hz band (the biquads of ``highpass_biquad``/``lowpass_biquad``, without their clipping at +-1:
         no other step clips, and louder recordings would be flattened here only)."""

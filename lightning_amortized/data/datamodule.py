@@ -167,12 +167,10 @@ class LibriSpeechDataModule(pl.LightningDataModule):
                 self.datasets.setdefault(f"test:{split}", self._dataset([split]))
 
     def _loader(self, ds: SpeechDataset, train: bool) -> DataLoader:
-        # speed perturbation lengthens audio by up to 1 / min(speeds): the cap holds after it
-        slowest = min(self.augment.speeds) if (train and self.augment is not None and self.augment.p_speed > 0) else 1.0
         sampler = DurationBatchSampler(
             ds.durations,
             self.max_batch_seconds,
-            max_stretch=max(1.0, 1.0 / slowest),
+            max_stretch=self.augment.max_stretch if (train and self.augment is not None) else 1.0,  # cap after it
             shuffle=train,
             seed=self.seed,
             max_batch_size=self.max_batch_size,
