@@ -8,7 +8,6 @@ untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,47 +15,13 @@ from torch.nn.utils import parametrize
 
 from lightning_amortized.diffs.attach import base_tensor, detach_diffs, diff_modules
 from lightning_amortized.diffs.checksum import weights_sha256
-from lightning_amortized.diffs.codec import _decode, _sparse_indices
 from lightning_amortized.diffs.format import BaseMismatchError, DiffError, DiffInfo, DiffTarget, PathLike
-from lightning_amortized.diffs.hashed import hashed_delta
+from lightning_amortized.diffs.lowrank import LowRankInfo, lowrank_weights, read_update
 from lightning_amortized.diffs.read import read_diff
-from lightning_amortized.diffs.sparse import sparse_apply
 from lightning_amortized.diffs.targets import resolve
-
-if TYPE_CHECKING:
-    from lightning_amortized.diffs.lowrank import LowRankInfo
+from lightning_amortized.diffs.weights import _new_weight
 
 __all__ = ["apply_chain", "apply_diff", "apply_to_state_dict", "merge", "unmerge"]
-
-
-def _new_weight(
-    method: str, seed: int, target: DiffTarget, tensors: Mapping[str, torch.Tensor], base: torch.Tensor, sign: int = 1
-) -> torch.Tensor:
-    """``W0 + D`` (``sign=+1``) or ``W - D`` (``sign=-1``) for one target, as a new tensor."""
-    scale = tensors.get(f"{target.name}::scale")
-    if method == "sparse":
-        values = _decode(tensors[f"{target.name}::values"], scale)
-        if sign < 0:
-            values = -values
-        out = sparse_apply(base, _sparse_indices(target, tensors), values)
-    else:
-        buckets = _decode(tensors[f"{target.name}::buckets"], scale).to(device=base.device, dtype=base.dtype)
-        delta = hashed_delta(target.name, target.shape, seed, buckets)
-        with torch.no_grad():
-            out = (base.detach() + delta) if sign > 0 else (base.detach() - delta)
-    undo = tensors.get(f"{target.name}::undo_indices")
-    if sign < 0 and undo is not None:  # entries where (W0 + D) - D rounds away from W0
-        undo_values = tensors[f"{target.name}::undo_values"].to(out.device, out.dtype)
-        out.view(-1)[undo.to(out.device, torch.int64)] = undo_values
-    return out
-
-
-def _bitwise_differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Flat bool mask of entries whose bytes differ (``-0.0 != 0.0``, NaN payloads compared)."""
-    size = a.element_size()
-    av = a.detach().contiguous().reshape(-1).view(torch.uint8).reshape(-1, size)
-    bv = b.detach().contiguous().reshape(-1).view(torch.uint8).reshape(-1, size)
-    return (av != bv).any(dim=1)
 
 
 def _check_like(target: DiffTarget, w: torch.Tensor, where: str) -> None:
@@ -212,9 +177,6 @@ def apply_to_state_dict(
     Raises:
         Like :func:`apply_chain` (and :func:`~lightning_amortized.diffs.lowrank.lowrank_weights`).
     """
-    # imported here: lowrank imports export, which imports this module
-    from lightning_amortized.diffs.lowrank import LowRankInfo, lowrank_weights, read_update
-
     new = dict(state)
     infos: list[DiffInfo | LowRankInfo] = []
     for path in paths:

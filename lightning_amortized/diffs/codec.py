@@ -7,6 +7,8 @@ Values: fp32, fp16, or int8 with one float32 scale per target. Sparse indices: t
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping
 
 import torch
@@ -183,3 +185,20 @@ def _sparse_indices(target: DiffTarget, tensors: Mapping[str, torch.Tensor]) -> 
     if f"{target.name}::gaps" in tensors:
         return decode_gaps(tensors[f"{target.name}::gaps"], tensors[f"{target.name}::large_gaps"], target.numel)
     return tensors[f"{target.name}::indices"]
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same ``safetensors`` bytes with the metadata keys in sorted order.
+
+    ``safetensors`` writes metadata from a hash map, in an order that changes from one
+    process to the next; sorting makes the same diff the same file, byte for byte (so
+    its SHA-256 identifies it). Tensor offsets are relative to the data section and
+    unaffected; the header stays padded to a multiple of 8 bytes.
+    """
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]

@@ -6,9 +6,7 @@ result hash computed from what a device will compute (after quantization).
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,9 @@ import torch
 from torch import nn
 
 from lightning_amortized.atomic import write_atomic
-from lightning_amortized.diffs.apply import _bitwise_differs, _new_weight
 from lightning_amortized.diffs.attach import base_tensor, diff_modules
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
-from lightning_amortized.diffs.codec import _build, _large_dtype, check_finite, non_finite_tensors
+from lightning_amortized.diffs.codec import _build, _sorted_metadata, _large_dtype, check_finite, non_finite_tensors
 from lightning_amortized.diffs.format import (
     BaseMismatchError,
     DiffInfo,
@@ -35,6 +32,7 @@ from lightning_amortized.diffs.hashed import HashedDiff
 from lightning_amortized.diffs.read import inspect_diff
 from lightning_amortized.diffs.sparse import SparseDiff
 from lightning_amortized.diffs.targets import resolve
+from lightning_amortized.diffs.weights import _bitwise_differs, _new_weight
 from lightning_amortized.functional.selection import topk_mask
 
 __all__ = ["export_diff", "export_diff_from_weights"]
@@ -59,23 +57,6 @@ def _write(
     data = _sorted_metadata(safetensors.torch.save(tensors, metadata=metadata))
     write_atomic(Path(path), data)
     return inspect_diff(path)
-
-
-def _sorted_metadata(data: bytes) -> bytes:
-    """The same ``safetensors`` bytes with the metadata keys in sorted order.
-
-    ``safetensors`` writes metadata from a hash map, in an order that changes from one
-    process to the next; sorting makes the same diff the same file, byte for byte (so
-    its SHA-256 identifies it). Tensor offsets are relative to the data section and
-    unaffected; the header stays padded to a multiple of 8 bytes.
-    """
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + n])
-    if "__metadata__" in header:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
 def _reversible_sparse_values(base: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -52,8 +52,7 @@ from lightning_amortized.diff_format import (
 )
 from lightning_amortized.diffs.attach import base_tensor, parametrizations_of, remove_parametrizations
 from lightning_amortized.diffs.checksum import _lookup, _payload_sha256, weights_sha256
-from lightning_amortized.diffs.codec import check_finite
-from lightning_amortized.diffs.export import _sorted_metadata
+from lightning_amortized.diffs.codec import _sorted_metadata, check_finite
 from lightning_amortized.diffs.format import (
     BaseMismatchError,
     DiffError,
