@@ -12,7 +12,9 @@ configuration and the corpus::
                      epochs, device, config, fingerprint, sha256
 
 A second call with the same configuration and corpus finds the folder and trains
-nothing. The configuration is the resolved LightningCLI config (YAML plus overrides, with
+nothing. A training that was interrupted (the process killed, the session ended) resumes
+from the newest ``last*.ckpt`` under ``runs/base/<key>/run/`` on the next call, so a base
+that takes hours on a CPU can be trained over several sittings (``--force`` starts over). The configuration is the resolved LightningCLI config (YAML plus overrides, with
 defaults filled in and paths left out), so comments and spelling do not matter; library
 code changes are not part of the key (``--force`` retrains). What a base is tested on
 (``data.init_args.test_splits``) is not part of the key either: a cached base whose
@@ -199,7 +201,7 @@ def ensure_base(
         train: When False, a missing base raises instead of training.
         cache: Folder holding one sub-folder per key.
         results: Stem for ``.json``/``.md`` results of a fresh training (``None``: don't write).
-        force: Retrain even when a cached base exists (it is replaced).
+        force: Retrain even when a cached base exists (it is replaced), from the start.
 
     Returns:
         ``<cache>/<key>/base.ckpt``.
@@ -240,7 +242,7 @@ def ensure_base(
             if missing:
                 _test_cached(config, root, overrides, folder, missing, results)
             return ckpt
-        return _train(config, root, overrides, folder, fingerprint, results)
+        return _train(config, root, overrides, folder, fingerprint, results, resume=not force)
 
 
 @contextmanager
@@ -281,7 +283,8 @@ def _markdown(info: dict[str, Any]) -> str:
         "| metric | value |\n|---|---|\n"
         f"{scores}"
         f"| epochs (best) | {info['epochs']} ({info['best_epoch']}) |\n"
-        f"| fit time | {info['fit_seconds']:.0f} s |\n"
+        f"| fit time | {info['fit_seconds']:.0f} s"
+        + (" (this process; resumed from an interrupted run)" if info.get("resumed_from") else "") + " |\n"
         f"| parameters | {info['params']:,} |\n"
         f"| checkpoint | `{info['checkpoint']}` (sha256 `{info['checkpoint_sha256'][:16]}`) |\n"
     )
@@ -312,15 +315,41 @@ def _test_cached(
         write_results(results, info, _markdown(info))
 
 
-def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fingerprint: str, results: str | Path | None) -> Path:
+def interrupted_run(run_dir: Path) -> Path | None:
+    """The newest readable ``last*.ckpt`` that an interrupted training left under ``run_dir``, or None.
+
+    The run folder belongs to one cache key (one configuration on one corpus), so the
+    checkpoint is of the same training. A resumed run writes ``last-v1.ckpt`` beside the old
+    one (``ModelCheckpoint``'s version counter), hence the newest. One that cannot be read
+    (the process was killed while writing it) is reported and skipped.
+    """
+    import torch
+
+    for path in sorted(run_dir.glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # truncated or damaged: torch raises several types
+            print(f"base: skipping unreadable {path} ({type(err).__name__}: {err})", file=sys.stderr)
+            continue
+        return path
+    return None
+
+
+def _train(
+    config: Path, root: Path, overrides: Sequence[str], folder: Path, fingerprint: str, results: str | Path | None,
+    resume: bool = True,
+) -> Path:
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
+    resume_from = interrupted_run(folder / "run") if resume else None
     cli = _cli(config, root, overrides, folder / "run")
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     from lightning_amortized.evaluation import fit_and_test
 
-    run = fit_and_test(trainer, model, dm)
+    if resume_from is not None:
+        print(f"base: resuming the interrupted training from {resume_from}", file=sys.stderr)
+    run = fit_and_test(trainer, model, dm, ckpt_path=str(resume_from) if resume_from else None)
     best, res, fit_s = run["best_checkpoint"], run["test"], run["fit_seconds"]
     if not best:
         raise RuntimeError("The base recipe saved no checkpoint; keep a ModelCheckpoint monitoring val/wer in its config.")
@@ -350,6 +379,8 @@ def _train(config: Path, root: Path, overrides: Sequence[str], folder: Path, fin
         "params": sum(p.numel() for p in model.parameters()),
         "command": "python benchmarks/base.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "val_curve": run["val_curve"],
+        # fit_seconds is this process's fit; val_curve's seconds run on from the interrupted one
+        "resumed_from": str(resume_from) if resume_from else None,
     }
     write_atomic(folder / "base.json", json.dumps(info, indent=2) + "\n")  # written last: marks a finished base
     if results is not None:

@@ -24,6 +24,7 @@ def fit_and_test(
     datamodule: "pl.LightningDataModule",
     test: bool = True,
     monitor: str = "val/wer",
+    ckpt_path: str | None = None,
 ) -> dict[str, Any]:
     """Fit with a :class:`~lightning_amortized.callbacks.ValidationClock`, then test the best checkpoint.
 
@@ -37,12 +38,15 @@ def fit_and_test(
         datamodule: The ``LightningDataModule``.
         test: Run ``trainer.test`` on the best checkpoint (the last weights when there is none).
         monitor: Metric the clock records after every validation run.
+        ckpt_path: Resume the fit from this checkpoint (``trainer.fit(ckpt_path=...)``); the clock's
+            rows of the interrupted run come back with it and its seconds go on from there.
 
     Returns:
         ``{"fit_seconds", "best_checkpoint" ("" without a checkpoint callback), "test" (the
         logged test metrics of every test dataloader, e.g. ``test/test/wer`` and
         ``test/test-other/wer``; ``{}`` when ``test`` is False), "val_curve" ({"seconds",
-        "step", "epoch", "value"}: lists of equal length)}``.
+        "step", "epoch", "value"}: lists of equal length)}``. ``fit_seconds`` is this call's
+        ``fit``; after a resume the curve's ``seconds`` include the interrupted run's.
     """
     from lightning_amortized.callbacks.validation_clock import ValidationClock
 
@@ -51,7 +55,7 @@ def fit_and_test(
         clock = ValidationClock(monitor)
         trainer.callbacks.append(clock)
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_s = time.perf_counter() - t0
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results: dict[str, Any] = {}

@@ -50,6 +50,11 @@ class ValidationClock(Callback):
         self.rows: list[dict[str, float]] = []
         self._t0 = 0.0
         self._offset = 0.0
+        self._stage: str | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stage = stage  # called before Lightning restores a checkpoint's callback states
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -83,6 +88,10 @@ class ValidationClock(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the rows of a checkpoint when fitting resumes from it; ignored by ``validate``/``test``/``predict``
+        with a ``ckpt_path`` (they load the callbacks' states too, which would cut the rows back to that checkpoint's)."""
+        if self._stage not in (None, "fit"):
+            return
         if state_dict.get("monitor", self.monitor) != self.monitor:
             raise ValueError(
                 f"This checkpoint's ValidationClock recorded {state_dict['monitor']!r}, not {self.monitor!r}; "

@@ -51,6 +51,21 @@ def test_resumed_run_continues_the_curve(fake_layout: Path, tmp_path: Path) -> N
     assert resumed.rows[-1]["seconds"] >= first.rows[-1]["seconds"]
 
 
+def test_testing_a_checkpoint_keeps_the_curve(fake_layout: Path, tmp_path: Path) -> None:
+    """`trainer.test(ckpt_path=...)` (and validate) load the callbacks' states of that checkpoint; the clock
+    keeps the rows of the fit instead of going back to those of an earlier (best) epoch."""
+    early = _fit(fake_layout, ValidationClock(), epochs=1, dirpath=tmp_path / "a").checkpoint_callback.best_model_path
+    clock = ValidationClock()
+    trainer = _fit(fake_layout, clock, epochs=2, ckpt=early, dirpath=tmp_path / "b")
+    rows = list(clock.rows)
+    import torch
+
+    assert len(torch.load(early, weights_only=False)["callbacks"][clock.state_key]["rows"]) < len(rows)
+    trainer.test(trainer.lightning_module, datamodule=trainer.datamodule, ckpt_path=early, verbose=False)
+    trainer.validate(trainer.lightning_module, datamodule=trainer.datamodule, ckpt_path=early, verbose=False)
+    assert clock.rows == rows
+
+
 def test_monitor_must_be_named_and_match_on_resume() -> None:
     with pytest.raises(ValueError, match="`monitor`"):
         ValidationClock("")

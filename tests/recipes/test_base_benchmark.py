@@ -130,3 +130,55 @@ def test_test_splits_are_not_in_the_key_and_a_cached_base_is_tested_on_new_ones(
     assert fresh == ckpt and again["test_splits"] == ["test", "test-other"] and "tested_after_training" not in again
     wer, cer = split_error_rates(ASRModule.load_from_checkpoint(fresh, map_location="cpu"), tiny_corpus, "test-other")
     assert again["test_other_wer"] == pytest.approx(wer, abs=1e-6) and again["test_other_cer"] == pytest.approx(cer, abs=1e-6)
+
+
+def test_an_interrupted_training_resumes_from_its_last_checkpoint(base, tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """A base training killed after its first epoch leaves no base.json; the next call resumes from the
+    run's `last.ckpt` (the first epoch is not trained again) and `--force` starts over."""
+    import lightning.pytorch as pl
+
+    from lightning_amortized import evaluation
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("max_epochs: 1", "max_epochs: 2").replace('filename: "best-{epoch}"',
+                                                                            'filename: "best-{epoch}", save_last: true'))
+    kw = dict(root=tiny_corpus, cache=tmp_path / "cache", results=None)
+    real = evaluation.fit_and_test
+    seen: list[str | None] = []
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAtSecondEpoch(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                raise Killed("the process was killed")
+
+    def interrupted(trainer, *a, **k):
+        trainer.callbacks.append(KillAtSecondEpoch())
+        return real(trainer, *a, **k)
+
+    monkeypatch.setattr(evaluation, "fit_and_test", interrupted)
+    with pytest.raises(Killed):
+        base.ensure_base(config, **kw)
+    folder = next(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    assert not (folder / "base.json").exists()
+    last = base.interrupted_run(folder / "run")
+    assert last is not None and torch.load(last, weights_only=False)["epoch"] == 0
+
+    def spy(trainer, *a, ckpt_path=None, **k):
+        seen.append(ckpt_path)
+        return real(trainer, *a, ckpt_path=ckpt_path, **k)
+
+    monkeypatch.setattr(evaluation, "fit_and_test", spy)
+    ckpt = base.ensure_base(config, **kw)
+    info = json.loads((ckpt.parent / "base.json").read_text())
+    assert seen == [str(last)] and info["resumed_from"] == str(last) and info["epochs"] == 2
+    assert info["val_curve"]["epoch"] == pytest.approx([1.0, 2.0])  # the first epoch's row came back, not retrained
+    base.ensure_base(config, force=True, **kw)
+    assert seen[-1] is None  # --force: from the start
+
+    newest = base.interrupted_run(folder / "run")  # the most recently written, e.g. the forced run's last-v1.ckpt
+    assert newest == max((folder / "run").glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    newest.write_bytes(newest.read_bytes()[:100])  # killed while writing it: skipped, not fatal
+    assert base.interrupted_run(folder / "run") not in (newest, None)
