@@ -13,7 +13,7 @@ import torch
 from lightning_amortized.cli import main
 from lightning_amortized.device import ExportedModel, StreamingRecognizer, weights_sha256
 from lightning_amortized.diffs.io import weights_sha256 as torch_weights_sha256
-from lightning_amortized.export import ExportError, export_onnx
+from lightning_amortized.export import ExportError, export_onnx, verify_export
 from lightning_amortized.module import ASRModule
 from lightning_amortized.nn import AmortizedEncoder, RecurrentEncoder, SharedStateAmortizedEncoder
 
@@ -110,6 +110,11 @@ def test_forced_branch_export_is_a_single_graph(tmp_path: Path) -> None:
     _, logits_ref, _ = eager(model, x, force_branch=0)
     result = StreamingRecognizer(ExportedModel(tmp_path)).run_frames(x.numpy())
     assert np.abs(result.logits - logits_ref).max() < TOL and set(result.decisions) == {0}
+    for branch in (0, 1):  # the slow branch alone too: the runtime reports its one graph as branch 0
+        model.encoder.force_branch = branch
+        export_onnx(model, tmp_path)
+        check = verify_export(model, tmp_path, frames=10)
+        assert check["routes_identical"] and check["max_abs_logit_diff"] < TOL, (branch, check)
 
 
 def test_manifest_and_weights_file(tmp_path: Path) -> None:

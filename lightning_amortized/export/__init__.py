@@ -313,7 +313,8 @@ def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed:
         for t in range(frames):
             if callable(getattr(enc, "step_with_decision", None)):
                 y, state, c = enc.step_with_decision(x[t : t + 1], state, final=t == frames - 1)
-                routes.append(int(c[0]))
+                # a forced branch exports as a single graph, which the runtime reports as branch 0
+                routes.append(0 if getattr(enc, "force_branch", None) is not None else int(c[0]))
             else:
                 y, state = enc.step(x[t : t + 1], state)
                 routes.append(0)
