@@ -34,7 +34,9 @@ class FrameStacker(nn.Module):
     """Concatenate ``stack`` consecutive frames: ``(B, T, F) -> (B, ceil(T/stack), F*stack)``.
 
     A 10 ms feature hop becomes a ``10*stack`` ms encoder frame; the last group is
-    zero-padded. Cost: no FLOPs (a reshape).
+    zero-padded. Frames past each utterance's length are zeroed first, so whatever value
+    a batch is padded with never reaches the last stacked frame of a shorter utterance
+    (a batched utterance is encoded as it would be alone). Cost: no FLOPs (a reshape).
 
     Example:
         >>> y, n = FrameStacker(3)(torch.randn(2, 10, 80), torch.tensor([10, 4]))
@@ -52,6 +54,9 @@ class FrameStacker(nn.Module):
         if self.stack == 1:
             return x, lengths
         B, T, Fd = x.shape
+        if bool((lengths < T).any()):  # the batch's padding out of the stacked frames (NaN padding too)
+            keep = torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+            x = x.masked_fill(~keep[..., None], 0.0)
         pad = (-T) % self.stack
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
@@ -253,6 +258,14 @@ class ASRModule(pl.LightningModule):
         model_bytes = getattr(self.tokenizer, "model_bytes", None)
         if model_bytes is not None:
             checkpoint["tokenizer_model"] = model_bytes
+        if callable(getattr(self.encoder, "routing_settings", None)):  # AmNets: device, guard, temperature, ...
+            checkpoint["routing_settings"] = self.encoder.routing_settings()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore an AmNet's routing settings (not part of ``state_dict``; see ``AmortizedEncoder.routing_settings``)."""
+        settings = checkpoint.get("routing_settings")
+        if settings is not None and callable(getattr(self.encoder, "load_routing_settings", None)):
+            self.encoder.load_routing_settings(settings)
 
     # ------------------------------------------------------------------ model
     def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

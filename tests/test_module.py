@@ -32,6 +32,11 @@ def test_frame_stacker_lengths_and_content() -> None:
     assert y.shape == (2, 3, 6) and n.tolist() == [3, 1]
     assert torch.equal(y[0, 0], x[0, :3].reshape(-1))
     assert torch.equal(y[0, 2, 2:], torch.zeros(4))  # zero padding of the last group
+    short = torch.randn(1, 4, 2)  # 4 frames: its second stacked frame is one real frame and two padding slots
+    for fill in (0.0, -5.0, float("nan")):  # whatever a batch is padded with stays out of the real frames
+        batch = torch.cat([torch.randn(1, 9, 2), torch.cat([short, torch.full((1, 5, 2), fill)], 1)])
+        y, n = FrameStacker(3)(batch, torch.tensor([9, 4]))
+        assert n.tolist() == [3, 2] and torch.equal(y[1, :2], FrameStacker(3)(short, torch.tensor([4]))[0][0])
 
 
 def test_encoder_input_size_mismatch_is_explained() -> None:
@@ -345,3 +350,49 @@ def test_a_plain_state_dict_of_a_non_default_model_loads_with_its_hparams(tmp_pa
     loaded = load_asr_module(tmp_path / "m.pt", n_mels=8, stack=3)
     x, n = torch.randn(1, 30, 8), torch.tensor([30])
     assert loaded.transcribe(x, n) == m.transcribe(x, n)
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_an_amnets_routing_settings_survive_a_checkpoint(tmp_path: Path, independent: bool) -> None:
+    """The simulated device, latency guard, forced branch and the arbitrator's temperature are attributes,
+    not tensors: ASRModule checkpoints carry them, so a reloaded AmNet routes as the saved one did."""
+    from lightning_amortized.nn import AmortizedEncoder, SharedStateAmortizedEncoder
+
+    def build() -> torch.nn.Module:
+        if independent:
+            return AmortizedEncoder(RecurrentEncoder(240, 8, 1), RecurrentEncoder(240, 16, 1), projection=16)
+        return SharedStateAmortizedEncoder(RecurrentEncoder(240, 16, 1), rank=2)
+
+    model = ASRModule(build())
+    enc = model.encoder
+    enc.set_device(2e6)
+    enc.latency_guard = 3.0
+    enc.arbitrator.temperature = 0.05
+    enc.arbitrator.straight_through = True
+    path = _resave(model, tmp_path / "amnet.ckpt")
+    loaded = ASRModule.load_from_checkpoint(path, encoder=build(), weights_only=True)
+    assert loaded.encoder.routing_settings() == enc.routing_settings()
+    assert loaded.encoder.device_flops_per_s == 2e6 and loaded.encoder.latency_guard == 3.0
+    x, lengths = torch.randn(2, 30, 240), torch.tensor([30, 21])
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encoder(x, lengths)[0], loaded.encoder(x, lengths)[0])
+        assert torch.equal(model.encoder.last_routing.gates, loaded.encoder.last_routing.gates)
+
+    enc.force_branch = 1  # a forced branch comes back too; impossible settings are refused whole
+    assert ASRModule.load_from_checkpoint(_resave(model, path), encoder=build()).encoder.force_branch == 1
+    with pytest.raises(ValueError, match="force_branch"):
+        build().load_routing_settings({"force_branch": 5, "device_flops_per_s": 1e6})
+    other = build()
+    with pytest.raises(ValueError, match="temperature"):
+        other.load_routing_settings({"temperature": -1.0, "device_flops_per_s": 1e6})
+    assert other.device_flops_per_s != 1e6  # nothing applied
+
+
+def _resave(model: ASRModule, path: Path) -> Path:
+    """``model`` saved as Lightning does (its ``on_save_checkpoint`` included) at ``path``."""
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": pl.__version__}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path

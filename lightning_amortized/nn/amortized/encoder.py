@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -268,6 +270,64 @@ class AmortizedEncoder(nn.Module):
         """
         self.device_model = SimulatedDevice(flops_per_s=float(device_flops_per_s), frame_ms=self.frame_ms)
         self.device_flops_per_s = float(device_flops_per_s)
+
+    def routing_settings(self) -> dict[str, Any]:
+        """What decides the routes besides the weights, as plain values.
+
+        The simulated device (:meth:`set_device`), the :attr:`latency_guard`, ``force_branch``
+        and the arbitrator's ``temperature``, ``straight_through`` and ``gumbel_noise`` are
+        attributes, not tensors, so ``state_dict`` does not hold them. :class:`ASRModule` saves
+        them in its checkpoints (``checkpoint["routing_settings"]``) and applies them on load
+        (``load_from_checkpoint``, ``fit(ckpt_path=...)``); a LightningModule of your own can do
+        the same with this method and :meth:`load_routing_settings` in its
+        ``on_save_checkpoint``/``on_load_checkpoint``.
+
+        Example::
+
+            >>> from lightning_amortized.nn import RecurrentEncoder, SharedStateAmortizedEncoder
+            >>> enc = SharedStateAmortizedEncoder(RecurrentEncoder(16, 8, 1), rank=2)
+            >>> enc.set_device(2e6); enc.latency_guard = 3.0
+            >>> other = SharedStateAmortizedEncoder(RecurrentEncoder(16, 8, 1), rank=2)
+            >>> other.load_routing_settings(enc.routing_settings())
+            >>> other.device_flops_per_s, other.latency_guard
+            (2000000.0, 3.0)
+        """
+        arb = self.arbitrator
+        return {
+            "device_flops_per_s": self.device_flops_per_s,
+            "latency_guard": self.latency_guard,
+            "force_branch": self.force_branch,
+            "temperature": arb.temperature,
+            "straight_through": bool(arb.straight_through),
+            "gumbel_noise": bool(arb.gumbel_noise),
+        }
+
+    def load_routing_settings(self, settings: Mapping[str, Any]) -> None:
+        """Apply what :meth:`routing_settings` returned; keys it lacks keep their current value.
+
+        Raises:
+            ValueError: a device speed that is not positive, a guard below 1, a ``force_branch``
+                outside the branches, or a temperature that is not a positive number; nothing
+                is changed then.
+        """
+        force = settings.get("force_branch", self.force_branch)
+        if force is not None and not 0 <= int(force) < self.num_branches:
+            raise ValueError(
+                f"Expected `force_branch` to be None or in [0, {self.num_branches}), but got {force} "
+                "(settings saved by a model with other branches?)."
+            )
+        device = float(settings.get("device_flops_per_s", self.device_flops_per_s))
+        if not (math.isfinite(device) and device > 0):
+            raise ValueError(f"Expected `device_flops_per_s` to be a positive finite FLOP/s, but got {device!r}.")
+        guard = check_guard(settings.get("latency_guard", self.latency_guard))
+        arb = self.arbitrator
+        old_temperature = arb.temperature
+        arb.temperature = settings.get("temperature", old_temperature)  # validates
+        self.set_device(device)
+        self.latency_guard = guard
+        self.force_branch = None if force is None else int(force)
+        arb.straight_through = bool(settings.get("straight_through", arb.straight_through))
+        arb.gumbel_noise = bool(settings.get("gumbel_noise", arb.gumbel_noise))
 
     def _sample_devices(self, batch_size: int, slow_flops: float, like: torch.Tensor) -> torch.Tensor:
         """Device speeds ``(B,)`` in FLOP/s with ``rho = slow cost / frame_ms`` log-uniform in ``train_rho_range``."""
