@@ -17,6 +17,7 @@ from typing_extensions import override
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lightning_amortized.callbacks.finite import check_finite_grads, check_finite_loss, grad_scale, grads_finite, loss_scaling
@@ -196,6 +197,10 @@ class NeuralDiff(Callback):
                     "merge or detach them first (NeuralDiff.remove / lightning_amortized.diffs.merge)."
                 )
             return  # setup() of a later stage (validate/test) on the same model
+        if isinstance(pl_module, pl.LightningModule) and is_overridden("configure_model", pl_module):
+            # Lightning builds these layers after the callbacks' setup; they must exist to be frozen and
+            # targeted (Lightning asks configure_model to be idempotent: it is called again afterwards)
+            pl_module.configure_model()
         names = select_targets(pl_module, self.targets, self.exclude)
         params = plain_parameters(pl_module)
         sizes = [params[n].numel() for n in names]
@@ -229,9 +234,33 @@ class NeuralDiff(Callback):
         if self.dry_run:
             trainer.should_stop = True
             return
+        in_optimizers = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        idle = [f"{name}.{pname}" for name, d in diff_modules(pl_module).items() for pname, p in d.named_parameters()
+                if id(p) not in in_optimizers]
+        if idle and trainer.optimizers:
+            rank_zero_warn(
+                f"NeuralDiff: no optimizer holds the diff tensor(s) {idle[:4]}{' ...' if len(idle) > 4 else ''}; "
+                "they will stay zero and waste the budget. Build the optimizer from self.parameters() (only the "
+                "diffs are trainable) or include them."
+            )
         # a run resumed from a checkpoint taken at an epoch's last batch starts the next epoch without
         # calling on_train_epoch_start: prune for it here (a no-op when the epoch is already pruned)
         self.on_train_epoch_start(trainer, pl_module)
+
+    def _refuse_other_trainables(self, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        """Raise if ``optimizer`` would update a tensor that is not a diff (the file would not be the change)."""
+        diffs = {id(p) for d in diff_modules(pl_module).values() for p in d.parameters()}
+        groups = getattr(optimizer, "param_groups", None) or getattr(getattr(optimizer, "optimizer", None),
+                                                                       "param_groups", [])
+        stray = {id(p) for g in groups for p in g["params"] if p.requires_grad and id(p) not in diffs}
+        if stray:
+            names = [n for n, p in pl_module.named_parameters() if id(p) in stray]
+            raise RuntimeError(
+                f"NeuralDiff trains only the diff tensors, but the optimizer would also update {names[:4]}"
+                f"{' ...' if len(names) > 4 else ''} ({len(stray)} tensor(s) with requires_grad=True, e.g. unfrozen "
+                "by BackboneFinetuning or by the module itself). The exported diff would not reproduce the trained "
+                "model. Keep them frozen (NeuralDiff froze every parameter in setup) or fine-tune without NeuralDiff."
+            )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -256,6 +285,7 @@ class NeuralDiff(Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.dry_run:
             return
+        self._refuse_other_trainables(pl_module, optimizer)
         if not loss_scaling(trainer):  # fp16 AMP: the GradScaler skips overflow steps itself
             check_finite_grads(
                 ((f"{name} (diff)", p) for name, d in diff_modules(pl_module).items() for p in d.parameters()),

@@ -459,3 +459,57 @@ def test_fisher_scores_read_fused_fp16_gradients_in_unscaled_units() -> None:
     cb._sparse = {"head.weight": d}
     cb._accumulate_fisher(1024.0)
     assert cb._fisher["head.weight"].tolist() == [1.0, 4.0, 0.0]
+
+
+class LazyHead(TinyModule):
+    """Builds its head in configure_model (Lightning calls it after the callbacks' setup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = None
+
+    def configure_model(self) -> None:
+        if self.head is None:  # idempotent, as Lightning asks
+            torch.manual_seed(1)
+            self.head = nn.Linear(12, 3)
+
+
+def test_layers_built_in_configure_model_are_frozen_and_targeted(tmp_path: Path) -> None:
+    cb = NeuralDiff(method="sparse", budget=0.5, targets=["head.*"], value_dtype="fp32",
+                    export_path=tmp_path / "u.safetensors")
+    model = LazyHead()
+    trainer(tmp_path, cb, max_epochs=2).fit(model, loader())
+    diffs = {id(p) for p in cb_params(model)}
+    assert sorted(cb.target_names) == ["head.bias", "head.weight"]
+    assert not any(p.requires_grad for p in model.parameters() if id(p) not in diffs)
+    base = LazyHead()
+    base.configure_model()
+    apply_diff(base, cb.export_path)
+    assert torch.equal(base.head.weight, effective_tensor(model.head, "weight"))  # the whole change is in the file
+
+
+def cb_params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for d in diff_modules(model).values() for p in d.parameters()]
+
+
+class UnfreezesEmbBias(TinyModule):
+    def configure_optimizers(self):  # noqa: D102 - e.g. what BackboneFinetuning does to a backbone
+        self.emb.bias.requires_grad_(True)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class HeadOnlyOptimizer(TinyModule):
+    def configure_optimizers(self):  # noqa: D102
+        return torch.optim.Adam(self.head.parameters(), lr=self.lr)
+
+
+def test_an_optimizer_that_trains_more_or_less_than_the_diffs_is_caught(tmp_path: Path) -> None:
+    """Base weights in the optimizer would make the file miss part of the change: refused at the first step.
+    Diff tensors in no optimizer stay zero and waste the budget: warned."""
+    model = UnfreezesEmbBias()
+    before = model.emb.bias.detach().clone()
+    with pytest.raises(RuntimeError, match=r"would also update \['emb.bias'\]"):
+        trainer(tmp_path, NeuralDiff(targets=["*.weight*"]), max_epochs=1).fit(model, loader())
+    assert torch.equal(model.emb.bias, before)  # refused before the step
+    with pytest.warns(UserWarning, match=r"no optimizer holds the diff tensor\(s\) \['emb.weight"):
+        trainer(tmp_path, NeuralDiff(targets=["*.weight*"]), max_epochs=1).fit(HeadOnlyOptimizer(), loader())
