@@ -168,12 +168,13 @@ class NeuralDiff(Callback):
 
     # ------------------------------------------------------------------ budget
 
-    def _final_count(self, numels: dict[str, int]) -> int:
+    def _final_count(self, numels: dict[str, int], shapes: dict[str, tuple[int, ...]] | None = None) -> int:
         n = sum(numels.values())
         if isinstance(self.budget, float):
             count = round(self.budget * n)
         else:  # bytes: as many entries (buckets) as the real encoding fits, header included
-            count = entries_for_bytes(self.method, self.value_dtype, numels, self.budget, extra=self._export_extra())
+            count = entries_for_bytes(self.method, self.value_dtype, numels, self.budget, extra=self._export_extra(),
+                                      shapes=shapes)
         lowest = 1 if self.method == "sparse" else len(numels)
         if count < lowest:
             raise ValueError(
@@ -204,7 +205,7 @@ class NeuralDiff(Callback):
         names = select_targets(pl_module, self.targets, self.exclude)
         params = plain_parameters(pl_module)
         sizes = [params[n].numel() for n in names]
-        final_count = self._final_count(dict(zip(names, sizes)))
+        final_count = self._final_count(dict(zip(names, sizes)), {n: tuple(params[n].shape) for n in names})
         buckets = dict(zip(names, allocate_buckets(sizes, final_count))) if self.method == "hashed" else {}
         recorded = {n: p.requires_grad for n, p in params.items()}
         flags = {p: p.requires_grad for p in pl_module.parameters()}
@@ -415,7 +416,8 @@ class NeuralDiff(Callback):
             stored = {n: (d.delta.numel(), split[n]) for n, d in diffs.items()}
         else:
             stored = {n: (d.bucket_index.numel(), d.num_buckets) for n, d in diffs.items() if isinstance(d, HashedDiff)}
-        return estimate_diff_bytes(self.method, self.value_dtype, stored, extra=self._export_extra())
+        return estimate_diff_bytes(self.method, self.value_dtype, stored, extra=self._export_extra(),
+                                   shapes=_target_shapes(diffs))
 
     def stats(self, pl_module: pl.LightningModule) -> dict[str, float]:
         """Current ``nonzeros`` (or ``buckets``), ``budget_used`` (fraction), ``density`` and ``projected_bytes``.
@@ -436,7 +438,8 @@ class NeuralDiff(Callback):
             stored = {n: (d.bucket_index.numel(), d.num_buckets) for n, d in diffs.items() if isinstance(d, HashedDiff)}
             key = "buckets"
         projected = estimate_diff_bytes(
-            self.method, self.value_dtype, stored, large_gaps=large_gaps, extra=self._export_extra()
+            self.method, self.value_dtype, stored, large_gaps=large_gaps, extra=self._export_extra(),
+            shapes=_target_shapes(diffs),
         )
         return {
             key: float(nnz),
@@ -515,3 +518,8 @@ class NeuralDiff(Callback):
         self.density = float(state_dict["density"])
         self.last_pruned_epoch = int(state_dict["last_pruned_epoch"])
         self._fisher = {name: f.clone() for name, f in state_dict.get("fisher", {}).items()}
+
+
+def _target_shapes(diffs: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """``{target: shape}`` of attached diffs (the shapes are in the file's header)."""
+    return {n: tuple(d.delta.shape) if isinstance(d, SparseDiff) else tuple(d.shape) for n, d in diffs.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_amortized.diffs.format import GAP_ESCAPE, INDEX_ENCODINGS, VALUE_DTYPES, DiffTarget, _metadata
@@ -29,6 +29,10 @@ def _expected_large_gaps(numel: int, stored: int) -> float:
     return stored * math.exp(log_p)
 
 
+#: safetensors writes tensors sorted by dtype (its enum order, descending), then by name; the header's
+#: offsets follow that order, so their digits (and the header's length) do too.
+_SAFETENSORS_DTYPE_ORDER = {"I64": 0, "F64": 1, "F32": 2, "I32": 3, "BF16": 4, "F16": 5, "I8": 6, "U8": 7}
+
 _LONGEST_FLOAT = 2.2250738585072014e-308
 """A non-negative float whose JSON form is as long as any (23 characters): the size of ``max_abs_error``."""
 
@@ -41,6 +45,7 @@ def estimate_diff_bytes(
     index_encoding: str = "gap-u8",
     large_gaps: Mapping[str, int] | None = None,
     extra: Mapping[str, Any] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> int:
     """Projected size in bytes of the file :func:`export_diff` writes (without undo data).
 
@@ -50,10 +55,12 @@ def estimate_diff_bytes(
     (:func:`count_large_gaps` of the kept indices) and otherwise its expectation for kept
     positions drawn uniformly at random (about ``stored * (1 - stored / numel) ** 255``:
     negligible above ~3 % density, 0.6 % of the entries at 2 %). The header is built as the
-    writer builds it, with placeholder hashes, 2-D shapes and a ``max_abs_error`` as long as
-    any float's JSON form (23 characters: fp32 exports of pruned entries record a real error
-    too); it is typically within a few bytes per target of the real one, and not below it
-    when ``large_gaps`` is given.
+    writer builds it (tensors in safetensors' order, placeholder hashes, a ``max_abs_error``
+    as long as any float's JSON form: 23 characters, since fp32 exports of pruned entries
+    record a real error too), with the targets' ``shapes`` where given and 2-D ``(numel, 1)``
+    shapes otherwise. Given ``large_gaps`` and ``shapes`` it is never below the real size
+    (equal up to the length of ``max_abs_error``); without them typically within a few bytes
+    per target.
 
     Args:
         method: ``"sparse"`` or ``"hashed"``.
@@ -62,11 +69,12 @@ def estimate_diff_bytes(
         index_encoding: ``"gap-u8"`` (what :func:`export_diff` writes) or ``"int32"``.
         large_gaps: ``{name: skips >= 255}`` for targets whose kept indices are known.
         extra: the ``extra_metadata`` the file will carry.
+        shapes: ``{name: shape}`` of the targets (their length is in the header).
 
     Example::
 
         >>> estimate_diff_bytes("sparse", "fp16", {"w": (100_000, 10_000)})  # 3 bytes per kept entry + header
-        30792
+        30784
         >>> estimate_diff_bytes("sparse", "fp16", {"w": (100_000, 10_000)}, index_encoding="int32")
         60728
     """
@@ -92,12 +100,13 @@ def estimate_diff_bytes(
             specs.append((f"{name}::buckets", value_code, stored, stored * value_bytes))
         if value_dtype == "int8":
             specs.append((f"{name}::scale", "F32", 1, 4))
-    rows = [DiffTarget(name, (numel, 1), "float32", numel, stored) for name, (numel, stored) in targets.items()]
+    shape = {name: tuple(int(d) for d in (shapes or {}).get(name, (numel, 1))) for name, (numel, _) in targets.items()}
+    rows = [DiffTarget(name, shape[name], "float32", numel, stored) for name, (numel, stored) in targets.items()]
     extra = {"max_abs_error": _LONGEST_FLOAT, **dict(extra or {})}
     meta = _metadata(method, 0, value_dtype, rows, "0" * 64, "0" * 64, extra, index_encoding)
     header: dict[str, Any] = {"__metadata__": {**meta, "payload_sha256": "0" * 64}}
     offset = 0
-    for key, code, count, nbytes in specs:
+    for key, code, count, nbytes in sorted(specs, key=lambda spec: (_SAFETENSORS_DTYPE_ORDER[spec[1]], spec[0])):
         header[key] = {"dtype": code, "shape": [count], "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header_bytes = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
@@ -138,6 +147,7 @@ def entries_for_bytes(
     *,
     index_encoding: str = "gap-u8",
     extra: Mapping[str, Any] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> int:
     """The most entries (sparse) or buckets (hashed) whose file fits in ``budget_bytes``.
 
@@ -156,13 +166,14 @@ def entries_for_bytes(
         budget_bytes: the file size not to exceed, in bytes.
         index_encoding: ``"gap-u8"`` (what is written) or ``"int32"``.
         extra: the ``extra`` metadata the file will carry (it is in the header).
+        shapes: ``{name: shape}`` of the targets (see :func:`estimate_diff_bytes`).
 
     Returns:
         The total count, ``0`` if not even an empty diff fits; at most ``sum(numels)``.
 
     Example::
 
-        >>> entries_for_bytes("sparse", "fp16", {"w": 100_000}, 30_792)
+        >>> entries_for_bytes("sparse", "fp16", {"w": 100_000}, 30_784)
         10000
         >>> entries_for_bytes("sparse", "fp16", {"w": 100_000}, 60_728, index_encoding="int32")
         10000
@@ -176,6 +187,7 @@ def entries_for_bytes(
             {name: (numels[name], split[name]) for name in numels},
             index_encoding=index_encoding,
             extra=extra,
+            shapes=shapes,
         )
 
     lo, hi = 0, sum(numels.values())

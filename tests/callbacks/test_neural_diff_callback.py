@@ -513,3 +513,32 @@ def test_an_optimizer_that_trains_more_or_less_than_the_diffs_is_caught(tmp_path
     assert torch.equal(model.emb.bias, before)  # refused before the step
     with pytest.warns(UserWarning, match=r"no optimizer holds the diff tensor\(s\) \['emb.weight"):
         trainer(tmp_path, NeuralDiff(targets=["*.weight*"]), max_epochs=1).fit(HeadOnlyOptimizer(), loader())
+
+
+class WithWideLayer(TinyModule):
+    """A target of 18,000 entries beside small ones: offsets of 4 and 5 digits in the file's header."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.wide = nn.Linear(6, 3000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 0.0 * self.wide(x[:, -1]).sum()
+
+
+@pytest.mark.parametrize(("method", "value_dtype", "budget_bytes"),
+                         [("hashed", "fp16", 5_000), ("hashed", "int8", 7_000), ("sparse", "fp32", 5_000),
+                          ("sparse", "fp16", 9_000)])
+def test_a_byte_budget_bounds_the_real_file_header_included(tmp_path: Path, method: str, value_dtype: str,
+                                                            budget_bytes: int) -> None:
+    """The projection lays the header out as safetensors writes it (tensors by dtype, then name; real shapes),
+    so the file never exceeds the budget (was: 7-16 bytes over where the offsets' digits came out longer)."""
+    cb = NeuralDiff(method=method, budget=budget_bytes, value_dtype=value_dtype, targets=["*.weight*"],
+                    export_path=tmp_path / "u.safetensors")
+    model = WithWideLayer()
+    trainer(tmp_path, cb, max_epochs=2).fit(model, loader())
+    info = inspect_diff(tmp_path / "u.safetensors")
+    assert budget_bytes - 64 <= info.file_bytes <= budget_bytes
+    # never below the real size; above by a shorter max_abs_error only (0.0: 20 characters, padded to 8 bytes)
+    assert info.file_bytes <= cb.stats(model)["projected_bytes"] <= info.file_bytes + 24
