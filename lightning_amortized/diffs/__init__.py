@@ -15,11 +15,13 @@ See ``docs/neural_diff.md``. The pieces:
   :mod:`~lightning_amortized.diffs.io` imports them all in one place;
 - :mod:`~lightning_amortized.diffs.lowrank`: the low-rank (LoRA) peer ``W0 + B @ A * alpha / r``:
   parametrization, its fp16-factor file, apply and merge;
-- :mod:`~lightning_amortized.diffs.checkpoints`: checkpoint files in and out;
+- :mod:`~lightning_amortized.diffs.checkpoints`: checkpoint files in and out (``load_module``: a
+  LightningModule from a checkpoint saved while diffs were attached);
 - :mod:`~lightning_amortized.diffs.commands`: the ``diff`` command line.
 """
 
 from lightning_amortized.diffs.attach import attach_diffs, base_tensor, detach_diffs, diff_modules, effective_tensor
+from lightning_amortized.diffs.checkpoints import load_module
 from lightning_amortized.diffs.hashed import HashedDiff, allocate_buckets, hashed_delta
 from lightning_amortized.diffs.hashing import hash_indices
 from lightning_amortized.diffs.io import (
@@ -97,6 +99,7 @@ __all__ = [
     "hashed_delta",
     "inspect_diff",
     "inspect_lowrank",
+    "load_module",
     "lowrank_file_bytes",
     "lowrank_modules",
     "magnitude_keep_masks",

@@ -23,7 +23,7 @@ from lightning_amortized.atomic import write_atomic
 from lightning_amortized.diffs.hashed import hashed_delta
 from lightning_amortized.errors import first_line
 
-__all__ = ["fold_parametrized", "load_checkpoint", "save_checkpoint"]
+__all__ = ["fold_parametrized", "load_checkpoint", "load_module", "save_checkpoint"]
 
 _ORIGINAL = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<attr>[^.]+)\.original$")
 
@@ -89,6 +89,46 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return fold_parametrized(obj), None
     raise ValueError(f"{str(p)!r} holds neither a Lightning checkpoint nor a state dict of tensors.")
+
+
+def load_module(cls: type, path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``cls.load_from_checkpoint`` for a Lightning checkpoint saved while diffs were attached.
+
+    A checkpoint written during ``NeuralDiff`` training holds each target as ``W0`` plus its
+    diff tensors (``emb.parametrizations.weight.original``, ``...0.delta``, ``...0.mask``),
+    which a module without the diffs attached cannot load (Lightning reports missing and
+    unexpected keys; with ``strict=False`` it would silently load a different model). This
+    folds them into plain weights ``W0 + D`` (:func:`fold_parametrized`, exactly what the
+    forward pass computed) and hands the rest of the checkpoint to Lightning. A checkpoint
+    without diffs loads unchanged. To go on training the diff, resume the ``Trainer`` with
+    ``ckpt_path`` and the callback instead.
+
+    Args:
+        cls: The ``LightningModule`` class.
+        path: A Lightning ``.ckpt`` file (read with ``torch.load(weights_only=True)``).
+        **kwargs: Passed to ``cls.load_from_checkpoint`` (``map_location``, hyper-parameter
+            overrides such as ``encoder=...`` for a module built in Python).
+
+    Returns:
+        The module, in the mode Lightning returns it.
+
+    Raises:
+        ValueError: an unreadable file, or plain weights without a Lightning checkpoint around them.
+
+    Example::
+
+        >>> model = load_module(MyModule, "runs/update-1/last.ckpt")  # doctest: +SKIP
+    """
+    state, container = load_checkpoint(path)
+    if container is None:
+        raise ValueError(
+            f"{str(path)!r} holds plain weights, not a Lightning checkpoint: build the module yourself and call "
+            "module.load_state_dict(lightning_amortized.diffs.load_checkpoint(path)[0])."
+        )
+    buf = io.BytesIO()
+    torch.save({**container, "state_dict": state}, buf)
+    buf.seek(0)
+    return cls.load_from_checkpoint(buf, weights_only=True, **kwargs)
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor], container: dict[str, Any] | None) -> None:

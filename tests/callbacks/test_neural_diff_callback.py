@@ -542,3 +542,26 @@ def test_a_byte_budget_bounds_the_real_file_header_included(tmp_path: Path, meth
     assert budget_bytes - 64 <= info.file_bytes <= budget_bytes
     # never below the real size; above by a shorter max_abs_error only (0.0: 20 characters, padded to 8 bytes)
     assert info.file_bytes <= cb.stats(model)["projected_bytes"] <= info.file_bytes + 24
+
+
+@pytest.mark.parametrize("method", ["sparse", "hashed"])
+def test_a_checkpoint_saved_during_diff_training_loads_as_the_trained_model(tmp_path: Path, method: str) -> None:
+    """Lightning checkpoints taken while the diffs are attached hold W0 and D apart; `load_module` folds them,
+    so the plain module computes what the trained one did (load_from_checkpoint alone refuses the keys)."""
+    from lightning_amortized.diffs import load_module
+
+    cb = NeuralDiff(method=method, budget=0.3, targets=["*.weight*"])
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    model = TinyModule()
+    trainer(tmp_path, cb, max_epochs=2, callbacks=[ckpt], enable_checkpointing=True).fit(model, loader())
+    with pytest.raises(RuntimeError, match="parametrizations"):
+        TinyModule.load_from_checkpoint(ckpt.last_model_path)
+    loaded = load_module(TinyModule, ckpt.last_model_path)
+    x = torch.randn(4, 5, 6)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    assert not diff_modules(loaded)
+    with pytest.raises(ValueError, match="plain weights"):
+        torch.save(model.state_dict(), tmp_path / "plain.pt")
+        load_module(TinyModule, tmp_path / "plain.pt")
