@@ -207,7 +207,10 @@ class NeuralDiff(Callback):
         sizes = [params[n].numel() for n in names]
         final_count = self._final_count(dict(zip(names, sizes)), {n: tuple(params[n].shape) for n in names})
         buckets = dict(zip(names, allocate_buckets(sizes, final_count))) if self.method == "hashed" else {}
-        recorded = {n: p.requires_grad for n, p in params.items()}
+        # every parameter's flag by name, plain names for the targets-to-be (what they are called again after
+        # remove()) and full names for the rest (weight_norm's original0/1 included)
+        recorded = {n: p.requires_grad for n, p in pl_module.named_parameters()}
+        recorded.update({n: p.requires_grad for n, p in params.items()})
         flags = {p: p.requires_grad for p in pl_module.parameters()}
         for p in flags:
             p.requires_grad_(False)
@@ -482,7 +485,7 @@ class NeuralDiff(Callback):
         """Detach the diffs (``merge=True``: ``W0 <- W0 + D``) and restore ``requires_grad`` flags."""
         detach_diffs(pl_module, merge=merge)
         self._sparse = {}
-        for name, p in plain_parameters(pl_module).items():
+        for name, p in {**dict(pl_module.named_parameters()), **plain_parameters(pl_module)}.items():
             p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
 
     # ------------------------------------------------------------------ checkpointing

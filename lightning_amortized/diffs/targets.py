@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 _PARAM_SUFFIX = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<attr>[^.]+)\.original$")
+# a parametrization that splits its tensor (weight_norm: original0 = g, original1 = v)
+_SPLIT_SUFFIX = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<attr>[^.]+)\.original\d+$")
 
 
 def _match(pattern: str, name: str) -> bool:
@@ -127,7 +130,24 @@ def select_targets(
         >>> select_targets(model, "re:[02]\\.bias")
         ['0.bias', '2.bias']
     """
-    selected = select_names(list(plain_parameters(model)), include, exclude, owner=type(model).__name__)
+    split = sorted({m.group("prefix") + m.group("attr") for m in map(_SPLIT_SUFFIX.match, dict(model.named_parameters()))
+                    if m is not None})
+    include_l, exclude_l = _as_list(include), _as_list(exclude)
+    skipped = [n for n in split if any(_match(p, n) for p in include_l) and not any(_match(p, n) for p in exclude_l)]
+    if skipped:
+        warnings.warn(
+            f"Target pattern(s) {include_l} also name {skipped}, which another parametrization (such as weight_norm) "
+            "splits into several tensors; a diff cannot be attached on top of it, so they are not targets. Remove "
+            "that parametrization (torch.nn.utils.parametrize.remove_parametrizations) to target them, or exclude "
+            "them to silence this.",
+            stacklevel=2,
+        )
+    try:
+        selected = select_names(list(plain_parameters(model)), include, exclude, owner=type(model).__name__)
+    except ValueError as err:
+        if skipped:
+            raise ValueError(f"{err} ({skipped} are parametrized by another parametrization: see the warning.)") from err
+        raise
     refuse_tied(model, selected)
     return selected
 

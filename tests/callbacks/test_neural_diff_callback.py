@@ -565,3 +565,26 @@ def test_a_checkpoint_saved_during_diff_training_loads_as_the_trained_model(tmp_
     with pytest.raises(ValueError, match="plain weights"):
         torch.save(model.state_dict(), tmp_path / "plain.pt")
         load_module(TinyModule, tmp_path / "plain.pt")
+
+
+def test_weight_norm_tensors_are_named_when_skipped_and_their_flags_come_back(tmp_path: Path) -> None:
+    """weight_norm splits a weight into original0/original1: no diff goes on top of it. A pattern naming it
+    warns (or says why it matches nothing), and remove() gives those tensors their requires_grad back."""
+    model = _weight_normed()
+    cb = NeuralDiff(method="sparse", budget=0.5, targets=["*"])
+    with pytest.warns(UserWarning, match=r"also name \['emb.weight'\].*weight_norm"):
+        trainer(tmp_path, cb, max_epochs=1).fit(model, loader())
+    assert "emb.weight" not in cb.target_names and "emb.bias" in cb.target_names
+    cb.remove(model)
+    assert all(p.requires_grad for p in model.parameters())  # original0/original1 included
+    with pytest.raises(ValueError, match=r"matches no parameter.*parametrized by another parametrization"), \
+            pytest.warns(UserWarning):
+        trainer(tmp_path, NeuralDiff(targets=["emb.weight"]), max_epochs=1).fit(_weight_normed(), loader())
+
+
+def _weight_normed() -> TinyModule:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = TinyModule()
+    weight_norm(model.emb)
+    return model
