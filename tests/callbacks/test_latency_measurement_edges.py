@@ -107,6 +107,27 @@ def test_routing_costs_stay_exact_under_mixed_precision(dtype: torch.dtype) -> N
     assert torch.isfinite(enc.last_routing.eou_latency_ms()).all()
 
 
+def test_a_bfloat16_amnet_prices_and_accumulates_its_backlog_in_float32() -> None:
+    """precision="bf16-true": costs and backlog were cast to bfloat16 (41.32 ms -> 41.25), so the backlog the
+    arbitrator saw, the guard and the latencies drifted from the float32 recursion streaming and devices run."""
+    torch.manual_seed(0)
+    enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(240, 64, 2), rank=8, device_flops_per_s=5e6).eval()
+    x, lengths = torch.randn(2, 40, 240), torch.tensor([40, 33])
+    with torch.no_grad():
+        enc.force_branch = 1  # the same routes in both precisions: only the arithmetic of the backlog differs
+        enc(x, lengths)
+        ref = enc.last_routing
+        enc.to(torch.bfloat16)(x.to(torch.bfloat16), lengths)
+    got = enc.last_routing
+    assert got.cost_ms.dtype == torch.float32 and got.backlog_ms.dtype == torch.float32
+    torch.testing.assert_close(got.cost_ms, ref.cost_ms)
+    torch.testing.assert_close(got.backlog_ms, ref.backlog_ms)
+    enc.force_branch = None
+    with torch.no_grad():
+        enc(x.to(torch.bfloat16), lengths)
+    assert enc.last_routing.backlog_ms.dtype == torch.float32
+
+
 def test_an_encoder_priced_for_other_frames_is_refused() -> None:
     """An AmNet built for 30 ms frames under stack=4 (40 ms) priced every backlog and latency for 30 ms."""
     enc = AmortizedEncoder.from_recurrent(RecurrentEncoder(320, 16, 1), rank=2)
