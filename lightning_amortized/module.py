@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
@@ -253,6 +254,26 @@ class ASRModule(pl.LightningModule):
                 f"model's ({type(self.tokenizer).__name__}, {len(self.tokenizer)} symbols): give both the same "
                 "`tokenizer` (in a LightningCLI config: data.init_args.tokenizer and model.init_args.tokenizer)."
             )
+
+    @_restricted_classmethod  # like Lightning's: refused on an instance (its result would be dropped)
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "ASRModule":  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; says what to pass when the checkpoint cannot rebuild the encoder.
+
+        A module built in Python keeps its encoder out of the hyper-parameters (an ``nn.Module``
+        is not one): pass ``encoder=`` built as it was. Checkpoints written by LightningCLI
+        rebuild it from the config; :func:`load_asr_module` reads any ``RecurrentEncoder`` checkpoint.
+        """
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except TypeError as err:
+            if "encoder" in kwargs or "'encoder'" not in str(err):
+                raise
+            raise TypeError(
+                f"{checkpoint_path!s} was saved from an ASRModule built in Python, whose encoder is not a "
+                "hyper-parameter: pass it, built as it was, e.g. ASRModule.load_from_checkpoint(path, "
+                "encoder=RecurrentEncoder(240, 256, 3)); or read a RecurrentEncoder checkpoint with "
+                "lightning_amortized.module.load_asr_module(path)."
+            ) from err
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         model_bytes = getattr(self.tokenizer, "model_bytes", None)

@@ -396,3 +396,14 @@ def _resave(model: ASRModule, path: Path) -> Path:
     model.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)
     return path
+
+
+def test_loading_a_python_built_module_without_its_encoder_says_what_to_pass(tmp_path: Path) -> None:
+    model = ASRModule(RecurrentEncoder(240, 8, 1))
+    path = _resave(model, tmp_path / "m.ckpt")
+    with pytest.raises(TypeError, match=r"pass it, built as it was, e.g. ASRModule.load_from_checkpoint\(path, encoder="):
+        ASRModule.load_from_checkpoint(path)
+    loaded = ASRModule.load_from_checkpoint(path, encoder=RecurrentEncoder(240, 8, 1))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(TypeError, match="cannot be called on an instance"):
+        loaded.load_from_checkpoint(path, encoder=RecurrentEncoder(240, 8, 1))
