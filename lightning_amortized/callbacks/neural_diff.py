@@ -254,9 +254,7 @@ class NeuralDiff(Callback):
     def _refuse_other_trainables(self, pl_module: pl.LightningModule, optimizer: Any) -> None:
         """Raise if ``optimizer`` would update a tensor that is not a diff (the file would not be the change)."""
         diffs = {id(p) for d in diff_modules(pl_module).values() for p in d.parameters()}
-        groups = getattr(optimizer, "param_groups", None) or getattr(getattr(optimizer, "optimizer", None),
-                                                                       "param_groups", [])
-        stray = {id(p) for g in groups for p in g["params"] if p.requires_grad and id(p) not in diffs}
+        stray = {id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad and id(p) not in diffs}
         if stray:
             names = [n for n, p in pl_module.named_parameters() if id(p) in stray]
             raise RuntimeError(

@@ -321,8 +321,7 @@ class AmortizedEncoder(nn.Module):
             raise ValueError(f"Expected `device_flops_per_s` to be a positive finite FLOP/s, but got {device!r}.")
         guard = check_guard(settings.get("latency_guard", self.latency_guard))
         arb = self.arbitrator
-        old_temperature = arb.temperature
-        arb.temperature = settings.get("temperature", old_temperature)  # validates
+        arb.temperature = settings.get("temperature", arb.temperature)  # validates: the first change made
         self.set_device(device)
         self.latency_guard = guard
         self.force_branch = None if force is None else int(force)
