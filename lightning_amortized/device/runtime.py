@@ -207,7 +207,7 @@ class Transcript:
         decisions: Branch index per encoder frame (0 for single encoders).
         frame_compute_ms: Measured compute per encoder frame (arbitrator + branch + CTC layer), ms.
         feature_ms: Measured time of feature extraction for the whole utterance, ms.
-        backlog_ms: Backlog after each frame as the arbitrator saw it (simulated or measured), ms.
+        backlog_ms: Backlog after each frame (simulated or measured), ms: what the arbitrator sees at the next frame.
         audio_ms: Audio duration in ms.
         frame_ms: Audio per encoder frame in ms.
         finish_ms: Wall time of :meth:`StreamingRecognizer.finish` (from the last chunk to the final text).
