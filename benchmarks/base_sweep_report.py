@@ -122,10 +122,28 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {r['cer_ratio']:.1f}x | {r['device']} |"
         )
     lines += ["", "Validation WER by epoch: `base_sweep.png`. Each base alone: `python benchmarks/base.py "
-              "--root ROOT --extra OVERRIDES` with the overrides in its `runs/base/<key>/base.json`.", ""]
+              "--root ROOT --no-results --extra OVERRIDES` with the overrides in its `runs/base/<key>/base.json` "
+              "(`--no-results`: a variant must not replace the shared base's `docs/results/base.*`). The key is that "
+              "of the code that trained the base: options added to the library since then can give the same "
+              "command another key today (`python benchmarks/base.py --print-path ...` prints it), which trains the "
+              "base again.", ""]
     for r in rows:
-        lines.append(f"- `{r['key']}`: `{r['command']}`")
+        lines.append(f"- `{r['key']}`: `{rerun_command(r['command'])}`")
     return "\n".join(lines) + "\n"
+
+
+def rerun_command(command: str) -> str:
+    """``command`` (a ``benchmarks/base.py`` call) with ``--no-results`` before ``--extra``, where it lacks it.
+
+    Example::
+
+        >>> rerun_command("python benchmarks/base.py --root data/x --extra --trainer.max_epochs 3")
+        'python benchmarks/base.py --root data/x --no-results --extra --trainer.max_epochs 3'
+    """
+    if "--no-results" in command.split():
+        return command
+    head, sep, tail = command.partition(" --extra")
+    return f"{head} --no-results{sep}{tail}"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -39,6 +39,10 @@ def test_rows_name_each_variant_and_mark_time_guard_cuts(tmp_path: Path) -> None
     assert "wide, 3x384 + WaveAugment" in md and md.count("(time guard)") == 1
     assert "core + 25% free text, 3x256" in md and rows[0]["free_text"] == 0.25 and rows[1]["free_text"] == 0.0
     assert results.with_suffix(".png").stat().st_size > 0
+    # rerunning one base of a sweep must not replace the shared base's docs/results/base.*
+    assert md.count("`python benchmarks/base.py --no-results`") == 2
+    assert bench.rerun_command("python benchmarks/base.py --root r --extra --x 1") == (
+        "python benchmarks/base.py --root r --no-results --extra --x 1")
 
 
 def test_a_folder_without_base_json_or_test_other_is_refused(tmp_path: Path, capsys) -> None:
