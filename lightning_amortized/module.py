@@ -246,6 +246,19 @@ class ASRModule(pl.LightningModule):
         self.test_metrics = nn.ModuleDict()
 
     def on_fit_start(self) -> None:
+        self._check_datamodule_tokenizer()
+
+    def on_validation_start(self) -> None:
+        self._check_datamodule_tokenizer()
+
+    def on_test_start(self) -> None:
+        self._check_datamodule_tokenizer()
+
+    def on_predict_start(self) -> None:
+        self._check_datamodule_tokenizer()
+
+    def _check_datamodule_tokenizer(self) -> None:
+        """Refuse a DataModule whose token ids are not this head's (its CTC loss would score other symbols)."""
         dm = getattr(self.trainer, "datamodule", None)
         theirs = getattr(dm, "tokenizer", None)
         if theirs is not None and list(theirs.vocabulary) != list(self.tokenizer.vocabulary):
@@ -260,9 +273,19 @@ class ASRModule(pl.LightningModule):
         """Lightning's ``load_from_checkpoint``; says what to pass when the checkpoint cannot rebuild the encoder.
 
         A module built in Python keeps its encoder out of the hyper-parameters (an ``nn.Module``
-        is not one): pass ``encoder=`` built as it was. Checkpoints written by LightningCLI
+        is not one): pass ``encoder=`` built as it was. A SentencePiece model the checkpoint
+        carries is used whatever the file at its recorded path now holds (a warning says when
+        they differ). Checkpoints written by LightningCLI
         rebuild it from the config; :func:`load_asr_module` reads any ``RecurrentEncoder`` checkpoint.
         """
+        if "tokenizer" not in kwargs and isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
+            try:  # the SentencePiece model it carries wins over a file that moved or was retrained since
+                peek = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            except Exception:  # anything Lightning's own loading handles (or reports) better
+                peek = None
+            recorded = ((peek or {}).get("hyper_parameters") or {}).get("tokenizer") if isinstance(peek, dict) else None
+            if recorded:
+                kwargs["tokenizer"] = _carried_tokenizer(peek, recorded, checkpoint_path)
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         except TypeError as err:
@@ -544,18 +567,40 @@ class ASRModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _restore_tokenizer(container: dict[str, Any] | None, missing: str, path: str | os.PathLike) -> str:
-    """Write the SentencePiece model a checkpoint carries to a cache file; return its path."""
+def _carried_tokenizer(container: dict[str, Any] | None, recorded: str, path: str | os.PathLike) -> str:
+    """The SentencePiece model a checkpoint was trained with: a path to the exact bytes it carries.
+
+    A checkpoint carries its model's bytes (``tokenizer_model``). They win over the file at the
+    recorded path, which may have moved or, worse, been overwritten by another training of the
+    tokenizer (same path, other pieces: every transcript would be wrong). The recorded path is
+    returned when it holds the same bytes, else a cache file of the carried ones.
+
+    Raises:
+        FileNotFoundError: neither the carried bytes nor the recorded file (checkpoints written
+            before they carried the model).
+    """
     import hashlib
     import tempfile
+    import warnings
 
     from lightning_amortized.atomic import write_atomic
 
     data = (container or {}).get("tokenizer_model")
     if not data:
+        if os.path.isfile(recorded):
+            return recorded
         raise FileNotFoundError(
-            f"{str(path)!r} was trained with the SentencePiece model {missing!r}, which does not exist here, "
+            f"{str(path)!r} was trained with the SentencePiece model {recorded!r}, which does not exist here, "
             "and the checkpoint does not carry it (written before checkpoints did): copy the model file there."
+        )
+    if os.path.isfile(recorded):
+        with open(recorded, "rb") as fh:
+            if fh.read() == data:
+                return recorded
+        warnings.warn(
+            f"The SentencePiece model at {recorded!r} is not the one {str(path)!r} was trained with (retrained or "
+            "replaced since); using the copy the checkpoint carries.",
+            stacklevel=3,
         )
     cached = os.path.join(tempfile.gettempdir(), f"lightning-amortized-sp-{hashlib.sha256(data).hexdigest()[:16]}.model")
     if not os.path.isfile(cached):
@@ -616,8 +661,8 @@ def load_asr_module(path: str | os.PathLike, dropout: float = 0.1, **overrides: 
     # LightningCLI checkpoints also hold the encoder's class_path config: the encoder is
     # rebuilt above from the weight shapes (with this recipe's dropout), so leave it out.
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_") and k != "encoder"}
-    if kwargs.get("tokenizer") and not os.path.isfile(kwargs["tokenizer"]):
-        kwargs["tokenizer"] = _restore_tokenizer(container, kwargs["tokenizer"], path)
+    if kwargs.get("tokenizer"):
+        kwargs["tokenizer"] = _carried_tokenizer(container, kwargs["tokenizer"], path)
     kwargs.update(overrides)
     try:
         model = ASRModule(encoder, **kwargs)

@@ -101,7 +101,8 @@ class SentencePieceTokenizer:
 
     Raises:
         FileNotFoundError: ``model`` does not exist.
-        ValueError: the model reserves BOS/EOS/pad ids, or is not a SentencePiece model.
+        ValueError: the model reserves BOS/EOS/pad ids, has byte-fallback pieces, or is not a
+            SentencePiece model.
 
     Example::
 
@@ -141,6 +142,13 @@ class SentencePieceTokenizer:
                 "Train it with train_sentencepiece (unk 0, no bos/eos/pad)."
             )
         pieces = [self._sp.IdToPiece(i) for i in range(self._sp.GetPieceSize())]
+        if any(self._sp.IsByte(i) for i in range(len(pieces))):
+            raise ValueError(
+                f"SentencePiece model {str(path)!r} was trained with byte fallback (pieces such as "
+                f"{next(p for i, p in enumerate(pieces) if self._sp.IsByte(i))!r}): they would reach transcripts and "
+                "the device vocabulary as literal '<0xNN>' text, and unseen characters would pass unnoticed. "
+                "Retrain it without --byte_fallback (train_sentencepiece does)."
+            )
         #: Text of every non-blank id, in id order (``"▁"`` as a space; the unknown piece, which no
         #: training transcript contains, reads as nothing, so a decoded hypothesis never holds ``<unk>``).
         self.vocabulary: list[str] = ["" if i == self._sp.unk_id() else p.replace("\u2581", " ")

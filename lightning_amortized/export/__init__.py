@@ -245,7 +245,7 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
             in Python: load it yourself and call :func:`export_onnx`).
     """
     from lightning_amortized.diffs.checkpoints import load_checkpoint
-    from lightning_amortized.module import ASRModule, _restore_tokenizer
+    from lightning_amortized.module import ASRModule, _carried_tokenizer
 
     path = Path(checkpoint)
     if path.is_dir():
@@ -263,9 +263,9 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
         )
     hparams = dict(container.get("hyper_parameters") or {})
     tokenizer = hparams.get("tokenizer")
-    if tokenizer and not Path(tokenizer).is_file():  # the SentencePiece model moved: the checkpoint carries it
+    if tokenizer:  # the SentencePiece model the checkpoint carries, wherever the recorded file went
         try:
-            hparams["tokenizer"] = _restore_tokenizer(container, tokenizer, path)
+            hparams["tokenizer"] = _carried_tokenizer(container, tokenizer, path)
         except FileNotFoundError as err:
             raise ExportError(str(err)) from err
         container = {**container, "hyper_parameters": hparams}

@@ -102,6 +102,15 @@ def test_module_fits_with_subwords_and_loads_without_the_file(tiny_corpus: Path,
     assert loaded.tokenizer.model_bytes == data and loaded.tokenizer.vocabulary == model.tokenizer.vocabulary
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
         torch.testing.assert_close(a, b)
+    from_ckpt = lambda p: ASRModule.load_from_checkpoint(p, encoder=RecurrentEncoder(240, 32, num_layers=1))  # noqa: E731
+    assert from_ckpt(tmp_path / "ckpt" / "last.ckpt").tokenizer.model_bytes == data
+    # the file retrained at the same path (other pieces): the checkpoint's own model still wins, with a warning
+    train_sentencepiece(TEXTS, model_file, vocab_size=40)
+    assert model_file.read_bytes() != data
+    for load in (load_asr_module, from_ckpt):
+        with pytest.warns(UserWarning, match="not the one .* was trained with"):
+            again = load(tmp_path / "ckpt" / "last.ckpt")
+        assert again.tokenizer.model_bytes == data and again.tokenizer.vocabulary == model.tokenizer.vocabulary
 
 
 def test_mismatched_tokenizers_are_refused_at_fit(sp_model: Path, tiny_corpus: Path) -> None:
@@ -111,6 +120,21 @@ def test_mismatched_tokenizers_are_refused_at_fit(sp_model: Path, tiny_corpus: P
                          enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False)
     with pytest.raises(ValueError, match="data.init_args.tokenizer and model.init_args.tokenizer"):
         trainer.fit(model, datamodule=dm)
+    for run in (trainer.validate, trainer.test):  # not only fit: a loss over another head's symbols means nothing
+        with pytest.raises(ValueError, match="data.init_args.tokenizer and model.init_args.tokenizer"):
+            run(model, datamodule=dm)
+
+
+def test_byte_fallback_models_are_refused(tmp_path: Path) -> None:
+    """Byte pieces would reach transcripts as literal '<0xC3>' text and let unseen characters through."""
+    import sentencepiece as spm
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(TEXTS) + "\n")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "bf"), vocab_size=285,
+                                   byte_fallback=True, unk_id=0, bos_id=-1, eos_id=-1, minloglevel=2)
+    with pytest.raises(ValueError, match="byte fallback .* Retrain it without --byte_fallback"):
+        SentencePieceTokenizer(tmp_path / "bf.model")
 
 
 def test_a_lower_case_alphabet_keeps_the_texts_case() -> None:
