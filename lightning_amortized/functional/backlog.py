@@ -274,8 +274,8 @@ class SimulatedDevice:
     frame_ms: float = 30.0
 
     def __post_init__(self) -> None:
-        if not self.flops_per_s > 0:
-            raise ValueError(f"Expected argument `flops_per_s` to be positive, but got {self.flops_per_s}.")
+        if not 0 < self.flops_per_s < float("inf"):  # inf would make every frame free
+            raise ValueError(f"Expected argument `flops_per_s` to be positive and finite, but got {self.flops_per_s}.")
         _check_frame_ms(self.frame_ms)
 
     def cost_ms(self, flops: float | torch.Tensor):

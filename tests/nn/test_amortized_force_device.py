@@ -91,8 +91,9 @@ def test_set_device_changes_costs_and_decisions_input():
     expected = (arb + r.gates @ torch.tensor(am.branch_flops(), dtype=torch.float32)) * (1000.0 / am.device_flops_per_s)
     torch.testing.assert_close(r.cost_ms, expected)
     assert float(r.cost_ms.max()) > float(before.max()) * 10  # a much slower device than 650 MFLOP/s
-    with pytest.raises(ValueError, match="flops_per_s"):
-        am.set_device(0.0)
+    for bad in (0.0, float("inf"), float("nan")):  # inf: every frame would cost nothing
+        with pytest.raises(ValueError, match="flops_per_s"):
+            am.set_device(bad)
 
 
 def test_stream_forces_a_branch_of_a_non_streaming_amortized_encoder_too():
