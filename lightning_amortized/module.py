@@ -270,13 +270,13 @@ class ASRModule(pl.LightningModule):
 
     @_restricted_classmethod  # like Lightning's: refused on an instance (its result would be dropped)
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "ASRModule":  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``; says what to pass when the checkpoint cannot rebuild the encoder.
+        """Lightning's ``load_from_checkpoint``, with the checkpoint's own tokenizer and a clear missing-encoder error.
 
         A module built in Python keeps its encoder out of the hyper-parameters (an ``nn.Module``
-        is not one): pass ``encoder=`` built as it was. A SentencePiece model the checkpoint
-        carries is used whatever the file at its recorded path now holds (a warning says when
-        they differ). Checkpoints written by LightningCLI
-        rebuild it from the config; :func:`load_asr_module` reads any ``RecurrentEncoder`` checkpoint.
+        is not one): pass ``encoder=`` built as it was. Checkpoints written by LightningCLI
+        rebuild it from the config; :func:`load_asr_module` reads any ``RecurrentEncoder``
+        checkpoint. A SentencePiece model the checkpoint carries is used whatever the file at
+        its recorded path now holds (a warning says when they differ).
         """
         if "tokenizer" not in kwargs and isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
             try:  # the SentencePiece model it carries wins over a file that moved or was retrained since
