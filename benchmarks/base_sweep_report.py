@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,10 +45,33 @@ def _override(overrides: Sequence[str], key: str) -> str | None:
     return value
 
 
+def _from_config(config: str | None, key: str) -> str | None:
+    """Value of the last ``key`` anywhere in the base's LightningCLI YAML (``None``: no file, or not set there)."""
+    path = REPO / config if config else None
+    if path is None or not path.is_file():
+        return None
+    import yaml
+
+    found: list[Any] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == key and not isinstance(v, (dict, list)):
+                    found.append(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(yaml.safe_load(path.read_text()))
+    return None if not found or found[-1] is None else str(found[-1])
+
+
 def describe(info: dict[str, Any]) -> dict[str, Any]:
-    """What distinguishes a base (from its overrides; the recipe's defaults otherwise)."""
+    """What distinguishes a base: its overrides, else its config file, else the base recipe's defaults."""
     ov = info.get("overrides", [])
-    got = {k: _override(ov, k) or d for k, d in _DEFAULTS.items()}
+    got = {k: _override(ov, k) or _from_config(info.get("config"), k) or d for k, d in _DEFAULTS.items()}
     aug = got["augment"]
     return {
         "voices": got["voices"],
@@ -121,7 +145,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {pct(r['test_wer'])} / {pct(r['test_cer'])} | {pct(r['test_other_wer'])} / {pct(r['test_other_cer'])} "
             f"| {r['cer_ratio']:.1f}x | {r['device']} |"
         )
-    lines += ["", "Validation WER by epoch: `base_sweep.png`. Each base alone: `python benchmarks/base.py "
+    lines += ["", f"Validation WER by epoch: `{meta.get('plot', 'base_sweep.png')}`. Each base alone: `python benchmarks/base.py "
               "--root ROOT --no-results --extra OVERRIDES` with the overrides in its `runs/base/<key>/base.json` "
               "(`--no-results`: a variant must not replace the shared base's `docs/results/base.*`). The key is that "
               "of the code that trained the base: options added to the library since then can give the same "
@@ -178,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError) as err:
         print(f"base_sweep_report: error: {err}", file=sys.stderr)
         return 2
-    report = "python benchmarks/base_sweep_report.py " + " ".join(shown_path(f, REPO) for f in a.folders)
-    meta = {"command": a.command, "report_command": report}
+    report = shlex.join(["python", "benchmarks/base_sweep_report.py", *(shown_path(f, REPO) for f in a.folders),
+                         "--results", shown_path(a.results, REPO), "--command", a.command])
+    meta = {"command": a.command, "report_command": report, "plot": result_file(a.results, ".png").name}
     out_json, out_md = write_results(a.results, {"meta": meta, "rows": rows}, markdown(rows, meta))
     plot(rows, result_file(a.results, ".png"))
     print(out_md.read_text())

@@ -56,3 +56,15 @@ def test_a_folder_without_base_json_or_test_other_is_refused(tmp_path: Path, cap
     (folder / "base.json").write_text(json.dumps(info))
     assert bench.main([str(folder), "--results", str(tmp_path / "r")]) == 2
     assert "test_other_cer" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_a_base_trained_from_its_own_config_is_described_by_that_config(tmp_path: Path) -> None:
+    """base384.yaml sets width, batches and epochs in the file, with no overrides: the row reads them there."""
+    bench = load_script(SCRIPT, "bench_base_sweep_report")
+    folder = _base(tmp_path / "b384", [], 3, 0.02, 0.17)
+    info = json.loads((folder / "base.json").read_text())
+    info["config"] = "recipes/synthetic/conf/base384.yaml"
+    (folder / "base.json").write_text(json.dumps(info))
+    row = bench.row_of(folder)
+    assert (row["hidden_size"], row["max_batch_seconds"], row["planned_epochs"], row["voices"]) == (384, 100.0, 22, "core")
+    assert bench.row_of(_base(tmp_path / "plain", ["--trainer.max_epochs", "5"], 3, 0.02, 0.17))["planned_epochs"] == 5
