@@ -327,7 +327,7 @@ def interrupted_run(run_dir: Path) -> Path | None:
 
     for path in sorted(run_dir.glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            torch.load(path, map_location="cpu", weights_only=False)
+            torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # readable? (Lightning loads it next)
         except Exception as err:  # truncated or damaged: torch raises several types
             print(f"base: skipping unreadable {path} ({type(err).__name__}: {err})", file=sys.stderr)
             continue

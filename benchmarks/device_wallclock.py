@@ -149,15 +149,10 @@ def measure_one_graph(export_dir: Path, frames: list[Any], routes: list[list[int
     import numpy as np
     import onnxruntime as ort
 
-    from lightning_amortized.device.runtime import ExportedModel
+    from lightning_amortized.device.runtime import ExportedModel, session_options
 
     model = ExportedModel(export_dir, num_threads=1)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(one_graph(export_dir)), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(one_graph(export_dir)), session_options(1), providers=["CPUExecutionProvider"])
     masks = [np.array([[0.0, -np.inf]], np.float32), np.array([[-np.inf, 0.0]], np.float32)]
     best = [float("inf")] * len(frames)
     for _ in range(repeats):

@@ -280,7 +280,8 @@ class ASRModule(pl.LightningModule):
         """
         if "tokenizer" not in kwargs and isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
             try:  # the SentencePiece model it carries wins over a file that moved or was retrained since
-                peek = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+                # memory-mapped: the hyper-parameters and tokenizer bytes are read, the weights are not
+                peek = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
             except Exception:  # anything Lightning's own loading handles (or reports) better
                 peek = None
             recorded = ((peek or {}).get("hyper_parameters") or {}).get("tokenizer") if isinstance(peek, dict) else None

@@ -159,6 +159,7 @@ class NeuralDiff(Callback):
         self._requires_grad: dict[str, bool] = {}
         self._sparse: dict[str, SparseDiff] = {}  # attached sparse diffs by name, for the per-step hooks
         self._fisher: dict[str, torch.Tensor] = {}  # prune_score="fisher": sum of squared gradients since the last prune
+        self._diff_ids: set[int] = set()  # ids of the attached diff tensors (set in setup)
 
     @property
     @override
@@ -197,6 +198,7 @@ class NeuralDiff(Callback):
                     f"Model already carries diffs on {sorted(attached)} that this NeuralDiff did not attach; "
                     "merge or detach them first (NeuralDiff.remove / lightning_amortized.diffs.merge)."
                 )
+            self._diff_ids = {id(p) for d in attached.values() for p in d.parameters()}
             return  # setup() of a later stage (validate/test) on the same model
         if isinstance(pl_module, pl.LightningModule) and is_overridden("configure_model", pl_module):
             # Lightning builds these layers after the callbacks' setup; they must exist to be frozen and
@@ -226,6 +228,7 @@ class NeuralDiff(Callback):
         # run gets its position back from load_state_dict, which runs after setup)
         self.density, self.last_pruned_epoch, self._fisher = 1.0, -1, {}
         self._sparse = {n: d for n, d in created.items() if isinstance(d, SparseDiff)}
+        self._diff_ids = {id(p) for d in created.values() for p in d.parameters()}  # for the check of every step
         model_bytes = sum(p.numel() * p.element_size() for p in params.values())
         rank_zero_info(
             f"NeuralDiff: {self.method} diff on {len(names)} target(s) ({self.target_numel:,} entries), budget "
@@ -238,8 +241,9 @@ class NeuralDiff(Callback):
         if self.dry_run:
             trainer.should_stop = True
             return
+        diffs = diff_modules(pl_module)
         in_optimizers = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
-        idle = [f"{name}.{pname}" for name, d in diff_modules(pl_module).items() for pname, p in d.named_parameters()
+        idle = [f"{name}.{pname}" for name, d in diffs.items() for pname, p in d.named_parameters()
                 if id(p) not in in_optimizers]
         if idle and trainer.optimizers:
             rank_zero_warn(
@@ -253,8 +257,8 @@ class NeuralDiff(Callback):
 
     def _refuse_other_trainables(self, pl_module: pl.LightningModule, optimizer: Any) -> None:
         """Raise if ``optimizer`` would update a tensor that is not a diff (the file would not be the change)."""
-        diffs = {id(p) for d in diff_modules(pl_module).values() for p in d.parameters()}
-        stray = {id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad and id(p) not in diffs}
+        stray = {id(p) for g in optimizer.param_groups for p in g["params"]
+                 if p.requires_grad and id(p) not in self._diff_ids}
         if stray:
             names = [n for n, p in pl_module.named_parameters() if id(p) in stray]
             raise RuntimeError(

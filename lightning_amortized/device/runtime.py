@@ -73,6 +73,20 @@ def ctc_greedy(best_path: np.ndarray, vocabulary: list[str], blank: int = 0) -> 
     return " ".join(text.split())
 
 
+def session_options(num_threads: int = 1) -> Any:
+    """The ONNX Runtime settings of every graph session: ``num_threads`` intra-op threads, sequential, all
+    graph optimisations, warnings off."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(num_threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
 class ExportedModel:
     """An export folder opened in ONNX Runtime.
 
@@ -112,12 +126,7 @@ class ExportedModel:
         self.manifest = manifest
         _, meta = read_weights(self.path / manifest["weights"]["file"], verify=verify)
         self.weights_sha256 = meta.get("weights_sha256")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(num_threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts = session_options(num_threads)
 
         def session(spec: dict[str, Any]) -> Any:
             f = self.path / spec["file"]
