@@ -206,10 +206,12 @@ def test_latency_guard_routes_like_pytorch_and_bounds_every_utterance(
     floor = min(costs)
     assert floor <= 20.0 and 0.0 < costs[1] - 20.0 <= 2.0 * floor  # a slow frame fits the cap from no backlog
     x = np.random.default_rng(1).standard_normal((25, N_MELS * STACK)).astype(np.float32)
-    frames = StreamingRecognizer(runtime).run_frames(x)
+    frames = StreamingRecognizer(runtime).run_frames(x)  # the merged graph, the guard's verdict as its mask input
+    assert runtime.merged is not None
     with torch.no_grad():
         model.encoder(torch.from_numpy(x)[None], torch.tensor([25]))
     assert frames.decisions == model.encoder.last_routing.decisions[0].tolist()
+    assert StreamingRecognizer(runtime, one_call=False).run_frames(x).decisions == frames.decisions
     fb = LogMelFilterbank(n_mels=N_MELS)
     slow_frames = 0
     for wav in wavs():
@@ -278,10 +280,13 @@ def test_transcribe_command(amnet_dir, tmp_path: Path, capsys: pytest.CaptureFix
     assert device_main(["transcribe", str(path), *files, "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["file"] for r in rows] == files
+    assert device_main(["transcribe", str(path), *files, "--json", "--two-calls"]) == 0  # arbitrator, then branch
+    two_calls = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     rec = StreamingRecognizer(ExportedModel(path))
-    for f, row in zip(files, rows):
+    for f, row, row2 in zip(files, rows, two_calls):
         wav, _ = sf.read(f, dtype="float32")
         assert row["text"] == rec.transcribe(wav).text and row["ms_per_frame"] > 0 and 0 <= row["slow_share"] <= 1
+        assert (row2["text"], row2["slow_share"]) == (row["text"], row["slow_share"])
     assert device_main(["info", str(path)]) == 0
     assert "amnet (shared_state)" in capsys.readouterr().out
     # errors: one line, exit status 2

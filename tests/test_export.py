@@ -69,9 +69,17 @@ def test_exported_steps_equal_eager_steps_and_routes(tmp_path: Path, kind: str, 
     runtime = ExportedModel(tmp_path)
     x = torch.randn(60, N_MELS * STACK, generator=torch.Generator().manual_seed(1))
     y_ref, logits_ref, routes_ref = eager(model, x)
-    result = StreamingRecognizer(runtime).run_frames(x.numpy())
-    assert result.decisions == routes_ref  # identical routes, frame by frame
-    assert np.abs(result.logits - logits_ref).max() < TOL
+    # shared-state AmNets also run as one merged graph per frame (the default); both ways equal eager
+    merged = kind not in ("single", "independent")
+    assert (manifest["merged_step"] is not None) == merged == (runtime.merged is not None)
+    for one_call in (None, False):
+        result = StreamingRecognizer(runtime, one_call=one_call).run_frames(x.numpy())
+        assert result.decisions == routes_ref  # identical routes, frame by frame
+        assert np.abs(result.logits - logits_ref).max() < TOL
+        assert np.isnan(result.arbitrator_ms).all() == (merged and one_call is None)
+    if not merged:
+        with pytest.raises(ValueError, match="one_call=True"):
+            StreamingRecognizer(runtime, one_call=True)
     if kind != "single":
         assert manifest["kind"] == "amnet" and set(routes_ref) == {0, 1}  # both branches were exercised
     # encoder outputs and states, graph by graph, following the eager routes
@@ -140,8 +148,17 @@ def test_manifest_and_weights_file(tmp_path: Path) -> None:
         assert np.array_equal(a, state[name].numpy())
     assert m["weights"]["sha256"] == weights_sha256(arrays, arrays) == torch_weights_sha256(state, arrays)
     # the graphs keep no copy of the weights: they point into weights.safetensors
+    import onnx
+
+    for n in ("fast", "slow", "arbitrator", "amnet_step"):
+        graph = onnx.load(str(tmp_path / f"{n}.onnx"), load_external_data=False).graph
+        weights_read = [i for i in graph.initializer if i.name in arrays]
+        assert weights_read and all(i.data_location == onnx.TensorProto.EXTERNAL and not i.raw_data
+                                    for i in weights_read), n
     graph_bytes = sum((tmp_path / f"{n}.onnx").stat().st_size for n in ("fast", "slow", "arbitrator"))
     assert graph_bytes < m["weights"]["bytes"]
+    assert m["merged_step"]["file"] == "amnet_step.onnx" and m["merged_step"]["inputs"]["mask"] == [1, 2]
+    assert m["merged_step"]["states"] == m["graphs"]["slow"]["states"]
 
 
 def test_unsupported_models_are_refused_and_nothing_written(tmp_path: Path) -> None:

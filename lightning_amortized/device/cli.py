@@ -58,6 +58,9 @@ def _transcribe(argv: list[str]) -> int:
     p.add_argument("--latency-guard", type=_guard_arg, default="model",
                    help="latency guard factor (>= 1: end-of-utterance latency at most this times the floor), "
                         "'off', or 'model' (the exported model's; default)")
+    p.add_argument("--two-calls", action="store_true",
+                   help="AmNets: call the arbitrator and then the chosen branch (default: the export's merged "
+                        "graph, one call per frame, where it has one)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--stats", action="store_true", help="add measured timing columns")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
@@ -67,7 +70,7 @@ def _transcribe(argv: list[str]) -> int:
     try:
         model = ExportedModel(a.model, num_threads=a.threads)
         rec = StreamingRecognizer(model, normalize=a.normalize, backlog=a.backlog, device_flops_per_s=a.device_flops,
-                                  latency_guard=a.latency_guard)
+                                  latency_guard=a.latency_guard, one_call=False if a.two_calls else None)
         wavs = [read_audio(f, model.features.sample_rate) for f in a.files]
     except (ValueError, OSError) as err:
         return _fail("transcribe", err)

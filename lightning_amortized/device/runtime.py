@@ -147,6 +147,8 @@ class ExportedModel:
         arb = manifest.get("arbitrator")
         self.arbitrator = session(arb) if arb else None
         self._arb_inputs = {i.name for i in self.arbitrator.get_inputs()} if self.arbitrator else set()
+        self.merged_spec: dict[str, Any] | None = manifest.get("merged_step")
+        self.merged = session(self.merged_spec) if self.merged_spec else None
         self.frame_ms = float(manifest["frame_ms"])
         dev = manifest["device_model"]
         self.device_flops_per_s = float(dev["flops_per_s"])
@@ -186,6 +188,36 @@ class ExportedModel:
             feed["load"] = np.asarray([load], dtype=np.float32)
         return self.arbitrator.run(None, {k: v for k, v in feed.items() if k in self._arb_inputs})[0][0]
 
+    def merged_step(
+        self, x: np.ndarray, backlog_ms: np.float32, prev_gate: np.ndarray, mask: np.ndarray,
+        states: dict[str, np.ndarray], load: np.float32 | None = None,
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """Arbitrate and run the chosen branch in one call of the merged graph (shared-state AmNets).
+
+        Args:
+            x: The encoder frame ``(F,)``.
+            backlog_ms: The backlog before the frame, ms.
+            prev_gate: The previous one-hot decision ``(2,)``.
+            mask: ``(2,)`` added to the arbitrator's logits: ``0`` for an allowed branch, ``-inf``
+                for one the latency guard forbids.
+            states: The shared recurrent states, updated in place.
+            load: ``log rho`` of the device (load-aware arbitrators; see :meth:`load_feature`).
+
+        Returns:
+            ``(choice, y (D,), logits (V,))``, as :meth:`arbitrate` and :meth:`step` give them.
+        """
+        spec = self.merged_spec
+        feed = {"x": x.reshape(1, -1), "backlog_ms": np.asarray([backlog_ms], dtype=np.float32),
+                "prev_gate": prev_gate.reshape(1, -1), "mask": mask.reshape(1, -1)}
+        if self.load_aware:
+            feed["load"] = np.asarray([load], dtype=np.float32)
+        for name, io in spec["states"].items():
+            feed[io["input"]] = states[name]
+        out = self.merged.run(None, feed)
+        for k, name in enumerate(spec["states"]):
+            states[name] = out[2 + k]
+        return int(out[-1][0]), out[0][0], out[1][0]
+
     def load_feature(self, device_flops_per_s: float) -> np.float32:
         """``log(rho)``: the slow branch's cost on a device of ``device_flops_per_s`` over ``frame_ms`` (float32,
         as :meth:`Arbitrator.load_feature` computes it)."""
@@ -221,7 +253,8 @@ class Transcript:
         frame_ms: Audio per encoder frame in ms.
         finish_ms: Wall time of :meth:`StreamingRecognizer.finish` (from the last chunk to the final text).
         logits: ``(T, V)`` CTC logits per encoder frame.
-        arbitrator_ms: The part of ``frame_compute_ms`` spent in the arbitrator graph, ms.
+        arbitrator_ms: The part of ``frame_compute_ms`` spent in the arbitrator graph, ms (``nan`` per frame
+            when the merged graph ran the arbitrator and the branch in one call; ``0`` without an arbitrator).
     """
 
     text: str
@@ -276,10 +309,15 @@ class StreamingRecognizer:
             (default) takes the exported model's, ``None`` turns it off, a number ``>= 1`` sets
             it. The guard judges each branch by its simulated cost on this device (also in
             ``backlog="measured"`` mode, where the backlog itself is measured).
+        one_call: AmNets: ``None`` (default) runs the export's merged graph (``amnet_step.onnx``,
+            shared-state AmNets) when it has one, one ONNX Runtime call per frame; ``False`` calls the
+            arbitrator and then the chosen branch (two calls, the arbitrator's time measured apart in
+            :attr:`Transcript.arbitrator_ms`); ``True`` requires the merged graph. Routes and logits
+            are the same either way.
 
     Raises:
-        ValueError: for an unknown mode or branch, a non-positive device speed or a
-            latency guard below 1.
+        ValueError: for an unknown mode or branch, a non-positive device speed, a
+            latency guard below 1, or ``one_call=True`` on an export without a merged graph.
     """
 
     def __init__(
@@ -290,6 +328,7 @@ class StreamingRecognizer:
         force_branch: int | None = None,
         device_flops_per_s: float | None = None,
         latency_guard: float | str | None = "model",
+        one_call: bool | None = None,
     ) -> None:
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"Expected argument `normalize` to be one of {NORMALIZE_MODES}, but got {normalize!r}.")
@@ -302,7 +341,13 @@ class StreamingRecognizer:
         dev = model.device_flops_per_s if device_flops_per_s is None else float(device_flops_per_s)
         if not dev > 0:
             raise ValueError(f"Expected argument `device_flops_per_s` to be positive, but got {device_flops_per_s}.")
+        if one_call and model.merged is None:
+            raise ValueError(
+                f"Argument `one_call=True` needs an export with a merged graph ({str(model.path)!r} has none: only "
+                "shared-state AmNets get one; export the model again with this version, or pass one_call=None)."
+            )
         self.model, self.normalize, self.backlog_mode, self.force_branch = model, normalize, backlog, force_branch
+        self.one_call = model.merged is not None and one_call is not False and force_branch is None
         self.device_flops_per_s = dev
         self._ms_per_flop = np.float32(1000.0 / dev)
         self._load = model.load_feature(dev) if model.load_aware else None
@@ -310,6 +355,7 @@ class StreamingRecognizer:
         # each branch's frame cost on this device (arbitrator included), float32 as in _encode
         self._frame_costs = [np.float32(m_flops + model.arbitrator_flops) * self._ms_per_flop
                              for m_flops in model.branch_flops]
+        self._zero_mask = np.zeros(model.num_branches, dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -334,21 +380,24 @@ class StreamingRecognizer:
 
     def _encode(self, x: np.ndarray, final: bool = False) -> None:
         m = self.model
-        t0 = time.perf_counter()
-        if self.force_branch is not None:
-            choice, flops = self.force_branch, m.branch_flops[self.force_branch]
-        elif m.arbitrator is None:
-            choice, flops = 0, m.branch_flops[0]
+        t0 = t_arb = time.perf_counter()
+        if self.force_branch is not None or m.arbitrator is None:
+            choice = self.force_branch or 0
+            flops = m.branch_flops[choice]
+            _, out = m.step(choice, x, self._states)
         else:
-            logits = m.arbitrate(x, self._backlog, self._prev, self._load)
+            mask = self._zero_mask
             if self.latency_guard is not None:  # the rule of AmortizedEncoder's guard (backlog_rule)
                 allowed = allowed_branches(self._backlog, self._frame_costs, np.float32(m.frame_ms),
                                            self.latency_guard, final)
-                logits = np.where(allowed, logits, -np.inf)
-            choice = int(np.argmax(logits))
+                mask = np.where(allowed, mask, np.float32(-np.inf))
+            if self.one_call:  # arbitrator and branch in one graph: no time of the arbitrator's own
+                choice, _, out = m.merged_step(x, self._backlog, self._prev, mask, self._states, self._load)
+            else:
+                choice = int(np.argmax(m.arbitrate(x, self._backlog, self._prev, self._load) + mask))
+                t_arb = time.perf_counter()
+                _, out = m.step(choice, x, self._states)
             flops = m.arbitrator_flops + m.branch_flops[choice]
-        t_arb = time.perf_counter()
-        _, out = m.step(choice, x, self._states)
         spent = (time.perf_counter() - t0) * 1000.0
         if self.backlog_mode == "simulated":  # float32, as PyTorch's step computes it
             cost = np.float32(flops) * self._ms_per_flop
@@ -359,7 +408,7 @@ class StreamingRecognizer:
         self._prev[choice] = 1.0
         self._decisions.append(choice)
         self._compute.append(spent)
-        self._arb_ms.append((t_arb - t0) * 1000.0)
+        self._arb_ms.append((t_arb - t0) * 1000.0 if not self.one_call else float("nan"))
         self._backlogs.append(float(self._backlog))
         self._logits.append(out)
         self._best.append(int(np.argmax(out)))

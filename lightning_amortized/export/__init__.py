@@ -13,6 +13,10 @@ What is written to ``out_dir`` (layout and state conventions in ``docs/device.md
   is ``(x (1, F), backlog_ms (1,), prev_gate (1, K)[, load (1,)]) -> logits (1, K)`` (``load``:
   ``log rho`` of the device, load-aware arbitrators only); the backlog lives on the host,
   which runs the same rule as :mod:`lightning_amortized.functional`.
+* shared-state AmNets also get ``amnet_step.onnx`` (manifest ``merged_step``): the arbitrator
+  and both branches in one graph whose ``If`` node runs the chosen branch, with the host's
+  latency-guard verdict as an extra input ``mask (1, 2)`` and ``choice (1,)`` as an extra
+  output (:mod:`lightning_amortized.export.merged`): one runtime call per frame instead of two.
 * ``weights.safetensors``: every trained tensor the graphs read, under its
   ``ASRModule`` parameter name (``encoder.rnn.rnn.weight_ih_l0``, ``head.weight``, ...).
   The graphs hold no copy: their initializers are ONNX *external data* pointing into this
@@ -47,6 +51,7 @@ from torch import nn
 from lightning_amortized.atomic import write_atomic
 from lightning_amortized.errors import first_line
 from lightning_amortized.nn.modes import eval_mode
+from lightning_amortized.export.merged import MERGED_FILE, merge_shared_state_step
 from lightning_amortized.export.onnx_io import OPSET, WEIGHTS_FILE, _collect, _externalize, _safetensors_layout, _trace
 from lightning_amortized.export.steps import ExportError, _ArbitratorStep, _BranchStep, _plan, _state_shape
 
@@ -171,6 +176,19 @@ def export_onnx(
         for name, proto in protos.items():
             _externalize(proto, layout)
             files[f"{name}.onnx"] = proto.SerializeToString()
+        slow_index = max(range(len(plan["branches"])), key=lambda k: plan["branches"][k]["flops"])
+        merged = None
+        if plan["routing"] == "shared_state":  # one call per frame instead of two (export/merged.py)
+            slow, fast = plan["branches"][slow_index]["name"], plan["branches"][1 - slow_index]["name"]
+            proto = merge_shared_state_step(protos["arbitrator"], protos[fast], protos[slow], slow_index, set(layout))
+            files[MERGED_FILE] = proto.SerializeToString()
+            merged = {
+                "file": MERGED_FILE,
+                "inputs": {**arbitrator["inputs"], **{k: v for k, v in graphs[slow]["inputs"].items() if k != "x"},
+                           "mask": [1, 2]},
+                "outputs": {**graphs[slow]["outputs"], "choice": [1]},
+                "states": graphs[slow]["states"],
+            }
         frame_ms = 10.0 * float(model.stacker.stack)
         dev = next((d for d in (plan["device_flops_per_s"], device_flops_per_s) if d is not None),
                    DEFAULT_DEVICE_FLOPS_PER_S)
@@ -190,9 +208,10 @@ def export_onnx(
             "blank": 0,
             "states": {s: {"shape": shp, "dtype": "float32", "init": "zeros"} for s, shp in state_shapes.items()},
             "branches": [b["name"] for b in plan["branches"]],
-            "slow_index": max(range(len(plan["branches"])), key=lambda k: plan["branches"][k]["flops"]),
+            "slow_index": slow_index,
             "graphs": graphs,
             "arbitrator": arbitrator,
+            "merged_step": merged,
             "device_model": {"flops_per_s": float(dev), "frame_ms": frame_ms},
             "weights": {"file": WEIGHTS_FILE, "sha256": sha, "tensors": len(weights),
                         "bytes": sum(int(w.nbytes) for w in weights.values())},
@@ -218,8 +237,9 @@ def _graph_files(manifest: Path) -> set[str]:
     try:
         old = json.loads(manifest.read_text())
         names = {g["file"] for g in (old.get("graphs") or {}).values()}
-        if old.get("arbitrator"):
-            names.add(old["arbitrator"]["file"])
+        for key in ("arbitrator", "merged_step"):
+            if old.get(key):
+                names.add(old[key]["file"])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return set()
     return {n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".onnx")}
@@ -293,6 +313,9 @@ def load_for_export(checkpoint: str | Path) -> nn.Module:
 def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed: int = 0) -> dict[str, Any]:
     """Run ``frames`` random input frames through eager ``step`` and the exported graphs; compare.
 
+    An export with a merged graph (``amnet_step.onnx``) is run both ways, one call and two calls per
+    frame; the result holds the larger logit difference, and routes must match in both.
+
     Args:
         model: The exported model (eval mode is set for the check and restored).
         out_dir: Its export folder.
@@ -321,10 +344,12 @@ def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed:
             logits.append(model.head(y)[0])
     finally:
         modes.close()
-    result = StreamingRecognizer(ExportedModel(out_dir)).run_frames(x.numpy())
+    runtime = ExportedModel(out_dir)
     ref = torch.stack(logits).numpy()
+    results = [StreamingRecognizer(runtime, one_call=one_call).run_frames(x.numpy())
+               for one_call in ((False, True) if runtime.merged is not None else (False,))]
     return {
         "frames": frames,
-        "max_abs_logit_diff": float(np.abs(result.logits - ref).max()) if frames else 0.0,
-        "routes_identical": result.decisions == routes,
+        "max_abs_logit_diff": max(float(np.abs(r.logits - ref).max()) for r in results) if frames else 0.0,
+        "routes_identical": all(r.decisions == routes for r in results),
     }

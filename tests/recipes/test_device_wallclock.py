@@ -30,10 +30,13 @@ def test_the_table_gives_speed_relative_to_slow_only(bench) -> None:
                "repeats": 3, "variants": {
                    "slow_only": {"ms_per_frame": 0.2, "arbitrator_ms_per_frame": 0.0, "slow_share": None,
                                  "wer_runtime": 0.1},
-                   "amnet": {"ms_per_frame": 0.1, "arbitrator_ms_per_frame": 0.02, "slow_share": 0.25,
-                             "wer_runtime": 0.12}}}
+                   "amnet": {"ms_per_frame": 0.08, "arbitrator_ms_per_frame": None, "slow_share": 0.25,
+                             "wer_runtime": 0.12},
+                   "amnet:two_calls": {"ms_per_frame": 0.1, "arbitrator_ms_per_frame": 0.02, "slow_share": 0.25,
+                                       "wer_runtime": 0.12}}}
     rows = [r for r in bench.markdown(summary).splitlines() if r.startswith("| amnet")]
-    assert rows == ["| amnet | 0.1000 | 2.00x | 0.0200 | 0.250 | 12.00 % |"]
+    assert rows == ["| amnet | 0.0800 | 2.50x | (in the graph) | 0.250 | 12.00 % |",
+                    "| amnet:two_calls | 0.1000 | 2.00x | 0.0200 | 0.250 | 12.00 % |"]
 
 
 def test_a_run_folder_without_a_checkpoint_is_one_error_line(bench, tmp_path: Path, capsys) -> None:
