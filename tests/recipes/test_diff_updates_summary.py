@@ -205,3 +205,12 @@ def test_every_configuration_given_a_byte_budget_is_checked_against_it(bench) ->
     """sparse-fisher-bB got --budget {bytes_B} but no budget check (it is not one of the peer families)."""
     assert bench._sized_in_bytes("sparse-fisher-b10") and bench._sized_in_bytes("sparse-b10")
     assert bench._sized_in_bytes("lora-5") and not bench._sized_in_bytes("hashed") and not bench._sized_in_bytes("full")
+
+
+def test_int8_sparse_diffs_at_equal_bytes_are_a_family_of_their_own(bench) -> None:
+    label, conf, args = bench.CONFIGS["sparse-int8-b10"]
+    assert bench.method_of("sparse-int8-b10") == "sparse" and args[args.index("--value_dtype") + 1] == "int8"
+    assert bench._family("sparse-int8-b10") == "sparse-int8-b" and bench._family("sparse-b10") == "sparse-b"
+    assert bench._sized_in_bytes("sparse-int8-b10")
+    final = dict.fromkeys(["sparse-b10", "sparse-int8-b10", "lora-10", "sparse-int8-b2"])
+    assert bench.peer_pairs(final) == [(10, "sparse-b10", "lora-10"), (10, "sparse-int8-b10", "lora-10")]
