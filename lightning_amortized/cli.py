@@ -85,10 +85,17 @@ def _train_tokenizer_main(argv: list[str]) -> int:
     p.add_argument("--vocab-size", type=int, default=256, help="number of pieces (default 256)")
     p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
     p.add_argument("--out", required=True, help="the .model file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     a = p.parse_args(argv)
     try:
         if Path(a.out).is_dir():
             raise ValueError(f"--out {a.out!r} is a folder; pass the .model file to write, e.g. {a.out.rstrip('/')}/units.model.")
+        if Path(a.out).exists() and not a.force:
+            raise ValueError(
+                f"--out {a.out!r} exists; models and DataModules that name it would read the new pieces. Pass "
+                "another --out, or --force to replace it (checkpoints carry their own copy of the model they "
+                "were trained with)."
+            )
         texts = []
         for split in a.splits:
             folder = Path(a.root) / split

@@ -77,10 +77,16 @@ def test_cli_trains_on_a_corpus(tiny_corpus: Path, tmp_path: Path, capsys: pytes
     out = tmp_path / "corpus.model"
     assert main(["train-tokenizer", str(tiny_corpus), "--vocab-size", "60", "--out", str(out)]) == 0
     assert "pieces from" in capsys.readouterr().out and SentencePieceTokenizer(out)
-    assert main(["train-tokenizer", str(tiny_corpus), "--splits", "nope", "--out", str(out)]) == 2
+    assert main(["train-tokenizer", str(tiny_corpus), "--splits", "nope", "--out", str(tmp_path / "b.model")]) == 2
     assert capsys.readouterr().err.startswith("lightning-amortized train-tokenizer: error: Split folder")
     assert main(["train-tokenizer", str(tiny_corpus), "--out", str(tmp_path)]) == 2
     assert "is a folder; pass the .model file" in capsys.readouterr().err
+    # an existing model is not replaced without --force, and stays as it was
+    before = out.read_bytes()
+    assert main(["train-tokenizer", str(tiny_corpus), "--vocab-size", "50", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["train-tokenizer", str(tiny_corpus), "--vocab-size", "50", "--out", str(out), "--force"]) == 0
+    assert len(SentencePieceTokenizer(out)) == 51 and out.read_bytes() != before  # 50 pieces + the blank
 
 
 def test_module_fits_with_subwords_and_loads_without_the_file(tiny_corpus: Path, tmp_path: Path) -> None:
