@@ -30,6 +30,9 @@ def tiny(kind: str, rnn_type: str = "lstm", seed: int = 0) -> ASRModule:
     elif kind == "loadaware":  # the arbitrator also sees log(rho) of the device
         enc = SharedStateAmortizedEncoder(RecurrentEncoder(F_, 16, 2, rnn_type=rnn_type), fast="lowrank", rank=4,
                                           frame_ms=20.0, device_flops_per_s=4e5, load_aware=True)
+    elif kind == "noprev":  # an arbitrator without the previous gate: the traced graphs lack that input
+        enc = SharedStateAmortizedEncoder(RecurrentEncoder(F_, 16, 2, rnn_type=rnn_type), fast="lowrank", rank=4,
+                                          frame_ms=20.0, device_flops_per_s=4e5, use_prev_decision=False)
     elif kind == "independent":
         enc = AmortizedEncoder(RecurrentEncoder(F_, 8, 1), RecurrentEncoder(F_, 16, 2), projection=12,
                                frame_ms=20.0, device_flops_per_s=1e6)
@@ -61,7 +64,7 @@ def eager(model: ASRModule, x: torch.Tensor, force_branch: int | None = None):
 @pytest.mark.parametrize(
     "kind,rnn_type",
     [("single", "lstm"), ("single", "gru"), ("lowrank", "lstm"), ("sparse", "lstm"), ("small", "lstm"),
-     ("lowrank", "gru"), ("independent", "lstm"), ("loadaware", "lstm")],
+     ("lowrank", "gru"), ("independent", "lstm"), ("loadaware", "lstm"), ("noprev", "lstm")],
 )
 def test_exported_steps_equal_eager_steps_and_routes(tmp_path: Path, kind: str, rnn_type: str) -> None:
     model = tiny(kind, rnn_type)
@@ -72,6 +75,9 @@ def test_exported_steps_equal_eager_steps_and_routes(tmp_path: Path, kind: str, 
     # shared-state AmNets also run as one merged graph per frame (the default); both ways equal eager
     merged = kind not in ("single", "independent")
     assert (manifest["merged_step"] is not None) == merged == (runtime.merged is not None)
+    if merged:  # the manifest lists the graph's real inputs
+        assert set(manifest["merged_step"]["inputs"]) == {i.name for i in runtime.merged.get_inputs()}
+        assert ("prev_gate" in manifest["merged_step"]["inputs"]) == (kind != "noprev")
     for one_call in (None, False):
         result = StreamingRecognizer(runtime, one_call=one_call).run_frames(x.numpy())
         assert result.decisions == routes_ref  # identical routes, frame by frame

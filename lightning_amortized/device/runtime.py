@@ -149,6 +149,7 @@ class ExportedModel:
         self._arb_inputs = {i.name for i in self.arbitrator.get_inputs()} if self.arbitrator else set()
         self.merged_spec: dict[str, Any] | None = manifest.get("merged_step")
         self.merged = session(self.merged_spec) if self.merged_spec else None
+        self._merged_inputs = {i.name for i in self.merged.get_inputs()} if self.merged else set()
         self.frame_ms = float(manifest["frame_ms"])
         dev = manifest["device_model"]
         self.device_flops_per_s = float(dev["flops_per_s"])
@@ -213,7 +214,7 @@ class ExportedModel:
             feed["load"] = np.asarray([load], dtype=np.float32)
         for name, io in spec["states"].items():
             feed[io["input"]] = states[name]
-        out = self.merged.run(None, feed)
+        out = self.merged.run(None, {k: v for k, v in feed.items() if k in self._merged_inputs})
         for k, name in enumerate(spec["states"]):
             states[name] = out[2 + k]
         return int(out[-1][0]), out[0][0], out[1][0]

@@ -182,10 +182,10 @@ def export_onnx(
             slow, fast = plan["branches"][slow_index]["name"], plan["branches"][1 - slow_index]["name"]
             proto = merge_shared_state_step(protos["arbitrator"], protos[fast], protos[slow], slow_index, set(layout))
             files[MERGED_FILE] = proto.SerializeToString()
+            shapes = {**arbitrator["inputs"], **graphs[slow]["inputs"], "mask": [1, 2]}
             merged = {
                 "file": MERGED_FILE,
-                "inputs": {**arbitrator["inputs"], **{k: v for k, v in graphs[slow]["inputs"].items() if k != "x"},
-                           "mask": [1, 2]},
+                "inputs": {i.name: shapes[i.name] for i in proto.graph.input},  # the tracer drops unused ones
                 "outputs": {**graphs[slow]["outputs"], "choice": [1]},
                 "states": graphs[slow]["states"],
             }
