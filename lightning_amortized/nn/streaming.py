@@ -2,7 +2,7 @@
 
 :func:`stream` runs an encoder's ``step`` one frame at a time with hard decisions and
 ``torch.set_num_threads(1)`` (the previous value is restored), timing every frame with
-``time.perf_counter``. For an :class:`~lightning_amortized.nn.amortized.AmortizedEncoder`
+``time.perf_counter`` (on a GPU after waiting for the frame's kernels). For an :class:`~lightning_amortized.nn.amortized.AmortizedEncoder`
 only the chosen branch computes (for a low-rank branch the ``U (V x)`` products, for a
 sparse branch CSR products over the stored non-zeros). Encoders without ``step`` are
 timed on one full-utterance ``forward`` (spread evenly over the frames).
@@ -69,6 +69,14 @@ def _frame_ms(encoder: nn.Module, frame_ms: float | None) -> float:
 
 
 @torch.no_grad()
+def _synchronize(device: torch.device) -> None:
+    """Wait for the kernels queued on ``device`` (CUDA, MPS), so that a wall-clock reading covers them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def stream(
     encoder: nn.Module,
     x: torch.Tensor,
@@ -119,8 +127,10 @@ def stream(
             if forced:  # the whole-sequence forward reads the encoder's own setting
                 kept_branch, encoder.force_branch = encoder.force_branch, int(force_branch)
             try:
+                _synchronize(x.device)
                 start = time.perf_counter()
                 y, _ = encoder(x[None], torch.tensor([T], device=x.device))
+                _synchronize(x.device)
                 wall[:] = (time.perf_counter() - start) * 1000.0 / max(T, 1)
             finally:
                 if forced:
@@ -136,6 +146,7 @@ def stream(
                 encoder.step(x[:1], encoder.init_state(1))
         state = encoder.init_state(1)
         outs = []
+        _synchronize(x.device)
         for t in range(T):
             x_t = x[t : t + 1]
             start = time.perf_counter()
@@ -143,6 +154,7 @@ def stream(
                 y_t, state, choice = encoder.step_with_decision(x_t, state, force_branch, final=t == T - 1)
             else:
                 y_t, state = encoder.step(x_t, state)
+            _synchronize(x.device)  # on a GPU the frame's kernels, not only their launch
             wall[t] = (time.perf_counter() - start) * 1000.0
             if amortized:
                 decisions[t] = int(choice[0])

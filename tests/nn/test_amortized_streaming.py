@@ -137,3 +137,17 @@ def test_stream_restores_the_modes_when_it_fails_before_streaming() -> None:
     with pytest.raises(RuntimeError):
         stream(enc, torch.randn(4, 6), frame_ms=30.0, num_threads=0)
     assert enc.training
+
+
+def test_stream_waits_for_the_accelerator_before_reading_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU a frame's time must cover its kernels, not only their launch (CPU: nothing to wait for)."""
+    from lightning_amortized.nn import streaming
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(f"cuda:{device}"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps"))
+    streaming._synchronize(torch.device("cpu"))
+    assert calls == []
+    streaming._synchronize(torch.device("cuda", 1))
+    streaming._synchronize(torch.device("mps"))
+    assert calls == ["cuda:cuda:1", "mps"]
