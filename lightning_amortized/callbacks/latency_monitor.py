@@ -259,10 +259,17 @@ class LatencyMonitor(Callback):
         }
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True)
-        if self._samples:  # total compute over total audio (real_time_factor's definition), not a mean of ratios
-            runs = [stream(enc, x, frame_ms) for x in self._samples]
-            metrics["latency/rtf"] = sum(r.total_ms for r in runs) / sum(r.wall_ms.numel() * r.frame_ms for r in runs)
-            pl_module.log("latency/rtf", metrics["latency/rtf"], on_step=False, on_epoch=True, sync_dist=True)
+        # total compute over total audio (real_time_factor's definition), pooled over processes, not a mean of
+        # ratios; every process takes part in the gather, also one that holds no sample
+        runs = [stream(enc, x, frame_ms) for x in self._samples]
+        compute_ms = sum(r.total_ms for r in runs)
+        audio_ms = sum(r.wall_ms.numel() * r.frame_ms for r in runs)
+        if trainer.world_size > 1 and self.rtf_samples > 0:
+            totals = torch.tensor([compute_ms, audio_ms], dtype=torch.float64, device=pl_module.device)
+            compute_ms, audio_ms = (float(v) for v in pl_module.all_gather(totals).reshape(-1, 2).sum(0))
+        if audio_ms > 0:
+            metrics["latency/rtf"] = compute_ms / audio_ms
+            pl_module.log("latency/rtf", metrics["latency/rtf"], on_step=False, on_epoch=True)
         self.last_metrics = metrics
         if self.plot and trainer.is_global_zero and self._plot_data is not None:
             self.last_plot_path = self._save_plot(trainer, cost_frame_ms)

@@ -187,7 +187,7 @@ class _Lengths(Dataset):
 def test_latency_monitor_gathers_over_ddp_processes(tmp_path):
     enc = RecurrentEncoder(FEATS, 8, 1)
     # 40 ms per 30 ms frame: b_{L-1} = 10 (L - 1), EOU = 10 (L - 1) + 40 = 10 L + 30
-    monitor = LatencyMonitor(device_flops_per_s=enc.flops_per_frame() * 1000.0 / 40.0, rtf_samples=0, plot=False)
+    monitor = LatencyMonitor(device_flops_per_s=enc.flops_per_frame() * 1000.0 / 40.0, rtf_samples=1, plot=False)
     loader = DataLoader(_Lengths(), batch_size=1, collate_fn=_collate)
     trainer = Trainer(
         strategy="ddp_spawn",
@@ -207,6 +207,7 @@ def test_latency_monitor_gathers_over_ddp_processes(tmp_path):
     # all four utterances (6, 8, 10, 20 frames) although each process saw two
     assert float(m["latency/eou_max_ms"]) == pytest.approx(230.0)
     assert float(m["latency/eou_p50_ms"]) == pytest.approx(120.0)  # median of 90, 110, 130, 230
+    assert 0.0 < float(m["latency/rtf"]) < float("inf")  # one streamed utterance per process, pooled
 
 
 def test_non_finite_arbitrator_gradient_stops_before_the_step(tmp_path):
