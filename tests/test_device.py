@@ -288,7 +288,8 @@ def test_transcribe_command(amnet_dir, tmp_path: Path, capsys: pytest.CaptureFix
         assert row["text"] == rec.transcribe(wav).text and row["ms_per_frame"] > 0 and 0 <= row["slow_share"] <= 1
         assert (row2["text"], row2["slow_share"]) == (row["text"], row["slow_share"])
     assert device_main(["info", str(path)]) == 0
-    assert "amnet (shared_state)" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "amnet (shared_state)" in info and "one call per frame (amnet_step.onnx)" in info
     # errors: one line, exit status 2
     sf.write(tmp_path / "8k.wav", np.zeros(8000, np.float32), 8000)
     for argv in (["transcribe", str(path), str(tmp_path / "8k.wav")], ["transcribe", str(tmp_path), files[0]],

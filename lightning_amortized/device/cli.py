@@ -126,7 +126,8 @@ def _info(argv: list[str]) -> int:
     print(f"{m['format']} v{m['format_version']}: {m['kind']}" + (f" ({m['routing']})" if m.get("routing") else ""))
     print(f"  frame {m['frame_ms']} ms, branches {m['branches']}, FLOPs/frame "
           f"{[m['graphs'][b]['flops_per_frame'] for b in m['branches']]}"
-          + (f", arbitrator {m['arbitrator']['flops_per_frame']}" if m.get("arbitrator") else ""))
+          + (f", arbitrator {m['arbitrator']['flops_per_frame']}" if m.get("arbitrator") else "")
+          + (f"; one call per frame ({m['merged_step']['file']})" if m.get("merged_step") else ""))
     print(f"  device model {m['device_model']['flops_per_s']:.4g} FLOP/s; states "
           + ", ".join(f"{k} {v['shape']}" for k, v in m["states"].items()))
     w = m["weights"]
