@@ -24,6 +24,7 @@ $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 lock: $(STAMP)
 	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ruff=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+	touch $(STAMP)  # .venv is what the new file says: no reinstall (with the old pins) on the next make
 
 install: $(STAMP)
 

@@ -22,7 +22,7 @@ one thread each) on the same base checkpoint and corpus:
 ``sparse-fisher-bB``  ``sparse-bB`` whose pruning ranks entries by ``F * D**2`` (``prune_score: fisher``)
 =================  ==========================================================================
 
-The byte budgets of ``lora-B``, ``compressed-B``, ``sparse-bB`` and ``hashed-bB`` cover the whole
+The byte budgets of ``lora-B``, ``compressed-B``, ``sparse-bB``, ``sparse-int8-bB`` and ``hashed-bB`` cover the whole
 shipped file(s), header included; each row reports the real file bytes (``bytes``; ``compressed``: both files) next to
 its budget (``budget_bytes``), and a target checks that every update honoured it.
 
@@ -749,7 +749,7 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any], png: str = "di
         "1.25*b* (fp32), 0.75*b* (fp16) or 0.5*b* (int8) of the targeted bytes, plus a header of about 1 kB per "
         "diff. With fp32 values a 10 % diff cannot be 90 % smaller: the values alone are 10 %. `sparse-10`, "
         "`sparse-2-int8` and `hashed` are sized in entries (10 % / 2 % of the targeted weights); the peers at equal "
-        "bytes (`sparse-bB`, `hashed-bB`, `lora-B`, `compressed-B`) in B % of the fp32 checkpoint's bytes.",
+        "bytes (`sparse-bB`, `sparse-int8-bB`, `hashed-bB`, `lora-B`, `compressed-B`) in B % of the fp32 checkpoint's bytes.",
     ]
     peers = {r["method"]: r for r in rows if r.get("budget_bytes") is not None and r.get("rank") is not None}
     if any(r["method"].startswith(("lora-", "compressed-")) for r in rows):

@@ -68,7 +68,6 @@ def _frame_ms(encoder: nn.Module, frame_ms: float | None) -> float:
     return float(value)
 
 
-@torch.no_grad()
 def _synchronize(device: torch.device) -> None:
     """Wait for the kernels queued on ``device`` (CUDA, MPS), so that a wall-clock reading covers them."""
     if device.type == "cuda":
@@ -77,6 +76,7 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+@torch.no_grad()
 def stream(
     encoder: nn.Module,
     x: torch.Tensor,

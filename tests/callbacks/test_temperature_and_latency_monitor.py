@@ -210,6 +210,30 @@ def test_latency_monitor_gathers_over_ddp_processes(tmp_path):
     assert 0.0 < float(m["latency/rtf"]) < float("inf")  # one streamed utterance per process, pooled
 
 
+def test_a_process_without_streamed_samples_still_joins_the_rtf_gather(tmp_path):
+    """Under DDP every process must enter the same collectives: one that streamed no sample (here the state after
+    validation, samples cleared) still gathers its zero compute and audio time, and logs the pooled RTF."""
+    from types import SimpleNamespace
+
+    enc = RecurrentEncoder(FEATS, 8, 1)
+    monitor = LatencyMonitor(device_flops_per_s=enc.flops_per_frame() * 1000.0 / 20.0, rtf_samples=1, plot=False)
+    module = _CTCModule(enc)
+    _fit(module, [monitor], tmp_path, epochs=1)
+    assert monitor._samples == []
+    gathered, logged = [], {}
+
+    def all_gather(t):  # this process's totals and another process's (3 ms of compute over 30 ms of audio)
+        gathered.append(t.clone())
+        return torch.stack([t, torch.tensor([3.0, 30.0], dtype=t.dtype)])
+
+    module.all_gather = all_gather
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    monitor._gather = lambda trainer, pl_module, stats: stats  # the latency statistics: already gathered here
+    monitor.on_validation_epoch_end(SimpleNamespace(world_size=2, sanity_checking=False, is_global_zero=True), module)
+    assert [t.tolist() for t in gathered] == [[0.0, 0.0]]
+    assert logged["latency/rtf"] == pytest.approx(0.1)
+
+
 def test_non_finite_arbitrator_gradient_stops_before_the_step(tmp_path):
     from lightning_amortized.callbacks.finite import NonFiniteError
 

@@ -151,3 +151,10 @@ def test_stream_waits_for_the_accelerator_before_reading_the_clock(monkeypatch: 
     streaming._synchronize(torch.device("cuda", 1))
     streaming._synchronize(torch.device("mps"))
     assert calls == ["cuda:cuda:1", "mps"]
+    # stream() waits once before the first frame and after every frame, and builds no autograd graph
+    waits: list[torch.device] = []
+    monkeypatch.setattr(streaming, "_synchronize", waits.append)
+    enc = RecurrentEncoder(8, 4, 1)
+    r = stream(enc, torch.randn(5, 8), frame_ms=30.0)
+    assert len(waits) == 5 + 1 and not r.outputs.requires_grad
+    assert enc.rnn.rnn.weight_ih_l0.requires_grad  # the weights stay trainable
