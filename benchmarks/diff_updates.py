@@ -220,32 +220,45 @@ def recipe_command(name: str, seed: int, common: list[str], out: Path, fill: Map
             "--out", str(out), "--progress", "false", "--threads", "1"]
 
 
+IGNORED_OPTIONS = ("out", "progress", "threads")  # recipe options that do not change a run's results
+
+
+def _read_finished(result: Path) -> dict[str, Any] | None:
+    """A finished run's ``results.json`` (``None``: missing, unreadable or unfinished)."""
+    try:
+        res = json.loads(result.read_text())
+    except (OSError, json.JSONDecodeError):  # missing, or a run killed while writing
+        return None
+    return res if isinstance(res, dict) and "chain" in res else None
+
+
+def changed_options(command: list[str], res: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{option: (the run's value, the command's value)}`` where a finished run's options differ from ``command``'s
+    (compared through the recipe's own parser, so defaults count)."""
+    import dataclasses
+
+    recipe = _recipe()
+    a = recipe.build_parser().parse_args([str(c) for c in command[2:]])
+    cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    have = res.get("config", {})
+    return {k: (have.get(k), v) for k, v in want.items() if k not in IGNORED_OPTIONS and have.get(k) != v}
+
+
 def reusable(command: list[str], result: Path) -> dict[str, Any] | None:
     """The results at ``result`` if a finished run with the options of ``command`` wrote them, else ``None``.
 
     Not reused: a missing or unreadable file, other options (compared through the recipe's own
     parser, so defaults count), or results without per-utterance errors (older recipe runs).
     """
-    import dataclasses
-
-    if not result.exists():
+    res = _read_finished(result)
+    if res is None or changed_options(command, res):
         return None
-    try:
-        res = json.loads(result.read_text())
-    except json.JSONDecodeError:  # a run killed while writing: run it again
-        return None
-    recipe = _recipe()
-    a = recipe.build_parser().parse_args([str(c) for c in command[2:]])
-    cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
-    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    have = res.get("config", {})
-    ignore = {"out", "progress", "threads"}
-    same = all(have.get(k) == v for k, v in want.items() if k not in ignore)
     try:  # runs from before per-utterance errors cannot give intervals: run them again
         scored = "utterance_errors" in res["updates"][-1]["eval"][res["config"]["test_split"]]
     except (KeyError, IndexError, TypeError):
         scored = False
-    return res if same and scored and "chain" in res else None
+    return res if scored else None
 
 
 def launch(
@@ -259,24 +272,40 @@ def launch(
     lrs: Mapping[str, float] | None = None,
     reuse: bool = False,
     anchors: Mapping[str, float] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run one recipe process per configuration and seed, ``jobs`` at a time (one thread each).
 
     Returns ``{name: [results of each seed]}``; with ``reuse``, a seed whose ``results.json`` came
     from the same options is not run again (runs end to end are long on a CPU).
+
+    Raises:
+        FileExistsError: a finished run in ``work`` would be replaced (another option, or the same
+            options without ``reuse``) and ``overwrite`` is off; nothing is started.
     """
     from lightning_amortized.experiment import Job, run_jobs
 
     updates = int(common[common.index("--updates") + 1])
-    runs, done = [], {}
+    runs, done, kept = [], {}, []
     for name in names:
         for seed in seeds:
             out = work / name / f"seed-{seed}"
             cmd = recipe_command(name, seed, common, out, fill, lrs or {}, anchors)
             if reuse and (res := reusable(cmd, out / "results.json")) is not None:
                 done[job_name(name, seed)] = res
+            elif not overwrite and (old := _read_finished(out / "results.json")) is not None:
+                changed = changed_options(cmd, old)
+                why = (", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) if changed
+                       else "no per-utterance errors (an older recipe)" if reuse
+                       else "the same options (pass --reuse to keep it)")
+                kept.append(f"{out} ({why})")
             runs.append(Job(job_name(name, seed), cmd, out / "results.json", progress=out / "progress.jsonl",
                             units=updates))
+    if kept:
+        raise FileExistsError(
+            "These finished chains would be replaced: " + "; ".join(kept)
+            + ". Pass another --work, or --overwrite to replace them."
+        )
     results = run_jobs(runs, jobs, work, cwd=REPO, desc="updates", show_progress=show_progress, done=done)
     return {name: [results[job_name(name, seed)] for seed in seeds] for name in names}
 
@@ -877,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="recipe processes at a time (1 thread each)")
     p.add_argument("--work", default=str(REPO / "runs" / "benchmarks" / "diff_updates"), help="diff files and logs")
     p.add_argument("--reuse", action="store_true", help="keep the results of runs with the same options in --work")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace finished runs in --work whose options differ (default: refuse, nothing runs)")
     p.add_argument("--results", default=None, help="output stem (default docs/results/diff_updates; --quick: <work>/quick)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 updates, 1 epoch, 30+30 utterances, 60 test")
     p.add_argument("--from-json", default=None, help="only rewrite the .md and .png from an earlier .json")
@@ -918,8 +949,12 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--test_utterances", str(a.test_utterances)]
     common += ["--test_other_split", "null" if a.test_other_split.lower() == "none" else a.test_other_split]
     load0 = os.getloadavg()[0]
-    runs = launch(a.methods, common, work, a.jobs, budget_fill(base), seeds=a.seeds, lrs=lrs, reuse=a.reuse,
-                  anchors=anchors)
+    try:
+        runs = launch(a.methods, common, work, a.jobs, budget_fill(base), seeds=a.seeds, lrs=lrs, reuse=a.reuse,
+                      anchors=anchors, overwrite=a.overwrite)
+    except FileExistsError as err:
+        print(f"diff_updates: error: {err}", file=sys.stderr)
+        return 2
     summary = summarize(runs)
     first = runs[a.methods[0]][0]
     base_wer = {s: m["wer"] for s, m in first["base_eval"].items()}

@@ -214,3 +214,40 @@ def test_int8_sparse_diffs_at_equal_bytes_are_a_family_of_their_own(bench) -> No
     assert bench._sized_in_bytes("sparse-int8-b10")
     final = dict.fromkeys(["sparse-b10", "sparse-int8-b10", "lora-10", "sparse-int8-b2"])
     assert bench.peer_pairs(final) == [(10, "sparse-b10", "lora-10"), (10, "sparse-int8-b10", "lora-10")]
+
+
+def test_a_finished_chain_is_not_replaced_by_a_run_with_other_options(bench, tmp_path: Path, monkeypatch) -> None:
+    """A mistyped invocation on a --work folder must not destroy a finished chain of 40 minutes."""
+    import dataclasses
+
+    import lightning_amortized.experiment as experiment
+
+    started = []
+    def run_jobs(runs, *args, done=None, **kwargs):  # runs what is not done, as experiment.run_jobs does
+        fresh = [r for r in runs if r.name not in (done or {})]
+        started.extend(fresh)
+        return {**{r.name: {"rerun": True} for r in fresh}, **(done or {})}
+
+    monkeypatch.setattr(experiment, "run_jobs", run_jobs)
+    common = ["--base", "b.ckpt", "--updates", "5", "--epochs", "16"]
+    out = tmp_path / "full" / "seed-0"
+    cmd = bench.recipe_command("full", 0, common, out, {}, {"full": 5e-4})
+    recipe = bench._recipe()
+    a = recipe.build_parser().parse_args(cmd[2:])
+    cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
+    res = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "chain": {},
+           "updates": [{"eval": {"test": {"wer": 0.1, "utterance_errors": [1], "utterance_words": [10]}}}]}
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps(res))
+    other = ["--base", "other.ckpt", "--updates", "5", "--epochs", "3"]
+    for kwargs, why in (({"reuse": True}, "base 'b.ckpt' -> 'other.ckpt', epochs 16 -> 3"),
+                        ({}, "base 'b.ckpt' -> 'other.ckpt'")):
+        with pytest.raises(FileExistsError, match=why):
+            bench.launch(["full"], other, tmp_path, 1, {}, show_progress=False, lrs={"full": 5e-4}, **kwargs)
+    with pytest.raises(FileExistsError, match="pass --reuse to keep it"):  # the same options, without --reuse
+        bench.launch(["full"], common, tmp_path, 1, {}, show_progress=False, lrs={"full": 5e-4})
+    assert started == [] and json.loads((out / "results.json").read_text()) == res  # nothing ran, nothing lost
+    assert bench.launch(["full"], common, tmp_path, 1, {}, show_progress=False, lrs={"full": 5e-4},
+                        reuse=True) == {"full": [res]}  # kept
+    assert bench.launch(["full"], other, tmp_path, 1, {}, show_progress=False, lrs={"full": 5e-4},
+                        overwrite=True) == {"full": [{"rerun": True}]} and len(started) == 1
