@@ -252,13 +252,17 @@ def reusable(command: list[str], result: Path) -> dict[str, Any] | None:
     parser, so defaults count), or results without per-utterance errors (older recipe runs).
     """
     res = _read_finished(result)
-    if res is None or changed_options(command, res):
-        return None
+    return res if res is not None and _reuses(command, res) else None
+
+
+def _reuses(command: list[str], res: Mapping[str, Any]) -> bool:
+    """Whether a finished run's results stand for ``command``: the same options and per-utterance errors."""
+    if changed_options(command, res):
+        return False
     try:  # runs from before per-utterance errors cannot give intervals: run them again
-        scored = "utterance_errors" in res["updates"][-1]["eval"][res["config"]["test_split"]]
+        return "utterance_errors" in res["updates"][-1]["eval"][res["config"]["test_split"]]
     except (KeyError, IndexError, TypeError):
-        scored = False
-    return res if scored else None
+        return False
 
 
 def launch(
@@ -291,9 +295,10 @@ def launch(
         for seed in seeds:
             out = work / name / f"seed-{seed}"
             cmd = recipe_command(name, seed, common, out, fill, lrs or {}, anchors)
-            if reuse and (res := reusable(cmd, out / "results.json")) is not None:
-                done[job_name(name, seed)] = res
-            elif not overwrite and (old := _read_finished(out / "results.json")) is not None:
+            old = _read_finished(out / "results.json")
+            if reuse and old is not None and _reuses(cmd, old):
+                done[job_name(name, seed)] = old
+            elif not overwrite and old is not None:
                 changed = changed_options(cmd, old)
                 why = (", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) if changed
                        else "no per-utterance errors (an older recipe)" if reuse

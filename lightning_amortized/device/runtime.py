@@ -183,11 +183,31 @@ class ExportedModel:
 
         ``load`` is ``log rho`` of the device (load-aware arbitrators; see :meth:`load_feature`).
         """
+        feed = self._arbitrator_feed(x, backlog_ms, prev_gate, load)
+        return self.arbitrator.run(None, {k: v for k, v in feed.items() if k in self._arb_inputs})[0][0]
+
+    def _arbitrator_feed(
+        self, x: np.ndarray, backlog_ms: np.float32, prev_gate: np.ndarray, load: np.float32 | None
+    ) -> dict[str, np.ndarray]:
+        """The arbitrator's inputs (of the arbitrator graph and of the merged graph), before dropping those a
+        traced graph lacks."""
         feed = {"x": x.reshape(1, -1), "backlog_ms": np.asarray([backlog_ms], dtype=np.float32),
                 "prev_gate": prev_gate.reshape(1, -1)}
         if self.load_aware:
             feed["load"] = np.asarray([load], dtype=np.float32)
-        return self.arbitrator.run(None, {k: v for k, v in feed.items() if k in self._arb_inputs})[0][0]
+        return feed
+
+    @staticmethod
+    def _run_with_states(session: Any, spec: dict[str, Any], feed: dict[str, np.ndarray],
+                         states: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run a step graph with the states ``spec`` names fed from ``states``, and replace them with its outputs
+        (``y``, ``logits``, then the states in the same order)."""
+        for name, io in spec["states"].items():
+            feed[io["input"]] = states[name]
+        out = session.run(None, feed)
+        for k, name in enumerate(spec["states"]):
+            states[name] = out[2 + k]
+        return out
 
     def merged_step(
         self, x: np.ndarray, backlog_ms: np.float32, prev_gate: np.ndarray, mask: np.ndarray,
@@ -207,16 +227,9 @@ class ExportedModel:
         Returns:
             ``(choice, y (D,), logits (V,))``, as :meth:`arbitrate` and :meth:`step` give them.
         """
-        spec = self.merged_spec
-        feed = {"x": x.reshape(1, -1), "backlog_ms": np.asarray([backlog_ms], dtype=np.float32),
-                "prev_gate": prev_gate.reshape(1, -1), "mask": mask.reshape(1, -1)}
-        if self.load_aware:
-            feed["load"] = np.asarray([load], dtype=np.float32)
-        for name, io in spec["states"].items():
-            feed[io["input"]] = states[name]
-        out = self.merged.run(None, {k: v for k, v in feed.items() if k in self._merged_inputs})
-        for k, name in enumerate(spec["states"]):
-            states[name] = out[2 + k]
+        feed = self._arbitrator_feed(x, backlog_ms, prev_gate, load)
+        feed = {k: v for k, v in feed.items() if k in self._merged_inputs} | {"mask": mask.reshape(1, -1)}
+        out = self._run_with_states(self.merged, self.merged_spec, feed, states)
         return int(out[-1][0]), out[0][0], out[1][0]
 
     def load_feature(self, device_flops_per_s: float) -> np.float32:
@@ -230,13 +243,7 @@ class ExportedModel:
 
         Only the states the branch owns are read and replaced.
         """
-        spec = self.branch_specs[branch]
-        feed = {"x": x.reshape(1, -1)}
-        for name, io in spec["states"].items():
-            feed[io["input"]] = states[name]
-        out = self.branches[branch].run(None, feed)
-        for k, name in enumerate(spec["states"]):
-            states[name] = out[2 + k]
+        out = self._run_with_states(self.branches[branch], self.branch_specs[branch], {"x": x.reshape(1, -1)}, states)
         return out[0][0], out[1][0]
 
 
