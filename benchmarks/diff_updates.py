@@ -241,7 +241,10 @@ def changed_options(command: list[str], res: Mapping[str, Any]) -> dict[str, tup
     a = recipe.build_parser().parse_args([str(c) for c in command[2:]])
     cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
     want = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    have = res.get("config", {})
+    have = dict(res.get("config", {}))
+    for f in dataclasses.fields(cfg):  # an option added after the run was made: the run had its default
+        if f.name not in have and f.default is not dataclasses.MISSING:
+            have[f.name] = json.loads(json.dumps(f.default))
     return {k: (have.get(k), v) for k, v in want.items() if k not in IGNORED_OPTIONS and have.get(k) != v}
 
 
@@ -676,7 +679,9 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any], png: str = "di
         f"Command: `{meta['command']}`  ",
         f"Base: `{meta['base']}` ({meta['full_checkpoint_bytes']:,} bytes of fp32 weights); corpus `{meta['root']}`; "
         f"{meta['updates']} updates, {meta['epochs']} epochs each on {meta['update_utterances'] or 'all'} `update-k` + "
-        f"{meta['replay_utterances']} replayed `train` utterances; diff targets {', '.join(f'`{t}`' for t in DIFF_TARGETS)}; "
+        f"{meta['replay_utterances']} replayed `train` utterances"
+        + (f" + {meta['replay_earlier']} from the earlier updates' splits" if meta.get("replay_earlier") else "")
+        + f"; diff targets {', '.join(f'`{t}`' for t in DIFF_TARGETS)}; "
         f"seeds {', '.join(map(str, seeds))}" + (f"; peak learning rates {lrs}" if lrs else "")
         + (f"; L2-SP anchor {anchors}" if anchors else "") + ". "
         f"Wall time of this invocation {meta['seconds'] / 60:.1f} min on {meta['cpu_count']} shared CPU cores "
@@ -905,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--update-utterances", default="150", help="utterances of each update-k split ('all': every one)")
     p.add_argument("--replay-utterances", type=int, default=150)
+    p.add_argument("--replay-earlier", type=int, default=0,
+                   help="utterances of the earlier updates' splits replayed in each update besides --replay-utterances")
     p.add_argument("--test-utterances", type=int, default=None, help="cap on each base test split")
     p.add_argument("--test-other-split", default="test-other",
                    help="base split of unseen voices and sentence templates ('none': not evaluated)")
@@ -950,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--base", str(base), "--root", str(root), "--updates", str(a.updates), "--epochs", str(a.epochs),
               "--update_utterances", "null" if a.update_utterances == "all" else a.update_utterances,
               "--replay_utterances", str(a.replay_utterances)]
+    if a.replay_earlier:
+        common += ["--replay_earlier", str(a.replay_earlier)]
     if a.test_utterances:
         common += ["--test_utterances", str(a.test_utterances)]
     common += ["--test_other_split", "null" if a.test_other_split.lower() == "none" else a.test_other_split]
@@ -975,6 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": a.epochs,
         "update_utterances": None if a.update_utterances == "all" else int(a.update_utterances),
         "replay_utterances": a.replay_utterances,
+        "replay_earlier": a.replay_earlier,
         "test_split": first["config"]["test_split"],
         "test_other_split": first["config"].get("test_other_split"),
         "eval_sizes": first["eval_sizes"],

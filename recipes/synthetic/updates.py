@@ -152,6 +152,11 @@ class UpdateConfig:
         update_utterances: utterances sampled from ``update-k`` (``None``: all).
         replay_utterances: utterances sampled from ``replay_split`` per update.
         replay_split: base data replayed against forgetting.
+        replay_earlier: utterances drawn from the earlier updates' training splits
+            (``update-1 .. update-(k-1)`` pooled, the same draw for every method) and replayed
+            in update ``k`` besides ``replay_utterances``, so the names of earlier updates are
+            rehearsed, as a server holding every update's data would (0: none; update 1 has
+            nothing earlier). Each epoch then holds ``update + replay + earlier`` utterances.
         test_split: the base test split.
         test_other_split: the base split of voices and sentence templates unseen in training,
             evaluated like ``test_split`` (``None``: not evaluated, e.g. on a corpus without it).
@@ -182,6 +187,7 @@ class UpdateConfig:
     update_utterances: int | None = 150
     replay_utterances: int = 150
     replay_split: str = "train"
+    replay_earlier: int = 0
     test_split: str = "test"
     test_other_split: str | None = "test-other"
     test_utterances: int | None = None
@@ -203,6 +209,10 @@ class UpdateConfig:
             raise ValueError(f"Expected argument `value_dtype` to be fp32, fp16 or int8, but got {self.value_dtype!r}.")
         if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not self.anchor >= 0:
             raise ValueError(f"Expected argument `anchor` to be a number >= 0, but got anchor={self.anchor!r}.")
+        if isinstance(self.replay_earlier, bool) or not isinstance(self.replay_earlier, int) or self.replay_earlier < 0:
+            raise ValueError(
+                f"Expected argument `replay_earlier` to be an int >= 0, but got replay_earlier={self.replay_earlier!r}."
+            )
         if self.mask_epochs is not None:
             if isinstance(self.mask_epochs, bool) or not isinstance(self.mask_epochs, int):
                 raise ValueError(f"Expected argument `mask_epochs` to be None or an int, but got {self.mask_epochs!r}.")
@@ -298,14 +308,18 @@ class UpdateDataModule(LibriSpeechDataModule):
         replay_split: base split replayed against forgetting.
         update_utterances: utterances drawn from ``update_split`` (``None``: all).
         replay_utterances: utterances drawn from ``replay_split`` (0: none).
-        sample_seed: seed of both draws.
+        sample_seed: seed of the draws.
+        earlier_splits: splits of earlier updates (``update-1 .. update-(k-1)``) to rehearse.
+        earlier_utterances: utterances drawn from ``earlier_splits`` pooled (0: none); they
+            join the replayed ones.
         **kwargs: batching and feature options of ``LibriSpeechDataModule``.
 
     Example::
 
-        dm = UpdateDataModule("data/synthetic", "update-1", update_utterances=150, replay_utterances=150)
+        dm = UpdateDataModule("data/synthetic", "update-2", update_utterances=150, replay_utterances=150,
+                              earlier_splits=["update-1"], earlier_utterances=100)
         dm.prepare_data()
-        new, replayed = dm.utterances()
+        new, replayed = dm.utterances()  # replayed: 150 of train, then 100 of update-1
     """
 
     def __init__(
@@ -316,21 +330,35 @@ class UpdateDataModule(LibriSpeechDataModule):
         update_utterances: int | None = 150,
         replay_utterances: int = 150,
         sample_seed: int = 0,
+        earlier_splits: Sequence[str] = (),
+        earlier_utterances: int = 0,
         **kwargs: Any,
     ) -> None:
-        splits = [update_split] + ([replay_split] if replay_utterances else [])
+        earlier = list(earlier_splits) if earlier_utterances else []
+        splits = [update_split] + ([replay_split] if replay_utterances else []) + earlier
         super().__init__(root, train_splits=splits, val_splits=[], test_splits=[], **kwargs)
         self.update_split, self.replay_split = update_split, replay_split
         self.update_utterances, self.replay_utterances = update_utterances, replay_utterances
+        self.earlier_splits, self.earlier_utterances = earlier, earlier_utterances
         self.sample_seed = sample_seed
 
     def utterances(self) -> tuple[list[Utterance], list[Utterance]]:
-        """``(update utterances, replayed utterances)`` of this update (run ``prepare_data`` first)."""
+        """``(update utterances, replayed utterances)`` of this update (run ``prepare_data`` first).
+
+        The replayed ones are the draw from ``replay_split``, then the draw from the earlier updates' splits.
+        """
         new = sample_utterances(self._manifest(self.update_split), self.update_utterances, self.sample_seed)
         old: list[Utterance] = []
         if self.replay_utterances:
             old = sample_utterances(self._manifest(self.replay_split), self.replay_utterances, self.sample_seed + 7919)
-        return new, old
+        return new, old + self.earlier()
+
+    def earlier(self) -> list[Utterance]:
+        """The utterances drawn from the earlier updates' splits (pooled), the tail of the replayed ones."""
+        if not self.earlier_splits:
+            return []
+        pool = [u for split in self.earlier_splits for u in self._manifest(split)]
+        return sample_utterances(pool, self.earlier_utterances, self.sample_seed + 104729)
 
     def _manifest(self, split: str) -> list[Utterance]:
         return read_manifest(self.manifest_dir / f"{split}.jsonl")
@@ -494,6 +522,8 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
         update_utterances=cfg.update_utterances,
         replay_utterances=cfg.replay_utterances,
         sample_seed=cfg.seed * 1000 + k,
+        earlier_splits=[f"update-{j}" for j in range(1, k)],
+        earlier_utterances=cfg.replay_earlier,
         max_batch_seconds=cfg.max_batch_seconds,
         max_batch_size=cfg.max_batch_size,
         seed=cfg.seed + k,
@@ -503,6 +533,8 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
     pl.seed_everything(cfg.seed * 1000 + k, workers=True, verbose=False)
     model.hparams.lr = cfg.learning_rate
     rec: dict[str, Any] = {"update": k, "train_update_utterances": len(new), "train_replay_utterances": len(old)}
+    if dm.earlier_splits:
+        rec["train_earlier_utterances"] = len(dm.earlier())  # replayed from update-1 .. update-(k-1), in `old`
     t0 = time.perf_counter()
     if cfg.method == "lora":
         return _lora_update(cfg, model, k, dm, rec, t0)

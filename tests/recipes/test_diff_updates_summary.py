@@ -190,6 +190,14 @@ def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:
         other = bench.recipe_command("sparse-b2", seed, ["--base", "b.ckpt", "--epochs", "4"], tmp_path,
                                      {"bytes_2": "2000"}, lrs)
         assert bench.reusable(other, path) is None
+    # a run made before an option existed had that option's default: still reused, unless the option is set
+    older = json.loads(json.dumps(res))
+    del older["config"]["replay_earlier"]
+    path.write_text(json.dumps(older))
+    assert bench.reusable(cmd, path) == older
+    assert bench.reusable([*cmd, "--replay_earlier", "100"], path) is None
+    assert bench.changed_options([*cmd, "--replay_earlier", "100"], older) == {"replay_earlier": (0, 100)}
+    path.write_text(json.dumps(res))
     assert bench.reusable(cmd, tmp_path / "missing.json") is None
     (tmp_path / "cut.json").write_text(json.dumps(res)[:50])  # killed while writing
     assert bench.reusable(cmd, tmp_path / "cut.json") is None

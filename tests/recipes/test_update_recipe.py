@@ -91,6 +91,28 @@ def test_update_data_is_a_seeded_sample_plus_replay(recipe, tiny_corpus: Path) -
     assert len(recipe.sample_utterances(new, None, 0)) == 3  # None keeps everything
 
 
+def test_update_data_rehearses_earlier_updates(recipe, tiny_corpus: Path) -> None:
+    """`replay_earlier`: a seeded draw from the earlier updates' splits joins the replayed train utterances."""
+
+    def draw(earlier: list[str], n: int, seed: int = 1):
+        dm = recipe.UpdateDataModule(str(tiny_corpus), "update-3", update_utterances=3, replay_utterances=5,
+                                     sample_seed=seed, earlier_splits=earlier, earlier_utterances=n)
+        dm.prepare_data()
+        return dm
+
+    dm = draw(["update-1", "update-2"], 4)
+    new, old = dm.utterances()
+    assert len(new) == 3 and len(old) == 9
+    assert [u.id for u in old[:5]] == [u.id for u in draw([], 0).utterances()[1]]  # the train draw is unchanged
+    tail = old[5:]
+    assert [u.id for u in tail] == [u.id for u in dm.earlier()]
+    assert all("/update-1/" in u.path or "/update-2/" in u.path for u in tail)
+    assert [u.id for u in draw(["update-1", "update-2"], 4, seed=2).earlier()] != [u.id for u in tail]  # seeded
+    assert draw(["update-1", "update-2"], 0).earlier() == [] and draw([], 4).earlier() == []
+    with pytest.raises(ValueError, match="replay_earlier"):
+        _cfg(recipe, Path("b.ckpt"), tiny_corpus, tiny_corpus, replay_earlier=-1)
+
+
 def test_sparse_chain_is_bit_exact_and_links_hashes(recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="sparse", budget=0.1, also_export=("int8",))
     res = recipe.run(cfg, log=lambda *_: None)
@@ -171,10 +193,13 @@ def test_int8_chain_error_is_bounded_by_the_last_quantization(
 
 
 def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: Path, tmp_path: Path) -> None:
-    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="full", updates=1, epochs=1, test_other_split=None)
+    cfg = _cfg(recipe, base_ckpt, tiny_corpus, tmp_path, method="full", updates=2, epochs=1, test_other_split=None,
+               replay_earlier=2)
     res = recipe.run(cfg, log=lambda *_: None)
-    (rec,) = res["updates"]
-    assert set(rec["eval"]) == {"test", "update-1-test"}  # test_other_split None: not evaluated
+    first, rec = res["updates"]
+    assert set(rec["eval"]) == {"test", "update-1-test", "update-2-test"}  # test_other_split None: not evaluated
+    assert "train_earlier_utterances" not in first and rec["train_earlier_utterances"] == 2  # update 1 has no earlier
+    assert rec["train_replay_utterances"] == first["train_replay_utterances"] + 2
     assert rec["payload_bytes"] == res["full_checkpoint_bytes"]
     assert rec["file_bytes"] > res["full_checkpoint_bytes"]  # the safetensors header comes on top
     assert res["chain"]["links"] == 0
