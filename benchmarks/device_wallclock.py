@@ -89,7 +89,7 @@ def measure(exports: dict[str, Path], frames: list[Any], texts: list[str], repea
     for n, p in exports.items():
         model = ExportedModel(p, num_threads=1)
         recognizers[n] = StreamingRecognizer(model)
-        if model.merged is not None:
+        if model.merged_spec is not None:
             recognizers[f"{n}:two_calls"] = StreamingRecognizer(model, one_call=False)
         if model.num_branches > 1:
             fast = min(range(model.num_branches), key=lambda k: model.branch_flops[k])

@@ -212,6 +212,19 @@ def test_latency_guard_routes_like_pytorch_and_bounds_every_utterance(
         model.encoder(torch.from_numpy(x)[None], torch.tensor([25]))
     assert frames.decisions == model.encoder.last_routing.decisions[0].tolist()
     assert StreamingRecognizer(runtime, one_call=False).run_frames(x).decisions == frames.decisions
+    with pytest.raises(ValueError, match="conflict"):  # the merged graph always runs the arbitrator
+        StreamingRecognizer(runtime, one_call=True, force_branch=0)
+    assert not StreamingRecognizer(runtime, force_branch=0).one_call
+    # a damaged merged graph: the folder still opens and the two-call path still runs; the one-call path refuses
+    import shutil
+
+    shutil.copytree(tmp_path / "guarded", tmp_path / "cut")
+    step = tmp_path / "cut" / "amnet_step.onnx"
+    step.write_bytes(step.read_bytes()[: step.stat().st_size // 2])
+    cut = ExportedModel(tmp_path / "cut")
+    assert StreamingRecognizer(cut, one_call=False).run_frames(x).decisions == frames.decisions
+    with pytest.raises(ManifestError, match="amnet_step.onnx"):
+        StreamingRecognizer(cut)
     fb = LogMelFilterbank(n_mels=N_MELS)
     slow_frames = 0
     for wav in wavs():

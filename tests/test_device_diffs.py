@@ -21,6 +21,7 @@ from lightning_amortized.device import (
     DiffFormatError,
     DiffIntegrityError,
     ExportedModel,
+    ManifestError,
     StreamingRecognizer,
     WeightsError,
     apply_chain,
@@ -128,7 +129,11 @@ def test_device_apply_equals_pytorch_merge_and_transcribes_the_same(exported, tm
     diff = make_diff(model, tmp_path / "u1.safetensors", method, seed=1, value_dtype=value_dtype)
     ref = copy.deepcopy(model)
     io.merge(ref, diff)
+    before = ExportedModel(path)  # opened before the update: its sessions hold the old weights
     info = apply_diff(path, diff)
+    assert before.merged_spec is not None  # its merged graph, opened later, would read the new ones: refused
+    with pytest.raises(ManifestError, match="changed since"):
+        StreamingRecognizer(before)
     assert info.method == method and info.names == TARGETS
     state = ref.state_dict()
     new = weights(path)

@@ -73,6 +73,12 @@ def ctc_greedy(best_path: np.ndarray, vocabulary: list[str], blank: int = 0) -> 
     return " ".join(text.split())
 
 
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a file: whether it was rewritten since."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def session_options(num_threads: int = 1) -> Any:
     """The ONNX Runtime settings of every graph session: ``num_threads`` intra-op threads, sequential, all
     graph optimisations, warnings off."""
@@ -124,7 +130,9 @@ class ExportedModel:
                 f"{list(SUPPORTED_EXPORT_VERSIONS)}."
             )
         self.manifest = manifest
-        _, meta = read_weights(self.path / manifest["weights"]["file"], verify=verify)
+        weights = self.path / manifest["weights"]["file"]
+        _, meta = read_weights(weights, verify=verify)
+        self._weights_stat = _file_stamp(weights)
         self.weights_sha256 = meta.get("weights_sha256")
         opts = session_options(num_threads)
 
@@ -148,8 +156,8 @@ class ExportedModel:
         self.arbitrator = session(arb) if arb else None
         self._arb_inputs = {i.name for i in self.arbitrator.get_inputs()} if self.arbitrator else set()
         self.merged_spec: dict[str, Any] | None = manifest.get("merged_step")
-        self.merged = session(self.merged_spec) if self.merged_spec else None
-        self._merged_inputs = {i.name for i in self.merged.get_inputs()} if self.merged else set()
+        self._session = session
+        self._merged: Any = None  # opened on first use: a damaged merged graph leaves the two-call path working
         self.frame_ms = float(manifest["frame_ms"])
         dev = manifest["device_model"]
         self.device_flops_per_s = float(dev["flops_per_s"])
@@ -209,6 +217,24 @@ class ExportedModel:
             states[name] = out[2 + k]
         return out
 
+    @property
+    def merged(self) -> Any:
+        """The merged step graph's session (``amnet_step.onnx``), opened on first use; ``None`` without one.
+
+        Raises:
+            ManifestError: the graph file is missing or damaged.
+        """
+        if self._merged is None and self.merged_spec:
+            weights = self.path / self.manifest["weights"]["file"]
+            if _file_stamp(weights) != self._weights_stat:  # the other sessions hold the weights as opened
+                raise ManifestError(
+                    f"{str(weights)!r} changed since {str(self.path)!r} was opened (a diff applied?): open the folder "
+                    "again with ExportedModel, so every graph runs the same weights."
+                )
+            self._merged = self._session(self.merged_spec)
+            self._merged_inputs = {i.name for i in self._merged.get_inputs()}
+        return self._merged
+
     def merged_step(
         self, x: np.ndarray, backlog_ms: np.float32, prev_gate: np.ndarray, mask: np.ndarray,
         states: dict[str, np.ndarray], load: np.float32 | None = None,
@@ -228,8 +254,11 @@ class ExportedModel:
             ``(choice, y (D,), logits (V,))``, as :meth:`arbitrate` and :meth:`step` give them.
         """
         feed = self._arbitrator_feed(x, backlog_ms, prev_gate, load)
+        session = self.merged
+        if session is None:
+            raise ValueError(f"{str(self.path)!r} has no merged step graph: call arbitrate and step instead.")
         feed = {k: v for k, v in feed.items() if k in self._merged_inputs} | {"mask": mask.reshape(1, -1)}
-        out = self._run_with_states(self.merged, self.merged_spec, feed, states)
+        out = self._run_with_states(session, self.merged_spec, feed, states)
         return int(out[-1][0]), out[0][0], out[1][0]
 
     def load_feature(self, device_flops_per_s: float) -> np.float32:
@@ -325,7 +354,9 @@ class StreamingRecognizer:
 
     Raises:
         ValueError: for an unknown mode or branch, a non-positive device speed, a
-            latency guard below 1, or ``one_call=True`` on an export without a merged graph.
+            latency guard below 1, ``one_call=True`` on an export without a merged graph or
+            with ``force_branch``.
+        ManifestError: the merged graph to be used is missing or damaged (``one_call=False`` runs without it).
     """
 
     def __init__(
@@ -349,13 +380,20 @@ class StreamingRecognizer:
         dev = model.device_flops_per_s if device_flops_per_s is None else float(device_flops_per_s)
         if not dev > 0:
             raise ValueError(f"Expected argument `device_flops_per_s` to be positive, but got {device_flops_per_s}.")
-        if one_call and model.merged is None:
+        if one_call and model.merged_spec is None:
             raise ValueError(
                 f"Argument `one_call=True` needs an export with a merged graph ({str(model.path)!r} has none: only "
                 "shared-state AmNets get one; export the model again with this version, or pass one_call=None)."
             )
+        if one_call and force_branch is not None:
+            raise ValueError(
+                f"Arguments `one_call=True` and `force_branch={force_branch}` conflict: the merged graph runs the "
+                "arbitrator, a forced branch skips it; pass one_call=None (or False) with force_branch."
+            )
         self.model, self.normalize, self.backlog_mode, self.force_branch = model, normalize, backlog, force_branch
-        self.one_call = model.merged is not None and one_call is not False and force_branch is None
+        self.one_call = model.merged_spec is not None and one_call is not False and force_branch is None
+        if self.one_call:
+            model.merged  # noqa: B018  (open it now: a damaged graph fails here, not in the first frame)
         self.device_flops_per_s = dev
         self._ms_per_flop = np.float32(1000.0 / dev)
         self._load = model.load_feature(dev) if model.load_aware else None

@@ -347,7 +347,7 @@ def verify_export(model: nn.Module, out_dir: str | Path, frames: int = 50, seed:
     runtime = ExportedModel(out_dir)
     ref = torch.stack(logits).numpy()
     results = [StreamingRecognizer(runtime, one_call=one_call).run_frames(x.numpy())
-               for one_call in ((False, True) if runtime.merged is not None else (False,))]
+               for one_call in ((False, True) if runtime.merged_spec is not None else (False,))]
     return {
         "frames": frames,
         "max_abs_logit_diff": max(float(np.abs(r.logits - ref).max()) for r in results) if frames else 0.0,
