@@ -628,6 +628,12 @@ def drive(a: argparse.Namespace) -> int:
     names = [n for n in ORDER if n in a.variants]
     done: dict[str, dict[str, Any]] = {}
     wanted = job_options(a, base)
+    finished = [n for n in names if (work / f"{n}.json").exists()]
+    if finished and not (a.resume or a.overwrite):  # hours of training must not go by a forgotten flag
+        raise SystemExit(
+            f"{work} holds finished variants ({', '.join(finished)}): pass --resume to reuse them (checked against "
+            "these options), --overwrite to train them again, or another --work."
+        )
     for n in names:  # resume: keep finished variants of an identical earlier run
         f = work / f"{n}.json"
         if a.resume and f.exists():
@@ -1317,6 +1323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="/tmp/amnet_bench", help="run folders, logs, per-variant JSON")
     p.add_argument("--results", default=None, help="results path stem (default docs/results/amnet)")
     p.add_argument("--resume", action="store_true", help="reuse finished variants found in --work")
+    p.add_argument("--overwrite", action="store_true",
+                   help="without --resume: train again and replace finished variants found in --work (default: refuse)")
     p.add_argument("--quick", action="store_true", help="smoke run: 48 utterances, 2 epochs, 24 test utterances")
     p.add_argument("--seed-work", action="append", default=[], metavar="DIR",
                    help="--work folder of the same benchmark run with another --seed (repeatable): the results gain "

@@ -293,29 +293,47 @@ def launch(
     from lightning_amortized.experiment import Job, run_jobs
 
     updates = int(common[common.index("--updates") + 1])
-    runs, done, kept = [], {}, []
+    runs = []
     for name in names:
         for seed in seeds:
             out = work / name / f"seed-{seed}"
             cmd = recipe_command(name, seed, common, out, fill, lrs or {}, anchors)
-            old = _read_finished(out / "results.json")
-            if reuse and old is not None and _reuses(cmd, old):
-                done[job_name(name, seed)] = old
-            elif not overwrite and old is not None:
-                changed = changed_options(cmd, old)
-                why = (", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) if changed
-                       else "no per-utterance errors (an older recipe)" if reuse
-                       else "the same options (pass --reuse to keep it)")
-                kept.append(f"{out} ({why})")
             runs.append(Job(job_name(name, seed), cmd, out / "results.json", progress=out / "progress.jsonl",
                             units=updates))
-    if kept:
-        raise FileExistsError(
-            "These finished chains would be replaced: " + "; ".join(kept)
-            + ". Pass another --work, or --overwrite to replace them."
-        )
+    done = finished_runs(runs, reuse, overwrite)
     results = run_jobs(runs, jobs, work, cwd=REPO, desc="updates", show_progress=show_progress, done=done)
     return {name: [results[job_name(name, seed)] for seed in seeds] for name in names}
+
+
+def finished_runs(runs: Sequence[Any], reuse: bool, overwrite: bool) -> dict[str, dict[str, Any]]:
+    """``{job name: results}`` of the recipe jobs (``Job``: ``name``, ``command``, ``result``) whose finished run is kept.
+
+    With ``reuse``, a finished run made with the same options (and per-utterance errors) is kept.
+    Any other finished run would be replaced: refused unless ``overwrite``.
+
+    Raises:
+        FileExistsError: naming each finished run that would be replaced and the options that differ;
+            nothing has been started.
+    """
+    done, kept = {}, []
+    for job in runs:
+        old = _read_finished(job.result)
+        if old is None:
+            continue
+        if reuse and _reuses(job.command, old):
+            done[job.name] = old
+        elif not overwrite:
+            changed = changed_options(job.command, old)
+            why = (", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) if changed
+                   else "no per-utterance errors (an older recipe)" if reuse
+                   else "the same options (pass --reuse to keep it)")
+            kept.append(f"{job.result.parent} ({why})")
+    if kept:
+        raise FileExistsError(
+            "These finished runs would be replaced: " + "; ".join(kept)
+            + ". Pass another --work, or --overwrite to replace them."
+        )
+    return done
 
 
 def eval_words(root: Path, sizes: Mapping[str, int]) -> dict[str, int]:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from lightning_amortized.experiment import Job, percent as pct, run_jobs, shown_path, write_results  # noqa: E402
-from diff_updates import REGIME_FORGETS as FORGET, REGIME_HALVES as LEARN, regime_of  # noqa: E402
+from diff_updates import REGIME_FORGETS as FORGET, REGIME_HALVES as LEARN, finished_runs, regime_of  # noqa: E402
 
 RECIPE = REPO / "recipes" / "synthetic" / "updates.py"
 DEFAULT_GRID = (
@@ -224,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(REPO / "runs" / "update_regime"))
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "update_regime"))
     p.add_argument("--reuse", action="store_true",
-                   help="take the results of points already run in --work instead of running them again")
+                   help="take the results of points already run in --work with the same options instead of running "
+                        "them again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace finished points in --work (another base, seed or option; default: refuse, nothing runs)")
     a = p.parse_args(argv)
     points = [parse_point(g) for g in a.grid]
     if a.base is None:
@@ -241,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
                "--replay_utterances", str(replay), "--test_other_split", "null", "--seed", str(a.seed),
                "--anchor", str(anchor), "--out", str(out), "--progress", "false", "--threads", "1"]
         jobs.append(Job(name, cmd, out / "results.json"))
-    done = {j.name: json.loads(j.result.read_text()) for j in jobs if a.reuse and j.result.is_file()}
+    try:  # a finished point is kept only with the same options (base, seed, corpus included), never replaced silently
+        done = finished_runs(jobs, a.reuse, a.overwrite)
+    except FileExistsError as err:
+        print(f"update_regime: error: {err}", file=sys.stderr)
+        return 2
     results = run_jobs(jobs, a.jobs, work, cwd=REPO, desc="regime", done=done)
     rows = summarize(results, 1)
     meta = {"base": a.base, "root": a.root, "update": 1, "seed": a.seed,

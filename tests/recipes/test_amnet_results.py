@@ -269,6 +269,11 @@ def test_resume_refuses_a_variant_made_with_other_options(amnet, tmp_path: Path,
     (tmp_path / "slow_only.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match=r"other options \(epochs=8, seed=0; now epochs=1, seed=7\)"):
         amnet.main(args)
+    # without --resume a finished variant is not trained again and replaced unless --overwrite says so
+    args.remove("--resume")
+    with pytest.raises(SystemExit, match=r"holds finished variants \(slow_only\).*--overwrite"):
+        amnet.main(args)
+    assert json.loads((tmp_path / "slow_only.json").read_text()) == record  # nothing lost
 
 
 def test_resume_reuses_slow_only_whatever_the_fast_branch_options(amnet, tmp_path: Path) -> None:

@@ -83,3 +83,41 @@ def test_chain_regime_judges_every_update_and_forgetting_after_the_last(tmp_path
     (tmp_path / "other.json").write_text(json.dumps({"config": {}}))  # some other JSON
     assert bench.main(["--chain", str(tmp_path / "other.json"), "--results", str(tmp_path / "o")]) == 2
     assert "KeyError" in capsys.readouterr().err
+
+
+def test_a_finished_point_is_kept_only_with_its_own_options(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--reuse keyed points by lr/epochs/replay only: another base or seed reused them silently, and without
+    --reuse a finished point was replaced silently."""
+    import dataclasses
+
+    bench = load_script(SCRIPT, "bench_update_regime")
+    recipe = bench.finished_runs.__globals__["_recipe"]()
+    ran = []
+
+    def run_jobs(jobs, *args, done=None, **kwargs):  # "runs" a job: results made with its own options
+        out = {}
+        for job in jobs:
+            if job.name in (done or {}):
+                out[job.name] = done[job.name]
+                continue
+            ran.append(job.name)
+            a = recipe.build_parser().parse_args([str(c) for c in job.command[2:]])
+            cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
+            res = _result(cfg.lr, 0.3, 0.15, 0.1, 0.105)
+            res["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+            res["chain"] = {}
+            res["updates"][0]["eval"]["test"].update(utterance_errors=[1], utterance_words=[10])
+            job.result.parent.mkdir(parents=True, exist_ok=True)
+            job.result.write_text(json.dumps(res))
+            out[job.name] = res
+        return out
+
+    monkeypatch.setattr(bench, "run_jobs", run_jobs)
+    argv = ["--base", "b.ckpt", "--grid", "0.001:16:480", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    assert bench.main(argv) == 0 and len(ran) == 1
+    assert bench.main([*argv, "--reuse"]) == 0 and len(ran) == 1  # the same options: kept
+    for other, why in ((["--seed", "1", "--reuse"], "seed 0 -> 1"), (["--reuse", "--base", "c.ckpt"], "base"),
+                       ([], "pass --reuse to keep it")):
+        assert bench.main([*argv, *other]) == 2 and len(ran) == 1  # refused, nothing ran
+        assert why in capsys.readouterr().err
+    assert bench.main([*argv, "--seed", "1", "--overwrite"]) == 0 and len(ran) == 2
