@@ -25,6 +25,18 @@ Usage::
         [--utterances 40] [--repeats 3] [--results docs/results/device_wallclock]
 
 Writes ``<results>.json`` and ``.md``; the exports go to ``runs/device_wallclock/<variant>``.
+
+**What a pair could reach, before training it** (``--bound BASE.ckpt --ranks R ...``): for each
+rank, the base's LSTM with a rank-``R`` fast branch (its SVD truncation, as ``amnet.py`` starts
+every factorized AmNet) and an untrained arbitrator is exported and timed with every frame forced
+to the slow branch, every frame forced to the fast one, and the arbitrator's own call; the base
+alone is slow-only. Routing does not change what a frame costs, so these give the speed-up over
+slow-only of any AmNet of that pair at slow share ``s``, ``slow_only / (s * slow + (1 - s) * fast
++ arbitrator)`` (two calls per frame; the merged graph saves a little more), and the largest slow
+share that still reaches ``--target`` (default 1.6x)::
+
+    python benchmarks/device_wallclock.py --bound runs/base/5ba2f7c3d7ff27bb/base.ckpt --ranks 64 96 128 \
+        --results docs/results/device_wallclock_bound_384
 """
 
 from __future__ import annotations
@@ -149,19 +161,142 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bound_exports(base: Path, ranks: list[int]) -> dict[str, Path]:
+    """Export ``base`` (``slow_only``) and, per rank, the base with a rank-``R`` fast branch and an untrained arbitrator."""
+    import copy
+
+    import torch
+
+    from lightning_amortized.export import export_onnx
+    from lightning_amortized.module import load_asr_module
+    from lightning_amortized.nn import SharedStateAmortizedEncoder
+
+    torch.manual_seed(0)
+    model = load_asr_module(base).eval()
+    folder = EXPORTS / f"bound-{base.parent.name}"
+    out = {"slow_only": folder / "slow_only"}
+    export_onnx(model, out["slow_only"], source=str(base))
+    for r in ranks:
+        pair = copy.deepcopy(model)
+        pair.encoder = SharedStateAmortizedEncoder(pair.encoder, fast="lowrank", rank=r)
+        out[f"rank_{r}"] = folder / f"rank_{r}"
+        export_onnx(pair.eval(), out[f"rank_{r}"], source=f"{base} + rank-{r} fast branch, untrained arbitrator")
+    return out
+
+
+def bound(exports: dict[str, Path], frames: list[Any], repeats: int, target: float) -> dict[str, dict[str, Any]]:
+    """Per rank: ms per frame of the slow and the fast branch forced on every frame, of the arbitrator's call, and the
+    largest slow share at which an AmNet of the pair streams ``target`` times faster than slow-only (two calls)."""
+    from lightning_amortized.device.runtime import ExportedModel, StreamingRecognizer
+
+    recognizers = {"slow_only": StreamingRecognizer(ExportedModel(exports["slow_only"], num_threads=1))}
+    for name, path in exports.items():
+        if name != "slow_only":
+            model = ExportedModel(path, num_threads=1)
+            for branch, label in ((1, "slow"), (0, "fast")):
+                recognizers[f"{name}:{label}"] = StreamingRecognizer(model, force_branch=branch)
+            recognizers[f"{name}:arbitrator"] = StreamingRecognizer(model, one_call=False)
+    best = {n: [float("inf")] * len(frames) for n in recognizers}
+    for _ in range(repeats):
+        for name, rec in recognizers.items():
+            for i, x in enumerate(frames):
+                t = rec.run_frames(x)
+                ms = t.arbitrator_ms if name.endswith(":arbitrator") else t.frame_compute_ms
+                best[name][i] = min(best[name][i], float(sum(ms)))
+    n_frames = sum(x.shape[0] for x in frames)
+    ms = {n: sum(v) / n_frames for n, v in best.items()}
+    out = {"slow_only": {"ms_per_frame": ms["slow_only"], "flops": ExportedModel(exports["slow_only"]).branch_flops[0]}}
+    for name, path in exports.items():
+        if name == "slow_only":
+            continue
+        slow, fast, arb = ms[f"{name}:slow"], ms[f"{name}:fast"], ms[f"{name}:arbitrator"]
+        budget = ms["slow_only"] / target - fast - arb  # what slow frames may add over an all-fast stream
+        share = budget / (slow - fast) if slow > fast else float("nan")
+        flops = ExportedModel(path).branch_flops
+        out[name] = {
+            "rank": int(name.split("_")[1]), "fast_flops": flops[0], "slow_flops": flops[1],
+            "slow_ms": slow, "fast_ms": fast, "arbitrator_ms": arb,
+            "fast_every_frame_speedup": ms["slow_only"] / (fast + arb),
+            "max_slow_share_for_target": max(0.0, min(1.0, share)),
+        }
+    return out
+
+
+def bound_markdown(summary: dict[str, Any]) -> str:
+    rows = summary["ranks"]
+    slow_only = rows["slow_only"]
+    lines = [
+        "# What a factorized pair could stream at, before training it (ONNX Runtime, one thread)", "",
+        f"Command: `{summary['command']}` ({summary['machine']}; load average {summary['load_average'][0]:.2f} before, "
+        f"{summary['load_average'][1]:.2f} after). Base `{summary['base']}`, {summary['utterances']} `test` utterances, "
+        f"{summary['frames']} encoder frames, fastest of {summary['repeats']} rounds per utterance, graphs taken in turn. "
+        f"Slow-only (the base alone): **{slow_only['ms_per_frame']:.4f} ms per frame** "
+        f"({slow_only['flops'] / 1e6:.2f} MFLOPs).", "",
+        f"| fast rank | fast MFLOPs | slow branch ms | fast branch ms | arbitrator ms | all fast + arbitrator vs slow-only "
+        f"| largest slow share for {summary['target']:g}x |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        if name != "slow_only":
+            lines.append(f"| {r['rank']} | {r['fast_flops'] / 1e6:.3f} | {r['slow_ms']:.4f} | {r['fast_ms']:.4f} | "
+                         f"{r['arbitrator_ms']:.4f} | {r['fast_every_frame_speedup']:.2f}x | "
+                         f"{r['max_slow_share_for_target']:.2f} |")
+    lines += ["", "Each frame of a pair costs its arbitrator call plus the branch it runs, whatever the routing, so an "
+              f"AmNet of the pair with slow share `s` streams at `slow_only / (s * slow + (1 - s) * fast + arbitrator)` "
+              "(two calls per frame; the merged one-call graph saves a few percent more). The last column solves it "
+              f"for {summary['target']:g}x. The fast branch is the base's SVD truncation and the arbitrator untrained: "
+              "timings only, no accuracy."]
+    return "\n".join(lines) + "\n"
+
+
+def main_bound(a: argparse.Namespace, argv: list[str] | None) -> int:
+    base = Path(a.bound)
+    if not base.is_file():
+        print(f"device_wallclock: error: --bound {str(base)!r} is not a checkpoint file", file=sys.stderr)
+        return 2
+    if not a.ranks or min(a.ranks) < 1:
+        print("device_wallclock: error: --bound needs --ranks with positive ranks", file=sys.stderr)
+        return 2
+    load0 = os.getloadavg()[0]
+    exports = bound_exports(base, a.ranks)
+    frames, _ = encoder_frames(a.root, a.utterances, base)
+    import onnxruntime
+
+    summary = {
+        "command": "python benchmarks/device_wallclock.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, onnxruntime {onnxruntime.__version__}",
+        "base": str(base), "target": a.target,
+        "utterances": len(frames), "frames": int(sum(x.shape[0] for x in frames)), "repeats": a.repeats,
+        "ranks": bound(exports, frames, a.repeats, a.target),
+    }
+    summary["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    md = bound_markdown(summary)
+    write_results(a.results, summary, md)
+    print(md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", required=True, help="an amnet.py --work folder with the variants' runs")
-    p.add_argument("--variants", nargs="+", required=True, help="variant names; must include slow_only")
+    p.add_argument("--work", help="an amnet.py --work folder with the variants' runs")
+    p.add_argument("--variants", nargs="+", help="variant names; must include slow_only")
+    p.add_argument("--bound", default=None, metavar="BASE.ckpt",
+                   help="time what factorized pairs of this base could stream at (with --ranks), no trained AmNet")
+    p.add_argument("--ranks", nargs="+", type=int, default=[], help="--bound: fast-branch ranks")
+    p.add_argument("--target", type=float, default=1.6, help="--bound: the speed-up over slow-only to solve for")
     p.add_argument("--root", default=str(REPO / "data" / "synthetic"), help="the corpus of the amnet.py run")
     p.add_argument("--utterances", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "device_wallclock"))
     a = p.parse_args(argv)
-    if "slow_only" not in a.variants:
-        p.error("--variants must include slow_only (the speed-ups are relative to it)")
     if a.utterances < 1 or a.repeats < 1:
         p.error("--utterances and --repeats must be positive")
+    if a.bound:
+        return main_bound(a, argv)
+    if not a.work or not a.variants:
+        p.error("--work and --variants are required (or --bound BASE.ckpt --ranks R ...)")
+    if "slow_only" not in a.variants:
+        p.error("--variants must include slow_only (the speed-ups are relative to it)")
     work = Path(a.work)
     missing = [n for n in a.variants if not (work / n).is_dir()]
     if missing:

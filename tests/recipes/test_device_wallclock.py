@@ -45,3 +45,38 @@ def test_a_run_folder_without_a_checkpoint_is_one_error_line(bench, tmp_path: Pa
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"device_wallclock: error: No checkpoint under {tmp_path / 'slow_only'}: was the variant trained "
                    "in this --work folder?"]
+
+
+def test_bound_times_untrained_pairs_of_a_base_and_solves_for_the_slow_share(bench, tiny_corpus: Path,
+                                                                            tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import torch
+
+    from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import RecurrentEncoder
+
+    torch.manual_seed(0)
+    model = ASRModule(RecurrentEncoder(240, 32, num_layers=2))
+    (tmp_path / "key").mkdir()
+    ckpt = tmp_path / "key" / "base.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    monkeypatch.setattr(bench, "EXPORTS", tmp_path / "exports")
+    assert bench.main(["--bound", str(tmp_path / "none.ckpt"), "--ranks", "4"]) == 2  # not a file
+    assert bench.main(["--bound", str(ckpt)]) == 2  # no ranks
+    stem = tmp_path / "bound"
+    assert bench.main(["--bound", str(ckpt), "--ranks", "4", "8", "--root", str(tiny_corpus), "--utterances", "2",
+                       "--repeats", "1", "--target", "1.2", "--results", str(stem)]) == 0
+    res = json.loads(stem.with_suffix(".json").read_text())
+    slow_only = res["ranks"]["slow_only"]["ms_per_frame"]
+    assert set(res["ranks"]) == {"slow_only", "rank_4", "rank_8"}
+    for name in ("rank_4", "rank_8"):
+        r = res["ranks"][name]
+        assert r["fast_flops"] < r["slow_flops"] == res["ranks"]["slow_only"]["flops"]
+        assert r["fast_every_frame_speedup"] == pytest.approx(slow_only / (r["fast_ms"] + r["arbitrator_ms"]))
+        s = r["max_slow_share_for_target"]
+        if 0.0 < s < 1.0:  # the stream at that share is exactly the target speed-up
+            t = s * r["slow_ms"] + (1 - s) * r["fast_ms"] + r["arbitrator_ms"]
+            assert slow_only / t == pytest.approx(1.2)
+    assert (tmp_path / "exports" / "bound-key" / "rank_8" / "manifest.json").is_file()
+    assert "| 8 |" in stem.with_suffix(".md").read_text()
