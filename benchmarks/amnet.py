@@ -594,7 +594,7 @@ def check_reusable(name: str, had: dict[str, Any] | None, wanted: dict[str, Any]
         raise SystemExit(
             f"{path} was made with other options ({', '.join(f'{k}={had.get(k)!r}' for k in differ)}; now "
             f"{', '.join(f'{k}={wanted.get(k)!r}' for k in differ)}). Pass the same options, another --work, "
-            "or drop --resume to train it again."
+            "or pass --overwrite instead of --resume to train it again."
         )
 
 
@@ -622,18 +622,18 @@ def drive(a: argparse.Namespace) -> int:
     from lightning_amortized.atomic import write_atomic
     from lightning_amortized.experiment import Job, JobFailed, result_file, run_jobs, write_results
 
-    base = _resolve_base(a)
     work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
     names = [n for n in ORDER if n in a.variants]
-    done: dict[str, dict[str, Any]] = {}
-    wanted = job_options(a, base)
     finished = [n for n in names if (work / f"{n}.json").exists()]
     if finished and not (a.resume or a.overwrite):  # hours of training must not go by a forgotten flag
-        raise SystemExit(
+        raise SystemExit(  # before the base is resolved (which may train it)
             f"{work} holds finished variants ({', '.join(finished)}): pass --resume to reuse them (checked against "
             "these options), --overwrite to train them again, or another --work."
         )
+    base = _resolve_base(a)
+    work.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict[str, Any]] = {}
+    wanted = job_options(a, base)
     for n in names:  # resume: keep finished variants of an identical earlier run
         f = work / f"{n}.json"
         if a.resume and f.exists():
@@ -993,7 +993,7 @@ def summarize(
 
     return {
         "benchmark": "benchmarks/amnet.py",
-        "command": " ".join(["python", "benchmarks/amnet.py", *(x for x in sys.argv[1:] if x != "--resume")]),
+        "command": " ".join(["python", "benchmarks/amnet.py", *(x for x in sys.argv[1:] if x not in ("--resume", "--overwrite"))]),
         "base_checkpoint": base,
         "rho_train": RHO_TRAIN,
         "rhos": list(RHOS),

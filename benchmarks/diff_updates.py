@@ -221,6 +221,10 @@ def recipe_command(name: str, seed: int, common: list[str], out: Path, fill: Map
 
 
 IGNORED_OPTIONS = ("out", "progress", "threads")  # recipe options that do not change a run's results
+# What a recipe option added later meant for the runs made before it, when that is certain (it did not
+# exist, so the run did without it). Not every later option is here: runs from before `test_other_split`
+# never scored test-other, which its default would claim, so they stay different.
+ABSENT_MEANS: dict[str, Any] = {"replay_earlier": 0}
 
 
 def _read_finished(result: Path) -> dict[str, Any] | None:
@@ -241,10 +245,7 @@ def changed_options(command: list[str], res: Mapping[str, Any]) -> dict[str, tup
     a = recipe.build_parser().parse_args([str(c) for c in command[2:]])
     cfg = recipe.UpdateConfig(**{f: getattr(a, f) for f in recipe.UpdateConfig.__dataclass_fields__})
     want = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    have = dict(res.get("config", {}))
-    for f in dataclasses.fields(cfg):  # an option added after the run was made: the run had its default
-        if f.name not in have and f.default is not dataclasses.MISSING:
-            have[f.name] = json.loads(json.dumps(f.default))
+    have = {**ABSENT_MEANS, **res.get("config", {})}  # an option added after the run was made: what the run did
     return {k: (have.get(k), v) for k, v in want.items() if k not in IGNORED_OPTIONS and have.get(k) != v}
 
 
@@ -316,7 +317,7 @@ def finished_runs(runs: Sequence[Any], reuse: bool, overwrite: bool) -> dict[str
             nothing has been started.
     """
     done, kept = {}, []
-    for job in runs:
+    for job in runs:  # recipe jobs have list commands (not functions of finished results)
         old = _read_finished(job.result)
         if old is None:
             continue
@@ -929,7 +930,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update-utterances", default="150", help="utterances of each update-k split ('all': every one)")
     p.add_argument("--replay-utterances", type=int, default=150)
     p.add_argument("--replay-earlier", type=int, default=0,
-                   help="utterances of the earlier updates' splits replayed in each update besides --replay-utterances")
+                   help="utterances of what the earlier updates trained on, replayed in each update besides "
+                        "--replay-utterances (--quick: at most 30)")
     p.add_argument("--test-utterances", type=int, default=None, help="cap on each base test split")
     p.add_argument("--test-other-split", default="test-other",
                    help="base split of unseen voices and sentence templates ('none': not evaluated)")
@@ -950,6 +952,8 @@ def main(argv: list[str] | None = None) -> int:
     for what, values in (("--seeds", a.seeds), ("--methods", a.methods)):
         if len(set(values)) != len(values):
             p.error(f"Expected {what} without repeats, but got {values}.")
+    if a.replay_earlier < 0:
+        p.error(f"Expected --replay-earlier to be a count >= 0, but got {a.replay_earlier}.")
     if a.update_utterances != "all" and not a.update_utterances.isdigit():
         p.error(f"Expected --update-utterances to be a count or 'all', but got {a.update_utterances!r}.")
     if a.from_json:
@@ -961,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.quick:
         a.updates, a.epochs, a.update_utterances, a.replay_utterances = 2, 1, "30", 30
+        a.replay_earlier = min(a.replay_earlier, 30)
         a.test_utterances = a.test_utterances or 60
     t0 = time.perf_counter()
     base = Path(a.base) if a.base else find_base(a.root, train=not a.quick)

@@ -159,7 +159,9 @@ def chain_markdown(rows: list[dict[str, Any]], verdict: dict[str, Any], meta: di
         f"Recipe run: `{meta['run']}`  ",
         f"Table: `{meta['command']}`  ",
         f"Base `{meta['base']}` (test WER {pct(verdict['test_wer_before'])}); lr {meta['lr']:g}, {meta['epochs']} epochs, "
-        f"{meta['replay_utterances']} replayed `train` utterances per update. Targets of issue 10: each update at least "
+        f"{meta['replay_utterances']} replayed `train` utterances per update"
+        + (f" + {meta['replay_earlier']} of the earlier updates'" if meta.get("replay_earlier") else "")
+        + ". Targets of issue 10: each update at least "
         "halves the WER of its own `update-k-test`; base `test` WER at most 10 % relative higher after the last.",
         "",
         "| update | own `update-k-test` WER: base → after (95 % CI) | change | new-entity accuracy | test WER after |",
@@ -201,9 +203,11 @@ def main_chain(argv: list[str]) -> int:
     run = ("python recipes/synthetic/updates.py " + " ".join(
         f"--{k} {'null' if v is None else v}" for k, v in cfg.items()
         if k in ("base", "root", "method", "updates", "epochs", "lr", "update_utterances", "replay_utterances",
-                 "anchor", "seed", "out", "test_other_split") or (k == "budget" and cfg["method"] != "full")))
+                 "anchor", "seed", "out", "test_other_split") or (k == "budget" and cfg["method"] != "full")
+        or (k == "replay_earlier" and v)))
     meta = {"method": cfg["method"], "base": shown_path(cfg["base"], REPO), "lr": result["lr"],
-            "epochs": cfg["epochs"], "replay_utterances": cfg["replay_utterances"], "run": run,
+            "epochs": cfg["epochs"], "replay_utterances": cfg["replay_utterances"],
+            "replay_earlier": cfg.get("replay_earlier", 0), "run": run,
             "command": "python benchmarks/update_regime.py " + " ".join(argv)}
     text = chain_markdown(rows, verdict, meta)
     write_results(a.results, {"meta": meta, "rows": rows, "verdict": verdict}, text)

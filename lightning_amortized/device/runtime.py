@@ -73,10 +73,14 @@ def ctc_greedy(best_path: np.ndarray, vocabulary: list[str], blank: int = 0) -> 
     return " ".join(text.split())
 
 
-def _file_stamp(path: Path) -> tuple[int, int]:
-    """``(size, mtime_ns)`` of a file: whether it was rewritten since."""
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
+def _file_stamp(path: Path) -> tuple[int, ...] | None:
+    """``(inode, size, mtime_ns, ctime_ns)`` of a file, ``None`` if it is gone: whether it was rewritten or replaced
+    since (an atomic replace gives a new inode; a write in place moves ``ctime``, which no tool can set back)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def session_options(num_threads: int = 1) -> Any:
@@ -104,10 +108,11 @@ class ExportedModel:
     Attributes:
         manifest: The parsed ``manifest.json``.
         weights_sha256: SHA-256 of the weights in use (changes when diffs are applied).
-        load_seconds: Wall time of opening the sessions.
+        load_seconds: Wall time of opening the folder and its sessions (the merged step graph opens later, on first use).
 
     Raises:
-        ManifestError: missing or unknown manifest, missing graph files.
+        ManifestError: missing or unknown manifest, missing or damaged graph files (the merged step
+            graph ``amnet_step.onnx`` only when it is first used, see :attr:`merged`).
         lightning_amortized.device.weights.WeightsError: damaged weights.
     """
 
@@ -158,6 +163,7 @@ class ExportedModel:
         self.merged_spec: dict[str, Any] | None = manifest.get("merged_step")
         self._session = session
         self._merged: Any = None  # opened on first use: a damaged merged graph leaves the two-call path working
+        self._merged_inputs: set[str] = set()
         self.frame_ms = float(manifest["frame_ms"])
         dev = manifest["device_model"]
         self.device_flops_per_s = float(dev["flops_per_s"])

@@ -152,11 +152,12 @@ class UpdateConfig:
         update_utterances: utterances sampled from ``update-k`` (``None``: all).
         replay_utterances: utterances sampled from ``replay_split`` per update.
         replay_split: base data replayed against forgetting.
-        replay_earlier: utterances drawn from the earlier updates' training splits
-            (``update-1 .. update-(k-1)`` pooled, the same draw for every method) and replayed
-            in update ``k`` besides ``replay_utterances``, so the names of earlier updates are
-            rehearsed, as a server holding every update's data would (0: none; update 1 has
-            nothing earlier). Each epoch then holds ``update + replay + earlier`` utterances.
+        replay_earlier: utterances drawn from what the earlier updates trained on (the
+            ``update-1 .. update-(k-1)`` utterances of their own draws, pooled; the same draw for
+            every method) and replayed in update ``k`` besides ``replay_utterances``, so the names
+            of earlier updates are rehearsed, as a server keeping every update's data would (0:
+            none; update 1 has nothing earlier). Each epoch then holds ``update + replay +
+            earlier`` utterances.
         test_split: the base test split.
         test_other_split: the base split of voices and sentence templates unseen in training,
             evaluated like ``test_split`` (``None``: not evaluated, e.g. on a corpus without it).
@@ -289,6 +290,11 @@ def bit_equal(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> b
 # --------------------------------------------------------------------------- data
 
 
+def update_sample_seed(cfg: UpdateConfig, k: int) -> int:
+    """The seed of update ``k``'s data draws (and of its training): one formula for the update and its rehearsals."""
+    return cfg.seed * 1000 + k
+
+
 def sample_utterances(utts: Sequence[Any], n: int | None, seed: int) -> list[Any]:
     """``n`` utterances drawn without replacement (seeded; sorted by id), or all of them."""
     ordered = sorted(utts, key=lambda u: u.id)
@@ -309,17 +315,19 @@ class UpdateDataModule(LibriSpeechDataModule):
         update_utterances: utterances drawn from ``update_split`` (``None``: all).
         replay_utterances: utterances drawn from ``replay_split`` (0: none).
         sample_seed: seed of the draws.
-        earlier_splits: splits of earlier updates (``update-1 .. update-(k-1)``) to rehearse.
-        earlier_utterances: utterances drawn from ``earlier_splits`` pooled (0: none); they
-            join the replayed ones.
+        earlier: the earlier updates to rehearse, ``(split, the sample_seed it was trained with)``
+            each: their training utterances are ``update_utterances`` of ``split`` drawn with
+            that seed, as their own ``UpdateDataModule`` drew them.
+        earlier_utterances: utterances drawn from the earlier updates' training utterances
+            pooled (0: none); they join the replayed ones.
         **kwargs: batching and feature options of ``LibriSpeechDataModule``.
 
     Example::
 
         dm = UpdateDataModule("data/synthetic", "update-2", update_utterances=150, replay_utterances=150,
-                              earlier_splits=["update-1"], earlier_utterances=100)
+                              sample_seed=2, earlier=[("update-1", 1)], earlier_utterances=100)
         dm.prepare_data()
-        new, replayed = dm.utterances()  # replayed: 150 of train, then 100 of update-1
+        new, replayed, earlier = dm.draws()  # earlier: 100 of the 150 update-1 utterances update 1 trained on
     """
 
     def __init__(
@@ -330,35 +338,32 @@ class UpdateDataModule(LibriSpeechDataModule):
         update_utterances: int | None = 150,
         replay_utterances: int = 150,
         sample_seed: int = 0,
-        earlier_splits: Sequence[str] = (),
+        earlier: Sequence[tuple[str, int]] = (),
         earlier_utterances: int = 0,
         **kwargs: Any,
     ) -> None:
-        earlier = list(earlier_splits) if earlier_utterances else []
-        splits = [update_split] + ([replay_split] if replay_utterances else []) + earlier
+        earlier = list(earlier) if earlier_utterances else []
+        splits = [update_split] + ([replay_split] if replay_utterances else []) + [split for split, _ in earlier]
         super().__init__(root, train_splits=splits, val_splits=[], test_splits=[], **kwargs)
         self.update_split, self.replay_split = update_split, replay_split
         self.update_utterances, self.replay_utterances = update_utterances, replay_utterances
-        self.earlier_splits, self.earlier_utterances = earlier, earlier_utterances
+        self.earlier, self.earlier_utterances = earlier, earlier_utterances
         self.sample_seed = sample_seed
 
-    def utterances(self) -> tuple[list[Utterance], list[Utterance]]:
-        """``(update utterances, replayed utterances)`` of this update (run ``prepare_data`` first).
-
-        The replayed ones are the draw from ``replay_split``, then the draw from the earlier updates' splits.
-        """
+    def draws(self) -> tuple[list[Utterance], list[Utterance], list[Utterance]]:
+        """``(update, replayed base, rehearsed earlier-update)`` utterances of this update (run ``prepare_data`` first)."""
         new = sample_utterances(self._manifest(self.update_split), self.update_utterances, self.sample_seed)
         old: list[Utterance] = []
         if self.replay_utterances:
             old = sample_utterances(self._manifest(self.replay_split), self.replay_utterances, self.sample_seed + 7919)
-        return new, old + self.earlier()
+        pool = [u for split, seed in self.earlier  # what each earlier update trained on
+                for u in sample_utterances(self._manifest(split), self.update_utterances, seed)]
+        return new, old, sample_utterances(pool, self.earlier_utterances, self.sample_seed + 104729) if pool else []
 
-    def earlier(self) -> list[Utterance]:
-        """The utterances drawn from the earlier updates' splits (pooled), the tail of the replayed ones."""
-        if not self.earlier_splits:
-            return []
-        pool = [u for split in self.earlier_splits for u in self._manifest(split)]
-        return sample_utterances(pool, self.earlier_utterances, self.sample_seed + 104729)
+    def utterances(self) -> tuple[list[Utterance], list[Utterance]]:
+        """``(update utterances, replayed utterances)``: the replayed base ones, then the rehearsed earlier-update ones."""
+        new, old, earlier = self.draws()
+        return new, old + earlier
 
     def _manifest(self, split: str) -> list[Utterance]:
         return read_manifest(self.manifest_dir / f"{split}.jsonl")
@@ -521,20 +526,20 @@ def run_update(cfg: UpdateConfig, model: Any, k: int) -> dict[str, Any]:
         replay_split=cfg.replay_split,
         update_utterances=cfg.update_utterances,
         replay_utterances=cfg.replay_utterances,
-        sample_seed=cfg.seed * 1000 + k,
-        earlier_splits=[f"update-{j}" for j in range(1, k)],
+        sample_seed=update_sample_seed(cfg, k),
+        earlier=[(f"update-{j}", update_sample_seed(cfg, j)) for j in range(1, k)],
         earlier_utterances=cfg.replay_earlier,
         max_batch_seconds=cfg.max_batch_seconds,
         max_batch_size=cfg.max_batch_size,
         seed=cfg.seed + k,
     )
     dm.prepare_data()
-    new, old = dm.utterances()
-    pl.seed_everything(cfg.seed * 1000 + k, workers=True, verbose=False)
+    new, old, earlier = dm.draws()
+    pl.seed_everything(update_sample_seed(cfg, k), workers=True, verbose=False)
     model.hparams.lr = cfg.learning_rate
     rec: dict[str, Any] = {"update": k, "train_update_utterances": len(new), "train_replay_utterances": len(old)}
-    if dm.earlier_splits:
-        rec["train_earlier_utterances"] = len(dm.earlier())  # replayed from update-1 .. update-(k-1), in `old`
+    if dm.earlier:
+        rec["train_earlier_utterances"] = len(earlier)  # rehearsed from what updates 1 .. k-1 trained on
     t0 = time.perf_counter()
     if cfg.method == "lora":
         return _lora_update(cfg, model, k, dm, rec, t0)
@@ -601,7 +606,7 @@ def _lora_update(cfg: UpdateConfig, model: Any, k: int, dm: Any, rec: dict[str, 
     shapes = {n: tuple(base_tensor(model, n).shape) for n in names}
     rank = rank_for_bytes(shapes, budget, cfg.lora_alpha)
     model.requires_grad_(False)
-    attach_lowrank(model, names, rank, cfg.lora_alpha, seed=cfg.seed * 1000 + k)
+    attach_lowrank(model, names, rank, cfg.lora_alpha, seed=update_sample_seed(cfg, k))
     trainer = _trainer(cfg, _anchor(cfg))
     trainer.fit(model, datamodule=dm)
     rec["fit_seconds"] = round(time.perf_counter() - t0, 1)

@@ -197,6 +197,8 @@ def test_learning_rates_and_reuse(bench, tmp_path: Path) -> None:
     assert bench.reusable(cmd, path) == older
     assert bench.reusable([*cmd, "--replay_earlier", "100"], path) is None
     assert bench.changed_options([*cmd, "--replay_earlier", "100"], older) == {"replay_earlier": (0, 100)}
+    del older["config"]["test_other_split"]  # a run from before test-other was scored: its default would lie
+    assert bench.changed_options(cmd, older) == {"test_other_split": (None, "test-other")}
     path.write_text(json.dumps(res))
     assert bench.reusable(cmd, tmp_path / "missing.json") is None
     (tmp_path / "cut.json").write_text(json.dumps(res)[:50])  # killed while writing

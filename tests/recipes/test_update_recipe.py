@@ -92,23 +92,28 @@ def test_update_data_is_a_seeded_sample_plus_replay(recipe, tiny_corpus: Path) -
 
 
 def test_update_data_rehearses_earlier_updates(recipe, tiny_corpus: Path) -> None:
-    """`replay_earlier`: a seeded draw from the earlier updates' splits joins the replayed train utterances."""
+    """`replay_earlier`: a seeded draw from what the earlier updates trained on joins the replayed train utterances."""
 
-    def draw(earlier: list[str], n: int, seed: int = 1):
-        dm = recipe.UpdateDataModule(str(tiny_corpus), "update-3", update_utterances=3, replay_utterances=5,
-                                     sample_seed=seed, earlier_splits=earlier, earlier_utterances=n)
-        dm.prepare_data()
-        return dm
+    def dm(k: int, earlier: list, n: int, seed: int = 0, update_utterances: int = 3):
+        d = recipe.UpdateDataModule(str(tiny_corpus), f"update-{k}", update_utterances=update_utterances,
+                                    replay_utterances=5, sample_seed=seed * 1000 + k, earlier=earlier,
+                                    earlier_utterances=n)
+        d.prepare_data()
+        return d
 
-    dm = draw(["update-1", "update-2"], 4)
-    new, old = dm.utterances()
-    assert len(new) == 3 and len(old) == 9
-    assert [u.id for u in old[:5]] == [u.id for u in draw([], 0).utterances()[1]]  # the train draw is unchanged
-    tail = old[5:]
-    assert [u.id for u in tail] == [u.id for u in dm.earlier()]
-    assert all("/update-1/" in u.path or "/update-2/" in u.path for u in tail)
-    assert [u.id for u in draw(["update-1", "update-2"], 4, seed=2).earlier()] != [u.id for u in tail]  # seeded
-    assert draw(["update-1", "update-2"], 0).earlier() == [] and draw([], 4).earlier() == []
+    trained = {j: {u.id for u in dm(j, [], 0).draws()[0]} for j in (1, 2)}  # what updates 1 and 2 trained on
+    d = dm(3, [("update-1", 1), ("update-2", 2)], 4)
+    new, old, earlier = d.draws()
+    assert len(new) == 3 and len(old) == 5 and len(earlier) == 4
+    assert [u.id for u in d.utterances()[1]] == [u.id for u in old + earlier]
+    assert [u.id for u in old] == [u.id for u in dm(3, [], 0).draws()[1]]  # the train draw is unchanged
+    assert {u.id for u in earlier} <= trained[1] | trained[2]  # only utterances those updates trained on
+    assert all("/update-1/" in u.path or "/update-2/" in u.path for u in earlier)
+    assert [u.id for u in dm(3, [("update-1", 1), ("update-2", 2)], 4).draws()[2]] == [u.id for u in earlier]
+    other = dm(3, [("update-1", 1), ("update-2", 2)], 4, seed=1).draws()[2]
+    assert [u.id for u in other] != [u.id for u in earlier]  # seeded
+    assert len(dm(3, [("update-1", 1), ("update-2", 2)], 100).draws()[2]) == 6  # all there is: 3 + 3
+    assert dm(3, [("update-1", 1)], 0).draws()[2] == [] and dm(3, [], 4).draws()[2] == []
     with pytest.raises(ValueError, match="replay_earlier"):
         _cfg(recipe, Path("b.ckpt"), tiny_corpus, tiny_corpus, replay_earlier=-1)
 
@@ -199,7 +204,7 @@ def test_full_fine_tuning_ships_the_model(recipe, base_ckpt: Path, tiny_corpus: 
     first, rec = res["updates"]
     assert set(rec["eval"]) == {"test", "update-1-test", "update-2-test"}  # test_other_split None: not evaluated
     assert "train_earlier_utterances" not in first and rec["train_earlier_utterances"] == 2  # update 1 has no earlier
-    assert rec["train_replay_utterances"] == first["train_replay_utterances"] + 2
+    assert rec["train_replay_utterances"] == first["train_replay_utterances"]  # the base replay, rehearsal apart
     assert rec["payload_bytes"] == res["full_checkpoint_bytes"]
     assert rec["file_bytes"] > res["full_checkpoint_bytes"]  # the safetensors header comes on top
     assert res["chain"]["links"] == 0

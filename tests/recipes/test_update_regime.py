@@ -74,7 +74,12 @@ def test_chain_regime_judges_every_update_and_forgetting_after_the_last(tmp_path
     assert bench.main(["--chain", str(path), "--results", str(tmp_path / "chain")]) == 0
     md = (tmp_path / "chain.md").read_text()
     assert "| 2 | 20.00 % → 11.00 %" in md and "halves its own split: no" in md and "+12.0 %" in md
-    assert "--test_other_split null" in md and "--budget" not in md
+    assert "--test_other_split null" in md and "--budget" not in md and "replay_earlier" not in md
+    result["config"]["replay_earlier"] = 240  # a rehearsing chain: its command and its prose say so
+    path.write_text(json.dumps(result))
+    assert bench.main(["--chain", str(path), "--results", str(tmp_path / "chain")]) == 0
+    md = (tmp_path / "chain.md").read_text()
+    assert "--replay_earlier 240" in md and "720 replayed `train` utterances per update + 240 of the earlier" in md
     assert bench.main(["--chain", str(tmp_path / "missing.json"), "--results", str(tmp_path / "m")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "cut.json").write_text(path.read_text()[:200])  # an interrupted write
