@@ -7,7 +7,7 @@ fine-tuned with the same recipe (same train subset, epochs, learning rate) and
 evaluated on the test split (speakers unseen in training):
 
 =============================  =======================================================
-``slow_only``                  the base 3x256 LSTM, training continued (fairness)
+``slow_only``                  the base LSTM, training continued (fairness)
 ``fast_only``                  the factorized AmNet's fast branch alone (``force_branch=0``)
 ``factorized_single``          rank-``r`` factorized LSTM, ``r`` so FLOPs/frame match the
                                factorized AmNet's measured average
@@ -58,6 +58,12 @@ Usage::
     python benchmarks/amnet.py                      # shared base of benchmarks/base.py (trained if missing)
     python benchmarks/amnet.py --base-ckpt BASE.ckpt --root /tmp/corp/s8000 --workers 2
     python benchmarks/amnet.py --base-ckpt none --root /tmp/corp/s8000 --quick   # smoke run (random base)
+    # a base of another size: every variant's slow encoder takes the base's shape (read from the checkpoint), and
+    # the devices are set by its FLOPs (rho = 1.5 for that LSTM); ranks and densities are matched in its sizes
+    python benchmarks/amnet.py --base-ckpt runs/base/5ba2f7c3d7ff27bb/base.ckpt --fast-rank 96 ...
+
+The configs name the 3x256 LSTM of the shared base; ``encoder_shape`` (input size, hidden size,
+layers) is read from ``--base-ckpt`` and recorded per variant.
 """
 
 from __future__ import annotations
@@ -187,11 +193,37 @@ def device_for(rho: float, slow_flops: int, frame_ms: float = FRAME_MS) -> float
     return slow_flops / (rho * frame_ms / 1000.0)
 
 
-def slow_encoder_flops() -> int:
-    """FLOPs/frame of the slow-only encoder of ``slow_only.yaml`` (the one FLOP counter)."""
+CONFIG_SHAPE = (240, 256, 3)  # the encoder of the variants' configs: input size, hidden size, layers
+
+
+def encoder_shape(base: str | None) -> tuple[int, int, int]:
+    """``(input size, hidden size, layers)`` of the base's LSTM (the configs' own without a base): every variant's
+    slow encoder takes it, so a base of any size (e.g. the 3x384 ``recipes/synthetic/conf/base384.yaml``) works."""
+    if base in (None, "none"):
+        return CONFIG_SHAPE
+    from lightning_amortized.module import load_asr_module
+
+    enc = load_asr_module(base).encoder
+    return int(enc.input_size), int(enc.hidden_size), int(enc.num_layers)
+
+
+def slow_encoder_flops(shape: tuple[int, int, int] = CONFIG_SHAPE) -> int:
+    """FLOPs/frame of the slow-only encoder of this shape (the one FLOP counter)."""
     from lightning_amortized.nn import RecurrentEncoder
 
-    return RecurrentEncoder(240, 256, num_layers=3).flops_per_frame()
+    input_size, hidden, layers = shape
+    return RecurrentEncoder(input_size, hidden, num_layers=layers).flops_per_frame()
+
+
+def shape_overrides(config: str, shape: tuple[int, int, int]) -> list[str]:
+    """CLI overrides giving the slow encoder of ``config`` (the LSTM, or the one an AmNet wraps) this shape."""
+    import yaml
+
+    if tuple(shape) == CONFIG_SHAPE:
+        return []
+    enc = yaml.safe_load((CONF / config).read_text())["model"]["encoder"]
+    key = "--model.encoder.init_args." + ("" if enc["class_path"].endswith(".RecurrentEncoder") else "encoder.init_args.")
+    return [arg for k, v in zip(("input_size", "hidden_size", "num_layers"), shape) for arg in (key + k, str(v))]
 
 
 def matched_rank(target_flops: float, input_size: int = 240, hidden: int = 256, layers: int = 3) -> int:
@@ -309,7 +341,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     import lightning.pytorch as pl
     from torchmetrics.text import CharErrorRate, WordErrorRate
 
-    from lightning_amortized.callbacks import ArbitratorTemperature
+    from lightning_amortized.callbacks import ArbitratorTemperature, LatencyMonitor
     from lightning_amortized.cli import ASRLightningCLI
     from lightning_amortized.functional import SimulatedDevice, backlog, lengths_to_mask
     from lightning_amortized.functional.latency import LatencyStats, latency_compute, latency_update
@@ -318,7 +350,10 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
 
     name = a.job
     label, config, _, overrides = VARIANTS[name]
-    slow_flops = slow_encoder_flops()
+    base_ckpt = None if a.base_ckpt in (None, "none") else a.base_ckpt
+    shape = encoder_shape(base_ckpt)
+    label = label.replace("3x256", f"{shape[2]}x{shape[1]}")
+    slow_flops = slow_encoder_flops(shape)
     dev_train = device_for(RHO_TRAIN, slow_flops)
     run_dir = Path(a.work) / name
     args = [
@@ -331,7 +366,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         "--trainer.enable_model_summary", "false",
         "--model.lr", str(a.lr),
     ]
-    args += overrides
+    args += shape_overrides(config, shape) + overrides
     if a.quick:
         args += ["--trainer.limit_val_batches", "2"]
     if a.rank is not None:
@@ -356,7 +391,9 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     for cb in trainer.callbacks:  # the temperature schedule spans this run's epochs
         if isinstance(cb, ArbitratorTemperature):
             cb.epochs = a.epochs
-    _warm_start(model, None if a.base_ckpt in (None, "none") else a.base_ckpt, dev_train)
+        if isinstance(cb, LatencyMonitor):  # the configs' device is rho 1.5 for their 3x256 LSTM: this base's
+            cb.device_flops_per_s = dev_train
+    _warm_start(model, base_ckpt, dev_train)
     enc = model.encoder
     amortized = isinstance(enc, AmortizedEncoder)
     routed = amortized and enc.force_branch is None
@@ -512,6 +549,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
         "lambda_cost": float(model.hparams.lambda_cost),
         "lambda_amr": float(model.hparams.lambda_amr),
         "train_device_flops_per_s": dev_train,
+        "encoder_shape": list(shape),
         "train_sharpness": train_sharpness if routed else 1.0,
         "epochs": epoch_log,
         "final_epoch": train_info,
@@ -631,6 +669,7 @@ def drive(a: argparse.Namespace) -> int:
             "these options), --overwrite to train them again, or another --work."
         )
     base = _resolve_base(a)
+    shape = encoder_shape(base)
     work.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}
     wanted = job_options(a, base)
@@ -655,9 +694,9 @@ def drive(a: argparse.Namespace) -> int:
             if dep is not None and dep in finished:  # FLOPs-matched to the variant it depends on
                 target = finished[dep]["per_rho"][str(RHO_TRAIN)]["flops_per_frame"]
                 if VARIANTS[dep][1].startswith("amnet_sparse"):
-                    extra = ["--density", str(matched_density(target))]
+                    extra = ["--density", str(matched_density(target, *shape))]
                 else:
-                    extra = ["--rank", str(matched_rank(target))]
+                    extra = ["--rank", str(matched_rank(target, *shape))]
             return _job_cmd(a, name, base, extra)
 
         return build
@@ -689,7 +728,7 @@ def drive(a: argparse.Namespace) -> int:
                      "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0))})
         runs_file.write_text(json.dumps(runs, indent=2) + "\n")
     if a.wallclock_side_by_side:
-        side_by_side_wallclock(done, work, a.root, a.rtf_utts)
+        side_by_side_wallclock(done, work, a.root, a.rtf_utts, shape=shape)
     summary = summarize(done, base, a, wall, runs)
     out = Path(a.results) if a.results else (work / "amnet" if a.quick else RESULTS / "amnet")
     if out.resolve() != (work / "amnet").resolve():  # what --seed-work of another run reads: this run's seed
@@ -770,7 +809,7 @@ def stacked_test_inputs(root: str, utterances: int, stacker: Any) -> tuple[list[
 
 
 def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: str, utterances: int,
-                           repeats: int = 3) -> None:
+                           repeats: int = 3, shape: tuple[int, int, int] = CONFIG_SHAPE) -> None:
     """Single-thread streaming ms/frame of every variant, measured in this process with the models taken in turn.
 
     Each variant's final checkpoint (``work/<name>``) streams the first ``utterances`` test
@@ -782,7 +821,7 @@ def side_by_side_wallclock(done: dict[str, dict[str, Any]], work: Path, root: st
     from lightning_amortized.nn import AmortizedEncoder, stream
 
     models = {}
-    device = device_for(RHO_TRAIN, slow_encoder_flops())
+    device = device_for(RHO_TRAIN, slow_encoder_flops(shape))
     for name in done:
         source, guard = GUARDED.get(name, (name, None))  # a guarded variant streams its source's weights, guarded
         m = ASRModule.load_from_checkpoint(final_checkpoint(work / source), map_location="cpu").eval()
@@ -972,7 +1011,9 @@ def summarize(
 ) -> dict[str, Any]:
     slow = done.get("slow_only")
     key = str(RHO_TRAIN)
-    slow_flops = slow["per_rho"][key]["flops_per_frame"] if slow else float(slow_encoder_flops())
+    # the slow encoder's shape as the variants recorded it (records from before it was recorded: all 3x256)
+    shape = next((tuple(r["encoder_shape"]) for r in done.values() if r.get("encoder_shape")), CONFIG_SHAPE)
+    slow_flops = slow["per_rho"][key]["flops_per_frame"] if slow else float(slow_encoder_flops(shape))
     slow_wer = slow["per_rho"][key]["wer"] if slow else float("nan")
     for r in done.values():
         p = r["per_rho"][key]
@@ -999,7 +1040,8 @@ def summarize(
         "rhos": list(RHOS),
         "frame_ms": FRAME_MS,
         "slow_flops_per_frame": slow_flops,
-        "train_device_flops_per_s": device_for(RHO_TRAIN, int(slow_encoder_flops())),
+        "train_device_flops_per_s": device_for(RHO_TRAIN, int(slow_encoder_flops(shape))),
+        "encoder_shape": list(shape),
         "train_utterances": a.train_utts,
         "epochs": a.epochs,
         "lr": a.lr,

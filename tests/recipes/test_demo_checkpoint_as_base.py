@@ -41,3 +41,35 @@ def test_demo_checkpoint_is_a_base_for_amnet_diffs_and_updates(tmp_path: Path) -
     loaded = recipe.load_base(ckpt)
     for name, t in demo.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t), name
+
+
+def test_a_base_of_another_size_gives_every_variant_its_shape(tmp_path: Path) -> None:
+    """amnet.py's configs name a 3x256 LSTM; a base of another size (the 3x384 of base384.yaml) sets the slow encoder
+    of every variant, its FLOPs and the device rho is counted on."""
+    from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import RecurrentEncoder, SharedStateAmortizedEncoder
+
+    amnet = load_script(REPO / "benchmarks" / "amnet.py", "bench_amnet_shape")
+    torch.manual_seed(0)
+    base = ASRModule(RecurrentEncoder(240, 24, num_layers=2))
+    ckpt = tmp_path / "base.ckpt"
+    torch.save({"state_dict": base.state_dict(), "hyper_parameters": dict(base.hparams)}, ckpt)
+    shape = amnet.encoder_shape(str(ckpt))
+    assert shape == (240, 24, 2) and amnet.encoder_shape(None) == amnet.CONFIG_SHAPE == (240, 256, 3)
+    assert amnet.slow_encoder_flops(shape) == RecurrentEncoder(240, 24, num_layers=2).flops_per_frame()
+    assert amnet.shape_overrides("slow_only.yaml", amnet.CONFIG_SHAPE) == []  # the configs' own: commands unchanged
+    dev = amnet.device_for(amnet.RHO_TRAIN, amnet.slow_encoder_flops(shape))
+    for config in ("slow_only.yaml", "amnet_factorized.yaml", "factorized_single.yaml", "amnet_sparse.yaml"):
+        cli = ASRLightningCLI(args=["--config", str(CONF / config), "--data.init_args.root", str(tmp_path / "corpus"),
+                                    "--trainer.default_root_dir", str(tmp_path / "run"),
+                                    *amnet.shape_overrides(config, shape),
+                                    *(["--model.encoder.init_args.rank", "8"] if "factorized" in config else [])],
+                             run=False)
+        model = cli.model
+        amnet._warm_start(model, str(ckpt), dev)  # the base's weights fit: same shape
+        enc = model.encoder
+        slow = enc.core.encoder if isinstance(enc, SharedStateAmortizedEncoder) else enc
+        assert (slow.hidden_size, slow.num_layers) == (24, 2), config
+        assert torch.equal(slow.state_dict()["rnn.rnn.weight_hh_l1"], base.encoder.state_dict()["rnn.rnn.weight_hh_l1"])
+    flops = amnet.slow_encoder_flops(shape)  # ranks of this shape (up to its hidden size), not of 3x256
+    assert 1 <= amnet.matched_rank(flops / 8, *shape) < amnet.matched_rank(flops / 4, *shape) < 24
