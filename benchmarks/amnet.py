@@ -204,7 +204,36 @@ def encoder_shape(base: str | None) -> tuple[int, int, int]:
     from lightning_amortized.module import load_asr_module
 
     enc = load_asr_module(base).encoder
+    if enc.rnn_type != "lstm" or enc.proj is not None or enc.input_size != CONFIG_SHAPE[0]:
+        raise SystemExit(
+            f"--base-ckpt {base}: its encoder is a {enc.rnn_type.upper()} with input size {enc.input_size}"
+            + (" and an output projection" if enc.proj is not None else "") + f"; the variants' configs take an LSTM "
+            f"without projection on {CONFIG_SHAPE[0]} inputs (80 mel bands stacked 3x), of any hidden size and depth."
+        )
     return int(enc.input_size), int(enc.hidden_size), int(enc.num_layers)
+
+
+def check_shape(a: argparse.Namespace, names: list[str], shape: tuple[int, int, int], resumable: set[str]) -> None:
+    """Refuse, before any job, what the configs' 3x256 numbers would get wrong on a base of another shape.
+
+    Raises:
+        SystemExit: a low-rank variant without ``--fast-rank`` (the configs' ranks are for 3x256), a rank not
+            below the hidden size, or a FLOPs-matched single encoder whose AmNet is neither run nor reused here.
+    """
+    if tuple(shape) == CONFIG_SHAPE:
+        return
+    hidden = shape[1]
+    lowrank = [n for n in names if n in LOWRANK_FAST]
+    if lowrank and a.fast_rank is None:
+        raise SystemExit(f"The base is {shape[2]}x{hidden}, the configs' fast ranks are for 3x256: pass --fast-rank "
+                         f"(below {hidden}) for {', '.join(lowrank)}.")
+    if lowrank and not 1 <= a.fast_rank < hidden:
+        raise SystemExit(f"--fast-rank {a.fast_rank} must be in [1, {hidden}) for this {shape[2]}x{hidden} base.")
+    orphans = [n for n in names if VARIANTS[n][2] is not None and VARIANTS[n][2] not in set(names) | resumable]
+    if orphans:
+        raise SystemExit(f"{', '.join(orphans)} match the FLOPs of {', '.join(VARIANTS[n][2] for n in orphans)}, "
+                         "which this run neither trains nor reuses: add them to --variants (their configs' numbers "
+                         "are for 3x256).")
 
 
 def slow_encoder_flops(shape: tuple[int, int, int] = CONFIG_SHAPE) -> int:
@@ -391,7 +420,7 @@ def run_variant(a: argparse.Namespace) -> dict[str, Any]:
     for cb in trainer.callbacks:  # the temperature schedule spans this run's epochs
         if isinstance(cb, ArbitratorTemperature):
             cb.epochs = a.epochs
-        if isinstance(cb, LatencyMonitor):  # the configs' device is rho 1.5 for their 3x256 LSTM: this base's
+        if isinstance(cb, LatencyMonitor) and shape != CONFIG_SHAPE:  # the configs' device: rho 1.5 for 3x256
             cb.device_flops_per_s = dev_train
     _warm_start(model, base_ckpt, dev_train)
     enc = model.encoder
@@ -670,6 +699,7 @@ def drive(a: argparse.Namespace) -> int:
         )
     base = _resolve_base(a)
     shape = encoder_shape(base)
+    check_shape(a, names, shape, {n for n in finished if a.resume})
     work.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}
     wanted = job_options(a, base)

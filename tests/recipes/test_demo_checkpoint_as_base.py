@@ -73,3 +73,29 @@ def test_a_base_of_another_size_gives_every_variant_its_shape(tmp_path: Path) ->
         assert torch.equal(slow.state_dict()["rnn.rnn.weight_hh_l1"], base.encoder.state_dict()["rnn.rnn.weight_hh_l1"])
     flops = amnet.slow_encoder_flops(shape)  # ranks of this shape (up to its hidden size), not of 3x256
     assert 1 <= amnet.matched_rank(flops / 8, *shape) < amnet.matched_rank(flops / 4, *shape) < 24
+
+
+def test_a_base_of_another_size_is_checked_before_any_job(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import pytest
+
+    from lightning_amortized.module import ASRModule
+    from lightning_amortized.nn import RecurrentEncoder
+
+    amnet = load_script(REPO / "benchmarks" / "amnet.py", "bench_amnet_shape_check")
+    shape = (240, 64, 2)
+    a = SimpleNamespace(fast_rank=None)
+    amnet.check_shape(a, ["amnet_factorized"], amnet.CONFIG_SHAPE, set())  # the configs' own shape: nothing to add
+    with pytest.raises(SystemExit, match="pass --fast-rank"):
+        amnet.check_shape(a, ["slow_only", "amnet_factorized"], shape, set())
+    with pytest.raises(SystemExit, match=r"must be in \[1, 64\)"):
+        amnet.check_shape(SimpleNamespace(fast_rank=64), ["amnet_factorized"], shape, set())
+    with pytest.raises(SystemExit, match="factorized_single match the FLOPs of amnet_factorized"):
+        amnet.check_shape(SimpleNamespace(fast_rank=16), ["factorized_single"], shape, set())
+    amnet.check_shape(SimpleNamespace(fast_rank=16), ["factorized_single"], shape, {"amnet_factorized"})  # reused
+    amnet.check_shape(SimpleNamespace(fast_rank=16), ["amnet_factorized", "factorized_single"], shape, set())
+    gru = ASRModule(RecurrentEncoder(240, 32, num_layers=2, rnn_type="gru"))
+    torch.save({"state_dict": gru.state_dict(), "hyper_parameters": dict(gru.hparams)}, tmp_path / "gru.ckpt")
+    with pytest.raises(SystemExit, match="its encoder is a GRU"):
+        amnet.encoder_shape(str(tmp_path / "gru.ckpt"))

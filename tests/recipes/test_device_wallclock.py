@@ -64,19 +64,33 @@ def test_bound_times_untrained_pairs_of_a_base_and_solves_for_the_slow_share(ben
     monkeypatch.setattr(bench, "EXPORTS", tmp_path / "exports")
     assert bench.main(["--bound", str(tmp_path / "none.ckpt"), "--ranks", "4"]) == 2  # not a file
     assert bench.main(["--bound", str(ckpt)]) == 2  # no ranks
+    assert bench.main(["--bound", str(ckpt), "--ranks", "32"]) == 2  # not below the hidden size: no cheaper
+    for bad in (["--ranks", "4"], ["--bound", str(ckpt), "--ranks", "4", "--target", "0"]):
+        with pytest.raises(SystemExit):
+            bench.main(bad)
     stem = tmp_path / "bound"
     assert bench.main(["--bound", str(ckpt), "--ranks", "4", "8", "--root", str(tiny_corpus), "--utterances", "2",
                        "--repeats", "1", "--target", "1.2", "--results", str(stem)]) == 0
     res = json.loads(stem.with_suffix(".json").read_text())
-    slow_only = res["ranks"]["slow_only"]["ms_per_frame"]
+    reference = res["ranks"]["slow_only"]["reference_ms"]  # the faster of slow-only and the pairs' slow branches
+    assert reference == min(res["ranks"]["slow_only"]["ms_per_frame"], res["ranks"]["rank_4"]["slow_ms"],
+                            res["ranks"]["rank_8"]["slow_ms"])
     assert set(res["ranks"]) == {"slow_only", "rank_4", "rank_8"}
     for name in ("rank_4", "rank_8"):
         r = res["ranks"][name]
         assert r["fast_flops"] < r["slow_flops"] == res["ranks"]["slow_only"]["flops"]
-        assert r["fast_every_frame_speedup"] == pytest.approx(slow_only / (r["fast_ms"] + r["arbitrator_ms"]))
+        assert r["fast_every_frame_speedup"] == pytest.approx(reference / (r["fast_ms"] + r["arbitrator_ms"]))
         s = r["max_slow_share_for_target"]
-        if 0.0 < s < 1.0:  # the stream at that share is exactly the target speed-up
+        if s is not None and 0.0 < s < 1.0:  # the stream at that share is exactly the target speed-up
             t = s * r["slow_ms"] + (1 - s) * r["fast_ms"] + r["arbitrator_ms"]
-            assert slow_only / t == pytest.approx(1.2)
+            assert reference / t == pytest.approx(1.2)
     assert (tmp_path / "exports" / "bound-key" / "rank_8" / "manifest.json").is_file()
     assert "| 8 |" in stem.with_suffix(".md").read_text()
+
+
+def test_the_largest_slow_share_is_solved_and_unreachable_targets_say_so(bench) -> None:
+    # reference 0.3 ms, target 1.5x: 0.2 ms per frame, 0.18 after the arbitrator's 0.02
+    assert bench.max_slow_share(0.3, 0.25, 0.08, 0.02, 1.5) == pytest.approx((0.18 - 0.08) / (0.25 - 0.08))
+    assert bench.max_slow_share(0.3, 0.25, 0.19, 0.02, 1.5) is None  # not even every frame fast
+    assert bench.max_slow_share(0.3, 0.15, 0.08, 0.02, 1.5) == 1.0  # every frame slow still fast enough
+    assert bench.max_slow_share(0.3, 0.08, 0.10, 0.02, 1.5) == 1.0  # a "slow" branch no slower
