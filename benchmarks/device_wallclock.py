@@ -161,6 +161,18 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_header(argv: list[str] | None, load0: float, frames: list[Any], repeats: int) -> dict[str, Any]:
+    """The command, machine, load average (at the start and now) and workload of a timing run, for its results."""
+    import onnxruntime
+
+    return {
+        "command": "python benchmarks/device_wallclock.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, onnxruntime {onnxruntime.__version__}",
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "utterances": len(frames), "frames": int(sum(x.shape[0] for x in frames)), "repeats": repeats,
+    }
+
+
 def bound_exports(base: Path, ranks: list[int]) -> dict[str, Path]:
     """Export ``base`` (``slow_only``) and, per rank, the base with a rank-``R`` fast branch and an untrained arbitrator."""
     import copy
@@ -292,16 +304,8 @@ def main_bound(a: argparse.Namespace, argv: list[str] | None) -> int:
     load0 = os.getloadavg()[0]
     exports = bound_exports(base, a.ranks)
     frames, _ = encoder_frames(a.root, a.utterances, base)
-    import onnxruntime
-
-    summary = {
-        "command": "python benchmarks/device_wallclock.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, onnxruntime {onnxruntime.__version__}",
-        "base": str(base), "target": a.target,
-        "utterances": len(frames), "frames": int(sum(x.shape[0] for x in frames)), "repeats": a.repeats,
-        "ranks": bound(exports, frames, a.repeats, a.target),
-    }
-    summary["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    ranks = bound(exports, frames, a.repeats, a.target)
+    summary = {**run_header(argv, load0, frames, a.repeats), "base": str(base), "target": a.target, "ranks": ranks}
     md = bound_markdown(summary)
     write_results(a.results, summary, md)
     print(md)
@@ -353,15 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = measure(exports, frames, texts, a.repeats)
     for v in variants.values():
         v.pop("routes", None)
-    import onnxruntime
-
-    summary = {
-        "command": "python benchmarks/device_wallclock.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, onnxruntime {onnxruntime.__version__}",
-        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
-        "utterances": len(frames), "frames": int(sum(x.shape[0] for x in frames)), "repeats": a.repeats,
-        "variants": variants,
-    }
+    summary = {**run_header(argv, load0, frames, a.repeats), "variants": variants}
     for v in variants.values():
         v["speedup_vs_slow"] = variants["slow_only"]["ms_per_frame"] / v["ms_per_frame"]
     md = markdown(summary)
